@@ -1,0 +1,157 @@
+//! `gp4u`: the one binary. Thin: parses arguments and calls into the library crates.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use gp4u_core::token::{Claims, MAX_CLEARANCE, mint};
+use gp4u_server::config::DEFAULT_DATA_DIR;
+use gp4u_server::{Server, ServerArgs, ServerSettings, secret};
+
+#[derive(Debug, Parser)]
+#[command(name = "gp4u", version, about = "GP4U: a GPU compute marketplace")]
+struct Cli {
+    /// Log format: text or json.
+    #[arg(long, env = "GP4U_LOG_FORMAT", default_value = "text", global = true)]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the control plane (HTTP API, chambers, outbox relay).
+    Server(ServerArgs),
+    /// Tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Mint a bearer token signed with the server's secret, printed to stdout.
+    Mint(MintArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MintArgs {
+    /// User id (usr_…).
+    #[arg(long)]
+    sub: String,
+    /// Clearance: 1 customer, 2 provider, 3 admin (0–5).
+    #[arg(long)]
+    clr: u8,
+    /// Trust score, 0–100.
+    #[arg(long, default_value_t = 50.0)]
+    trs: f64,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl: i64,
+    /// Secret to sign with; default: the one the server uses (GP4U_TOKEN_SECRET, else the data dir's).
+    #[arg(long, env = "GP4U_TOKEN_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// The server's data dir, where a generated secret lives.
+    #[arg(long, env = "GP4U_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+}
+
+fn init_logging(format: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GP4U_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        "json" => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+        "text" => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        other => bail!("--log-format must be text or json, got {other:?}"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => tracing::info!("received SIGINT"),
+        _ = terminate => tracing::info!("received SIGTERM"),
+    }
+}
+
+async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    let settings = ServerSettings::resolve(args)?;
+    let server = Server::build(&settings).await?;
+    let address = server.local_addr()?;
+    tracing::info!(%address, engine = server.state.store.engine().as_str(), data_dir = %settings.data_dir.display(), "listening");
+    println!("gp4u server listening on http://{address}");
+    server.run(shutdown_signal()).await
+}
+
+fn mint_token(args: MintArgs) -> anyhow::Result<()> {
+    if args.clr > MAX_CLEARANCE {
+        bail!("--clr must be 0–{MAX_CLEARANCE}, got {}", args.clr);
+    }
+    if !(0.0..=100.0).contains(&args.trs) {
+        bail!("--trs must be 0–100, got {}", args.trs);
+    }
+    if args.ttl <= 0 {
+        bail!(
+            "--ttl must be a positive number of seconds, got {}",
+            args.ttl
+        );
+    }
+    let keys = secret::load_for_minting(args.secret.as_deref(), &args.data_dir)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the system clock is before 1970")?
+        .as_secs();
+    let exp = i64::try_from(now)
+        .context("clock")?
+        .saturating_add(args.ttl);
+    let claims = Claims {
+        sub: args.sub,
+        clr: args.clr,
+        trs: args.trs,
+        exp,
+    };
+    println!("{}", mint(&claims, &keys));
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format)?;
+    match cli.command {
+        Command::Server(args) => run_server(args).await,
+        Command::Token {
+            command: TokenCommand::Mint(args),
+        } => mint_token(args),
+    }
+}

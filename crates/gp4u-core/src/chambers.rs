@@ -1,0 +1,356 @@
+//! The chambers' read models: pure folds over the event stream.
+//!
+//! Each chamber keeps a small model that it updates from events. The bus runner (gp4u-bus)
+//! stores the model together with the chamber's cursor in one transaction, which is what makes
+//! delivery exactly-once; here there is only `apply`. Events a chamber does not know, or whose
+//! payload it cannot read, are counted and skipped: one bad event must never stop a chamber.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::events::{JobCreated, NodeRegistered, TOPIC_JOB_CREATED, TOPIC_NODE_REGISTERED};
+
+/// A read model that folds events.
+pub trait Chamber: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The subscriber name; also the key of its durable cursor.
+    const NAME: &'static str;
+    fn apply(&mut self, topic: &str, payload: &Value);
+    /// A small JSON summary for `GET /api/admin/chambers`.
+    fn summary(&self) -> Value;
+}
+
+/// Counters every chamber keeps about its own input.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Intake {
+    pub applied: u64,
+    pub ignored: u64,
+    pub malformed: u64,
+}
+
+impl Intake {
+    fn read<T: DeserializeOwned>(&mut self, payload: &Value) -> Option<T> {
+        match T::deserialize(payload) {
+            Ok(value) => {
+                self.applied += 1;
+                Some(value)
+            }
+            Err(_) => {
+                self.malformed += 1;
+                None
+            }
+        }
+    }
+}
+
+const UNKNOWN: &str = "unknown";
+
+fn job_model_key(created: &JobCreated) -> String {
+    let model = created
+        .gpu_name
+        .clone()
+        .or_else(|| created.requirement.as_ref().and_then(|r| r.model.clone()))
+        .unwrap_or_else(|| "any".into());
+    let region = job_region(created).unwrap_or(UNKNOWN).to_string();
+    format!("{model}@{region}")
+}
+
+/// The region a job will run in, as far as is known at creation.
+fn job_region(created: &JobCreated) -> Option<&str> {
+    created.gpu_region.as_deref().or_else(|| {
+        created
+            .requirement
+            .as_ref()
+            .and_then(|r| r.region.as_deref())
+    })
+}
+
+/// Demand for one GPU model in one region.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DemandSignal {
+    pub jobs: u64,
+    pub gpu_micro_hours: i64,
+    pub last_at_ms: i64,
+}
+
+/// Registered VRAM in one region.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VramAvailability {
+    pub gpus: u64,
+    pub total_vram_gb: f64,
+    pub largest_gpu_vram_gb: f64,
+}
+
+/// Mnemo: memory of demand (jobs per GPU model and region) and of VRAM capacity.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Mnemo {
+    pub intake: Intake,
+    /// Key: `"<gpu model>@<region>"`.
+    pub demand: BTreeMap<String, DemandSignal>,
+    /// Key: region.
+    pub vram: BTreeMap<String, VramAvailability>,
+}
+
+impl Chamber for Mnemo {
+    const NAME: &'static str = "mnemo";
+
+    fn apply(&mut self, topic: &str, payload: &Value) {
+        match topic {
+            TOPIC_JOB_CREATED => {
+                let Some(created) = self.intake.read::<JobCreated>(payload) else {
+                    return;
+                };
+                let signal = self.demand.entry(job_model_key(&created)).or_default();
+                signal.jobs += 1;
+                signal.gpu_micro_hours = signal
+                    .gpu_micro_hours
+                    .saturating_add(created.expected_duration_micro_hours);
+                signal.last_at_ms = signal.last_at_ms.max(created.created_at_ms);
+            }
+            TOPIC_NODE_REGISTERED => {
+                let Some(node) = self.intake.read::<NodeRegistered>(payload) else {
+                    return;
+                };
+                let region = self.vram.entry(node.region).or_default();
+                for gpu in node.gpus {
+                    region.gpus += 1;
+                    region.total_vram_gb += gpu.vram_gb;
+                    region.largest_gpu_vram_gb = region.largest_gpu_vram_gb.max(gpu.vram_gb);
+                }
+            }
+            _ => self.intake.ignored += 1,
+        }
+    }
+
+    fn summary(&self) -> Value {
+        let hottest = self
+            .demand
+            .iter()
+            .max_by_key(|(_, signal)| signal.jobs)
+            .map(|(key, signal)| json!({"model_region": key, "jobs": signal.jobs}));
+        json!({
+            "demand_signals": self.demand.len(),
+            "hottest": hottest,
+            "vram_by_region": self.vram,
+            "intake": self.intake,
+        })
+    }
+}
+
+/// Routing candidates in one region.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RegionRouting {
+    /// GPUs registered in the region: the candidates Atlas can route to.
+    pub candidate_gpus: BTreeSet<String>,
+    /// Jobs pinned to a GPU in this region.
+    pub pinned_jobs: u64,
+    /// Jobs that asked for this region without pinning a GPU.
+    pub requested_jobs: u64,
+}
+
+/// Aetherion: routing candidates per region.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Aetherion {
+    pub intake: Intake,
+    pub regions: BTreeMap<String, RegionRouting>,
+}
+
+impl Chamber for Aetherion {
+    const NAME: &'static str = "aetherion";
+
+    fn apply(&mut self, topic: &str, payload: &Value) {
+        match topic {
+            TOPIC_JOB_CREATED => {
+                let Some(created) = self.intake.read::<JobCreated>(payload) else {
+                    return;
+                };
+                let Some(region) = job_region(&created) else {
+                    return;
+                };
+                let routing = self.regions.entry(region.to_string()).or_default();
+                if created.gpu_id.is_some() {
+                    routing.pinned_jobs += 1;
+                } else {
+                    routing.requested_jobs += 1;
+                }
+            }
+            TOPIC_NODE_REGISTERED => {
+                let Some(node) = self.intake.read::<NodeRegistered>(payload) else {
+                    return;
+                };
+                let routing = self.regions.entry(node.region).or_default();
+                routing
+                    .candidate_gpus
+                    .extend(node.gpus.into_iter().map(|gpu| gpu.gpu_id.into_string()));
+            }
+            _ => self.intake.ignored += 1,
+        }
+    }
+
+    fn summary(&self) -> Value {
+        let regions: BTreeMap<&String, Value> = self
+            .regions
+            .iter()
+            .map(|(region, routing)| {
+                (
+                    region,
+                    json!({
+                        "candidate_gpus": routing.candidate_gpus.len(),
+                        "pinned_jobs": routing.pinned_jobs,
+                        "requested_jobs": routing.requested_jobs,
+                    }),
+                )
+            })
+            .collect();
+        json!({"regions": regions, "intake": self.intake})
+    }
+}
+
+/// Edge demand from one customer region.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EdgeDemand {
+    pub jobs: u64,
+    /// Jobs from this region while no GPU was registered in it: where capacity is missing.
+    pub without_local_capacity: u64,
+}
+
+/// Outerim: demand at the edge, from customers' regions, and where it has no local capacity.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Outerim {
+    pub intake: Intake,
+    /// Regions with at least one registered GPU.
+    pub regions_with_capacity: BTreeSet<String>,
+    /// Key: the customer's region.
+    pub demand: BTreeMap<String, EdgeDemand>,
+    /// Jobs whose customer region is unknown.
+    pub jobs_without_region: u64,
+}
+
+impl Chamber for Outerim {
+    const NAME: &'static str = "outerim";
+
+    fn apply(&mut self, topic: &str, payload: &Value) {
+        match topic {
+            TOPIC_JOB_CREATED => {
+                let Some(created) = self.intake.read::<JobCreated>(payload) else {
+                    return;
+                };
+                let Some(region) = created
+                    .customer_region
+                    .as_deref()
+                    .or_else(|| job_region(&created))
+                else {
+                    self.jobs_without_region += 1;
+                    return;
+                };
+                let local = self.regions_with_capacity.contains(region);
+                let demand = self.demand.entry(region.to_string()).or_default();
+                demand.jobs += 1;
+                if !local {
+                    demand.without_local_capacity += 1;
+                }
+            }
+            TOPIC_NODE_REGISTERED => {
+                let Some(node) = self.intake.read::<NodeRegistered>(payload) else {
+                    return;
+                };
+                if !node.gpus.is_empty() {
+                    self.regions_with_capacity.insert(node.region);
+                }
+            }
+            _ => self.intake.ignored += 1,
+        }
+    }
+
+    fn summary(&self) -> Value {
+        let underserved: Vec<Value> = self
+            .demand
+            .iter()
+            .filter(|(_, demand)| demand.without_local_capacity > 0)
+            .map(|(region, demand)| {
+                json!({"region": region, "jobs_without_local_capacity": demand.without_local_capacity})
+            })
+            .collect();
+        json!({
+            "customer_regions": self.demand.len(),
+            "underserved_regions": underserved,
+            "regions_with_capacity": self.regions_with_capacity,
+            "jobs_without_region": self.jobs_without_region,
+            "intake": self.intake,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job_created(gpu_region: Option<&str>, customer_region: Option<&str>) -> Value {
+        json!({
+            "job_id": "job_a", "owner_id": "usr_a", "workload_type": "TRAINING",
+            "gpu_id": gpu_region.map(|_| "gpu_a"), "gpu_name": gpu_region.map(|_| "RTX 4090"),
+            "gpu_region": gpu_region, "gpu_vram_gb": gpu_region.map(|_| 24.0),
+            "requirement": null, "customer_region": customer_region,
+            "cost_estimate_micros": 1_000_000, "expected_duration_micro_hours": 2_000_000,
+            "created_at_ms": 5,
+        })
+    }
+
+    fn node_registered(region: &str) -> Value {
+        json!({"node_id": "node_a", "owner_id": "usr_p", "region": region,
+               "gpus": [{"gpu_id": "gpu_a", "name": "RTX 4090", "vram_gb": 24.0, "price_per_hour_micros": 2_000_000}]})
+    }
+
+    #[test]
+    fn mnemo_counts_demand_and_vram() {
+        let mut mnemo = Mnemo::default();
+        mnemo.apply(TOPIC_NODE_REGISTERED, &node_registered("us-east-1"));
+        mnemo.apply(TOPIC_JOB_CREATED, &job_created(Some("us-east-1"), None));
+        mnemo.apply(TOPIC_JOB_CREATED, &job_created(Some("us-east-1"), None));
+        let signal = &mnemo.demand["RTX 4090@us-east-1"];
+        assert_eq!(signal.jobs, 2);
+        assert_eq!(signal.gpu_micro_hours, 4_000_000);
+        assert_eq!(mnemo.vram["us-east-1"].total_vram_gb, 24.0);
+        assert_eq!(mnemo.intake.applied, 3);
+    }
+
+    #[test]
+    fn outerim_flags_regions_without_capacity() {
+        let mut outerim = Outerim::default();
+        outerim.apply(
+            TOPIC_JOB_CREATED,
+            &job_created(Some("us-east-1"), Some("eu-west-1")),
+        );
+        outerim.apply(TOPIC_NODE_REGISTERED, &node_registered("eu-west-1"));
+        outerim.apply(
+            TOPIC_JOB_CREATED,
+            &job_created(Some("us-east-1"), Some("eu-west-1")),
+        );
+        outerim.apply(TOPIC_JOB_CREATED, &job_created(None, None));
+        let demand = &outerim.demand["eu-west-1"];
+        assert_eq!((demand.jobs, demand.without_local_capacity), (2, 1));
+        assert_eq!(outerim.jobs_without_region, 1);
+    }
+
+    #[test]
+    fn aetherion_tracks_candidates_and_malformed_events_do_not_stop_it() {
+        let mut aetherion = Aetherion::default();
+        aetherion.apply(TOPIC_NODE_REGISTERED, &node_registered("us-east-1"));
+        aetherion.apply(TOPIC_JOB_CREATED, &json!({"job_id": 7}));
+        aetherion.apply("job.cancelled", &json!({}));
+        aetherion.apply(TOPIC_JOB_CREATED, &job_created(Some("us-east-1"), None));
+        let routing = &aetherion.regions["us-east-1"];
+        assert_eq!(routing.candidate_gpus.len(), 1);
+        assert_eq!(routing.pinned_jobs, 1);
+        assert_eq!(
+            aetherion.intake,
+            Intake {
+                applied: 2,
+                ignored: 1,
+                malformed: 1
+            }
+        );
+    }
+}

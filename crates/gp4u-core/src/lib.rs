@@ -1,0 +1,27 @@
+//! The pure GP4U domain: ids, money and pricing, the job state machine, request
+//! validation and bearer tokens.
+//!
+//! Invariant: nothing here does I/O, reads a clock or draws randomness. Time (`now`) and
+//! random bytes are arguments, so every function is deterministic and testable without
+//! mocks, and the server, agent and CLI all share one definition of the rules.
+
+pub mod chambers;
+pub mod clock;
+pub mod events;
+pub mod ids;
+pub mod job;
+pub mod manifest;
+pub mod money;
+pub mod pricing;
+pub mod token;
+
+pub use ids::{ArtifactId, GpuId, IdError, JobId, NodeId, UserId};
+pub use job::{
+    EndedBy, FailureReason, JobEvent, JobInput, JobState, JobStatus, TransitionError, transition,
+};
+pub use manifest::{
+    FieldError, GpuRequirement, GpuSpec, GpuTarget, JobManifest, NewUser, Registration, Role,
+    ValidationCode, WorkloadType,
+};
+pub use money::{Hours, Money, MoneyError};
+pub use token::{Claims, TokenError, TokenKeys, TokenSecret};

@@ -1,0 +1,230 @@
+//! GP4U wire types: HTTP request and response bodies, and the error-code vocabulary.
+//!
+//! Everything here is part of the public contract (SPEC.md): field names follow the spec
+//! exactly, including its mixed casing (`costEstimate`, `expectedDurationHours`). Change by
+//! adding, never by renaming. The OpenAPI document is generated from these types.
+
+mod errors;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+pub use errors::{ErrorBody, ErrorCode, ErrorDetail};
+
+/// `gpu` in job responses: where the job runs (or will).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GpuBrief {
+    pub name: String,
+    pub region: String,
+}
+
+/// Request body of `POST /api/jobs`. Validation is done field by field on the raw JSON (so that
+/// every error names its field); this type documents the shape.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobSubmission {
+    /// 1–200 characters after trimming.
+    pub name: String,
+    /// Pins a listed GPU. One of `gpuId` and `gpu` is required.
+    #[serde(rename = "gpuId")]
+    pub gpu_id: Option<String>,
+    /// Lets Atlas choose a GPU.
+    pub gpu: Option<GpuRequirementBody>,
+    /// TRAINING, INFERENCE, FINE_TUNING, RENDERING or BATCH.
+    pub workload_type: String,
+    /// In [0.1, 720].
+    #[serde(rename = "expectedDurationHours")]
+    pub expected_duration_hours: f64,
+    /// Repository, without digest (e.g. `registry.example/org/bert`).
+    pub docker_image: String,
+    /// 64 hex digits, optionally prefixed with `sha256:`.
+    pub docker_image_sha256: String,
+    pub command: Option<Vec<String>>,
+    /// Keys `[A-Z_][A-Z0-9_]*`, at most 64; runtime-changing keys are refused.
+    pub env: Option<BTreeMap<String, String>>,
+    /// Artifact ids (`art_…`).
+    pub inputs: Option<Vec<String>>,
+    /// Memory cap of the container; default 16.
+    pub ram_limit_gb: Option<f64>,
+    /// Retries on provider-fault failures; 0–10, default 1.
+    pub max_retries: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GpuRequirementBody {
+    pub model: Option<String>,
+    pub min_vram_gb: Option<f64>,
+    pub region: Option<String>,
+    pub max_price_per_hour: Option<f64>,
+}
+
+/// Response of `POST /api/jobs` (201).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobAccepted {
+    pub id: String,
+    pub status: String,
+    /// Server-computed: price per hour × expected hours, in currency units rounded to the cent.
+    #[serde(rename = "costEstimate")]
+    pub cost_estimate: f64,
+    pub gpu: Option<GpuBrief>,
+}
+
+/// A job as its owner (or an admin) sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobView {
+    pub id: String,
+    pub name: String,
+    pub owner_id: String,
+    pub status: String,
+    pub failure_reason: Option<String>,
+    /// customer | provider | platform, for FAILED and CANCELLED jobs.
+    pub ended_by: Option<String>,
+    #[serde(rename = "costEstimate")]
+    pub cost_estimate: f64,
+    pub price_per_hour: f64,
+    pub gpu: Option<GpuBrief>,
+    pub gpu_id: Option<String>,
+    pub node_id: Option<String>,
+    /// `{score, reasons}` once Atlas has placed the job.
+    #[schema(value_type = Option<Object>)]
+    pub placement: Option<serde_json::Value>,
+    pub workload_type: String,
+    #[serde(rename = "expectedDurationHours")]
+    pub expected_duration_hours: f64,
+    pub docker_image: String,
+    pub docker_image_sha256: String,
+    pub max_retries: u32,
+    /// RFC 3339 timestamps.
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+    pub exit_code: Option<i32>,
+    #[schema(value_type = Option<Object>)]
+    pub latest_metrics: Option<serde_json::Value>,
+    #[schema(value_type = Vec<Object>)]
+    pub anomalies: serde_json::Value,
+    pub energy_kwh: Option<f64>,
+    pub carbon_kg: Option<f64>,
+    pub renewable_pct: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<JobView>,
+}
+
+/// A GPU on the marketplace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GpuView {
+    pub id: String,
+    pub name: String,
+    pub vram_gb: f64,
+    pub price_per_hour: f64,
+    pub region: String,
+    pub status: String,
+    pub node_id: String,
+    /// The provider node's trust score, 0–100.
+    pub trust_score: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GpuList {
+    pub gpus: Vec<GpuView>,
+}
+
+/// Request body of `POST /api/admin/users`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NewUserBody {
+    pub name: String,
+    /// customer | provider | admin
+    pub role: String,
+    pub university: Option<bool>,
+    /// The customer's home region, used for edge demand.
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UserView {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub clearance: u8,
+    pub active: bool,
+    pub university: bool,
+    pub region: Option<String>,
+    /// Credit balance in currency units.
+    pub credit: f64,
+}
+
+/// Request body of `POST /api/admin/users/{id}/credits`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreditsBody {
+    /// Positive to add, negative to correct; never takes a balance below zero.
+    pub amount: f64,
+}
+
+/// Request body of `POST /api/providers/register`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RegisterBody {
+    pub region: String,
+    /// Base64 of the node's 32-byte ed25519 public key.
+    pub public_key: String,
+    pub gpus: Vec<RegisterGpuBody>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RegisterGpuBody {
+    pub name: String,
+    pub vram_gb: f64,
+    pub price_per_hour: f64,
+    pub uuid: Option<String>,
+}
+
+/// Response of `POST /api/providers/register` (201).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Registered {
+    pub node_id: String,
+    pub gpus: Vec<RegisteredGpuView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RegisteredGpuView {
+    pub id: String,
+    pub name: String,
+    pub vram_gb: f64,
+    pub price_per_hour: f64,
+    pub region: String,
+    pub status: String,
+}
+
+/// One chamber in `GET /api/admin/chambers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ChamberView {
+    pub name: String,
+    /// The last outbox position this chamber applied.
+    pub cursor: i64,
+    /// Sequenced events it has not applied yet.
+    pub lag: i64,
+    pub updated_at: Option<String>,
+    #[schema(value_type = Object)]
+    pub summary: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ChambersView {
+    /// Which bus carries events (`in-process`).
+    pub bus: String,
+    /// The highest sequenced outbox position.
+    pub head: i64,
+    /// Events committed but not yet sequenced by the relay.
+    pub unsequenced: i64,
+    pub chambers: Vec<ChamberView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+    pub engine: String,
+}

@@ -1,0 +1,166 @@
+//! Stage 0: identity and authorization (SPEC §2).
+//!
+//! [`authenticate`] runs on every `/api` route except the OpenAPI document. It verifies the
+//! bearer token — with no database access, so a flood of bad tokens never reaches the store —
+//! strips any client-sent `x-subject-id` and injects the verified subject. [`require_admin_token`]
+//! gates `/api/admin/**` on the token's clearance, also before the database. Handlers then take a
+//! [`Caller`] (the seed's `requireAuth`): the user exists, is active, and the token claims no more
+//! clearance than is stored.
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use gp4u_core::ids::UserId;
+use gp4u_core::token::{self, Claims};
+use gp4u_proto::ErrorCode;
+use gp4u_store::UserRecord;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub const SUBJECT_HEADER: &str = "x-subject-id";
+pub const CLEARANCE_CUSTOMER: u8 = 1;
+pub const CLEARANCE_PROVIDER: u8 = 2;
+pub const CLEARANCE_ADMIN: u8 = 3;
+
+fn bearer_token(request: &Request) -> Result<&str, ApiError> {
+    let Some(value) = request.headers().get(header::AUTHORIZATION) else {
+        return Err(ApiError::new(
+            ErrorCode::TokenMissing,
+            "no Authorization header; send Authorization: Bearer <token>",
+        ));
+    };
+    let value = value.to_str().map_err(|_| {
+        ApiError::new(
+            ErrorCode::TokenMalformed,
+            "the Authorization header is not ASCII",
+        )
+    })?;
+    match value.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(token.trim())
+        }
+        _ => Err(ApiError::new(
+            ErrorCode::TokenMalformed,
+            "the Authorization header must be `Bearer <token>`",
+        )),
+    }
+}
+
+/// Verifies the token and replaces `x-subject-id` with the verified subject.
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let claims = token::verify(
+        bearer_token(&request)?,
+        &state.keys,
+        state.clock.now_unix_seconds(),
+    )?;
+    let headers = request.headers_mut();
+    headers.remove(SUBJECT_HEADER);
+    let subject = HeaderValue::from_str(&claims.sub).map_err(|_| {
+        ApiError::new(
+            ErrorCode::TokenMalformed,
+            "the token subject is not a header-safe string",
+        )
+    })?;
+    headers.insert(SUBJECT_HEADER, subject);
+    request.extensions_mut().insert(claims);
+    Ok(next.run(request).await)
+}
+
+/// `/api/admin/**` needs a token with clearance ≥ 3, checked before any database access.
+pub async fn require_admin_token(request: Request, next: Next) -> Result<Response, ApiError> {
+    let clearance = request
+        .extensions()
+        .get::<Claims>()
+        .map(|claims| claims.clr)
+        .unwrap_or(0);
+    if clearance < CLEARANCE_ADMIN {
+        return Err(ApiError::new(
+            ErrorCode::AdminRequired,
+            format!("admin routes need clearance {CLEARANCE_ADMIN}; this token has {clearance}"),
+        ));
+    }
+    Ok(next.run(request).await)
+}
+
+/// The authenticated, active caller (the seed's `requireAuth`).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub claims: Claims,
+    pub user: UserRecord,
+}
+
+impl Caller {
+    /// The clearance this request acts with: the token's, which is never above the stored one.
+    pub fn clearance(&self) -> u8 {
+        self.claims.clr
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.clearance() >= CLEARANCE_ADMIN
+    }
+
+    pub fn id(&self) -> &UserId {
+        &self.user.id
+    }
+
+    /// Refuses the request unless the caller acts with at least `needed` clearance.
+    pub fn require(&self, needed: u8, code: ErrorCode, role: &str) -> Result<(), ApiError> {
+        if self.clearance() >= needed {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            code,
+            format!(
+                "this route needs {role} clearance ({needed}); this token has {}",
+                self.clearance()
+            ),
+        ))
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
+        let Some(claims) = parts.extensions.get::<Claims>().cloned() else {
+            // Only reachable if a route was mounted outside the auth layer: a server bug.
+            return Err(ApiError::internal(
+                "auth",
+                "Caller used on a route without authenticate",
+            ));
+        };
+        let unknown = || {
+            ApiError::new(
+                ErrorCode::UserUnknown,
+                "the token's subject is not a known user; ask an admin to create it",
+            )
+        };
+        let user_id = UserId::parse(&claims.sub).map_err(|_| unknown())?;
+        let user = state.store.get_user(&user_id).await?.ok_or_else(unknown)?;
+        if !user.active {
+            return Err(ApiError::new(
+                ErrorCode::UserSuspended,
+                format!("user {} is suspended", user.id),
+            ));
+        }
+        if claims.clr > user.clearance {
+            return Err(ApiError::new(
+                ErrorCode::ClearanceExceedsStored,
+                format!(
+                    "the token claims clearance {} but user {} has {}; mint a token with --clr {} or lower",
+                    claims.clr, user.id, user.clearance, user.clearance
+                ),
+            ));
+        }
+        Ok(Caller { claims, user })
+    }
+}

@@ -1,0 +1,213 @@
+//! Server settings: every one a flag and a `GP4U_…` environment variable, optionally read from
+//! a TOML file (`--config`). Precedence: flag or environment, then the file, then the default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// `gp4u server` flags. All optional here so that the TOML file can fill what is not given.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServerArgs {
+    /// TOML file with any of the settings below (keys as the long flags, with underscores).
+    #[arg(long, env = "GP4U_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "GP4U_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the SQLite database and the generated token secret [default: ./gp4u-data].
+    #[arg(long, env = "GP4U_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// sqlite://PATH or postgres://… [default: SQLite file gp4u.db in the data dir].
+    #[arg(long, env = "GP4U_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// HMAC secret for tokens, at least 32 bytes [default: generated into the data dir].
+    #[arg(long, env = "GP4U_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// The previous token secret, still accepted for verification during a key rotation.
+    #[arg(long, env = "GP4U_TOKEN_SECRET_PREVIOUS", hide_env_values = true)]
+    pub token_secret_previous: Option<String>,
+    /// A user id (usr_…) created as an active admin at start if absent.
+    #[arg(long, env = "GP4U_BOOTSTRAP_ADMIN")]
+    pub bootstrap_admin: Option<String>,
+    /// Seconds without telemetry before a running job counts as dropped [default: 60].
+    #[arg(long, env = "GP4U_HEARTBEAT_TIMEOUT_S")]
+    pub heartbeat_timeout_s: Option<u64>,
+    /// NATS JetStream URL; unset means the in-process bus.
+    #[arg(long, env = "GP4U_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Job submissions allowed per user per rolling minute [default: 30].
+    #[arg(long, env = "GP4U_RATE_LIMIT_PER_MINUTE")]
+    pub rate_limit_per_minute: Option<u32>,
+    /// Largest accepted request body in bytes [default: 65536].
+    #[arg(long, env = "GP4U_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// How long an Idempotency-Key is remembered, in hours [default: 24].
+    #[arg(long, env = "GP4U_IDEMPOTENCY_TTL_HOURS")]
+    pub idempotency_ttl_hours: Option<u64>,
+}
+
+/// The TOML file's shape: the same names as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    token_secret: Option<String>,
+    token_secret_previous: Option<String>,
+    bootstrap_admin: Option<String>,
+    heartbeat_timeout_s: Option<u64>,
+    nats_url: Option<String>,
+    rate_limit_per_minute: Option<u32>,
+    max_body_bytes: Option<usize>,
+    idempotency_ttl_hours: Option<u64>,
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub token_secret: Option<String>,
+    pub token_secret_previous: Option<String>,
+    pub bootstrap_admin: Option<String>,
+    pub heartbeat_timeout_s: u64,
+    pub rate_limit_per_minute: u32,
+    pub max_body_bytes: usize,
+    pub idempotency_ttl_hours: u64,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = "./gp4u-data";
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+
+impl ServerSettings {
+    /// Settings for tests and embedding: defaults, with the data dir given.
+    pub fn with_data_dir(data_dir: &Path) -> ServerSettings {
+        ServerSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: data_dir.to_path_buf(),
+            database_url: default_database_url(data_dir),
+            token_secret: None,
+            token_secret_previous: None,
+            bootstrap_admin: None,
+            heartbeat_timeout_s: 60,
+            rate_limit_per_minute: 30,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            idempotency_ttl_hours: 24,
+        }
+    }
+
+    pub fn resolve(args: ServerArgs) -> anyhow::Result<ServerSettings> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str::<FileSettings>(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => FileSettings::default(),
+        };
+        if let Some(url) = args.nats_url.or(file.nats_url) {
+            bail!(
+                "GP4U_NATS_URL is set ({url}) but this build has only the in-process bus; \
+                 unset it (NATS JetStream support is planned)"
+            );
+        }
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let listen = match args.listen.or(file.listen) {
+            Some(listen) => listen,
+            None => DEFAULT_LISTEN.parse().context("default listen address")?,
+        };
+        let rate_limit_per_minute = args
+            .rate_limit_per_minute
+            .or(file.rate_limit_per_minute)
+            .unwrap_or(30);
+        if rate_limit_per_minute == 0 {
+            bail!("GP4U_RATE_LIMIT_PER_MINUTE must be at least 1");
+        }
+        let max_body_bytes = args
+            .max_body_bytes
+            .or(file.max_body_bytes)
+            .unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if !(1024..=16 * 1024 * 1024).contains(&max_body_bytes) {
+            bail!("GP4U_MAX_BODY_BYTES must be between 1024 and 16777216, got {max_body_bytes}");
+        }
+        Ok(ServerSettings {
+            listen,
+            database_url: args
+                .database_url
+                .or(file.database_url)
+                .unwrap_or_else(|| default_database_url(&data_dir)),
+            data_dir,
+            token_secret: args.token_secret.or(file.token_secret),
+            token_secret_previous: args.token_secret_previous.or(file.token_secret_previous),
+            bootstrap_admin: args.bootstrap_admin.or(file.bootstrap_admin),
+            heartbeat_timeout_s: args
+                .heartbeat_timeout_s
+                .or(file.heartbeat_timeout_s)
+                .unwrap_or(60),
+            rate_limit_per_minute,
+            max_body_bytes,
+            idempotency_ttl_hours: args
+                .idempotency_ttl_hours
+                .or(file.idempotency_ttl_hours)
+                .unwrap_or(24),
+        })
+    }
+}
+
+pub fn default_database_url(data_dir: &Path) -> String {
+    format!("sqlite://{}", data_dir.join("gp4u.db").display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_and_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gp4u.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9999\"\nrate_limit_per_minute = 5\n",
+        )
+        .unwrap();
+        let args = ServerArgs {
+            config: Some(path),
+            rate_limit_per_minute: Some(7),
+            ..ServerArgs::default()
+        };
+        let settings = ServerSettings::resolve(args).unwrap();
+        assert_eq!(settings.listen.port(), 9999);
+        assert_eq!(settings.rate_limit_per_minute, 7);
+        assert_eq!(settings.heartbeat_timeout_s, 60);
+        assert!(settings.database_url.ends_with("gp4u-data/gp4u.db"));
+    }
+
+    #[test]
+    fn unknown_file_keys_and_nats_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gp4u.toml");
+        std::fs::write(&path, "lisen = \"127.0.0.1:9999\"\n").unwrap();
+        let error = ServerSettings::resolve(ServerArgs {
+            config: Some(path),
+            ..ServerArgs::default()
+        })
+        .unwrap_err();
+        assert!(format!("{error:#}").contains("lisen"), "{error:#}");
+        let error = ServerSettings::resolve(ServerArgs {
+            nats_url: Some("nats://127.0.0.1:4222".into()),
+            ..ServerArgs::default()
+        })
+        .unwrap_err();
+        assert!(error.to_string().contains("GP4U_NATS_URL"));
+    }
+}

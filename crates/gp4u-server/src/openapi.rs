@@ -1,0 +1,54 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations and the wire types.
+
+use std::sync::LazyLock;
+
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes::{admin, health, jobs, providers};
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("P.S (base64url JSON claims . base64url HMAC-SHA256)")
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "GP4U control plane", description = "GPU compute marketplace: submit, place, run, watch, settle and verify GPU jobs."),
+    paths(
+        health::healthz, health::readyz,
+        jobs::submit_job, jobs::list_jobs, jobs::get_job, jobs::cancel_job,
+        providers::register, providers::list_gpus,
+        admin::create_user, admin::suspend_user, admin::activate_user, admin::add_credits, admin::chambers,
+    ),
+    components(schemas(gp4u_proto::ErrorBody, gp4u_proto::ErrorDetail)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "jobs", description = "Stage 1: submission and the customer's jobs"),
+        (name = "providers", description = "Provider nodes and the GPU marketplace"),
+        (name = "admin", description = "Operators (clearance ≥ 3)"),
+        (name = "health", description = "Liveness and readiness"),
+    )
+)]
+pub struct ApiDoc;
+
+static DOCUMENT: LazyLock<serde_json::Value> =
+    LazyLock::new(|| serde_json::to_value(ApiDoc::openapi()).unwrap_or_default());
+
+/// `GET /api/openapi.json`.
+pub async fn openapi_json() -> Json<serde_json::Value> {
+    Json(DOCUMENT.clone())
+}

@@ -1,0 +1,174 @@
+//! Operator routes under `/api/admin` (token clearance ≥ 3, checked before the database).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use gp4u_core::chambers::{Aetherion, Chamber, Mnemo, Outerim};
+use gp4u_core::ids::UserId;
+use gp4u_core::manifest::{validate_credit_amount, validate_new_user};
+use gp4u_proto::{ChamberView, ChambersView, ErrorCode, UserView};
+use gp4u_store::{NewUser, StoreError, SubscriberState};
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::JsonBody;
+use crate::state::AppState;
+use crate::views::{rfc3339, user_view};
+
+/// Create a user.
+#[utoipa::path(
+    post, path = "/api/admin/users", tag = "admin", request_body = gp4u_proto::NewUserBody,
+    responses((status = 201, body = UserView), (status = 400, body = gp4u_proto::ErrorBody), (status = 403, body = gp4u_proto::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn create_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: JsonBody,
+) -> ApiResult<(StatusCode, Json<UserView>)> {
+    let new_user = validate_new_user(&body.value)?;
+    let user = NewUser {
+        id: UserId::from_random(state.random_id_bytes()),
+        name: new_user.name,
+        role: new_user.role,
+        university: new_user.university,
+        region: new_user.region,
+    };
+    let record = state
+        .store
+        .create_user(&user, state.now_ms())
+        .await
+        .map_err(|error| match error {
+            StoreError::Conflict(message) => ApiError::new(ErrorCode::UserExists, message),
+            other => other.into(),
+        })?;
+    tracing::info!(user_id = %record.id, role = record.role.as_str(), by = %caller.id(), "user created");
+    Ok((StatusCode::CREATED, Json(user_view(&record))))
+}
+
+fn user_id(id: &str) -> ApiResult<UserId> {
+    UserId::parse(id).map_err(|_| ApiError::new(ErrorCode::UserNotFound, format!("no user {id}")))
+}
+
+fn user_not_found(error: StoreError) -> ApiError {
+    match error {
+        StoreError::NotFound(what) => {
+            ApiError::new(ErrorCode::UserNotFound, format!("{what} not found"))
+        }
+        StoreError::Conflict(message) => ApiError::new(ErrorCode::CreditBelowZero, message),
+        other => other.into(),
+    }
+}
+
+/// Suspend a user: their next request is refused, whatever their token says.
+#[utoipa::path(
+    post, path = "/api/admin/users/{id}/suspend", tag = "admin", params(("id" = String, Path)),
+    responses((status = 200, body = UserView), (status = 404, body = gp4u_proto::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn suspend_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<UserView>> {
+    let id = user_id(&id)?;
+    let record = state
+        .store
+        .set_user_active(&id, false)
+        .await
+        .map_err(user_not_found)?;
+    tracing::warn!(user_id = %record.id, by = %caller.id(), "user suspended");
+    Ok(Json(user_view(&record)))
+}
+
+/// Lift a suspension.
+#[utoipa::path(
+    post, path = "/api/admin/users/{id}/activate", tag = "admin", params(("id" = String, Path)),
+    responses((status = 200, body = UserView), (status = 404, body = gp4u_proto::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn activate_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<UserView>> {
+    let id = user_id(&id)?;
+    let record = state
+        .store
+        .set_user_active(&id, true)
+        .await
+        .map_err(user_not_found)?;
+    tracing::info!(user_id = %record.id, by = %caller.id(), "user activated");
+    Ok(Json(user_view(&record)))
+}
+
+/// Add credit to a user (negative amounts correct it, never below zero).
+#[utoipa::path(
+    post, path = "/api/admin/users/{id}/credits", tag = "admin", params(("id" = String, Path)),
+    request_body = gp4u_proto::CreditsBody,
+    responses((status = 200, body = UserView), (status = 400, body = gp4u_proto::ErrorBody), (status = 404, body = gp4u_proto::ErrorBody), (status = 409, body = gp4u_proto::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn add_credits(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: JsonBody,
+) -> ApiResult<Json<UserView>> {
+    let id = user_id(&id)?;
+    let amount = validate_credit_amount(&body.value)?;
+    let record = state
+        .store
+        .add_credit(&id, amount)
+        .await
+        .map_err(user_not_found)?;
+    tracing::info!(user_id = %record.id, amount_micros = amount.micros(), by = %caller.id(), "credit changed");
+    Ok(Json(user_view(&record)))
+}
+
+/// Each chamber's cursor, lag and a summary of its read model.
+#[utoipa::path(
+    get, path = "/api/admin/chambers", tag = "admin",
+    responses((status = 200, body = ChambersView), (status = 403, body = gp4u_proto::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn chambers(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> ApiResult<Json<ChambersView>> {
+    let head = state.store.outbox_head().await?;
+    let unsequenced = state.store.outbox_unsequenced().await?;
+    let stored = state.store.list_subscribers().await?;
+    let chambers = [
+        chamber_view::<Mnemo>(&stored, head),
+        chamber_view::<Aetherion>(&stored, head),
+        chamber_view::<Outerim>(&stored, head),
+    ];
+    Ok(Json(ChambersView {
+        bus: state.bus.kind().to_string(),
+        head,
+        unsequenced,
+        chambers: chambers.into(),
+    }))
+}
+
+fn chamber_view<C: Chamber>(stored: &[SubscriberState], head: i64) -> ChamberView {
+    let state = stored.iter().find(|state| state.name == C::NAME);
+    let position = state.map_or(0, |state| state.position);
+    let summary = match state {
+        Some(state) => match serde_json::from_value::<C>(state.model.clone()) {
+            Ok(model) => model.summary(),
+            Err(error) => {
+                serde_json::json!({"error": format!("stored model does not load: {error}")})
+            }
+        },
+        None => C::default().summary(),
+    };
+    ChamberView {
+        name: C::NAME.to_string(),
+        cursor: position,
+        lag: (head - position).max(0),
+        updated_at: state.map(|state| rfc3339(state.updated_at_ms)),
+        summary,
+    }
+}

@@ -1,0 +1,83 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use gp4u_bus::{EventBus, Relay};
+use gp4u_core::clock::Clock;
+use gp4u_core::token::TokenKeys;
+use gp4u_store::Store;
+
+/// A source of random id bytes (the core takes randomness as an argument).
+pub type RandomIds = Arc<dyn Fn() -> [u8; 16] + Send + Sync>;
+
+/// Limits and windows the handlers apply.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub submissions_per_minute: u32,
+    pub max_body_bytes: usize,
+    pub idempotency_ttl_ms: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            submissions_per_minute: 30,
+            max_body_bytes: crate::config::DEFAULT_MAX_BODY_BYTES,
+            idempotency_ttl_ms: 24 * 3_600_000,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub clock: Arc<dyn Clock>,
+    pub keys: Arc<TokenKeys>,
+    pub limits: Limits,
+    pub random_ids: RandomIds,
+    pub relay: Relay,
+    pub bus: Arc<dyn EventBus>,
+    /// Set when shutdown begins, so that `/readyz` turns away new traffic first.
+    pub draining: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn new(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        keys: TokenKeys,
+        limits: Limits,
+        random_ids: RandomIds,
+        bus: Arc<dyn EventBus>,
+    ) -> AppState {
+        let relay = Relay::new(store.clone(), bus.clone());
+        AppState {
+            store,
+            clock,
+            keys: Arc::new(keys),
+            limits,
+            random_ids,
+            relay,
+            bus,
+            draining: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    pub fn random_id_bytes(&self) -> [u8; 16] {
+        (self.random_ids)()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// Random id bytes from the operating system's generator.
+pub fn os_random_ids() -> RandomIds {
+    Arc::new(rand::random::<[u8; 16]>)
+}

@@ -1,0 +1,218 @@
+//! Rows as the rest of GP4U sees them, and their decoding from database rows.
+
+use gp4u_core::ids::{GpuId, JobId, NodeId, UserId};
+use gp4u_core::job::{EndedBy, FailureReason, JobState, JobStatus};
+use gp4u_core::manifest::{JobManifest, Role};
+use gp4u_core::money::Money;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::{StoreError, StoreResult};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserRecord {
+    pub id: UserId,
+    pub name: String,
+    pub role: Role,
+    pub clearance: u8,
+    pub active: bool,
+    pub university: bool,
+    pub region: Option<String>,
+    pub credit: Money,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRecord {
+    pub id: NodeId,
+    pub owner_id: UserId,
+    pub region: String,
+    pub public_key: String,
+    pub status: String,
+    pub created_at_ms: i64,
+}
+
+/// Whether a GPU can take a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuStatus {
+    Available,
+    Busy,
+    Offline,
+}
+
+impl GpuStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GpuStatus::Available => "AVAILABLE",
+            GpuStatus::Busy => "BUSY",
+            GpuStatus::Offline => "OFFLINE",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<GpuStatus> {
+        match value {
+            "AVAILABLE" => Some(GpuStatus::Available),
+            "BUSY" => Some(GpuStatus::Busy),
+            "OFFLINE" => Some(GpuStatus::Offline),
+            _ => None,
+        }
+    }
+}
+
+/// A GPU with the facts of its node that listings and pricing need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuRecord {
+    pub id: GpuId,
+    pub node_id: NodeId,
+    pub owner_id: UserId,
+    pub name: String,
+    pub vram_gb: f64,
+    pub price_per_hour: Money,
+    pub uuid: Option<String>,
+    pub status: GpuStatus,
+    pub region: String,
+    /// The node's trust score (0–100).
+    pub trust_score: f64,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub owner_id: UserId,
+    pub name: String,
+    pub state: JobState,
+    pub manifest: JobManifest,
+    pub gpu_name: Option<String>,
+    pub gpu_region: Option<String>,
+    pub price_per_hour: Money,
+    pub cost_estimate: Money,
+    pub placement: Option<serde_json::Value>,
+    pub latest_metrics: Option<serde_json::Value>,
+    pub anomalies: serde_json::Value,
+    pub energy_kwh: Option<f64>,
+    pub carbon_kg: Option<f64>,
+    pub renewable_pct: Option<f64>,
+    pub created_at_ms: i64,
+    /// Optimistic-concurrency counter: every state change bumps it.
+    pub version: i64,
+}
+
+pub(crate) fn user_from_row(row: &AnyRow) -> StoreResult<UserRecord> {
+    let id: String = row.try_get("id")?;
+    let role: String = row.try_get("role")?;
+    let clearance: i64 = row.try_get("clearance")?;
+    Ok(UserRecord {
+        id: UserId::parse(&id).map_err(StoreError::corrupt)?,
+        name: row.try_get("name")?,
+        role: Role::parse(&role)
+            .ok_or_else(|| StoreError::corrupt(format!("user role {role:?}")))?,
+        clearance: u8::try_from(clearance).map_err(StoreError::corrupt)?,
+        active: row.try_get::<i64, _>("active")? != 0,
+        university: row.try_get::<i64, _>("university")? != 0,
+        region: row.try_get("region")?,
+        credit: Money::from_micros(row.try_get("credit_micros")?),
+        created_at_ms: row.try_get("created_at")?,
+    })
+}
+
+pub(crate) fn node_from_row(row: &AnyRow) -> StoreResult<NodeRecord> {
+    let id: String = row.try_get("id")?;
+    let owner: String = row.try_get("owner_id")?;
+    Ok(NodeRecord {
+        id: NodeId::parse(&id).map_err(StoreError::corrupt)?,
+        owner_id: UserId::parse(&owner).map_err(StoreError::corrupt)?,
+        region: row.try_get("region")?,
+        public_key: row.try_get("public_key")?,
+        status: row.try_get("status")?,
+        created_at_ms: row.try_get("created_at")?,
+    })
+}
+
+pub(crate) fn gpu_from_row(row: &AnyRow) -> StoreResult<GpuRecord> {
+    let id: String = row.try_get("id")?;
+    let node: String = row.try_get("node_id")?;
+    let owner: String = row.try_get("owner_id")?;
+    let status: String = row.try_get("status")?;
+    Ok(GpuRecord {
+        id: GpuId::parse(&id).map_err(StoreError::corrupt)?,
+        node_id: NodeId::parse(&node).map_err(StoreError::corrupt)?,
+        owner_id: UserId::parse(&owner).map_err(StoreError::corrupt)?,
+        name: row.try_get("name")?,
+        vram_gb: row.try_get("vram_gb")?,
+        price_per_hour: Money::from_micros(row.try_get("price_micros")?),
+        uuid: row.try_get("uuid")?,
+        status: GpuStatus::parse(&status)
+            .ok_or_else(|| StoreError::corrupt(format!("gpu status {status:?}")))?,
+        region: row.try_get("region")?,
+        trust_score: row.try_get("trust_score")?,
+        created_at_ms: row.try_get("created_at")?,
+    })
+}
+
+fn parse_json(column: &str, text: Option<String>) -> StoreResult<Option<serde_json::Value>> {
+    text.map(|text| {
+        serde_json::from_str(&text)
+            .map_err(|error| StoreError::corrupt(format!("jobs.{column}: {error}")))
+    })
+    .transpose()
+}
+
+pub(crate) fn job_from_row(row: &AnyRow) -> StoreResult<JobRecord> {
+    let id: String = row.try_get("id")?;
+    let owner: String = row.try_get("owner_id")?;
+    let status: String = row.try_get("status")?;
+    let failure_reason: Option<String> = row.try_get("failure_reason")?;
+    let ended_by: Option<String> = row.try_get("ended_by")?;
+    let gpu_id: Option<String> = row.try_get("gpu_id")?;
+    let node_id: Option<String> = row.try_get("node_id")?;
+    let manifest: String = row.try_get("manifest")?;
+    let exit_code: Option<i64> = row.try_get("exit_code")?;
+    let state = JobState {
+        status: JobStatus::parse(&status)
+            .ok_or_else(|| StoreError::corrupt(format!("job status {status:?}")))?,
+        failure_reason: failure_reason
+            .map(|reason| {
+                FailureReason::parse(&reason)
+                    .ok_or_else(|| StoreError::corrupt(format!("failure reason {reason:?}")))
+            })
+            .transpose()?,
+        ended_by: ended_by
+            .map(|by| {
+                EndedBy::parse(&by).ok_or_else(|| StoreError::corrupt(format!("ended_by {by:?}")))
+            })
+            .transpose()?,
+        node_id: node_id
+            .map(|node| NodeId::parse(&node).map_err(StoreError::corrupt))
+            .transpose()?,
+        gpu_id: gpu_id
+            .map(|gpu| GpuId::parse(&gpu).map_err(StoreError::corrupt))
+            .transpose()?,
+        started_at_ms: row.try_get("started_at")?,
+        ended_at_ms: row.try_get("ended_at")?,
+        exit_code: exit_code
+            .map(|code| i32::try_from(code).map_err(StoreError::corrupt))
+            .transpose()?,
+    };
+    Ok(JobRecord {
+        id: JobId::parse(&id).map_err(StoreError::corrupt)?,
+        owner_id: UserId::parse(&owner).map_err(StoreError::corrupt)?,
+        name: row.try_get("name")?,
+        state,
+        manifest: serde_json::from_str(&manifest)
+            .map_err(|error| StoreError::corrupt(format!("jobs.manifest: {error}")))?,
+        gpu_name: row.try_get("gpu_name")?,
+        gpu_region: row.try_get("gpu_region")?,
+        price_per_hour: Money::from_micros(row.try_get("price_micros")?),
+        cost_estimate: Money::from_micros(row.try_get("cost_estimate_micros")?),
+        placement: parse_json("placement", row.try_get("placement")?)?,
+        latest_metrics: parse_json("latest_metrics", row.try_get("latest_metrics")?)?,
+        anomalies: parse_json("anomalies", row.try_get("anomalies")?)?
+            .unwrap_or(serde_json::Value::Array(Vec::new())),
+        energy_kwh: row.try_get("energy_kwh")?,
+        carbon_kg: row.try_get("carbon_kg")?,
+        renewable_pct: row.try_get("renewable_pct")?,
+        created_at_ms: row.try_get("created_at")?,
+        version: row.try_get("version")?,
+    })
+}

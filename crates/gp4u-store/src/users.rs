@@ -1,0 +1,258 @@
+//! Users, provider nodes and their GPUs.
+
+use gp4u_core::ids::{GpuId, NodeId, UserId};
+use gp4u_core::manifest::{GpuSpec, Role};
+use gp4u_core::money::Money;
+
+use crate::outbox::{OutboxEvent, insert_events};
+use crate::records::{gpu_from_row, node_from_row, user_from_row};
+use crate::{
+    GpuRecord, GpuStatus, NodeRecord, Store, StoreError, StoreResult, UserRecord, bool_to_i64,
+    is_unique_violation,
+};
+
+/// The trust score a newly registered node starts with (the schema's default).
+pub const NEW_NODE_TRUST_SCORE: f64 = 50.0;
+
+/// A user to create.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub id: UserId,
+    pub name: String,
+    pub role: Role,
+    pub university: bool,
+    pub region: Option<String>,
+}
+
+/// A node and its GPUs to register, with ids chosen by the caller.
+#[derive(Debug, Clone)]
+pub struct NewNode {
+    pub id: NodeId,
+    pub owner_id: UserId,
+    pub region: String,
+    pub public_key: String,
+    pub gpus: Vec<(GpuId, GpuSpec)>,
+}
+
+impl Store {
+    /// Creates a user; `Conflict` when the id exists.
+    pub async fn create_user(&self, user: &NewUser, now_ms: i64) -> StoreResult<UserRecord> {
+        self.count_op();
+        let _writer = self.writer().await;
+        let row = sqlx::query(concat!(
+            "INSERT INTO users (id, name, role, clearance, active, university, region, \
+             credit_micros, created_at) VALUES ($1, $2, $3, $4, 1, $5, $6, 0, $7) RETURNING ",
+            user_columns!()
+        ))
+        .bind(user.id.as_str())
+        .bind(&user.name)
+        .bind(user.role.as_str())
+        .bind(i64::from(user.role.clearance()))
+        .bind(bool_to_i64(user.university))
+        .bind(user.region.as_deref())
+        .bind(now_ms)
+        .fetch_one(self.pool())
+        .await
+        .map_err(|error| {
+            if is_unique_violation(&error) {
+                StoreError::Conflict(format!("user {} already exists", user.id))
+            } else {
+                error.into()
+            }
+        })?;
+        user_from_row(&row)
+    }
+
+    /// Creates `user` unless a user with its id exists. Returns whether it was created.
+    /// Used for `GP4U_BOOTSTRAP_ADMIN`, which several replicas may run at once.
+    pub async fn ensure_user(&self, user: &NewUser, now_ms: i64) -> StoreResult<bool> {
+        self.count_op();
+        let _writer = self.writer().await;
+        let result = sqlx::query(
+            "INSERT INTO users (id, name, role, clearance, active, university, region, \
+             credit_micros, created_at) VALUES ($1, $2, $3, $4, 1, $5, $6, 0, $7) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(user.id.as_str())
+        .bind(&user.name)
+        .bind(user.role.as_str())
+        .bind(i64::from(user.role.clearance()))
+        .bind(bool_to_i64(user.university))
+        .bind(user.region.as_deref())
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    pub async fn get_user(&self, id: &UserId) -> StoreResult<Option<UserRecord>> {
+        self.count_op();
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE id = $1"
+        ))
+        .bind(id.as_str())
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    /// Activates or suspends a user. Suspension takes effect on the user's next request.
+    pub async fn set_user_active(&self, id: &UserId, active: bool) -> StoreResult<UserRecord> {
+        self.count_op();
+        let _writer = self.writer().await;
+        let row = sqlx::query(concat!(
+            "UPDATE users SET active = $2 WHERE id = $1 RETURNING ",
+            user_columns!()
+        ))
+        .bind(id.as_str())
+        .bind(bool_to_i64(active))
+        .fetch_optional(self.pool())
+        .await?;
+        match row {
+            Some(row) => user_from_row(&row),
+            None => Err(StoreError::NotFound(format!("user {id}"))),
+        }
+    }
+
+    /// Adds `amount` (may be negative) to a user's credit. Refuses to take the balance below zero.
+    pub async fn add_credit(&self, id: &UserId, amount: Money) -> StoreResult<UserRecord> {
+        self.count_op();
+        let _writer = self.writer().await;
+        let row = sqlx::query(concat!(
+            "UPDATE users SET credit_micros = credit_micros + $2 \
+             WHERE id = $1 AND credit_micros + $2 >= 0 RETURNING ",
+            user_columns!()
+        ))
+        .bind(id.as_str())
+        .bind(amount.micros())
+        .fetch_optional(self.pool())
+        .await?;
+        if let Some(row) = row {
+            return user_from_row(&row);
+        }
+        drop(_writer);
+        match self.get_user(id).await? {
+            Some(user) => Err(StoreError::Conflict(format!(
+                "a credit change of {amount} would take user {id} below zero (balance {})",
+                user.credit
+            ))),
+            None => Err(StoreError::NotFound(format!("user {id}"))),
+        }
+    }
+
+    /// Registers a node with its GPUs (all AVAILABLE) and writes `events` to the outbox, all in
+    /// one transaction.
+    pub async fn register_node(
+        &self,
+        node: &NewNode,
+        events: &[OutboxEvent],
+        now_ms: i64,
+    ) -> StoreResult<(NodeRecord, Vec<GpuRecord>)> {
+        self.count_op();
+        let _writer = self.writer().await;
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(
+            "INSERT INTO provider_nodes (id, owner_id, region, public_key, status, created_at) \
+             VALUES ($1, $2, $3, $4, 'ACTIVE', $5)",
+        )
+        .bind(node.id.as_str())
+        .bind(node.owner_id.as_str())
+        .bind(&node.region)
+        .bind(&node.public_key)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(|error| {
+            if is_unique_violation(&error) {
+                StoreError::Conflict(format!("node {} already exists", node.id))
+            } else {
+                error.into()
+            }
+        })?;
+        for (gpu_id, spec) in &node.gpus {
+            sqlx::query(
+                "INSERT INTO gpus (id, node_id, name, vram_gb, price_micros, uuid, status, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'AVAILABLE', $7)",
+            )
+            .bind(gpu_id.as_str())
+            .bind(node.id.as_str())
+            .bind(&spec.name)
+            .bind(spec.vram_gb)
+            .bind(spec.price_per_hour.micros())
+            .bind(spec.uuid.as_deref())
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        insert_events(&mut tx, events, now_ms).await?;
+        tx.commit().await?;
+        let record = NodeRecord {
+            id: node.id.clone(),
+            owner_id: node.owner_id.clone(),
+            region: node.region.clone(),
+            public_key: node.public_key.clone(),
+            status: "ACTIVE".into(),
+            created_at_ms: now_ms,
+        };
+        let gpus = node
+            .gpus
+            .iter()
+            .map(|(gpu_id, spec)| GpuRecord {
+                id: gpu_id.clone(),
+                node_id: node.id.clone(),
+                owner_id: node.owner_id.clone(),
+                name: spec.name.clone(),
+                vram_gb: spec.vram_gb,
+                price_per_hour: spec.price_per_hour,
+                uuid: spec.uuid.clone(),
+                status: GpuStatus::Available,
+                region: node.region.clone(),
+                trust_score: NEW_NODE_TRUST_SCORE,
+                created_at_ms: now_ms,
+            })
+            .collect();
+        Ok((record, gpus))
+    }
+
+    pub async fn get_node(&self, id: &NodeId) -> StoreResult<Option<NodeRecord>> {
+        self.count_op();
+        let row = sqlx::query(
+            "SELECT id, owner_id, region, public_key, status, created_at FROM provider_nodes WHERE id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(node_from_row).transpose()
+    }
+
+    pub async fn get_gpu(&self, id: &GpuId) -> StoreResult<Option<GpuRecord>> {
+        self.count_op();
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            gpu_columns!(),
+            " FROM gpus g JOIN provider_nodes n ON n.id = g.node_id WHERE g.id = $1"
+        ))
+        .bind(id.as_str())
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(gpu_from_row).transpose()
+    }
+
+    /// The marketplace: AVAILABLE GPUs on ACTIVE nodes, cheapest first.
+    pub async fn list_available_gpus(&self, limit: i64) -> StoreResult<Vec<GpuRecord>> {
+        self.count_op();
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            gpu_columns!(),
+            " FROM gpus g JOIN provider_nodes n ON n.id = g.node_id \
+             WHERE g.status = 'AVAILABLE' AND n.status = 'ACTIVE' \
+             ORDER BY g.price_micros, g.id LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(gpu_from_row).collect()
+    }
+}
