@@ -1,5 +1,5 @@
 //! The pure GP4U domain: ids, money and pricing, the job state machine, request
-//! validation and bearer tokens.
+//! validation, bearer tokens, domain events and the chambers' read models.
 //!
 //! Invariant: nothing here does I/O, reads a clock or draws randomness. Time (`now`) and
 //! random bytes are arguments, so every function is deterministic and testable without

@@ -66,6 +66,9 @@ pub const PUBLIC_KEY_BYTES: usize = 32;
 /// Largest credit adjustment, in either direction.
 pub const MAX_CREDIT_AMOUNT: f64 = 1e9;
 
+/// How every price field is described in messages.
+const PRICE_ACCEPTED: &str = "a price greater than 0 and at most 100000 (to 0.000001)";
+
 /// Env keys that would change the container runtime rather than the workload: library
 /// injection, GPU visibility (the agent alone decides which GPU a job sees) and our own.
 const FORBIDDEN_ENV_PREFIXES: [&str; 4] = ["LD_", "NVIDIA_", "GP4U_", "DOCKER_"];
@@ -970,24 +973,18 @@ fn validate_gpu_spec(index: usize, item: &Value) -> Result<GpuSpec, FieldError> 
 
     let vram_field = format!("{base}.vram_gb");
     const VRAM_ACCEPTED: &str = "a number of GB greater than 0 and at most 4096";
-    let vram_value =
-        required(object, "vram_gb", CODE, VRAM_ACCEPTED).map_err(|error| FieldError {
-            field: vram_field.clone(),
-            message: format!("`{vram_field}` is required: {VRAM_ACCEPTED}"),
-            ..error
-        })?;
+    let vram_value = required_at(present(object, "vram_gb"), &vram_field, CODE, VRAM_ACCEPTED)?;
     let vram_gb = number_within(vram_value, &vram_field, CODE, VRAM_ACCEPTED, |gb| {
         gb > 0.0 && gb <= MAX_VRAM_GB
     })?;
 
     let price_field = format!("{base}.price_per_hour");
-    let Some(price_value) = present(object, "price_per_hour") else {
-        return Err(FieldError::new(
-            CODE,
-            &price_field,
-            format!("`{price_field}` is required: a price greater than 0 and at most 100000"),
-        ));
-    };
+    let price_value = required_at(
+        present(object, "price_per_hour"),
+        &price_field,
+        CODE,
+        PRICE_ACCEPTED,
+    )?;
     let price_per_hour = positive_price(price_value, &price_field, CODE)?;
 
     let uuid_field = format!("{base}.uuid");
@@ -1073,8 +1070,17 @@ fn required<'a>(
     code: ValidationCode,
     accepted: &str,
 ) -> Result<&'a Value, FieldError> {
-    present(object, key)
-        .ok_or_else(|| FieldError::new(code, key, format!("`{key}` is required: {accepted}")))
+    required_at(present(object, key), key, code, accepted)
+}
+
+/// Like `required`, for a nested field whose path differs from its key.
+fn required_at<'a>(
+    value: Option<&'a Value>,
+    field: &str,
+    code: ValidationCode,
+    accepted: &str,
+) -> Result<&'a Value, FieldError> {
+    value.ok_or_else(|| FieldError::new(code, field, format!("`{field}` is required: {accepted}")))
 }
 
 /// A required string of 1..=`max_chars` characters after trimming; returns it trimmed.
@@ -1133,7 +1139,7 @@ fn number_within(
 
 /// A price per hour: greater than 0, at most 100000, and not rounding to zero micro-units.
 fn positive_price(value: &Value, field: &str, code: ValidationCode) -> Result<Money, FieldError> {
-    const ACCEPTED: &str = "a price greater than 0 and at most 100000 (to 0.000001)";
+    const ACCEPTED: &str = PRICE_ACCEPTED;
     let error = || {
         FieldError::new(
             code,

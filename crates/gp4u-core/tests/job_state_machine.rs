@@ -45,8 +45,8 @@ fn ended_by() -> impl Strategy<Value = EndedBy> {
 fn job_input() -> impl Strategy<Value = JobInput> {
     prop_oneof![
         ("[a-z0-9]{1,8}", "[a-z0-9]{1,8}").prop_map(|(node, gpu)| JobInput::Assign {
-            node_id: NodeId::parse(&format!("node_{node}")).unwrap(),
-            gpu_id: GpuId::parse(&format!("gpu_{gpu}")).unwrap(),
+            node_id: NodeId::parse(&format!("node_{node}")).expect("generated node id is valid"),
+            gpu_id: GpuId::parse(&format!("gpu_{gpu}")).expect("generated gpu id is valid"),
         }),
         Just(JobInput::PickupTimedOut),
         Just(JobInput::Start),

@@ -12,7 +12,7 @@ use rust_decimal::{Decimal, RoundingStrategy};
 fn to_micros_half_up(value: Decimal) -> i64 {
     let mut rounded = value.round_dp_with_strategy(6, RoundingStrategy::MidpointAwayFromZero);
     rounded.rescale(6);
-    i64::try_from(rounded.mantissa()).unwrap()
+    i64::try_from(rounded.mantissa()).expect("test amounts fit in i64")
 }
 
 proptest! {

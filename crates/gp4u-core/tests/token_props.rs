@@ -4,7 +4,7 @@ use gp4u_core::token::{Claims, TokenError, TokenKeys, TokenSecret, mint, verify}
 use proptest::prelude::*;
 
 fn secret(bytes: Vec<u8>) -> TokenSecret {
-    TokenSecret::new(bytes).unwrap()
+    TokenSecret::new(bytes).expect("test secrets are at least 32 bytes")
 }
 
 fn claims() -> impl Strategy<Value = Claims> {

@@ -50,7 +50,9 @@ fn job_with(key: &str, value: Value) -> Value {
 
 fn job_without(key: &str) -> Value {
     let mut body = valid_job();
-    body.as_object_mut().unwrap().remove(key);
+    body.as_object_mut()
+        .expect("the valid job is an object")
+        .remove(key);
     body
 }
 

@@ -55,7 +55,7 @@ impl Store {
     ) -> StoreResult<CreateJobOutcome> {
         self.count_op();
         let _writer = self.writer().await;
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let record = &job.record;
         if let Some(idempotency) = &job.idempotency {
             // An expired key may be reused: drop it first (same transaction).
@@ -234,7 +234,7 @@ impl Store {
     ) -> StoreResult<JobRecord> {
         self.count_op();
         let writer = self.writer().await;
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let result = sqlx::query(
             "UPDATE jobs SET status = $3, failure_reason = $4, ended_by = $5, node_id = $6, \
              gpu_id = $7, started_at = $8, ended_at = $9, exit_code = $10, version = version + 1 \

@@ -41,6 +41,7 @@ mod limits;
 mod migrate;
 mod outbox;
 mod records;
+pub mod testing;
 mod users;
 
 use std::str::FromStr;
@@ -212,6 +213,16 @@ impl Store {
 
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.inner.pool
+    }
+
+    /// Begins a transaction that will write. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`): a deferred transaction that reads and then writes can fail with
+    /// `SQLITE_BUSY` when another connection committed in between, which waiting cannot fix.
+    pub(crate) async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.inner.engine {
+            Engine::Sqlite => self.inner.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Engine::Postgres => self.inner.pool.begin().await?,
+        })
     }
 
     pub(crate) fn count_op(&self) {

@@ -28,7 +28,7 @@ impl Store {
     ) -> StoreResult<RateDecision> {
         self.count_op();
         let _writer = self.writer().await;
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         if self.engine() == Engine::Postgres {
             // Serialises attempts of one user (across replicas) without blocking other users.
             sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")

@@ -73,7 +73,7 @@ impl Store {
     pub async fn append_events(&self, events: &[OutboxEvent], now_ms: i64) -> StoreResult<()> {
         self.count_op();
         let _writer = self.writer().await;
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         insert_events(&mut tx, events, now_ms).await?;
         tx.commit().await?;
         Ok(())
@@ -85,7 +85,7 @@ impl Store {
     pub async fn sequence_outbox(&self, limit: i64) -> StoreResult<Vec<Envelope>> {
         self.count_op();
         let _writer = self.writer().await;
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         if self.engine() == Engine::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
                 .bind(LOCK_NAMESPACE)

@@ -152,7 +152,7 @@ impl Store {
     ) -> StoreResult<(NodeRecord, Vec<GpuRecord>)> {
         self.count_op();
         let _writer = self.writer().await;
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO provider_nodes (id, owner_id, region, public_key, status, created_at) \
              VALUES ($1, $2, $3, $4, 'ACTIVE', $5)",
@@ -254,5 +254,22 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         rows.iter().map(gpu_from_row).collect()
+    }
+}
+
+impl Store {
+    /// Sets a GPU's status (Atlas marks GPUs BUSY and AVAILABLE; operators take them OFFLINE).
+    pub async fn set_gpu_status(&self, id: &GpuId, status: GpuStatus) -> StoreResult<()> {
+        self.count_op();
+        let _writer = self.writer().await;
+        let result = sqlx::query("UPDATE gpus SET status = $2 WHERE id = $1")
+            .bind(id.as_str())
+            .bind(status.as_str())
+            .execute(self.pool())
+            .await?;
+        if result.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("gpu {id}")));
+        }
+        Ok(())
     }
 }

@@ -1,0 +1,274 @@
+//! Black box: the real `gp4u` binary on a real port, driven over HTTP like a user would,
+//! on SQLite and on PostgreSQL. Stage 0–1 of SPEC: bootstrap admin → provider registers a GPU →
+//! customer submits → 201 with the server's cost; the chambers see it; SIGTERM stops cleanly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gp4u_store::Engine;
+use gp4u_store::testing::TestDatabase;
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gp4u");
+
+struct Running {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(data_dir: &Path, database_url: &str) -> Running {
+    let mut child = Command::new(BIN)
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--bootstrap-admin",
+            "usr_admin",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--database-url")
+        .arg(database_url)
+        .env_remove("GP4U_TOKEN_SECRET")
+        .env("GP4U_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting gp4u server");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("gp4u server listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_string();
+    Running { child, base }
+}
+
+fn mint(data_dir: &Path, sub: &str, clr: u8) -> String {
+    let output = Command::new(BIN)
+        .args([
+            "token",
+            "mint",
+            "--sub",
+            sub,
+            "--clr",
+            &clr.to_string(),
+            "--ttl",
+            "600",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("GP4U_TOKEN_SECRET")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+async fn call(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = client.request(method, url).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn stage_0_to_1(engine: Engine) {
+    let Some(db) = TestDatabase::create(engine, "e2e_stage_0_to_1").await else {
+        return;
+    };
+    let data_dir = tempfile::tempdir().unwrap();
+    let server = start_server(data_dir.path(), &db.url);
+    let base = server.base.clone();
+    let client = reqwest::Client::new();
+    use reqwest::Method;
+
+    // The server generated its token secret (mode 0600); the CLI mints with it.
+    let admin = mint(data_dir.path(), "usr_admin", 3);
+    let (status, provider) = call(
+        &client,
+        Method::POST,
+        format!("{base}/api/admin/users"),
+        &admin,
+        Some(json!({"name": "Ada's GPUs", "role": "provider"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{provider}");
+    let (status, customer) = call(
+        &client,
+        Method::POST,
+        format!("{base}/api/admin/users"),
+        &admin,
+        Some(json!({"name": "Grace", "role": "customer", "region": "eu-west-1"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{customer}");
+    let provider_token = mint(data_dir.path(), provider["id"].as_str().unwrap(), 2);
+    let customer_token = mint(data_dir.path(), customer["id"].as_str().unwrap(), 1);
+
+    let (status, registered) = call(&client, Method::POST, format!("{base}/api/providers/register"), &provider_token,
+        Some(json!({"region": "us-east-1", "public_key": "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=",
+                    "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "uuid": "GPU-5e1c"}]}))).await;
+    assert_eq!(status, 201, "{registered}");
+    let gpu_id = registered["gpus"][0]["id"].as_str().unwrap().to_string();
+    let (status, listing) = call(
+        &client,
+        Method::GET,
+        format!("{base}/api/gpus"),
+        &customer_token,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, listing["gpus"][0]["id"].as_str()),
+        (200, Some(gpu_id.as_str()))
+    );
+
+    let (status, accepted) = call(&client, Method::POST, format!("{base}/api/jobs"), &customer_token,
+        Some(json!({"name": "BERT fine-tune — medical NLP", "gpuId": gpu_id, "workload_type": "TRAINING",
+                    "expectedDurationHours": 4.0, "docker_image": "registry.example/org/bert",
+                    "docker_image_sha256": format!("sha256:{}", "ab".repeat(32)), "command": ["python", "train.py"],
+                    "env": {"EPOCHS": "3"}, "costEstimate": 0.01}))).await;
+    assert_eq!(status, 201, "{accepted}");
+    assert_eq!(accepted["status"], "PENDING");
+    assert_eq!(accepted["costEstimate"], json!(12.4));
+    assert_eq!(
+        accepted["gpu"],
+        json!({"name": "RTX 4090", "region": "us-east-1"})
+    );
+    let job_id = accepted["id"].as_str().unwrap();
+    let (status, job) = call(
+        &client,
+        Method::GET,
+        format!("{base}/api/jobs/{job_id}"),
+        &customer_token,
+        None,
+    )
+    .await;
+    assert_eq!((status, job["status"].as_str()), (200, Some("PENDING")));
+
+    // The relay and the chambers run in the server: job.created reaches all three.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, chambers) = call(
+            &client,
+            Method::GET,
+            format!("{base}/api/admin/chambers"),
+            &admin,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200);
+        let caught_up = chambers["head"].as_i64() == Some(2)
+            && chambers["chambers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["lag"] == 0 && c["cursor"] == 2);
+        if caught_up {
+            let mnemo = &chambers["chambers"][0];
+            assert_eq!(
+                mnemo["summary"]["hottest"]["model_region"],
+                "RTX 4090@us-east-1"
+            );
+            let outerim = &chambers["chambers"][2];
+            assert_eq!(
+                outerim["summary"]["underserved_regions"][0]["region"],
+                "eu-west-1"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "chambers did not catch up: {chambers}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Graceful shutdown on SIGTERM: exit status 0.
+    let mut server = server;
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            assert!(status.success(), "server exited with {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn stage_0_to_1_on_sqlite() {
+    stage_0_to_1(Engine::Sqlite).await;
+}
+
+#[tokio::test]
+async fn stage_0_to_1_on_postgres() {
+    stage_0_to_1(Engine::Postgres).await;
+}
+
+#[test]
+fn a_short_token_secret_is_refused_with_a_clear_error() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let output = Command::new(BIN)
+        .args(["server", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .env("GP4U_TOKEN_SECRET", "short")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("at least 32 bytes"), "{stderr}");
+    assert!(
+        !stderr.contains("short\""),
+        "the secret must not be echoed: {stderr}"
+    );
+}
+
+#[test]
+fn mint_without_a_secret_says_where_to_find_one() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let output = Command::new(BIN)
+        .args(["token", "mint", "--sub", "usr_x", "--clr", "1"])
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .env_remove("GP4U_TOKEN_SECRET")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("GP4U_TOKEN_SECRET"));
+}

@@ -1,0 +1,898 @@
+//! The HTTP API in-process: stage 0 (tokens, requireAuth, admin gate) and stage 1 (submission).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use axum::http::{Method, StatusCode};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use gp4u_core::ids::GpuId;
+use gp4u_core::token::{Claims, TokenSecret, mint};
+use gp4u_store::{Engine, GpuStatus};
+use serde_json::json;
+use support::*;
+
+async fn sqlite(test: &str) -> TestApp {
+    TestApp::new(Engine::Sqlite, test).await.unwrap()
+}
+
+#[tokio::test]
+async fn bad_tokens_get_401_before_any_database_access() {
+    let app = sqlite("bad_tokens").await;
+    let exp = app.clock_seconds() + 3600;
+    let valid = token_for("usr_admin", 3, exp);
+    let (payload, signature) = valid.split_once('.').unwrap();
+    let changed_payload = {
+        let claims = json!({"sub": "usr_admin", "clr": 5, "trs": 50.0, "exp": exp});
+        format!("{}.{signature}", URL_SAFE_NO_PAD.encode(claims.to_string()))
+    };
+    let bad_signature = format!("{payload}.{}", URL_SAFE_NO_PAD.encode([0u8; 32]));
+    let expired = token_for("usr_admin", 3, app.clock_seconds());
+    let other_key = mint(
+        &Claims {
+            sub: "usr_admin".into(),
+            clr: 3,
+            trs: 50.0,
+            exp,
+        },
+        &TokenSecret::new(OTHER_SECRET.to_vec()).unwrap(),
+    );
+    let huge = format!("{payload}{}.{signature}", "A".repeat(8 * 1024));
+    let cases: Vec<(&str, Option<String>, &str)> = vec![
+        ("missing", None, "TOKEN_MISSING"),
+        ("garbage", Some("garbage".into()), "TOKEN_MALFORMED"),
+        ("bad signature", Some(bad_signature), "TOKEN_BAD_SIGNATURE"),
+        (
+            "changed payload",
+            Some(changed_payload),
+            "TOKEN_BAD_SIGNATURE",
+        ),
+        ("expired", Some(expired), "TOKEN_EXPIRED"),
+        ("other key", Some(other_key), "TOKEN_BAD_SIGNATURE"),
+        ("8 KiB", Some(huge), "TOKEN_TOO_LONG"),
+    ];
+    for path in ["/api/jobs", "/api/admin/chambers", "/api/gpus"] {
+        for (name, token, code) in &cases {
+            let before = app.store().operations();
+            let reply = app.call(Method::GET, path, token.as_deref(), None).await;
+            assert_eq!(
+                reply.status,
+                StatusCode::UNAUTHORIZED,
+                "{name} on {path}: {:?}",
+                reply.body
+            );
+            assert_eq!(reply.code(), *code, "{name} on {path}");
+            assert!(
+                reply.body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty())
+            );
+            assert_eq!(
+                app.store().operations(),
+                before,
+                "{name} on {path} touched the database"
+            );
+        }
+    }
+    // The same request with the valid token does reach the store.
+    let before = app.store().operations();
+    assert_eq!(
+        app.call(Method::GET, "/api/jobs", Some(&valid), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert!(app.store().operations() > before);
+}
+
+#[tokio::test]
+async fn a_bearer_prefix_is_required() {
+    let app = sqlite("bearer_prefix").await;
+    let reply = app
+        .call_with(
+            Method::GET,
+            "/api/jobs",
+            None,
+            None,
+            &[("authorization", &format!("Token {}", app.admin))],
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::UNAUTHORIZED, "TOKEN_MALFORMED")
+    );
+}
+
+#[tokio::test]
+async fn authorization_rules_of_stage_0() {
+    let app = sqlite("authorization").await;
+    let (customer_id, customer) = app.user("customer", None).await;
+    // Customer on an admin route: 403 without touching the database.
+    let before = app.store().operations();
+    let reply = app
+        .call(Method::GET, "/api/admin/chambers", Some(&customer), None)
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::FORBIDDEN, "ADMIN_REQUIRED")
+    );
+    assert_eq!(app.store().operations(), before);
+    // A token claiming more clearance than stored.
+    let inflated = app.token(&customer_id, 3);
+    let reply = app
+        .call(Method::GET, "/api/admin/chambers", Some(&inflated), None)
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::FORBIDDEN, "CLEARANCE_EXCEEDS_STORED")
+    );
+    let reply = app
+        .call(
+            Method::GET,
+            "/api/jobs",
+            Some(&app.token(&customer_id, 2)),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::FORBIDDEN, "CLEARANCE_EXCEEDS_STORED")
+    );
+    // A valid token for a user that does not exist.
+    let reply = app
+        .call(
+            Method::GET,
+            "/api/jobs",
+            Some(&app.token("usr_ghost", 1)),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::FORBIDDEN, "USER_UNKNOWN")
+    );
+    // Suspension locks the user out at once, whatever the token says.
+    assert_eq!(
+        app.call(Method::GET, "/api/jobs", Some(&customer), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let reply = app
+        .call(
+            Method::POST,
+            &format!("/api/admin/users/{customer_id}/suspend"),
+            Some(&app.admin),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.body["active"].as_bool()),
+        (StatusCode::OK, Some(false))
+    );
+    let reply = app
+        .call(Method::GET, "/api/jobs", Some(&customer), None)
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::FORBIDDEN, "USER_SUSPENDED")
+    );
+    app.call(
+        Method::POST,
+        &format!("/api/admin/users/{customer_id}/activate"),
+        Some(&app.admin),
+        None,
+    )
+    .await;
+    assert_eq!(
+        app.call(Method::GET, "/api/jobs", Some(&customer), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // A customer cannot register a node.
+    let reply = app
+        .call(
+            Method::POST,
+            "/api/providers/register",
+            Some(&customer),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::FORBIDDEN, "PROVIDER_REQUIRED")
+    );
+}
+
+#[tokio::test]
+async fn x_subject_id_from_the_client_is_replaced() {
+    let app = sqlite("subject_header").await;
+    let gpu = app.gpu(3.1).await;
+    let (_, alice) = app.user("customer", None).await;
+    let (bob_id, bob) = app.user("customer", None).await;
+    let reply = app
+        .call(Method::POST, "/api/jobs", Some(&bob), Some(job_body(&gpu)))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    // Alice claims to be Bob through the header: she still sees only her own (no) jobs.
+    let reply = app
+        .call_with(
+            Method::GET,
+            "/api/jobs",
+            Some(&alice),
+            None,
+            &[("x-subject-id", &bob_id)],
+        )
+        .await;
+    assert_eq!(reply.body["jobs"], json!([]));
+}
+
+#[tokio::test]
+async fn submission_end_to_end_with_server_side_cost() {
+    let app = sqlite("submission").await;
+    let gpu = app.gpu(3.1).await;
+    let (customer_id, customer) = app.user("customer", Some("eu-west-1")).await;
+    let mut body = job_body(&gpu);
+    body["costEstimate"] = json!(0.01);
+    body["cost"] = json!(0);
+    body["unknown_field"] = json!({"ignored": true});
+    let reply = app
+        .call(Method::POST, "/api/jobs", Some(&customer), Some(body))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    assert_eq!(reply.body["status"], "PENDING");
+    assert_eq!(reply.body["costEstimate"], json!(12.4));
+    assert_eq!(
+        reply.body["gpu"],
+        json!({"name": "RTX 4090", "region": "us-east-1"})
+    );
+    let id = reply.body["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("job_"));
+    let job = app
+        .call(
+            Method::GET,
+            &format!("/api/jobs/{id}"),
+            Some(&customer),
+            None,
+        )
+        .await;
+    assert_eq!(job.status, StatusCode::OK);
+    for field in [
+        "id",
+        "name",
+        "status",
+        "failure_reason",
+        "ended_by",
+        "costEstimate",
+        "gpu",
+        "node_id",
+        "placement",
+        "created_at",
+        "started_at",
+        "ended_at",
+        "exit_code",
+        "latest_metrics",
+        "anomalies",
+        "energy_kwh",
+        "carbon_kg",
+        "renewable_pct",
+    ] {
+        assert!(
+            job.body.get(field).is_some(),
+            "job JSON lacks {field}: {}",
+            job.body
+        );
+    }
+    assert_eq!(job.body["owner_id"], customer_id.as_str());
+    // The job.created event is in the outbox, written with the row.
+    assert_eq!(
+        app.store().outbox_unsequenced().await.unwrap(),
+        2,
+        "node.registered + job.created"
+    );
+    // Admins see any job; other customers get 404, as for a job that does not exist.
+    assert_eq!(
+        app.call(
+            Method::GET,
+            &format!("/api/jobs/{id}"),
+            Some(&app.admin),
+            None
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    let (_, other) = app.user("customer", None).await;
+    let reply = app
+        .call(Method::GET, &format!("/api/jobs/{id}"), Some(&other), None)
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::NOT_FOUND, "JOB_NOT_FOUND")
+    );
+    let reply = app
+        .call(
+            Method::GET,
+            "/api/jobs/job_doesnotexist",
+            Some(&other),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::NOT_FOUND, "JOB_NOT_FOUND")
+    );
+    let reply = app
+        .call(
+            Method::POST,
+            &format!("/api/jobs/{id}/cancel"),
+            Some(&other),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn gpu_lookup_and_requirements() {
+    let app = sqlite("gpu_lookup").await;
+    let gpu = app.gpu(2.5).await;
+    let (_, customer) = app.user("customer", None).await;
+    let reply = app
+        .call(
+            Method::POST,
+            "/api/jobs",
+            Some(&customer),
+            Some(job_body("gpu_unknown")),
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::NOT_FOUND, "GPU_NOT_FOUND")
+    );
+    app.store()
+        .set_gpu_status(&GpuId::parse(&gpu).unwrap(), GpuStatus::Busy)
+        .await
+        .unwrap();
+    let reply = app
+        .call(
+            Method::POST,
+            "/api/jobs",
+            Some(&customer),
+            Some(job_body(&gpu)),
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::CONFLICT, "GPU_NOT_AVAILABLE")
+    );
+    app.store()
+        .set_gpu_status(&GpuId::parse(&gpu).unwrap(), GpuStatus::Available)
+        .await
+        .unwrap();
+    // A requirement: the estimate uses the dearest matching GPU; nothing is placed yet.
+    app.gpu(4.0).await;
+    let mut body = job_body(&gpu);
+    body.as_object_mut().unwrap().remove("gpuId");
+    body["gpu"] = json!({"model": "rtx 4090", "min_vram_gb": 16});
+    let reply = app
+        .call(
+            Method::POST,
+            "/api/jobs",
+            Some(&customer),
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    assert_eq!(
+        (
+            reply.body["costEstimate"].clone(),
+            reply.body["gpu"].clone()
+        ),
+        (json!(16.0), json!(null))
+    );
+    body["gpu"] = json!({"model": "H100"});
+    let reply = app
+        .call(
+            Method::POST,
+            "/api/jobs",
+            Some(&customer),
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::CONFLICT, "NO_MATCHING_GPU")
+    );
+    body["gpu"] = json!({"model": "H100", "max_price_per_hour": 9.99});
+    let reply = app
+        .call(Method::POST, "/api/jobs", Some(&customer), Some(body))
+        .await;
+    assert_eq!(
+        (reply.status, reply.body["costEstimate"].clone()),
+        (StatusCode::CREATED, json!(39.96))
+    );
+}
+
+#[tokio::test]
+async fn validation_errors_name_their_field_and_change_nothing() {
+    let app = sqlite("validation").await;
+    let gpu = app.gpu(3.1).await;
+    let (_, customer) = app.user("customer", None).await;
+    let cases = [
+        ("name", json!("   "), "INVALID_NAME"),
+        ("expectedDurationHours", json!(0.09), "INVALID_DURATION"),
+        ("expectedDurationHours", json!("4"), "INVALID_DURATION"),
+        ("workload_type", json!("MINING"), "INVALID_WORKLOAD_TYPE"),
+        ("docker_image_sha256", json!("abc"), "INVALID_IMAGE_DIGEST"),
+        ("env", json!({"LD_PRELOAD": "/x.so"}), "FORBIDDEN_ENV_KEY"),
+        ("env", json!({"lower": "x"}), "INVALID_ENV_KEY"),
+        ("gpuId", json!("not-a-gpu"), "INVALID_GPU_ID"),
+    ];
+    for (field, value, code) in cases {
+        let mut body = job_body(&gpu);
+        body[field] = value;
+        let reply = app
+            .call(Method::POST, "/api/jobs", Some(&customer), Some(body))
+            .await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (StatusCode::BAD_REQUEST, code),
+            "{field}: {:?}",
+            reply.body
+        );
+        assert!(
+            reply.body["error"]["field"]
+                .as_str()
+                .unwrap()
+                .starts_with(field),
+            "{:?}",
+            reply.body
+        );
+    }
+    let reply = app
+        .call_with(
+            Method::POST,
+            "/api/jobs",
+            Some(&customer),
+            Some("{not json".into()),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::BAD_REQUEST, "INVALID_JSON")
+    );
+    let reply = app
+        .call(
+            Method::POST,
+            "/api/jobs",
+            Some(&customer),
+            Some(json!([1, 2])),
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::BAD_REQUEST, "INVALID_BODY")
+    );
+    assert_eq!(app.store().count_jobs().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn bodies_over_64_kib_get_413() {
+    let app = sqlite("body_limit").await;
+    let gpu = app.gpu(3.1).await;
+    let (_, customer) = app.user("customer", None).await;
+    let mut body = job_body(&gpu);
+    body["padding"] = json!("x".repeat(64 * 1024));
+    let reply = app
+        .call(Method::POST, "/api/jobs", Some(&customer), Some(body))
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "BODY_TOO_LARGE")
+    );
+    let mut body = job_body(&gpu);
+    body["padding"] = json!("x".repeat(60 * 1024));
+    assert_eq!(
+        app.call(Method::POST, "/api/jobs", Some(&customer), Some(body))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test]
+async fn rate_limit_30_per_rolling_minute_with_an_injected_clock() {
+    let app = sqlite("rate_limit").await;
+    let gpu = app.gpu(3.1).await;
+    let (_, customer) = app.user("customer", None).await;
+    for attempt in 0..30 {
+        // Invalid submissions count too: the limit comes before validation.
+        let body = if attempt % 2 == 0 {
+            job_body(&gpu)
+        } else {
+            json!({"name": ""})
+        };
+        let reply = app
+            .call(Method::POST, "/api/jobs", Some(&customer), Some(body))
+            .await;
+        assert_ne!(
+            reply.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "attempt {attempt}"
+        );
+        app.clock.advance_ms(1000);
+    }
+    let reply = app
+        .call(
+            Method::POST,
+            "/api/jobs",
+            Some(&customer),
+            Some(job_body(&gpu)),
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED")
+    );
+    assert_eq!(reply.headers["retry-after"], "30");
+    // Another customer is unaffected.
+    let (_, other) = app.user("customer", None).await;
+    assert_eq!(
+        app.call(
+            Method::POST,
+            "/api/jobs",
+            Some(&other),
+            Some(job_body(&gpu))
+        )
+        .await
+        .status,
+        StatusCode::CREATED
+    );
+    // A minute after the first attempt, one slot is free again.
+    app.clock.advance_ms(30_000);
+    assert_eq!(
+        app.call(
+            Method::POST,
+            "/api/jobs",
+            Some(&customer),
+            Some(job_body(&gpu))
+        )
+        .await
+        .status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        app.call(
+            Method::POST,
+            "/api/jobs",
+            Some(&customer),
+            Some(job_body(&gpu))
+        )
+        .await
+        .status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+async fn two_instances_share_the_rate_limit(app: TestApp) {
+    let replica = app.replica().await;
+    let gpu = app.gpu(3.1).await;
+    let (_, customer) = app.user("customer", None).await;
+    for attempt in 0..30 {
+        let instance = if attempt % 2 == 0 { &app } else { &replica };
+        assert_eq!(
+            instance
+                .call(
+                    Method::POST,
+                    "/api/jobs",
+                    Some(&customer),
+                    Some(job_body(&gpu))
+                )
+                .await
+                .status,
+            StatusCode::CREATED
+        );
+    }
+    for instance in [&app, &replica] {
+        let reply = instance
+            .call(
+                Method::POST,
+                "/api/jobs",
+                Some(&customer),
+                Some(job_body(&gpu)),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    }
+}
+
+async fn idempotency_key_replays_once_even_when_racing(app: TestApp) {
+    let gpu = app.gpu(3.1).await;
+    let (_, customer) = app.user("customer", None).await;
+    let key = [("idempotency-key", "retry-me-1")];
+    let body = job_body(&gpu).to_string();
+    let first = app
+        .call_with(
+            Method::POST,
+            "/api/jobs",
+            Some(&customer),
+            Some(body.clone()),
+            &key,
+        )
+        .await;
+    let second = app
+        .call_with(
+            Method::POST,
+            "/api/jobs",
+            Some(&customer),
+            Some(body.clone()),
+            &key,
+        )
+        .await;
+    assert_eq!(
+        (first.status, second.status),
+        (StatusCode::CREATED, StatusCode::CREATED)
+    );
+    assert_eq!(first.body, second.body);
+    assert_eq!(app.store().count_jobs().await.unwrap(), 1);
+    // The same key with another body is refused, not replayed.
+    let mut other = job_body(&gpu);
+    other["name"] = json!("another job");
+    let reply = app
+        .call_with(
+            Method::POST,
+            "/api/jobs",
+            Some(&customer),
+            Some(other.to_string()),
+            &key,
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED")
+    );
+    // Racing requests with a fresh key, through two instances: one job, one answer.
+    let replica = app.replica().await;
+    let race_key = [("idempotency-key", "race-1")];
+    let requests = (0..6).map(|n| {
+        let instance = if n % 2 == 0 { &app } else { &replica };
+        instance.call_with(
+            Method::POST,
+            "/api/jobs",
+            Some(&customer),
+            Some(body.clone()),
+            &race_key,
+        )
+    });
+    let replies = futures::future::join_all(requests).await;
+    let ids: std::collections::BTreeSet<_> = replies
+        .iter()
+        .map(|reply| {
+            assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+            reply.body["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(app.store().count_jobs().await.unwrap(), 2);
+    // 24 hours later the key is forgotten.
+    app.clock.advance_ms(24 * 3_600_000 + 1);
+    let later = app
+        .call_with(Method::POST, "/api/jobs", Some(&customer), Some(body), &key)
+        .await;
+    assert_eq!(later.status, StatusCode::CREATED);
+    assert_ne!(later.body["id"], first.body["id"]);
+}
+
+#[tokio::test]
+async fn idempotency_key_must_be_sane() {
+    let app = sqlite("idempotency_header").await;
+    let (_, customer) = app.user("customer", None).await;
+    let long = "k".repeat(256);
+    let reply = app
+        .call_with(
+            Method::POST,
+            "/api/jobs",
+            Some(&customer),
+            Some("{}".into()),
+            &[("idempotency-key", &long)],
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::BAD_REQUEST, "INVALID_IDEMPOTENCY_KEY")
+    );
+}
+
+async fn cancel_moves_to_cancelled_once(app: TestApp) {
+    let gpu = app.gpu(3.1).await;
+    let (_, customer) = app.user("customer", None).await;
+    let id = app
+        .call(
+            Method::POST,
+            "/api/jobs",
+            Some(&customer),
+            Some(job_body(&gpu)),
+        )
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let reply = app
+        .call(
+            Method::POST,
+            &format!("/api/jobs/{id}/cancel"),
+            Some(&customer),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(
+        (
+            reply.body["status"].as_str(),
+            reply.body["failure_reason"].as_str(),
+            reply.body["ended_by"].as_str()
+        ),
+        (
+            Some("CANCELLED"),
+            Some("CANCELLED_BY_CUSTOMER"),
+            Some("customer")
+        )
+    );
+    assert!(reply.body["ended_at"].is_string());
+    let again = app
+        .call(
+            Method::POST,
+            &format!("/api/jobs/{id}/cancel"),
+            Some(&customer),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (again.status, again.code()),
+        (StatusCode::CONFLICT, "JOB_ALREADY_TERMINAL")
+    );
+    let events = app.store().sequence_outbox(100).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.topic.as_str()).collect::<Vec<_>>(),
+        ["node.registered", "job.created", "job.cancelled"]
+    );
+}
+
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_engine {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let app = super::TestApp::new(super::Engine::Sqlite, stringify!($name)).await.unwrap();
+                    super::$name(app).await;
+                }
+            )*
+        }
+        mod postgres_engine {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(app) = super::TestApp::new(super::Engine::Postgres, stringify!($name)).await else { return };
+                    super::$name(app).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_engines!(
+    two_instances_share_the_rate_limit,
+    idempotency_key_replays_once_even_when_racing,
+    cancel_moves_to_cancelled_once
+);
+
+#[tokio::test]
+async fn credits_and_user_admin() {
+    let app = sqlite("credits").await;
+    let (id, _) = app.user("customer", None).await;
+    let reply = app
+        .call(
+            Method::POST,
+            &format!("/api/admin/users/{id}/credits"),
+            Some(&app.admin),
+            Some(json!({"amount": 100.0})),
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.body["credit"].clone()),
+        (StatusCode::OK, json!(100.0))
+    );
+    let reply = app
+        .call(
+            Method::POST,
+            &format!("/api/admin/users/{id}/credits"),
+            Some(&app.admin),
+            Some(json!({"amount": -100.01})),
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::CONFLICT, "CREDIT_BELOW_ZERO")
+    );
+    let reply = app
+        .call(
+            Method::POST,
+            "/api/admin/users/usr_nobody/credits",
+            Some(&app.admin),
+            Some(json!({"amount": 1})),
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::NOT_FOUND, "USER_NOT_FOUND")
+    );
+    let reply = app
+        .call(
+            Method::POST,
+            "/api/admin/users",
+            Some(&app.admin),
+            Some(json!({"name": "x", "role": "root"})),
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::BAD_REQUEST, "INVALID_ROLE")
+    );
+}
+
+#[tokio::test]
+async fn openapi_health_and_unknown_routes() {
+    let app = sqlite("openapi").await;
+    let reply = app.call(Method::GET, "/api/openapi.json", None, None).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(
+        reply.body["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        reply.body["openapi"]
+    );
+    for path in [
+        "/api/jobs",
+        "/api/jobs/{id}",
+        "/api/jobs/{id}/cancel",
+        "/api/providers/register",
+        "/api/gpus",
+        "/api/admin/users",
+        "/api/admin/users/{id}/suspend",
+        "/api/admin/users/{id}/credits",
+        "/api/admin/chambers",
+    ] {
+        assert!(
+            reply.body["paths"].get(path).is_some(),
+            "OpenAPI lacks {path}"
+        );
+    }
+    assert!(
+        reply.body["components"]["schemas"]
+            .get("JobAccepted")
+            .is_some()
+    );
+    assert_eq!(
+        app.call(Method::GET, "/healthz", None, None).await.status,
+        StatusCode::OK
+    );
+    let ready = app.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(
+        (ready.status, ready.body["engine"].as_str()),
+        (StatusCode::OK, Some("sqlite"))
+    );
+    let reply = app.call(Method::GET, "/nope", None, None).await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::NOT_FOUND, "NOT_FOUND")
+    );
+    let reply = app
+        .call(Method::GET, "/api/healthz", Some(&app.admin), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert!(reply.headers.contains_key("x-request-id"));
+}

@@ -1,0 +1,231 @@
+//! In-process harness: the real router over a fresh database, a manual clock, fixed keys.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use gp4u_bus::{EventBus, InProcessBus, ManualClock};
+use gp4u_core::ids::UserId;
+use gp4u_core::manifest::Role;
+use gp4u_core::token::{Claims, TokenKeys, TokenSecret, mint};
+use gp4u_server::state::{Limits, RandomIds};
+use gp4u_server::{AppState, build_router};
+use gp4u_store::testing::TestDatabase;
+use gp4u_store::{Engine, NewUser, Store};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+pub const START_MS: i64 = 1_800_000_000_000;
+pub const SECRET: &[u8] = b"test-secret-test-secret-test-secret!";
+pub const OTHER_SECRET: &[u8] = b"another-secret-another-secret-another";
+
+pub fn keys() -> TokenKeys {
+    TokenKeys {
+        current: TokenSecret::new(SECRET.to_vec()).unwrap(),
+        previous: None,
+    }
+}
+
+pub struct TestApp {
+    pub db: TestDatabase,
+    pub state: AppState,
+    pub router: Router,
+    pub clock: ManualClock,
+    pub admin: String,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+/// Deterministic ids: a counter, offset per app so that two apps on one database differ.
+fn counter_ids(offset: u64) -> RandomIds {
+    let counter = Arc::new(AtomicU64::new(offset));
+    Arc::new(move || {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&counter.fetch_add(1, Ordering::SeqCst).to_be_bytes());
+        bytes
+    })
+}
+
+impl TestApp {
+    pub async fn new(engine: Engine, test: &str) -> Option<TestApp> {
+        let db = TestDatabase::create(engine, test).await?;
+        let app = TestApp::on(db, 0, ManualClock::new(START_MS)).await;
+        app.store()
+            .ensure_user(
+                &NewUser {
+                    id: UserId::parse("usr_admin").unwrap(),
+                    name: "admin".into(),
+                    role: Role::Admin,
+                    university: false,
+                    region: None,
+                },
+                START_MS,
+            )
+            .await
+            .unwrap();
+        Some(app)
+    }
+
+    /// Another server instance ("replica") on the same database and clock.
+    pub async fn replica(&self) -> TestApp {
+        let db = clone_db(&self.db);
+        TestApp::on(db, 1 << 40, self.clock.clone()).await
+    }
+
+    async fn on(db: TestDatabase, id_offset: u64, clock: ManualClock) -> TestApp {
+        let store = db.store().await.unwrap();
+        let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::default());
+        let state = AppState::new(
+            store,
+            Arc::new(clock.clone()),
+            keys(),
+            Limits::default(),
+            counter_ids(id_offset),
+            bus,
+        );
+        let router = build_router(state.clone());
+        let admin = token_for("usr_admin", 3, START_MS / 1000 + 86_400);
+        TestApp {
+            db,
+            state,
+            router,
+            clock,
+            admin,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.state.store
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        self.call_with(method, path, token, body.map(|body| body.to_string()), &[])
+            .await
+    }
+
+    pub async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<String>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = match body {
+            Some(body) => request
+                .header("content-type", "application/json")
+                .body(Body::from(body)),
+            None => request.body(Body::empty()),
+        }
+        .unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub fn token(&self, user: &str, clearance: u8) -> String {
+        token_for(user, clearance, self.clock_seconds() + 7 * 86_400)
+    }
+
+    pub fn clock_seconds(&self) -> i64 {
+        use gp4u_core::clock::Clock;
+        self.clock.now_unix_seconds()
+    }
+
+    /// Creates a user through the API and returns (id, token).
+    pub async fn user(&self, role: &str, region: Option<&str>) -> (String, String) {
+        let reply = self
+            .call(
+                Method::POST,
+                "/api/admin/users",
+                Some(&self.admin),
+                Some(json!({"name": format!("a {role}"), "role": role, "region": region})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        let id = reply.body["id"].as_str().unwrap().to_string();
+        let clearance = reply.body["clearance"].as_u64().unwrap() as u8;
+        let token = self.token(&id, clearance);
+        (id, token)
+    }
+
+    /// A provider with one GPU at `price` per hour; returns the GPU id.
+    pub async fn gpu(&self, price: f64) -> String {
+        let (_, provider) = self.user("provider", None).await;
+        let reply = self
+            .call(
+                Method::POST,
+                "/api/providers/register",
+                Some(&provider),
+                Some(json!({"region": "us-east-1", "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+                            "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": price, "uuid": "GPU-1"}]})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        reply.body["gpus"][0]["id"].as_str().unwrap().to_string()
+    }
+}
+
+fn clone_db(db: &TestDatabase) -> TestDatabase {
+    // A second handle on the same database; only the first one cleans up.
+    TestDatabase::existing(db.engine, db.url.clone())
+}
+
+pub fn token_for(user: &str, clearance: u8, exp: i64) -> String {
+    mint(
+        &Claims {
+            sub: user.into(),
+            clr: clearance,
+            trs: 50.0,
+            exp,
+        },
+        &TokenSecret::new(SECRET.to_vec()).unwrap(),
+    )
+}
+
+pub fn job_body(gpu: &str) -> Value {
+    json!({
+        "name": "BERT fine-tune — medical NLP", "gpuId": gpu, "workload_type": "TRAINING",
+        "expectedDurationHours": 4.0, "docker_image": "registry.example/org/bert",
+        "docker_image_sha256": "a".repeat(64), "command": ["python", "train.py"], "env": {"EPOCHS": "3"},
+    })
+}
