@@ -21,10 +21,12 @@ use gp4u_store::{NewUser, Store, redact_url};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tower_http::LatencyUnit;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
 
 use crate::auth::{authenticate, require_admin_token};
 use crate::config::ServerSettings;
@@ -99,7 +101,8 @@ pub fn build_router(state: AppState) -> Router {
                 .and_then(|value| value.to_str().ok())
                 .unwrap_or("-");
             tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id)
-        }))
+        })
+        .on_response(DefaultOnResponse::new().level(Level::INFO).latency_unit(LatencyUnit::Micros)))
         .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, RandomRequestId))
         .with_state(state)
 }

@@ -4,6 +4,7 @@
 //! project's `scripts/test.sh` starts a throwaway cluster and sets it). Without it they skip,
 //! printing `GP4U-PG-SKIPPED` loudly — except in CI (`CI=true`), where skipping is a failure.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -38,7 +39,10 @@ pub fn postgres_admin_url(test: &str) -> Option<String> {
             if std::env::var("CI").is_ok_and(|value| value == "true") {
                 panic!("{PG_URL_ENV} is unset in CI: the PostgreSQL suite must run ({test})");
             }
-            eprintln!(
+            // Written straight to stderr, not through `eprintln!`, which the test harness
+            // captures and hides for passing tests: a skip must be seen.
+            let _ = writeln!(
+                std::io::stderr(),
                 "GP4U-PG-SKIPPED: {test}: {PG_URL_ENV} is unset, so this PostgreSQL test did not run \
                  (scripts/test.sh starts a throwaway cluster and sets it)"
             );
