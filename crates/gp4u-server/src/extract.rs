@@ -1,9 +1,9 @@
 //! Request extractors that fail with our JSON errors rather than axum's plain-text ones.
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
 use gp4u_proto::ErrorCode;
 use sha2::{Digest, Sha256};
 
@@ -35,20 +35,18 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
-impl FromRequest<AppState> for JsonBody {
-    type Rejection = ApiError;
-
-    async fn from_request(request: Request, state: &AppState) -> Result<JsonBody, ApiError> {
-        let limit = state.limits.max_body_bytes;
-        let declared = request
-            .headers()
+impl JsonBody {
+    /// Reads and parses a body. Handlers that must do something first (the rate limit counts
+    /// every attempt, even unreadable ones) take the raw `Body` and call this themselves.
+    pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<JsonBody, ApiError> {
+        let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.parse::<u64>().ok());
         if declared.is_some_and(|length| length > limit as u64) {
             return Err(too_large(limit));
         }
-        let raw = axum::body::to_bytes(request.into_body(), limit)
+        let raw = axum::body::to_bytes(body, limit)
             .await
             .map_err(|_| too_large(limit))?;
         let value = serde_json::from_slice(&raw).map_err(|error| {
@@ -58,6 +56,15 @@ impl FromRequest<AppState> for JsonBody {
             )
         })?;
         Ok(JsonBody { value, raw })
+    }
+}
+
+impl FromRequest<AppState> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<JsonBody, ApiError> {
+        let (parts, body) = request.into_parts();
+        JsonBody::read(&parts.headers, body, state.limits.max_body_bytes).await
     }
 }
 

@@ -1,8 +1,9 @@
 //! Stage 1: job submission, and the customer's view of their jobs.
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use gp4u_core::events::{JobCreated, JobStateChanged, TOPIC_JOB_CREATED};
 use gp4u_core::ids::{GpuId, JobId};
@@ -46,7 +47,8 @@ pub async fn submit_job(
     State(state): State<AppState>,
     caller: Caller,
     idempotency: IdempotencyKey,
-    body: JsonBody,
+    headers: HeaderMap,
+    body: Body,
 ) -> ApiResult<Response> {
     // 1. requireAuth: done by the `Caller` extractor (active user, clearance not above stored).
     caller.require(CLEARANCE_CUSTOMER, ErrorCode::CustomerRequired, "customer")?;
@@ -73,6 +75,9 @@ pub async fn submit_job(
         )
         .with_retry_after(seconds));
     }
+
+    // The body is read only now, so that unreadable and oversized bodies count as attempts too.
+    let body = JsonBody::read(&headers, body, state.limits.max_body_bytes).await?;
 
     // A retried request with a known Idempotency-Key gets the first response and creates nothing.
     let request_hash = body.sha256_hex();
