@@ -66,23 +66,11 @@ impl Store {
     /// Creates `user` unless a user with its id exists. Returns whether it was created.
     /// Used for `GP4U_BOOTSTRAP_ADMIN`, which several replicas may run at once.
     pub async fn ensure_user(&self, user: &NewUser, now_ms: i64) -> StoreResult<bool> {
-        self.count_op();
-        let _writer = self.writer().await;
-        let result = sqlx::query(
-            "INSERT INTO users (id, name, role, clearance, active, university, region, \
-             credit_micros, created_at) VALUES ($1, $2, $3, $4, 1, $5, $6, 0, $7) \
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(user.id.as_str())
-        .bind(&user.name)
-        .bind(user.role.as_str())
-        .bind(i64::from(user.role.clearance()))
-        .bind(bool_to_i64(user.university))
-        .bind(user.region.as_deref())
-        .bind(now_ms)
-        .execute(self.pool())
-        .await?;
-        Ok(result.rows_affected() == 1)
+        match self.create_user(user, now_ms).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::Conflict(_)) => Ok(false),
+            Err(error) => Err(error),
+        }
     }
 
     pub async fn get_user(&self, id: &UserId) -> StoreResult<Option<UserRecord>> {

@@ -71,14 +71,7 @@ pub async fn suspend_user(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<UserView>> {
-    let id = user_id(&id)?;
-    let record = state
-        .store
-        .set_user_active(&id, false)
-        .await
-        .map_err(user_not_found)?;
-    tracing::warn!(user_id = %record.id, by = %caller.id(), "user suspended");
-    Ok(Json(user_view(&record)))
+    set_active(&state, &caller, &id, false).await
 }
 
 /// Lift a suspension.
@@ -92,13 +85,22 @@ pub async fn activate_user(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<UserView>> {
-    let id = user_id(&id)?;
+    set_active(&state, &caller, &id, true).await
+}
+
+async fn set_active(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    active: bool,
+) -> ApiResult<Json<UserView>> {
+    let id = user_id(id)?;
     let record = state
         .store
-        .set_user_active(&id, true)
+        .set_user_active(&id, active)
         .await
         .map_err(user_not_found)?;
-    tracing::info!(user_id = %record.id, by = %caller.id(), "user activated");
+    tracing::warn!(user_id = %record.id, active, by = %caller.id(), "user activation changed");
     Ok(Json(user_view(&record)))
 }
 
