@@ -483,6 +483,27 @@ async fn concurrent_appends_and_sequencers_never_fork(db: &TestDatabase) {
     assert_eq!(payloads.len(), 100);
 }
 
+/// Two replicas hammering one key at once: exactly `limit` attempts get through.
+async fn rate_limit_is_exact_under_concurrency(db: &TestDatabase) {
+    let stores = [db.store().await.unwrap(), db.store().await.unwrap()];
+    let attempts = (0..60).map(|n| {
+        let store = stores[n % 2].clone();
+        tokio::spawn(async move {
+            store
+                .rate_limit_hit("hot", NOW + n as i64, 60_000, 30)
+                .await
+                .unwrap()
+        })
+    });
+    let mut allowed = 0;
+    for attempt in attempts {
+        if matches!(attempt.await.unwrap(), RateDecision::Allowed { .. }) {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 30);
+}
+
 /// Runs each contract test on both engines.
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
@@ -499,6 +520,11 @@ macro_rules! contract {
                 let db = super::TestDatabase::create(super::Engine::Sqlite, "fork").await.unwrap();
                 super::concurrent_appends_and_sequencers_never_fork(&db).await;
             }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn rate_limit_is_exact_under_concurrency() {
+                let db = super::TestDatabase::create(super::Engine::Sqlite, "hot").await.unwrap();
+                super::rate_limit_is_exact_under_concurrency(&db).await;
+            }
         }
         mod postgres {
             $(
@@ -512,6 +538,11 @@ macro_rules! contract {
             async fn concurrent_appends_and_sequencers_never_fork() {
                 let Some(db) = super::TestDatabase::create(super::Engine::Postgres, "fork").await else { return };
                 super::concurrent_appends_and_sequencers_never_fork(&db).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn rate_limit_is_exact_under_concurrency() {
+                let Some(db) = super::TestDatabase::create(super::Engine::Postgres, "hot").await else { return };
+                super::rate_limit_is_exact_under_concurrency(&db).await;
             }
         }
     };

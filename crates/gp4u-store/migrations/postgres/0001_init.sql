@@ -79,12 +79,12 @@ CREATE TABLE idempotency_keys (
 );
 CREATE INDEX idempotency_keys_created ON idempotency_keys(created_at);
 
-CREATE TABLE rate_limit_hits (
-    id              BIGSERIAL PRIMARY KEY,
-    user_id         TEXT NOT NULL,
-    at_ms           BIGINT NOT NULL
+-- Sliding-log rate limits: one row per key, the attempts inside the window as a sorted array,
+-- so that a check-and-record is one upsert (its row lock serialises a key across replicas).
+CREATE TABLE rate_limits (
+    key             TEXT PRIMARY KEY,
+    hits            BIGINT[] NOT NULL
 );
-CREATE INDEX rate_limit_hits_user_at ON rate_limit_hits(user_id, at_ms);
 
 -- The transactional outbox. `id` is insertion order, which concurrent transactions may commit
 -- out of; `position` is assigned by the single relay (under an advisory lock) in visibility
