@@ -23,6 +23,8 @@ struct Cli {
 enum Command {
     /// Run the control plane (HTTP API, chambers, outbox relay).
     Server(ServerArgs),
+    /// Run the provider agent on this GPU host: register its GPUs, take jobs, run them.
+    Agent(AgentArgs),
     /// Tokens.
     Token {
         #[command(subcommand)]
@@ -56,6 +58,79 @@ struct MintArgs {
     /// The server's data dir, where a generated secret lives.
     #[arg(long, env = "GP4U_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct AgentArgs {
+    /// The control plane, e.g. http://127.0.0.1:8080.
+    #[arg(long, env = "GP4U_SERVER")]
+    server: String,
+    /// File holding the provider's bearer token (`gp4u token mint --clr 2`).
+    #[arg(long, env = "GP4U_TOKEN_FILE")]
+    token_file: PathBuf,
+    /// Where the node key, the registration and job files live.
+    #[arg(long, env = "GP4U_AGENT_DATA_DIR", default_value = "./gp4u-agent")]
+    data_dir: PathBuf,
+    /// docker (hardened containers) or process (no isolation; needs --allow-unisolated).
+    #[arg(long, env = "GP4U_RUNTIME", default_value = "docker", value_parser = ["docker", "process"])]
+    runtime: String,
+    /// Accept --runtime process, which runs jobs WITHOUT isolation (development only).
+    #[arg(long)]
+    allow_unisolated: bool,
+    /// Declare a GPU without NVIDIA hardware: emulated:<name>:<vram_gb> (repeatable).
+    #[arg(long = "gpu", env = "GP4U_GPU", value_delimiter = ',')]
+    gpus: Vec<String>,
+    /// The node's region, e.g. us-east-1.
+    #[arg(long, env = "GP4U_REGION")]
+    region: String,
+    /// Price per GPU-hour in currency units.
+    #[arg(long, env = "GP4U_PRICE")]
+    price: f64,
+    /// Long-poll wait in seconds.
+    #[arg(long, default_value_t = 25)]
+    poll_wait: u64,
+    /// Seconds between keep-alive reports of a running job.
+    #[arg(long, default_value_t = 10)]
+    keepalive: u64,
+}
+
+async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let token = std::fs::read_to_string(&args.token_file)
+        .with_context(|| format!("reading the token file {}", args.token_file.display()))?
+        .trim()
+        .to_string();
+    let emulated = args
+        .gpus
+        .iter()
+        .map(|spec| {
+            gp4u_agent::gpu::EmulatedGpu::parse(spec)
+                .map_err(|error| anyhow::anyhow!("--gpu {spec:?}: {error}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let config = gp4u_agent::agent::AgentConfig {
+        server: args.server,
+        token,
+        data_dir: args.data_dir,
+        runtime: if args.runtime == "process" {
+            gp4u_agent::agent::RuntimeKind::Process
+        } else {
+            gp4u_agent::agent::RuntimeKind::Docker
+        },
+        allow_unisolated: args.allow_unisolated,
+        emulated,
+        region: args.region,
+        price_per_hour: args.price,
+        poll_wait_s: args.poll_wait.min(60),
+        keepalive: std::time::Duration::from_secs(args.keepalive.max(1)),
+    };
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    println!("gp4u agent connecting to {}", config.server);
+    gp4u_agent::agent::run(config, stopping).await?;
+    Ok(())
 }
 
 fn init_logging(format: &str) -> anyhow::Result<()> {
@@ -150,6 +225,7 @@ async fn main() -> anyhow::Result<()> {
     init_logging(&cli.log_format)?;
     match cli.command {
         Command::Server(args) => run_server(args).await,
+        Command::Agent(args) => run_agent(args).await,
         Command::Token {
             command: TokenCommand::Mint(args),
         } => mint_token(args),

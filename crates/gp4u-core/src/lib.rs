@@ -5,6 +5,7 @@
 //! random bytes are arguments, so every function is deterministic and testable without
 //! mocks, and the server, agent and CLI all share one definition of the rules.
 
+pub mod atlas;
 pub mod chambers;
 pub mod clock;
 pub mod events;

@@ -40,6 +40,8 @@ pub enum ErrorCode {
     InvalidQuery,
     NotFound,
     JobNotFound,
+    NodeNotFound,
+    InvalidReport,
     GpuNotFound,
     UserNotFound,
     GpuNotAvailable,
@@ -73,6 +75,8 @@ impl ErrorCode {
             ErrorCode::InvalidQuery => "INVALID_QUERY",
             ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::JobNotFound => "JOB_NOT_FOUND",
+            ErrorCode::NodeNotFound => "NODE_NOT_FOUND",
+            ErrorCode::InvalidReport => "INVALID_REPORT",
             ErrorCode::GpuNotFound => "GPU_NOT_FOUND",
             ErrorCode::UserNotFound => "USER_NOT_FOUND",
             ErrorCode::GpuNotAvailable => "GPU_NOT_AVAILABLE",
@@ -101,11 +105,13 @@ impl ErrorCode {
             | ErrorCode::AdminRequired
             | ErrorCode::ProviderRequired
             | ErrorCode::CustomerRequired => 403,
-            ErrorCode::InvalidJson | ErrorCode::InvalidIdempotencyKey | ErrorCode::InvalidQuery => {
-                400
-            }
+            ErrorCode::InvalidJson
+            | ErrorCode::InvalidIdempotencyKey
+            | ErrorCode::InvalidQuery
+            | ErrorCode::InvalidReport => 400,
             ErrorCode::NotFound
             | ErrorCode::JobNotFound
+            | ErrorCode::NodeNotFound
             | ErrorCode::GpuNotFound
             | ErrorCode::UserNotFound => 404,
             ErrorCode::GpuNotAvailable

@@ -228,3 +228,44 @@ pub struct Health {
     pub version: String,
     pub engine: String,
 }
+
+/// `GET /api/agent/assignments` (200): what the agent needs to run a job (SPEC §5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AssignmentManifest {
+    pub job_id: String,
+    pub docker_image: String,
+    /// 64 hex digits, without the `sha256:` prefix.
+    pub docker_image_sha256: String,
+    pub gpu_id: String,
+    /// The GPU's UUID as the provider registered it (NVML's `GPU-…`).
+    pub gpu_uuid: Option<String>,
+    pub ram_limit_gb: f64,
+    pub env: BTreeMap<String, String>,
+    pub command: Vec<String>,
+    pub inputs: Vec<String>,
+    pub expected_duration_hours: f64,
+    /// 1.1 × the declared duration: the agent kills the job then (`DURATION_EXCEEDED`).
+    pub kill_after_seconds: u64,
+    pub telemetry_interval_seconds: u64,
+}
+
+/// `POST /api/agent/jobs/{id}/status`: the agent's report on a job it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AgentStatusReport {
+    pub node_id: String,
+    /// `running` (the container started; repeat it as a keep-alive), `exited` (with
+    /// `exit_code`), or `failed` (with `reason`: `IMAGE_PULL_FAILED` or `DURATION_EXCEEDED`).
+    pub status: String,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub message: Option<String>,
+}
+
+/// The platform's answer to a status report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AgentStatusReply {
+    pub job_id: String,
+    pub status: String,
+    /// True when the agent must stop the container now (cancelled, failed elsewhere, fenced).
+    pub kill: bool,
+}

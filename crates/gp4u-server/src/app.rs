@@ -12,6 +12,7 @@ use axum::http::HeaderName;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post};
 use gp4u_bus::{EventBus, InProcessBus, SystemClock, run_chamber};
+use gp4u_core::atlas::AtlasConfig;
 use gp4u_core::chambers::{Aetherion, Mnemo, Outerim};
 use gp4u_core::clock::Clock;
 use gp4u_core::ids::UserId;
@@ -31,7 +32,8 @@ use tracing::Level;
 use crate::auth::{authenticate, require_admin_token};
 use crate::config::ServerSettings;
 use crate::error::ApiError;
-use crate::routes::{admin, health, jobs, providers};
+use crate::placement::run_atlas;
+use crate::routes::{admin, agent, health, jobs, providers};
 use crate::state::{AppState, Limits, os_random_ids};
 use crate::{openapi, secret};
 
@@ -83,6 +85,8 @@ pub fn build_router(state: AppState) -> Router {
         .route("/jobs/{id}/cancel", post(jobs::cancel_job))
         .route("/providers/register", post(providers::register))
         .route("/gpus", get(providers::list_gpus))
+        .route("/agent/assignments", get(agent::next_assignment))
+        .route("/agent/jobs/{id}/status", post(agent::report_status))
         .nest("/admin", admin_routes)
         // Everything above needs a valid token; the document below is public.
         .route_layer(from_fn_with_state(state.clone(), authenticate))
@@ -164,6 +168,11 @@ fn spawn_background(state: &AppState, stopping: watch::Receiver<bool>) -> JoinSe
         CHAMBER_POLL,
         stopping.clone(),
     ));
+    tasks.spawn(run_atlas(
+        state.clone(),
+        AtlasConfig::default(),
+        stopping.clone(),
+    ));
     tasks.spawn(janitor(state.clone(), stopping));
     tasks
 }
@@ -230,6 +239,8 @@ impl Server {
                 settings.idempotency_ttl_hours.saturating_mul(3_600_000),
             )
             .unwrap_or(i64::MAX),
+            pickup_timeout_ms: i64::try_from(settings.pickup_timeout_s.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
         };
         let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::default());
         let state = AppState::new(store, clock, keys, limits, os_random_ids(), bus);

@@ -46,6 +46,9 @@ pub struct ServerArgs {
     /// How long an Idempotency-Key is remembered, in hours [default: 24].
     #[arg(long, env = "GP4U_IDEMPOTENCY_TTL_HOURS")]
     pub idempotency_ttl_hours: Option<u64>,
+    /// Seconds an agent has to take an assignment before Atlas moves it [default: 60].
+    #[arg(long, env = "GP4U_PICKUP_TIMEOUT_S")]
+    pub pickup_timeout_s: Option<u64>,
 }
 
 /// The TOML file's shape: the same names as the flags.
@@ -63,6 +66,7 @@ struct FileSettings {
     rate_limit_per_minute: Option<u32>,
     max_body_bytes: Option<usize>,
     idempotency_ttl_hours: Option<u64>,
+    pickup_timeout_s: Option<u64>,
 }
 
 /// Resolved settings.
@@ -78,6 +82,7 @@ pub struct ServerSettings {
     pub rate_limit_per_minute: u32,
     pub max_body_bytes: usize,
     pub idempotency_ttl_hours: u64,
+    pub pickup_timeout_s: u64,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -98,6 +103,7 @@ impl ServerSettings {
             rate_limit_per_minute: 30,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             idempotency_ttl_hours: 24,
+            pickup_timeout_s: 60,
         }
     }
 
@@ -159,6 +165,10 @@ impl ServerSettings {
                 .idempotency_ttl_hours
                 .or(file.idempotency_ttl_hours)
                 .unwrap_or(24),
+            pickup_timeout_s: args
+                .pickup_timeout_s
+                .or(file.pickup_timeout_s)
+                .unwrap_or(60),
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod openapi;
+pub mod placement;
 pub mod routes;
 pub mod secret;
 pub mod state;

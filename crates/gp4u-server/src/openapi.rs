@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, health, jobs, providers};
+use crate::routes::{admin, agent, health, jobs, providers};
 
 struct BearerAuth;
 
@@ -32,6 +32,7 @@ impl Modify for BearerAuth {
         health::healthz, health::readyz,
         jobs::submit_job, jobs::list_jobs, jobs::get_job, jobs::cancel_job,
         providers::register, providers::list_gpus,
+        agent::next_assignment, agent::report_status,
         admin::create_user, admin::suspend_user, admin::activate_user, admin::add_credits, admin::chambers,
     ),
     components(schemas(gp4u_proto::ErrorBody, gp4u_proto::ErrorDetail)),
@@ -39,6 +40,7 @@ impl Modify for BearerAuth {
     tags(
         (name = "jobs", description = "Stage 1: submission and the customer's jobs"),
         (name = "providers", description = "Provider nodes and the GPU marketplace"),
+        (name = "agent", description = "Provider agents: dispatch and status reports"),
         (name = "admin", description = "Operators (clearance ≥ 3)"),
         (name = "health", description = "Liveness and readiness"),
     )

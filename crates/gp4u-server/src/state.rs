@@ -7,6 +7,9 @@ use gp4u_bus::{EventBus, Relay};
 use gp4u_core::clock::Clock;
 use gp4u_core::token::TokenKeys;
 use gp4u_store::Store;
+use tokio::sync::Notify;
+
+use crate::placement::Dispatch;
 
 /// A source of random id bytes (the core takes randomness as an argument).
 pub type RandomIds = Arc<dyn Fn() -> [u8; 16] + Send + Sync>;
@@ -17,6 +20,8 @@ pub struct Limits {
     pub submissions_per_minute: u32,
     pub max_body_bytes: usize,
     pub idempotency_ttl_ms: i64,
+    /// An assignment no agent takes within this is moved elsewhere.
+    pub pickup_timeout_ms: i64,
 }
 
 impl Default for Limits {
@@ -25,6 +30,7 @@ impl Default for Limits {
             submissions_per_minute: 30,
             max_body_bytes: crate::config::DEFAULT_MAX_BODY_BYTES,
             idempotency_ttl_ms: 24 * 3_600_000,
+            pickup_timeout_ms: 60_000,
         }
     }
 }
@@ -38,6 +44,9 @@ pub struct AppState {
     pub random_ids: RandomIds,
     pub relay: Relay,
     pub bus: Arc<dyn EventBus>,
+    pub dispatch: Arc<Dispatch>,
+    /// Wakes Atlas: a job was queued or a GPU freed.
+    pub atlas_nudge: Arc<Notify>,
     /// Set when shutdown begins, so that `/readyz` turns away new traffic first.
     pub draining: Arc<AtomicBool>,
 }
@@ -60,6 +69,8 @@ impl AppState {
             random_ids,
             relay,
             bus,
+            dispatch: Arc::new(Dispatch::default()),
+            atlas_nudge: Arc::new(Notify::new()),
             draining: Arc::new(AtomicBool::new(false)),
         }
     }

@@ -1,10 +1,11 @@
 //! Jobs, their idempotency keys, and state changes with their outbox events.
 
 use gp4u_core::ids::{JobId, UserId};
-use gp4u_core::job::JobState;
+use gp4u_core::job::{JobState, JobStatus};
 use sqlx::Row;
 
 use crate::outbox::{OutboxEvent, insert_events};
+use crate::placement::release_gpus_of;
 use crate::records::job_from_row;
 use crate::{JobRecord, Store, StoreError, StoreResult, is_unique_violation};
 
@@ -257,6 +258,10 @@ impl Store {
             return Err(StoreError::Conflict(format!(
                 "job {id} changed since version {expected_version}"
             )));
+        }
+        if !matches!(state.status, JobStatus::Assigned | JobStatus::Running) {
+            // The job no longer occupies its GPU: free it in the same transaction.
+            release_gpus_of(&mut tx, id).await?;
         }
         insert_events(&mut tx, events, now_ms).await?;
         tx.commit().await?;

@@ -32,7 +32,7 @@ macro_rules! job_columns {
         "id, owner_id, name, status, failure_reason, ended_by, gpu_id, node_id, gpu_name, \
          gpu_region, manifest, price_micros, cost_estimate_micros, placement, latest_metrics, \
          anomalies, exit_code, energy_kwh, carbon_kg, renewable_pct, created_at, started_at, \
-         ended_at, version"
+         ended_at, version, assigned_at, picked_up_at, excluded_nodes"
     };
 }
 
@@ -40,6 +40,7 @@ mod jobs;
 mod limits;
 mod migrate;
 mod outbox;
+mod placement;
 mod records;
 pub mod testing;
 mod users;
@@ -57,6 +58,7 @@ pub use jobs::{CreateJobOutcome, IdempotencyRecord, NewIdempotency, NewJob};
 pub use limits::RateDecision;
 pub use migrate::SCHEMA_VERSION;
 pub use outbox::{Envelope, OutboxEvent, SubscriberState};
+pub use placement::Assignment;
 pub use records::{GpuRecord, GpuStatus, JobRecord, NodeRecord, UserRecord};
 pub use users::{NewNode, NewUser};
 

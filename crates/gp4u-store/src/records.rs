@@ -96,6 +96,11 @@ pub struct JobRecord {
     pub created_at_ms: i64,
     /// Optimistic-concurrency counter: every state change bumps it.
     pub version: i64,
+    /// When Atlas last assigned the job, and when the node's agent took the assignment.
+    pub assigned_at_ms: Option<i64>,
+    pub picked_up_at_ms: Option<i64>,
+    /// Nodes the job must not be placed on again (it timed out or failed there).
+    pub excluded_nodes: Vec<NodeId>,
 }
 
 pub(crate) fn user_from_row(row: &AnyRow) -> StoreResult<UserRecord> {
@@ -214,5 +219,12 @@ pub(crate) fn job_from_row(row: &AnyRow) -> StoreResult<JobRecord> {
         renewable_pct: row.try_get("renewable_pct")?,
         created_at_ms: row.try_get("created_at")?,
         version: row.try_get("version")?,
+        assigned_at_ms: row.try_get("assigned_at")?,
+        picked_up_at_ms: row.try_get("picked_up_at")?,
+        excluded_nodes: {
+            let text: String = row.try_get("excluded_nodes")?;
+            serde_json::from_str(&text)
+                .map_err(|error| StoreError::corrupt(format!("jobs.excluded_nodes: {error}")))?
+        },
     })
 }

@@ -73,6 +73,9 @@ fn job(n: u64, owner: &UserId, gpu: &GpuId) -> JobRecord {
         renewable_pct: None,
         created_at_ms: NOW,
         version: 1,
+        assigned_at_ms: None,
+        picked_up_at_ms: None,
+        excluded_nodes: Vec::new(),
     }
 }
 

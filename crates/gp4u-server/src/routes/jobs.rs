@@ -5,7 +5,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use gp4u_core::events::{JobCreated, JobStateChanged, TOPIC_JOB_CREATED};
+use gp4u_core::events::{JobCreated, TOPIC_JOB_CREATED};
 use gp4u_core::ids::{GpuId, JobId};
 use gp4u_core::job::{EndedBy, JobInput, JobState, TransitionError, transition};
 use gp4u_core::manifest::{GpuRequirement, GpuTarget, JobManifest, validate_submission};
@@ -154,6 +154,9 @@ pub async fn submit_job(
         renewable_pct: None,
         created_at_ms: now_ms,
         version: 1,
+        assigned_at_ms: None,
+        picked_up_at_ms: None,
+        excluded_nodes: Vec::new(),
         manifest,
     };
     let new_job = NewJob {
@@ -178,6 +181,7 @@ pub async fn submit_job(
     {
         Ok(CreateJobOutcome::Created(job)) => {
             state.relay.nudge();
+            state.atlas_nudge.notify_one();
             tracing::info!(job_id = %job.id, owner = %job.owner_id, cost_micros = cost_estimate.micros(), "job accepted");
             Ok((StatusCode::CREATED, Json(accepted)).into_response())
         }
@@ -396,20 +400,7 @@ pub async fn cancel_job(
                 ));
             }
         };
-        let outbox = events
-            .iter()
-            .map(|event| {
-                Ok(OutboxEvent {
-                    topic: event.topic().to_string(),
-                    aggregate_id: job.id.to_string(),
-                    payload: serde_json::to_value(JobStateChanged {
-                        job_id: &job.id,
-                        event,
-                    })
-                    .map_err(|error| ApiError::internal("event", error))?,
-                })
-            })
-            .collect::<ApiResult<Vec<_>>>()?;
+        let outbox = crate::placement::job_events(&job, &events)?;
         match state
             .store
             .update_job_state(&job.id, job.version, &next, &outbox, now_ms)
@@ -417,6 +408,7 @@ pub async fn cancel_job(
         {
             Ok(updated) => {
                 state.relay.nudge();
+                state.atlas_nudge.notify_one();
                 tracing::info!(job_id = %updated.id, ended_by = ?updated.state.ended_by, "job cancelled");
                 return Ok(Json(job_view(&updated)));
             }

@@ -205,6 +205,70 @@ impl TestApp {
     }
 }
 
+/// A provider node registered through the API.
+pub struct Node {
+    pub token: String,
+    pub node_id: String,
+    pub gpus: Vec<String>,
+}
+
+impl TestApp {
+    /// A provider with `count` RTX 4090s at `price` per hour in `region`.
+    pub async fn node(&self, count: usize, price: f64, region: &str) -> Node {
+        let (_, token) = self.user("provider", None).await;
+        let gpus: Vec<Value> = (0..count)
+            .map(|n| json!({"name": "RTX 4090", "vram_gb": 24, "price_per_hour": price, "uuid": format!("GPU-{n}")}))
+            .collect();
+        let reply = self
+            .call(
+                Method::POST,
+                "/api/providers/register",
+                Some(&token),
+                Some(json!({"region": region, "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "gpus": gpus})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        Node {
+            token,
+            node_id: reply.body["node_id"].as_str().unwrap().to_string(),
+            gpus: reply.body["gpus"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|g| g["id"].as_str().unwrap().to_string())
+                .collect(),
+        }
+    }
+
+    /// Submits a job and returns its id.
+    pub async fn submit(&self, token: &str, body: Value) -> String {
+        let reply = self
+            .call(Method::POST, "/api/jobs", Some(token), Some(body))
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        reply.body["id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn job(&self, id: &str) -> Value {
+        self.call(
+            Method::GET,
+            &format!("/api/jobs/{id}"),
+            Some(&self.admin),
+            None,
+        )
+        .await
+        .body
+    }
+}
+
+/// A job body that lets Atlas choose any RTX 4090.
+pub fn any_gpu_body() -> Value {
+    let mut body = job_body("unused");
+    body.as_object_mut().unwrap().remove("gpuId");
+    body["gpu"] = json!({"model": "RTX 4090", "max_price_per_hour": 10.0});
+    body
+}
+
 fn clone_db(db: &TestDatabase) -> TestDatabase {
     // A second handle on the same database; only the first one cleans up.
     TestDatabase::existing(db.engine, db.url.clone())

@@ -1,0 +1,112 @@
+//! `--runtime process`: the job's command as a plain child process, for machines without Docker.
+//! Development only: there is no isolation beyond resource limits (`prlimit`), which is why the
+//! agent refuses it unless started with `--allow-unisolated`, and says so loudly.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use gp4u_proto::AssignmentManifest;
+use tokio::process::Command;
+use tokio::sync::{Notify, watch};
+
+use crate::docker::Exit;
+
+/// A job running as a child process.
+#[derive(Debug, Clone)]
+pub struct ChildJob {
+    kill: Arc<Notify>,
+    exit: watch::Receiver<Option<Exit>>,
+}
+
+impl ChildJob {
+    pub fn kill(&self) {
+        self.kill.notify_one();
+    }
+
+    pub async fn wait(&self) -> Exit {
+        let mut exit = self.exit.clone();
+        loop {
+            if let Some(exit) = *exit.borrow() {
+                return exit;
+            }
+            if exit.changed().await.is_err() {
+                return Exit {
+                    code: -1,
+                    oom_killed: false,
+                };
+            }
+        }
+    }
+}
+
+/// Starts the manifest's command in `scratch` with `/input`-like and `/output`-like dirs passed
+/// as `GP4U_INPUT` and `GP4U_OUTPUT`, an address-space cap of the RAM limit, at most 512
+/// processes, and only the declared environment (plus PATH).
+pub fn spawn(
+    manifest: &AssignmentManifest,
+    scratch: &Path,
+    input: &Path,
+    output: &Path,
+) -> std::io::Result<ChildJob> {
+    let Some((program, args)) = manifest.command.split_first() else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the process runtime needs a command",
+        ));
+    };
+    let memory = (manifest.ram_limit_gb * 1024.0 * 1024.0 * 1024.0).round() as u64;
+    let mut command = Command::new("prlimit");
+    command
+        .arg(format!("--as={memory}"))
+        .arg("--nproc=512")
+        .arg("--")
+        .arg(program)
+        .args(args)
+        .current_dir(scratch)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("GP4U_INPUT", input)
+        .env("GP4U_OUTPUT", output)
+        .envs(&manifest.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    let mut child = command.spawn()?;
+    let kill = Arc::new(Notify::new());
+    let (exit_tx, exit_rx) = watch::channel(None);
+    let kill_signal = kill.clone();
+    tokio::spawn(async move {
+        let status = tokio::select! {
+            status = child.wait() => status,
+            _ = kill_signal.notified() => {
+                let _ = child.kill().await;
+                child.wait().await
+            }
+        };
+        let code = match status {
+            Ok(status) => status.code().unwrap_or_else(|| {
+                // Killed by a signal: report it the way Docker does, 128 + signal.
+                #[cfg(unix)]
+                {
+                    use std::os::unix::process::ExitStatusExt;
+                    status.signal().map_or(-1, |signal| 128 + signal)
+                }
+                #[cfg(not(unix))]
+                {
+                    -1
+                }
+            }),
+            Err(_) => -1,
+        };
+        let _ = exit_tx.send(Some(Exit {
+            code,
+            oom_killed: false,
+        }));
+    });
+    Ok(ChildJob {
+        kill,
+        exit: exit_rx,
+    })
+}
