@@ -161,17 +161,23 @@ async fn stage_0_to_1(engine: Engine) {
         json!({"name": "RTX 4090", "region": "us-east-1"})
     );
     let job_id = accepted["id"].as_str().unwrap();
-    let (status, job) = call(
-        &client,
-        Method::GET,
-        format!("{base}/api/jobs/{job_id}"),
-        &customer_token,
-        None,
-    )
-    .await;
-    assert_eq!((status, job["status"].as_str()), (200, Some("PENDING")));
+    // Atlas places it on the only GPU at once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let url = format!("{base}/api/jobs/{job_id}");
+        let (status, job) = call(&client, Method::GET, url, &customer_token, None).await;
+        assert_eq!(status, 200);
+        if job["status"] == "ASSIGNED" {
+            assert_eq!(job["gpu_id"].as_str(), Some(gpu_id.as_str()));
+            assert!(job["placement"]["score"].as_f64().is_some(), "{job}");
+            break;
+        }
+        assert_eq!(job["status"], "PENDING");
+        assert!(Instant::now() < deadline, "the job was not placed: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
-    // The relay and the chambers run in the server: job.created reaches all three.
+    // The relay and the chambers run in the server: the events reach all three.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (status, chambers) = call(
@@ -183,12 +189,13 @@ async fn stage_0_to_1(engine: Engine) {
         )
         .await;
         assert_eq!(status, 200);
-        let caught_up = chambers["head"].as_i64() == Some(2)
+        // node.registered, job.created, job.assigned.
+        let caught_up = chambers["head"].as_i64() == Some(3)
             && chambers["chambers"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .all(|c| c["lag"] == 0 && c["cursor"] == 2);
+                .all(|c| c["lag"] == 0 && c["cursor"] == 3);
         if caught_up {
             let mnemo = &chambers["chambers"][0];
             assert_eq!(
