@@ -279,3 +279,159 @@ fn mint_without_a_secret_says_where_to_find_one() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("GP4U_TOKEN_SECRET"));
 }
+
+/// A provider starts `gp4u agent` (emulated GPU, Docker runtime) as the README says; a customer's
+/// digest-pinned job is placed on it, runs in the hardened container and ends as it should.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_runs_a_digest_pinned_job_end_to_end() {
+    use std::io::Write as _;
+    let (Ok(image), Ok(digest)) = (
+        std::env::var("GP4U_TEST_IMAGE"),
+        std::env::var("GP4U_TEST_IMAGE_DIGEST"),
+    ) else {
+        if std::env::var("CI").is_ok_and(|value| value == "true") {
+            panic!("GP4U_TEST_IMAGE is unset in CI: the Docker suite must run");
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "GP4U-DOCKER-SKIPPED: an_agent_runs_a_digest_pinned_job_end_to_end: GP4U_TEST_IMAGE is unset"
+        );
+        return;
+    };
+    let db = TestDatabase::create(Engine::Sqlite, "e2e_agent")
+        .await
+        .unwrap();
+    let data_dir = tempfile::tempdir().unwrap();
+    let server = start_server(data_dir.path(), &db.url);
+    let base = server.base.clone();
+    let client = reqwest::Client::new();
+    use reqwest::Method;
+    let admin = mint(data_dir.path(), "usr_admin", 3);
+    let (_, provider) = call(
+        &client,
+        Method::POST,
+        format!("{base}/api/admin/users"),
+        &admin,
+        Some(json!({"name": "Ada's GPUs", "role": "provider"})),
+    )
+    .await;
+    let (_, customer) = call(
+        &client,
+        Method::POST,
+        format!("{base}/api/admin/users"),
+        &admin,
+        Some(json!({"name": "Grace", "role": "customer"})),
+    )
+    .await;
+    let token_file = data_dir.path().join("provider.token");
+    std::fs::write(
+        &token_file,
+        mint(data_dir.path(), provider["id"].as_str().unwrap(), 2),
+    )
+    .unwrap();
+    let customer_token = mint(data_dir.path(), customer["id"].as_str().unwrap(), 1);
+
+    let agent_dir = tempfile::tempdir().unwrap();
+    let agent = Command::new(BIN)
+        .args([
+            "agent",
+            "--server",
+            &base,
+            "--region",
+            "us-east-1",
+            "--price",
+            "2.5",
+            "--poll-wait",
+            "2",
+            "--keepalive",
+            "1",
+        ])
+        .arg("--token-file")
+        .arg(&token_file)
+        .arg("--data-dir")
+        .arg(agent_dir.path())
+        .args(["--gpu", "emulated:RTX 4090:24"])
+        .env("GP4U_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let _agent = Running {
+        child: agent,
+        base: String::new(),
+    };
+
+    // The agent registers its emulated GPU, marked as such.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let gpu_id = loop {
+        let (_, listing) = call(
+            &client,
+            Method::GET,
+            format!("{base}/api/gpus"),
+            &customer_token,
+            None,
+        )
+        .await;
+        if let Some(gpu) = listing["gpus"].as_array().and_then(|gpus| gpus.first()) {
+            assert_eq!(gpu["name"], "RTX 4090 (emulated)");
+            break gpu["id"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "the agent did not register");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    let submit = |command: &str| {
+        json!({"name": "e2e", "gpuId": gpu_id, "workload_type": "BATCH", "expectedDurationHours": 0.1,
+               "docker_image": image, "docker_image_sha256": digest, "command": ["sh", "-c", command]})
+    };
+    for (command, expected) in [
+        (
+            "grep -q 'NoNewPrivs:.*1' /proc/self/status && echo hello from gp4u",
+            (Some("COMPLETE"), None, Some(0)),
+        ),
+        ("exit 4", (Some("FAILED"), Some("NONZERO_EXIT"), Some(4))),
+    ] {
+        let (status, accepted) = call(
+            &client,
+            Method::POST,
+            format!("{base}/api/jobs"),
+            &customer_token,
+            Some(submit(command)),
+        )
+        .await;
+        assert_eq!(status, 201, "{accepted}");
+        let job_id = accepted["id"].as_str().unwrap().to_string();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let job = loop {
+            let (_, job) = call(
+                &client,
+                Method::GET,
+                format!("{base}/api/jobs/{job_id}"),
+                &customer_token,
+                None,
+            )
+            .await;
+            if matches!(
+                job["status"].as_str(),
+                Some("COMPLETE" | "FAILED" | "CANCELLED")
+            ) {
+                break job;
+            }
+            assert!(Instant::now() < deadline, "the job did not finish: {job}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(
+            job["started_at"].is_string() && job["ended_at"].is_string(),
+            "{job}"
+        );
+        assert_eq!(
+            (
+                job["status"].as_str(),
+                job["failure_reason"].as_str(),
+                job["exit_code"].as_i64()
+            ),
+            expected,
+            "{job}"
+        );
+    }
+}
