@@ -1,0 +1,396 @@
+//! Stage 2–3 latencies and the agent's footprint, with the real `gp4u` binary:
+//!
+//! - submit → assignment received by a waiting long-poll (goal p99 ≤ 250 ms);
+//! - submit → container running, image already present (goal p50 ≤ 2 s), with the real agent
+//!   and Docker (needs GP4U_TEST_IMAGE / GP4U_TEST_IMAGE_DIGEST: scripts/test-images.sh);
+//! - the agent's idle resident memory (goal ≤ 25 MB).
+//!
+//! `cargo bench -p gp4u-cli --bench pipeline [-- --polls 200 --starts 20]`. Loopback only.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gp4u");
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn mint(dir: &Path, sub: &str, clr: u8) -> String {
+    let out = Command::new(BIN)
+        .args([
+            "token",
+            "mint",
+            "--sub",
+            sub,
+            "--clr",
+            &clr.to_string(),
+            "--ttl",
+            "3600",
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .env_remove("GP4U_TOKEN_SECRET")
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+async fn call(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = client.request(method, url).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn summary(name: &str, mut samples: Vec<f64>) -> (f64, f64) {
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (p50, p90, p99) = (
+        percentile(&samples, 50.0),
+        percentile(&samples, 90.0),
+        percentile(&samples, 99.0),
+    );
+    println!(
+        "RESULT {name} n={} p50_ms={p50:.1} p90_ms={p90:.1} p99_ms={p99:.1} max_ms={:.1}",
+        samples.len(),
+        samples.last().copied().unwrap_or(f64::NAN)
+    );
+    (p50, p99)
+}
+
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn rfc3339_ms(text: &str) -> f64 {
+    // "2026-11-28T21:40:08.123Z" → ms since the start of the day is enough for differences.
+    let time = text
+        .split('T')
+        .nth(1)
+        .unwrap_or("0:0:0Z")
+        .trim_end_matches('Z');
+    let mut parts = time.split(':');
+    let hours: f64 = parts.next().unwrap_or("0").parse().unwrap_or(0.0);
+    let minutes: f64 = parts.next().unwrap_or("0").parse().unwrap_or(0.0);
+    let seconds: f64 = parts.next().unwrap_or("0").parse().unwrap_or(0.0);
+    ((hours * 60.0 + minutes) * 60.0 + seconds) * 1000.0
+}
+
+#[tokio::main]
+async fn main() {
+    let polls = arg("--polls", 200);
+    let starts = arg("--starts", 20);
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Command::new(BIN)
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--bootstrap-admin",
+            "usr_admin",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("GP4U_TOKEN_SECRET")
+        .env("GP4U_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _server = Killed(server);
+    let base = line
+        .trim()
+        .trim_start_matches("gp4u server listening on ")
+        .to_string();
+    let client = reqwest::Client::new();
+    use reqwest::Method;
+    let admin = mint(dir.path(), "usr_admin", 3);
+    let (_, provider) = call(
+        &client,
+        Method::POST,
+        format!("{base}/api/admin/users"),
+        &admin,
+        Some(json!({"name": "p", "role": "provider"})),
+    )
+    .await;
+    let (_, customer) = call(
+        &client,
+        Method::POST,
+        format!("{base}/api/admin/users"),
+        &admin,
+        Some(json!({"name": "c", "role": "customer"})),
+    )
+    .await;
+    let provider_token = mint(dir.path(), provider["id"].as_str().unwrap(), 2);
+    let customer_token = mint(dir.path(), customer["id"].as_str().unwrap(), 1);
+    println!(
+        "machine: {} cores; gp4u release build; SQLite in a temp dir",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+
+    // 1. submit → assignment received by a waiting long-poll.
+    let (_, node) = call(&client, Method::POST, format!("{base}/api/providers/register"), &provider_token,
+        Some(json!({"region": "us-east-1", "public_key": "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=",
+                    "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 1.0, "uuid": "GPU-bench"}]}))).await;
+    let node_id = node["node_id"].as_str().unwrap().to_string();
+    let gpu_id = node["gpus"][0]["id"].as_str().unwrap().to_string();
+    let body = |gpu: &str, image: &str, digest: &str, command: &str| {
+        json!({"name": "bench", "gpuId": gpu, "workload_type": "BATCH",
+        "expectedDurationHours": 0.1, "docker_image": image, "docker_image_sha256": digest, "command": ["sh", "-c", command]})
+    };
+    let mut dispatch = Vec::with_capacity(polls);
+    let mut customers = vec![customer_token.clone()];
+    for n in 0..polls {
+        // 30 submissions per customer per minute: spread the load over fresh customers.
+        if n > 0 && n % 25 == 0 {
+            let (_, extra) = call(
+                &client,
+                Method::POST,
+                format!("{base}/api/admin/users"),
+                &admin,
+                Some(json!({"name": "c", "role": "customer"})),
+            )
+            .await;
+            customers.push(mint(dir.path(), extra["id"].as_str().unwrap(), 1));
+        }
+        let poll = {
+            let client = client.clone();
+            let url = format!("{base}/api/agent/assignments?node_id={node_id}&wait=25");
+            let token = provider_token.clone();
+            tokio::spawn(async move {
+                let response = client.get(url).bearer_auth(token).send().await.unwrap();
+                let received = Instant::now();
+                (
+                    response.status().as_u16(),
+                    response.json::<Value>().await.unwrap_or(Value::Null),
+                    received,
+                )
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let submitted = Instant::now();
+        let (status, accepted) = call(
+            &client,
+            Method::POST,
+            format!("{base}/api/jobs"),
+            customers.last().unwrap(),
+            Some(body(
+                &gpu_id,
+                "registry.example/bench",
+                &"ab".repeat(32),
+                "true",
+            )),
+        )
+        .await;
+        assert_eq!(status, 201, "{accepted}");
+        let (status, manifest, received) = poll.await.unwrap();
+        assert_eq!(status, 200, "the poll did not get the job");
+        dispatch.push(received.duration_since(submitted).as_secs_f64() * 1000.0);
+        let job = manifest["job_id"].as_str().unwrap();
+        for report in [
+            json!({"node_id": node_id, "status": "running"}),
+            json!({"node_id": node_id, "status": "exited", "exit_code": 0}),
+        ] {
+            call(
+                &client,
+                Method::POST,
+                format!("{base}/api/agent/jobs/{job}/status"),
+                &provider_token,
+                Some(report),
+            )
+            .await;
+        }
+    }
+    let (_, dispatch_p99) = summary("submit_to_assignment_received", dispatch);
+    println!(
+        "goal p99 <= 250 ms: {}",
+        if dispatch_p99 <= 250.0 {
+            "MET"
+        } else {
+            "MISSED"
+        }
+    );
+
+    // 2 and 3: the real agent with Docker.
+    let (Ok(image), Ok(digest)) = (
+        std::env::var("GP4U_TEST_IMAGE"),
+        std::env::var("GP4U_TEST_IMAGE_DIGEST"),
+    ) else {
+        println!(
+            "GP4U_TEST_IMAGE unset: skipping the agent measurements (scripts/test-images.sh start)"
+        );
+        return;
+    };
+    let agent_provider = {
+        let (_, user) = call(
+            &client,
+            Method::POST,
+            format!("{base}/api/admin/users"),
+            &admin,
+            Some(json!({"name": "a", "role": "provider"})),
+        )
+        .await;
+        mint(dir.path(), user["id"].as_str().unwrap(), 2)
+    };
+    let token_file = dir.path().join("agent.token");
+    std::fs::write(&token_file, agent_provider).unwrap();
+    let agent_dir = dir.path().join("agent");
+    let agent = Command::new(BIN)
+        .args([
+            "agent",
+            "--server",
+            &base,
+            "--region",
+            "eu-west-1",
+            "--price",
+            "0.5",
+            "--poll-wait",
+            "25",
+            "--keepalive",
+            "10",
+        ])
+        .arg("--token-file")
+        .arg(&token_file)
+        .arg("--data-dir")
+        .arg(&agent_dir)
+        .args(["--gpu", "emulated:Bench GPU:16"])
+        .env("GP4U_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let agent_pid = agent.id();
+    let _agent = Killed(agent);
+    let agent_gpu = loop {
+        let (_, listing) = call(
+            &client,
+            Method::GET,
+            format!("{base}/api/gpus"),
+            &customer_token,
+            None,
+        )
+        .await;
+        if let Some(gpu) = listing["gpus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|gpu| gpu["region"] == "eu-west-1")
+        {
+            break gpu["id"].as_str().unwrap().to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (rss, hwm) = rss_kib(agent_pid);
+    println!("RESULT agent_idle_rss_kib={rss} agent_peak_rss_kib={hwm}");
+    println!(
+        "goal idle RSS <= 25 MB: {}",
+        if rss <= 25 * 1024 { "MET" } else { "MISSED" }
+    );
+
+    let mut starts_ms = Vec::new();
+    for n in 0..=starts {
+        if n % 25 == 0 {
+            let (_, extra) = call(
+                &client,
+                Method::POST,
+                format!("{base}/api/admin/users"),
+                &admin,
+                Some(json!({"name": "c", "role": "customer"})),
+            )
+            .await;
+            customers.push(mint(dir.path(), extra["id"].as_str().unwrap(), 1));
+        }
+        let (status, accepted) = call(
+            &client,
+            Method::POST,
+            format!("{base}/api/jobs"),
+            customers.last().unwrap(),
+            Some(body(&agent_gpu, &image, &digest, "sleep 0.2")),
+        )
+        .await;
+        assert_eq!(status, 201, "{accepted}");
+        let job = accepted["id"].as_str().unwrap().to_string();
+        let finished = loop {
+            let (_, view) = call(
+                &client,
+                Method::GET,
+                format!("{base}/api/jobs/{job}"),
+                &admin,
+                None,
+            )
+            .await;
+            if matches!(view["status"].as_str(), Some("COMPLETE" | "FAILED")) {
+                break view;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(finished["status"], "COMPLETE", "{finished}");
+        // Server-side timestamps: accepted at created_at, RUNNING at the agent's start report.
+        let started = rfc3339_ms(finished["started_at"].as_str().unwrap())
+            - rfc3339_ms(finished["created_at"].as_str().unwrap());
+        if n == 0 {
+            println!(
+                "first job (pulls the image unless Docker already has it): submit → running {started:.0} ms"
+            );
+        } else {
+            starts_ms.push(started);
+        }
+    }
+    let (start_p50, _) = summary("submit_to_container_running_image_present", starts_ms);
+    println!(
+        "goal p50 <= 2000 ms: {}",
+        if start_p50 <= 2000.0 { "MET" } else { "MISSED" }
+    );
+    let (rss, hwm) = rss_kib(agent_pid);
+    println!("RESULT agent_rss_after_jobs_kib={rss} agent_peak_rss_kib={hwm}");
+}
