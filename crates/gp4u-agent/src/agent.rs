@@ -9,12 +9,22 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use gp4u_proto::{AgentStatusReport, AssignmentManifest};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::client::{ClientError, PlatformClient};
 use crate::docker::{DockerRuntime, Exit, GpuAttach, JobPaths, container_config};
+use crate::files::{fetch_inputs, pack_output};
 use crate::gpu::{EmulatedGpu, GpuInfo, GpuSource, NvmlSource};
+use crate::logs::{self, LogPiece, Shipper};
 use crate::process::{self, ChildJob};
+
+/// After a job exits, how long its remaining output may take to reach the shipper.
+const LOG_DRAIN_GRACE: Duration = Duration::from_secs(10);
+/// Upload attempts for a job's outputs while the platform is unreachable (about 4 minutes).
+const OUTPUT_UPLOAD_ATTEMPTS: u32 = 10;
+/// The packed `/output`, beside (not inside) the job's output dir.
+const OUTPUT_ARCHIVE: &str = "output.tar.gz";
 
 /// Which runtime runs jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +90,16 @@ const NODE_FILE: &str = "node.json";
 enum Runtime {
     Docker(DockerRuntime),
     Process,
+}
+
+/// A task that ends with its owner: a job's helpers (log follower, shipper, waiter) stop when
+/// the job's watch does, e.g. when the agent itself is stopped.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 enum Launched {
@@ -189,9 +209,13 @@ pub async fn run(
         runtime,
         node,
     });
-    agent.clone().recover().await;
+    // Every job runs in this set, so that stopping the agent stops its watchers too (the
+    // containers run on; the next start of the agent recovers them).
+    let mut jobs = JoinSet::new();
+    agent.clone().recover(&mut jobs).await;
     let mut backoff = Duration::from_millis(500);
     loop {
+        while jobs.try_join_next().is_some() {}
         let poll = agent
             .client
             .next_assignment(&agent.node.node_id, agent.config.poll_wait_s);
@@ -203,7 +227,7 @@ pub async fn run(
             Ok(Some(manifest)) => {
                 backoff = Duration::from_millis(500);
                 tracing::info!(job_id = %manifest.job_id, image = %manifest.docker_image, "assignment received");
-                tokio::spawn(agent.clone().run_job(manifest));
+                jobs.spawn(agent.clone().run_job(manifest));
             }
             Ok(None) => backoff = Duration::from_millis(500),
             Err(error) if error.is_transient() => {
@@ -260,6 +284,12 @@ impl Agent {
                     tracing::warn!(job_id, %error, retry_in = ?backoff, "report failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+                // The platform does not know this job (any more) on this node: a container
+                // with no job behind it is an orphan, and orphans are killed.
+                Err(ClientError::Refused { status: 404, .. }) => {
+                    tracing::warn!(job_id, "the platform does not know this job: killing it");
+                    return true;
                 }
                 Err(error) => {
                     tracing::warn!(job_id, %error, "report failed");
@@ -324,6 +354,9 @@ impl Agent {
                         return;
                     }
                 };
+                if !self.inputs_ready(&manifest, &input).await {
+                    return;
+                }
                 let paths = JobPaths {
                     input: &input,
                     output: &output,
@@ -333,13 +366,14 @@ impl Agent {
                     &reference,
                     &paths,
                     &self.gpu_attach(&manifest),
+                    &self.node.node_id,
                     deadline_ms,
                 );
                 match docker
                     .create_and_start(config, &format!("gp4u-{job_id}"))
                     .await
                 {
-                    Ok(id) => Launched::Container(id),
+                    Ok(id) => (Launched::Container(id), None),
                     Err(error) => {
                         tracing::warn!(job_id, %error, "container did not start");
                         self.report(&job_id, "exited", Some(125), None, Some(error.to_string()))
@@ -348,22 +382,136 @@ impl Agent {
                     }
                 }
             }
-            Runtime::Process => match process::spawn(&manifest, &dir, &input, &output) {
-                Ok(child) => Launched::Child(child),
-                Err(error) => {
-                    self.report(
-                        &job_id,
-                        "exited",
-                        Some(127),
-                        None,
-                        Some(format!("could not start the command: {error}")),
-                    )
-                    .await;
+            Runtime::Process => {
+                if !self.inputs_ready(&manifest, &input).await {
                     return;
                 }
-            },
+                let (sender, receiver) = logs::channel();
+                match process::spawn(&manifest, &dir, &input, &output, sender) {
+                    Ok(child) => (Launched::Child(child), Some(receiver)),
+                    Err(error) => {
+                        self.report(
+                            &job_id,
+                            "exited",
+                            Some(127),
+                            None,
+                            Some(format!("could not start the command: {error}")),
+                        )
+                        .await;
+                        return;
+                    }
+                }
+            }
         };
-        self.watch(job_id, launched, deadline_ms).await;
+        let (launched, pieces) = launched;
+        self.watch(job_id, launched, deadline_ms, pieces).await;
+    }
+
+    /// Fetches and verifies the job's inputs. On failure the job is reported `INPUT_FAILED`,
+    /// its directory removed, and false returned.
+    async fn inputs_ready(&self, manifest: &AssignmentManifest, input: &Path) -> bool {
+        match fetch_inputs(&self.client, &self.node.node_id, manifest, input).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(job_id = %manifest.job_id, %error, "inputs failed");
+                self.report(
+                    &manifest.job_id,
+                    "failed",
+                    None,
+                    Some("INPUT_FAILED"),
+                    Some(error.to_string()),
+                )
+                .await;
+                let _ = std::fs::remove_dir_all(self.job_dir(&manifest.job_id));
+                false
+            }
+        }
+    }
+
+    /// Starts shipping the job's output: the container's log (after the saved cursor, when an
+    /// earlier run of the agent shipped part of it), or the child's pipes.
+    fn start_log_shipping(
+        &self,
+        job_id: &str,
+        launched: &Launched,
+        pieces: Option<mpsc::Receiver<LogPiece>>,
+    ) -> (
+        AbortOnDrop<()>,
+        Option<AbortOnDrop<()>>,
+        watch::Sender<bool>,
+    ) {
+        let job_dir = self.job_dir(job_id);
+        let (source, pieces) = match (&self.runtime, launched, pieces) {
+            (_, _, Some(pieces)) => (None, pieces),
+            (Runtime::Docker(docker), Launched::Container(id), None) => {
+                let (sender, receiver) = logs::channel();
+                let docker = docker.clone();
+                let id = id.clone();
+                let after = logs::read_cursor(&job_dir);
+                let job = job_id.to_string();
+                let source = tokio::spawn(async move {
+                    if let Err(error) = docker.follow_logs(&id, after, sender).await {
+                        tracing::warn!(job_id = %job, %error, "following the container's log failed");
+                    }
+                });
+                (Some(AbortOnDrop(source)), receiver)
+            }
+            // Nothing to follow: an empty, closed channel.
+            _ => (None, logs::channel().1),
+        };
+        let (stop, stopping) = watch::channel(false);
+        let shipper = Shipper {
+            client: self.client.clone(),
+            job_id: job_id.to_string(),
+            node_id: self.node.node_id.clone(),
+            job_dir,
+        };
+        (
+            AbortOnDrop(tokio::spawn(shipper.run(pieces, stopping))),
+            source,
+            stop,
+        )
+    }
+
+    /// Packs the job's `/output` and uploads it with its SHA-256, retrying while the platform
+    /// is unreachable. A failure is logged; the final report goes out regardless.
+    async fn upload_outputs(&self, job_id: &str) {
+        let dir = self.job_dir(job_id);
+        let (output, archive) = (dir.join("output"), dir.join(OUTPUT_ARCHIVE));
+        let packed = match tokio::task::spawn_blocking(move || pack_output(&output, &archive)).await
+        {
+            Ok(Ok(packed)) => packed,
+            Ok(Err(error)) => {
+                tracing::error!(job_id, %error, "could not pack the job's /output; not uploaded");
+                return;
+            }
+            Err(error) => {
+                tracing::error!(job_id, %error, "packing the job's /output failed");
+                return;
+            }
+        };
+        let mut backoff = Duration::from_millis(500);
+        for attempt in 1..=OUTPUT_UPLOAD_ATTEMPTS {
+            match self
+                .client
+                .upload_output(job_id, &self.node.node_id, &packed.path, &packed.sha256)
+                .await
+            {
+                Ok(stored) => {
+                    tracing::info!(job_id, bytes = stored.size_bytes, sha256 = %stored.sha256, "outputs uploaded");
+                    return;
+                }
+                Err(error) if error.is_transient() && attempt < OUTPUT_UPLOAD_ATTEMPTS => {
+                    tracing::warn!(job_id, %error, retry_in = ?backoff, "output upload failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+                Err(error) => {
+                    tracing::error!(job_id, %error, bytes = packed.size_bytes, "output upload failed; the job's outputs are lost");
+                    return;
+                }
+            }
+        }
     }
 
     async fn wait(&self, launched: &Launched) -> Exit {
@@ -395,31 +543,38 @@ impl Agent {
     }
 
     async fn cleanup(&self, job_id: &str, launched: &Launched) {
-        if let (Runtime::Docker(docker), Launched::Container(id)) = (&self.runtime, launched) {
-            if let Ok(logs) = docker.logs(id, 64 * 1024).await {
-                tracing::info!(job_id, bytes = logs.len(), tail = %String::from_utf8_lossy(&logs[logs.len().saturating_sub(2000)..]), "job output");
-            }
-            if let Err(error) = docker.remove(id).await {
-                tracing::warn!(container = %id, %error, "could not remove a container");
-            }
+        // The job's output went to the platform (see `logs`), not into the agent's own log.
+        if let (Runtime::Docker(docker), Launched::Container(id)) = (&self.runtime, launched)
+            && let Err(error) = docker.remove(id).await
+        {
+            tracing::warn!(container = %id, %error, "could not remove a container");
         }
         let _ = std::fs::remove_dir_all(self.job_dir(job_id));
     }
 
-    /// Watches a started job to its end: keep-alives (which carry kill orders back), the
-    /// duration watchdog, and the final report.
-    async fn watch(self: Arc<Self>, job_id: String, launched: Launched, deadline_ms: i64) {
+    /// Watches a started job to its end: its output shipped as it comes, keep-alives (which
+    /// carry kill orders back), the duration watchdog; then the rest of the output, `/output`
+    /// uploaded, and the final report, in that order, so that a job the platform sees ended
+    /// has all of its logs and outputs.
+    async fn watch(
+        self: Arc<Self>,
+        job_id: String,
+        launched: Launched,
+        deadline_ms: i64,
+        pieces: Option<mpsc::Receiver<LogPiece>>,
+    ) {
+        let (mut shipping, log_source, stop_shipping) =
+            self.start_log_shipping(&job_id, &launched, pieces);
         let launched = Arc::new(launched);
         let mut killed_by_platform = self.report(&job_id, "running", None, None, None).await;
         if killed_by_platform {
             self.kill(&launched).await;
         }
-        let waiter = {
+        let mut waiter = {
             let agent = self.clone();
             let launched = launched.clone();
-            tokio::spawn(async move { agent.wait(&launched).await })
+            AbortOnDrop(tokio::spawn(async move { agent.wait(&launched).await }))
         };
-        tokio::pin!(waiter);
         let until_deadline =
             Duration::from_millis(u64::try_from(deadline_ms - now_ms()).unwrap_or(0));
         let deadline = tokio::time::sleep(until_deadline);
@@ -427,7 +582,7 @@ impl Agent {
         let mut duration_exceeded = false;
         let exit = loop {
             tokio::select! {
-                exit = &mut waiter => break exit.unwrap_or(Exit { code: -1, oom_killed: false }),
+                exit = &mut waiter.0 => break exit.unwrap_or(Exit { code: -1, oom_killed: false }),
                 _ = tokio::time::sleep(self.config.keepalive), if !killed_by_platform => {
                     if self.report(&job_id, "running", None, None, None).await {
                         tracing::warn!(job_id, "the platform ordered this job killed");
@@ -442,6 +597,28 @@ impl Agent {
                 }
             }
         };
+        // The rest of the output: the container's log stream ends when it stops, a child's
+        // pipes when it exits; a straggler (a grandchild holding a pipe) gets a grace period.
+        if tokio::time::timeout(LOG_DRAIN_GRACE, &mut shipping.0)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                job_id,
+                "the job's output did not close; shipping what there is"
+            );
+            drop(log_source);
+            let _ = stop_shipping.send(true);
+            if tokio::time::timeout(LOG_DRAIN_GRACE, &mut shipping.0)
+                .await
+                .is_err()
+            {
+                tracing::warn!(job_id, "shipping the job's last output timed out");
+            }
+        }
+        if !killed_by_platform {
+            self.upload_outputs(&job_id).await;
+        }
         if duration_exceeded {
             self.report(&job_id, "failed", None, Some("DURATION_EXCEEDED"), None)
                 .await;
@@ -470,11 +647,11 @@ impl Agent {
 
     /// After a restart: every container of ours is either watched again or, if it ended while
     /// we were away, reported and removed. Nothing is left behind.
-    async fn recover(self: Arc<Self>) {
+    async fn recover(self: Arc<Self>, jobs: &mut JoinSet<()>) {
         let Runtime::Docker(docker) = &self.runtime else {
             return;
         };
-        let found = match docker.ours().await {
+        let found = match docker.ours(&self.node.node_id).await {
             Ok(found) => found,
             Err(error) => {
                 tracing::error!(%error, "cannot list our containers for recovery");
@@ -484,10 +661,11 @@ impl Agent {
         for container in found {
             tracing::info!(job_id = %container.job_id, running = container.running, "recovering a container");
             let deadline_ms = container.deadline_ms.unwrap_or_else(now_ms);
-            tokio::spawn(self.clone().watch(
+            jobs.spawn(self.clone().watch(
                 container.job_id,
                 Launched::Container(container.container_id),
                 deadline_ms,
+                None,
             ));
         }
     }

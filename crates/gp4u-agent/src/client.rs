@@ -2,9 +2,18 @@
 
 use std::time::Duration;
 
-use gp4u_proto::{AgentStatusReply, AgentStatusReport, AssignmentManifest, Registered};
+use std::path::{Path, PathBuf};
+
+use gp4u_proto::{
+    AgentStatusReply, AgentStatusReport, AssignmentManifest, LogAppended, OutputStored, Registered,
+};
 use reqwest::StatusCode;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+/// The header that carries a blob's hex SHA-256.
+pub const SHA256_HEADER: &str = "x-gp4u-sha256";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -21,6 +30,11 @@ pub enum ClientError {
         what: String,
         source: reqwest::Error,
     },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl ClientError {
@@ -30,7 +44,7 @@ impl ClientError {
         match self {
             ClientError::Transport { .. } => true,
             ClientError::Refused { status, .. } => *status == 429 || *status >= 500,
-            ClientError::BadAnswer { .. } => false,
+            ClientError::BadAnswer { .. } | ClientError::Io { .. } => false,
         }
     }
 }
@@ -138,6 +152,111 @@ impl PlatformClient {
             .http
             .post(format!("{}/api/agent/jobs/{job_id}/status", self.base))
             .json(report)
+            .timeout(Duration::from_secs(30));
+        let response = self.send(&what, request).await?;
+        response
+            .json()
+            .await
+            .map_err(|source| ClientError::BadAnswer { what, source })
+    }
+
+    /// Downloads one of the job's inputs into `dest`, hashing while writing; returns the hex
+    /// SHA-256 of what was written. A body cut short is a transport error.
+    pub async fn download_input(
+        &self,
+        job_id: &str,
+        node_id: &str,
+        artifact_id: &str,
+        dest: &Path,
+    ) -> Result<String, ClientError> {
+        let what = format!("the download of input {artifact_id} of {job_id}");
+        let request = self
+            .http
+            .get(format!(
+                "{}/api/agent/jobs/{job_id}/inputs/{artifact_id}",
+                self.base
+            ))
+            .query(&[("node_id", node_id)]);
+        let mut response = self.send(&what, request).await?;
+        let io = |source| ClientError::Io {
+            path: dest.to_path_buf(),
+            source,
+        };
+        let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
+        let mut hasher = Sha256::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: self.base.clone(),
+                source,
+            })?
+        {
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(io)?;
+        }
+        file.flush().await.map_err(io)?;
+        file.sync_all().await.map_err(io)?;
+        Ok(hasher
+            .finalize()
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect())
+    }
+
+    /// Uploads the job's packed `/output` (streamed from `path`) with its hex SHA-256.
+    pub async fn upload_output(
+        &self,
+        job_id: &str,
+        node_id: &str,
+        path: &Path,
+        sha256: &str,
+    ) -> Result<OutputStored, ClientError> {
+        let what = format!("the output upload of {job_id}");
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|source| ClientError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let length = file
+            .metadata()
+            .await
+            .map_err(|source| ClientError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?
+            .len();
+        let request = self
+            .http
+            .put(format!("{}/api/agent/jobs/{job_id}/outputs", self.base))
+            .query(&[("node_id", node_id)])
+            .header(SHA256_HEADER, sha256)
+            .header(reqwest::header::CONTENT_LENGTH, length)
+            .header(reqwest::header::CONTENT_TYPE, "application/gzip")
+            .body(reqwest::Body::from(file))
+            .timeout(Duration::from_secs(3600));
+        let response = self.send(&what, request).await?;
+        response
+            .json()
+            .await
+            .map_err(|source| ClientError::BadAnswer { what, source })
+    }
+
+    /// Appends a chunk of the job's stdout/stderr.
+    pub async fn append_log(
+        &self,
+        job_id: &str,
+        node_id: &str,
+        chunk: Vec<u8>,
+    ) -> Result<LogAppended, ClientError> {
+        let what = format!("a log chunk of {job_id}");
+        let request = self
+            .http
+            .post(format!("{}/api/agent/jobs/{job_id}/logs", self.base))
+            .query(&[("node_id", node_id)])
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(chunk)
             .timeout(Duration::from_secs(30));
         let response = self.send(&what, request).await?;
         response

@@ -23,6 +23,9 @@ use gp4u_proto::AssignmentManifest;
 pub const JOB_LABEL: &str = "gp4u.job";
 /// Label carrying the unix-ms deadline of the duration watchdog, so it survives restarts.
 pub const DEADLINE_LABEL: &str = "gp4u.deadline-ms";
+/// Label carrying the node id: a restarted agent recovers its own node's containers only, even
+/// when several agents (nodes) share one Docker host.
+pub const NODE_LABEL: &str = "gp4u.node";
 pub const PIDS_LIMIT: i64 = 512;
 pub const TMPFS_SIZE: &str = "rw,noexec,nosuid,size=64m";
 
@@ -98,6 +101,7 @@ pub fn container_config(
     reference: &str,
     paths: &JobPaths<'_>,
     gpu: &GpuAttach,
+    node_id: &str,
     deadline_ms: i64,
 ) -> ContainerCreateBody {
     let memory = (manifest.ram_limit_gb * 1024.0 * 1024.0 * 1024.0).round() as i64;
@@ -143,6 +147,7 @@ pub fn container_config(
         env: Some(env),
         labels: Some(HashMap::from([
             (JOB_LABEL.to_string(), manifest.job_id.clone()),
+            (NODE_LABEL.to_string(), node_id.to_string()),
             (DEADLINE_LABEL.to_string(), deadline_ms.to_string()),
         ])),
         host_config: Some(host_config),
@@ -322,8 +327,11 @@ impl DockerRuntime {
     }
 
     /// The containers of ours on this host, running or not.
-    pub async fn ours(&self) -> Result<Vec<Found>, DockerError> {
-        let filters = HashMap::from([("label".to_string(), vec![JOB_LABEL.to_string()])]);
+    pub async fn ours(&self, node_id: &str) -> Result<Vec<Found>, DockerError> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![JOB_LABEL.to_string(), format!("{NODE_LABEL}={node_id}")],
+        )]);
         let options = ListContainersOptions {
             all: true,
             filters: Some(filters),
@@ -348,24 +356,44 @@ impl DockerRuntime {
             .collect())
     }
 
-    /// The container's output so far (stdout and stderr interleaved), at most `limit` bytes.
-    pub async fn logs(&self, container_id: &str, limit: usize) -> Result<Vec<u8>, DockerError> {
+    /// Follows the container's stdout and stderr (interleaved, as the engine stores them) into
+    /// `sink` until the container stops: from the start, or after `after_ns` (a timestamp
+    /// already shipped by an earlier run of the agent). Each piece carries its timestamp.
+    pub async fn follow_logs(
+        &self,
+        container_id: &str,
+        after_ns: Option<i128>,
+        sink: tokio::sync::mpsc::Sender<crate::logs::LogPiece>,
+    ) -> Result<(), DockerError> {
+        let since = after_ns
+            .map(|ns| i32::try_from(ns / 1_000_000_000).unwrap_or(i32::MAX))
+            .unwrap_or(0);
         let options = bollard::query_parameters::LogsOptions {
+            follow: true,
             stdout: true,
             stderr: true,
+            timestamps: true,
+            since,
             ..Default::default()
         };
         let mut stream = self.docker.logs(container_id, Some(options));
-        let mut out = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let bytes = chunk?.into_bytes();
-            let room = limit.saturating_sub(out.len());
-            out.extend_from_slice(&bytes[..bytes.len().min(room)]);
-            if out.len() >= limit {
+        while let Some(item) = stream.next().await {
+            let output = item?;
+            let (timestamp_ns, text) = crate::logs::split_timestamp(output.as_ref());
+            if let (Some(at), Some(after)) = (timestamp_ns, after_ns)
+                && at <= after
+            {
+                continue;
+            }
+            let piece = crate::logs::LogPiece {
+                bytes: text.to_vec(),
+                timestamp_ns,
+            };
+            if sink.send(piece).await.is_err() {
                 break;
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -385,6 +413,7 @@ mod tests {
             env: BTreeMap::from([("EPOCHS".to_string(), "3".to_string())]),
             command: vec!["sh".into(), "-c".into(), "echo hi".into()],
             inputs: vec![],
+            input_sha256: BTreeMap::new(),
             expected_duration_hours: 0.1,
             kill_after_seconds: 396,
             telemetry_interval_seconds: 10,
@@ -422,7 +451,14 @@ mod tests {
             input: Path::new("/d/in"),
             output: Path::new("/d/out"),
         };
-        let config = container_config(&manifest(), "img@sha256:ab", &paths, &GpuAttach::None, 42);
+        let config = container_config(
+            &manifest(),
+            "img@sha256:ab",
+            &paths,
+            &GpuAttach::None,
+            "node_n",
+            42,
+        );
         let host = config.host_config.clone().unwrap();
         assert_eq!(host.memory, Some(536_870_912));
         assert_eq!(host.memory_swap, host.memory, "no swap above the cap");
@@ -444,7 +480,9 @@ mod tests {
         );
         assert_eq!(host.device_requests, None);
         assert_eq!(config.env, Some(vec!["EPOCHS=3".to_string()]));
-        assert_eq!(config.labels.unwrap()[JOB_LABEL], "job_abc");
+        let labels = config.labels.unwrap();
+        assert_eq!(labels[JOB_LABEL], "job_abc");
+        assert_eq!(labels[NODE_LABEL], "node_n");
         assert!(host.privileged.is_none() && host.cap_add.is_none());
     }
 
@@ -457,7 +495,7 @@ mod tests {
         let gpu = GpuAttach::Nvidia {
             uuid: "GPU-5e1c".into(),
         };
-        let config = container_config(&manifest(), "img@sha256:ab", &paths, &gpu, 0);
+        let config = container_config(&manifest(), "img@sha256:ab", &paths, &gpu, "node_n", 0);
         let requests = config.host_config.unwrap().device_requests.unwrap();
         assert_eq!(requests.len(), 1);
         assert_eq!(requests[0].driver.as_deref(), Some("nvidia"));

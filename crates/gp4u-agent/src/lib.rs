@@ -3,11 +3,15 @@
 //!
 //! Modules: [`gpu`] (NVML inventory and readings, or emulated GPUs), [`key`] (the node's
 //! ed25519 key), [`client`] (HTTP to the platform), [`docker`] (digest-pinned pulls and the
-//! hardened container), [`process`] (the unisolated development runtime), [`agent`] (the loop).
+//! hardened container), [`process`] (the unisolated development runtime), [`files`] (inputs
+//! fetched and verified, `/output` packed), [`logs`] (stdout/stderr shipped to the platform),
+//! [`agent`] (the loop).
 
 pub mod agent;
 pub mod client;
 pub mod docker;
+pub mod files;
 pub mod gpu;
 pub mod key;
+pub mod logs;
 pub mod process;

@@ -7,10 +7,12 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use gp4u_proto::AssignmentManifest;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::docker::Exit;
+use crate::logs::LogPiece;
 
 /// A job running as a child process.
 #[derive(Debug, Clone)]
@@ -40,14 +42,35 @@ impl ChildJob {
     }
 }
 
+/// Sends what `pipe` yields to `sink` until it closes.
+async fn forward(mut pipe: impl AsyncRead + Unpin, sink: mpsc::Sender<LogPiece>) {
+    let mut buffer = vec![0u8; 8192];
+    loop {
+        match pipe.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => {
+                let piece = LogPiece {
+                    bytes: buffer[..read].to_vec(),
+                    timestamp_ns: None,
+                };
+                if sink.send(piece).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Starts the manifest's command in `scratch` with `/input`-like and `/output`-like dirs passed
 /// as `GP4U_INPUT` and `GP4U_OUTPUT`, an address-space cap of the RAM limit, at most 512
-/// processes, and only the declared environment (plus PATH).
+/// processes, and only the declared environment (plus PATH). Its stdout and stderr go to
+/// `logs`, which closes when both pipes have.
 pub fn spawn(
     manifest: &AssignmentManifest,
     scratch: &Path,
     input: &Path,
     output: &Path,
+    logs: mpsc::Sender<LogPiece>,
 ) -> std::io::Result<ChildJob> {
     let Some((program, args)) = manifest.command.split_first() else {
         return Err(std::io::Error::new(
@@ -70,10 +93,16 @@ pub fn spawn(
         .env("GP4U_OUTPUT", output)
         .envs(&manifest.env)
         .stdin(Stdio::null())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .kill_on_drop(true);
     let mut child = command.spawn()?;
+    if let Some(stdout) = child.stdout.take() {
+        tokio::spawn(forward(stdout, logs.clone()));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(forward(stderr, logs));
+    }
     let kill = Arc::new(Notify::new());
     let (exit_tx, exit_rx) = watch::channel(None);
     let kill_signal = kill.clone();

@@ -3,20 +3,16 @@
 //! manifests and records the agent's reports. Network: loopback and the project's containers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, HashMap};
+mod support;
+
+use std::collections::BTreeMap;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use gp4u_agent::agent::{AgentConfig, RuntimeKind};
 use gp4u_agent::gpu::EmulatedGpu;
-use gp4u_proto::{AgentStatusReply, AgentStatusReport, AssignmentManifest};
-use serde_json::{Value, json};
+use gp4u_proto::AssignmentManifest;
+use support::{fake_platform, finals, sha256_hex};
 use tokio::sync::watch;
 
 struct TestImage {
@@ -49,74 +45,6 @@ fn test_image(test: &str) -> Option<TestImage> {
     }
 }
 
-/// What the fake platform saw and what it hands out.
-#[derive(Default)]
-struct Platform {
-    queue: Vec<AssignmentManifest>,
-    reports: Vec<(String, AgentStatusReport)>,
-    /// Jobs whose next keep-alive is answered with a kill order.
-    kill: Vec<String>,
-    registrations: usize,
-}
-
-type Shared = Arc<Mutex<Platform>>;
-
-async fn register(State(platform): State<Shared>, Json(body): Json<Value>) -> Response {
-    let mut platform = platform.lock().unwrap();
-    platform.registrations += 1;
-    let gpus: Vec<Value> = body["gpus"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .enumerate()
-        .map(|(n, gpu)| json!({"id": format!("gpu_test{n}"), "name": gpu["name"], "vram_gb": gpu["vram_gb"],
-            "price_per_hour": gpu["price_per_hour"], "region": body["region"], "status": "AVAILABLE"}))
-        .collect();
-    (
-        StatusCode::CREATED,
-        Json(json!({"node_id": "node_test", "gpus": gpus})),
-    )
-        .into_response()
-}
-
-async fn assignments(State(platform): State<Shared>) -> Response {
-    for _ in 0..20 {
-        if let Some(manifest) = platform.lock().unwrap().queue.pop() {
-            return Json(manifest).into_response();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    StatusCode::NO_CONTENT.into_response()
-}
-
-async fn status(
-    State(platform): State<Shared>,
-    Path(job): Path<String>,
-    Json(report): Json<AgentStatusReport>,
-) -> Json<AgentStatusReply> {
-    let mut platform = platform.lock().unwrap();
-    let kill = report.status == "running" && platform.kill.contains(&job);
-    platform.reports.push((job.clone(), report));
-    Json(AgentStatusReply {
-        job_id: job,
-        status: "RUNNING".into(),
-        kill,
-    })
-}
-
-async fn fake_platform() -> (String, Shared) {
-    let platform: Shared = Arc::default();
-    let app = axum::Router::new()
-        .route("/api/providers/register", post(register))
-        .route("/api/agent/assignments", get(assignments))
-        .route("/api/agent/jobs/{id}/status", post(status))
-        .with_state(platform.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{address}"), platform)
-}
-
 fn manifest(image: &TestImage, job: &str, command: &str) -> AssignmentManifest {
     AssignmentManifest {
         job_id: job.to_string(),
@@ -128,6 +56,7 @@ fn manifest(image: &TestImage, job: &str, command: &str) -> AssignmentManifest {
         env: BTreeMap::from([("GREETING".to_string(), "hello".to_string())]),
         command: vec!["sh".into(), "-c".into(), command.into()],
         inputs: vec![],
+        input_sha256: BTreeMap::new(),
         expected_duration_hours: 0.1,
         kill_after_seconds: 120,
         telemetry_interval_seconds: 10,
@@ -146,29 +75,6 @@ fn agent_config(server: &str, data_dir: &std::path::Path) -> AgentConfig {
         price_per_hour: 1.0,
         poll_wait_s: 1,
         keepalive: Duration::from_millis(500),
-    }
-}
-
-/// The final report of each job, waiting up to `limit`.
-async fn finals(
-    platform: &Shared,
-    jobs: &[&str],
-    limit: Duration,
-) -> HashMap<String, AgentStatusReport> {
-    let started = Instant::now();
-    loop {
-        let done: HashMap<String, AgentStatusReport> = platform
-            .lock()
-            .unwrap()
-            .reports
-            .iter()
-            .filter(|(_, report)| report.status != "running")
-            .map(|(job, report)| (job.clone(), report.clone()))
-            .collect();
-        if jobs.iter().all(|job| done.contains_key(*job)) || started.elapsed() > limit {
-            return done;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -218,6 +124,26 @@ async fn jobs_run_hardened_and_end_as_reported() {
     missing.docker_image_sha256 = format!("sha256:{}", "0".repeat(64));
     let mut tag_only = manifest(&image, &job("tagonly"), "true");
     tag_only.docker_image_sha256 = "latest".into();
+    // Inputs arrive verified and read-only; a download that differs from its hash never runs.
+    let data = b"input bytes\n".to_vec();
+    let data_sha = sha256_hex(&data);
+    platform
+        .lock()
+        .unwrap()
+        .artifacts
+        .insert("art_data".into(), data.clone());
+    let mut inputs = manifest(
+        &image,
+        &job("inputs"),
+        &format!(
+            "sha256sum /input/art_data | grep -q '^{data_sha} ' && ! touch /input/art_data 2>/dev/null && ! touch /input/new 2>/dev/null && echo inputs ok && echo made > /output/made.txt"
+        ),
+    );
+    inputs.inputs = vec!["art_data".into()];
+    inputs.input_sha256 = BTreeMap::from([("art_data".to_string(), data_sha.clone())]);
+    let mut bad_input = manifest(&image, &job("badinput"), "echo must not run");
+    bad_input.inputs = vec!["art_data".into()];
+    bad_input.input_sha256 = BTreeMap::from([("art_data".to_string(), "0".repeat(64))]);
     let manifests = vec![
         // Inside the job: no capabilities, no new privileges.
         manifest(
@@ -244,6 +170,8 @@ async fn jobs_run_hardened_and_end_as_reported() {
         wrong,
         missing,
         tag_only,
+        inputs,
+        bad_input,
     ];
     platform.lock().unwrap().queue = manifests;
     let data_dir = tempfile::tempdir().unwrap();
@@ -254,6 +182,7 @@ async fn jobs_run_hardened_and_end_as_reported() {
     ));
     let names = [
         "caps", "rofs", "pids", "exit3", "bomb", "hog", "other", "wrong", "missing", "tagonly",
+        "inputs", "badinput",
     ]
     .map(job);
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -306,6 +235,38 @@ async fn jobs_run_hardened_and_end_as_reported() {
             "{name}"
         );
     }
+    assert_eq!(
+        outcome("inputs"),
+        ("exited".into(), Some(0), None),
+        "inputs verified, read-only"
+    );
+    assert_eq!(
+        outcome("badinput"),
+        ("failed".into(), None, Some("INPUT_FAILED".into())),
+        "a hash mismatch never runs"
+    );
+    {
+        let platform = platform.lock().unwrap();
+        // Outputs arrive before the final report, with their hash; logs too.
+        let (sha, archive) = &platform.outputs[&job("inputs")];
+        assert_eq!(*sha, sha256_hex(archive));
+        let mut files = Vec::new();
+        let mut reader = tar::Archive::new(flate2::read::GzDecoder::new(&archive[..]));
+        for entry in reader.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut text).unwrap();
+            files.push((entry.path().unwrap().display().to_string(), text));
+        }
+        assert_eq!(files, vec![("made.txt".to_string(), "made\n".to_string())]);
+        assert_eq!(
+            String::from_utf8_lossy(&platform.logs[&job("inputs")]),
+            "inputs ok\n"
+        );
+        assert!(!platform.logs.contains_key(&job("badinput")));
+        assert!(!platform.outputs.contains_key(&job("badinput")));
+        assert!(platform.outputs.contains_key(&job("rofs")), "/output/ok");
+    }
     // Every job reported running first (except the ones that never started).
     let reports = platform.lock().unwrap().reports.clone();
     assert!(
@@ -342,8 +303,14 @@ async fn a_restarted_agent_picks_its_jobs_up_and_obeys_kill_orders() {
     let prefix = format!("job_r{}", std::process::id());
     let survivor = format!("{prefix}survivor");
     let doomed = format!("{prefix}doomed");
+    let orphan = format!("{prefix}orphan");
     platform.lock().unwrap().queue = vec![
-        manifest(&image, &survivor, "sleep 4; exit 7"),
+        manifest(&image, &orphan, "sleep 300"),
+        manifest(
+            &image,
+            &survivor,
+            "echo before; sleep 4; echo after >&2; exit 7",
+        ),
         manifest(&image, &doomed, "sleep 300"),
     ];
     let data_dir = tempfile::tempdir().unwrap();
@@ -363,7 +330,7 @@ async fn a_restarted_agent_picks_its_jobs_up_and_obeys_kill_orders() {
         .map(|(j, _)| j.clone())
         .collect::<std::collections::BTreeSet<_>>()
         .len()
-        < 2
+        < 3
     {
         assert!(
             started.elapsed() < Duration::from_secs(60),
@@ -371,15 +338,32 @@ async fn a_restarted_agent_picks_its_jobs_up_and_obeys_kill_orders() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The first agent shipped what the survivor printed so far (and saved its cursor).
+    let started = Instant::now();
+    while !platform
+        .lock()
+        .unwrap()
+        .logs
+        .get(&survivor)
+        .is_some_and(|log| log.starts_with(b"before"))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no logs shipped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     first.abort();
     let _ = first.await;
     assert_eq!(
         containers_of(&prefix).len(),
-        2,
+        3,
         "the containers outlive the agent"
     );
-    // The platform cancels one of them while the agent is down.
+    // While the agent is down, the platform cancels one job and forgets another entirely.
     platform.lock().unwrap().kill.push(doomed.clone());
+    platform.lock().unwrap().forgotten.push(orphan.clone());
     let second = tokio::spawn(gp4u_agent::agent::run(
         agent_config(&server, data_dir.path()),
         stopping,
@@ -389,6 +373,11 @@ async fn a_restarted_agent_picks_its_jobs_up_and_obeys_kill_orders() {
         done[&survivor].exit_code,
         Some(7),
         "the restarted agent reported the exit"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&platform.lock().unwrap().logs[&survivor]),
+        "before\nafter\n",
+        "the restarted agent follows the log from where the first one stopped"
     );
     let started = Instant::now();
     while !containers_of(&prefix).is_empty() {

@@ -14,6 +14,14 @@ use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gp4u");
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
 struct Running {
     child: Child,
     base: String,
@@ -281,7 +289,8 @@ fn mint_without_a_secret_says_where_to_find_one() {
 }
 
 /// A provider starts `gp4u agent` (emulated GPU, Docker runtime) as the README says; a customer's
-/// digest-pinned job is placed on it, runs in the hardened container and ends as it should.
+/// digest-pinned job is placed on it, gets its uploaded input verified and read-only, runs in the
+/// hardened container and ends as it should; its outputs and logs reach the customer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_runs_a_digest_pinned_job_end_to_end() {
     use std::io::Write as _;
@@ -380,23 +389,53 @@ async fn an_agent_runs_a_digest_pinned_job_end_to_end() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
 
-    let submit = |command: &str| {
+    // The customer uploads an input; the job checks it arrived intact and read-only, writes an
+    // output and prints a line.
+    let input = b"the training data\n".to_vec();
+    let input_sha = sha256_hex(&input);
+    let uploaded = client
+        .post(format!("{base}/api/artifacts"))
+        .bearer_auth(&customer_token)
+        .body(input.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(uploaded.status().as_u16(), 201);
+    let artifact: Value = uploaded.json().await.unwrap();
+    assert_eq!(artifact["sha256"], input_sha.as_str());
+    let art = artifact["id"].as_str().unwrap().to_string();
+
+    let submit = |command: &str, inputs: &[&str]| {
         json!({"name": "e2e", "gpuId": gpu_id, "workload_type": "BATCH", "expectedDurationHours": 0.1,
-               "docker_image": image, "docker_image_sha256": digest, "command": ["sh", "-c", command]})
+               "docker_image": image, "docker_image_sha256": digest, "command": ["sh", "-c", command],
+               "inputs": inputs})
     };
-    for (command, expected) in [
+    let checks = format!(
+        "grep -q 'NoNewPrivs:.*1' /proc/self/status \
+         && sha256sum /input/{art} | grep -q '^{input_sha} ' \
+         && ! touch /input/{art} 2>/dev/null && ! touch /input/new 2>/dev/null \
+         && echo 'accuracy 0.97' > /output/result.txt \
+         && echo hello from gp4u && echo to stderr >&2"
+    );
+    let mut finished = Vec::new();
+    for (command, inputs, expected) in [
         (
-            "grep -q 'NoNewPrivs:.*1' /proc/self/status && echo hello from gp4u",
+            checks.as_str(),
+            vec![art.as_str()],
             (Some("COMPLETE"), None, Some(0)),
         ),
-        ("exit 4", (Some("FAILED"), Some("NONZERO_EXIT"), Some(4))),
+        (
+            "exit 4",
+            vec![],
+            (Some("FAILED"), Some("NONZERO_EXIT"), Some(4)),
+        ),
     ] {
         let (status, accepted) = call(
             &client,
             Method::POST,
             format!("{base}/api/jobs"),
             &customer_token,
-            Some(submit(command)),
+            Some(submit(command, &inputs)),
         )
         .await;
         assert_eq!(status, 201, "{accepted}");
@@ -433,5 +472,88 @@ async fn an_agent_runs_a_digest_pinned_job_end_to_end() {
             expected,
             "{job}"
         );
+        finished.push(job);
     }
+
+    // Outputs and logs were in before the job ended: the customer downloads /output as a
+    // tar.gz whose SHA-256 is the header's, and the log has the job's lines.
+    let job_id = finished[0]["id"].as_str().unwrap();
+    let response = client
+        .get(format!("{base}/api/jobs/{job_id}/outputs"))
+        .bearer_auth(&customer_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.headers()["content-type"], "application/gzip");
+    let declared = response.headers()["x-gp4u-sha256"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let archive = response.bytes().await.unwrap();
+    assert_eq!(sha256_hex(&archive), declared);
+    assert_eq!(finished[0]["output_sha256"], declared.as_str());
+    let mut reader = tar::Archive::new(flate2::read::GzDecoder::new(&archive[..]));
+    let mut files = Vec::new();
+    for entry in reader.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut entry, &mut text).unwrap();
+        files.push((entry.path().unwrap().display().to_string(), text));
+    }
+    assert_eq!(
+        files,
+        vec![("result.txt".to_string(), "accuracy 0.97\n".to_string())]
+    );
+    let logs = client
+        .get(format!("{base}/api/jobs/{job_id}/logs"))
+        .bearer_auth(&customer_token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        logs.contains("hello from gp4u\n") && logs.contains("to stderr\n"),
+        "{logs:?}"
+    );
+    // Followed after the end: the whole log as events, then `end`.
+    let followed = client
+        .get(format!("{base}/api/jobs/{job_id}/logs?follow=1"))
+        .bearer_auth(&customer_token)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        followed.contains("hello from gp4u") && followed.contains("event: end"),
+        "{followed}"
+    );
+    // Someone else's artifact cannot be a job's input.
+    let (_, stranger) = call(
+        &client,
+        Method::POST,
+        format!("{base}/api/admin/users"),
+        &admin,
+        Some(json!({"name": "Mallory", "role": "customer"})),
+    )
+    .await;
+    let stranger_token = mint(data_dir.path(), stranger["id"].as_str().unwrap(), 1);
+    let (status, refused) = call(
+        &client,
+        Method::POST,
+        format!("{base}/api/jobs"),
+        &stranger_token,
+        Some(submit("true", &[art.as_str()])),
+    )
+    .await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (400, Some("INVALID_INPUTS")),
+        "{refused}"
+    );
 }

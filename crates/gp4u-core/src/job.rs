@@ -83,6 +83,8 @@ pub enum FailureReason {
     JobDropped,
     VisibilityBlocked,
     ImagePullFailed,
+    /// The agent could not fetch the job's input artifacts, or one did not match its SHA-256.
+    InputFailed,
     PickupTimeout,
     CancelledByCustomer,
     CancelledByAdmin,
@@ -91,13 +93,14 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
-    pub const ALL: [FailureReason; 11] = [
+    pub const ALL: [FailureReason; 12] = [
         FailureReason::NonzeroExit,
         FailureReason::KilledAnomaly,
         FailureReason::DurationExceeded,
         FailureReason::JobDropped,
         FailureReason::VisibilityBlocked,
         FailureReason::ImagePullFailed,
+        FailureReason::InputFailed,
         FailureReason::PickupTimeout,
         FailureReason::CancelledByCustomer,
         FailureReason::CancelledByAdmin,
@@ -113,6 +116,7 @@ impl FailureReason {
             FailureReason::JobDropped => "JOB_DROPPED",
             FailureReason::VisibilityBlocked => "VISIBILITY_BLOCKED",
             FailureReason::ImagePullFailed => "IMAGE_PULL_FAILED",
+            FailureReason::InputFailed => "INPUT_FAILED",
             FailureReason::PickupTimeout => "PICKUP_TIMEOUT",
             FailureReason::CancelledByCustomer => "CANCELLED_BY_CUSTOMER",
             FailureReason::CancelledByAdmin => "CANCELLED_BY_ADMIN",
@@ -129,7 +133,9 @@ impl FailureReason {
     }
 
     /// Whether the provider is to blame (feeds slashing and trust). An image that fails to
-    /// pull is the customer's image, and a duration overrun is the customer's workload.
+    /// pull is the customer's image, and a duration overrun is the customer's workload. An input
+    /// that could not be fetched or verified is not pinned on the provider either: the platform
+    /// stores the artifacts, and a corrupted download cannot be told apart from a platform fault.
     pub const fn is_provider_fault(&self) -> bool {
         matches!(
             self,
@@ -574,6 +580,11 @@ mod tests {
         }
         assert_eq!(JobStatus::parse("pending"), None);
         assert!(!FailureReason::ImagePullFailed.is_provider_fault());
+        assert!(!FailureReason::InputFailed.is_provider_fault());
+        assert_eq!(
+            FailureReason::parse("INPUT_FAILED"),
+            Some(FailureReason::InputFailed)
+        );
         assert!(FailureReason::JobDropped.is_provider_fault());
     }
 

@@ -42,6 +42,12 @@ pub enum ErrorCode {
     JobNotFound,
     NodeNotFound,
     InvalidReport,
+    BodyUnreadable,
+    InvalidInputs,
+    InvalidSha256,
+    Sha256Mismatch,
+    ArtifactNotFound,
+    OutputNotFound,
     GpuNotFound,
     UserNotFound,
     GpuNotAvailable,
@@ -77,6 +83,12 @@ impl ErrorCode {
             ErrorCode::JobNotFound => "JOB_NOT_FOUND",
             ErrorCode::NodeNotFound => "NODE_NOT_FOUND",
             ErrorCode::InvalidReport => "INVALID_REPORT",
+            ErrorCode::BodyUnreadable => "BODY_UNREADABLE",
+            ErrorCode::InvalidInputs => "INVALID_INPUTS",
+            ErrorCode::InvalidSha256 => "INVALID_SHA256",
+            ErrorCode::Sha256Mismatch => "SHA256_MISMATCH",
+            ErrorCode::ArtifactNotFound => "ARTIFACT_NOT_FOUND",
+            ErrorCode::OutputNotFound => "OUTPUT_NOT_FOUND",
             ErrorCode::GpuNotFound => "GPU_NOT_FOUND",
             ErrorCode::UserNotFound => "USER_NOT_FOUND",
             ErrorCode::GpuNotAvailable => "GPU_NOT_AVAILABLE",
@@ -108,12 +120,18 @@ impl ErrorCode {
             ErrorCode::InvalidJson
             | ErrorCode::InvalidIdempotencyKey
             | ErrorCode::InvalidQuery
-            | ErrorCode::InvalidReport => 400,
+            | ErrorCode::InvalidReport
+            | ErrorCode::BodyUnreadable
+            | ErrorCode::InvalidInputs
+            | ErrorCode::InvalidSha256
+            | ErrorCode::Sha256Mismatch => 400,
             ErrorCode::NotFound
             | ErrorCode::JobNotFound
             | ErrorCode::NodeNotFound
             | ErrorCode::GpuNotFound
-            | ErrorCode::UserNotFound => 404,
+            | ErrorCode::UserNotFound
+            | ErrorCode::ArtifactNotFound
+            | ErrorCode::OutputNotFound => 404,
             ErrorCode::GpuNotAvailable
             | ErrorCode::NoMatchingGpu
             | ErrorCode::JobAlreadyTerminal

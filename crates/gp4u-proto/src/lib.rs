@@ -107,6 +107,15 @@ pub struct JobView {
     pub energy_kwh: Option<f64>,
     pub carbon_kg: Option<f64>,
     pub renewable_pct: Option<f64>,
+    /// The job's input artifacts (`art_…`), mounted read-only at `/input/<id>`.
+    pub inputs: Vec<String>,
+    /// Hex SHA-256 of the uploaded `/output` archive (`GET /api/jobs/{id}/outputs`), once there is one.
+    pub output_sha256: Option<String>,
+    pub output_bytes: Option<u64>,
+    /// Bytes of stdout/stderr stored so far (`GET /api/jobs/{id}/logs`).
+    pub log_bytes: u64,
+    /// True when the log reached the per-job cap and later output was dropped.
+    pub log_truncated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -242,7 +251,11 @@ pub struct AssignmentManifest {
     pub ram_limit_gb: f64,
     pub env: BTreeMap<String, String>,
     pub command: Vec<String>,
+    /// Artifact ids (`art_…`); the agent fetches each into the job's `/input/<id>`.
     pub inputs: Vec<String>,
+    /// Hex SHA-256 of each input, by artifact id: the agent refuses a download that differs.
+    #[serde(default)]
+    pub input_sha256: BTreeMap<String, String>,
     pub expected_duration_hours: f64,
     /// 1.1 × the declared duration: the agent kills the job then (`DURATION_EXCEEDED`).
     pub kill_after_seconds: u64,
@@ -254,7 +267,8 @@ pub struct AssignmentManifest {
 pub struct AgentStatusReport {
     pub node_id: String,
     /// `running` (the container started; repeat it as a keep-alive), `exited` (with
-    /// `exit_code`), or `failed` (with `reason`: `IMAGE_PULL_FAILED` or `DURATION_EXCEEDED`).
+    /// `exit_code`), or `failed` (with `reason`: `IMAGE_PULL_FAILED`, `INPUT_FAILED` or
+    /// `DURATION_EXCEEDED`).
     pub status: String,
     pub exit_code: Option<i32>,
     pub reason: Option<String>,
@@ -268,4 +282,34 @@ pub struct AgentStatusReply {
     pub status: String,
     /// True when the agent must stop the container now (cancelled, failed elsewhere, fenced).
     pub kill: bool,
+}
+
+/// Response of `POST /api/artifacts` (201): the stored artifact, to list in a job's `inputs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ArtifactCreated {
+    /// `art_…`
+    pub id: String,
+    /// Hex SHA-256 of the bytes received.
+    pub sha256: String,
+    pub size_bytes: u64,
+}
+
+/// Response of `PUT /api/agent/jobs/{id}/outputs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OutputStored {
+    pub job_id: String,
+    pub sha256: String,
+    pub size_bytes: u64,
+}
+
+/// Response of `POST /api/agent/jobs/{id}/logs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LogAppended {
+    pub job_id: String,
+    /// Bytes of this chunk that were stored (less than sent when the cap cut it).
+    pub accepted_bytes: u64,
+    /// The job's stored log size after this chunk.
+    pub log_bytes: u64,
+    /// True once the per-job cap is reached: later chunks are dropped, stop sending.
+    pub truncated: bool,
 }

@@ -10,7 +10,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::HeaderName;
 use axum::middleware::{from_fn, from_fn_with_state};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use gp4u_bus::{EventBus, InProcessBus, SystemClock, run_chamber};
 use gp4u_core::atlas::AtlasConfig;
 use gp4u_core::chambers::{Aetherion, Mnemo, Outerim};
@@ -19,6 +19,8 @@ use gp4u_core::ids::UserId;
 use gp4u_core::manifest::Role;
 use gp4u_proto::ErrorCode;
 use gp4u_store::{NewUser, Store, redact_url};
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -33,7 +35,7 @@ use crate::auth::{authenticate, require_admin_token};
 use crate::config::ServerSettings;
 use crate::error::ApiError;
 use crate::placement::run_atlas;
-use crate::routes::{admin, agent, health, jobs, providers};
+use crate::routes::{admin, agent, artifacts, health, jobs, logs, outputs, providers};
 use crate::state::{AppState, Limits, os_random_ids};
 use crate::{openapi, secret};
 
@@ -83,10 +85,26 @@ pub fn build_router(state: AppState) -> Router {
         .route("/jobs", post(jobs::submit_job).get(jobs::list_jobs))
         .route("/jobs/{id}", get(jobs::get_job))
         .route("/jobs/{id}/cancel", post(jobs::cancel_job))
+        .route("/jobs/{id}/outputs", get(outputs::download_output))
+        .route("/jobs/{id}/logs", get(logs::get_logs))
+        // Uploads stream with caps of their own, not the JSON body limit.
+        .route(
+            "/artifacts",
+            post(artifacts::upload_artifact).layer(DefaultBodyLimit::disable()),
+        )
         .route("/providers/register", post(providers::register))
         .route("/gpus", get(providers::list_gpus))
         .route("/agent/assignments", get(agent::next_assignment))
         .route("/agent/jobs/{id}/status", post(agent::report_status))
+        .route(
+            "/agent/jobs/{id}/inputs/{art_id}",
+            get(artifacts::agent_input),
+        )
+        .route(
+            "/agent/jobs/{id}/outputs",
+            put(outputs::upload_output).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/agent/jobs/{id}/logs", post(logs::append_log))
         .nest("/admin", admin_routes)
         // Everything above needs a valid token; the document below is public.
         .route_layer(from_fn_with_state(state.clone(), authenticate))
@@ -229,6 +247,12 @@ impl Server {
         if let Some(admin) = &settings.bootstrap_admin {
             bootstrap_admin(&store, admin, clock.now_ms()).await?;
         }
+        std::fs::create_dir_all(&settings.blob_dir)
+            .with_context(|| format!("creating blob dir {}", settings.blob_dir.display()))?;
+        let blobs: Arc<dyn ObjectStore> = Arc::new(
+            LocalFileSystem::new_with_prefix(&settings.blob_dir)
+                .with_context(|| format!("opening blob dir {}", settings.blob_dir.display()))?,
+        );
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
@@ -241,9 +265,13 @@ impl Server {
             .unwrap_or(i64::MAX),
             pickup_timeout_ms: i64::try_from(settings.pickup_timeout_s.saturating_mul(1000))
                 .unwrap_or(i64::MAX),
+            max_artifact_bytes: settings.max_artifact_bytes,
+            max_output_bytes: settings.max_output_bytes,
+            max_log_bytes: settings.max_log_bytes,
         };
         let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::default());
-        let state = AppState::new(store, clock, keys, limits, os_random_ids(), bus);
+        let state =
+            AppState::new(store, clock, keys, limits, os_random_ids(), bus).with_blobs(blobs);
         Ok(Server { state, listener })
     }
 

@@ -49,6 +49,18 @@ pub struct ServerArgs {
     /// Seconds an agent has to take an assignment before Atlas moves it [default: 60].
     #[arg(long, env = "GP4U_PICKUP_TIMEOUT_S")]
     pub pickup_timeout_s: Option<u64>,
+    /// Directory of the blob store: job inputs, outputs and logs [default: <data dir>/blobs].
+    #[arg(long, env = "GP4U_BLOB_DIR")]
+    pub blob_dir: Option<PathBuf>,
+    /// Largest artifact `POST /api/artifacts` accepts, in bytes [default: 268435456].
+    #[arg(long, env = "GP4U_MAX_ARTIFACT_BYTES")]
+    pub max_artifact_bytes: Option<u64>,
+    /// Largest output archive an agent may upload for a job, in bytes [default: 1073741824].
+    #[arg(long, env = "GP4U_MAX_OUTPUT_BYTES")]
+    pub max_output_bytes: Option<u64>,
+    /// Stdout/stderr kept per job, in bytes; beyond it the log is truncated [default: 10485760].
+    #[arg(long, env = "GP4U_MAX_LOG_BYTES")]
+    pub max_log_bytes: Option<u64>,
 }
 
 /// The TOML file's shape: the same names as the flags.
@@ -67,6 +79,10 @@ struct FileSettings {
     max_body_bytes: Option<usize>,
     idempotency_ttl_hours: Option<u64>,
     pickup_timeout_s: Option<u64>,
+    blob_dir: Option<PathBuf>,
+    max_artifact_bytes: Option<u64>,
+    max_output_bytes: Option<u64>,
+    max_log_bytes: Option<u64>,
 }
 
 /// Resolved settings.
@@ -83,11 +99,18 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     pub idempotency_ttl_hours: u64,
     pub pickup_timeout_s: u64,
+    pub blob_dir: PathBuf,
+    pub max_artifact_bytes: u64,
+    pub max_output_bytes: u64,
+    pub max_log_bytes: u64,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./gp4u-data";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 256 * 1024 * 1024;
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 1024 * 1024 * 1024;
+pub const DEFAULT_MAX_LOG_BYTES: u64 = 10 * 1024 * 1024;
 
 impl ServerSettings {
     /// Settings for tests and embedding: defaults, with the data dir given.
@@ -104,6 +127,10 @@ impl ServerSettings {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             idempotency_ttl_hours: 24,
             pickup_timeout_s: 60,
+            blob_dir: default_blob_dir(data_dir),
+            max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            max_log_bytes: DEFAULT_MAX_LOG_BYTES,
         }
     }
 
@@ -145,6 +172,30 @@ impl ServerSettings {
         if !(1024..=16 * 1024 * 1024).contains(&max_body_bytes) {
             bail!("GP4U_MAX_BODY_BYTES must be between 1024 and 16777216, got {max_body_bytes}");
         }
+        let positive = |name: &str, value: Option<u64>, default: u64| match value {
+            Some(0) => bail!("{name} must be at least 1"),
+            Some(value) => Ok(value),
+            None => Ok(default),
+        };
+        let max_artifact_bytes = positive(
+            "GP4U_MAX_ARTIFACT_BYTES",
+            args.max_artifact_bytes.or(file.max_artifact_bytes),
+            DEFAULT_MAX_ARTIFACT_BYTES,
+        )?;
+        let max_output_bytes = positive(
+            "GP4U_MAX_OUTPUT_BYTES",
+            args.max_output_bytes.or(file.max_output_bytes),
+            DEFAULT_MAX_OUTPUT_BYTES,
+        )?;
+        let max_log_bytes = positive(
+            "GP4U_MAX_LOG_BYTES",
+            args.max_log_bytes.or(file.max_log_bytes),
+            DEFAULT_MAX_LOG_BYTES,
+        )?;
+        let blob_dir = args
+            .blob_dir
+            .or(file.blob_dir)
+            .unwrap_or_else(|| default_blob_dir(&data_dir));
         Ok(ServerSettings {
             listen,
             database_url: args
@@ -169,8 +220,17 @@ impl ServerSettings {
                 .pickup_timeout_s
                 .or(file.pickup_timeout_s)
                 .unwrap_or(60),
+            blob_dir,
+            max_artifact_bytes,
+            max_output_bytes,
+            max_log_bytes,
         })
     }
+}
+
+/// The blob store's default home: `<data dir>/blobs`.
+pub fn default_blob_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("blobs")
 }
 
 pub fn default_database_url(data_dir: &Path) -> String {
@@ -200,6 +260,43 @@ mod tests {
         assert_eq!(settings.rate_limit_per_minute, 7);
         assert_eq!(settings.heartbeat_timeout_s, 60);
         assert!(settings.database_url.ends_with("gp4u-data/gp4u.db"));
+        assert!(settings.blob_dir.ends_with("gp4u-data/blobs"));
+        assert_eq!(settings.max_log_bytes, DEFAULT_MAX_LOG_BYTES);
+    }
+
+    #[test]
+    fn blob_settings_come_from_the_file_and_zero_caps_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gp4u.toml");
+        std::fs::write(
+            &path,
+            "blob_dir = \"/srv/blobs\"\nmax_artifact_bytes = 1000\nmax_log_bytes = 5\n",
+        )
+        .unwrap();
+        let settings = ServerSettings::resolve(ServerArgs {
+            config: Some(path),
+            max_log_bytes: Some(7),
+            ..ServerArgs::default()
+        })
+        .unwrap();
+        assert_eq!(settings.blob_dir, PathBuf::from("/srv/blobs"));
+        assert_eq!(
+            (
+                settings.max_artifact_bytes,
+                settings.max_output_bytes,
+                settings.max_log_bytes
+            ),
+            (1000, DEFAULT_MAX_OUTPUT_BYTES, 7)
+        );
+        let error = ServerSettings::resolve(ServerArgs {
+            max_output_bytes: Some(0),
+            ..ServerArgs::default()
+        })
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("GP4U_MAX_OUTPUT_BYTES"),
+            "{error}"
+        );
     }
 
     #[test]

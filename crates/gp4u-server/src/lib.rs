@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod blobs;
 pub mod config;
 pub mod error;
 pub mod extract;

@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, agent, health, jobs, providers};
+use crate::routes::{admin, agent, artifacts, health, jobs, logs, outputs, providers};
 
 struct BearerAuth;
 
@@ -31,16 +31,19 @@ impl Modify for BearerAuth {
     paths(
         health::healthz, health::readyz,
         jobs::submit_job, jobs::list_jobs, jobs::get_job, jobs::cancel_job,
+        outputs::download_output, logs::get_logs, artifacts::upload_artifact,
         providers::register, providers::list_gpus,
         agent::next_assignment, agent::report_status,
+        artifacts::agent_input, outputs::upload_output, logs::append_log,
         admin::create_user, admin::suspend_user, admin::activate_user, admin::add_credits, admin::chambers,
     ),
     components(schemas(gp4u_proto::ErrorBody, gp4u_proto::ErrorDetail)),
     modifiers(&BearerAuth),
     tags(
         (name = "jobs", description = "Stage 1: submission and the customer's jobs"),
+        (name = "files", description = "Job inputs: artifacts uploaded by customers"),
         (name = "providers", description = "Provider nodes and the GPU marketplace"),
-        (name = "agent", description = "Provider agents: dispatch and status reports"),
+        (name = "agent", description = "Provider agents: dispatch, status reports, inputs, outputs and logs"),
         (name = "admin", description = "Operators (clearance ≥ 3)"),
         (name = "health", description = "Liveness and readiness"),
     )

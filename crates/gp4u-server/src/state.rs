@@ -7,6 +7,8 @@ use gp4u_bus::{EventBus, Relay};
 use gp4u_core::clock::Clock;
 use gp4u_core::token::TokenKeys;
 use gp4u_store::Store;
+use object_store::ObjectStore;
+use object_store::memory::InMemory;
 use tokio::sync::Notify;
 
 use crate::placement::Dispatch;
@@ -22,6 +24,12 @@ pub struct Limits {
     pub idempotency_ttl_ms: i64,
     /// An assignment no agent takes within this is moved elsewhere.
     pub pickup_timeout_ms: i64,
+    /// Largest artifact upload (`POST /api/artifacts`).
+    pub max_artifact_bytes: u64,
+    /// Largest output archive an agent may upload for one job.
+    pub max_output_bytes: u64,
+    /// Stdout/stderr kept per job; beyond it the log is truncated.
+    pub max_log_bytes: u64,
 }
 
 impl Default for Limits {
@@ -31,6 +39,9 @@ impl Default for Limits {
             max_body_bytes: crate::config::DEFAULT_MAX_BODY_BYTES,
             idempotency_ttl_ms: 24 * 3_600_000,
             pickup_timeout_ms: 60_000,
+            max_artifact_bytes: crate::config::DEFAULT_MAX_ARTIFACT_BYTES,
+            max_output_bytes: crate::config::DEFAULT_MAX_OUTPUT_BYTES,
+            max_log_bytes: crate::config::DEFAULT_MAX_LOG_BYTES,
         }
     }
 }
@@ -49,9 +60,13 @@ pub struct AppState {
     pub atlas_nudge: Arc<Notify>,
     /// Set when shutdown begins, so that `/readyz` turns away new traffic first.
     pub draining: Arc<AtomicBool>,
+    /// Job inputs, outputs and logs (keys in [`crate::blobs`]).
+    pub blobs: Arc<dyn ObjectStore>,
 }
 
 impl AppState {
+    /// State with an in-memory blob store; [`AppState::with_blobs`] sets the real one
+    /// (`Server::build` uses a local directory).
     pub fn new(
         store: Store,
         clock: Arc<dyn Clock>,
@@ -72,7 +87,14 @@ impl AppState {
             dispatch: Arc::new(Dispatch::default()),
             atlas_nudge: Arc::new(Notify::new()),
             draining: Arc::new(AtomicBool::new(false)),
+            blobs: Arc::new(InMemory::new()),
         }
+    }
+
+    /// The same state over another blob store.
+    pub fn with_blobs(mut self, blobs: Arc<dyn ObjectStore>) -> AppState {
+        self.blobs = blobs;
+        self
     }
 
     pub fn now_ms(&self) -> i64 {

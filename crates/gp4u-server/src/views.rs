@@ -65,6 +65,16 @@ pub fn job_view(job: &JobRecord) -> JobView {
         energy_kwh: job.energy_kwh,
         carbon_kg: job.carbon_kg,
         renewable_pct: job.renewable_pct,
+        inputs: job
+            .manifest
+            .inputs
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        output_sha256: job.blobs.output_sha256.clone(),
+        output_bytes: job.blobs.output_bytes,
+        log_bytes: job.blobs.log_bytes,
+        log_truncated: job.blobs.log_truncated,
     }
 }
 

@@ -865,17 +865,29 @@ async fn openapi_health_and_unknown_routes() {
         "/api/admin/users/{id}/suspend",
         "/api/admin/users/{id}/credits",
         "/api/admin/chambers",
+        "/api/artifacts",
+        "/api/jobs/{id}/outputs",
+        "/api/jobs/{id}/logs",
+        "/api/agent/jobs/{id}/inputs/{art_id}",
+        "/api/agent/jobs/{id}/outputs",
+        "/api/agent/jobs/{id}/logs",
     ] {
         assert!(
             reply.body["paths"].get(path).is_some(),
             "OpenAPI lacks {path}"
         );
     }
-    assert!(
-        reply.body["components"]["schemas"]
-            .get("JobAccepted")
-            .is_some()
-    );
+    for schema in [
+        "JobAccepted",
+        "ArtifactCreated",
+        "OutputStored",
+        "LogAppended",
+    ] {
+        assert!(
+            reply.body["components"]["schemas"].get(schema).is_some(),
+            "OpenAPI lacks {schema}"
+        );
+    }
     assert_eq!(
         app.call(Method::GET, "/healthz", None, None).await.status,
         StatusCode::OK

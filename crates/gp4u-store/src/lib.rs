@@ -32,10 +32,12 @@ macro_rules! job_columns {
         "id, owner_id, name, status, failure_reason, ended_by, gpu_id, node_id, gpu_name, \
          gpu_region, manifest, price_micros, cost_estimate_micros, placement, latest_metrics, \
          anomalies, exit_code, energy_kwh, carbon_kg, renewable_pct, created_at, started_at, \
-         ended_at, version, assigned_at, picked_up_at, excluded_nodes"
+         ended_at, version, assigned_at, picked_up_at, excluded_nodes, output_sha256, \
+         output_bytes, log_bytes, log_chunks, log_truncated"
     };
 }
 
+mod artifacts;
 mod jobs;
 mod limits;
 mod migrate;
@@ -54,12 +56,13 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 use tokio::sync::{Mutex, MutexGuard};
 
+pub use artifacts::{ArtifactRecord, LogReservation};
 pub use jobs::{CreateJobOutcome, IdempotencyRecord, NewIdempotency, NewJob};
 pub use limits::RateDecision;
 pub use migrate::SCHEMA_VERSION;
 pub use outbox::{Envelope, OutboxEvent, SubscriberState};
 pub use placement::Assignment;
-pub use records::{GpuRecord, GpuStatus, JobRecord, NodeRecord, UserRecord};
+pub use records::{GpuRecord, GpuStatus, JobBlobs, JobRecord, NodeRecord, UserRecord};
 pub use users::{NewNode, NewUser};
 
 /// Which database engine a [`Store`] talks to.

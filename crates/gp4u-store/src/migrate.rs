@@ -23,10 +23,15 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0002_placement.sql"),
         postgres: include_str!("../migrations/postgres/0002_placement.sql"),
     },
+    Migration {
+        version: 3,
+        sqlite: include_str!("../migrations/sqlite/0003_blobs.sql"),
+        postgres: include_str!("../migrations/postgres/0003_blobs.sql"),
+    },
 ];
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 pub(crate) async fn run(store: &Store) -> StoreResult<()> {
     let _writer = store.writer().await;

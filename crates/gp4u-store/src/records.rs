@@ -101,6 +101,22 @@ pub struct JobRecord {
     pub picked_up_at_ms: Option<i64>,
     /// Nodes the job must not be placed on again (it timed out or failed there).
     pub excluded_nodes: Vec<NodeId>,
+    /// What the blob store holds for this job: its output archive and its log.
+    pub blobs: JobBlobs,
+}
+
+/// A job's output archive and log, as far as the database knows (the bytes are blobs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobBlobs {
+    /// Hex SHA-256 of the uploaded output archive, once there is one.
+    pub output_sha256: Option<String>,
+    pub output_bytes: Option<u64>,
+    /// Total size of the stored log chunks.
+    pub log_bytes: u64,
+    /// Log chunks reserved so far: blobs `logs/<job>/<seq>` for seq in `0..log_chunks`.
+    pub log_chunks: u64,
+    /// The per-job cap was reached: later output was dropped.
+    pub log_truncated: bool,
 }
 
 pub(crate) fn user_from_row(row: &AnyRow) -> StoreResult<UserRecord> {
@@ -225,6 +241,18 @@ pub(crate) fn job_from_row(row: &AnyRow) -> StoreResult<JobRecord> {
             let text: String = row.try_get("excluded_nodes")?;
             serde_json::from_str(&text)
                 .map_err(|error| StoreError::corrupt(format!("jobs.excluded_nodes: {error}")))?
+        },
+        blobs: JobBlobs {
+            output_sha256: row.try_get("output_sha256")?,
+            output_bytes: row
+                .try_get::<Option<i64>, _>("output_bytes")?
+                .map(|bytes| u64::try_from(bytes).map_err(StoreError::corrupt))
+                .transpose()?,
+            log_bytes: u64::try_from(row.try_get::<i64, _>("log_bytes")?)
+                .map_err(StoreError::corrupt)?,
+            log_chunks: u64::try_from(row.try_get::<i64, _>("log_chunks")?)
+                .map_err(StoreError::corrupt)?,
+            log_truncated: row.try_get::<i64, _>("log_truncated")? != 0,
         },
     })
 }

@@ -1,14 +1,14 @@
 //! The store contract: one suite, run against SQLite and PostgreSQL alike.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use gp4u_core::ids::{GpuId, JobId, NodeId, UserId};
+use gp4u_core::ids::{ArtifactId, GpuId, JobId, NodeId, UserId};
 use gp4u_core::job::{EndedBy, JobInput, JobState, JobStatus, transition};
 use gp4u_core::manifest::{GpuSpec, GpuTarget, JobManifest, Role, WorkloadType};
 use gp4u_core::money::{Hours, Money};
 use gp4u_store::testing::TestDatabase;
 use gp4u_store::{
-    CreateJobOutcome, Engine, GpuStatus, JobRecord, NewIdempotency, NewJob, NewNode, NewUser,
-    OutboxEvent, RateDecision, Store, StoreError,
+    ArtifactRecord, CreateJobOutcome, Engine, GpuStatus, JobBlobs, JobRecord, LogReservation,
+    NewIdempotency, NewJob, NewNode, NewUser, OutboxEvent, RateDecision, Store, StoreError,
 };
 use serde_json::json;
 
@@ -76,6 +76,7 @@ fn job(n: u64, owner: &UserId, gpu: &GpuId) -> JobRecord {
         assigned_at_ms: None,
         picked_up_at_ms: None,
         excluded_nodes: Vec::new(),
+        blobs: JobBlobs::default(),
     }
 }
 
@@ -236,6 +237,135 @@ async fn jobs_create_read_and_update(store: Store) {
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(store.outbox_unsequenced().await.unwrap(), 3);
+}
+
+async fn artifacts_outputs_and_the_log_cap(store: Store) {
+    let (customer, gpu) = seed(&store).await;
+    let artifact = ArtifactRecord {
+        id: ArtifactId::from_random(id_bytes(30)),
+        owner_id: customer.clone(),
+        sha256: "ab".repeat(32),
+        size_bytes: 5_000_000_000,
+        created_at_ms: NOW,
+    };
+    store.insert_artifact(&artifact).await.unwrap();
+    assert_eq!(
+        store.get_artifact(&artifact.id).await.unwrap(),
+        Some(artifact.clone())
+    );
+    assert!(matches!(
+        store.insert_artifact(&artifact).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let unknown = ArtifactId::from_random(id_bytes(31));
+    assert_eq!(store.get_artifact(&unknown).await.unwrap(), None);
+
+    let record = job(32, &customer, &gpu);
+    store
+        .create_job(
+            &NewJob {
+                record: record.clone(),
+                idempotency: None,
+                events: vec![],
+            },
+            86_400_000,
+            NOW,
+        )
+        .await
+        .unwrap();
+    let fresh = store.get_job(&record.id).await.unwrap().unwrap();
+    assert_eq!(fresh.blobs, JobBlobs::default());
+    store
+        .record_job_output(&record.id, &"cd".repeat(32), 1234)
+        .await
+        .unwrap();
+    store
+        .record_job_output(&record.id, &"ef".repeat(32), 99)
+        .await
+        .unwrap();
+    let missing = JobId::from_random(id_bytes(33));
+    assert!(matches!(
+        store.record_job_output(&missing, "x", 1).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // Cap 10: 4 + 4 fit whole, the third is cut to 2, then everything is dropped.
+    let mut seen = Vec::new();
+    for len in [4, 4, 5, 3] {
+        seen.push(store.reserve_log_chunk(&record.id, len, 10).await.unwrap());
+    }
+    assert_eq!(
+        seen,
+        vec![
+            LogReservation::Chunk {
+                seq: 0,
+                keep: 4,
+                log_bytes: 4,
+                truncated: false
+            },
+            LogReservation::Chunk {
+                seq: 1,
+                keep: 4,
+                log_bytes: 8,
+                truncated: false
+            },
+            LogReservation::Chunk {
+                seq: 2,
+                keep: 2,
+                log_bytes: 10,
+                truncated: true
+            },
+            LogReservation::Full { log_bytes: 10 },
+        ]
+    );
+    let blobs = store.get_job(&record.id).await.unwrap().unwrap().blobs;
+    assert_eq!(
+        blobs,
+        JobBlobs {
+            output_sha256: Some("ef".repeat(32)),
+            output_bytes: Some(99),
+            log_bytes: 10,
+            log_chunks: 3,
+            log_truncated: true,
+        }
+    );
+    assert!(matches!(
+        store.reserve_log_chunk(&missing, 1, 10).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // Concurrent appends: every sequence number once, never over the cap.
+    let other = job(34, &customer, &gpu);
+    store
+        .create_job(
+            &NewJob {
+                record: other.clone(),
+                idempotency: None,
+                events: vec![],
+            },
+            86_400_000,
+            NOW,
+        )
+        .await
+        .unwrap();
+    let results =
+        futures::future::join_all((0..20).map(|_| store.reserve_log_chunk(&other.id, 7, 100)))
+            .await;
+    let mut seqs = Vec::new();
+    let mut kept = 0;
+    for result in results {
+        if let LogReservation::Chunk { seq, keep, .. } = result.unwrap() {
+            seqs.push(seq);
+            kept += keep;
+        }
+    }
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (0..15).collect::<Vec<u64>>(),
+        "14 whole chunks and one cut"
+    );
+    assert_eq!(kept, 100);
 }
 
 fn with_key(record: JobRecord, key: &str, hash: &str) -> NewJob {
@@ -560,6 +690,7 @@ contract!(
     rate_limit_sliding_window,
     outbox_sequences_in_order_without_gaps,
     subscriber_cursor_is_compare_and_set,
+    artifacts_outputs_and_the_log_cap,
 );
 
 #[tokio::test]

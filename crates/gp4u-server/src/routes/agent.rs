@@ -1,5 +1,7 @@
 //! Stage 3's control-plane side: the long-poll dispatch and the agent's status reports.
+//! (The agent's inputs, outputs and logs are in `artifacts`, `outputs` and `logs`.)
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Json;
@@ -41,6 +43,52 @@ pub async fn owned_node(state: &AppState, caller: &Caller, node_id: &str) -> Api
         return Err(not_found());
     }
     Ok(node)
+}
+
+/// `?node_id=` on the agent's per-job routes.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct NodeQuery {
+    pub node_id: String,
+}
+
+/// Loads a job of a node the caller owns: the job must be placed on that node. Anything else
+/// (someone else's node, another node's job, no such job) is a 404.
+pub async fn node_job(
+    state: &AppState,
+    caller: &Caller,
+    job_id: &str,
+    query: Result<Query<NodeQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<(NodeRecord, JobRecord)> {
+    let Query(query) =
+        query.map_err(|error| ApiError::new(ErrorCode::InvalidQuery, error.body_text()))?;
+    let node = owned_node(state, caller, &query.node_id).await?;
+    let not_found = || {
+        ApiError::new(
+            ErrorCode::JobNotFound,
+            format!("no job {job_id} on node {}", node.id),
+        )
+    };
+    let id = JobId::parse(job_id).map_err(|_| not_found())?;
+    let job = state.store.get_job(&id).await?.ok_or_else(not_found)?;
+    if job.state.node_id.as_ref() != Some(&node.id) {
+        return Err(not_found());
+    }
+    Ok((node, job))
+}
+
+/// 409 when the job has ended: its files can no longer change.
+pub fn require_live(job: &JobRecord) -> ApiResult<()> {
+    if job.state.status.is_terminal() {
+        return Err(ApiError::new(
+            ErrorCode::JobAlreadyTerminal,
+            format!(
+                "job {} is {}; its inputs, outputs and logs are closed",
+                job.id,
+                job.state.status.as_str()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -103,6 +151,16 @@ async fn manifest(state: &AppState, job: &JobRecord) -> ApiResult<AssignmentMani
     })?;
     let gpu_uuid = state.store.get_gpu(&gpu_id).await?.and_then(|gpu| gpu.uuid);
     let manifest = &job.manifest;
+    let mut input_sha256 = BTreeMap::new();
+    for input in &manifest.inputs {
+        let artifact = state.store.get_artifact(input).await?.ok_or_else(|| {
+            ApiError::internal(
+                "dispatch",
+                format!("job {} lists missing artifact {input}", job.id),
+            )
+        })?;
+        input_sha256.insert(input.to_string(), artifact.sha256);
+    }
     let cap_micro_hours = duration_cap(manifest.expected_duration).micro_hours();
     Ok(AssignmentManifest {
         job_id: job.id.to_string(),
@@ -114,6 +172,7 @@ async fn manifest(state: &AppState, job: &JobRecord) -> ApiResult<AssignmentMani
         env: manifest.env.clone(),
         command: manifest.command.clone(),
         inputs: manifest.inputs.iter().map(ToString::to_string).collect(),
+        input_sha256,
         expected_duration_hours: manifest.expected_duration.as_f64(),
         // micro-hours × 3600 s / 1e6, rounded up: the job gets at least its full allowance.
         kill_after_seconds: u64::try_from(
@@ -140,13 +199,19 @@ fn report_input(report: &AgentStatusReport) -> ApiResult<Option<JobInput>> {
                 reason: FailureReason::ImagePullFailed,
                 ended_by: EndedBy::Customer,
             })),
+            // An input could not be fetched or did not match its hash: not the customer's
+            // fault, and not provably the provider's (see FailureReason::is_provider_fault).
+            Some("INPUT_FAILED") => Ok(Some(JobInput::Fail {
+                reason: FailureReason::InputFailed,
+                ended_by: EndedBy::Platform,
+            })),
             // The platform's duration rule: no one's fault, no slash.
             Some("DURATION_EXCEEDED") => Ok(Some(JobInput::Fail {
                 reason: FailureReason::DurationExceeded,
                 ended_by: EndedBy::Platform,
             })),
             other => Err(invalid(format!(
-                "`failed` needs `reason` IMAGE_PULL_FAILED or DURATION_EXCEEDED, got {other:?}"
+                "`failed` needs `reason` IMAGE_PULL_FAILED, INPUT_FAILED or DURATION_EXCEEDED, got {other:?}"
             ))),
         },
         other => Err(invalid(format!(

@@ -92,6 +92,8 @@ pub async fn submit_job(
 
     // 3. Validation: every rule of SPEC §3, each error naming its field.
     let manifest = validate_submission(&body.value)?;
+    // Every input is an artifact the submitter uploaded.
+    crate::routes::artifacts::check_inputs(&state, caller.id(), &manifest.inputs).await?;
 
     // 4. GPU lookup, and 5. the cost, computed here and never taken from the client.
     let target = resolve_target(&state, &manifest).await?;
@@ -157,6 +159,7 @@ pub async fn submit_job(
         assigned_at_ms: None,
         picked_up_at_ms: None,
         excluded_nodes: Vec::new(),
+        blobs: Default::default(),
         manifest,
     };
     let new_job = NewJob {

@@ -2,6 +2,9 @@
 
 pub mod admin;
 pub mod agent;
+pub mod artifacts;
 pub mod health;
 pub mod jobs;
+pub mod logs;
+pub mod outputs;
 pub mod providers;

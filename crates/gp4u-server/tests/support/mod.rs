@@ -31,6 +31,8 @@ pub fn keys() -> TokenKeys {
 }
 
 pub struct TestApp {
+    /// The blob store's directory (a local `object_store`, as `gp4u server` uses).
+    pub blob_dir: Arc<tempfile::TempDir>,
     pub db: TestDatabase,
     pub state: AppState,
     pub router: Router,
@@ -83,23 +85,59 @@ impl TestApp {
     /// Another server instance ("replica") on the same database and clock.
     pub async fn replica(&self) -> TestApp {
         let db = clone_db(&self.db);
-        TestApp::on(db, 1 << 40, self.clock.clone()).await
+        TestApp::on_blobs(
+            db,
+            1 << 40,
+            self.clock.clone(),
+            self.blob_dir.clone(),
+            Limits::default(),
+        )
+        .await
+    }
+
+    /// Another instance on the same database and blobs with other limits.
+    pub async fn with_limits(&self, limits: Limits) -> TestApp {
+        let db = clone_db(&self.db);
+        TestApp::on_blobs(
+            db,
+            1 << 41,
+            self.clock.clone(),
+            self.blob_dir.clone(),
+            limits,
+        )
+        .await
     }
 
     async fn on(db: TestDatabase, id_offset: u64, clock: ManualClock) -> TestApp {
+        let blob_dir = Arc::new(tempfile::tempdir().unwrap());
+        TestApp::on_blobs(db, id_offset, clock, blob_dir, Limits::default()).await
+    }
+
+    async fn on_blobs(
+        db: TestDatabase,
+        id_offset: u64,
+        clock: ManualClock,
+        blob_dir: Arc<tempfile::TempDir>,
+        limits: Limits,
+    ) -> TestApp {
         let store = db.store().await.unwrap();
+        let blobs: Arc<dyn object_store::ObjectStore> = Arc::new(
+            object_store::local::LocalFileSystem::new_with_prefix(blob_dir.path()).unwrap(),
+        );
         let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::default());
         let state = AppState::new(
             store,
             Arc::new(clock.clone()),
             keys(),
-            Limits::default(),
+            limits,
             counter_ids(id_offset),
             bus,
-        );
+        )
+        .with_blobs(blobs);
         let router = build_router(state.clone());
         let admin = token_for("usr_admin", 3, START_MS / 1000 + 86_400);
         TestApp {
+            blob_dir,
             db,
             state,
             router,
@@ -160,6 +198,52 @@ impl TestApp {
             headers,
             body,
         }
+    }
+
+    /// A request with a raw body; the answer's body as bytes.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, HeaderMap, Vec<u8>) {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Body::from(body)).unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, bytes.to_vec())
+    }
+
+    /// The response itself, body unread (for streams).
+    pub async fn response(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> axum::response::Response {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.router
+            .clone()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap()
     }
 
     pub fn token(&self, user: &str, clearance: u8) -> String {
