@@ -165,6 +165,7 @@ async fn register_or_load(
             "vram_gb": gpu.vram_total_bytes as f64 / 1_073_741_824.0,
             "price_per_hour": config.price_per_hour,
             "uuid": gpu.uuid,
+                    "emulated": gpu.emulated,
         })).collect::<Vec<_>>(),
     });
     let registered = client.register(&body).await?;

@@ -383,6 +383,7 @@ async fn an_agent_runs_a_digest_pinned_job_end_to_end() {
         .await;
         if let Some(gpu) = listing["gpus"].as_array().and_then(|gpus| gpus.first()) {
             assert_eq!(gpu["name"], "RTX 4090 (emulated)");
+            assert_eq!(gpu["emulated"], true);
             break gpu["id"].as_str().unwrap().to_string();
         }
         assert!(Instant::now() < deadline, "the agent did not register");
@@ -556,4 +557,33 @@ async fn an_agent_runs_a_digest_pinned_job_end_to_end() {
         (400, Some("INVALID_INPUTS")),
         "{refused}"
     );
+}
+
+#[test]
+fn the_process_runtime_is_refused_without_allow_unisolated() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "t").unwrap();
+    let output = Command::new(BIN)
+        .args([
+            "agent",
+            "--server",
+            "http://127.0.0.1:9",
+            "--region",
+            "us-east-1",
+            "--price",
+            "1",
+            "--runtime",
+            "process",
+        ])
+        .arg("--token-file")
+        .arg(&token_file)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--gpu", "emulated:Dev:8"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--allow-unisolated"), "{stderr}");
 }

@@ -256,6 +256,10 @@ pub struct JobManifest {
     pub inputs: Vec<ArtifactId>,
     pub ram_limit_gb: f64,
     pub max_retries: u32,
+    /// The customer needs the result reproducible: Atlas weighs the provider's Veritas
+    /// provenance for it. Optional, default false.
+    #[serde(default)]
+    pub reproducibility_sensitive: bool,
 }
 
 /// A user's role; its clearance is what tokens and route guards compare against.
@@ -326,6 +330,9 @@ pub struct GpuSpec {
     pub vram_gb: f64,
     pub price_per_hour: Money,
     pub uuid: Option<String>,
+    /// A declared GPU without hardware behind it (the agent's `--gpu emulated:…`): shown as
+    /// such everywhere and attested as `emulated`.
+    pub emulated: bool,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -353,6 +360,11 @@ pub fn validate_submission(body: &Value) -> Result<JobManifest, FieldError> {
     let inputs = validate_inputs(object)?;
     let ram_limit_gb = validate_ram_limit(object)?;
     let max_retries = validate_max_retries(object)?;
+    let reproducibility_sensitive = optional_bool(
+        object,
+        "reproducibility_sensitive",
+        "reproducibility_sensitive",
+    )?;
     Ok(JobManifest {
         name,
         target,
@@ -365,7 +377,22 @@ pub fn validate_submission(body: &Value) -> Result<JobManifest, FieldError> {
         inputs,
         ram_limit_gb,
         max_retries,
+        reproducibility_sensitive,
     })
+}
+
+/// An optional boolean field (absent or null: false); `field` is its full path for errors.
+fn optional_bool(object: &Object, key: &str, field: &str) -> Result<bool, FieldError> {
+    match present(object, key) {
+        None => Ok(false),
+        Some(value) => value.as_bool().ok_or_else(|| {
+            FieldError::new(
+                ValidationCode::InvalidType,
+                field,
+                format!("`{field}` must be true or false, got {}", echo(value)),
+            )
+        }),
+    }
 }
 
 fn validate_target(object: &Object) -> Result<GpuTarget, FieldError> {
@@ -868,16 +895,7 @@ pub fn validate_new_user(body: &Value) -> Result<NewUser, FieldError> {
             format!("`role` must be {ROLE_ACCEPTED}, got {}", echo(role_value)),
         )
     })?;
-    let university = match present(object, "university") {
-        None => false,
-        Some(value) => value.as_bool().ok_or_else(|| {
-            FieldError::new(
-                ValidationCode::InvalidType,
-                "university",
-                format!("`university` must be true or false, got {}", echo(value)),
-            )
-        })?,
-    };
+    let university = optional_bool(object, "university", "university")?;
     let region = region_field(object, "region")?;
     Ok(NewUser {
         name,
@@ -1007,11 +1025,13 @@ fn validate_gpu_spec(index: usize, item: &Value) -> Result<GpuSpec, FieldError> 
             Some(text.to_owned())
         }
     };
+    let emulated = optional_bool(object, "emulated", &format!("{base}.emulated"))?;
     Ok(GpuSpec {
         name,
         vram_gb,
         price_per_hour,
         uuid,
+        emulated,
     })
 }
 

@@ -135,6 +135,8 @@ pub struct GpuView {
     pub node_id: String,
     /// The provider node's trust score, 0–100.
     pub trust_score: f64,
+    /// Declared without hardware behind it (a development or test node).
+    pub emulated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -188,6 +190,8 @@ pub struct RegisterGpuBody {
     pub vram_gb: f64,
     pub price_per_hour: f64,
     pub uuid: Option<String>,
+    /// True for a GPU declared without hardware (`gp4u agent --gpu emulated:…`).
+    pub emulated: Option<bool>,
 }
 
 /// Response of `POST /api/providers/register` (201).
@@ -205,6 +209,7 @@ pub struct RegisteredGpuView {
     pub price_per_hour: f64,
     pub region: String,
     pub status: String,
+    pub emulated: bool,
 }
 
 /// One chamber in `GET /api/admin/chambers`.

@@ -229,6 +229,7 @@ async fn populate(
                         vram_gb: 24.0,
                         price_per_hour: Money::from_micros(cents * 10_000),
                         uuid: Some(format!("GPU-{index}")),
+                        emulated: false,
                     },
                 )
             })

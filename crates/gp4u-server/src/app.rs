@@ -12,7 +12,6 @@ use axum::http::HeaderName;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post, put};
 use gp4u_bus::{EventBus, InProcessBus, SystemClock, run_chamber};
-use gp4u_core::atlas::AtlasConfig;
 use gp4u_core::chambers::{Aetherion, Mnemo, Outerim};
 use gp4u_core::clock::Clock;
 use gp4u_core::ids::UserId;
@@ -186,11 +185,7 @@ fn spawn_background(state: &AppState, stopping: watch::Receiver<bool>) -> JoinSe
         CHAMBER_POLL,
         stopping.clone(),
     ));
-    tasks.spawn(run_atlas(
-        state.clone(),
-        AtlasConfig::default(),
-        stopping.clone(),
-    ));
+    tasks.spawn(run_atlas(state.clone(), stopping.clone()));
     tasks.spawn(janitor(state.clone(), stopping));
     tasks
 }
@@ -270,8 +265,9 @@ impl Server {
             max_log_bytes: settings.max_log_bytes,
         };
         let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::default());
-        let state =
-            AppState::new(store, clock, keys, limits, os_random_ids(), bus).with_blobs(blobs);
+        let state = AppState::new(store, clock, keys, limits, os_random_ids(), bus)
+            .with_blobs(blobs)
+            .with_atlas(settings.atlas.clone());
         Ok(Server { state, listener })
     }
 

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use gp4u_core::atlas::AtlasConfig;
 use serde::Deserialize;
 
 /// `gp4u server` flags. All optional here so that the TOML file can fill what is not given.
@@ -83,6 +84,9 @@ struct FileSettings {
     max_artifact_bytes: Option<u64>,
     max_output_bytes: Option<u64>,
     max_log_bytes: Option<u64>,
+    /// Atlas's weights, region latency table and grid carbon table (`[atlas]`, with
+    /// `[atlas.weights]`, `[atlas.latency]` and `[atlas.carbon.<region>]`); defaults fill gaps.
+    atlas: Option<AtlasConfig>,
 }
 
 /// Resolved settings.
@@ -103,6 +107,7 @@ pub struct ServerSettings {
     pub max_artifact_bytes: u64,
     pub max_output_bytes: u64,
     pub max_log_bytes: u64,
+    pub atlas: AtlasConfig,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -131,6 +136,7 @@ impl ServerSettings {
             max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             max_log_bytes: DEFAULT_MAX_LOG_BYTES,
+            atlas: AtlasConfig::default(),
         }
     }
 
@@ -196,6 +202,11 @@ impl ServerSettings {
             .blob_dir
             .or(file.blob_dir)
             .unwrap_or_else(|| default_blob_dir(&data_dir));
+        let atlas = file.atlas.unwrap_or_default();
+        atlas
+            .weights
+            .validate()
+            .map_err(|error| anyhow::anyhow!("[atlas.weights] in the config file: {error}"))?;
         Ok(ServerSettings {
             listen,
             database_url: args
@@ -224,6 +235,7 @@ impl ServerSettings {
             max_artifact_bytes,
             max_output_bytes,
             max_log_bytes,
+            atlas,
         })
     }
 }
@@ -297,6 +309,39 @@ mod tests {
             error.to_string().contains("GP4U_MAX_OUTPUT_BYTES"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn atlas_weights_and_tables_come_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gp4u.toml");
+        std::fs::write(
+            &path,
+            "[atlas.weights]\ncarbon = 0.9\n[atlas.carbon.us-east-1]\ng_co2e_per_kwh = 123.0\nsource = \"our meter\"\nas_of = \"2026\"\n",
+        )
+        .unwrap();
+        let settings = ServerSettings::resolve(ServerArgs {
+            config: Some(path.clone()),
+            ..ServerArgs::default()
+        })
+        .unwrap();
+        assert_eq!(settings.atlas.weights.carbon, 0.9);
+        assert_eq!(
+            settings.atlas.weights.trust,
+            AtlasConfig::default().weights.trust
+        );
+        let carbon = settings.atlas.carbon.intensity("us-east-1").unwrap();
+        assert_eq!(
+            (carbon.g_co2e_per_kwh, carbon.source.as_str()),
+            (123.0, "our meter")
+        );
+        std::fs::write(&path, "[atlas.weights]\nprice = -1.0\n").unwrap();
+        let error = ServerSettings::resolve(ServerArgs {
+            config: Some(path),
+            ..ServerArgs::default()
+        })
+        .unwrap_err();
+        assert!(error.to_string().contains("atlas.weights"), "{error}");
     }
 
     #[test]

@@ -108,7 +108,7 @@ pub async fn place_pending(state: &AppState, config: &AtlasConfig) -> StoreResul
             job_id: job.id.clone(),
             target: job.manifest.target.clone(),
             customer_region: regions.get(&job.owner_id).cloned().flatten(),
-            reproducibility_sensitive: false,
+            reproducibility_sensitive: job.manifest.reproducibility_sensitive,
             excluded_nodes: job.excluded_nodes.clone(),
         });
     }
@@ -225,7 +225,8 @@ pub async fn reap_unclaimed(state: &AppState) -> StoreResult<usize> {
 }
 
 /// Runs Atlas and the pickup reaper until `stopping` turns true.
-pub async fn run_atlas(state: AppState, config: AtlasConfig, mut stopping: watch::Receiver<bool>) {
+pub async fn run_atlas(state: AppState, mut stopping: watch::Receiver<bool>) {
+    let config = state.atlas.clone();
     loop {
         if let Err(error) = reap_unclaimed(&state).await {
             tracing::error!(%error, "pickup reaper failed");

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use gp4u_bus::{EventBus, Relay};
+use gp4u_core::atlas::AtlasConfig;
 use gp4u_core::clock::Clock;
 use gp4u_core::token::TokenKeys;
 use gp4u_store::Store;
@@ -62,6 +63,8 @@ pub struct AppState {
     pub draining: Arc<AtomicBool>,
     /// Job inputs, outputs and logs (keys in [`crate::blobs`]).
     pub blobs: Arc<dyn ObjectStore>,
+    /// Atlas's weights and tables.
+    pub atlas: Arc<AtlasConfig>,
 }
 
 impl AppState {
@@ -88,10 +91,16 @@ impl AppState {
             atlas_nudge: Arc::new(Notify::new()),
             draining: Arc::new(AtomicBool::new(false)),
             blobs: Arc::new(InMemory::new()),
+            atlas: Arc::new(AtlasConfig::default()),
         }
     }
 
     /// The same state over another blob store.
+    pub fn with_atlas(mut self, atlas: AtlasConfig) -> AppState {
+        self.atlas = Arc::new(atlas);
+        self
+    }
+
     pub fn with_blobs(mut self, blobs: Arc<dyn ObjectStore>) -> AppState {
         self.blobs = blobs;
         self

@@ -88,6 +88,7 @@ pub fn gpu_view(gpu: &GpuRecord) -> GpuView {
         status: gpu.status.as_str().to_string(),
         node_id: gpu.node_id.to_string(),
         trust_score: gpu.trust_score,
+        emulated: gpu.emulated,
     }
 }
 

@@ -380,3 +380,61 @@ macro_rules! on_both_engines {
 }
 
 on_both_engines!(two_instances_never_double_book);
+
+#[tokio::test]
+async fn reproducibility_sensitive_jobs_weigh_provenance_and_emulated_gpus_say_so() {
+    let app = sqlite("provenance").await;
+    let (_, provider) = app.user("provider", None).await;
+    let reply = app
+        .call(Method::POST, "/api/providers/register", Some(&provider), Some(json!({
+            "region": "us-east-1", "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            "gpus": [{"name": "RTX 4090 (emulated)", "vram_gb": 24, "price_per_hour": 1.0, "emulated": true}]})))
+        .await;
+    assert_eq!(
+        (reply.status, reply.body["gpus"][0]["emulated"].as_bool()),
+        (StatusCode::CREATED, Some(true))
+    );
+    let (_, customer) = app.user("customer", None).await;
+    let listing = app
+        .call(Method::GET, "/api/gpus", Some(&customer), None)
+        .await;
+    assert_eq!(listing.body["gpus"][0]["emulated"], true);
+    let mut body = any_gpu_body();
+    body["reproducibility_sensitive"] = json!("yes");
+    let reply = app
+        .call(
+            Method::POST,
+            "/api/jobs",
+            Some(&customer),
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::BAD_REQUEST, "INVALID_TYPE")
+    );
+    assert_eq!(reply.body["error"]["field"], "reproducibility_sensitive");
+    body["reproducibility_sensitive"] = json!(true);
+    let sensitive = app.submit(&customer, body).await;
+    assert_eq!(place(&app).await, 1);
+    let factors: Vec<String> = app.job(&sensitive).await["placement"]["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|reason| reason["factor"].as_str().unwrap().to_string())
+        .collect();
+    assert!(factors.contains(&"provenance".to_string()), "{factors:?}");
+    // An ordinary job is placed without provenance.
+    let node = app.node(1, 1.0, "us-east-1").await;
+    let plain = app.submit(&customer, job_body(&node.gpus[0])).await;
+    assert_eq!(place(&app).await, 1);
+    let reasons = app.job(&plain).await["placement"]["reasons"].clone();
+    assert!(
+        !reasons
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|reason| reason["factor"] == "provenance"),
+        "{reasons}"
+    );
+}

@@ -24,7 +24,7 @@ macro_rules! user_columns {
 macro_rules! gpu_columns {
     () => {
         "g.id, g.node_id, n.owner_id, g.name, g.vram_gb, g.price_micros, g.uuid, g.status, \
-         n.region, n.trust_score, g.created_at"
+         n.region, n.trust_score, g.created_at, g.emulated"
     };
 }
 macro_rules! job_columns {

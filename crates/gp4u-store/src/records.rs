@@ -74,6 +74,8 @@ pub struct GpuRecord {
     /// The node's trust score (0–100).
     pub trust_score: f64,
     pub created_at_ms: i64,
+    /// Declared without hardware behind it.
+    pub emulated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -168,6 +170,7 @@ pub(crate) fn gpu_from_row(row: &AnyRow) -> StoreResult<GpuRecord> {
         region: row.try_get("region")?,
         trust_score: row.try_get("trust_score")?,
         created_at_ms: row.try_get("created_at")?,
+        emulated: row.try_get::<i64, _>("emulated")? != 0,
     })
 }
 

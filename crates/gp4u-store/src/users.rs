@@ -161,8 +161,8 @@ impl Store {
         })?;
         for (gpu_id, spec) in &node.gpus {
             sqlx::query(
-                "INSERT INTO gpus (id, node_id, name, vram_gb, price_micros, uuid, status, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 'AVAILABLE', $7)",
+                "INSERT INTO gpus (id, node_id, name, vram_gb, price_micros, uuid, status, created_at, \
+                 emulated) VALUES ($1, $2, $3, $4, $5, $6, 'AVAILABLE', $7, $8)",
             )
             .bind(gpu_id.as_str())
             .bind(node.id.as_str())
@@ -171,6 +171,7 @@ impl Store {
             .bind(spec.price_per_hour.micros())
             .bind(spec.uuid.as_deref())
             .bind(now_ms)
+            .bind(crate::bool_to_i64(spec.emulated))
             .execute(&mut *tx)
             .await?;
         }
@@ -199,6 +200,7 @@ impl Store {
                 region: node.region.clone(),
                 trust_score: NEW_NODE_TRUST_SCORE,
                 created_at_ms: now_ms,
+                emulated: spec.emulated,
             })
             .collect();
         Ok((record, gpus))

@@ -51,6 +51,7 @@ fn manifest(gpu: &GpuId) -> JobManifest {
         inputs: vec![],
         ram_limit_gb: 16.0,
         max_retries: 1,
+        reproducibility_sensitive: false,
     }
 }
 
@@ -103,6 +104,7 @@ async fn seed(store: &Store) -> (UserId, GpuId) {
                 vram_gb: 24.0,
                 price_per_hour: Money::from_micros(3_100_000),
                 uuid: None,
+                emulated: false,
             },
         )],
     };

@@ -82,6 +82,7 @@ pub async fn register(
                     price_per_hour: price(gpu.price_per_hour),
                     region: gpu.region.clone(),
                     status: gpu.status.as_str().to_string(),
+                    emulated: gpu.emulated,
                 })
                 .collect(),
         }),

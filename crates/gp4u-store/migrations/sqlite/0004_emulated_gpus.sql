@@ -1,0 +1,2 @@
+-- GPUs declared without hardware (the agent's `--gpu emulated:…`), marked as such everywhere.
+ALTER TABLE gpus ADD COLUMN emulated INTEGER NOT NULL DEFAULT 0;
