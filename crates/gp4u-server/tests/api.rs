@@ -1,6 +1,7 @@
 //! The HTTP API in-process: stage 0 (tokens, requireAuth, admin gate) and stage 1 (submission).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod support;
 
 use axum::http::{Method, StatusCode};
@@ -760,29 +761,6 @@ async fn cancel_moves_to_cancelled_once(app: TestApp) {
         events.iter().map(|e| e.topic.as_str()).collect::<Vec<_>>(),
         ["node.registered", "job.created", "job.cancelled"]
     );
-}
-
-macro_rules! on_both_engines {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite_engine {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let app = super::TestApp::new(super::Engine::Sqlite, stringify!($name)).await.unwrap();
-                    super::$name(app).await;
-                }
-            )*
-        }
-        mod postgres_engine {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(app) = super::TestApp::new(super::Engine::Postgres, stringify!($name)).await else { return };
-                    super::$name(app).await;
-                }
-            )*
-        }
-    };
 }
 
 on_both_engines!(

@@ -1,6 +1,7 @@
 //! Stage 2–3 on the control plane: Atlas assigns, the long-poll dispatches, agents report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod support;
 
 use std::collections::BTreeSet;
@@ -354,29 +355,6 @@ async fn two_instances_never_double_book(app: TestApp) {
         gpus.iter()
             .all(|gpu| node.gpus.iter().any(|own| own == gpu))
     );
-}
-
-macro_rules! on_both_engines {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite_engine {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let app = super::TestApp::new(super::Engine::Sqlite, stringify!($name)).await.unwrap();
-                    super::$name(app).await;
-                }
-            )*
-        }
-        mod postgres_engine {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(app) = super::TestApp::new(super::Engine::Postgres, stringify!($name)).await else { return };
-                    super::$name(app).await;
-                }
-            )*
-        }
-    };
 }
 
 on_both_engines!(two_instances_never_double_book);

@@ -377,3 +377,29 @@ pub fn job_body(gpu: &str) -> Value {
         "docker_image_sha256": "a".repeat(64), "command": ["python", "train.py"], "env": {"EPOCHS": "3"},
     })
 }
+
+/// Instantiates each `async fn(TestApp)` test for SQLite and for PostgreSQL (skipped loudly
+/// without `GP4U_TEST_DATABASE_URL`, a failure in CI).
+#[allow(unused_macros)] // not every test file runs on both engines
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_engine {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let app = super::TestApp::new(super::Engine::Sqlite, stringify!($name)).await.unwrap();
+                    super::$name(app).await;
+                }
+            )*
+        }
+        mod postgres_engine {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(app) = super::TestApp::new(super::Engine::Postgres, stringify!($name)).await else { return };
+                    super::$name(app).await;
+                }
+            )*
+        }
+    };
+}
