@@ -136,6 +136,7 @@ pub struct GpuView {
     /// The provider node's trust score, 0–100.
     pub trust_score: f64,
     /// Declared without hardware behind it (a development or test node).
+    #[serde(default)]
     pub emulated: bool,
 }
 
@@ -209,6 +210,8 @@ pub struct RegisteredGpuView {
     pub price_per_hour: f64,
     pub region: String,
     pub status: String,
+    /// Added after the first release: absent from older servers' answers, hence the default.
+    #[serde(default)]
     pub emulated: bool,
 }
 
@@ -317,4 +320,27 @@ pub struct LogAppended {
     pub log_bytes: u64,
     /// True once the per-job cap is reached: later chunks are dropped, stop sending.
     pub truncated: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Agents and clients read answers of servers older than themselves: fields added later
+    /// must not be required.
+    #[test]
+    fn later_fields_are_optional_when_reading() {
+        let gpu: RegisteredGpuView = serde_json::from_value(serde_json::json!({
+            "id": "gpu_a", "name": "RTX 4090", "vram_gb": 24.0, "price_per_hour": 1.0,
+            "region": "us-east-1", "status": "AVAILABLE"
+        }))
+        .unwrap();
+        assert!(!gpu.emulated);
+        let listed: GpuView = serde_json::from_value(serde_json::json!({
+            "id": "gpu_a", "name": "RTX 4090", "vram_gb": 24.0, "price_per_hour": 1.0,
+            "region": "us-east-1", "status": "AVAILABLE", "node_id": "node_a", "trust_score": 50.0
+        }))
+        .unwrap();
+        assert!(!listed.emulated);
+    }
 }

@@ -62,7 +62,7 @@ async fn register(State(platform): State<Shared>, Json(body): Json<Value>) -> Re
         .iter()
         .enumerate()
         .map(|(n, gpu)| json!({"id": format!("gpu_test{n}"), "name": gpu["name"], "vram_gb": gpu["vram_gb"],
-            "price_per_hour": gpu["price_per_hour"], "region": body["region"], "status": "AVAILABLE"}))
+            "price_per_hour": gpu["price_per_hour"], "region": body["region"], "status": "AVAILABLE", "emulated": gpu["emulated"]}))
         .collect();
     (
         StatusCode::CREATED,
