@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod money;
 pub mod pricing;
 pub mod token;
+pub mod tutela;
 
 pub use ids::{ArtifactId, GpuId, IdError, JobId, NodeId, UserId};
 pub use job::{
