@@ -33,9 +33,11 @@ impl Dispatch {
         waiters.entry(node.clone()).or_default().clone()
     }
 
+    /// Wakes every poll waiting now, and leaves a permit for one that is about to wait.
     pub fn notify(&self, node: &NodeId) {
-        self.notifier(node).notify_waiters();
-        self.notifier(node).notify_one();
+        let notifier = self.notifier(node);
+        notifier.notify_waiters();
+        notifier.notify_one();
     }
 }
 

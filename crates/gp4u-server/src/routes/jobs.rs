@@ -5,6 +5,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use gp4u_core::atlas::matches_requirement;
 use gp4u_core::events::{JobCreated, TOPIC_JOB_CREATED};
 use gp4u_core::ids::{GpuId, JobId};
 use gp4u_core::job::{EndedBy, JobInput, JobState, TransitionError, transition};
@@ -272,29 +273,21 @@ async fn pinned_gpu(state: &AppState, gpu_id: &GpuId) -> ApiResult<GpuRecord> {
     Ok(gpu)
 }
 
-/// Whether a listed GPU satisfies a requirement.
-pub fn matches(requirement: &GpuRequirement, gpu: &GpuRecord) -> bool {
-    let model_ok = requirement
-        .model
-        .as_deref()
-        .is_none_or(|model| gpu.name.to_lowercase().contains(&model.to_lowercase()));
-    let vram_ok = requirement.min_vram_gb.is_none_or(|min| gpu.vram_gb >= min);
-    let region_ok = requirement
-        .region
-        .as_deref()
-        .is_none_or(|region| gpu.region == region);
-    let price_ok = requirement
-        .max_price_per_hour
-        .is_none_or(|max| gpu.price_per_hour <= max);
-    model_ok && vram_ok && region_ok && price_ok
-}
-
 /// The price a requirement's estimate uses: the dearest matching GPU (so that the estimate
 /// covers whichever one Atlas picks), else the customer's price cap, else nothing.
 pub fn estimate_price(requirement: &GpuRequirement, listed: &[GpuRecord]) -> Option<Money> {
     listed
         .iter()
-        .filter(|gpu| matches(requirement, gpu))
+        .filter(|gpu| {
+            // The same test Atlas places with, so the estimate covers the GPU it will choose.
+            matches_requirement(
+                requirement,
+                &gpu.name,
+                gpu.vram_gb,
+                &gpu.region,
+                gpu.price_per_hour,
+            )
+        })
         .map(|gpu| gpu.price_per_hour)
         .max()
         .or(requirement.max_price_per_hour)
