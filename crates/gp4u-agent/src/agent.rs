@@ -1,12 +1,15 @@
 //! The agent's main loop: register (once), recover containers after a restart, long-poll for
-//! assignments, and run each job: pull by digest, start hardened, keep the platform informed,
-//! enforce the duration, report how it ended.
+//! assignments, and run each job: pull by digest, start hardened, keep the platform informed
+//! (the Russian-Doll watchdog, [`crate::telemetry`]), enforce the duration, report how it
+//! ended (a final telemetry packet with the exit code). With `--listen` it also answers the
+//! platform's visibility challenges ([`crate::visibility`]).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use gp4u_proto::{AgentStatusReport, AssignmentManifest};
+use gp4u_proto::{AgentStatusReport, AssignmentManifest, TelemetryPacket};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -15,9 +18,11 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::client::{ClientError, PlatformClient};
 use crate::docker::{DockerRuntime, Exit, GpuAttach, JobPaths, container_config};
 use crate::files::{fetch_inputs, pack_output};
-use crate::gpu::{EmulatedGpu, GpuInfo, GpuSource, NvmlSource};
+use crate::gpu::{EmulatedGpu, EmulatedSource, GpuInfo, GpuSource, NvmlSource};
 use crate::logs::{self, LogPiece, Shipper};
 use crate::process::{self, ChildJob};
+use crate::telemetry::{Fence, GpuTelemetry, Subject, Watchdog, WatchdogConfig, final_packet};
+use crate::visibility::{self, Responder};
 
 /// After a job exits, how long its remaining output may take to reach the shipper.
 const LOG_DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -25,6 +30,10 @@ const LOG_DRAIN_GRACE: Duration = Duration::from_secs(10);
 const OUTPUT_UPLOAD_ATTEMPTS: u32 = 10;
 /// The packed `/output`, beside (not inside) the job's output dir.
 const OUTPUT_ARCHIVE: &str = "output.tar.gz";
+/// Timeout of the final telemetry packet (it is retried while the platform is unreachable).
+const FINAL_PACKET_TIMEOUT: Duration = Duration::from_secs(30);
+/// Attempts at telling the platform the visibility endpoint at start (about 4 minutes).
+const ENDPOINT_ATTEMPTS: u32 = 10;
 
 /// Which runtime runs jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,8 +55,19 @@ pub struct AgentConfig {
     pub price_per_hour: f64,
     /// Long-poll wait, seconds.
     pub poll_wait_s: u64,
-    /// How often a running job is reported (a keep-alive that also carries kill orders back).
-    pub keepalive: Duration,
+    /// Where to answer the platform's visibility challenges (`POST /gp4u/visibility`);
+    /// `None`: no listener (the node cannot be checked, and the platform says so).
+    pub listen: Option<SocketAddr>,
+    /// The URL the platform should use for the listener; default `http://<bound address>`.
+    pub advertise: Option<String>,
+    /// How often a running container's socket tables are sampled between telemetry packets
+    /// (short-lived connections vanish between packets).
+    pub net_sample_interval: Duration,
+}
+
+impl AgentConfig {
+    /// The default socket-table sampling period.
+    pub const DEFAULT_NET_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +88,11 @@ pub enum AgentError {
     Platform(#[from] ClientError),
     #[error(transparent)]
     Key(#[from] crate::key::KeyError),
+    #[error("cannot listen on {address} for visibility challenges: {source}")]
+    Listen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -83,6 +108,10 @@ pub struct NodeState {
     /// GPU UUID → the platform's GPU id.
     pub gpus: Vec<(String, String)>,
     pub emulated: bool,
+    /// The platform's public key (base64), given at registration: visibility challenges must
+    /// be signed with it. Absent in files written before it existed, or from older servers.
+    #[serde(default)]
+    pub platform_public_key: Option<String>,
 }
 
 const NODE_FILE: &str = "node.json";
@@ -112,6 +141,13 @@ struct Agent {
     client: PlatformClient,
     runtime: Runtime,
     node: NodeState,
+    gpu: GpuTelemetry,
+}
+
+/// What the watchdog of one job needs besides the job's process.
+struct JobTelemetry {
+    interval: Duration,
+    gpu_uuid: Option<String>,
 }
 
 fn now_ms() -> i64 {
@@ -143,21 +179,24 @@ pub fn discover_gpus(emulated: &[EmulatedGpu]) -> Result<(Vec<GpuInfo>, bool), A
     Ok((inventory.gpus, false))
 }
 
+/// The node's registration: loaded from the data dir, or made now (with `endpoint`, when the
+/// agent listens). The flag says whether it was made now.
 async fn register_or_load(
     config: &AgentConfig,
     client: &PlatformClient,
-) -> Result<NodeState, AgentError> {
+    endpoint: Option<&str>,
+) -> Result<(NodeState, bool), AgentError> {
     let path = config.data_dir.join(NODE_FILE);
     if let Ok(text) = std::fs::read_to_string(&path)
         && let Ok(state) = serde_json::from_str::<NodeState>(&text)
         && state.server == config.server
     {
         tracing::info!(node_id = %state.node_id, "resuming as a registered node");
-        return Ok(state);
+        return Ok((state, false));
     }
     let key = crate::key::load_or_generate(&config.data_dir, rand::random::<[u8; 32]>)?;
     let (gpus, emulated) = discover_gpus(&config.emulated)?;
-    let body = json!({
+    let mut body = json!({
         "region": config.region,
         "public_key": crate::key::public_key_base64(&key),
         "gpus": gpus.iter().map(|gpu| json!({
@@ -165,9 +204,12 @@ async fn register_or_load(
             "vram_gb": gpu.vram_total_bytes as f64 / 1_073_741_824.0,
             "price_per_hour": config.price_per_hour,
             "uuid": gpu.uuid,
-                    "emulated": gpu.emulated,
+            "emulated": gpu.emulated,
         })).collect::<Vec<_>>(),
     });
+    if let Some(endpoint) = endpoint {
+        body["endpoint"] = json!(endpoint);
+    }
     let registered = client.register(&body).await?;
     let state = NodeState {
         node_id: registered.node_id.clone(),
@@ -178,11 +220,110 @@ async fn register_or_load(
             .map(|(gpu, listed)| (gpu.uuid.clone(), listed.id.clone()))
             .collect(),
         emulated,
+        platform_public_key: registered.platform_public_key.clone(),
     };
     let text = serde_json::to_string_pretty(&state).unwrap_or_default();
     std::fs::write(&path, text).map_err(io_error(&path))?;
     tracing::info!(node_id = %state.node_id, gpus = state.gpus.len(), emulated, "registered the node");
-    Ok(state)
+    Ok((state, true))
+}
+
+/// Where the watchdogs read GPUs: the emulated ones, NVML, or nothing (said once, here).
+fn gpu_telemetry(config: &AgentConfig, node: &NodeState) -> GpuTelemetry {
+    if node.emulated {
+        return GpuTelemetry::Emulated(Arc::new(EmulatedSource::new(config.emulated.clone())));
+    }
+    let nvml = NvmlSource::open();
+    if nvml.is_available() {
+        GpuTelemetry::Nvml(Arc::new(nvml))
+    } else {
+        tracing::warn!(
+            note = ?nvml.inventory().note,
+            "no readable GPU on this node: telemetry reports zero GPU figures"
+        );
+        GpuTelemetry::Unavailable
+    }
+}
+
+/// Tells the platform where the visibility endpoint is now (`PUT
+/// /api/providers/{nodeId}/endpoint`), retrying while it is unreachable.
+async fn announce_endpoint(client: PlatformClient, node_id: String, endpoint: String) {
+    let mut backoff = Duration::from_millis(500);
+    for attempt in 1..=ENDPOINT_ATTEMPTS {
+        match client.set_endpoint(&node_id, &endpoint).await {
+            Ok(()) => {
+                tracing::info!(%endpoint, "the platform knows the visibility endpoint");
+                return;
+            }
+            Err(error) if error.is_transient() && attempt < ENDPOINT_ATTEMPTS => {
+                tracing::warn!(%error, retry_in = ?backoff, "could not announce the visibility endpoint; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(error) => {
+                tracing::error!(%error, %endpoint, "could not announce the visibility endpoint: the platform cannot check this node");
+                return;
+            }
+        }
+    }
+}
+
+/// Binds the visibility listener (before registration, which needs its address).
+async fn bind_listener(
+    config: &AgentConfig,
+) -> Result<Option<(tokio::net::TcpListener, String)>, AgentError> {
+    let Some(address) = config.listen else {
+        return Ok(None);
+    };
+    let listen_error = |source| AgentError::Listen { address, source };
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(listen_error)?;
+    let bound = listener.local_addr().map_err(listen_error)?;
+    if config.advertise.is_none() && bound.ip().is_unspecified() {
+        tracing::warn!(%bound, "listening on an unspecified address without --advertise: the platform is told http://{bound}, which it cannot reach");
+    }
+    let endpoint = visibility::advertised(bound, config.advertise.as_deref());
+    Ok(Some((listener, endpoint)))
+}
+
+/// Starts answering visibility challenges, and tells the platform where (unless registration
+/// just did).
+fn start_visibility(
+    config: &AgentConfig,
+    client: &PlatformClient,
+    node: &NodeState,
+    (listener, endpoint): (tokio::net::TcpListener, String),
+    registered_now: bool,
+) -> Result<Vec<AbortOnDrop<()>>, AgentError> {
+    let node_key = crate::key::load_or_generate(&config.data_dir, rand::random::<[u8; 32]>)?;
+    let platform_key = node.platform_public_key.as_deref().and_then(|text| {
+        let key = crate::key::parse_public_key(text);
+        if key.is_none() {
+            tracing::error!("node.json holds an unreadable platform key; ignoring it");
+        }
+        key
+    });
+    if platform_key.is_none() {
+        tracing::warn!(
+            "no platform key (registered with an older server): visibility challenges are answered without checking their signature"
+        );
+    }
+    let responder = Arc::new(Responder {
+        node_id: node.node_id.clone(),
+        node_key,
+        platform_key,
+    });
+    tracing::info!(%endpoint, "answering visibility challenges");
+    let mut tasks = vec![AbortOnDrop(visibility::serve(listener, responder))];
+    if !registered_now {
+        tasks.push(AbortOnDrop(tokio::spawn(announce_endpoint(
+            client.clone(),
+            node.node_id.clone(),
+            endpoint,
+        ))));
+    }
+    Ok(tasks)
 }
 
 /// Runs the agent until `shutdown` turns true. Jobs in flight keep running in their containers;
@@ -203,12 +344,21 @@ pub async fn run(
     };
     std::fs::create_dir_all(&config.data_dir).map_err(io_error(&config.data_dir))?;
     let client = PlatformClient::new(&config.server, &config.token)?;
-    let node = register_or_load(&config, &client).await?;
+    let listener = bind_listener(&config).await?;
+    let endpoint = listener.as_ref().map(|(_, endpoint)| endpoint.as_str());
+    let (node, registered_now) = register_or_load(&config, &client, endpoint).await?;
+    // Held until the agent stops: the listener and its announcement.
+    let _visibility = match listener {
+        Some(listener) => start_visibility(&config, &client, &node, listener, registered_now)?,
+        None => Vec::new(),
+    };
+    let gpu = gpu_telemetry(&config, &node);
     let agent = Arc::new(Agent {
         config,
         client,
         runtime,
         node,
+        gpu,
     });
     // Every job runs in this set, so that stopping the agent stops its watchers too (the
     // containers run on; the next start of the agent recovers them).
@@ -247,6 +397,33 @@ pub async fn run(
 impl Agent {
     fn job_dir(&self, job_id: &str) -> PathBuf {
         self.config.data_dir.join("jobs").join(job_id)
+    }
+
+    /// The UUID the watchdog reads for a job: the manifest's when this node has that GPU, else
+    /// the node's GPU with the manifest's platform id, else the manifest's as given.
+    fn job_gpu_uuid(&self, gpu_uuid: Option<&str>, gpu_id: Option<&str>) -> Option<String> {
+        if let Some(uuid) = gpu_uuid
+            && self.node.gpus.iter().any(|(known, _)| known == uuid)
+        {
+            return Some(uuid.to_string());
+        }
+        if let Some(id) = gpu_id
+            && let Some((uuid, _)) = self.node.gpus.iter().find(|(_, known)| known == id)
+        {
+            return Some(uuid.clone());
+        }
+        gpu_uuid.map(str::to_string)
+    }
+
+    fn subject(&self, launched: &Launched) -> Subject {
+        match (&self.runtime, launched) {
+            (Runtime::Docker(docker), Launched::Container(id)) => Subject::Container {
+                docker: docker.clone(),
+                id: id.clone(),
+            },
+            (_, Launched::Child(child)) => Subject::Process { pid: child.pid() },
+            _ => Subject::Process { pid: None },
+        }
     }
 
     fn gpu_attach(&self, manifest: &AssignmentManifest) -> GpuAttach {
@@ -405,7 +582,12 @@ impl Agent {
             }
         };
         let (launched, pieces) = launched;
-        self.watch(job_id, launched, deadline_ms, pieces).await;
+        let telemetry = JobTelemetry {
+            interval: Duration::from_secs(manifest.telemetry_interval_seconds),
+            gpu_uuid: self.job_gpu_uuid(manifest.gpu_uuid.as_deref(), Some(&manifest.gpu_id)),
+        };
+        self.watch(job_id, launched, deadline_ms, pieces, telemetry)
+            .await;
     }
 
     /// Fetches and verifies the job's inputs. On failure the job is reported `INPUT_FAILED`,
@@ -553,16 +735,66 @@ impl Agent {
         let _ = std::fs::remove_dir_all(self.job_dir(job_id));
     }
 
-    /// Watches a started job to its end: its output shipped as it comes, keep-alives (which
-    /// carry kill orders back), the duration watchdog; then the rest of the output, `/output`
-    /// uploaded, and the final report, in that order, so that a job the platform sees ended
-    /// has all of its logs and outputs.
+    /// Sends the job's final telemetry packet (`final: true` with the exit code), retrying
+    /// while the platform is unreachable: it ends the job and must not be lost. A platform
+    /// without the telemetry route, or one that refuses the packet, gets the exit on the status
+    /// route instead.
+    async fn finish(&self, job_id: &str, exit: Exit, last: Option<&TelemetryPacket>) {
+        let message = exit
+            .oom_killed
+            .then(|| "killed by the kernel at the memory cap (OOM)".to_string());
+        let code = if exit.oom_killed && exit.code == 0 {
+            137
+        } else {
+            exit.code
+        };
+        let packet = final_packet(job_id, &self.node.node_id, last, code);
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            match self
+                .client
+                .post_telemetry(&packet, FINAL_PACKET_TIMEOUT)
+                .await
+            {
+                Ok(reply) => {
+                    tracing::info!(job_id, exit_code = code, status = %reply.status, "final telemetry delivered");
+                    return;
+                }
+                Err(error) if error.is_route_missing() => {
+                    self.report(job_id, "exited", Some(code), None, message)
+                        .await;
+                    return;
+                }
+                Err(error) if error.is_fenced() => {
+                    tracing::warn!(job_id, %error, "the platform had already ended this job");
+                    return;
+                }
+                Err(error) if error.is_transient() => {
+                    tracing::warn!(job_id, %error, retry_in = ?backoff, "final telemetry failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+                Err(error) => {
+                    tracing::error!(job_id, %error, "final telemetry refused; reporting the exit on the status route");
+                    self.report(job_id, "exited", Some(code), None, message)
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Watches a started job to its end: its output shipped as it comes, the telemetry
+    /// watchdog (whose replies carry kill orders back, acted on at once), the duration
+    /// watchdog; then the rest of the output, `/output` uploaded, and the final packet, in
+    /// that order, so that a job the platform sees ended has all of its logs and outputs.
     async fn watch(
         self: Arc<Self>,
         job_id: String,
         launched: Launched,
         deadline_ms: i64,
         pieces: Option<mpsc::Receiver<LogPiece>>,
+        telemetry: JobTelemetry,
     ) {
         let (mut shipping, log_source, stop_shipping) =
             self.start_log_shipping(&job_id, &launched, pieces);
@@ -571,6 +803,23 @@ impl Agent {
         if killed_by_platform {
             self.kill(&launched).await;
         }
+        let (fence_sender, mut fences) = mpsc::channel::<Fence>(1);
+        let watchdog = (!killed_by_platform).then(|| {
+            Watchdog::spawn(
+                self.client.clone(),
+                self.gpu.clone(),
+                self.subject(&launched),
+                WatchdogConfig {
+                    job_id: job_id.clone(),
+                    node_id: self.node.node_id.clone(),
+                    interval: telemetry.interval,
+                    net_sample_every: self.config.net_sample_interval,
+                    gpu_uuid: telemetry.gpu_uuid,
+                },
+                fence_sender,
+            )
+        });
+        let mut fences_open = watchdog.is_some();
         let mut waiter = {
             let agent = self.clone();
             let launched = launched.clone();
@@ -584,9 +833,10 @@ impl Agent {
         let exit = loop {
             tokio::select! {
                 exit = &mut waiter.0 => break exit.unwrap_or(Exit { code: -1, oom_killed: false }),
-                _ = tokio::time::sleep(self.config.keepalive), if !killed_by_platform => {
-                    if self.report(&job_id, "running", None, None, None).await {
-                        tracing::warn!(job_id, "the platform ordered this job killed");
+                fence = fences.recv(), if fences_open => {
+                    fences_open = false;
+                    if let Some(fence) = fence {
+                        tracing::warn!(job_id, ?fence, "the platform stopped this job: killing it now");
                         killed_by_platform = true;
                         self.kill(&launched).await;
                     }
@@ -598,6 +848,9 @@ impl Agent {
                 }
             }
         };
+        if let Some(watchdog) = &watchdog {
+            watchdog.exited();
+        }
         // The rest of the output: the container's log stream ends when it stops, a child's
         // pipes when it exits; a straggler (a grandchild holding a pipe) gets a grace period.
         if tokio::time::timeout(LOG_DRAIN_GRACE, &mut shipping.0)
@@ -617,23 +870,23 @@ impl Agent {
                 tracing::warn!(job_id, "shipping the job's last output timed out");
             }
         }
+        // A fence that arrived after the exit (the job cancelled while its logs drained).
+        if fences.try_recv().is_ok() {
+            killed_by_platform = true;
+        }
         if !killed_by_platform {
             self.upload_outputs(&job_id).await;
         }
+        let end = match watchdog {
+            Some(watchdog) => watchdog.stop().await,
+            None => Default::default(),
+        };
+        killed_by_platform |= end.fenced;
         if duration_exceeded {
             self.report(&job_id, "failed", None, Some("DURATION_EXCEEDED"), None)
                 .await;
         } else if !killed_by_platform {
-            let message = exit
-                .oom_killed
-                .then(|| "killed by the kernel at the memory cap (OOM)".to_string());
-            let code = if exit.oom_killed && exit.code == 0 {
-                137
-            } else {
-                exit.code
-            };
-            self.report(&job_id, "exited", Some(code), None, message)
-                .await;
+            self.finish(&job_id, exit, end.last.as_ref()).await;
         }
         tracing::info!(
             job_id,
@@ -662,11 +915,17 @@ impl Agent {
         for container in found {
             tracing::info!(job_id = %container.job_id, running = container.running, "recovering a container");
             let deadline_ms = container.deadline_ms.unwrap_or_else(now_ms);
+            let telemetry = JobTelemetry {
+                interval: Duration::from_secs(container.telemetry_interval_s),
+                gpu_uuid: self
+                    .job_gpu_uuid(container.gpu_uuid.as_deref(), container.gpu_id.as_deref()),
+            };
             jobs.spawn(self.clone().watch(
                 container.job_id,
                 Launched::Container(container.container_id),
                 deadline_ms,
                 None,
+                telemetry,
             ));
         }
     }

@@ -1,11 +1,11 @@
 //! The agent's HTTP client for the control plane.
 
-use std::time::Duration;
-
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use gp4u_proto::{
     AgentStatusReply, AgentStatusReport, AssignmentManifest, LogAppended, OutputStored, Registered,
+    TelemetryPacket, TelemetryReply,
 };
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -46,6 +46,52 @@ impl ClientError {
             ClientError::Refused { status, .. } => *status == 429 || *status >= 500,
             ClientError::BadAnswer { .. } | ClientError::Io { .. } => false,
         }
+    }
+
+    /// The HTTP status of a refusal.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Refused { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The platform's error code of a refusal (`{"error": {"code": …}}`), when it sent one.
+    pub fn code(&self) -> Option<String> {
+        let ClientError::Refused { body, .. } = self else {
+            return None;
+        };
+        let value: Value = serde_json::from_str(body).ok()?;
+        value["error"]["code"].as_str().map(str::to_string)
+    }
+
+    /// A 404 that says the *route* does not exist (a platform older than the call), as
+    /// opposed to the job or node not being found.
+    pub fn is_route_missing(&self) -> bool {
+        let ClientError::Refused {
+            status: 404, body, ..
+        } = self
+        else {
+            return false;
+        };
+        let Ok(value) = serde_json::from_str::<Value>(body) else {
+            return false;
+        };
+        value["error"]["code"] == "NOT_FOUND"
+            && value["error"]["message"]
+                .as_str()
+                .is_some_and(|message| message.starts_with("no route"))
+    }
+
+    /// The platform says the job is not (or no longer) this node's to run: 404 (not on this
+    /// node, unknown) or 409 (already ended). The agent must kill it and report nothing more.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self.status(), Some(404 | 409)) && !self.is_route_missing()
+    }
+
+    /// 429: rate-limited; skip this tick.
+    pub fn is_rate_limited(&self) -> bool {
+        self.status() == Some(429)
     }
 }
 
@@ -114,6 +160,38 @@ impl PlatformClient {
                 what: what.into(),
                 source,
             })
+    }
+
+    /// Tells the platform where the agent listens for visibility challenges:
+    /// `PUT /api/providers/{node_id}/endpoint` → 204.
+    pub async fn set_endpoint(&self, node_id: &str, endpoint: &str) -> Result<(), ClientError> {
+        let what = "the endpoint update";
+        let request = self
+            .http
+            .put(format!("{}/api/providers/{node_id}/endpoint", self.base))
+            .json(&serde_json::json!({ "endpoint": endpoint }))
+            .timeout(Duration::from_secs(30));
+        self.send(what, request).await.map(drop)
+    }
+
+    /// Posts one Russian-Doll telemetry packet (`POST /api/telemetry/russian-doll`). The
+    /// `timeout` covers the whole exchange: the watchdog keeps it under its interval.
+    pub async fn post_telemetry(
+        &self,
+        packet: &TelemetryPacket,
+        timeout: Duration,
+    ) -> Result<TelemetryReply, ClientError> {
+        let what = format!("the telemetry of {}", packet.job_id);
+        let request = self
+            .http
+            .post(format!("{}/api/telemetry/russian-doll", self.base))
+            .json(packet)
+            .timeout(timeout);
+        let response = self.send(&what, request).await?;
+        response
+            .json()
+            .await
+            .map_err(|source| ClientError::BadAnswer { what, source })
     }
 
     /// Long-polls for the node's next assignment; `None` when `wait_s` passed without one.
@@ -263,5 +341,47 @@ impl PlatformClient {
             .json()
             .await
             .map_err(|source| ClientError::BadAnswer { what, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(status: u16, body: &str) -> ClientError {
+        ClientError::Refused {
+            what: "x".into(),
+            status,
+            body: body.into(),
+        }
+    }
+
+    #[test]
+    fn refusals_are_told_apart() {
+        let gone = refused(
+            404,
+            r#"{"error":{"code":"JOB_NOT_FOUND","message":"no job job_x on node node_y"}}"#,
+        );
+        assert!(gone.is_fenced() && !gone.is_route_missing() && !gone.is_transient());
+        assert_eq!(gone.code().as_deref(), Some("JOB_NOT_FOUND"));
+        let ended = refused(
+            409,
+            r#"{"error":{"code":"JOB_ALREADY_TERMINAL","message":"job job_x is COMPLETE"}}"#,
+        );
+        assert!(ended.is_fenced());
+        // A bare 404 (not the platform's error body) is still the job being gone.
+        assert!(refused(404, "").is_fenced());
+        let old = refused(
+            404,
+            r#"{"error":{"code":"NOT_FOUND","message":"no route POST /api/telemetry/russian-doll; GET /api/openapi.json lists them"}}"#,
+        );
+        assert!(old.is_route_missing() && !old.is_fenced());
+        let limited = refused(
+            429,
+            r#"{"error":{"code":"RATE_LIMITED","message":"slow down"}}"#,
+        );
+        assert!(limited.is_rate_limited() && limited.is_transient() && !limited.is_fenced());
+        assert!(refused(503, "").is_transient());
+        assert!(!refused(400, "").is_transient() && !refused(400, "").is_fenced());
     }
 }

@@ -26,6 +26,15 @@ pub const DEADLINE_LABEL: &str = "gp4u.deadline-ms";
 /// Label carrying the node id: a restarted agent recovers its own node's containers only, even
 /// when several agents (nodes) share one Docker host.
 pub const NODE_LABEL: &str = "gp4u.node";
+/// Label carrying the manifest's telemetry interval (seconds): a restarted agent keeps the
+/// job's cadence. Absent on older containers: [`DEFAULT_TELEMETRY_INTERVAL_S`].
+pub const TELEMETRY_INTERVAL_LABEL: &str = "gp4u.telemetry-interval-s";
+/// Label carrying the assigned GPU's UUID, for the watchdog's readings after a restart.
+pub const GPU_UUID_LABEL: &str = "gp4u.gpu-uuid";
+/// Label carrying the platform's id of the assigned GPU.
+pub const GPU_ID_LABEL: &str = "gp4u.gpu-id";
+/// The telemetry interval of a recovered container without the label.
+pub const DEFAULT_TELEMETRY_INTERVAL_S: u64 = 10;
 pub const PIDS_LIMIT: i64 = 512;
 pub const TMPFS_SIZE: &str = "rw,noexec,nosuid,size=64m";
 
@@ -145,14 +154,31 @@ pub fn container_config(
         image: Some(reference.to_string()),
         cmd: (!manifest.command.is_empty()).then(|| manifest.command.clone()),
         env: Some(env),
-        labels: Some(HashMap::from([
-            (JOB_LABEL.to_string(), manifest.job_id.clone()),
-            (NODE_LABEL.to_string(), node_id.to_string()),
-            (DEADLINE_LABEL.to_string(), deadline_ms.to_string()),
-        ])),
+        labels: Some(labels(manifest, node_id, deadline_ms)),
         host_config: Some(host_config),
         ..Default::default()
     }
+}
+
+fn labels(
+    manifest: &AssignmentManifest,
+    node_id: &str,
+    deadline_ms: i64,
+) -> HashMap<String, String> {
+    let mut labels = HashMap::from([
+        (JOB_LABEL.to_string(), manifest.job_id.clone()),
+        (NODE_LABEL.to_string(), node_id.to_string()),
+        (DEADLINE_LABEL.to_string(), deadline_ms.to_string()),
+        (
+            TELEMETRY_INTERVAL_LABEL.to_string(),
+            manifest.telemetry_interval_seconds.to_string(),
+        ),
+        (GPU_ID_LABEL.to_string(), manifest.gpu_id.clone()),
+    ]);
+    if let Some(uuid) = &manifest.gpu_uuid {
+        labels.insert(GPU_UUID_LABEL.to_string(), uuid.clone());
+    }
+    labels
 }
 
 /// A container of ours found on the host.
@@ -162,6 +188,10 @@ pub struct Found {
     pub job_id: String,
     pub deadline_ms: Option<i64>,
     pub running: bool,
+    /// The job's telemetry interval ([`DEFAULT_TELEMETRY_INTERVAL_S`] when unlabelled).
+    pub telemetry_interval_s: u64,
+    pub gpu_uuid: Option<String>,
+    pub gpu_id: Option<String>,
 }
 
 /// How a container ended.
@@ -351,9 +381,75 @@ impl DockerRuntime {
                     running: container
                         .state
                         .is_some_and(|state| state.to_string() == "running"),
+                    telemetry_interval_s: labels
+                        .get(TELEMETRY_INTERVAL_LABEL)
+                        .and_then(|value| value.parse().ok())
+                        .unwrap_or(DEFAULT_TELEMETRY_INTERVAL_S),
+                    gpu_uuid: labels.get(GPU_UUID_LABEL).cloned(),
+                    gpu_id: labels.get(GPU_ID_LABEL).cloned(),
                 })
             })
             .collect())
+    }
+
+    /// The host pid of the container's init process; `None` when it is not running.
+    pub async fn init_pid(&self, container_id: &str) -> Result<Option<u32>, DockerError> {
+        let inspected = self
+            .docker
+            .inspect_container(
+                container_id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await?;
+        Ok(inspected
+            .state
+            .and_then(|state| state.pid)
+            .and_then(|pid| u32::try_from(pid).ok())
+            .filter(|pid| *pid > 0))
+    }
+
+    /// The container's CPU time so far (nanoseconds), from one `docker stats` sample: the
+    /// fallback where its cgroup files cannot be read.
+    pub async fn cpu_usage_ns(&self, container_id: &str) -> Result<Option<u64>, DockerError> {
+        let options = bollard::query_parameters::StatsOptions {
+            stream: false,
+            one_shot: true,
+        };
+        let mut stats = self.docker.stats(container_id, Some(options));
+        match stats.next().await {
+            Some(Ok(stats)) => Ok(stats
+                .cpu_stats
+                .and_then(|cpu| cpu.cpu_usage)
+                .and_then(|usage| usage.total_usage)),
+            Some(Err(error)) => Err(error.into()),
+            None => Ok(None),
+        }
+    }
+
+    /// The host pids of the container's processes (`docker top`): the fallback where its
+    /// cgroup files cannot be read.
+    pub async fn top_pids(
+        &self,
+        container_id: &str,
+    ) -> Result<std::collections::HashSet<u32>, DockerError> {
+        let top = self
+            .docker
+            .top_processes(container_id, None::<bollard::query_parameters::TopOptions>)
+            .await?;
+        let column = top
+            .titles
+            .unwrap_or_default()
+            .iter()
+            .position(|title| title == "PID");
+        Ok(match column {
+            Some(column) => top
+                .processes
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|row| row.get(column)?.parse().ok())
+                .collect(),
+            None => std::collections::HashSet::new(),
+        })
     }
 
     /// Follows the container's stdout and stderr (interleaved, as the engine stores them) into
@@ -483,6 +579,10 @@ mod tests {
         let labels = config.labels.unwrap();
         assert_eq!(labels[JOB_LABEL], "job_abc");
         assert_eq!(labels[NODE_LABEL], "node_n");
+        assert_eq!(labels[DEADLINE_LABEL], "42");
+        assert_eq!(labels[TELEMETRY_INTERVAL_LABEL], "10");
+        assert_eq!(labels[GPU_UUID_LABEL], "GPU-5e1c");
+        assert_eq!(labels[GPU_ID_LABEL], "gpu_x");
         assert!(host.privileged.is_none() && host.cap_add.is_none());
     }
 

@@ -5,13 +5,19 @@
 //! ed25519 key), [`client`] (HTTP to the platform), [`docker`] (digest-pinned pulls and the
 //! hardened container), [`process`] (the unisolated development runtime), [`files`] (inputs
 //! fetched and verified, `/output` packed), [`logs`] (stdout/stderr shipped to the platform),
-//! [`agent`] (the loop).
+//! [`netns`] (a container's network namespace: outbound bytes, destinations), [`cgroup`] (a
+//! job's processes and CPU use), [`telemetry`] (the Russian-Doll watchdog), [`visibility`]
+//! (the endpoint answering the platform's visibility challenges), [`agent`] (the loop).
 
 pub mod agent;
+pub mod cgroup;
 pub mod client;
 pub mod docker;
 pub mod files;
 pub mod gpu;
-pub mod key;
+pub use gp4u_attest::key;
 pub mod logs;
+pub mod netns;
 pub mod process;
+pub mod telemetry;
+pub mod visibility;

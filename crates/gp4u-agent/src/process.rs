@@ -19,9 +19,15 @@ use crate::logs::LogPiece;
 pub struct ChildJob {
     kill: Arc<Notify>,
     exit: watch::Receiver<Option<Exit>>,
+    pid: Option<u32>,
 }
 
 impl ChildJob {
+    /// The child's pid (the root of the job's process tree), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
     pub fn kill(&self) {
         self.kill.notify_one();
     }
@@ -97,6 +103,7 @@ pub fn spawn(
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let mut child = command.spawn()?;
+    let pid = child.id();
     if let Some(stdout) = child.stdout.take() {
         tokio::spawn(forward(stdout, logs.clone()));
     }
@@ -137,5 +144,6 @@ pub fn spawn(
     Ok(ChildJob {
         kill,
         exit: exit_rx,
+        pid,
     })
 }

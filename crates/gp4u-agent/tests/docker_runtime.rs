@@ -74,7 +74,9 @@ fn agent_config(server: &str, data_dir: &std::path::Path) -> AgentConfig {
         region: "us-east-1".into(),
         price_per_hour: 1.0,
         poll_wait_s: 1,
-        keepalive: Duration::from_millis(500),
+        listen: None,
+        advertise: None,
+        net_sample_interval: AgentConfig::DEFAULT_NET_SAMPLE_INTERVAL,
     }
 }
 
@@ -394,6 +396,15 @@ async fn a_restarted_agent_picks_its_jobs_up_and_obeys_kill_orders() {
             .iter()
             .any(|(job, report)| *job == doomed && report.status != "running"),
         "a killed job gets no final report"
+    );
+    assert!(
+        !platform
+            .lock()
+            .unwrap()
+            .packets(&doomed)
+            .iter()
+            .any(|(_, packet)| packet.is_final == Some(true)),
+        "nor a final packet"
     );
     assert_eq!(
         platform.lock().unwrap().registrations,

@@ -81,7 +81,9 @@ async fn inputs_are_verified_logs_shipped_and_outputs_uploaded() {
         region: "us-east-1".into(),
         price_per_hour: 1.0,
         poll_wait_s: 1,
-        keepalive: Duration::from_millis(500),
+        listen: None,
+        advertise: None,
+        net_sample_interval: AgentConfig::DEFAULT_NET_SAMPLE_INTERVAL,
     };
     let (stop, stopping) = watch::channel(false);
     let agent = tokio::spawn(gp4u_agent::agent::run(config, stopping));

@@ -89,9 +89,22 @@ struct AgentArgs {
     /// Long-poll wait in seconds.
     #[arg(long, default_value_t = 25)]
     poll_wait: u64,
-    /// Seconds between keep-alive reports of a running job.
-    #[arg(long, default_value_t = 10)]
-    keepalive: u64,
+    /// Answer the platform's visibility challenges on this address (IP:PORT, e.g.
+    /// 127.0.0.1:0 for any free port); the platform is told where at every start.
+    /// Default: no listener, and the node cannot be checked.
+    #[arg(long, env = "GP4U_AGENT_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// The URL the platform reaches the listener at [default: http://<bound address>].
+    #[arg(long, env = "GP4U_AGENT_ADVERTISE", requires = "listen")]
+    advertise: Option<String>,
+    /// Milliseconds between samples of a running container's socket tables (the union over
+    /// each telemetry period is reported, so short-lived connections are seen).
+    #[arg(long, default_value_t = 1000)]
+    net_sample_ms: u64,
+    /// Deprecated, ignored: running jobs are reported by the telemetry watchdog every
+    /// `telemetry_interval_seconds` of their manifest.
+    #[arg(long, hide = true)]
+    keepalive: Option<u64>,
 }
 
 async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
@@ -121,8 +134,17 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         region: args.region,
         price_per_hour: args.price,
         poll_wait_s: args.poll_wait.min(60),
-        keepalive: std::time::Duration::from_secs(args.keepalive.max(1)),
+        listen: args.listen,
+        advertise: args.advertise,
+        net_sample_interval: std::time::Duration::from_millis(
+            args.net_sample_ms.clamp(100, 60_000),
+        ),
     };
+    if args.keepalive.is_some() {
+        tracing::warn!(
+            "--keepalive is deprecated and ignored: running jobs are reported by the telemetry watchdog at their manifest's interval"
+        );
+    }
     let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;

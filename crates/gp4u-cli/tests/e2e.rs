@@ -3,107 +3,15 @@
 //! customer submits → 201 with the server's cost; the chambers see it; SIGTERM stops cleanly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{BIN, Running, call, mint, sha256_hex, start_server};
 use gp4u_store::Engine;
 use gp4u_store::testing::TestDatabase;
 use serde_json::{Value, json};
-
-const BIN: &str = env!("CARGO_BIN_EXE_gp4u");
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
-}
-
-struct Running {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(data_dir: &Path, database_url: &str) -> Running {
-    let mut child = Command::new(BIN)
-        .args([
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--bootstrap-admin",
-            "usr_admin",
-        ])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--database-url")
-        .arg(database_url)
-        .env_remove("GP4U_TOKEN_SECRET")
-        .env("GP4U_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting gp4u server");
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("gp4u server listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_string();
-    Running { child, base }
-}
-
-fn mint(data_dir: &Path, sub: &str, clr: u8) -> String {
-    let output = Command::new(BIN)
-        .args([
-            "token",
-            "mint",
-            "--sub",
-            sub,
-            "--clr",
-            &clr.to_string(),
-            "--ttl",
-            "600",
-        ])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env_remove("GP4U_TOKEN_SECRET")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_string()
-}
-
-async fn call(
-    client: &reqwest::Client,
-    method: reqwest::Method,
-    url: String,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = client.request(method, url).bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
 
 async fn stage_0_to_1(engine: Engine) {
     let Some(db) = TestDatabase::create(engine, "e2e_stage_0_to_1").await else {

@@ -234,6 +234,9 @@ pub enum JobInput {
     },
     /// Someone cancelled the job.
     Cancel { by: EndedBy },
+    /// The attempt failed for a provider-fault `reason` and the job has retries left: it goes
+    /// back to the queue, to be placed on another node (see [`fail_or_retry`]).
+    Retry { reason: FailureReason },
 }
 
 impl JobInput {
@@ -246,6 +249,7 @@ impl JobInput {
             JobInput::Exit { .. } => "exit",
             JobInput::Fail { .. } => "fail",
             JobInput::Cancel { .. } => "cancel",
+            JobInput::Retry { .. } => "retry",
         }
     }
 }
@@ -389,6 +393,15 @@ pub fn transition(
             };
             Ok((next, vec![event]))
         }
+        (JobStatus::Assigned | JobStatus::Running, JobInput::Retry { reason }) => {
+            // Back to the queue; this attempt's start is forgotten (metering starts again).
+            next.status = JobStatus::Pending;
+            next.node_id = None;
+            next.gpu_id = None;
+            next.started_at_ms = None;
+            next.exit_code = None;
+            Ok((next, vec![JobEvent::Unassigned { reason }]))
+        }
         (
             JobStatus::Pending | JobStatus::Assigned | JobStatus::Running,
             JobInput::Cancel { by },
@@ -409,6 +422,23 @@ pub fn transition(
             Ok((next, vec![event]))
         }
         _ => Err(illegal),
+    }
+}
+
+/// The input for an attempt that failed for `reason`: a provider-fault failure with retries
+/// left (`retries_used < max_retries`) is a [`JobInput::Retry`] on another node; anything else
+/// fails the job. A pinned job (`gpuId`) cannot move, so it is never retried.
+pub fn fail_or_retry(
+    reason: FailureReason,
+    ended_by: EndedBy,
+    retries_used: u32,
+    max_retries: u32,
+    pinned: bool,
+) -> JobInput {
+    if reason.is_provider_fault() && retries_used < max_retries && !pinned {
+        JobInput::Retry { reason }
+    } else {
+        JobInput::Fail { reason, ended_by }
     }
 }
 

@@ -75,6 +75,14 @@
 //! **Decision — a dropped job is soft-plus**: worse than a caught overclaim (the customer
 //! loses progress and waits for a retry), but not evidence of bad faith like mining or
 //! hiding from the platform.
+//!
+//! # Heartbeats
+//!
+//! [`judge_heartbeats`] decides which RUNNING jobs are dropped: strictly more than
+//! `timeout_ms` (60 s) without telemetry. Never early; nothing at all inside the restart
+//! grace after the control plane starts; and a breaker — when more than half of at least
+//! three nodes with running jobs go silent at once, the platform is the likely fault, so
+//! nothing is failed and an alert is raised instead ([`HeartbeatConfig`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -136,7 +144,7 @@ impl Pattern {
         }
     }
 
-    fn parse(text: &str) -> Option<Pattern> {
+    pub fn parse(text: &str) -> Option<Pattern> {
         Pattern::ALL
             .into_iter()
             .find(|pattern| pattern.as_str() == text)
@@ -971,4 +979,103 @@ pub fn slash(stake: Money, trust: f64, kind: SlashKind, schedule: &SlashSchedule
         new_stake: Money::from_micros(remaining),
         new_trust: (trust - penalty).clamp(0.0, MAX_TRUST),
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Heartbeats
+// ---------------------------------------------------------------------------------------
+
+/// A RUNNING job as the heartbeat reaper sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveJob {
+    pub job_id: crate::ids::JobId,
+    pub node_id: crate::ids::NodeId,
+    /// The last telemetry packet, or the start when none came yet.
+    pub last_seen_ms: i64,
+}
+
+/// When silence counts as a dropped job, and when it counts as the platform's own fault.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HeartbeatConfig {
+    /// Strictly more than this much silence is a dropped job (`GP4U_HEARTBEAT_TIMEOUT_S`).
+    pub timeout_ms: i64,
+    /// After the control plane starts, nothing is dropped until this much time has passed:
+    /// agents that kept running while it was down need a moment to reach it again.
+    pub restart_grace_ms: i64,
+    /// The breaker needs at least this many nodes with running jobs to judge "most".
+    pub breaker_min_nodes: usize,
+    /// When more than this share of those nodes is silent at once, the platform (its network,
+    /// its database, its clock) is the likely fault: fail nothing, raise an alert.
+    pub breaker_silent_fraction: f64,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig {
+            timeout_ms: 60_000,
+            restart_grace_ms: 60_000,
+            breaker_min_nodes: 3,
+            breaker_silent_fraction: 0.5,
+        }
+    }
+}
+
+/// What the heartbeat reaper does this round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeartbeatDecision {
+    /// Fail these jobs as `JOB_DROPPED` (possibly none).
+    Drop(Vec<crate::ids::JobId>),
+    /// Too many nodes are silent at once: fail nothing, alert.
+    Breaker {
+        silent_nodes: usize,
+        live_nodes: usize,
+    },
+    /// Still inside the restart grace period: judge nothing yet.
+    Grace { until_ms: i64 },
+}
+
+/// Judges the RUNNING jobs at `now_ms`; `started_ms` is when this control plane started.
+/// A job is silent when `now_ms - last_seen_ms > timeout_ms` (so never at exactly the
+/// timeout); a node is silent when all of its running jobs are.
+pub fn judge_heartbeats(
+    jobs: &[LiveJob],
+    now_ms: i64,
+    started_ms: i64,
+    config: &HeartbeatConfig,
+) -> HeartbeatDecision {
+    let grace_until = started_ms.saturating_add(config.restart_grace_ms.max(0));
+    if now_ms <= grace_until {
+        return HeartbeatDecision::Grace {
+            until_ms: grace_until,
+        };
+    }
+    let silent = |job: &LiveJob| now_ms.saturating_sub(job.last_seen_ms) > config.timeout_ms;
+    let mut nodes: Vec<(&crate::ids::NodeId, bool)> = Vec::new();
+    for job in jobs {
+        match nodes.iter_mut().find(|(node, _)| *node == &job.node_id) {
+            Some((_, all_silent)) => *all_silent &= silent(job),
+            None => nodes.push((&job.node_id, silent(job))),
+        }
+    }
+    let live_nodes = nodes.len();
+    let silent_nodes = nodes.iter().filter(|(_, all_silent)| *all_silent).count();
+    #[allow(clippy::cast_precision_loss)] // node counts are far below 2^52
+    let share = if live_nodes == 0 {
+        0.0
+    } else {
+        silent_nodes as f64 / live_nodes as f64
+    };
+    if live_nodes >= config.breaker_min_nodes.max(1) && share > config.breaker_silent_fraction {
+        return HeartbeatDecision::Breaker {
+            silent_nodes,
+            live_nodes,
+        };
+    }
+    HeartbeatDecision::Drop(
+        jobs.iter()
+            .filter(|job| silent(job))
+            .map(|job| job.job_id.clone())
+            .collect(),
+    )
 }

@@ -1123,3 +1123,156 @@ fn slash_schedule_is_data() {
     let outcome = slash(units(1), 50.0, SlashKind::VramOverclaim, &bad_penalty);
     assert_eq!(outcome.new_trust, 50.0, "a non-finite penalty counts as 0");
 }
+
+// ---------------------------------------------------------------------------------------
+// Heartbeats: not at 59 s, yes at 61 s; restart grace; the breaker.
+// ---------------------------------------------------------------------------------------
+
+mod heartbeats {
+    use gp4u_core::ids::{JobId, NodeId};
+    use gp4u_core::tutela::{HeartbeatConfig, HeartbeatDecision, LiveJob, judge_heartbeats};
+
+    fn live(job: &str, node: &str, last_seen_ms: i64) -> LiveJob {
+        LiveJob {
+            job_id: JobId::parse(job).unwrap(),
+            node_id: NodeId::parse(node).unwrap(),
+            last_seen_ms,
+        }
+    }
+
+    const STARTED: i64 = 0;
+    const LONG_AFTER_START: i64 = 10_000_000;
+
+    #[test]
+    fn silence_counts_only_strictly_past_the_timeout() {
+        let config = HeartbeatConfig::default();
+        let seen = LONG_AFTER_START;
+        let jobs = [live("job_a", "node_a", seen)];
+        let cases = [
+            (59_000, false),
+            (60_000, false),
+            (60_001, true),
+            (61_000, true),
+        ];
+        for (silence, dropped) in cases {
+            let decision = judge_heartbeats(&jobs, seen + silence, STARTED, &config);
+            let expected = if dropped {
+                HeartbeatDecision::Drop(vec![JobId::parse("job_a").unwrap()])
+            } else {
+                HeartbeatDecision::Drop(vec![])
+            };
+            assert_eq!(decision, expected, "after {silence} ms of silence");
+        }
+    }
+
+    #[test]
+    fn nothing_is_dropped_inside_the_restart_grace() {
+        let config = HeartbeatConfig::default();
+        // The job has been silent for ten minutes (the control plane was down), but the
+        // control plane started 30 s ago: its agent has not had the time to reach it.
+        let now = LONG_AFTER_START;
+        let jobs = [live("job_a", "node_a", now - 600_000)];
+        assert_eq!(
+            judge_heartbeats(&jobs, now, now - 30_000, &config),
+            HeartbeatDecision::Grace {
+                until_ms: now + 30_000
+            }
+        );
+        assert_eq!(
+            judge_heartbeats(&jobs, now + 30_001, now - 30_000, &config),
+            HeartbeatDecision::Drop(vec![JobId::parse("job_a").unwrap()])
+        );
+    }
+
+    #[test]
+    fn the_breaker_fails_nothing_when_most_nodes_go_silent_at_once() {
+        let config = HeartbeatConfig::default();
+        let now = LONG_AFTER_START;
+        let silent = now - 61_000;
+        let fresh = now - 1_000;
+        // Two of three nodes silent: more than half → breaker.
+        let jobs = [
+            live("job_a", "node_a", silent),
+            live("job_b", "node_b", silent),
+            live("job_c", "node_c", fresh),
+        ];
+        assert_eq!(
+            judge_heartbeats(&jobs, now, STARTED, &config),
+            HeartbeatDecision::Breaker {
+                silent_nodes: 2,
+                live_nodes: 3
+            }
+        );
+        // One of three silent → that one is dropped.
+        let jobs = [
+            live("job_a", "node_a", silent),
+            live("job_b", "node_b", fresh),
+            live("job_c", "node_c", fresh),
+        ];
+        assert_eq!(
+            judge_heartbeats(&jobs, now, STARTED, &config),
+            HeartbeatDecision::Drop(vec![JobId::parse("job_a").unwrap()])
+        );
+        // Fewer nodes than breaker_min_nodes: a lone silent node is simply dropped.
+        let jobs = [
+            live("job_a", "node_a", silent),
+            live("job_b", "node_a", silent),
+        ];
+        assert_eq!(
+            judge_heartbeats(&jobs, now, STARTED, &config),
+            HeartbeatDecision::Drop(vec![
+                JobId::parse("job_a").unwrap(),
+                JobId::parse("job_b").unwrap()
+            ])
+        );
+        // A node with one fresh job is not silent, though its other job is: only that job
+        // is dropped, and the node does not count towards the breaker.
+        let jobs = [
+            live("job_a", "node_a", silent),
+            live("job_b", "node_a", fresh),
+            live("job_c", "node_b", fresh),
+            live("job_d", "node_c", silent),
+        ];
+        assert_eq!(
+            judge_heartbeats(&jobs, now, STARTED, &config),
+            HeartbeatDecision::Drop(vec![
+                JobId::parse("job_a").unwrap(),
+                JobId::parse("job_d").unwrap()
+            ])
+        );
+    }
+}
+
+mod retries {
+    use gp4u_core::job::{EndedBy, FailureReason, JobInput, fail_or_retry};
+
+    #[test]
+    fn provider_faults_are_retried_while_retries_remain() {
+        use FailureReason::*;
+        let cases = [
+            (JobDropped, 0, 1, false, true),
+            (JobDropped, 1, 1, false, false),
+            (VisibilityBlocked, 0, 2, false, true),
+            (CryptoMiningDuringMlJob, 0, 1, false, true),
+            (JobDropped, 0, 1, true, false), // pinned to a GPU: cannot move
+            (KilledAnomaly, 0, 3, false, false), // the customer's fault
+            (DurationExceeded, 0, 3, false, false),
+            (NonzeroExit, 0, 3, false, false),
+        ];
+        for (reason, used, max, pinned, retried) in cases {
+            let input = fail_or_retry(reason, EndedBy::Provider, used, max, pinned);
+            let expected = if retried {
+                JobInput::Retry { reason }
+            } else {
+                JobInput::Fail {
+                    reason,
+                    ended_by: EndedBy::Provider,
+                }
+            };
+            assert_eq!(
+                input, expected,
+                "{reason} used {used} of {max}, pinned {pinned}"
+            );
+        }
+    }
+}

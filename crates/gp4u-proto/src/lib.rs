@@ -183,6 +183,11 @@ pub struct RegisterBody {
     /// Base64 of the node's 32-byte ed25519 public key.
     pub public_key: String,
     pub gpus: Vec<RegisterGpuBody>,
+    /// Where the platform reaches the agent for visibility challenges
+    /// (`http://host:port`, see `VisibilityChallenge`). Optional; a node without one cannot be
+    /// checked and says so in `GET /api/providers/{nodeId}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -200,6 +205,10 @@ pub struct RegisterGpuBody {
 pub struct Registered {
     pub node_id: String,
     pub gpus: Vec<RegisteredGpuView>,
+    /// The platform's ed25519 public key (base64): visibility challenges are signed with it,
+    /// so the agent answers only the platform. Absent from older servers' answers.
+    #[serde(default)]
+    pub platform_public_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -343,4 +352,137 @@ mod tests {
         .unwrap();
         assert!(!listed.emulated);
     }
+}
+
+/// `POST /api/telemetry/russian-doll`: one Russian-Doll packet (SPEC §7). The seed's fields,
+/// plus the optional ones. The server parses the raw JSON field by field (each error names its
+/// field) and clamps every number to its physical range; this type documents the shape and is
+/// what the agent sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TelemetryPacket {
+    pub job_id: String,
+    pub node_id: String,
+    pub gpu_utilization_pct: f64,
+    pub vram_used_gb: f64,
+    pub vram_allocated_gb: f64,
+    pub power_draw_watts: f64,
+    pub temperature_c: f64,
+    pub outbound_bytes_per_sec: f64,
+    /// The agent's own inference: `TRAINING`, `INFERENCE`, `CRYPTO_MINING` or `IDLE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inferred_pattern: Option<String>,
+    /// Distinct remote IPs of the container's sockets over the last period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_dest_ips: Option<u32>,
+    /// Compute processes on the assigned GPU that are not the container's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foreign_gpu_processes: Option<u32>,
+    /// The GPU reported a clock throttle reason (power cap, thermal, …) this period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttling: Option<bool>,
+    /// Remote ports of the container's connections this period (at most 64, distinct).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dest_ports: Option<Vec<u16>>,
+    /// With `final: true`: the container's exit code; ends the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The last packet of the job: the container has exited (`exit_code` required).
+    #[serde(rename = "final", default, skip_serializing_if = "Option::is_none")]
+    pub is_final: Option<bool>,
+}
+
+/// One anomaly verdict, as stored, published and sealed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AnomalyView {
+    /// `CRYPTO_MINING_PATTERN`, `CRYPTO_MINING_DURING_ML_JOB`, `OUTBOUND_PORT_SCAN`,
+    /// `VRAM_OVERCLAIM`, `HIGH_OUTBOUND_BANDWIDTH`, `THERMAL_THROTTLE_SUSTAINED`.
+    pub rule: String,
+    /// `INFO`, `SOFT` or `HARD`.
+    pub severity: String,
+    pub kill: bool,
+    /// Who is at fault: `CUSTOMER`, `PROVIDER` or `NONE`.
+    pub attribution: String,
+    pub evidence: String,
+    pub observed: f64,
+    pub threshold: f64,
+    /// RFC 3339.
+    pub at: String,
+}
+
+/// The answer to a telemetry packet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TelemetryReply {
+    /// Stop the container now.
+    pub kill_job: bool,
+    /// Why, when `kill_job` (the rule, or `DURATION_EXCEEDED`).
+    pub reason: Option<String>,
+    /// The verdicts on this packet.
+    pub anomalies: Vec<AnomalyView>,
+    /// The job's status after this packet.
+    #[serde(default)]
+    pub status: String,
+}
+
+/// `POST {endpoint}/gp4u/visibility` from the platform to the agent. `signature` is the
+/// platform key's ed25519 signature (base64) over
+/// `gp4u_attest::visibility::challenge_message(node_id, nonce, issued_at_ms)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VisibilityChallenge {
+    pub node_id: String,
+    /// 64 hex characters, fresh per challenge.
+    pub nonce: String,
+    pub issued_at_ms: i64,
+    pub signature: String,
+}
+
+/// The agent's answer: the node key's signature (base64) over
+/// `gp4u_attest::visibility::answer_message(node_id, nonce, issued_at_ms)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VisibilityAnswer {
+    pub node_id: String,
+    pub nonce: String,
+    pub signature: String,
+}
+
+/// One slash, in `GET /api/providers/{nodeId}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SlashView {
+    pub id: String,
+    /// `VRAM_OVERCLAIM`, `JOB_DROPPED_UNEXPECTEDLY`, `CRYPTO_MINING_DURING_ML_JOB`, `VISIBILITY_BLOCKED`.
+    pub kind: String,
+    /// `SOFT` or `HARD`.
+    pub severity: String,
+    pub job_id: Option<String>,
+    /// Currency units taken from the stake.
+    pub stake_taken: f64,
+    pub trust_before: f64,
+    pub trust_after: f64,
+    pub evidence: String,
+    pub at: String,
+}
+
+/// `GET /api/providers/{nodeId}`: a node's standing (its owner or an admin).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProviderNodeView {
+    pub node_id: String,
+    pub owner_id: String,
+    pub region: String,
+    /// `ACTIVE` or `EJECTED`.
+    pub status: String,
+    pub stake: f64,
+    pub trust_score: f64,
+    pub ejected_at: Option<String>,
+    pub ejected_reason: Option<String>,
+    pub endpoint: Option<String>,
+    /// The last visibility check: `ANSWERED`, `REFUSED`, `TIMEOUT`, `BAD_ANSWER`, or `UNCHECKED`.
+    pub visibility: String,
+    pub visibility_checked_at: Option<String>,
+    pub gpus: Vec<RegisteredGpuView>,
+    pub slashes: Vec<SlashView>,
+}
+
+/// `POST /api/providers/{nodeId}/stake`: moves credit into the node's stake.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StakeBody {
+    pub amount: f64,
 }

@@ -243,6 +243,7 @@ async fn populate(
                     region: "us-east-1".into(),
                     public_key: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
                     gpus,
+                    endpoint: None,
                 },
                 &[],
                 now_ms,

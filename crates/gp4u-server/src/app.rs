@@ -34,7 +34,7 @@ use crate::auth::{authenticate, require_admin_token};
 use crate::config::ServerSettings;
 use crate::error::ApiError;
 use crate::placement::run_atlas;
-use crate::routes::{admin, agent, artifacts, health, jobs, logs, outputs, providers};
+use crate::routes::{admin, agent, artifacts, health, jobs, logs, outputs, providers, telemetry};
 use crate::state::{AppState, Limits, os_random_ids};
 use crate::{openapi, secret};
 
@@ -93,6 +93,13 @@ pub fn build_router(state: AppState) -> Router {
         )
         .route("/providers/register", post(providers::register))
         .route("/gpus", get(providers::list_gpus))
+        .route("/providers/{node_id}", get(providers::get_node))
+        .route("/providers/{node_id}/stake", post(providers::add_stake))
+        .route(
+            "/providers/{node_id}/endpoint",
+            put(providers::set_endpoint),
+        )
+        .route("/telemetry/russian-doll", post(telemetry::ingest))
         .route("/agent/assignments", get(agent::next_assignment))
         .route("/agent/jobs/{id}/status", post(agent::report_status))
         .route(
@@ -186,6 +193,11 @@ fn spawn_background(state: &AppState, stopping: watch::Receiver<bool>) -> JoinSe
         stopping.clone(),
     ));
     tasks.spawn(run_atlas(state.clone(), stopping.clone()));
+    tasks.spawn(crate::tutela::run_reapers(state.clone(), stopping.clone()));
+    tasks.spawn(crate::tutela::run_visibility(
+        state.clone(),
+        stopping.clone(),
+    ));
     tasks.spawn(janitor(state.clone(), stopping));
     tasks
 }
@@ -236,6 +248,18 @@ impl Server {
             &settings.data_dir,
             rand::random::<[u8; 32]>,
         )?;
+        let platform_key = gp4u_attest::key::load_or_generate_file(
+            &settings.data_dir,
+            gp4u_attest::key::PLATFORM_KEY_FILE,
+            rand::random::<[u8; 32]>,
+        )
+        .with_context(|| {
+            format!(
+                "loading the platform key ({} in {})",
+                gp4u_attest::key::PLATFORM_KEY_FILE,
+                settings.data_dir.display()
+            )
+        })?;
         let store = Store::connect(&settings.database_url)
             .await
             .with_context(|| format!("opening database {}", redact_url(&settings.database_url)))?;
@@ -267,7 +291,8 @@ impl Server {
         let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::default());
         let state = AppState::new(store, clock, keys, limits, os_random_ids(), bus)
             .with_blobs(blobs)
-            .with_atlas(settings.atlas.clone());
+            .with_atlas(settings.atlas.clone())
+            .with_tutela(settings.tutela.clone(), platform_key);
         Ok(Server { state, listener })
     }
 

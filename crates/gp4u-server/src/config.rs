@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use gp4u_core::atlas::AtlasConfig;
+use gp4u_core::tutela::{RuleConfig, SlashSchedule};
 use serde::Deserialize;
 
 /// `gp4u server` flags. All optional here so that the TOML file can fill what is not given.
@@ -35,6 +36,16 @@ pub struct ServerArgs {
     /// Seconds without telemetry before a running job counts as dropped [default: 60].
     #[arg(long, env = "GP4U_HEARTBEAT_TIMEOUT_S")]
     pub heartbeat_timeout_s: Option<u64>,
+    /// After the server starts, how long before any job can count as dropped, in seconds
+    /// [default: the heartbeat timeout].
+    #[arg(long, env = "GP4U_HEARTBEAT_RESTART_GRACE_S")]
+    pub heartbeat_restart_grace_s: Option<u64>,
+    /// The telemetry period agents are told to use, in seconds [default: 10].
+    #[arg(long, env = "GP4U_TELEMETRY_INTERVAL_S")]
+    pub telemetry_interval_s: Option<u64>,
+    /// How often nodes with running jobs get a visibility challenge, in seconds [default: 60].
+    #[arg(long, env = "GP4U_VISIBILITY_INTERVAL_S")]
+    pub visibility_interval_s: Option<u64>,
     /// NATS JetStream URL; unset means the in-process bus.
     #[arg(long, env = "GP4U_NATS_URL")]
     pub nats_url: Option<String>,
@@ -75,6 +86,9 @@ struct FileSettings {
     token_secret_previous: Option<String>,
     bootstrap_admin: Option<String>,
     heartbeat_timeout_s: Option<u64>,
+    heartbeat_restart_grace_s: Option<u64>,
+    telemetry_interval_s: Option<u64>,
+    visibility_interval_s: Option<u64>,
     nats_url: Option<String>,
     rate_limit_per_minute: Option<u32>,
     max_body_bytes: Option<usize>,
@@ -87,6 +101,98 @@ struct FileSettings {
     /// Atlas's weights, region latency table and grid carbon table (`[atlas]`, with
     /// `[atlas.weights]`, `[atlas.latency]` and `[atlas.carbon.<region>]`); defaults fill gaps.
     atlas: Option<AtlasConfig>,
+    /// Tutela's rule thresholds, slash schedule and watchdog knobs (`[tutela]`, with
+    /// `[tutela.rules]`, `[tutela.rules.inference]` and `[tutela.slashes.<kind>]`).
+    tutela: Option<TutelaSettings>,
+}
+
+/// Stage 4's knobs (`[tutela]` in the config file; the flags above override the ones they name).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TutelaSettings {
+    /// The anomaly rules' thresholds (SPEC §7 defaults).
+    pub rules: RuleConfig,
+    /// What each slash takes from stake and trust.
+    pub slashes: SlashSchedule,
+    /// The telemetry period agents are told to use.
+    pub telemetry_interval_s: u64,
+    /// Telemetry packets a node may send per second, sustained, and in a burst; beyond it 429.
+    pub telemetry_per_node_per_s: f64,
+    pub telemetry_burst_per_node: f64,
+    /// Strictly more silence than this is a dropped job.
+    pub heartbeat_timeout_s: u64,
+    /// After start, nothing is dropped for this long.
+    pub heartbeat_restart_grace_s: u64,
+    /// The breaker: at least this many nodes with running jobs, and more than this share silent.
+    pub breaker_min_nodes: usize,
+    pub breaker_silent_fraction: f64,
+    /// How often the heartbeat and duration reapers run, in milliseconds.
+    pub reaper_interval_ms: u64,
+    /// A running job past 1.1 × its declared duration plus this is failed by the platform
+    /// (the agent kills it at 1.1 × on its own).
+    pub duration_grace_s: u64,
+    /// Visibility challenges: how often, and how long the agent has to answer.
+    pub visibility_interval_s: u64,
+    pub visibility_timeout_ms: u64,
+    /// Group commit of telemetry rows: at most this many rows per transaction.
+    pub telemetry_batch_rows: usize,
+}
+
+impl Default for TutelaSettings {
+    fn default() -> Self {
+        TutelaSettings {
+            rules: RuleConfig::default(),
+            slashes: SlashSchedule::default(),
+            telemetry_interval_s: 10,
+            telemetry_per_node_per_s: 20.0,
+            telemetry_burst_per_node: 40.0,
+            heartbeat_timeout_s: 60,
+            heartbeat_restart_grace_s: 60,
+            breaker_min_nodes: 3,
+            breaker_silent_fraction: 0.5,
+            reaper_interval_ms: 1000,
+            duration_grace_s: 30,
+            visibility_interval_s: 60,
+            visibility_timeout_ms: 5000,
+            telemetry_batch_rows: 512,
+        }
+    }
+}
+
+impl TutelaSettings {
+    /// Refuses settings that cannot work, naming them.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.slashes
+            .validate()
+            .map_err(|error| anyhow::anyhow!("[tutela.slashes] in the config file: {error}"))?;
+        if self.telemetry_interval_s == 0 || self.telemetry_interval_s > 600 {
+            bail!(
+                "the telemetry interval must be 1–600 s, got {}",
+                self.telemetry_interval_s
+            );
+        }
+        if self.heartbeat_timeout_s <= self.telemetry_interval_s {
+            bail!(
+                "GP4U_HEARTBEAT_TIMEOUT_S ({}) must be longer than the telemetry interval ({} s), \
+                 or every job would count as dropped between two packets",
+                self.heartbeat_timeout_s,
+                self.telemetry_interval_s
+            );
+        }
+        if !(self.telemetry_per_node_per_s > 0.0 && self.telemetry_burst_per_node >= 1.0) {
+            bail!("[tutela] telemetry_per_node_per_s must be > 0 and telemetry_burst_per_node ≥ 1");
+        }
+        if !(0.0..1.0).contains(&self.breaker_silent_fraction) {
+            bail!("[tutela] breaker_silent_fraction must be in [0, 1)");
+        }
+        if self.visibility_interval_s == 0 || self.reaper_interval_ms == 0 {
+            bail!("[tutela] visibility_interval_s and reaper_interval_ms must be at least 1");
+        }
+        if self.telemetry_batch_rows == 0 || self.telemetry_batch_rows > 4096 {
+            bail!("[tutela] telemetry_batch_rows must be 1–4096");
+        }
+        Ok(())
+    }
 }
 
 /// Resolved settings.
@@ -108,6 +214,7 @@ pub struct ServerSettings {
     pub max_output_bytes: u64,
     pub max_log_bytes: u64,
     pub atlas: AtlasConfig,
+    pub tutela: TutelaSettings,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -137,6 +244,7 @@ impl ServerSettings {
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             max_log_bytes: DEFAULT_MAX_LOG_BYTES,
             atlas: AtlasConfig::default(),
+            tutela: TutelaSettings::default(),
         }
     }
 
@@ -207,6 +315,24 @@ impl ServerSettings {
             .weights
             .validate()
             .map_err(|error| anyhow::anyhow!("[atlas.weights] in the config file: {error}"))?;
+        let mut tutela = file.tutela.unwrap_or_default();
+        if let Some(timeout) = args.heartbeat_timeout_s.or(file.heartbeat_timeout_s) {
+            tutela.heartbeat_timeout_s = timeout;
+            tutela.heartbeat_restart_grace_s = timeout;
+        }
+        if let Some(grace) = args
+            .heartbeat_restart_grace_s
+            .or(file.heartbeat_restart_grace_s)
+        {
+            tutela.heartbeat_restart_grace_s = grace;
+        }
+        if let Some(interval) = args.telemetry_interval_s.or(file.telemetry_interval_s) {
+            tutela.telemetry_interval_s = interval;
+        }
+        if let Some(interval) = args.visibility_interval_s.or(file.visibility_interval_s) {
+            tutela.visibility_interval_s = interval;
+        }
+        tutela.validate()?;
         Ok(ServerSettings {
             listen,
             database_url: args
@@ -217,10 +343,7 @@ impl ServerSettings {
             token_secret: args.token_secret.or(file.token_secret),
             token_secret_previous: args.token_secret_previous.or(file.token_secret_previous),
             bootstrap_admin: args.bootstrap_admin.or(file.bootstrap_admin),
-            heartbeat_timeout_s: args
-                .heartbeat_timeout_s
-                .or(file.heartbeat_timeout_s)
-                .unwrap_or(60),
+            heartbeat_timeout_s: tutela.heartbeat_timeout_s,
             rate_limit_per_minute,
             max_body_bytes,
             idempotency_ttl_hours: args
@@ -236,6 +359,7 @@ impl ServerSettings {
             max_output_bytes,
             max_log_bytes,
             atlas,
+            tutela,
         })
     }
 }
@@ -342,6 +466,55 @@ mod tests {
         })
         .unwrap_err();
         assert!(error.to_string().contains("atlas.weights"), "{error}");
+    }
+
+    #[test]
+    fn tutela_settings_come_from_flags_and_the_file_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gp4u.toml");
+        std::fs::write(
+            &path,
+            "[tutela]\nbreaker_min_nodes = 5\n[tutela.rules]\nport_scan_unique_ips = 20\n\
+             [tutela.slashes.vram_overclaim]\nstake_basis_points = 50\ntrust_penalty = 1.0\n",
+        )
+        .unwrap();
+        let settings = ServerSettings::resolve(ServerArgs {
+            config: Some(path.clone()),
+            heartbeat_timeout_s: Some(30),
+            telemetry_interval_s: Some(2),
+            ..ServerArgs::default()
+        })
+        .unwrap();
+        let tutela = &settings.tutela;
+        assert_eq!(tutela.breaker_min_nodes, 5);
+        assert_eq!(tutela.rules.port_scan_unique_ips, 20);
+        assert_eq!(tutela.slashes.vram_overclaim.stake_basis_points, 50);
+        assert_eq!(
+            (tutela.heartbeat_timeout_s, tutela.heartbeat_restart_grace_s),
+            (30, 30)
+        );
+        assert_eq!(tutela.telemetry_interval_s, 2);
+        // A timeout no longer than the telemetry period would drop every job.
+        let error = ServerSettings::resolve(ServerArgs {
+            heartbeat_timeout_s: Some(10),
+            ..ServerArgs::default()
+        })
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("GP4U_HEARTBEAT_TIMEOUT_S"),
+            "{error}"
+        );
+        std::fs::write(
+            &path,
+            "[tutela.slashes.visibility_blocked]\nstake_basis_points = 20000\ntrust_penalty = 1.0\n",
+        )
+        .unwrap();
+        let error = ServerSettings::resolve(ServerArgs {
+            config: Some(path),
+            ..ServerArgs::default()
+        })
+        .unwrap_err();
+        assert!(error.to_string().contains("tutela.slashes"), "{error}");
     }
 
     #[test]

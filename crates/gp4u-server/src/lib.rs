@@ -15,6 +15,7 @@ pub mod placement;
 pub mod routes;
 pub mod secret;
 pub mod state;
+pub mod tutela;
 pub mod views;
 
 pub use app::{Server, build_router, serve};

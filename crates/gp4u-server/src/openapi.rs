@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, agent, artifacts, health, jobs, logs, outputs, providers};
+use crate::routes::{admin, agent, artifacts, health, jobs, logs, outputs, providers, telemetry};
 
 struct BearerAuth;
 
@@ -32,12 +32,14 @@ impl Modify for BearerAuth {
         health::healthz, health::readyz,
         jobs::submit_job, jobs::list_jobs, jobs::get_job, jobs::cancel_job,
         outputs::download_output, logs::get_logs, artifacts::upload_artifact,
-        providers::register, providers::list_gpus,
+        providers::register, providers::list_gpus, providers::get_node, providers::add_stake,
+        providers::set_endpoint, telemetry::ingest,
         agent::next_assignment, agent::report_status,
         artifacts::agent_input, outputs::upload_output, logs::append_log,
         admin::create_user, admin::suspend_user, admin::activate_user, admin::add_credits, admin::chambers,
     ),
-    components(schemas(gp4u_proto::ErrorBody, gp4u_proto::ErrorDetail)),
+    components(schemas(gp4u_proto::ErrorBody, gp4u_proto::ErrorDetail,
+        gp4u_proto::VisibilityChallenge, gp4u_proto::VisibilityAnswer)),
     modifiers(&BearerAuth),
     tags(
         (name = "jobs", description = "Stage 1: submission and the customer's jobs"),

@@ -12,7 +12,9 @@ use object_store::ObjectStore;
 use object_store::memory::InMemory;
 use tokio::sync::Notify;
 
+use crate::config::TutelaSettings;
 use crate::placement::Dispatch;
+use crate::tutela::Tutela;
 
 /// A source of random id bytes (the core takes randomness as an argument).
 pub type RandomIds = Arc<dyn Fn() -> [u8; 16] + Send + Sync>;
@@ -65,6 +67,8 @@ pub struct AppState {
     pub blobs: Arc<dyn ObjectStore>,
     /// Atlas's weights and tables.
     pub atlas: Arc<AtlasConfig>,
+    /// Stage 4: rules, windows, the telemetry writer, the platform key.
+    pub tutela: Arc<Tutela>,
 }
 
 impl AppState {
@@ -79,6 +83,8 @@ impl AppState {
         bus: Arc<dyn EventBus>,
     ) -> AppState {
         let relay = Relay::new(store.clone(), bus.clone());
+        let started_ms = clock.now_ms();
+        let platform_key = ed25519_dalek::SigningKey::from_bytes(&rand::random::<[u8; 32]>());
         AppState {
             store,
             clock,
@@ -92,7 +98,24 @@ impl AppState {
             draining: Arc::new(AtomicBool::new(false)),
             blobs: Arc::new(InMemory::new()),
             atlas: Arc::new(AtlasConfig::default()),
+            tutela: Arc::new(Tutela::new(
+                TutelaSettings::default(),
+                platform_key,
+                started_ms,
+            )),
         }
+    }
+
+    /// The same state with these stage-4 settings and platform key (the default is a fresh
+    /// in-memory key: fine for tests, while `Server::build` keeps one in the data dir).
+    pub fn with_tutela(
+        mut self,
+        settings: TutelaSettings,
+        platform_key: ed25519_dalek::SigningKey,
+    ) -> AppState {
+        let started_ms = self.tutela.started_ms;
+        self.tutela = Arc::new(Tutela::new(settings, platform_key, started_ms));
+        self
     }
 
     /// The same state over another blob store.

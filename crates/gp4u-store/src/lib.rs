@@ -33,7 +33,14 @@ macro_rules! job_columns {
          gpu_region, manifest, price_micros, cost_estimate_micros, placement, latest_metrics, \
          anomalies, exit_code, energy_kwh, carbon_kg, renewable_pct, created_at, started_at, \
          ended_at, version, assigned_at, picked_up_at, excluded_nodes, output_sha256, \
-         output_bytes, log_bytes, log_chunks, log_truncated"
+         output_bytes, log_bytes, log_chunks, log_truncated, last_telemetry_at, retries, \
+         attempts"
+    };
+}
+macro_rules! node_columns {
+    () => {
+        "id, owner_id, region, public_key, status, created_at, trust_score, stake_micros, \
+         endpoint, ejected_at, ejected_reason, visibility, visibility_checked_at"
     };
 }
 
@@ -45,6 +52,7 @@ mod outbox;
 mod placement;
 mod records;
 pub mod testing;
+mod tutela;
 mod users;
 
 use std::str::FromStr;
@@ -63,6 +71,7 @@ pub use migrate::SCHEMA_VERSION;
 pub use outbox::{Envelope, OutboxEvent, SubscriberState};
 pub use placement::Assignment;
 pub use records::{GpuRecord, GpuStatus, JobBlobs, JobRecord, NodeRecord, UserRecord};
+pub use tutela::{Attempt, NewAnomaly, SlashRecord, TelemetryRow};
 pub use users::{NewNode, NewUser};
 
 /// Which database engine a [`Store`] talks to.

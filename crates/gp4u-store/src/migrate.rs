@@ -33,10 +33,15 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0004_emulated_gpus.sql"),
         postgres: include_str!("../migrations/postgres/0004_emulated_gpus.sql"),
     },
+    Migration {
+        version: 5,
+        sqlite: include_str!("../migrations/sqlite/0005_tutela.sql"),
+        postgres: include_str!("../migrations/postgres/0005_tutela.sql"),
+    },
 ];
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 pub(crate) async fn run(store: &Store) -> StoreResult<()> {
     let _writer = store.writer().await;

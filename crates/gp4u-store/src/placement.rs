@@ -172,12 +172,27 @@ impl Store {
     }
 
     /// Puts an ASSIGNED job back in the queue (state PENDING from the state machine, with the
-    /// pinned GPU, if any, put back by the caller), frees its GPU and excludes `node_id` for it. `Conflict` when the job changed first.
+    /// pinned GPU, if any, put back by the caller), frees its GPU and excludes `node_id` for it.
+    /// `Conflict` when the job changed first.
     pub async fn requeue_job(
         &self,
         job: &JobRecord,
         state: &JobState,
         exclude: &NodeId,
+        events: &[OutboxEvent],
+        now_ms: i64,
+    ) -> StoreResult<JobRecord> {
+        self.requeue(job, state, exclude, None, events, now_ms)
+            .await
+    }
+
+    /// The requeue itself; with `attempts` (the new attempt log), the move counts as a retry.
+    pub(crate) async fn requeue(
+        &self,
+        job: &JobRecord,
+        state: &JobState,
+        exclude: &NodeId,
+        attempts: Option<String>,
         events: &[OutboxEvent],
         now_ms: i64,
     ) -> StoreResult<JobRecord> {
@@ -188,12 +203,15 @@ impl Store {
         }
         let excluded = serde_json::to_string(&excluded)
             .map_err(|error| StoreError::corrupt(format!("excluded nodes: {error}")))?;
+        let retry = attempts.is_some();
         self.count_op();
         let writer = self.writer().await;
         let mut tx = self.begin_write().await?;
         let moved = sqlx::query(
             "UPDATE jobs SET status = $3, node_id = NULL, assigned_at = NULL, picked_up_at = NULL, \
-             placement = NULL, excluded_nodes = $4, gpu_id = $5, \
+             placement = NULL, excluded_nodes = $4, gpu_id = $5, started_at = $6, \
+             last_telemetry_at = NULL, exit_code = NULL, latest_metrics = NULL, \
+             retries = retries + $7, attempts = COALESCE($8, attempts), \
              version = version + 1 WHERE id = $1 AND version = $2",
         )
         .bind(job.id.as_str())
@@ -201,6 +219,9 @@ impl Store {
         .bind(state.status.as_str())
         .bind(excluded)
         .bind(state.gpu_id.as_ref().map(|gpu| gpu.as_str()))
+        .bind(state.started_at_ms)
+        .bind(i64::from(retry))
+        .bind(attempts)
         .execute(&mut *tx)
         .await?;
         if moved.rows_affected() != 1 {

@@ -28,9 +28,31 @@ pub struct NodeRecord {
     pub owner_id: UserId,
     pub region: String,
     pub public_key: String,
+    /// `ACTIVE` or `EJECTED`.
     pub status: String,
     pub created_at_ms: i64,
+    /// 0–100: Atlas weighs it; slashes lower it.
+    pub trust_score: f64,
+    /// What the provider has at stake; slashes take from it.
+    pub stake: Money,
+    /// Where the platform reaches the agent for visibility challenges.
+    pub endpoint: Option<String>,
+    pub ejected_at_ms: Option<i64>,
+    pub ejected_reason: Option<String>,
+    /// The last visibility check's result (`UNCHECKED` until one ran).
+    pub visibility: String,
+    pub visibility_checked_at_ms: Option<i64>,
 }
+
+impl NodeRecord {
+    pub fn is_ejected(&self) -> bool {
+        self.status == NODE_EJECTED
+    }
+}
+
+/// `provider_nodes.status` values.
+pub const NODE_ACTIVE: &str = "ACTIVE";
+pub const NODE_EJECTED: &str = "EJECTED";
 
 /// Whether a GPU can take a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +127,12 @@ pub struct JobRecord {
     pub excluded_nodes: Vec<NodeId>,
     /// What the blob store holds for this job: its output archive and its log.
     pub blobs: JobBlobs,
+    /// When the last telemetry packet arrived (the heartbeat).
+    pub last_telemetry_at_ms: Option<i64>,
+    /// Provider-fault retries used so far (at most the manifest's `max_retries`).
+    pub retries: u32,
+    /// Every attempt that ended on a node without ending the job.
+    pub attempts: Vec<crate::tutela::Attempt>,
 }
 
 /// A job's output archive and log, as far as the database knows (the bytes are blobs).
@@ -149,6 +177,13 @@ pub(crate) fn node_from_row(row: &AnyRow) -> StoreResult<NodeRecord> {
         public_key: row.try_get("public_key")?,
         status: row.try_get("status")?,
         created_at_ms: row.try_get("created_at")?,
+        trust_score: row.try_get("trust_score")?,
+        stake: Money::from_micros(row.try_get("stake_micros")?),
+        endpoint: row.try_get("endpoint")?,
+        ejected_at_ms: row.try_get("ejected_at")?,
+        ejected_reason: row.try_get("ejected_reason")?,
+        visibility: row.try_get("visibility")?,
+        visibility_checked_at_ms: row.try_get("visibility_checked_at")?,
     })
 }
 
@@ -256,6 +291,13 @@ pub(crate) fn job_from_row(row: &AnyRow) -> StoreResult<JobRecord> {
             log_chunks: u64::try_from(row.try_get::<i64, _>("log_chunks")?)
                 .map_err(StoreError::corrupt)?,
             log_truncated: row.try_get::<i64, _>("log_truncated")? != 0,
+        },
+        last_telemetry_at_ms: row.try_get("last_telemetry_at")?,
+        retries: u32::try_from(row.try_get::<i64, _>("retries")?).map_err(StoreError::corrupt)?,
+        attempts: {
+            let text: String = row.try_get("attempts")?;
+            serde_json::from_str(&text)
+                .map_err(|error| StoreError::corrupt(format!("jobs.attempts: {error}")))?
         },
     })
 }

@@ -32,6 +32,8 @@ pub struct NewNode {
     pub region: String,
     pub public_key: String,
     pub gpus: Vec<(GpuId, GpuSpec)>,
+    /// The agent's visibility endpoint, when it gave one.
+    pub endpoint: Option<String>,
 }
 
 impl Store {
@@ -142,14 +144,15 @@ impl Store {
         let _writer = self.writer().await;
         let mut tx = self.begin_write().await?;
         sqlx::query(
-            "INSERT INTO provider_nodes (id, owner_id, region, public_key, status, created_at) \
-             VALUES ($1, $2, $3, $4, 'ACTIVE', $5)",
+            "INSERT INTO provider_nodes (id, owner_id, region, public_key, status, created_at, \
+             endpoint) VALUES ($1, $2, $3, $4, 'ACTIVE', $5, $6)",
         )
         .bind(node.id.as_str())
         .bind(node.owner_id.as_str())
         .bind(&node.region)
         .bind(&node.public_key)
         .bind(now_ms)
+        .bind(node.endpoint.as_deref())
         .execute(&mut *tx)
         .await
         .map_err(|error| {
@@ -182,8 +185,15 @@ impl Store {
             owner_id: node.owner_id.clone(),
             region: node.region.clone(),
             public_key: node.public_key.clone(),
-            status: "ACTIVE".into(),
+            status: crate::records::NODE_ACTIVE.into(),
             created_at_ms: now_ms,
+            trust_score: NEW_NODE_TRUST_SCORE,
+            stake: Money::ZERO,
+            endpoint: node.endpoint.clone(),
+            ejected_at_ms: None,
+            ejected_reason: None,
+            visibility: "UNCHECKED".into(),
+            visibility_checked_at_ms: None,
         };
         let gpus = node
             .gpus
@@ -208,9 +218,11 @@ impl Store {
 
     pub async fn get_node(&self, id: &NodeId) -> StoreResult<Option<NodeRecord>> {
         self.count_op();
-        let row = sqlx::query(
-            "SELECT id, owner_id, region, public_key, status, created_at FROM provider_nodes WHERE id = $1",
-        )
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            node_columns!(),
+            " FROM provider_nodes WHERE id = $1"
+        ))
         .bind(id.as_str())
         .fetch_optional(self.pool())
         .await?;
@@ -228,6 +240,21 @@ impl Store {
         .fetch_optional(self.pool())
         .await?;
         row.as_ref().map(gpu_from_row).transpose()
+    }
+
+    /// A node's GPUs, whatever their status.
+    pub async fn list_node_gpus(&self, node: &NodeId) -> StoreResult<Vec<GpuRecord>> {
+        self.count_op();
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            gpu_columns!(),
+            " FROM gpus g JOIN provider_nodes n ON n.id = g.node_id WHERE g.node_id = $1 \
+             ORDER BY g.id LIMIT 1000"
+        ))
+        .bind(node.as_str())
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(gpu_from_row).collect()
     }
 
     /// The marketplace: AVAILABLE GPUs on ACTIVE nodes, cheapest first.

@@ -78,6 +78,9 @@ fn job(n: u64, owner: &UserId, gpu: &GpuId) -> JobRecord {
         picked_up_at_ms: None,
         excluded_nodes: Vec::new(),
         blobs: JobBlobs::default(),
+        last_telemetry_at_ms: None,
+        retries: 0,
+        attempts: Vec::new(),
     }
 }
 
@@ -107,6 +110,7 @@ async fn seed(store: &Store) -> (UserId, GpuId) {
                 emulated: false,
             },
         )],
+        endpoint: None,
     };
     store.register_node(&node, &[event(0)], NOW).await.unwrap();
     (customer.id, gpu_id)

@@ -26,7 +26,6 @@ const MAX_WAIT_S: u64 = 60;
 /// While waiting, the database is also checked this often, for assignments made by another
 /// replica (this replica's own assignments wake the poll at once).
 const CROSS_REPLICA_CHECK: Duration = Duration::from_millis(1000);
-pub const TELEMETRY_INTERVAL_S: u64 = 10;
 
 /// Loads a node the caller owns. Someone else's node is a 404, like a node that does not exist.
 pub async fn owned_node(state: &AppState, caller: &Caller, node_id: &str) -> ApiResult<NodeRecord> {
@@ -179,7 +178,7 @@ async fn manifest(state: &AppState, job: &JobRecord) -> ApiResult<AssignmentMani
             (i128::from(cap_micro_hours) * 3600 + 999_999) / 1_000_000,
         )
         .unwrap_or(u64::MAX),
-        telemetry_interval_seconds: TELEMETRY_INTERVAL_S,
+        telemetry_interval_seconds: state.tutela.settings.telemetry_interval_s,
     })
 }
 

@@ -161,6 +161,9 @@ pub async fn submit_job(
         picked_up_at_ms: None,
         excluded_nodes: Vec::new(),
         blobs: Default::default(),
+        last_telemetry_at_ms: None,
+        retries: 0,
+        attempts: Vec::new(),
         manifest,
     };
     let new_job = NewJob {

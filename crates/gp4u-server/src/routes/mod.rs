@@ -8,3 +8,4 @@ pub mod jobs;
 pub mod logs;
 pub mod outputs;
 pub mod providers;
+pub mod telemetry;

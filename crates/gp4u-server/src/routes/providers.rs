@@ -1,19 +1,22 @@
-//! Providers: node registration and the marketplace listing.
+//! Providers: node registration, the marketplace listing, a node's standing (stake, trust,
+//! slashes), stake deposits and the agent's visibility endpoint.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use gp4u_core::events::{NodeRegistered, RegisteredGpu, TOPIC_NODE_REGISTERED};
 use gp4u_core::ids::{GpuId, NodeId};
-use gp4u_core::manifest::validate_registration;
-use gp4u_proto::{ErrorCode, GpuList, Registered, RegisteredGpuView};
-use gp4u_store::{NewNode, OutboxEvent};
+use gp4u_core::manifest::{
+    FieldError, ValidationCode, validate_credit_amount, validate_endpoint, validate_registration,
+};
+use gp4u_proto::{ErrorCode, GpuList, ProviderNodeView, Registered, RegisteredGpuView, SlashView};
+use gp4u_store::{NewNode, NodeRecord, OutboxEvent, StoreError};
 
-use crate::auth::{CLEARANCE_PROVIDER, Caller};
+use crate::auth::{CLEARANCE_ADMIN, CLEARANCE_PROVIDER, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::JsonBody;
 use crate::state::AppState;
-use crate::views::{gpu_view, price};
+use crate::views::{gpu_view, money, price, rfc3339};
 
 /// How many GPUs the listing shows.
 const LISTING_LIMIT: i64 = 1000;
@@ -41,6 +44,7 @@ pub async fn register(
             .into_iter()
             .map(|spec| (GpuId::from_random(state.random_id_bytes()), spec))
             .collect(),
+        endpoint: registration.endpoint,
     };
     let event = NodeRegistered {
         node_id: node.id.clone(),
@@ -85,8 +89,154 @@ pub async fn register(
                     emulated: gpu.emulated,
                 })
                 .collect(),
+            platform_public_key: Some(state.tutela.platform_public_key()),
         }),
     ))
+}
+
+/// Loads a node the caller may see: its owner, or an admin. Anyone else gets 404.
+async fn visible_node(state: &AppState, caller: &Caller, node_id: &str) -> ApiResult<NodeRecord> {
+    let not_found = || {
+        ApiError::new(
+            ErrorCode::NodeNotFound,
+            format!("no node {node_id} of yours"),
+        )
+    };
+    let id = NodeId::parse(node_id).map_err(|_| not_found())?;
+    let node = state.store.get_node(&id).await?.ok_or_else(not_found)?;
+    let admin = caller.clearance() >= CLEARANCE_ADMIN;
+    if node.owner_id != *caller.id() && !admin {
+        return Err(not_found());
+    }
+    Ok(node)
+}
+
+async fn node_view(state: &AppState, node: &NodeRecord) -> ApiResult<ProviderNodeView> {
+    let gpus = state.store.list_node_gpus(&node.id).await?;
+    let slashes = state.store.list_slashes(&node.id, 100).await?;
+    Ok(ProviderNodeView {
+        node_id: node.id.to_string(),
+        owner_id: node.owner_id.to_string(),
+        region: node.region.clone(),
+        status: node.status.clone(),
+        stake: money(node.stake),
+        trust_score: node.trust_score,
+        ejected_at: node.ejected_at_ms.map(rfc3339),
+        ejected_reason: node.ejected_reason.clone(),
+        endpoint: node.endpoint.clone(),
+        visibility: node.visibility.clone(),
+        visibility_checked_at: node.visibility_checked_at_ms.map(rfc3339),
+        gpus: gpus
+            .iter()
+            .map(|gpu| RegisteredGpuView {
+                id: gpu.id.to_string(),
+                name: gpu.name.clone(),
+                vram_gb: gpu.vram_gb,
+                price_per_hour: price(gpu.price_per_hour),
+                region: gpu.region.clone(),
+                status: gpu.status.as_str().to_string(),
+                emulated: gpu.emulated,
+            })
+            .collect(),
+        slashes: slashes
+            .iter()
+            .map(|slash| SlashView {
+                id: slash.id.clone(),
+                kind: slash.kind.as_str().to_string(),
+                severity: match slash.kind.severity() {
+                    gp4u_core::tutela::Severity::Hard => "HARD",
+                    _ => "SOFT",
+                }
+                .to_string(),
+                job_id: slash.job_id.as_ref().map(ToString::to_string),
+                stake_taken: money(slash.stake_taken),
+                trust_before: slash.trust_before,
+                trust_after: slash.trust_after,
+                evidence: slash.evidence.clone(),
+                at: rfc3339(slash.at_ms),
+            })
+            .collect(),
+    })
+}
+
+/// A node's standing: status (ACTIVE or EJECTED), stake, trust score, visibility, GPUs and
+/// slashes (newest first, at most 100). Its owner or an admin; anyone else 404.
+#[utoipa::path(
+    get, path = "/api/providers/{nodeId}", tag = "providers", params(("nodeId" = String, Path)),
+    responses((status = 200, body = ProviderNodeView), (status = 404, body = gp4u_proto::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn get_node(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(node_id): Path<String>,
+) -> ApiResult<Json<ProviderNodeView>> {
+    let node = visible_node(&state, &caller, &node_id).await?;
+    Ok(Json(node_view(&state, &node).await?))
+}
+
+/// Moves `amount` of the owner's credit into the node's stake (what slashes take from).
+#[utoipa::path(
+    post, path = "/api/providers/{nodeId}/stake", tag = "providers", params(("nodeId" = String, Path)),
+    request_body = gp4u_proto::StakeBody,
+    responses((status = 200, body = ProviderNodeView), (status = 400, body = gp4u_proto::ErrorBody),
+        (status = 404, body = gp4u_proto::ErrorBody), (status = 409, body = gp4u_proto::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn add_stake(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(node_id): Path<String>,
+    body: JsonBody,
+) -> ApiResult<Json<ProviderNodeView>> {
+    let node = crate::routes::agent::owned_node(&state, &caller, &node_id).await?;
+    let amount = validate_credit_amount(&body.value)?;
+    if amount.micros() <= 0 {
+        return Err(FieldError::new(
+            ValidationCode::InvalidAmount,
+            "amount",
+            "`amount` must be positive: a stake only grows by deposits".to_owned(),
+        )
+        .into());
+    }
+    let node = match state.store.add_stake(&node.id, caller.id(), amount).await {
+        Ok(node) => node,
+        Err(StoreError::Conflict(message)) => {
+            return Err(ApiError::new(ErrorCode::CreditBelowZero, message));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    tracing::info!(node_id = %node.id, stake = %node.stake, "stake deposited");
+    Ok(Json(node_view(&state, &node).await?))
+}
+
+/// Sets where the platform reaches the node's agent (`{"endpoint": "http://host:port"}`, or
+/// null to clear it). The agent calls this at every start.
+#[utoipa::path(
+    put, path = "/api/providers/{nodeId}/endpoint", tag = "providers", params(("nodeId" = String, Path)),
+    responses((status = 204), (status = 400, body = gp4u_proto::ErrorBody), (status = 404, body = gp4u_proto::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn set_endpoint(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(node_id): Path<String>,
+    body: JsonBody,
+) -> ApiResult<StatusCode> {
+    let node = crate::routes::agent::owned_node(&state, &caller, &node_id).await?;
+    let Some(object) = body.value.as_object() else {
+        return Err(ApiError::new(
+            ErrorCode::InvalidJson,
+            "the body must be a JSON object like {\"endpoint\": \"http://host:port\"}",
+        ));
+    };
+    let endpoint = validate_endpoint(object.get("endpoint"))?;
+    state
+        .store
+        .set_node_endpoint(&node.id, endpoint.as_deref())
+        .await?;
+    tracing::info!(node_id = %node.id, endpoint = ?endpoint, "agent endpoint set");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The marketplace: AVAILABLE GPUs with price, region and the provider's trust score.

@@ -1,5 +1,7 @@
-//! The node key: ed25519, generated on first start into the data dir with mode 0600. Its public
-//! half is registered with the platform; it signs attestations and visibility answers.
+//! Key files: ed25519, generated on first start into a data dir with mode 0600. The agent's
+//! node key (`node.key`: its public half is registered with the platform; it signs attestations
+//! and visibility answers) and the server's platform key (`platform.key`: it signs visibility
+//! challenges, later ledger checkpoints) use the same format: 64 hex characters.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,7 +10,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::SigningKey;
 
+/// The agent's node key file.
 pub const KEY_FILE: &str = "node.key";
+/// The server's platform key file.
+pub const PLATFORM_KEY_FILE: &str = "platform.key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -30,7 +35,16 @@ pub fn load_or_generate(
     data_dir: &Path,
     random: impl FnOnce() -> [u8; 32],
 ) -> Result<SigningKey, KeyError> {
-    let path = data_dir.join(KEY_FILE);
+    load_or_generate_file(data_dir, KEY_FILE, random)
+}
+
+/// Loads the key in `data_dir/file_name`, generating it from `random` on first start.
+pub fn load_or_generate_file(
+    data_dir: &Path,
+    file_name: &str,
+    random: impl FnOnce() -> [u8; 32],
+) -> Result<SigningKey, KeyError> {
+    let path = data_dir.join(file_name);
     let io = |source| KeyError::Io {
         path: path.clone(),
         source,
@@ -67,7 +81,7 @@ pub fn load_or_generate(
                 .collect();
             file.write_all(hex.as_bytes()).map_err(io)?;
             file.sync_all().map_err(io)?;
-            tracing::info!(path = %path.display(), "generated the node key (ed25519, mode 0600)");
+            tracing::info!(path = %path.display(), "generated an ed25519 key (mode 0600)");
             Ok(key)
         }
         Err(error) => Err(io(error)),
@@ -77,6 +91,12 @@ pub fn load_or_generate(
 /// The public key as the platform stores it: standard base64 of the 32 bytes.
 pub fn public_key_base64(key: &SigningKey) -> String {
     STANDARD.encode(key.verifying_key().to_bytes())
+}
+
+/// Parses a public key in the form `public_key_base64` writes.
+pub fn parse_public_key(text: &str) -> Option<ed25519_dalek::VerifyingKey> {
+    let bytes: [u8; 32] = STANDARD.decode(text.trim()).ok()?.try_into().ok()?;
+    ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok()
 }
 
 fn decode_hex(text: &str) -> Option<[u8; 32]> {
@@ -92,6 +112,7 @@ fn decode_hex(text: &str) -> Option<[u8; 32]> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -1,0 +1,181 @@
+//! Helpers shared by the black-box tests: the real `gp4u` binary started on a real port,
+//! tokens minted with its own `token mint`, HTTP calls.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_gp4u");
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+pub struct Running {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start_server(data_dir: &Path, database_url: &str) -> Running {
+    start_server_with(data_dir, database_url, &[])
+}
+
+/// `gp4u server` with extra flags.
+pub fn start_server_with(data_dir: &Path, database_url: &str, extra: &[&str]) -> Running {
+    let mut child = Command::new(BIN)
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--bootstrap-admin",
+            "usr_admin",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--database-url")
+        .arg(database_url)
+        .args(extra)
+        .env_remove("GP4U_TOKEN_SECRET")
+        .env("GP4U_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting gp4u server");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("gp4u server listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_string();
+    Running { child, base }
+}
+
+pub fn mint(data_dir: &Path, sub: &str, clr: u8) -> String {
+    let output = Command::new(BIN)
+        .args([
+            "token",
+            "mint",
+            "--sub",
+            sub,
+            "--clr",
+            &clr.to_string(),
+            "--ttl",
+            "600",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("GP4U_TOKEN_SECRET")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+pub async fn call(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = client.request(method, url).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The test image (`GP4U_TEST_IMAGE`, `GP4U_TEST_IMAGE_DIGEST`) from `scripts/test-images.sh`,
+/// or `None` after saying loudly that `test` is skipped (a failure in CI).
+pub fn docker_image(test: &str) -> Option<(String, String)> {
+    use std::io::Write as _;
+    match (
+        std::env::var("GP4U_TEST_IMAGE"),
+        std::env::var("GP4U_TEST_IMAGE_DIGEST"),
+    ) {
+        (Ok(image), Ok(digest)) => Some((image, digest)),
+        _ => {
+            if std::env::var("CI").is_ok_and(|value| value == "true") {
+                panic!("GP4U_TEST_IMAGE is unset in CI: the Docker suite must run ({test})");
+            }
+            let _ = writeln!(
+                std::io::stderr(),
+                "GP4U-DOCKER-SKIPPED: {test}: GP4U_TEST_IMAGE is unset"
+            );
+            None
+        }
+    }
+}
+
+/// Runs the `docker` CLI; its trimmed stdout.
+pub fn docker(args: &[&str]) -> String {
+    let output = Command::new("docker").args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// The containers (running or not) labelled with this job.
+pub fn job_containers(job_id: &str) -> Vec<String> {
+    docker(&["ps", "-aq", "--filter", &format!("label=gp4u.job={job_id}")])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// `gp4u agent` for an emulated RTX 4090 with a visibility listener on loopback.
+pub fn start_agent(base: &str, token_file: &Path, data_dir: &Path) -> Running {
+    let child = Command::new(BIN)
+        .args([
+            "agent",
+            "--server",
+            base,
+            "--region",
+            "us-east-1",
+            "--price",
+            "2.5",
+            "--poll-wait",
+            "2",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--token-file")
+        .arg(token_file)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--gpu", "emulated:RTX 4090:24"])
+        .env("GP4U_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    Running {
+        child,
+        base: String::new(),
+    }
+}

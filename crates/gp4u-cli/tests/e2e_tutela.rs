@@ -1,0 +1,353 @@
+//! Black box, stage 4 (SPEC §7) with the real binaries, the real Docker Engine and an
+//! emulated GPU: a miner-like workload talking to a "pool" (a container of the test's own,
+//! listening on port 3333) is killed and ends KILLED_ANOMALY; a workload reaching more than
+//! 50 loopback addresses inside its own network namespace trips OUTBOUND_PORT_SCAN; an agent
+//! killed mid-job gets its job failed JOB_DROPPED after the timeout with exactly one slash,
+//! and when it comes back it is fenced and its container killed.
+//!
+//! Network rule: every connection here goes to loopback or to containers this test created.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{call, docker, docker_image, job_containers, mint, start_agent, start_server_with};
+use gp4u_store::Engine;
+use gp4u_store::testing::TestDatabase;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+struct Platform {
+    base: String,
+    client: reqwest::Client,
+    customer: String,
+    token_file: std::path::PathBuf,
+    _server: common::Running,
+}
+
+async fn platform(data_dir: &Path, database_url: &str, flags: &[&str]) -> Platform {
+    let server = start_server_with(data_dir, database_url, flags);
+    let base = server.base.clone();
+    let client = reqwest::Client::new();
+    let admin = mint(data_dir, "usr_admin", 3);
+    let (_, provider) = call(
+        &client,
+        Method::POST,
+        format!("{base}/api/admin/users"),
+        &admin,
+        Some(json!({"name": "Ada's GPUs", "role": "provider"})),
+    )
+    .await;
+    let (_, customer) = call(
+        &client,
+        Method::POST,
+        format!("{base}/api/admin/users"),
+        &admin,
+        Some(json!({"name": "Grace", "role": "customer"})),
+    )
+    .await;
+    let token_file = data_dir.join("provider.token");
+    std::fs::write(
+        &token_file,
+        mint(data_dir, provider["id"].as_str().unwrap(), 2),
+    )
+    .unwrap();
+    Platform {
+        customer: mint(data_dir, customer["id"].as_str().unwrap(), 1),
+        base,
+        client,
+        token_file,
+        _server: server,
+    }
+}
+
+impl Platform {
+    async fn get(&self, path: &str, token: &str) -> Value {
+        call(
+            &self.client,
+            Method::GET,
+            format!("{}{path}", self.base),
+            token,
+            None,
+        )
+        .await
+        .1
+    }
+
+    /// The agent's GPU, once it registered.
+    async fn gpu(&self) -> (String, String) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let listing = self.get("/api/gpus", &self.customer).await;
+            if let Some(gpu) = listing["gpus"].as_array().and_then(|gpus| gpus.first()) {
+                return (
+                    gpu["id"].as_str().unwrap().to_string(),
+                    gpu["node_id"].as_str().unwrap_or_default().to_string(),
+                );
+            }
+            assert!(Instant::now() < deadline, "the agent did not register");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn submit(&self, gpu: &str, image: &str, digest: &str, script: &str) -> String {
+        let (status, accepted) = call(
+            &self.client,
+            Method::POST,
+            format!("{}/api/jobs", self.base),
+            &self.customer,
+            Some(
+                json!({"name": "tutela e2e", "gpuId": gpu, "workload_type": "TRAINING",
+                "expectedDurationHours": 0.1, "docker_image": image, "docker_image_sha256": digest,
+                "command": ["sh", "-c", script], "max_retries": 0}),
+            ),
+        )
+        .await;
+        assert_eq!(status, 201, "{accepted}");
+        accepted["id"].as_str().unwrap().to_string()
+    }
+
+    async fn job(&self, id: &str) -> Value {
+        self.get(&format!("/api/jobs/{id}"), &self.customer).await
+    }
+
+    async fn wait_for(&self, id: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let job = self.job(id).await;
+            if done(&job) {
+                return job;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited {within:?} for job {id}: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn ended(job: &Value) -> bool {
+    matches!(
+        job["status"].as_str(),
+        Some("COMPLETE" | "FAILED" | "CANCELLED")
+    )
+}
+
+/// Waits until no container of the job is left; returns how long that took.
+async fn containers_gone(job: &str, within: Duration) -> Duration {
+    let start = Instant::now();
+    while !job_containers(job).is_empty() {
+        assert!(
+            start.elapsed() < within,
+            "job {job}'s container is still there after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    start.elapsed()
+}
+
+/// A "mining pool" of the test's own: a container of the test image listening on 3333 (busybox
+/// `nc` closes a connection when its stdin ends, so the listener's stdin is held open).
+struct Pool {
+    id: String,
+    ip: String,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", &self.id])
+            .output();
+    }
+}
+
+fn pool(reference: &str) -> Pool {
+    let id = docker(&[
+        "run",
+        "-d",
+        "--label",
+        "gp4u.test=pool",
+        reference,
+        "sh",
+        "-c",
+        "while true; do sleep 3600 | nc -l -p 3333 > /dev/null; done",
+    ]);
+    let ip = docker(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &id]);
+    assert!(!ip.is_empty(), "the pool container has no bridge address");
+    Pool { id, ip }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miner_and_a_port_scanner_are_killed_for_what_they_do() {
+    let Some((image, digest)) = docker_image("a_miner_and_a_port_scanner_are_killed") else {
+        return;
+    };
+    let reference = format!("{image}@{digest}");
+    docker(&["pull", &reference]);
+    let db = TestDatabase::create(Engine::Sqlite, "e2e_tutela_mining")
+        .await
+        .unwrap();
+    let data_dir = tempfile::tempdir().unwrap();
+    // A short inference window, so that the container's first (partial) second does not hide
+    // the steady profile for the default five minutes.
+    let config = data_dir.path().join("gp4u.toml");
+    std::fs::write(
+        &config,
+        "[tutela.rules.inference]\nmax_window_samples = 5\n",
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let platform = platform(
+        data_dir.path(),
+        &db.url,
+        &["--telemetry-interval-s", "1", "--config", &config],
+    )
+    .await;
+    let agent_dir = tempfile::tempdir().unwrap();
+    let _agent = start_agent(&platform.base, &platform.token_file, agent_dir.path());
+    let (gpu, _) = platform.gpu().await;
+
+    // The miner: two spinning loops (at least one full core even on a busy machine), a long-lived connection to the pool's port 3333 with a
+    // small steady flow of "shares".
+    let pool = pool(&reference);
+    tokio::time::sleep(Duration::from_millis(500)).await; // the pool starts listening
+    let miner = format!(
+        "while :; do :; done & while :; do :; done & while true; do (while true; do echo share; sleep 1; done | nc {} 3333); sleep 1; done",
+        pool.ip
+    );
+    let job = platform.submit(&gpu, &image, &digest, &miner).await;
+    let view = platform
+        .wait_for(&job, Duration::from_secs(120), ended)
+        .await;
+    let failed_at = Instant::now();
+    assert_eq!(
+        (view["status"].as_str(), view["failure_reason"].as_str()),
+        (Some("FAILED"), Some("KILLED_ANOMALY")),
+        "{view}"
+    );
+    let rules: Vec<&str> = view["anomalies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|entry| entry["rule"].as_str())
+        .collect();
+    assert!(rules.contains(&"CRYPTO_MINING_PATTERN"), "{view}");
+    assert_eq!(view["latest_metrics"]["emulated"], true);
+    let gone = containers_gone(&job, Duration::from_secs(20)).await;
+    eprintln!(
+        "miner: container gone {gone:?} after the job was seen FAILED ({:?} polling)",
+        failed_at.elapsed()
+    );
+
+    // The scanner: holds connections to 60 distinct loopback addresses of its own namespace.
+    let scanner = "for i in $(seq 1 60); do sleep 600 | nc -l -p $((9000 + i)) > /dev/null & done; sleep 1; \
+                   for i in $(seq 1 60); do sleep 600 | nc 127.0.0.$i $((9000 + i)) & done; sleep 600";
+    let job = platform.submit(&gpu, &image, &digest, scanner).await;
+    let view = platform
+        .wait_for(&job, Duration::from_secs(120), ended)
+        .await;
+    assert_eq!(
+        (view["status"].as_str(), view["failure_reason"].as_str()),
+        (Some("FAILED"), Some("KILLED_ANOMALY")),
+        "{view}"
+    );
+    assert_eq!(view["anomalies"][0]["rule"], "OUTBOUND_PORT_SCAN", "{view}");
+    containers_gone(&job, Duration::from_secs(20)).await;
+    drop(pool);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_agent_is_slashed_once_and_fenced_when_it_returns() {
+    let Some((image, digest)) = docker_image("a_dropped_agent_is_slashed_once") else {
+        return;
+    };
+    let db = TestDatabase::create(Engine::Sqlite, "e2e_tutela_dropped")
+        .await
+        .unwrap();
+    let data_dir = tempfile::tempdir().unwrap();
+    let platform = platform(
+        data_dir.path(),
+        &db.url,
+        &[
+            "--telemetry-interval-s",
+            "1",
+            "--heartbeat-timeout-s",
+            "4",
+            "--visibility-interval-s",
+            "1",
+        ],
+    )
+    .await;
+    let agent_dir = tempfile::tempdir().unwrap();
+    let mut agent = start_agent(&platform.base, &platform.token_file, agent_dir.path());
+    let (gpu, _) = platform.gpu().await;
+    let job = platform.submit(&gpu, &image, &digest, "sleep 300").await;
+    let view = platform
+        .wait_for(&job, Duration::from_secs(60), |job| {
+            job["status"] == "RUNNING" && job["latest_metrics"].is_object()
+        })
+        .await;
+    let node = view["node_id"].as_str().unwrap().to_string();
+    let admin = mint(data_dir.path(), "usr_admin", 3);
+    // The platform reaches the agent: its visibility challenges are answered.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let standing = platform
+            .get(&format!("/api/providers/{node}"), &admin)
+            .await;
+        if standing["visibility"] == "ANSWERED" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ANSWERED: {standing}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The agent dies mid-job; its container runs on, unwatched.
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    let killed_at = Instant::now();
+    let view = platform
+        .wait_for(&job, Duration::from_secs(30), ended)
+        .await;
+    assert_eq!(
+        (
+            view["status"].as_str(),
+            view["failure_reason"].as_str(),
+            view["ended_by"].as_str()
+        ),
+        (Some("FAILED"), Some("JOB_DROPPED"), Some("provider")),
+        "{view}"
+    );
+    assert!(
+        killed_at.elapsed() >= Duration::from_secs(4),
+        "dropped before the 4 s timeout"
+    );
+    let standing = platform
+        .get(&format!("/api/providers/{node}"), &admin)
+        .await;
+    let slashes = standing["slashes"].as_array().unwrap();
+    assert_eq!(slashes.len(), 1, "exactly one slash: {standing}");
+    assert_eq!(slashes[0]["kind"], "JOB_DROPPED_UNEXPECTEDLY");
+    assert_eq!(
+        standing["status"], "ACTIVE",
+        "a dead agent is not hiding: {standing}"
+    );
+    assert_eq!(job_containers(&job).len(), 1, "the orphan is still running");
+
+    // The agent comes back: it finds its container, reports, is fenced, and kills it.
+    let _agent = start_agent(&platform.base, &platform.token_file, agent_dir.path());
+    let gone = containers_gone(&job, Duration::from_secs(30)).await;
+    eprintln!("fenced: the returning agent removed its container {gone:?} after restarting");
+    let standing = platform
+        .get(&format!("/api/providers/{node}"), &admin)
+        .await;
+    assert_eq!(
+        standing["slashes"].as_array().unwrap().len(),
+        1,
+        "{standing}"
+    );
+    assert_eq!(platform.job(&job).await["failure_reason"], "JOB_DROPPED");
+}

@@ -1,0 +1,461 @@
+//! `POST /api/telemetry/russian-doll` (SPEC §7): the agent's packet in, Tutela's verdicts and
+//! kill order out.
+//!
+//! Order: the caller must own the node (providers only; anyone else 403/404), the node must
+//! hold the job (404 otherwise), the job must be live (a job that already ended answers 409:
+//! the agent is fenced and kills its container), the node's telemetry rate (429), then the
+//! body (400 naming the field). Then: the first packet makes an ASSIGNED job RUNNING; the
+//! window is judged; the sample is stored (group commit) and becomes `latest_metrics`; each
+//! verdict is stored and published; slashes, kills and retries follow; `final` ends the job.
+
+use axum::Json;
+use axum::extract::State;
+use gp4u_core::ids::JobId;
+use gp4u_core::job::{EndedBy, FailureReason, JobInput, JobStatus, transition};
+use gp4u_core::manifest::{FieldError, ValidationCode};
+use gp4u_core::pricing::duration_cap;
+use gp4u_core::tutela::{
+    Attribution, Rule, Severity, TelemetrySample, Verdict, evaluate, kill_reason, parse_sample,
+};
+use gp4u_proto::{AnomalyView, ErrorCode, TelemetryReply};
+use gp4u_store::{JobRecord, NewAnomaly, OutboxEvent, StoreError, TelemetryRow};
+use serde_json::{Value, json};
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::JsonBody;
+use crate::placement::job_events;
+use crate::routes::agent::owned_node;
+use crate::state::AppState;
+use crate::tutela::{end_attempt, new_id, slash};
+use crate::views::rfc3339;
+
+/// Distinct rules kept in a job's `anomalies` summary (there are six).
+const SUMMARY_RULES: usize = 16;
+
+fn string_field<'a>(body: &'a Value, field: &str) -> ApiResult<&'a str> {
+    body.get(field).and_then(Value::as_str).ok_or_else(|| {
+        FieldError::new(
+            ValidationCode::InvalidType,
+            field,
+            format!("`{field}` is required: a string"),
+        )
+        .into()
+    })
+}
+
+/// `final` and `exit_code`: `Some(code)` for a final packet.
+fn final_exit(body: &Value) -> ApiResult<Option<i32>> {
+    let is_final = match body.get("final") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(value)) => *value,
+        Some(other) => {
+            return Err(FieldError::new(
+                ValidationCode::InvalidType,
+                "final",
+                format!("`final` must be true or false, got {other}"),
+            )
+            .into());
+        }
+    };
+    let exit_code = match body.get("exit_code") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(
+            value
+                .as_i64()
+                .and_then(|code| i32::try_from(code).ok())
+                .ok_or_else(|| {
+                    FieldError::new(
+                        ValidationCode::InvalidType,
+                        "exit_code",
+                        format!("`exit_code` must be a 32-bit integer, got {value}"),
+                    )
+                })?,
+        ),
+    };
+    match (is_final, exit_code) {
+        (true, None) => Err(FieldError::new(
+            ValidationCode::InvalidType,
+            "exit_code",
+            "a packet with `final: true` needs `exit_code`: the container's exit status".into(),
+        )
+        .into()),
+        (true, Some(code)) => Ok(Some(code)),
+        (false, _) => Ok(None),
+    }
+}
+
+fn severity_str(severity: Severity) -> &'static str {
+    match severity {
+        Severity::Info => "INFO",
+        Severity::Soft => "SOFT",
+        Severity::Hard => "HARD",
+    }
+}
+
+fn attribution_str(attribution: Attribution) -> &'static str {
+    match attribution {
+        Attribution::Customer => "CUSTOMER",
+        Attribution::Provider => "PROVIDER",
+        Attribution::None => "NONE",
+    }
+}
+
+fn anomaly_view(verdict: &Verdict, at_ms: i64) -> AnomalyView {
+    AnomalyView {
+        rule: verdict.rule.as_str().to_string(),
+        severity: severity_str(verdict.severity).to_string(),
+        kill: verdict.kill,
+        attribution: attribution_str(verdict.attribution).to_string(),
+        evidence: verdict.evidence.clone(),
+        observed: verdict.observed,
+        threshold: verdict.threshold,
+        at: rfc3339(at_ms),
+    }
+}
+
+/// The job's `anomalies` summary: one entry per rule, with its count, first and last time
+/// and latest evidence.
+fn summarize(previous: &Value, verdicts: &[Verdict], at_ms: i64) -> Value {
+    let mut entries: Vec<Value> = previous.as_array().cloned().unwrap_or_default();
+    for verdict in verdicts {
+        let rule = verdict.rule.as_str();
+        let room = entries.len() < SUMMARY_RULES;
+        match entries
+            .iter_mut()
+            .find(|entry| entry.get("rule").and_then(Value::as_str) == Some(rule))
+        {
+            Some(entry) => {
+                let count = entry.get("count").and_then(Value::as_u64).unwrap_or(0) + 1;
+                entry["count"] = json!(count);
+                entry["last_at"] = json!(rfc3339(at_ms));
+                entry["evidence"] = json!(verdict.evidence);
+                entry["kill"] = json!(verdict.kill || entry["kill"].as_bool().unwrap_or(false));
+            }
+            None if room => entries.push(json!({
+                "rule": rule,
+                "severity": severity_str(verdict.severity),
+                "attribution": attribution_str(verdict.attribution),
+                "kill": verdict.kill,
+                "count": 1,
+                "first_at": rfc3339(at_ms),
+                "last_at": rfc3339(at_ms),
+                "evidence": verdict.evidence,
+            })),
+            None => {}
+        }
+    }
+    Value::Array(entries)
+}
+
+fn metrics_json(sample: &TelemetrySample, emulated: bool, clamped: &[String]) -> Value {
+    json!({
+        "gpu_utilization_pct": sample.gpu_utilization_pct,
+        "vram_used_gb": sample.vram_used_gb,
+        "vram_allocated_gb": sample.vram_allocated_gb,
+        "power_draw_watts": sample.power_draw_watts,
+        "temperature_c": sample.temperature_c,
+        "outbound_bytes_per_sec": sample.outbound_bytes_per_sec,
+        "inferred_pattern": sample.inferred_pattern.map(|pattern| pattern.as_str()),
+        "unique_dest_ips": sample.unique_dest_ips,
+        "foreign_gpu_processes": sample.foreign_gpu_processes,
+        "throttling": sample.throttling,
+        "emulated": emulated,
+        "clamped": clamped,
+        "at": rfc3339(sample.at_ms),
+    })
+}
+
+/// Applies `input` to a live job, re-reading on a version conflict. `None` when the job
+/// ended meanwhile or the state machine refuses.
+async fn apply(state: &AppState, job: &JobRecord, input: JobInput) -> ApiResult<Option<JobRecord>> {
+    let mut job = job.clone();
+    for _attempt in 0..5 {
+        let now_ms = state.now_ms();
+        let Ok((next, events)) = transition(&job.state, input.clone(), now_ms) else {
+            return Ok(None);
+        };
+        match state
+            .store
+            .update_job_state(
+                &job.id,
+                job.version,
+                &next,
+                &job_events(&job, &events)?,
+                now_ms,
+            )
+            .await
+        {
+            Ok(updated) => {
+                state.relay.nudge();
+                if updated.state.status.is_terminal() {
+                    state.tutela.forget(&updated.id);
+                    state.atlas_nudge.notify_one();
+                }
+                return Ok(Some(updated));
+            }
+            Err(StoreError::Conflict(_)) => {
+                let Some(fresh) = state.store.get_job(&job.id).await? else {
+                    return Ok(None);
+                };
+                job = fresh;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Err(ApiError::new(ErrorCode::Unavailable, "the job kept changing; retry").with_retry_after(1))
+}
+
+fn fenced(job: &JobRecord) -> ApiError {
+    let reason = job
+        .state
+        .failure_reason
+        .map(|reason| format!(" ({})", reason.as_str()))
+        .unwrap_or_default();
+    ApiError::new(
+        ErrorCode::JobAlreadyTerminal,
+        format!(
+            "job {} is {}{reason}: its telemetry is refused; stop its container",
+            job.id,
+            job.state.status.as_str()
+        ),
+    )
+}
+
+/// Ingest one Russian-Doll packet.
+#[utoipa::path(
+    post, path = "/api/telemetry/russian-doll", tag = "agent", request_body = gp4u_proto::TelemetryPacket,
+    responses((status = 200, body = TelemetryReply), (status = 400, body = gp4u_proto::ErrorBody),
+        (status = 403, body = gp4u_proto::ErrorBody), (status = 404, body = gp4u_proto::ErrorBody),
+        (status = 409, body = gp4u_proto::ErrorBody), (status = 429, body = gp4u_proto::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn ingest(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: JsonBody,
+) -> ApiResult<Json<TelemetryReply>> {
+    let body = body.value;
+    if !body.is_object() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidJson,
+            "the telemetry packet must be a JSON object",
+        ));
+    }
+    let job_field = string_field(&body, "job_id")?;
+    let node_field = string_field(&body, "node_id")?;
+    let node = owned_node(&state, &caller, node_field).await?;
+    let not_found = || {
+        ApiError::new(
+            ErrorCode::JobNotFound,
+            format!("no job {job_field} on node {}", node.id),
+        )
+    };
+    let job_id = JobId::parse(job_field).map_err(|_| not_found())?;
+    let job = state.store.get_job(&job_id).await?.ok_or_else(not_found)?;
+    if job.state.node_id.as_ref() != Some(&node.id) {
+        return Err(not_found());
+    }
+    if job.state.status.is_terminal() {
+        return Err(fenced(&job));
+    }
+    if !matches!(job.state.status, JobStatus::Assigned | JobStatus::Running) {
+        return Err(not_found());
+    }
+    let now_ms = state.now_ms();
+    if let Err(retry_after) = state.tutela.take_token(&node.id, now_ms) {
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "node {} sends telemetry faster than {} packets/s; slow down",
+                node.id, state.tutela.settings.telemetry_per_node_per_s
+            ),
+        )
+        .with_retry_after(retry_after));
+    }
+    let (sample, clamped) = parse_sample(&body, now_ms)?;
+    let exit = final_exit(&body)?;
+
+    // The first packet starts the job.
+    let mut job = job;
+    if job.state.status == JobStatus::Assigned {
+        match apply(&state, &job, JobInput::Start).await? {
+            Some(started) => job = started,
+            None => {
+                let fresh = state.store.get_job(&job.id).await?.ok_or_else(not_found)?;
+                if fresh.state.status.is_terminal() {
+                    return Err(fenced(&fresh));
+                }
+                job = fresh;
+            }
+        }
+    }
+
+    let (window, emulated) = state
+        .tutela
+        .push_sample(&state.store, &job, sample.clone())
+        .await?;
+    let verdicts = evaluate(&window, &state.tutela.settings.rules);
+    let clamped_fields: Vec<String> = clamped.iter().map(|change| change.field.clone()).collect();
+    let row = TelemetryRow {
+        job_id: job.id.clone(),
+        node_id: node.id.clone(),
+        latest_metrics: metrics_json(&sample, emulated, &clamped_fields),
+        sample,
+        emulated,
+    };
+    state
+        .tutela
+        .write(&state.store, row)
+        .await
+        .map_err(|error| {
+            ApiError::new(
+                ErrorCode::Unavailable,
+                format!("the telemetry could not be stored ({error}); send it again"),
+            )
+            .with_retry_after(1)
+        })?;
+
+    let mut kill: Option<String> = None;
+    let anomalies: Vec<AnomalyView> = verdicts
+        .iter()
+        .map(|verdict| anomaly_view(verdict, now_ms))
+        .collect();
+    if !verdicts.is_empty() {
+        record_verdicts(&state, &job, &verdicts, now_ms).await?;
+        for verdict in &verdicts {
+            if let Some(kind) = verdict.rule.slash_kind() {
+                slash(&state, &node.id, Some(&job.id), kind, &verdict.evidence).await?;
+            }
+        }
+        if let Some(verdict) = kill_reason(&verdicts) {
+            kill = Some(verdict.rule.as_str().to_string());
+            let (reason, ended_by) = if verdict.rule == Rule::CryptoMiningDuringMlJob {
+                (FailureReason::CryptoMiningDuringMlJob, EndedBy::Provider)
+            } else {
+                (FailureReason::KilledAnomaly, EndedBy::Platform)
+            };
+            if verdict.attribution == Attribution::Customer {
+                state
+                    .store
+                    .flag_user(
+                        &job.owner_id,
+                        &format!(
+                            "{} in job {}: {}",
+                            verdict.rule.as_str(),
+                            job.id,
+                            verdict.evidence
+                        ),
+                        now_ms,
+                    )
+                    .await?;
+            }
+            end_attempt(&state, &job.id, &node.id, reason, ended_by).await?;
+            tracing::warn!(job_id = %job.id, node_id = %node.id, rule = verdict.rule.as_str(),
+                "kill order: {}", verdict.evidence);
+        }
+    }
+
+    // Past 1.1 × the declared duration: the agent should have killed it; order it now.
+    if kill.is_none()
+        && exit.is_none()
+        && let Some(started) = job.state.started_at_ms
+    {
+        let cap_ms = duration_cap(job.manifest.expected_duration)
+            .micro_hours()
+            .saturating_mul(36)
+            / 10;
+        if now_ms > started.saturating_add(cap_ms) {
+            kill = Some(FailureReason::DurationExceeded.as_str().to_string());
+            end_attempt(
+                &state,
+                &job.id,
+                &node.id,
+                FailureReason::DurationExceeded,
+                EndedBy::Platform,
+            )
+            .await?;
+        }
+    }
+
+    if kill.is_none()
+        && let Some(exit_code) = exit
+        && let Some(ended) = apply(&state, &job, JobInput::Exit { exit_code }).await?
+    {
+        job = ended;
+        tracing::info!(job_id = %job.id, node_id = %node.id, exit_code, status = job.state.status.as_str(), "final telemetry");
+    }
+
+    let status = match state.store.get_job(&job.id).await? {
+        Some(fresh) => fresh.state.status.as_str().to_string(),
+        None => job.state.status.as_str().to_string(),
+    };
+    Ok(Json(TelemetryReply {
+        kill_job: kill.is_some(),
+        reason: kill,
+        anomalies,
+        status,
+    }))
+}
+
+/// Stores the verdicts, updates the job's summary and publishes `tutela.verdict` (and
+/// `tutela.kill_order` for a kill) in one transaction.
+async fn record_verdicts(
+    state: &AppState,
+    job: &JobRecord,
+    verdicts: &[Verdict],
+    now_ms: i64,
+) -> ApiResult<()> {
+    let node = job
+        .state
+        .node_id
+        .clone()
+        .ok_or_else(|| ApiError::internal("tutela", format!("job {} has no node", job.id)))?;
+    let mut rows = Vec::with_capacity(verdicts.len());
+    let mut events = Vec::with_capacity(verdicts.len() + 1);
+    for verdict in verdicts {
+        let id = new_id(state, "an_");
+        let payload = json!({
+            "anomaly_id": id,
+            "job_id": job.id.as_str(),
+            "node_id": node.as_str(),
+            "rule": verdict.rule.as_str(),
+            "severity": severity_str(verdict.severity),
+            "kill": verdict.kill,
+            "attribution": attribution_str(verdict.attribution),
+            "evidence": verdict.evidence,
+            "observed": verdict.observed,
+            "threshold": verdict.threshold,
+            "at_ms": now_ms,
+        });
+        events.push(OutboxEvent {
+            topic: "tutela.verdict".into(),
+            aggregate_id: job.id.to_string(),
+            payload: payload.clone(),
+        });
+        if verdict.kill {
+            events.push(OutboxEvent {
+                topic: "tutela.kill_order".into(),
+                aggregate_id: job.id.to_string(),
+                payload,
+            });
+        }
+        rows.push(NewAnomaly {
+            id,
+            rule: verdict.rule.as_str().to_string(),
+            severity: severity_str(verdict.severity).to_string(),
+            kill: verdict.kill,
+            attribution: attribution_str(verdict.attribution).to_string(),
+            evidence: verdict.evidence.clone(),
+            observed: verdict.observed,
+            threshold: verdict.threshold,
+        });
+    }
+    let summary = summarize(&job.anomalies, verdicts, now_ms);
+    state
+        .store
+        .record_anomalies(&job.id, &node, &rows, &summary, &events, now_ms)
+        .await?;
+    state.relay.nudge();
+    Ok(())
+}

@@ -1,0 +1,773 @@
+//! Tutela, the enforcement side of stage 4 (SPEC §7): what happens to jobs and providers
+//! when telemetry says something is wrong, or stops saying anything.
+//!
+//! - [`Tutela`] holds the settings, the platform key, each job's recent telemetry window
+//!   (filled from the database on a miss, so a restart or another replica loses nothing),
+//!   the per-node telemetry rate limit, and the group-commit writer of telemetry rows.
+//! - [`end_attempt`] fails a job or, for a provider-fault reason with retries left, puts it
+//!   back in the queue for another node; [`slash`] and [`eject`] act on providers.
+//! - [`run_reapers`] is the heartbeat reaper (with the restart grace and the breaker) and the
+//!   server-side duration check; [`run_visibility`] sends the signed visibility challenges.
+//!
+//! The rules themselves are pure, in `gp4u_core::tutela`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use gp4u_attest::visibility;
+use gp4u_core::ids::{JobId, NodeId};
+use gp4u_core::job::{EndedBy, FailureReason, JobInput, JobStatus, fail_or_retry, transition};
+use gp4u_core::manifest::GpuTarget;
+use gp4u_core::pricing::duration_cap;
+use gp4u_core::tutela::{
+    HeartbeatConfig, HeartbeatDecision, LiveJob, SlashKind, TelemetrySample, judge_heartbeats,
+};
+use gp4u_proto::{VisibilityAnswer, VisibilityChallenge};
+use gp4u_store::{
+    Attempt, JobRecord, NodeRecord, OutboxEvent, SlashRecord, Store, StoreError, StoreResult,
+    TelemetryRow,
+};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::sync::{OnceCell, mpsc, oneshot};
+
+use crate::config::TutelaSettings;
+use crate::placement::job_events;
+use crate::state::AppState;
+
+/// Jobs whose windows are cached at most; beyond it the cache starts over (windows reload
+/// from the database on a miss).
+const MAX_CACHED_WINDOWS: usize = 200_000;
+/// Nodes whose rate-limit buckets are kept at most; full buckets are dropped first.
+const MAX_BUCKETS: usize = 100_000;
+/// Jobs the reapers look at per round.
+const REAPER_BATCH: i64 = 10_000;
+/// Visibility challenges in flight at once.
+const VISIBILITY_CONCURRENCY: usize = 32;
+
+type WriteRequest = (TelemetryRow, oneshot::Sender<Result<(), String>>);
+
+/// A job's recent samples and the facts about its GPU the route needs on every packet.
+#[derive(Debug, Clone)]
+pub struct Window {
+    pub samples: VecDeque<TelemetrySample>,
+    pub emulated: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at_ms: i64,
+}
+
+/// Stage 4's shared state.
+pub struct Tutela {
+    pub settings: TutelaSettings,
+    /// Signs visibility challenges (and, later, ledger checkpoints).
+    pub platform_key: SigningKey,
+    /// When this control plane started: the heartbeat reaper's restart grace counts from it.
+    pub started_ms: i64,
+    windows: Mutex<HashMap<JobId, Window>>,
+    buckets: Mutex<HashMap<NodeId, Bucket>>,
+    writer: OnceCell<mpsc::Sender<WriteRequest>>,
+    breaker_open: AtomicBool,
+}
+
+impl std::fmt::Debug for Tutela {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tutela")
+            .field("settings", &self.settings)
+            .field("started_ms", &self.started_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tutela {
+    pub fn new(settings: TutelaSettings, platform_key: SigningKey, started_ms: i64) -> Tutela {
+        Tutela {
+            settings,
+            platform_key,
+            started_ms,
+            windows: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(HashMap::new()),
+            writer: OnceCell::new(),
+            breaker_open: AtomicBool::new(false),
+        }
+    }
+
+    /// The platform's public key, as agents receive it at registration.
+    pub fn platform_public_key(&self) -> String {
+        gp4u_attest::key::public_key_base64(&self.platform_key)
+    }
+
+    /// Whether the heartbeat breaker is open now (most nodes silent: nothing is failed).
+    pub fn breaker_open(&self) -> bool {
+        self.breaker_open.load(Ordering::SeqCst)
+    }
+
+    fn window_len(&self) -> usize {
+        let rules = &self.settings.rules;
+        rules
+            .inference
+            .max_window_samples
+            .max(rules.thermal_consecutive_samples)
+            .clamp(1, 1000)
+    }
+
+    /// Takes one telemetry token of `node`'s bucket; `Err(retry_after_s)` when it is empty.
+    pub fn take_token(&self, node: &NodeId, now_ms: i64) -> Result<(), u64> {
+        let rate = self.settings.telemetry_per_node_per_s;
+        let burst = self.settings.telemetry_burst_per_node;
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(node) {
+            #[allow(clippy::cast_precision_loss)] // milliseconds since a recent instant
+            buckets.retain(|_, bucket| {
+                bucket.tokens + (now_ms - bucket.at_ms) as f64 / 1000.0 * rate < burst
+            });
+        }
+        let bucket = buckets.entry(node.clone()).or_insert(Bucket {
+            tokens: burst,
+            at_ms: now_ms,
+        });
+        #[allow(clippy::cast_precision_loss)]
+        let elapsed_s = (now_ms - bucket.at_ms).max(0) as f64 / 1000.0;
+        bucket.tokens = (bucket.tokens + elapsed_s * rate).min(burst);
+        bucket.at_ms = now_ms;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let wait = ((1.0 - bucket.tokens) / rate).ceil().max(1.0) as u64;
+            Err(wait)
+        }
+    }
+
+    /// Appends `sample` to the job's window (loading the window from the database on a miss)
+    /// and returns the window, oldest first, with whether the job's GPU is emulated.
+    pub async fn push_sample(
+        &self,
+        store: &Store,
+        job: &JobRecord,
+        sample: TelemetrySample,
+    ) -> StoreResult<(Vec<TelemetrySample>, bool)> {
+        let keep = self.window_len();
+        {
+            let mut windows = self
+                .windows
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            if let Some(window) = windows.get_mut(&job.id) {
+                window.samples.push_back(sample);
+                while window.samples.len() > keep {
+                    window.samples.pop_front();
+                }
+                return Ok((window.samples.iter().cloned().collect(), window.emulated));
+            }
+        }
+        let earlier = store
+            .recent_telemetry(&job.id, i64::try_from(keep - 1).unwrap_or(0))
+            .await?;
+        let emulated = match &job.state.gpu_id {
+            Some(gpu) => store.get_gpu(gpu).await?.is_some_and(|gpu| gpu.emulated),
+            None => false,
+        };
+        let mut windows = self
+            .windows
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if windows.len() >= MAX_CACHED_WINDOWS {
+            windows.clear();
+        }
+        let window = windows.entry(job.id.clone()).or_insert_with(|| Window {
+            samples: earlier.into_iter().collect(),
+            emulated,
+        });
+        window.samples.push_back(sample);
+        while window.samples.len() > keep {
+            window.samples.pop_front();
+        }
+        Ok((window.samples.iter().cloned().collect(), window.emulated))
+    }
+
+    /// Forgets a job's window (it ended or moved).
+    pub fn forget(&self, job: &JobId) {
+        self.windows
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .remove(job);
+    }
+
+    /// Stores one sample through the group-commit writer: the call returns once the
+    /// transaction holding it committed, so an acknowledged packet is never lost, while
+    /// many concurrent packets share one commit.
+    pub async fn write(&self, store: &Store, row: TelemetryRow) -> Result<(), String> {
+        let batch = self.settings.telemetry_batch_rows;
+        let sender = self
+            .writer
+            .get_or_init(|| async {
+                let (sender, receiver) = mpsc::channel(batch.saturating_mul(8).max(64));
+                tokio::spawn(run_writer(store.clone(), receiver, batch));
+                sender
+            })
+            .await;
+        let (done, result) = oneshot::channel();
+        sender
+            .send((row, done))
+            .await
+            .map_err(|_| "the telemetry writer stopped".to_string())?;
+        result
+            .await
+            .map_err(|_| "the telemetry writer stopped".to_string())?
+    }
+}
+
+async fn run_writer(store: Store, mut receiver: mpsc::Receiver<WriteRequest>, batch: usize) {
+    let mut rows = Vec::with_capacity(batch);
+    let mut waiters = Vec::with_capacity(batch);
+    while let Some((row, done)) = receiver.recv().await {
+        rows.push(row);
+        waiters.push(done);
+        while rows.len() < batch {
+            match receiver.try_recv() {
+                Ok((row, done)) => {
+                    rows.push(row);
+                    waiters.push(done);
+                }
+                Err(_) => break,
+            }
+        }
+        let result = store
+            .insert_telemetry_batch(&rows)
+            .await
+            .map_err(|error| error.to_string());
+        if let Err(error) = &result {
+            tracing::error!(%error, rows = rows.len(), "storing a telemetry batch failed");
+        }
+        rows.clear();
+        for done in waiters.drain(..) {
+            let _ = done.send(result.clone());
+        }
+    }
+}
+
+/// A fresh id with `prefix` (`an_`, `sl_`).
+pub fn new_id(state: &AppState, prefix: &str) -> String {
+    let bytes = state.random_id_bytes();
+    let mut id = String::with_capacity(prefix.len() + 32);
+    id.push_str(prefix);
+    for byte in bytes {
+        id.push_str(&format!("{byte:02x}"));
+    }
+    id
+}
+
+/// Ends the job's current attempt for `reason`: a provider-fault reason with retries left
+/// puts it back in the queue for another node (the node is excluded and the attempt
+/// recorded); anything else fails it. Re-reads and decides again when the job changed
+/// meanwhile; `Ok(None)` when it had already ended or left `node`.
+pub async fn end_attempt(
+    state: &AppState,
+    job_id: &JobId,
+    node: &NodeId,
+    reason: FailureReason,
+    ended_by: EndedBy,
+) -> StoreResult<Option<JobRecord>> {
+    for _attempt in 0..5 {
+        let Some(job) = state.store.get_job(job_id).await? else {
+            return Ok(None);
+        };
+        if job.state.status.is_terminal() || job.state.node_id.as_ref() != Some(node) {
+            return Ok(None);
+        }
+        let pinned = matches!(job.manifest.target, GpuTarget::Pinned(_));
+        let input = fail_or_retry(
+            reason,
+            ended_by,
+            job.retries,
+            job.manifest.max_retries,
+            pinned,
+        );
+        let now_ms = state.now_ms();
+        let Ok((next, events)) = transition(&job.state, input.clone(), now_ms) else {
+            return Ok(None);
+        };
+        let events = job_events(&job, &events)?;
+        let result = match input {
+            JobInput::Retry { reason } => {
+                let attempt = Attempt {
+                    node_id: node.clone(),
+                    reason,
+                    at_ms: now_ms,
+                };
+                state
+                    .store
+                    .retry_job(&job, &next, attempt, &events, now_ms)
+                    .await
+            }
+            _ => {
+                state
+                    .store
+                    .update_job_state(&job.id, job.version, &next, &events, now_ms)
+                    .await
+            }
+        };
+        match result {
+            Ok(updated) => {
+                state.tutela.forget(&job.id);
+                state.relay.nudge();
+                state.atlas_nudge.notify_one();
+                tracing::warn!(job_id = %job.id, node_id = %node, reason = reason.as_str(),
+                    status = updated.state.status.as_str(), retries = updated.retries,
+                    "attempt ended");
+                return Ok(Some(updated));
+            }
+            Err(StoreError::Conflict(_)) => continue,
+            Err(error) => return Err(error),
+        }
+    }
+    Err(StoreError::Conflict(format!(
+        "job {job_id} kept changing while being ended; the next round retries"
+    )))
+}
+
+/// Slashes `node` for `kind`, at most once per (node, job, kind); the slash is published
+/// (`tutela.slash`) in the same transaction. `None` when it had already been slashed for this.
+pub async fn slash(
+    state: &AppState,
+    node: &NodeId,
+    job: Option<&JobId>,
+    kind: SlashKind,
+    evidence: &str,
+) -> StoreResult<Option<SlashRecord>> {
+    let id = new_id(state, "sl_");
+    let record = state
+        .store
+        .slash_node(
+            node,
+            job,
+            kind,
+            &state.tutela.settings.slashes,
+            evidence,
+            &id,
+            state.now_ms(),
+            |record| {
+                vec![OutboxEvent {
+                    topic: "tutela.slash".into(),
+                    aggregate_id: record.node_id.to_string(),
+                    payload: slash_payload(record),
+                }]
+            },
+        )
+        .await?;
+    if let Some(record) = &record {
+        state.relay.nudge();
+        tracing::warn!(node_id = %node, job_id = ?job.map(JobId::as_str), kind = kind.as_str(),
+            stake_taken = %record.stake_taken, trust = record.trust_after, "provider slashed");
+    }
+    Ok(record)
+}
+
+fn slash_payload(record: &SlashRecord) -> serde_json::Value {
+    json!({
+        "slash_id": record.id,
+        "node_id": record.node_id.as_str(),
+        "job_id": record.job_id.as_ref().map(JobId::as_str),
+        "kind": record.kind.as_str(),
+        "stake_taken_micros": record.stake_taken.micros(),
+        "trust_before": record.trust_before,
+        "trust_after": record.trust_after,
+        "evidence": record.evidence,
+        "at_ms": record.at_ms,
+    })
+}
+
+/// Ejects `node` (no more jobs) and ends the attempts of the jobs it holds for `reason`
+/// (provider fault: they are retried elsewhere while retries remain).
+pub async fn eject(
+    state: &AppState,
+    node: &NodeId,
+    reason: FailureReason,
+    why: &str,
+) -> StoreResult<bool> {
+    let events = [OutboxEvent {
+        topic: "tutela.ejected".into(),
+        aggregate_id: node.to_string(),
+        payload: json!({"node_id": node.as_str(), "reason": reason.as_str(), "evidence": why}),
+    }];
+    let ejected = state
+        .store
+        .eject_node(node, reason.as_str(), &events, state.now_ms())
+        .await?;
+    if ejected {
+        tracing::error!(node_id = %node, reason = reason.as_str(), why, "node ejected");
+    }
+    for status in [JobStatus::Running, JobStatus::Assigned] {
+        for job in state.store.node_jobs_in_status(node, status).await? {
+            end_attempt(state, &job.id, node, reason, EndedBy::Provider).await?;
+        }
+    }
+    state.relay.nudge();
+    Ok(ejected)
+}
+
+fn heartbeat_config(settings: &TutelaSettings) -> HeartbeatConfig {
+    let ms = |seconds: u64| i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+    HeartbeatConfig {
+        timeout_ms: ms(settings.heartbeat_timeout_s),
+        restart_grace_ms: ms(settings.heartbeat_restart_grace_s),
+        breaker_min_nodes: settings.breaker_min_nodes,
+        breaker_silent_fraction: settings.breaker_silent_fraction,
+    }
+}
+
+/// When the job was last heard from: its last packet, else its start, else its pickup.
+pub fn last_seen_ms(job: &JobRecord) -> Option<i64> {
+    job.last_telemetry_at_ms
+        .or(job.state.started_at_ms)
+        .or(job.picked_up_at_ms)
+}
+
+/// One round of the heartbeat reaper and the duration check. Returns the jobs it ended.
+pub async fn reap_once(state: &AppState) -> StoreResult<Vec<JobId>> {
+    let settings = &state.tutela.settings;
+    let config = heartbeat_config(settings);
+    let running = state
+        .store
+        .jobs_in_status(JobStatus::Running, REAPER_BATCH)
+        .await?;
+    let now_ms = state.now_ms();
+    let mut ended = Vec::new();
+
+    // Duration: the agent kills at 1.1 × on its own; this catches an agent that does not.
+    let grace_ms = i64::try_from(settings.duration_grace_s.saturating_mul(1000)).unwrap_or(0);
+    for job in &running {
+        let (Some(started), Some(node)) = (job.state.started_at_ms, &job.state.node_id) else {
+            continue;
+        };
+        let cap_ms = duration_cap(job.manifest.expected_duration)
+            .micro_hours()
+            .saturating_mul(36)
+            / 10;
+        if now_ms > started.saturating_add(cap_ms).saturating_add(grace_ms)
+            && end_attempt(
+                state,
+                &job.id,
+                node,
+                FailureReason::DurationExceeded,
+                EndedBy::Platform,
+            )
+            .await?
+            .is_some()
+        {
+            ended.push(job.id.clone());
+        }
+    }
+
+    let live: Vec<LiveJob> = running
+        .iter()
+        .filter(|job| !ended.contains(&job.id))
+        .filter_map(|job| {
+            Some(LiveJob {
+                job_id: job.id.clone(),
+                node_id: job.state.node_id.clone()?,
+                last_seen_ms: last_seen_ms(job)?,
+            })
+        })
+        .collect();
+    match judge_heartbeats(&live, now_ms, state.tutela.started_ms, &config) {
+        HeartbeatDecision::Grace { .. } => {}
+        HeartbeatDecision::Breaker {
+            silent_nodes,
+            live_nodes,
+        } => {
+            if !state.tutela.breaker_open.swap(true, Ordering::SeqCst) {
+                tracing::error!(
+                    silent_nodes,
+                    live_nodes,
+                    "ALERT: most nodes went silent at once; the platform is the likely fault. \
+                     Failing no job until they report again"
+                );
+                state
+                    .store
+                    .append_events(
+                        &[OutboxEvent {
+                            topic: "tutela.alert".into(),
+                            aggregate_id: "heartbeat".into(),
+                            payload: json!({"alert": "HEARTBEAT_BREAKER_OPEN",
+                                "silent_nodes": silent_nodes, "live_nodes": live_nodes}),
+                        }],
+                        now_ms,
+                    )
+                    .await?;
+                state.relay.nudge();
+            }
+        }
+        HeartbeatDecision::Drop(jobs) => {
+            if state.tutela.breaker_open.swap(false, Ordering::SeqCst) {
+                tracing::warn!("heartbeat breaker closed: nodes are reporting again");
+            }
+            for job_id in jobs {
+                if let Some(id) = drop_job(state, &job_id, &config).await? {
+                    ended.push(id);
+                }
+            }
+        }
+    }
+    Ok(ended)
+}
+
+/// Fails (or retries) a silent job and slashes its node once. The job is read again first,
+/// so that a packet that arrived since the round began saves it.
+async fn drop_job(
+    state: &AppState,
+    job_id: &JobId,
+    config: &HeartbeatConfig,
+) -> StoreResult<Option<JobId>> {
+    let Some(job) = state.store.get_job(job_id).await? else {
+        return Ok(None);
+    };
+    let (Some(node), Some(seen)) = (job.state.node_id.clone(), last_seen_ms(&job)) else {
+        return Ok(None);
+    };
+    let silence = state.now_ms() - seen;
+    if job.state.status != JobStatus::Running || silence <= config.timeout_ms {
+        return Ok(None);
+    }
+    let Some(_ended) = end_attempt(
+        state,
+        job_id,
+        &node,
+        FailureReason::JobDropped,
+        EndedBy::Provider,
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    let evidence = format!(
+        "no telemetry for {} s (timeout {} s)",
+        silence / 1000,
+        config.timeout_ms / 1000
+    );
+    slash(
+        state,
+        &node,
+        Some(job_id),
+        SlashKind::JobDroppedUnexpectedly,
+        &evidence,
+    )
+    .await?;
+    Ok(Some(job_id.clone()))
+}
+
+/// Runs [`reap_once`] every `reaper_interval_ms` until `stopping`.
+pub async fn run_reapers(state: AppState, mut stopping: watch::Receiver<bool>) {
+    let period = Duration::from_millis(state.tutela.settings.reaper_interval_ms);
+    loop {
+        if let Err(error) = reap_once(&state).await {
+            tracing::warn!(%error, "the heartbeat reaper's round failed; retrying");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stopping.changed() => return,
+        }
+    }
+}
+
+/// The result of one visibility challenge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visibility {
+    /// The node key answered.
+    Answered,
+    /// Connection refused: the node hides from the platform (hard slash, ejection).
+    Refused,
+    /// No answer in time: a network fault, not a block.
+    Timeout,
+    /// Something answered, but not with the node key's signature: treated as blocked.
+    BadAnswer,
+}
+
+impl Visibility {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Visibility::Answered => "ANSWERED",
+            Visibility::Refused => "REFUSED",
+            Visibility::Timeout => "TIMEOUT",
+            Visibility::BadAnswer => "BAD_ANSWER",
+        }
+    }
+}
+
+fn is_connection_refused(error: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(io) = current.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        source = current.source();
+    }
+    false
+}
+
+/// Sends one challenge to `node`'s endpoint and judges the answer.
+pub async fn challenge(
+    state: &AppState,
+    client: &reqwest::Client,
+    node: &NodeRecord,
+) -> (Visibility, String) {
+    let Some(endpoint) = &node.endpoint else {
+        return (Visibility::Timeout, "no endpoint".into());
+    };
+    let nonce: String = {
+        let (a, b) = (state.random_id_bytes(), state.random_id_bytes());
+        a.iter()
+            .chain(b.iter())
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    };
+    let issued_at_ms = state.now_ms();
+    let message = visibility::challenge_message(node.id.as_str(), &nonce, issued_at_ms);
+    let body = VisibilityChallenge {
+        node_id: node.id.to_string(),
+        nonce: nonce.clone(),
+        issued_at_ms,
+        signature: visibility::sign_base64(&state.tutela.platform_key, &message),
+    };
+    let url = format!("{}/gp4u/visibility", endpoint.trim_end_matches('/'));
+    let response = match client.post(&url).json(&body).send().await {
+        Ok(response) => response,
+        Err(error) if is_connection_refused(&error) => {
+            return (Visibility::Refused, format!("{url}: connection refused"));
+        }
+        Err(error) => return (Visibility::Timeout, format!("{url}: {error}")),
+    };
+    let status = response.status();
+    let answer = match response.json::<VisibilityAnswer>().await {
+        Ok(answer) if status.is_success() => answer,
+        Ok(_) | Err(_) => {
+            return (
+                Visibility::BadAnswer,
+                format!("{url} answered HTTP {status} without a valid answer"),
+            );
+        }
+    };
+    let Some(key) = gp4u_attest::key::parse_public_key(&node.public_key) else {
+        return (
+            Visibility::BadAnswer,
+            "the node's registered key does not parse".into(),
+        );
+    };
+    let expected = visibility::answer_message(node.id.as_str(), &nonce, issued_at_ms);
+    if answer.nonce != nonce
+        || answer.node_id != node.id.as_str()
+        || !visibility::verify_base64(&key, &expected, &answer.signature)
+    {
+        return (
+            Visibility::BadAnswer,
+            format!("{url} answered, but not with node {}'s key", node.id),
+        );
+    }
+    (Visibility::Answered, format!("{url} answered"))
+}
+
+/// One round of visibility challenges to the nodes with running jobs. Returns each node's result.
+pub async fn probe_once(
+    state: &AppState,
+    client: &reqwest::Client,
+) -> StoreResult<Vec<(NodeId, Visibility)>> {
+    use futures::StreamExt as _;
+    let nodes = state.store.nodes_to_probe(1000).await?;
+    let results: Vec<(NodeRecord, (Visibility, String))> = futures::stream::iter(nodes)
+        .map(|node| async move {
+            let result = challenge(state, client, &node).await;
+            (node, result)
+        })
+        .buffer_unordered(VISIBILITY_CONCURRENCY)
+        .collect()
+        .await;
+    let mut outcome = Vec::with_capacity(results.len());
+    for (node, (result, detail)) in results {
+        let now_ms = state.now_ms();
+        // A refusal counts as blocking only when the agent is demonstrably alive: it was
+        // refused in the previous round too, and its telemetry kept arriving since. A crashed
+        // or partitioned agent is silent as well, and the heartbeat path (JOB_DROPPED) is the
+        // right judge of that.
+        let confirmed = match (
+            result,
+            node.visibility.as_str(),
+            node.visibility_checked_at_ms,
+        ) {
+            (
+                Visibility::Refused | Visibility::BadAnswer,
+                "REFUSED" | "BAD_ANSWER",
+                Some(since),
+            ) => state.store.node_heard_since(&node.id, since).await?,
+            _ => false,
+        };
+        state
+            .store
+            .record_visibility(&node.id, result.as_str(), now_ms)
+            .await?;
+        match result {
+            Visibility::Answered => {}
+            Visibility::Timeout => {
+                tracing::warn!(node_id = %node.id, detail, "visibility challenge timed out (a network fault, not a block)");
+            }
+            Visibility::Refused | Visibility::BadAnswer if !confirmed => {
+                tracing::warn!(node_id = %node.id, detail, result = result.as_str(),
+                    "visibility challenge refused; blocked if it is refused again while the node keeps reporting");
+            }
+            Visibility::Refused | Visibility::BadAnswer => {
+                let evidence = format!("{detail}, twice, while the node kept sending telemetry");
+                tracing::error!(node_id = %node.id, evidence, result = result.as_str(), "visibility blocked");
+                slash(
+                    state,
+                    &node.id,
+                    None,
+                    SlashKind::VisibilityBlocked,
+                    &evidence,
+                )
+                .await?;
+                eject(state, &node.id, FailureReason::VisibilityBlocked, &evidence).await?;
+            }
+        }
+        outcome.push((node.id, result));
+    }
+    Ok(outcome)
+}
+
+/// Runs [`probe_once`] every `visibility_interval_s` until `stopping`.
+pub async fn run_visibility(state: AppState, mut stopping: watch::Receiver<bool>) {
+    let settings = &state.tutela.settings;
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_millis(settings.visibility_timeout_ms))
+        .connect_timeout(Duration::from_millis(settings.visibility_timeout_ms))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(%error, "cannot build the visibility client; visibility checks are off");
+            return;
+        }
+    };
+    let period = Duration::from_secs(settings.visibility_interval_s);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stopping.changed() => return,
+        }
+        if let Err(error) = probe_once(&state, &client).await {
+            tracing::warn!(%error, "a visibility round failed; retrying next period");
+        }
+    }
+}

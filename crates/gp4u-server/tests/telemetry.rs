@@ -1,0 +1,827 @@
+//! Stage 4 on the control plane (SPEC §7): telemetry ingestion, Tutela's verdicts and what
+//! they do (kills, slashes, retries, flags), fencing, the heartbeat reaper with its grace and
+//! breaker, the duration check, visibility challenges, and a provider's standing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[macro_use]
+mod support;
+
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use gp4u_core::atlas::AtlasConfig;
+use gp4u_core::ids::NodeId;
+use gp4u_server::placement::place_pending;
+use gp4u_server::tutela::{Visibility, probe_once, reap_once};
+use gp4u_store::Engine;
+use serde_json::{Value, json};
+use support::*;
+
+async fn sqlite(test: &str) -> TestApp {
+    TestApp::new(Engine::Sqlite, test).await.unwrap()
+}
+
+/// A node with one GPU, a customer, and a job placed on the node and picked up by its agent.
+struct Running {
+    node: Node,
+    customer_id: String,
+    customer: String,
+    job: String,
+}
+
+async fn picked_up(app: &TestApp, body: Value) -> Running {
+    let node = app.node(1, 3.1, "us-east-1").await;
+    running_on(app, node, body).await
+}
+
+async fn running_on(app: &TestApp, node: Node, mut body: Value) -> Running {
+    let (customer_id, customer) = app.user("customer", None).await;
+    if body.get("gpuId").is_some() {
+        body["gpuId"] = json!(node.gpus[0]);
+    }
+    let job = app.submit(&customer, body).await;
+    place_pending(&app.state, &AtlasConfig::default())
+        .await
+        .unwrap();
+    let poll = format!("/api/agent/assignments?node_id={}&wait=0", node.node_id);
+    let reply = app.call(Method::GET, &poll, Some(&node.token), None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["job_id"], job.as_str());
+    Running {
+        node,
+        customer_id,
+        customer,
+        job,
+    }
+}
+
+fn pinned() -> Value {
+    job_body("set by running_on")
+}
+
+/// A healthy training sample.
+fn healthy() -> Value {
+    json!({
+        "gpu_utilization_pct": 94.2, "vram_used_gb": 22.1, "vram_allocated_gb": 24.0,
+        "power_draw_watts": 380.0, "temperature_c": 72, "outbound_bytes_per_sec": 1_200_000,
+        "inferred_pattern": "TRAINING", "unique_dest_ips": 2, "foreign_gpu_processes": 0
+    })
+}
+
+fn merge(mut base: Value, extra: Value) -> Value {
+    for (key, value) in extra.as_object().unwrap() {
+        base[key] = value.clone();
+    }
+    base
+}
+
+/// Sends a packet 10 s after the previous one (the agent's cadence).
+async fn packet(app: &TestApp, token: &str, node: &str, job: &str, extra: Value) -> Reply {
+    app.clock.advance_ms(10_000);
+    let body = merge(
+        merge(healthy(), json!({"job_id": job, "node_id": node})),
+        extra,
+    );
+    app.call(
+        Method::POST,
+        "/api/telemetry/russian-doll",
+        Some(token),
+        Some(body),
+    )
+    .await
+}
+
+async fn send(app: &TestApp, run: &Running, extra: Value) -> Reply {
+    packet(app, &run.node.token, &run.node.node_id, &run.job, extra).await
+}
+
+async fn standing(app: &TestApp, node: &str) -> Value {
+    let reply = app
+        .call(
+            Method::GET,
+            &format!("/api/providers/{node}"),
+            Some(&app.admin),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    reply.body
+}
+
+async fn stake(app: &TestApp, node: &Node, amount: f64) {
+    let owner = app
+        .store()
+        .get_node(&NodeId::parse(&node.node_id).unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .owner_id;
+    let reply = app
+        .call(
+            Method::POST,
+            &format!("/api/admin/users/{owner}/credits"),
+            Some(&app.admin),
+            Some(json!({"amount": amount})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = app
+        .call(
+            Method::POST,
+            &format!("/api/providers/{}/stake", node.node_id),
+            Some(&node.token),
+            Some(json!({"amount": amount})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["stake"], json!(amount));
+}
+
+// ---------------------------------------------------------------------------------------
+// Ingestion
+// ---------------------------------------------------------------------------------------
+
+async fn ingestion_checks_who_what_and_clamps(app: TestApp) {
+    let run = picked_up(&app, pinned()).await;
+    let other = app.node(1, 3.1, "us-east-1").await;
+    // Another provider, with their own node: the job is not on it.
+    let reply = packet(&app, &other.token, &other.node_id, &run.job, json!({})).await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::NOT_FOUND, "JOB_NOT_FOUND")
+    );
+    // Another provider naming the right node: not theirs.
+    let reply = packet(&app, &other.token, &run.node.node_id, &run.job, json!({})).await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::NOT_FOUND, "NODE_NOT_FOUND")
+    );
+    // The customer's own token: not a provider.
+    let reply = packet(&app, &run.customer, &run.node.node_id, &run.job, json!({})).await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::FORBIDDEN, "PROVIDER_REQUIRED")
+    );
+    // Wrong types: 400 naming the field, nothing stored, the job still ASSIGNED.
+    for (extra, field) in [
+        (json!({"gpu_utilization_pct": "94"}), "gpu_utilization_pct"),
+        (json!({"power_draw_watts": null}), "power_draw_watts"),
+        (json!({"inferred_pattern": "GAMING"}), "inferred_pattern"),
+        (json!({"final": "yes"}), "final"),
+        (json!({"final": true}), "exit_code"),
+        (json!({"job_id": 7}), "job_id"),
+    ] {
+        let reply = send(&app, &run, extra.clone()).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{extra}: {:?}",
+            reply.body
+        );
+        assert_eq!(reply.body["error"]["field"], field, "{extra}");
+    }
+    assert_eq!(app.job(&run.job).await["status"], "ASSIGNED");
+    // Absurd values are clamped before anything sees them; the first packet starts the job.
+    let reply = send(
+        &app,
+        &run,
+        json!({"gpu_utilization_pct": 1e9, "power_draw_watts": -5, "temperature_c": 9000}),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(
+        (
+            reply.body["kill_job"].as_bool(),
+            reply.body["status"].as_str()
+        ),
+        (Some(false), Some("RUNNING"))
+    );
+    let view = app.job(&run.job).await;
+    assert_eq!(view["status"], "RUNNING");
+    let metrics = &view["latest_metrics"];
+    assert_eq!(metrics["gpu_utilization_pct"], json!(100.0));
+    assert_eq!(metrics["power_draw_watts"], json!(0.0));
+    assert_eq!(metrics["temperature_c"], json!(150.0));
+    assert_eq!(metrics["emulated"], json!(false));
+    let clamped: Vec<&str> = metrics["clamped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|field| field.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        clamped,
+        ["gpu_utilization_pct", "power_draw_watts", "temperature_c"]
+    );
+    let job_id = gp4u_core::ids::JobId::parse(&run.job).unwrap();
+    assert_eq!(app.store().count_telemetry(&job_id).await.unwrap(), 1);
+    let stored = app.store().recent_telemetry(&job_id, 10).await.unwrap();
+    assert_eq!(stored[0].gpu_utilization_pct, 100.0);
+}
+
+async fn a_flood_from_one_node_is_rate_limited_and_others_are_not(app: TestApp) {
+    let run = picked_up(&app, pinned()).await;
+    let calm = picked_up(&app, pinned()).await;
+    // The clock stands still: the burst (40) is all a node gets.
+    let body = merge(
+        healthy(),
+        json!({"job_id": run.job, "node_id": run.node.node_id}),
+    );
+    let mut limited = 0;
+    for _ in 0..60 {
+        let reply = app
+            .call(
+                Method::POST,
+                "/api/telemetry/russian-doll",
+                Some(&run.node.token),
+                Some(body.clone()),
+            )
+            .await;
+        if reply.status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(reply.code(), "RATE_LIMITED");
+            assert!(reply.headers.contains_key("retry-after"));
+            limited += 1;
+        } else {
+            assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        }
+    }
+    assert_eq!(limited, 20, "40 of 60 allowed in the burst");
+    // Another node is not starved.
+    let body = merge(
+        healthy(),
+        json!({"job_id": calm.job, "node_id": calm.node.node_id}),
+    );
+    let reply = app
+        .call(
+            Method::POST,
+            "/api/telemetry/russian-doll",
+            Some(&calm.node.token),
+            Some(body),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    // Time refills the bucket.
+    app.clock.advance_ms(1_000);
+    let reply = send(&app, &run, json!({})).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+}
+
+// ---------------------------------------------------------------------------------------
+// Verdicts and what they do
+// ---------------------------------------------------------------------------------------
+
+async fn mining_in_the_customers_container_kills_and_flags_the_customer(app: TestApp) {
+    let run = picked_up(&app, any_gpu_body()).await;
+    stake(&app, &run.node, 100.0).await;
+    assert_eq!(send(&app, &run, json!({})).await.status, StatusCode::OK);
+    let reply = send(
+        &app,
+        &run,
+        json!({"inferred_pattern": "CRYPTO_MINING", "gpu_utilization_pct": 100, "dest_ports": [3333]}),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["kill_job"], true);
+    assert_eq!(reply.body["reason"], "CRYPTO_MINING_PATTERN");
+    assert_eq!(reply.body["anomalies"][0]["attribution"], "CUSTOMER");
+    assert_eq!(reply.body["status"], "FAILED");
+    let view = app.job(&run.job).await;
+    assert_eq!(
+        (view["failure_reason"].as_str(), view["ended_by"].as_str()),
+        (Some("KILLED_ANOMALY"), Some("platform"))
+    );
+    assert_eq!(view["anomalies"][0]["rule"], "CRYPTO_MINING_PATTERN");
+    // The customer is flagged; the provider is not slashed.
+    let flag = app
+        .store()
+        .user_flag(&gp4u_core::ids::UserId::parse(&run.customer_id).unwrap())
+        .await
+        .unwrap();
+    assert!(flag.unwrap().1.contains("CRYPTO_MINING_PATTERN"));
+    let node = standing(&app, &run.node.node_id).await;
+    assert_eq!(node["slashes"], json!([]));
+    assert_eq!(node["stake"], json!(100.0));
+    // The agent is fenced: its next packet is refused and tells it to stop.
+    let reply = send(&app, &run, json!({})).await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::CONFLICT, "JOB_ALREADY_TERMINAL")
+    );
+    assert!(
+        reply.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("KILLED_ANOMALY")
+    );
+    // The verdict is published for the ledger.
+    assert_topic(&app, "tutela.kill_order").await;
+}
+
+async fn assert_topic(app: &TestApp, topic: &str) {
+    app.state.relay.run_once().await.unwrap();
+    let events = app.store().read_outbox(0, 10_000).await.unwrap();
+    assert!(
+        events.iter().any(|event| event.topic == topic),
+        "no {topic} event in {:?}",
+        events.iter().map(|event| &event.topic).collect::<Vec<_>>()
+    );
+}
+
+async fn mining_by_foreign_processes_slashes_the_provider_and_moves_the_job(app: TestApp) {
+    let run = picked_up(&app, any_gpu_body()).await;
+    let spare = app.node(1, 3.1, "us-east-1").await;
+    stake(&app, &run.node, 100.0).await;
+    let reply = send(
+        &app,
+        &run,
+        json!({"inferred_pattern": "CRYPTO_MINING", "foreign_gpu_processes": 2}),
+    )
+    .await;
+    assert_eq!(reply.body["kill_job"], true, "{:?}", reply.body);
+    assert_eq!(reply.body["reason"], "CRYPTO_MINING_DURING_ML_JOB");
+    assert_eq!(reply.body["status"], "PENDING", "retried elsewhere");
+    let node = standing(&app, &run.node.node_id).await;
+    assert_eq!(node["slashes"][0]["kind"], "CRYPTO_MINING_DURING_ML_JOB");
+    assert_eq!(node["slashes"][0]["severity"], "HARD");
+    assert_eq!(node["stake"], json!(90.0), "10 % of the stake");
+    assert_eq!(node["trust_score"], json!(35.0), "50 − 15");
+    // The job is placed on the other node, never back on the slashed one.
+    place_pending(&app.state, &AtlasConfig::default())
+        .await
+        .unwrap();
+    let view = app.job(&run.job).await;
+    assert_eq!(view["status"], "ASSIGNED");
+    assert_eq!(view["node_id"], spare.node_id.as_str());
+    // The old node is fenced.
+    let reply = send(&app, &run, json!({})).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{:?}", reply.body);
+}
+
+async fn vram_overclaim_is_one_soft_slash_and_the_job_runs_on(app: TestApp) {
+    let run = picked_up(&app, pinned()).await;
+    stake(&app, &run.node, 50.0).await;
+    for _ in 0..3 {
+        let reply = send(&app, &run, json!({"vram_used_gb": 30.0})).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        assert_eq!(reply.body["kill_job"], false);
+        assert_eq!(reply.body["anomalies"][0]["rule"], "VRAM_OVERCLAIM");
+    }
+    let node = standing(&app, &run.node.node_id).await;
+    let slashes = node["slashes"].as_array().unwrap();
+    assert_eq!(slashes.len(), 1, "one slash per job, however many packets");
+    assert_eq!(slashes[0]["kind"], "VRAM_OVERCLAIM");
+    assert_eq!(slashes[0]["severity"], "SOFT");
+    assert_eq!(node["stake"], json!(49.5), "1 %");
+    assert_eq!(node["trust_score"], json!(48.0));
+    let view = app.job(&run.job).await;
+    assert_eq!(view["status"], "RUNNING");
+    assert_eq!(view["anomalies"][0]["count"], 3);
+    let job_id = gp4u_core::ids::JobId::parse(&run.job).unwrap();
+    assert_eq!(app.store().count_anomalies(&job_id).await.unwrap(), 3);
+    assert_topic(&app, "tutela.slash").await;
+}
+
+async fn port_scans_are_killed_and_near_misses_are_not(app: TestApp) {
+    let run = picked_up(&app, pinned()).await;
+    let reply = send(&app, &run, json!({"unique_dest_ips": 50})).await;
+    assert_eq!(
+        reply.body["kill_job"], false,
+        "50 is the limit, not over it"
+    );
+    let reply = send(&app, &run, json!({"outbound_bytes_per_sec": 2e8})).await;
+    assert_eq!(
+        (
+            reply.body["kill_job"].as_bool(),
+            reply.body["anomalies"][0]["rule"].as_str()
+        ),
+        (Some(false), Some("HIGH_OUTBOUND_BANDWIDTH")),
+        "flagged, not killed"
+    );
+    let reply = send(&app, &run, json!({"unique_dest_ips": 51})).await;
+    assert_eq!(reply.body["kill_job"], true);
+    assert_eq!(reply.body["reason"], "OUTBOUND_PORT_SCAN");
+    let view = app.job(&run.job).await;
+    assert_eq!(view["failure_reason"], "KILLED_ANOMALY");
+}
+
+async fn the_final_packet_ends_the_job(app: TestApp) {
+    let run = picked_up(&app, pinned()).await;
+    send(&app, &run, json!({})).await;
+    let reply = send(&app, &run, json!({"final": true, "exit_code": 0})).await;
+    assert_eq!(
+        (reply.status, reply.body["status"].as_str()),
+        (StatusCode::OK, Some("COMPLETE"))
+    );
+    let failing = picked_up(&app, pinned()).await;
+    let reply = send(&app, &failing, json!({"final": true, "exit_code": 3})).await;
+    assert_eq!(reply.body["status"], "FAILED");
+    let view = app.job(&failing.job).await;
+    assert_eq!(
+        (view["failure_reason"].as_str(), view["exit_code"].as_i64()),
+        (Some("NONZERO_EXIT"), Some(3))
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Heartbeats, duration, visibility
+// ---------------------------------------------------------------------------------------
+
+async fn a_silent_job_is_dropped_after_the_timeout_with_one_slash(app: TestApp) {
+    app.clock.advance_ms(120_000); // past the restart grace
+    let mut body = pinned();
+    body["max_retries"] = json!(0);
+    let run = picked_up(&app, body).await;
+    stake(&app, &run.node, 100.0).await;
+    send(&app, &run, json!({})).await; // RUNNING, last heard now
+    app.clock.advance_ms(59_000);
+    assert_eq!(reap_once(&app.state).await.unwrap(), vec![]);
+    assert_eq!(app.job(&run.job).await["status"], "RUNNING");
+    app.clock.advance_ms(2_000); // 61 s
+    let ended = reap_once(&app.state).await.unwrap();
+    assert_eq!(ended.len(), 1);
+    let view = app.job(&run.job).await;
+    assert_eq!(
+        (
+            view["status"].as_str(),
+            view["failure_reason"].as_str(),
+            view["ended_by"].as_str()
+        ),
+        (Some("FAILED"), Some("JOB_DROPPED"), Some("provider"))
+    );
+    assert_eq!(reap_once(&app.state).await.unwrap(), vec![]);
+    let node = standing(&app, &run.node.node_id).await;
+    let slashes = node["slashes"].as_array().unwrap();
+    assert_eq!(slashes.len(), 1, "exactly one slash");
+    assert_eq!(slashes[0]["kind"], "JOB_DROPPED_UNEXPECTEDLY");
+    assert_eq!(node["stake"], json!(98.0));
+    // The agent comes back: fenced.
+    let reply = send(&app, &run, json!({})).await;
+    assert_eq!(reply.status, StatusCode::CONFLICT);
+}
+
+async fn a_dropped_job_with_retries_left_moves_to_another_node(app: TestApp) {
+    app.clock.advance_ms(120_000);
+    let run = picked_up(&app, any_gpu_body()).await; // max_retries defaults to 1
+    let spare = app.node(1, 3.1, "us-east-1").await;
+    send(&app, &run, json!({})).await;
+    app.clock.advance_ms(61_000);
+    assert_eq!(reap_once(&app.state).await.unwrap().len(), 1);
+    let view = app.job(&run.job).await;
+    assert_eq!(view["status"], "PENDING");
+    place_pending(&app.state, &AtlasConfig::default())
+        .await
+        .unwrap();
+    let view = app.job(&run.job).await;
+    assert_eq!(view["node_id"], spare.node_id.as_str());
+    let record = app
+        .store()
+        .get_job(&gp4u_core::ids::JobId::parse(&run.job).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.retries, 1);
+    assert_eq!(record.attempts[0].node_id.as_str(), run.node.node_id);
+    assert_eq!(record.attempts[0].reason.as_str(), "JOB_DROPPED");
+    // The retry on the second node is dropped too: no retries left → FAILED.
+    let poll = format!("/api/agent/assignments?node_id={}&wait=0", spare.node_id);
+    app.call(Method::GET, &poll, Some(&spare.token), None).await;
+    packet(&app, &spare.token, &spare.node_id, &run.job, json!({})).await;
+    app.clock.advance_ms(61_000);
+    assert_eq!(reap_once(&app.state).await.unwrap().len(), 1);
+    let view = app.job(&run.job).await;
+    assert_eq!(
+        (view["status"].as_str(), view["failure_reason"].as_str()),
+        (Some("FAILED"), Some("JOB_DROPPED"))
+    );
+}
+
+async fn nothing_is_dropped_during_the_restart_grace_or_when_the_breaker_opens(app: TestApp) {
+    app.clock.advance_ms(120_000);
+    let runs = [
+        picked_up(&app, pinned()).await,
+        picked_up(&app, pinned()).await,
+        picked_up(&app, pinned()).await,
+    ];
+    for run in &runs {
+        send(&app, run, json!({})).await;
+    }
+    // The control plane restarts (a replica starting now) after everything went quiet.
+    app.clock.advance_ms(300_000);
+    let restarted = app.replica().await;
+    assert_eq!(reap_once(&restarted.state).await.unwrap(), vec![]);
+    for run in &runs {
+        assert_eq!(app.job(&run.job).await["status"], "RUNNING");
+    }
+    // Past the grace, all three nodes are still silent: the breaker opens, nothing fails.
+    app.clock.advance_ms(61_000);
+    assert_eq!(reap_once(&restarted.state).await.unwrap(), vec![]);
+    assert!(restarted.state.tutela.breaker_open());
+    for run in &runs {
+        assert_eq!(app.job(&run.job).await["status"], "RUNNING");
+    }
+    assert_topic(&restarted, "tutela.alert").await;
+    // Two nodes report again: the one still silent is dropped.
+    send(&restarted, &runs[0], json!({})).await;
+    send(&restarted, &runs[1], json!({})).await;
+    let ended = reap_once(&restarted.state).await.unwrap();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].as_str(), runs[2].job);
+    assert!(!restarted.state.tutela.breaker_open());
+}
+
+async fn a_job_far_past_its_duration_is_failed_without_a_slash(app: TestApp) {
+    let run = picked_up(&app, pinned()).await; // 4 h declared → 4.4 h cap
+    stake(&app, &run.node, 10.0).await;
+    send(&app, &run, json!({})).await;
+    // Keep it talking, so the heartbeat is not what ends it.
+    app.clock.advance_ms(4 * 3_600_000 + 24 * 60_000 - 10_000);
+    let reply = send(&app, &run, json!({})).await;
+    assert_eq!(reply.body["kill_job"], false, "not yet past the cap");
+    let reply = send(&app, &run, json!({})).await;
+    assert_eq!(reply.body["kill_job"], true, "{:?}", reply.body);
+    assert_eq!(reply.body["reason"], "DURATION_EXCEEDED");
+    let view = app.job(&run.job).await;
+    assert_eq!(
+        (view["failure_reason"].as_str(), view["ended_by"].as_str()),
+        (Some("DURATION_EXCEEDED"), Some("platform"))
+    );
+    assert_eq!(
+        standing(&app, &run.node.node_id).await["slashes"],
+        json!([])
+    );
+}
+
+async fn the_duration_reaper_catches_an_agent_that_does_not_stop(app: TestApp) {
+    app.clock.advance_ms(120_000);
+    let run = picked_up(&app, pinned()).await;
+    send(&app, &run, json!({})).await;
+    // Silent long past the cap: the duration rule, not the heartbeat, is the reason.
+    app.clock.advance_ms(5 * 3_600_000);
+    let ended = reap_once(&app.state).await.unwrap();
+    assert_eq!(ended.len(), 1);
+    let view = app.job(&run.job).await;
+    assert_eq!(view["failure_reason"], "DURATION_EXCEEDED");
+    assert_eq!(
+        standing(&app, &run.node.node_id).await["slashes"],
+        json!([])
+    );
+}
+
+/// A provider node with a real key, registered through the API with `endpoint`.
+async fn keyed_node(app: &TestApp, key: &ed25519_dalek::SigningKey, endpoint: &str) -> Node {
+    let (_, token) = app.user("provider", None).await;
+    let reply = app
+        .call(
+            Method::POST,
+            "/api/providers/register",
+            Some(&token),
+            Some(json!({"region": "us-east-1", "public_key": gp4u_attest::key::public_key_base64(key),
+                "endpoint": endpoint,
+                "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "uuid": "GPU-0"}]})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    assert!(reply.body["platform_public_key"].is_string());
+    Node {
+        token,
+        node_id: reply.body["node_id"].as_str().unwrap().to_string(),
+        gpus: vec![reply.body["gpus"][0]["id"].as_str().unwrap().to_string()],
+    }
+}
+
+/// A loopback agent endpoint answering challenges with `key` (as the agent does).
+async fn answering_endpoint(key: ed25519_dalek::SigningKey, platform: String) -> String {
+    use axum::routing::post;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let platform = gp4u_attest::key::parse_public_key(&platform).unwrap();
+    let app = axum::Router::new().route(
+        "/gp4u/visibility",
+        post(
+            move |axum::Json(challenge): axum::Json<gp4u_proto::VisibilityChallenge>| {
+                let key = key.clone();
+                async move {
+                    let signature = gp4u_attest::visibility::answer(
+                        &key,
+                        &challenge.node_id,
+                        Some(&platform),
+                        &challenge.node_id,
+                        &challenge.nonce,
+                        challenge.issued_at_ms,
+                        &challenge.signature,
+                        challenge.issued_at_ms,
+                    )
+                    .unwrap();
+                    axum::Json(gp4u_proto::VisibilityAnswer {
+                        node_id: challenge.node_id,
+                        nonce: challenge.nonce,
+                        signature,
+                    })
+                }
+            },
+        ),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{address}")
+}
+
+async fn visibility_answered_refused_and_timed_out(app: TestApp) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let platform = app.state.tutela.platform_public_key();
+    // An agent that answers with its key.
+    let good_key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let good = keyed_node(
+        &app,
+        &good_key,
+        &answering_endpoint(good_key.clone(), platform.clone()).await,
+    )
+    .await;
+    let good_run = running_on(&app, good, pinned()).await;
+    send(&app, &good_run, json!({})).await;
+    // One whose endpoint refuses connections: a port bound and released.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let blocked_key = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
+    let blocked = keyed_node(&app, &blocked_key, &format!("http://{closed}")).await;
+    stake(&app, &blocked, 100.0).await;
+    let mut body = any_gpu_body();
+    body["max_retries"] = json!(0);
+    let blocked_run = running_on(&app, blocked, body).await;
+    send(&app, &blocked_run, json!({})).await;
+    // One that accepts the connection and never answers: a network fault, not a block.
+    let silent_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_address = silent_listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (socket, _) = silent_listener.accept().await.unwrap();
+            held.push(socket);
+        }
+    });
+    let silent_key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let silent = keyed_node(&app, &silent_key, &format!("http://{silent_address}")).await;
+    let silent_run = running_on(&app, silent, pinned()).await;
+    send(&app, &silent_run, json!({})).await;
+
+    // First round: a refusal alone is not yet a block (a crashed agent refuses too).
+    probe_once(&app.state, &client).await.unwrap();
+    let view = standing(&app, &blocked_run.node.node_id).await;
+    assert_eq!(
+        (view["status"].as_str(), view["visibility"].as_str()),
+        (Some("ACTIVE"), Some("REFUSED"))
+    );
+    assert_eq!(view["slashes"], json!([]));
+    // The agent keeps reporting while refusing the platform: that is hiding.
+    for run in [&good_run, &blocked_run, &silent_run] {
+        send(&app, run, json!({})).await;
+    }
+    let results = probe_once(&app.state, &client).await.unwrap();
+    let result = |node: &str| {
+        results
+            .iter()
+            .find(|(id, _)| id.as_str() == node)
+            .map(|(_, result)| *result)
+    };
+    assert_eq!(result(&good_run.node.node_id), Some(Visibility::Answered));
+    assert_eq!(result(&blocked_run.node.node_id), Some(Visibility::Refused));
+    assert_eq!(result(&silent_run.node.node_id), Some(Visibility::Timeout));
+
+    let view = standing(&app, &blocked_run.node.node_id).await;
+    assert_eq!(view["status"], "EJECTED");
+    assert!(
+        view["slashes"][0]["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("connection refused")
+    );
+    assert_eq!(view["visibility"], "REFUSED");
+    assert_eq!(view["slashes"][0]["kind"], "VISIBILITY_BLOCKED");
+    assert_eq!(view["stake"], json!(90.0));
+    let job = app.job(&blocked_run.job).await;
+    assert_eq!(
+        (job["status"].as_str(), job["failure_reason"].as_str()),
+        (Some("FAILED"), Some("VISIBILITY_BLOCKED"))
+    );
+    // An ejected node gets no jobs: its GPU left the marketplace.
+    let listing = app
+        .call(Method::GET, "/api/gpus", Some(&app.admin), None)
+        .await;
+    let listed: Vec<&str> = listing.body["gpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|gpu| gpu["id"].as_str().unwrap())
+        .collect();
+    assert!(!listed.contains(&blocked_run.node.gpus[0].as_str()));
+    // A refused node that went silent is not slashed for visibility: the heartbeat judges it.
+    let crashed_key = ed25519_dalek::SigningKey::from_bytes(&[10; 32]);
+    let crashed = keyed_node(&app, &crashed_key, &format!("http://{closed}")).await;
+    let crashed_run = running_on(&app, crashed, pinned()).await;
+    send(&app, &crashed_run, json!({})).await;
+    probe_once(&app.state, &client).await.unwrap();
+    app.clock.advance_ms(5_000);
+    probe_once(&app.state, &client).await.unwrap();
+    let view = standing(&app, &crashed_run.node.node_id).await;
+    assert_eq!(
+        (view["status"].as_str(), view["visibility"].as_str()),
+        (Some("ACTIVE"), Some("REFUSED"))
+    );
+    assert_eq!(view["slashes"], json!([]));
+    for (run, visibility) in [(&good_run, "ANSWERED"), (&silent_run, "TIMEOUT")] {
+        let view = standing(&app, &run.node.node_id).await;
+        assert_eq!(
+            (view["status"].as_str(), view["visibility"].as_str()),
+            (Some("ACTIVE"), Some(visibility))
+        );
+        assert_eq!(view["slashes"], json!([]));
+        assert_eq!(app.job(&run.job).await["status"], "RUNNING");
+    }
+}
+
+async fn a_nodes_standing_is_for_its_owner_and_admins(app: TestApp) {
+    let node = app.node(1, 3.1, "us-east-1").await;
+    let other = app.node(1, 3.1, "us-east-1").await;
+    let path = format!("/api/providers/{}", node.node_id);
+    let mine = app.call(Method::GET, &path, Some(&node.token), None).await;
+    assert_eq!(mine.status, StatusCode::OK);
+    assert_eq!(
+        (
+            mine.body["status"].as_str(),
+            mine.body["trust_score"].as_f64(),
+            mine.body["stake"].as_f64(),
+            mine.body["visibility"].as_str()
+        ),
+        (Some("ACTIVE"), Some(50.0), Some(0.0), Some("UNCHECKED"))
+    );
+    let theirs = app.call(Method::GET, &path, Some(&other.token), None).await;
+    assert_eq!(theirs.status, StatusCode::NOT_FOUND);
+    // A stake needs the credit behind it.
+    let reply = app
+        .call(
+            Method::POST,
+            &format!("/api/providers/{}/stake", node.node_id),
+            Some(&node.token),
+            Some(json!({"amount": 5.0})),
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::CONFLICT, "CREDIT_BELOW_ZERO")
+    );
+    // The endpoint is the owner's to set, and must be a URL.
+    let endpoint = format!("/api/providers/{}/endpoint", node.node_id);
+    for (token, body, status) in [
+        (
+            &node.token,
+            json!({"endpoint": "http://127.0.0.1:7070/"}),
+            StatusCode::NO_CONTENT,
+        ),
+        (
+            &node.token,
+            json!({"endpoint": "ftp://x"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            &other.token,
+            json!({"endpoint": "http://127.0.0.1:1"}),
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        let reply = app
+            .call(Method::PUT, &endpoint, Some(token), Some(body.clone()))
+            .await;
+        assert_eq!(reply.status, status, "{body}: {:?}", reply.body);
+    }
+    let mine = app.call(Method::GET, &path, Some(&node.token), None).await;
+    assert_eq!(mine.body["endpoint"], "http://127.0.0.1:7070");
+}
+
+on_both_engines!(
+    ingestion_checks_who_what_and_clamps,
+    a_flood_from_one_node_is_rate_limited_and_others_are_not,
+    mining_in_the_customers_container_kills_and_flags_the_customer,
+    mining_by_foreign_processes_slashes_the_provider_and_moves_the_job,
+    vram_overclaim_is_one_soft_slash_and_the_job_runs_on,
+    port_scans_are_killed_and_near_misses_are_not,
+    the_final_packet_ends_the_job,
+    a_silent_job_is_dropped_after_the_timeout_with_one_slash,
+    a_dropped_job_with_retries_left_moves_to_another_node,
+    nothing_is_dropped_during_the_restart_grace_or_when_the_breaker_opens,
+    a_job_far_past_its_duration_is_failed_without_a_slash,
+    the_duration_reaper_catches_an_agent_that_does_not_stop,
+    visibility_answered_refused_and_timed_out,
+    a_nodes_standing_is_for_its_owner_and_admins,
+);
+
+#[tokio::test]
+async fn sqlite_smoke_for_local_runs() {
+    // Keeps `sqlite` in use for a quick single-engine run of this file.
+    let app = sqlite("telemetry_smoke").await;
+    let run = picked_up(&app, pinned()).await;
+    assert_eq!(send(&app, &run, json!({})).await.status, StatusCode::OK);
+}
