@@ -3,9 +3,12 @@
 //! - submit → assignment received by a waiting long-poll (goal p99 ≤ 250 ms);
 //! - submit → container running, image already present (goal p50 ≤ 2 s), with the real agent
 //!   and Docker (needs GP4U_TEST_IMAGE / GP4U_TEST_IMAGE_DIGEST: scripts/test-images.sh);
-//! - the agent's idle resident memory (goal ≤ 25 MB).
+//! - the agent's idle resident memory (goal ≤ 25 MB);
+//! - kill latency: an anomalous packet accepted (the job seen FAILED) → the container gone
+//!   (goal p99 ≤ 1 s), with a port-scanning workload inside the container's own namespace.
 //!
-//! `cargo bench -p gp4u-cli --bench pipeline [-- --polls 200 --starts 20]`. Loopback only.
+//! `cargo bench -p gp4u-cli --bench pipeline [-- --polls 200 --starts 20 --kills 20]`.
+//! Loopback and the bench's own containers only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
@@ -125,6 +128,7 @@ fn rfc3339_ms(text: &str) -> f64 {
 async fn main() {
     let polls = arg("--polls", 200);
     let starts = arg("--starts", 20);
+    let kills = arg("--kills", 20);
     let dir = tempfile::tempdir().unwrap();
     let mut server = Command::new(BIN)
         .args([
@@ -133,6 +137,8 @@ async fn main() {
             "127.0.0.1:0",
             "--bootstrap-admin",
             "usr_admin",
+            "--telemetry-interval-s",
+            "1",
         ])
         .arg("--data-dir")
         .arg(dir.path())
@@ -296,8 +302,6 @@ async fn main() {
             "0.5",
             "--poll-wait",
             "25",
-            "--keepalive",
-            "10",
         ])
         .arg("--token-file")
         .arg(&token_file)
@@ -393,4 +397,72 @@ async fn main() {
     );
     let (rss, hwm) = rss_kib(agent_pid);
     println!("RESULT agent_rss_after_jobs_kib={rss} agent_peak_rss_kib={hwm}");
+
+    // 4. Kill latency: the job is seen FAILED (the platform committed the kill and answers the
+    // packet) → no container of the job is running.
+    let scanner = "for i in $(seq 1 60); do sleep 600 | nc -l -p $((9000 + i)) > /dev/null & done; \
+                   sleep 1; for i in $(seq 1 60); do sleep 600 | nc 127.0.0.$i $((9000 + i)) & done; sleep 600";
+    let running = |job: &str| {
+        let output = Command::new("docker")
+            .args(["ps", "-q", "--filter", &format!("label=gp4u.job={job}")])
+            .output()
+            .unwrap();
+        !String::from_utf8_lossy(&output.stdout).trim().is_empty()
+    };
+    let mut kill_ms = Vec::with_capacity(kills);
+    for n in 0..kills {
+        if n % 25 == 0 {
+            let (_, extra) = call(
+                &client,
+                Method::POST,
+                format!("{base}/api/admin/users"),
+                &admin,
+                Some(json!({"name": "c", "role": "customer"})),
+            )
+            .await;
+            customers.push(mint(dir.path(), extra["id"].as_str().unwrap(), 1));
+        }
+        let (status, accepted) = call(
+            &client,
+            Method::POST,
+            format!("{base}/api/jobs"),
+            customers.last().unwrap(),
+            Some(body(&agent_gpu, &image, &digest, scanner)),
+        )
+        .await;
+        assert_eq!(status, 201, "{accepted}");
+        let job = accepted["id"].as_str().unwrap().to_string();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let failed_at = loop {
+            let (_, view) = call(
+                &client,
+                Method::GET,
+                format!("{base}/api/jobs/{job}"),
+                &admin,
+                None,
+            )
+            .await;
+            if view["status"] == "FAILED" {
+                assert_eq!(view["failure_reason"], "KILLED_ANOMALY", "{view}");
+                break Instant::now();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the scanner was not killed: {view}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        while running(&job) {
+            assert!(
+                failed_at.elapsed() < Duration::from_secs(30),
+                "the container of {job} is still running"
+            );
+        }
+        kill_ms.push(failed_at.elapsed().as_secs_f64() * 1000.0);
+    }
+    let (_, kill_p99) = summary("anomaly_accepted_to_container_gone", kill_ms);
+    println!(
+        "goal p99 <= 1000 ms: {}",
+        if kill_p99 <= 1000.0 { "MET" } else { "MISSED" }
+    );
 }

@@ -3,7 +3,9 @@
 //! listening on port 3333) is killed and ends KILLED_ANOMALY; a workload reaching more than
 //! 50 loopback addresses inside its own network namespace trips OUTBOUND_PORT_SCAN; an agent
 //! killed mid-job gets its job failed JOB_DROPPED after the timeout with exactly one slash,
-//! and when it comes back it is fenced and its container killed.
+//! and when it comes back it is fenced and its container killed; an agent that keeps
+//! reporting while its advertised endpoint refuses the platform's challenges is slashed,
+//! ejected, and its job failed VISIBILITY_BLOCKED.
 //!
 //! Network rule: every connection here goes to loopback or to containers this test created.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -13,7 +15,10 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{call, docker, docker_image, job_containers, mint, start_agent, start_server_with};
+use common::{
+    call, docker, docker_image, job_containers, mint, start_agent, start_agent_with,
+    start_server_with,
+};
 use gp4u_store::Engine;
 use gp4u_store::testing::TestDatabase;
 use reqwest::Method;
@@ -350,4 +355,116 @@ async fn a_dropped_agent_is_slashed_once_and_fenced_when_it_returns() {
         "{standing}"
     );
     assert_eq!(platform.job(&job).await["failure_reason"], "JOB_DROPPED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_hiding_from_visibility_checks_is_ejected() {
+    let Some((image, digest)) = docker_image("an_agent_hiding_from_visibility_checks") else {
+        return;
+    };
+    let db = TestDatabase::create(Engine::Sqlite, "e2e_tutela_visibility")
+        .await
+        .unwrap();
+    let data_dir = tempfile::tempdir().unwrap();
+    let platform = platform(
+        data_dir.path(),
+        &db.url,
+        &[
+            "--telemetry-interval-s",
+            "1",
+            "--visibility-interval-s",
+            "1",
+        ],
+    )
+    .await;
+    // The agent listens, but tells the platform to knock on a closed loopback port.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let advertise = format!("http://{closed}");
+    let agent_dir = tempfile::tempdir().unwrap();
+    let _agent = start_agent_with(
+        &platform.base,
+        &platform.token_file,
+        agent_dir.path(),
+        &["--advertise", &advertise],
+    );
+    let (gpu, _) = platform.gpu().await;
+    let job = platform.submit(&gpu, &image, &digest, "sleep 300").await;
+    let view = platform
+        .wait_for(&job, Duration::from_secs(60), ended)
+        .await;
+    assert_eq!(
+        (view["status"].as_str(), view["failure_reason"].as_str()),
+        (Some("FAILED"), Some("VISIBILITY_BLOCKED")),
+        "{view}"
+    );
+    let node = view["node_id"].as_str().unwrap();
+    let admin = mint(data_dir.path(), "usr_admin", 3);
+    let standing = platform
+        .get(&format!("/api/providers/{node}"), &admin)
+        .await;
+    assert_eq!(standing["status"], "EJECTED", "{standing}");
+    assert_eq!(
+        standing["slashes"][0]["kind"], "VISIBILITY_BLOCKED",
+        "{standing}"
+    );
+    assert_eq!(
+        standing["slashes"].as_array().unwrap().len(),
+        1,
+        "{standing}"
+    );
+    // Fenced: the agent's next packet is refused and it stops the container.
+    containers_gone(&job, Duration::from_secs(20)).await;
+    // An ejected node's GPU is no longer offered.
+    let listing = platform.get("/api/gpus", &platform.customer).await;
+    assert_eq!(listing["gpus"], json!([]), "{listing}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_agent_is_fenced_when_it_comes_back() {
+    let Some((image, digest)) = docker_image("a_partitioned_agent_is_fenced") else {
+        return;
+    };
+    let db = TestDatabase::create(Engine::Sqlite, "e2e_tutela_partition")
+        .await
+        .unwrap();
+    let data_dir = tempfile::tempdir().unwrap();
+    let platform = platform(
+        data_dir.path(),
+        &db.url,
+        &["--telemetry-interval-s", "1", "--heartbeat-timeout-s", "3"],
+    )
+    .await;
+    let agent_dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(&platform.base, &platform.token_file, agent_dir.path());
+    let (gpu, _) = platform.gpu().await;
+    let job = platform.submit(&gpu, &image, &digest, "sleep 300").await;
+    platform
+        .wait_for(&job, Duration::from_secs(60), |job| {
+            job["status"] == "RUNNING" && job["latest_metrics"].is_object()
+        })
+        .await;
+    // The agent is cut off (frozen: it sends nothing, its container runs on) ...
+    let pid = agent.child.id().to_string();
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {name} {pid}");
+    };
+    signal("-STOP");
+    let view = platform
+        .wait_for(&job, Duration::from_secs(30), ended)
+        .await;
+    assert_eq!(view["failure_reason"], "JOB_DROPPED", "{view}");
+    assert_eq!(job_containers(&job).len(), 1, "the container ran on");
+    // ... and comes back: its next packet is refused (409) and it kills the container.
+    signal("-CONT");
+    let gone = containers_gone(&job, Duration::from_secs(30)).await;
+    eprintln!("partition: the returning agent removed its container {gone:?} after resuming");
+    assert_eq!(platform.job(&job).await["failure_reason"], "JOB_DROPPED");
+    drop(agent);
 }

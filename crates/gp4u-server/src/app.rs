@@ -86,6 +86,7 @@ pub fn build_router(state: AppState) -> Router {
         .route("/jobs/{id}/cancel", post(jobs::cancel_job))
         .route("/jobs/{id}/outputs", get(outputs::download_output))
         .route("/jobs/{id}/logs", get(logs::get_logs))
+        .route("/jobs/{id}/telemetry", get(telemetry::job_telemetry))
         // Uploads stream with caps of their own, not the JSON body limit.
         .route(
             "/artifacts",

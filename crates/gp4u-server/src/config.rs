@@ -131,6 +131,9 @@ pub struct TutelaSettings {
     /// A running job past 1.1 × its declared duration plus this is failed by the platform
     /// (the agent kills it at 1.1 × on its own).
     pub duration_grace_s: u64,
+    /// A job its agent took but never started (no start report, no packet) for this long is
+    /// moved to another node (`JOB_DROPPED`, no slash: a slow image pull is not bad faith).
+    pub start_timeout_s: u64,
     /// Visibility challenges: how often, and how long the agent has to answer.
     pub visibility_interval_s: u64,
     pub visibility_timeout_ms: u64,
@@ -152,6 +155,7 @@ impl Default for TutelaSettings {
             breaker_silent_fraction: 0.5,
             reaper_interval_ms: 1000,
             duration_grace_s: 30,
+            start_timeout_s: 900,
             visibility_interval_s: 60,
             visibility_timeout_ms: 5000,
             telemetry_batch_rows: 512,

@@ -33,7 +33,7 @@ impl Modify for BearerAuth {
         jobs::submit_job, jobs::list_jobs, jobs::get_job, jobs::cancel_job,
         outputs::download_output, logs::get_logs, artifacts::upload_artifact,
         providers::register, providers::list_gpus, providers::get_node, providers::add_stake,
-        providers::set_endpoint, telemetry::ingest,
+        providers::set_endpoint, telemetry::ingest, telemetry::job_telemetry,
         agent::next_assignment, agent::report_status,
         artifacts::agent_input, outputs::upload_output, logs::append_log,
         admin::create_user, admin::suspend_user, admin::activate_user, admin::add_credits, admin::chambers,

@@ -71,6 +71,8 @@ pub struct Tutela {
     /// When this control plane started: the heartbeat reaper's restart grace counts from it.
     pub started_ms: i64,
     windows: Mutex<HashMap<JobId, Window>>,
+    /// Node → owner. A node's owner never changes, so this never goes stale.
+    owners: Mutex<HashMap<NodeId, gp4u_core::ids::UserId>>,
     buckets: Mutex<HashMap<NodeId, Bucket>>,
     writer: OnceCell<mpsc::Sender<WriteRequest>>,
     breaker_open: AtomicBool,
@@ -92,6 +94,7 @@ impl Tutela {
             platform_key,
             started_ms,
             windows: Mutex::new(HashMap::new()),
+            owners: Mutex::new(HashMap::new()),
             buckets: Mutex::new(HashMap::new()),
             writer: OnceCell::new(),
             breaker_open: AtomicBool::new(false),
@@ -194,6 +197,35 @@ impl Tutela {
             window.samples.pop_front();
         }
         Ok((window.samples.iter().cloned().collect(), window.emulated))
+    }
+
+    /// The owner of `node` (`None` when there is no such node), from memory after the first
+    /// lookup: ownership never changes.
+    pub async fn node_owner(
+        &self,
+        store: &Store,
+        node: &NodeId,
+    ) -> StoreResult<Option<gp4u_core::ids::UserId>> {
+        if let Some(owner) = self
+            .owners
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(node)
+        {
+            return Ok(Some(owner.clone()));
+        }
+        let Some(record) = store.get_node(node).await? else {
+            return Ok(None);
+        };
+        let mut owners = self
+            .owners
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if owners.len() >= MAX_CACHED_WINDOWS {
+            owners.clear();
+        }
+        owners.insert(node.clone(), record.owner_id.clone());
+        Ok(Some(record.owner_id))
     }
 
     /// Forgets a job's window (it ended or moved).
@@ -466,6 +498,33 @@ pub async fn reap_once(state: &AppState) -> StoreResult<Vec<JobId>> {
             .await?
             .is_some()
         {
+            ended.push(job.id.clone());
+        }
+    }
+
+    // Taken but never started: the agent died or hung before its container ran.
+    let start_timeout_ms =
+        i64::try_from(settings.start_timeout_s.saturating_mul(1000)).unwrap_or(i64::MAX);
+    for job in state
+        .store
+        .jobs_in_status(JobStatus::Assigned, REAPER_BATCH)
+        .await?
+    {
+        let (Some(picked_up), Some(node)) = (job.picked_up_at_ms, &job.state.node_id) else {
+            continue;
+        };
+        if now_ms.saturating_sub(picked_up) > start_timeout_ms
+            && end_attempt(
+                state,
+                &job.id,
+                node,
+                FailureReason::JobDropped,
+                EndedBy::Provider,
+            )
+            .await?
+            .is_some()
+        {
+            tracing::warn!(job_id = %job.id, node_id = %node, "taken but never started: moved");
             ended.push(job.id.clone());
         }
     }

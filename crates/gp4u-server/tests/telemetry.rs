@@ -422,6 +422,53 @@ async fn the_final_packet_ends_the_job(app: TestApp) {
     );
 }
 
+async fn the_series_is_the_owners_as_json_and_as_a_chart(app: TestApp) {
+    let run = picked_up(&app, pinned()).await;
+    for util in [10.0, 50.0, 90.0] {
+        send(&app, &run, json!({"gpu_utilization_pct": util})).await;
+    }
+    let path = format!("/api/jobs/{}/telemetry", run.job);
+    let series = app
+        .call(Method::GET, &path, Some(&run.customer), None)
+        .await;
+    assert_eq!(series.status, StatusCode::OK, "{:?}", series.body);
+    let utils: Vec<f64> = series.body["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|sample| sample["gpu_utilization_pct"].as_f64().unwrap())
+        .collect();
+    assert_eq!(utils, [10.0, 50.0, 90.0], "oldest first");
+    let (status, headers, svg) = app
+        .raw(
+            Method::GET,
+            &format!("{path}?format=svg"),
+            Some(&run.customer),
+            Vec::new(),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "image/svg+xml");
+    let svg = String::from_utf8(svg).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.matches("<polyline").count() == 3,
+        "{svg}"
+    );
+    let (_, stranger) = app.user("customer", None).await;
+    let refused = app.call(Method::GET, &path, Some(&stranger), None).await;
+    assert_eq!(refused.status, StatusCode::NOT_FOUND);
+    let refused = app
+        .call(
+            Method::GET,
+            &format!("{path}?format=png"),
+            Some(&run.customer),
+            None,
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+}
+
 // ---------------------------------------------------------------------------------------
 // Heartbeats, duration, visibility
 // ---------------------------------------------------------------------------------------
@@ -561,6 +608,22 @@ async fn the_duration_reaper_catches_an_agent_that_does_not_stop(app: TestApp) {
     assert_eq!(ended.len(), 1);
     let view = app.job(&run.job).await;
     assert_eq!(view["failure_reason"], "DURATION_EXCEEDED");
+    assert_eq!(
+        standing(&app, &run.node.node_id).await["slashes"],
+        json!([])
+    );
+}
+
+async fn a_job_taken_but_never_started_moves_without_a_slash(app: TestApp) {
+    app.clock.advance_ms(120_000);
+    let run = picked_up(&app, any_gpu_body()).await; // picked up, never started
+    stake(&app, &run.node, 10.0).await;
+    app.clock.advance_ms(899_000);
+    assert_eq!(reap_once(&app.state).await.unwrap(), vec![]);
+    app.clock.advance_ms(2_000);
+    assert_eq!(reap_once(&app.state).await.unwrap().len(), 1);
+    let view = app.job(&run.job).await;
+    assert_eq!(view["status"], "PENDING", "{view}");
     assert_eq!(
         standing(&app, &run.node.node_id).await["slashes"],
         json!([])
@@ -809,11 +872,13 @@ on_both_engines!(
     vram_overclaim_is_one_soft_slash_and_the_job_runs_on,
     port_scans_are_killed_and_near_misses_are_not,
     the_final_packet_ends_the_job,
+    the_series_is_the_owners_as_json_and_as_a_chart,
     a_silent_job_is_dropped_after_the_timeout_with_one_slash,
     a_dropped_job_with_retries_left_moves_to_another_node,
     nothing_is_dropped_during_the_restart_grace_or_when_the_breaker_opens,
     a_job_far_past_its_duration_is_failed_without_a_slash,
     the_duration_reaper_catches_an_agent_that_does_not_stop,
+    a_job_taken_but_never_started_moves_without_a_slash,
     visibility_answered_refused_and_timed_out,
     a_nodes_standing_is_for_its_owner_and_admins,
 );

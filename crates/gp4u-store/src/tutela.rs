@@ -76,6 +76,33 @@ fn slash_kind_parse(text: &str) -> Option<SlashKind> {
     .find(|kind| kind.as_str() == text)
 }
 
+fn sample_from_row(row: &sqlx::any::AnyRow) -> StoreResult<TelemetrySample> {
+    let count = |column: &str| -> StoreResult<Option<u32>> {
+        row.try_get::<Option<i64>, _>(column)?
+            .map(|value| u32::try_from(value).map_err(StoreError::corrupt))
+            .transpose()
+    };
+    let pattern: Option<String> = row.try_get("inferred_pattern")?;
+    Ok(TelemetrySample {
+        gpu_utilization_pct: row.try_get("gpu_utilization_pct")?,
+        vram_used_gb: row.try_get("vram_used_gb")?,
+        vram_allocated_gb: row.try_get("vram_allocated_gb")?,
+        power_draw_watts: row.try_get("power_draw_watts")?,
+        temperature_c: row.try_get("temperature_c")?,
+        outbound_bytes_per_sec: row.try_get("outbound_bytes_per_sec")?,
+        inferred_pattern: pattern
+            .as_deref()
+            .and_then(gp4u_core::tutela::Pattern::parse),
+        unique_dest_ips: count("unique_dest_ips")?,
+        foreign_gpu_processes: count("foreign_gpu_processes")?,
+        throttling: row
+            .try_get::<Option<i64>, _>("throttling")?
+            .map(|value| value != 0),
+        dest_ports: None,
+        at_ms: row.try_get("at_ms")?,
+    })
+}
+
 fn u32_column(value: Option<u32>) -> Option<i64> {
     value.map(i64::from)
 }
@@ -133,26 +160,47 @@ impl Store {
             }
             query.execute(&mut *tx).await?;
         }
-        // The newest sample of each job becomes its latest_metrics and heartbeat.
+        // The newest sample of each job becomes its latest_metrics and heartbeat: one
+        // UPDATE … FROM a VALUES list per chunk (both engines), not one statement per job.
         let mut latest: Vec<&TelemetryRow> = Vec::new();
+        let mut position: std::collections::HashMap<&JobId, usize> =
+            std::collections::HashMap::with_capacity(rows.len());
         for row in rows {
-            match latest.iter_mut().find(|seen| seen.job_id == row.job_id) {
-                Some(seen) if seen.sample.at_ms <= row.sample.at_ms => *seen = row,
-                Some(_) => {}
-                None => latest.push(row),
+            match position.get(&row.job_id) {
+                Some(&index) => {
+                    if latest[index].sample.at_ms <= row.sample.at_ms {
+                        latest[index] = row;
+                    }
+                }
+                None => {
+                    position.insert(&row.job_id, latest.len());
+                    latest.push(row);
+                }
             }
         }
-        for row in latest {
-            sqlx::query(
-                "UPDATE jobs SET latest_metrics = $2, \
-                 last_telemetry_at = CASE WHEN last_telemetry_at IS NULL OR last_telemetry_at < $3 \
-                 THEN $3 ELSE last_telemetry_at END WHERE id = $1",
-            )
-            .bind(row.job_id.as_str())
-            .bind(row.latest_metrics.to_string())
-            .bind(row.sample.at_ms)
-            .execute(&mut *tx)
-            .await?;
+        for chunk in latest.chunks(TELEMETRY_ROWS_PER_STATEMENT) {
+            let mut sql = String::from("WITH v(id, m, t) AS (VALUES ");
+            for index in 0..chunk.len() {
+                let base = index * 3;
+                if index > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("(${}, ${}, ${})", base + 1, base + 2, base + 3));
+            }
+            sql.push_str(
+                ") UPDATE jobs SET latest_metrics = v.m, last_telemetry_at = CASE \
+                 WHEN jobs.last_telemetry_at IS NULL OR jobs.last_telemetry_at < v.t THEN v.t \
+                 ELSE jobs.last_telemetry_at END FROM v WHERE jobs.id = v.id",
+            );
+            // Audited: only `$N` placeholders are formatted into the text.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for row in chunk {
+                query = query
+                    .bind(row.job_id.as_str())
+                    .bind(row.latest_metrics.to_string())
+                    .bind(row.sample.at_ms);
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         drop(writer);
@@ -178,35 +226,30 @@ impl Store {
         .await?;
         let mut samples = rows
             .iter()
-            .map(|row| {
-                let count = |column: &str| -> StoreResult<Option<u32>> {
-                    row.try_get::<Option<i64>, _>(column)?
-                        .map(|value| u32::try_from(value).map_err(StoreError::corrupt))
-                        .transpose()
-                };
-                let pattern: Option<String> = row.try_get("inferred_pattern")?;
-                Ok(TelemetrySample {
-                    gpu_utilization_pct: row.try_get("gpu_utilization_pct")?,
-                    vram_used_gb: row.try_get("vram_used_gb")?,
-                    vram_allocated_gb: row.try_get("vram_allocated_gb")?,
-                    power_draw_watts: row.try_get("power_draw_watts")?,
-                    temperature_c: row.try_get("temperature_c")?,
-                    outbound_bytes_per_sec: row.try_get("outbound_bytes_per_sec")?,
-                    inferred_pattern: pattern
-                        .as_deref()
-                        .and_then(gp4u_core::tutela::Pattern::parse),
-                    unique_dest_ips: count("unique_dest_ips")?,
-                    foreign_gpu_processes: count("foreign_gpu_processes")?,
-                    throttling: row
-                        .try_get::<Option<i64>, _>("throttling")?
-                        .map(|value| value != 0),
-                    dest_ports: None,
-                    at_ms: row.try_get("at_ms")?,
-                })
-            })
+            .map(sample_from_row)
             .collect::<StoreResult<Vec<_>>>()?;
         samples.reverse();
         Ok(samples)
+    }
+
+    /// The job's first `limit` samples, oldest first (a run's series, for charts and energy).
+    pub async fn telemetry_series(
+        &self,
+        job: &JobId,
+        limit: i64,
+    ) -> StoreResult<Vec<TelemetrySample>> {
+        self.count_op();
+        let rows = sqlx::query(
+            "SELECT at_ms, gpu_utilization_pct, vram_used_gb, vram_allocated_gb, power_draw_watts, \
+             temperature_c, outbound_bytes_per_sec, unique_dest_ips, foreign_gpu_processes, \
+             throttling, inferred_pattern FROM telemetry WHERE job_id = $1 \
+             ORDER BY at_ms, id LIMIT $2",
+        )
+        .bind(job.as_str())
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(sample_from_row).collect()
     }
 
     /// How many samples a job has stored.

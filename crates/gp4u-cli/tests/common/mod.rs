@@ -150,6 +150,11 @@ pub fn job_containers(job_id: &str) -> Vec<String> {
 
 /// `gp4u agent` for an emulated RTX 4090 with a visibility listener on loopback.
 pub fn start_agent(base: &str, token_file: &Path, data_dir: &Path) -> Running {
+    start_agent_with(base, token_file, data_dir, &[])
+}
+
+/// [`start_agent`] with extra flags.
+pub fn start_agent_with(base: &str, token_file: &Path, data_dir: &Path, extra: &[&str]) -> Running {
     let child = Command::new(BIN)
         .args([
             "agent",
@@ -169,6 +174,7 @@ pub fn start_agent(base: &str, token_file: &Path, data_dir: &Path) -> Running {
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--gpu", "emulated:RTX 4090:24"])
+        .args(extra)
         .env("GP4U_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

@@ -10,7 +10,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use gp4u_core::ids::JobId;
+use gp4u_core::ids::{JobId, NodeId};
 use gp4u_core::job::{EndedBy, FailureReason, JobInput, JobStatus, transition};
 use gp4u_core::manifest::{FieldError, ValidationCode};
 use gp4u_core::pricing::duration_cap;
@@ -21,14 +21,18 @@ use gp4u_proto::{AnomalyView, ErrorCode, TelemetryReply};
 use gp4u_store::{JobRecord, NewAnomaly, OutboxEvent, StoreError, TelemetryRow};
 use serde_json::{Value, json};
 
-use crate::auth::Caller;
+use crate::auth::{CLEARANCE_PROVIDER, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::JsonBody;
 use crate::placement::job_events;
-use crate::routes::agent::owned_node;
 use crate::state::AppState;
 use crate::tutela::{end_attempt, new_id, slash};
 use crate::views::rfc3339;
+
+/// The node a packet comes from, once its ownership is checked.
+struct NodeRef {
+    id: NodeId,
+}
 
 /// Distinct rules kept in a job's `anomalies` summary (there are six).
 const SUMMARY_RULES: usize = 16;
@@ -244,7 +248,19 @@ pub async fn ingest(
     }
     let job_field = string_field(&body, "job_id")?;
     let node_field = string_field(&body, "node_id")?;
-    let node = owned_node(&state, &caller, node_field).await?;
+    caller.require(CLEARANCE_PROVIDER, ErrorCode::ProviderRequired, "provider")?;
+    let node_missing = || {
+        ApiError::new(
+            ErrorCode::NodeNotFound,
+            format!("no node {node_field} of yours"),
+        )
+    };
+    let node_id = NodeId::parse(node_field).map_err(|_| node_missing())?;
+    match state.tutela.node_owner(&state.store, &node_id).await? {
+        Some(owner) if owner == *caller.id() => {}
+        _ => return Err(node_missing()),
+    }
+    let node = NodeRef { id: node_id };
     let not_found = || {
         ApiError::new(
             ErrorCode::JobNotFound,
@@ -386,9 +402,13 @@ pub async fn ingest(
         tracing::info!(job_id = %job.id, node_id = %node.id, exit_code, status = job.state.status.as_str(), "final telemetry");
     }
 
-    let status = match state.store.get_job(&job.id).await? {
-        Some(fresh) => fresh.state.status.as_str().to_string(),
-        None => job.state.status.as_str().to_string(),
+    // Re-read only when a kill may have moved the job (failed, or back to the queue).
+    let status = if kill.is_some()
+        && let Some(fresh) = state.store.get_job(&job.id).await?
+    {
+        fresh.state.status.as_str().to_string()
+    } else {
+        job.state.status.as_str().to_string()
     };
     Ok(Json(TelemetryReply {
         kill_job: kill.is_some(),
@@ -458,4 +478,173 @@ async fn record_verdicts(
         .await?;
     state.relay.nudge();
     Ok(())
+}
+
+/// `?format=` and `?limit=` of the series route.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct SeriesQuery {
+    /// `json` (default) or `svg` (a chart of utilization, power and temperature).
+    pub format: Option<String>,
+    /// At most this many samples from the start of the run (1–10000, default 10000).
+    pub limit: Option<i64>,
+}
+
+/// Samples a series returns at most.
+const MAX_SERIES: i64 = 10_000;
+
+/// A job's stored telemetry, oldest first (its owner or an admin): JSON, or an SVG chart with
+/// `?format=svg`. Values are the clamped ones; `emulated` says whether they were measured.
+#[utoipa::path(
+    get, path = "/api/jobs/{id}/telemetry", tag = "jobs", params(("id" = String, Path), SeriesQuery),
+    responses((status = 200, body = Object), (status = 400, body = gp4u_proto::ErrorBody), (status = 404, body = gp4u_proto::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn job_telemetry(
+    State(state): State<AppState>,
+    caller: Caller,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    query: Result<axum::extract::Query<SeriesQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse as _;
+    let axum::extract::Query(query) =
+        query.map_err(|error| ApiError::new(ErrorCode::InvalidQuery, error.body_text()))?;
+    let limit = query.limit.unwrap_or(MAX_SERIES);
+    if !(1..=MAX_SERIES).contains(&limit) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidQuery,
+            format!("limit must be 1–{MAX_SERIES}, got {limit}"),
+        ));
+    }
+    let job = crate::routes::jobs::visible_job(&state, &caller, &id).await?;
+    let samples = state.store.telemetry_series(&job.id, limit).await?;
+    let emulated = job
+        .latest_metrics
+        .as_ref()
+        .and_then(|metrics| metrics.get("emulated"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    match query.format.as_deref().unwrap_or("json") {
+        "json" => Ok(Json(json!({
+            "job_id": job.id.as_str(),
+            "emulated": emulated,
+            "samples": samples.iter().map(|sample| json!({
+                "at": rfc3339(sample.at_ms),
+                "gpu_utilization_pct": sample.gpu_utilization_pct,
+                "vram_used_gb": sample.vram_used_gb,
+                "vram_allocated_gb": sample.vram_allocated_gb,
+                "power_draw_watts": sample.power_draw_watts,
+                "temperature_c": sample.temperature_c,
+                "outbound_bytes_per_sec": sample.outbound_bytes_per_sec,
+                "unique_dest_ips": sample.unique_dest_ips,
+                "inferred_pattern": sample.inferred_pattern.map(|pattern| pattern.as_str()),
+            })).collect::<Vec<_>>(),
+        }))
+        .into_response()),
+        "svg" => Ok((
+            [(axum::http::header::CONTENT_TYPE, "image/svg+xml")],
+            chart_svg(job.id.as_str(), &samples, emulated),
+        )
+            .into_response()),
+        other => Err(ApiError::new(
+            ErrorCode::InvalidQuery,
+            format!("format must be json or svg, got {other:?}"),
+        )),
+    }
+}
+
+/// Maps a sample to a value in [0, 1] for the chart.
+type Scale = Box<dyn Fn(&TelemetrySample) -> f64>;
+
+/// An SVG line chart of a run: utilization (%), power (W, scaled to its maximum) and
+/// temperature (°C, 0–150) against time. Pure: the same samples give the same bytes.
+pub fn chart_svg(title: &str, samples: &[TelemetrySample], emulated: bool) -> String {
+    const WIDTH: f64 = 800.0;
+    const HEIGHT: f64 = 320.0;
+    const LEFT: f64 = 50.0;
+    const TOP: f64 = 30.0;
+    const PLOT_W: f64 = WIDTH - LEFT - 20.0;
+    const PLOT_H: f64 = HEIGHT - TOP - 50.0;
+    let escape = |text: &str| {
+        text.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{HEIGHT}\" \
+         viewBox=\"0 0 {WIDTH} {HEIGHT}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{LEFT}\" y=\"18\" font-size=\"14\">{}{}</text>\n\
+         <rect x=\"{LEFT}\" y=\"{TOP}\" width=\"{PLOT_W}\" height=\"{PLOT_H}\" fill=\"none\" stroke=\"#999\"/>\n",
+        escape(title),
+        if emulated {
+            " (emulated GPU: derived from CPU use)"
+        } else {
+            ""
+        }
+    );
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+        svg.push_str(&format!(
+            "<text x=\"{}\" y=\"{}\">no telemetry yet</text>\n</svg>\n",
+            LEFT + 10.0,
+            TOP + 20.0
+        ));
+        return svg;
+    };
+    #[allow(clippy::cast_precision_loss)] // milliseconds of one run
+    let span = ((last.at_ms - first.at_ms).max(1)) as f64;
+    let max_power = samples
+        .iter()
+        .map(|sample| sample.power_draw_watts)
+        .fold(1.0_f64, f64::max);
+    let series: [(&str, &str, Scale); 3] = [
+        (
+            "utilization %",
+            "#1f77b4",
+            Box::new(|sample: &TelemetrySample| sample.gpu_utilization_pct / 100.0),
+        ),
+        (
+            "power W",
+            "#d62728",
+            Box::new(move |sample: &TelemetrySample| sample.power_draw_watts / max_power),
+        ),
+        (
+            "temperature °C",
+            "#2ca02c",
+            Box::new(|sample: &TelemetrySample| sample.temperature_c / 150.0),
+        ),
+    ];
+    for (index, (label, color, value)) in series.iter().enumerate() {
+        let points: Vec<String> = samples
+            .iter()
+            .map(|sample| {
+                #[allow(clippy::cast_precision_loss)]
+                let x = LEFT + (sample.at_ms - first.at_ms) as f64 / span * PLOT_W;
+                let y = TOP + PLOT_H - value(sample).clamp(0.0, 1.0) * PLOT_H;
+                format!("{x:.1},{y:.1}")
+            })
+            .collect();
+        svg.push_str(&format!(
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>\n",
+            points.join(" ")
+        ));
+        #[allow(clippy::cast_precision_loss)]
+        let legend_x = LEFT + index as f64 * 170.0;
+        svg.push_str(&format!(
+            "<text x=\"{legend_x}\" y=\"{}\" fill=\"{color}\">{label}</text>\n",
+            HEIGHT - 12.0
+        ));
+    }
+    svg.push_str(&format!(
+        "<text x=\"{LEFT}\" y=\"{}\" fill=\"#555\">{}</text>\n\
+         <text x=\"{}\" y=\"{}\" fill=\"#555\" text-anchor=\"end\">{}</text>\n\
+         <text x=\"{}\" y=\"{}\" fill=\"#555\" text-anchor=\"end\">power max {max_power:.0} W</text>\n</svg>\n",
+        TOP + PLOT_H + 16.0,
+        rfc3339(first.at_ms),
+        LEFT + PLOT_W,
+        TOP + PLOT_H + 16.0,
+        rfc3339(last.at_ms),
+        LEFT + PLOT_W,
+        TOP - 6.0,
+    ));
+    svg
 }

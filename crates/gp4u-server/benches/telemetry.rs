@@ -1,0 +1,585 @@
+//! Load generator for telemetry ingestion: `POST /api/telemetry/russian-doll` over real HTTP
+//! on 127.0.0.1, against PostgreSQL, with PostgreSQL's own COPY and multi-row INSERT of the
+//! same rows, in the same run, as the ceiling.
+//!
+//! ```text
+//! scripts/bench-telemetry.sh            # starts a throwaway PostgreSQL, then runs this
+//! cargo bench -p gp4u-server --bench telemetry -- --jobs 20000 --nodes 2000 --seconds 10 --concurrency 64
+//! ```
+//!
+//! Setup: `--nodes` provider nodes (one provider each) holding `--jobs` RUNNING jobs between
+//! them, written straight into the database (the submission path is measured elsewhere). Load:
+//! `--concurrency` client tasks post complete, valid packets round-robin over the jobs, each
+//! with its node's provider token, so every packet goes through the whole route: auth (user
+//! loaded), node ownership, job lookup, the per-node rate limit, parsing and clamping, the
+//! job's window, the rules, and the group-commit write of the row and `latest_metrics`.
+//! Counted: `200` responses completed inside the measured window (after the warmup); latency
+//! is client-side, send to the body read. The full server (`gp4u_server::serve`, with its
+//! reapers, relay and chambers) runs in-process on its own two-thread runtime, the client on
+//! another, so both share the machine's cores as on one host.
+//!
+//! Ceiling: the same number of rows as were accepted, shaped like `telemetry`, inserted by
+//! one connection into a scratch copy of the table with `COPY … FROM STDIN` and with 400-row
+//! `INSERT … VALUES` statements (one transaction per statement).
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use gp4u_bus::{EventBus, InProcessBus, SystemClock};
+use gp4u_core::clock::Clock;
+use gp4u_core::ids::{GpuId, JobId, NodeId, UserId};
+use gp4u_core::manifest::{GpuSpec, Role, validate_submission};
+use gp4u_core::money::Money;
+use gp4u_core::token::{Claims, TokenKeys, TokenSecret, mint};
+use gp4u_server::AppState;
+use gp4u_server::state::{Limits, os_random_ids};
+use gp4u_store::testing::{PG_URL_ENV, TestDatabase};
+use gp4u_store::{Engine, NewNode, NewUser, Store};
+use serde_json::json;
+use sqlx::Connection;
+use tokio::net::TcpListener;
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const RUNTIME_THREADS: usize = 2;
+const INSERT_ROWS: usize = 400;
+
+const USAGE: &str = "usage: cargo bench -p gp4u-server --bench telemetry -- \
+    [--jobs N (20000)] [--nodes N (2000)] [--seconds N (10)] [--concurrency N (64)] \
+    [--warmup-seconds N (3)]";
+
+#[derive(Debug, Clone)]
+struct Config {
+    jobs: usize,
+    nodes: usize,
+    seconds: u64,
+    concurrency: usize,
+    warmup_seconds: u64,
+}
+
+impl Config {
+    fn parse(args: impl IntoIterator<Item = String>) -> anyhow::Result<Config> {
+        let mut config = Config {
+            jobs: 20_000,
+            nodes: 2_000,
+            seconds: 10,
+            concurrency: 64,
+            warmup_seconds: 3,
+        };
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            if arg == "--bench" {
+                continue;
+            }
+            if arg == "-h" || arg == "--help" {
+                bail!("{USAGE}");
+            }
+            let value = args
+                .next()
+                .with_context(|| format!("{arg} needs a value\n{USAGE}"))?;
+            let number: u64 = value
+                .parse()
+                .with_context(|| format!("{arg} {value:?}: not a whole number"))?;
+            match arg.as_str() {
+                "--jobs" => config.jobs = usize::try_from(number.clamp(1, 1_000_000))?,
+                "--nodes" => config.nodes = usize::try_from(number.clamp(1, 100_000))?,
+                "--seconds" => config.seconds = number.clamp(1, 600),
+                "--concurrency" => config.concurrency = usize::try_from(number.clamp(1, 1024))?,
+                "--warmup-seconds" => config.warmup_seconds = number.min(60),
+                other => bail!("unknown argument {other:?}\n{USAGE}"),
+            }
+        }
+        if config.nodes > config.jobs {
+            config.nodes = config.jobs;
+        }
+        Ok(config)
+    }
+}
+
+/// One job to post for: its packet body and its provider's `Bearer …`.
+struct Target {
+    body: axum::body::Bytes,
+    authorization: Arc<str>,
+}
+
+fn new_user_id() -> UserId {
+    UserId::from_random(rand::random::<[u8; 16]>())
+}
+
+/// Creates the providers, nodes, GPUs and RUNNING jobs; returns one target per job.
+async fn populate(
+    store: &Store,
+    url: &str,
+    secret: &TokenSecret,
+    config: &Config,
+    now_ms: i64,
+) -> anyhow::Result<Vec<Target>> {
+    let expires = now_ms / 1000 + 86_400;
+    let customer = new_user_id();
+    store
+        .create_user(
+            &NewUser {
+                id: customer.clone(),
+                name: "bench customer".into(),
+                role: Role::Customer,
+                university: false,
+                region: None,
+            },
+            now_ms,
+        )
+        .await?;
+    let manifest = validate_submission(&json!({
+        "name": "ingestion bench", "gpu": {"model": "RTX 4090"}, "workload_type": "TRAINING",
+        "expectedDurationHours": 4.0, "docker_image": "registry.example/org/bert",
+        "docker_image_sha256": "a".repeat(64), "command": ["python", "train.py"],
+    }))
+    .map_err(|error| anyhow::anyhow!("bench manifest: {}", error.message))?;
+    let manifest = serde_json::to_string(&manifest)?;
+    let per_node = config.jobs.div_ceil(config.nodes);
+    // (job, node, gpu, the node's token) and one token per node.
+    let mut placed: Vec<(JobId, NodeId, GpuId, usize)> = Vec::with_capacity(config.jobs);
+    let mut tokens: Vec<Arc<str>> = Vec::with_capacity(config.nodes);
+    let mut created = 0;
+    while created < config.jobs {
+        let provider = new_user_id();
+        store
+            .create_user(
+                &NewUser {
+                    id: provider.clone(),
+                    name: "bench provider".into(),
+                    role: Role::Provider,
+                    university: false,
+                    region: None,
+                },
+                now_ms,
+            )
+            .await?;
+        let count = per_node.min(config.jobs - created);
+        let gpus: Vec<(GpuId, GpuSpec)> = (0..count)
+            .map(|index| {
+                (
+                    GpuId::from_random(rand::random::<[u8; 16]>()),
+                    GpuSpec {
+                        name: "RTX 4090".into(),
+                        vram_gb: 24.0,
+                        price_per_hour: Money::from_micros(2_000_000),
+                        uuid: Some(format!("GPU-{index}")),
+                        emulated: false,
+                    },
+                )
+            })
+            .collect();
+        let node = NodeId::from_random(rand::random::<[u8; 16]>());
+        store
+            .register_node(
+                &NewNode {
+                    id: node.clone(),
+                    owner_id: provider.clone(),
+                    region: "us-east-1".into(),
+                    public_key: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
+                    gpus: gpus.clone(),
+                    endpoint: None,
+                },
+                &[],
+                now_ms,
+            )
+            .await?;
+        let token = mint(
+            &Claims {
+                sub: provider.to_string(),
+                clr: Role::Provider.clearance(),
+                trs: 50.0,
+                exp: expires,
+            },
+            secret,
+        );
+        tokens.push(format!("Bearer {token}").into());
+        for (gpu, _) in gpus {
+            placed.push((
+                JobId::from_random(rand::random::<[u8; 16]>()),
+                node.clone(),
+                gpu,
+                tokens.len() - 1,
+            ));
+        }
+        created += count;
+    }
+    // The jobs, RUNNING on their GPUs, in multi-row inserts.
+    let mut connection = sqlx::PgConnection::connect(url).await?;
+    for chunk in placed.chunks(INSERT_ROWS) {
+        let mut sql = String::from(
+            "INSERT INTO jobs (id, owner_id, name, status, workload_type, gpu_id, node_id, gpu_name, \
+             gpu_region, manifest, price_micros, cost_estimate_micros, created_at, started_at, \
+             assigned_at, picked_up_at) VALUES ",
+        );
+        for (index, (job, node, gpu, _)) in chunk.iter().enumerate() {
+            if index > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "('{job}', '{customer}', 'ingestion bench', 'RUNNING', 'TRAINING', '{gpu}', '{node}', \
+                 'RTX 4090', 'us-east-1', $1, 2000000, 8000000, {now_ms}, {now_ms}, {now_ms}, {now_ms})"
+            ));
+        }
+        // Audited: ids are generated here (base32), everything else is literal.
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&manifest)
+            .execute(&mut connection)
+            .await?;
+    }
+    let targets = placed
+        .iter()
+        .map(|(job, node, _, owner)| {
+            let body = json!({
+                "job_id": job.as_str(), "node_id": node.as_str(),
+                "gpu_utilization_pct": 94.2, "vram_used_gb": 22.1, "vram_allocated_gb": 24.0,
+                "power_draw_watts": 380.0, "temperature_c": 72, "outbound_bytes_per_sec": 1_200_000,
+                "inferred_pattern": "TRAINING", "unique_dest_ips": 3, "foreign_gpu_processes": 0
+            });
+            Target {
+                body: axum::body::Bytes::from(body.to_string()),
+                authorization: tokens[*owner].clone(),
+            }
+        })
+        .collect();
+    Ok(targets)
+}
+
+#[derive(Default)]
+struct Tally {
+    accepted_us: Vec<u64>,
+    refused: std::collections::BTreeMap<u16, (u64, String)>,
+    transport_errors: u64,
+}
+
+async fn client_task(
+    client: reqwest::Client,
+    url: Arc<str>,
+    targets: Arc<Vec<Target>>,
+    next: Arc<AtomicU64>,
+    start: Instant,
+    end: Instant,
+) -> Tally {
+    let mut tally = Tally::default();
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            return tally;
+        }
+        let index =
+            usize::try_from(next.fetch_add(1, Ordering::Relaxed)).unwrap_or(0) % targets.len();
+        let target = &targets[index];
+        let sent = Instant::now();
+        let response = client
+            .post(&*url)
+            .header("authorization", &*target.authorization)
+            .header("content-type", "application/json")
+            .body(target.body.clone())
+            .send()
+            .await;
+        let counted = sent >= start;
+        match response {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body = response.bytes().await.unwrap_or_default();
+                let done = Instant::now();
+                if !counted || done > end {
+                    continue;
+                }
+                if status == 200 {
+                    tally
+                        .accepted_us
+                        .push(u64::try_from((done - sent).as_micros()).unwrap_or(u64::MAX));
+                } else {
+                    let entry = tally
+                        .refused
+                        .entry(status)
+                        .or_insert((0, String::from_utf8_lossy(&body).into_owned()));
+                    entry.0 += 1;
+                }
+            }
+            Err(_) => tally.transport_errors += 1,
+        }
+    }
+}
+
+fn percentile_ms(sorted_us: &[u64], percent: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (percent / 100.0 * sorted_us.len() as f64).ceil() as usize;
+    sorted_us[rank.clamp(1, sorted_us.len()) - 1] as f64 / 1000.0
+}
+
+fn runtime(name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(RUNTIME_THREADS)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .with_context(|| format!("building the {name} runtime"))
+}
+
+const BASELINE_TABLE: &str = "CREATE TABLE telemetry_ceiling (LIKE telemetry INCLUDING ALL)";
+
+/// PostgreSQL's own rates for `rows` telemetry rows: (COPY rows/s, multi-row INSERT rows/s).
+async fn ceiling(url: &str, rows: usize) -> anyhow::Result<(f64, f64)> {
+    let mut connection = sqlx::PgConnection::connect(url).await?;
+    sqlx::raw_sql(BASELINE_TABLE)
+        .execute(&mut connection)
+        .await?;
+    let now_ms = SystemClock.now_ms();
+    let row = |index: usize| {
+        (
+            format!("job_{index:026}"),
+            "node_bench".to_string(),
+            now_ms + i64::try_from(index).unwrap_or(0),
+        )
+    };
+    // COPY.
+    let mut csv = String::with_capacity(rows * 120);
+    for index in 0..rows {
+        let (job, node, at) = row(index);
+        csv.push_str(&format!(
+            "{job},{node},{at},94.2,22.1,24,380,72,1200000,3,0,0,TRAINING,0\n"
+        ));
+    }
+    let started = Instant::now();
+    let mut copy = connection
+        .copy_in_raw(
+            "COPY telemetry_ceiling (job_id, node_id, at_ms, gpu_utilization_pct, vram_used_gb, \
+             vram_allocated_gb, power_draw_watts, temperature_c, outbound_bytes_per_sec, \
+             unique_dest_ips, foreign_gpu_processes, throttling, inferred_pattern, emulated) \
+             FROM STDIN (FORMAT csv)",
+        )
+        .await?;
+    copy.send(csv.into_bytes()).await?;
+    copy.finish().await?;
+    let copy_rate = rows as f64 / started.elapsed().as_secs_f64();
+    sqlx::raw_sql("TRUNCATE telemetry_ceiling")
+        .execute(&mut connection)
+        .await?;
+    // Multi-row INSERT, 400 rows (14 parameters each) per statement and transaction.
+    let started = Instant::now();
+    let mut done = 0;
+    while done < rows {
+        let count = INSERT_ROWS.min(rows - done);
+        let mut sql = String::from(
+            "INSERT INTO telemetry_ceiling (job_id, node_id, at_ms, gpu_utilization_pct, \
+             vram_used_gb, vram_allocated_gb, power_draw_watts, temperature_c, \
+             outbound_bytes_per_sec, unique_dest_ips, foreign_gpu_processes, throttling, \
+             inferred_pattern, emulated) VALUES ",
+        );
+        for index in 0..count {
+            if index > 0 {
+                sql.push(',');
+            }
+            let base = index * 14;
+            sql.push('(');
+            for column in 1..=14 {
+                if column > 1 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!("${}", base + column));
+            }
+            sql.push(')');
+        }
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for index in done..done + count {
+            let (job, node, at) = row(index);
+            query = query
+                .bind(job)
+                .bind(node)
+                .bind(at)
+                .bind(94.2f64)
+                .bind(22.1f64)
+                .bind(24.0f64)
+                .bind(380.0f64)
+                .bind(72.0f64)
+                .bind(1_200_000.0f64)
+                .bind(3i64)
+                .bind(0i64)
+                .bind(0i64)
+                .bind("TRAINING")
+                .bind(0i64);
+        }
+        query.execute(&mut connection).await?;
+        done += count;
+    }
+    let insert_rate = rows as f64 / started.elapsed().as_secs_f64();
+    sqlx::raw_sql("DROP TABLE telemetry_ceiling")
+        .execute(&mut connection)
+        .await?;
+    Ok((copy_rate, insert_rate))
+}
+
+async fn drop_database(url: &str) -> anyhow::Result<()> {
+    let admin_url = std::env::var(PG_URL_ENV).context(PG_URL_ENV)?;
+    let name = url
+        .split('?')
+        .next()
+        .unwrap_or(url)
+        .rsplit('/')
+        .next()
+        .unwrap_or("");
+    if !name.starts_with("gp4u_test_")
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        bail!("refusing to drop unexpected database name {name:?}");
+    }
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
+    Ok(())
+}
+
+fn run(config: &Config) -> anyhow::Result<()> {
+    let server_rt = runtime("bench-server")?;
+    let client_rt = runtime("bench-client")?;
+    let setup_started = Instant::now();
+    let (db, state, listener, targets) = server_rt.block_on(async {
+        let Some(db) = TestDatabase::create(Engine::Postgres, "bench_telemetry").await else {
+            bail!("{PG_URL_ENV} is unset: this bench needs PostgreSQL (scripts/bench-telemetry.sh starts one)");
+        };
+        let store = db.store().await.context("opening the store")?;
+        let secret = TokenSecret::new(rand::random::<[u8; 32]>().to_vec())
+            .map_err(|error| anyhow::anyhow!("token secret: {error}"))?;
+        let now_ms = SystemClock.now_ms();
+        let targets = populate(&store, &db.url, &secret, config, now_ms).await?;
+        let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::default());
+        let state = AppState::new(
+            store,
+            Arc::new(SystemClock),
+            TokenKeys {
+                current: secret,
+                previous: None,
+            },
+            Limits::default(),
+            os_random_ids(),
+            bus,
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        anyhow::Ok((db, state, listener, targets))
+    })?;
+    let addr: SocketAddr = listener.local_addr()?;
+    eprintln!(
+        "setup: {} RUNNING jobs on {} nodes in {:.1} s",
+        targets.len(),
+        config.nodes,
+        setup_started.elapsed().as_secs_f64()
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = server_rt.spawn(gp4u_server::app::serve(listener, state.clone(), async {
+        let _ = stopped.await;
+    }));
+
+    let targets = Arc::new(targets);
+    let tally = client_rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(config.concurrency)
+            .tcp_nodelay(true)
+            .timeout(REQUEST_TIMEOUT)
+            .build()?;
+        let url: Arc<str> = format!("http://{addr}/api/telemetry/russian-doll").into();
+        let begin = Instant::now();
+        let start = begin + Duration::from_secs(config.warmup_seconds);
+        let end = start + Duration::from_secs(config.seconds);
+        let next = Arc::new(AtomicU64::new(0));
+        let tasks: Vec<_> = (0..config.concurrency)
+            .map(|_| {
+                tokio::spawn(client_task(
+                    client.clone(),
+                    url.clone(),
+                    targets.clone(),
+                    next.clone(),
+                    start,
+                    end,
+                ))
+            })
+            .collect();
+        let mut tally = Tally::default();
+        for task in tasks {
+            let part = task.await?;
+            tally.accepted_us.extend(part.accepted_us);
+            for (status, (count, body)) in part.refused {
+                tally.refused.entry(status).or_insert((0, body)).0 += count;
+            }
+            tally.transport_errors += part.transport_errors;
+        }
+        anyhow::Ok(tally)
+    })?;
+    let _ = stop.send(());
+    let _ = server_rt.block_on(server);
+
+    let mut latencies = tally.accepted_us;
+    latencies.sort_unstable();
+    let accepted = latencies.len();
+    let rate = accepted as f64 / config.seconds as f64;
+    let (copy_rate, insert_rate) = server_rt.block_on(ceiling(&db.url, accepted.max(1)))?;
+    println!(
+        "telemetry ingestion (PostgreSQL, {} jobs on {} nodes, {} in flight, {} s measured after {} s warmup)",
+        targets.len(),
+        config.nodes,
+        config.concurrency,
+        config.seconds,
+        config.warmup_seconds
+    );
+    println!(
+        "  accepted {accepted} packets: {rate:.0}/s, latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        percentile_ms(&latencies, 50.0),
+        percentile_ms(&latencies, 99.0),
+        percentile_ms(&latencies, 100.0)
+    );
+    for (status, (count, body)) in &tally.refused {
+        println!("  REFUSED {count} with HTTP {status}, e.g. {body}");
+    }
+    if tally.transport_errors > 0 {
+        println!("  TRANSPORT ERRORS: {}", tally.transport_errors);
+    }
+    println!(
+        "  ceiling for the same {accepted} rows on one connection: COPY {copy_rate:.0} rows/s, \
+         INSERT x{INSERT_ROWS} {insert_rate:.0} rows/s"
+    );
+    println!(
+        "  ratio: {:.2} of COPY, {:.2} of multi-row INSERT",
+        rate / copy_rate,
+        rate / insert_rate
+    );
+    println!(
+        "  goals: >= 10000/s {}, p99 <= 50 ms {}",
+        if rate >= 10_000.0 { "MET" } else { "MISSED" },
+        if percentile_ms(&latencies, 99.0) <= 50.0 {
+            "MET"
+        } else {
+            "MISSED"
+        }
+    );
+    server_rt.block_on(async {
+        state.store.close().await;
+        drop_database(&db.url).await
+    })?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let config = match Config::parse(std::env::args().skip(1)) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("telemetry bench failed: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
