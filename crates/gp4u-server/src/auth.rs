@@ -138,14 +138,27 @@ impl FromRequestParts<AppState> for Caller {
                 "Caller used on a route without authenticate",
             ));
         };
-        let unknown = || {
-            ApiError::new(
-                ErrorCode::UserUnknown,
-                "the token's subject is not a known user; ask an admin to create it",
-            )
-        };
-        let user_id = UserId::parse(&claims.sub).map_err(|_| unknown())?;
-        let user = state.store.get_user(&user_id).await?.ok_or_else(unknown)?;
+        let user_id = UserId::parse(&claims.sub).map_err(|_| unknown_user())?;
+        let user = state
+            .store
+            .get_user(&user_id)
+            .await?
+            .ok_or_else(unknown_user)?;
+        Caller::admit(claims, user)
+    }
+}
+
+fn unknown_user() -> ApiError {
+    ApiError::new(
+        ErrorCode::UserUnknown,
+        "the token's subject is not a known user; ask an admin to create it",
+    )
+}
+
+impl Caller {
+    /// Admits `user` acting with `claims`: refused when suspended or when the token claims
+    /// more clearance than the user has.
+    fn admit(claims: Claims, user: UserRecord) -> Result<Caller, ApiError> {
         if !user.active {
             return Err(ApiError::new(
                 ErrorCode::UserSuspended,
@@ -162,5 +175,35 @@ impl FromRequestParts<AppState> for Caller {
             ));
         }
         Ok(Caller { claims, user })
+    }
+}
+
+/// The caller of the telemetry hot path: like [`Caller`], but the user record may come from
+/// this replica's cache, at most `[tutela] cache_ttl_ms` (5 s) old. A suspension made on this
+/// replica applies at once (it clears the cache); one made on another replica within that
+/// time. Every other route loads the user on every request.
+#[derive(Debug, Clone)]
+pub struct HotCaller(pub Caller);
+
+impl FromRequestParts<AppState> for HotCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<HotCaller, ApiError> {
+        let Some(claims) = parts.extensions.get::<Claims>().cloned() else {
+            return Err(ApiError::internal(
+                "auth",
+                "HotCaller used on a route without authenticate",
+            ));
+        };
+        let user_id = UserId::parse(&claims.sub).map_err(|_| unknown_user())?;
+        let user = state
+            .tutela
+            .cached_user(&state.store, &user_id, state.now_ms())
+            .await?
+            .ok_or_else(unknown_user)?;
+        Caller::admit(claims, user).map(HotCaller)
     }
 }

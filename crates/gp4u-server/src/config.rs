@@ -137,8 +137,13 @@ pub struct TutelaSettings {
     /// Visibility challenges: how often, and how long the agent has to answer.
     pub visibility_interval_s: u64,
     pub visibility_timeout_ms: u64,
-    /// Group commit of telemetry rows: at most this many rows per transaction.
+    /// Group commit of telemetry rows: at most this many rows per transaction, and this many
+    /// writers committing batches concurrently.
     pub telemetry_batch_rows: usize,
+    pub telemetry_writers: usize,
+    /// The telemetry hot path reads its caller and job from a per-replica cache at most this
+    /// old (changes made on this replica apply at once; on another, within this time).
+    pub cache_ttl_ms: u64,
 }
 
 impl Default for TutelaSettings {
@@ -159,6 +164,8 @@ impl Default for TutelaSettings {
             visibility_interval_s: 60,
             visibility_timeout_ms: 5000,
             telemetry_batch_rows: 512,
+            telemetry_writers: 4,
+            cache_ttl_ms: 5000,
         }
     }
 }
@@ -194,6 +201,9 @@ impl TutelaSettings {
         }
         if self.telemetry_batch_rows == 0 || self.telemetry_batch_rows > 4096 {
             bail!("[tutela] telemetry_batch_rows must be 1–4096");
+        }
+        if self.telemetry_writers == 0 || self.telemetry_writers > 64 {
+            bail!("[tutela] telemetry_writers must be 1–64");
         }
         Ok(())
     }

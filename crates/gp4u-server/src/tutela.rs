@@ -12,8 +12,8 @@
 //! The rules themselves are pure, in `gp4u_core::tutela`.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
@@ -28,7 +28,7 @@ use gp4u_core::tutela::{
 use gp4u_proto::{VisibilityAnswer, VisibilityChallenge};
 use gp4u_store::{
     Attempt, JobRecord, NodeRecord, OutboxEvent, SlashRecord, Store, StoreError, StoreResult,
-    TelemetryRow,
+    TelemetryRow, UserRecord,
 };
 use serde_json::json;
 use tokio::sync::watch;
@@ -48,13 +48,37 @@ const REAPER_BATCH: i64 = 10_000;
 /// Visibility challenges in flight at once.
 const VISIBILITY_CONCURRENCY: usize = 32;
 
-type WriteRequest = (TelemetryRow, oneshot::Sender<Result<(), String>>);
+type WriteRequest = (TelemetryRow, oneshot::Sender<Result<bool, String>>);
 
-/// A job's recent samples and the facts about its GPU the route needs on every packet.
+/// What the ingestion route needs to know of a live job on every packet, read once when its
+/// window is loaded. The database stays the judge: a packet is written only while the job is
+/// RUNNING on its node (checked by the write itself), so a stale fact can delay a refusal by
+/// one packet but never let a write through.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobFacts {
+    pub node_id: NodeId,
+    pub owner_id: gp4u_core::ids::UserId,
+    pub status: JobStatus,
+    pub started_at_ms: Option<i64>,
+    /// 1.1 × the declared duration, in milliseconds.
+    pub cap_ms: i64,
+    pub emulated: bool,
+}
+
+/// A job's recent samples and its facts.
 #[derive(Debug, Clone)]
 pub struct Window {
     pub samples: VecDeque<TelemetrySample>,
-    pub emulated: bool,
+    pub facts: JobFacts,
+}
+
+/// 1.1 × the job's declared duration, in milliseconds.
+pub fn cap_ms(job: &JobRecord) -> i64 {
+    // micro-hours × 3600 s × 1000 ms / 1e6 = micro-hours × 3.6
+    duration_cap(job.manifest.expected_duration)
+        .micro_hours()
+        .saturating_mul(36)
+        / 10
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -73,6 +97,9 @@ pub struct Tutela {
     windows: Mutex<HashMap<JobId, Window>>,
     /// Node → owner. A node's owner never changes, so this never goes stale.
     owners: Mutex<HashMap<NodeId, gp4u_core::ids::UserId>>,
+    /// The hot path's users, each with when it was read; at most `cache_ttl_ms` old, and
+    /// dropped at once when this replica changes them.
+    users: Mutex<HashMap<gp4u_core::ids::UserId, (UserRecord, i64)>>,
     buckets: Mutex<HashMap<NodeId, Bucket>>,
     writer: OnceCell<mpsc::Sender<WriteRequest>>,
     breaker_open: AtomicBool,
@@ -95,6 +122,7 @@ impl Tutela {
             started_ms,
             windows: Mutex::new(HashMap::new()),
             owners: Mutex::new(HashMap::new()),
+            users: Mutex::new(HashMap::new()),
             buckets: Mutex::new(HashMap::new()),
             writer: OnceCell::new(),
             breaker_open: AtomicBool::new(false),
@@ -152,34 +180,38 @@ impl Tutela {
         }
     }
 
-    /// Appends `sample` to the job's window (loading the window from the database on a miss)
-    /// and returns the window, oldest first, with whether the job's GPU is emulated.
-    pub async fn push_sample(
-        &self,
-        store: &Store,
-        job: &JobRecord,
-        sample: TelemetrySample,
-    ) -> StoreResult<(Vec<TelemetrySample>, bool)> {
+    /// The facts of a job whose window this replica holds.
+    pub fn facts(&self, job: &JobId) -> Option<JobFacts> {
+        self.windows
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(job)
+            .map(|window| window.facts.clone())
+    }
+
+    /// Loads a live job's window: its facts from `job` and its latest samples from the
+    /// database (a restart or another replica loses nothing).
+    pub async fn load_window(&self, store: &Store, job: &JobRecord) -> StoreResult<JobFacts> {
         let keep = self.window_len();
-        {
-            let mut windows = self
-                .windows
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner());
-            if let Some(window) = windows.get_mut(&job.id) {
-                window.samples.push_back(sample);
-                while window.samples.len() > keep {
-                    window.samples.pop_front();
-                }
-                return Ok((window.samples.iter().cloned().collect(), window.emulated));
-            }
-        }
-        let earlier = store
-            .recent_telemetry(&job.id, i64::try_from(keep - 1).unwrap_or(0))
+        let samples = store
+            .recent_telemetry(&job.id, i64::try_from(keep).unwrap_or(0))
             .await?;
         let emulated = match &job.state.gpu_id {
             Some(gpu) => store.get_gpu(gpu).await?.is_some_and(|gpu| gpu.emulated),
             None => false,
+        };
+        let node_id = job
+            .state
+            .node_id
+            .clone()
+            .ok_or_else(|| StoreError::Conflict(format!("job {} has no node", job.id)))?;
+        let facts = JobFacts {
+            node_id,
+            owner_id: job.owner_id.clone(),
+            status: job.state.status,
+            started_at_ms: job.state.started_at_ms,
+            cap_ms: cap_ms(job),
+            emulated,
         };
         let mut windows = self
             .windows
@@ -188,15 +220,43 @@ impl Tutela {
         if windows.len() >= MAX_CACHED_WINDOWS {
             windows.clear();
         }
-        let window = windows.entry(job.id.clone()).or_insert_with(|| Window {
-            samples: earlier.into_iter().collect(),
-            emulated,
-        });
+        windows.insert(
+            job.id.clone(),
+            Window {
+                samples: samples.into_iter().collect(),
+                facts: facts.clone(),
+            },
+        );
+        Ok(facts)
+    }
+
+    /// Records that this replica started the job.
+    pub fn started(&self, job: &JobId, started_at_ms: Option<i64>) {
+        if let Some(window) = self
+            .windows
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get_mut(job)
+        {
+            window.facts.status = JobStatus::Running;
+            window.facts.started_at_ms = started_at_ms;
+        }
+    }
+
+    /// Appends `sample` to the job's window and returns the window, oldest first; `None` when
+    /// the window is not held (load it first).
+    pub fn push(&self, job: &JobId, sample: TelemetrySample) -> Option<Vec<TelemetrySample>> {
+        let keep = self.window_len();
+        let mut windows = self
+            .windows
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let window = windows.get_mut(job)?;
         window.samples.push_back(sample);
         while window.samples.len() > keep {
             window.samples.pop_front();
         }
-        Ok((window.samples.iter().cloned().collect(), window.emulated))
+        Some(window.samples.iter().cloned().collect())
     }
 
     /// The owner of `node` (`None` when there is no such node), from memory after the first
@@ -228,7 +288,7 @@ impl Tutela {
         Ok(Some(record.owner_id))
     }
 
-    /// Forgets a job's window (it ended or moved).
+    /// Forgets what is cached of a job: its window and facts (it ended, moved or changed).
     pub fn forget(&self, job: &JobId) {
         self.windows
             .lock()
@@ -236,16 +296,63 @@ impl Tutela {
             .remove(job);
     }
 
+    /// Forgets a cached user (suspended, activated, changed).
+    pub fn forget_user(&self, user: &gp4u_core::ids::UserId) {
+        self.users
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .remove(user);
+    }
+
+    /// The user, from the cache when read less than `cache_ttl_ms` ago.
+    pub async fn cached_user(
+        &self,
+        store: &Store,
+        id: &gp4u_core::ids::UserId,
+        now_ms: i64,
+    ) -> StoreResult<Option<UserRecord>> {
+        let ttl = i64::try_from(self.settings.cache_ttl_ms).unwrap_or(0);
+        if let Some((user, at)) = self
+            .users
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(id)
+            && now_ms.saturating_sub(*at) < ttl
+        {
+            return Ok(Some(user.clone()));
+        }
+        let user = store.get_user(id).await?;
+        if let Some(user) = &user {
+            let mut users = self
+                .users
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            if users.len() >= MAX_CACHED_WINDOWS {
+                users.clear();
+            }
+            users.insert(id.clone(), (user.clone(), now_ms));
+        }
+        Ok(user)
+    }
+
     /// Stores one sample through the group-commit writer: the call returns once the
     /// transaction holding it committed, so an acknowledged packet is never lost, while
-    /// many concurrent packets share one commit.
-    pub async fn write(&self, store: &Store, row: TelemetryRow) -> Result<(), String> {
+    /// many concurrent packets share one commit. `Ok(false)`: refused, the job is not (or no
+    /// longer) RUNNING on the packet's node.
+    pub async fn write(&self, store: &Store, row: TelemetryRow) -> Result<bool, String> {
         let batch = self.settings.telemetry_batch_rows;
+        let writers = self.settings.telemetry_writers;
         let sender = self
             .writer
             .get_or_init(|| async {
                 let (sender, receiver) = mpsc::channel(batch.saturating_mul(8).max(64));
-                tokio::spawn(run_writer(store.clone(), receiver, batch));
+                // Several writers, each committing its own batch: while one waits for its
+                // commit to be flushed, the next batch is already being written (PostgreSQL
+                // flushes concurrent commits together).
+                let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+                for _ in 0..writers.max(1) {
+                    tokio::spawn(run_writer(store.clone(), receiver.clone(), batch));
+                }
                 sender
             })
             .await;
@@ -260,31 +367,51 @@ impl Tutela {
     }
 }
 
-async fn run_writer(store: Store, mut receiver: mpsc::Receiver<WriteRequest>, batch: usize) {
+async fn run_writer(
+    store: Store,
+    receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<WriteRequest>>>,
+    batch: usize,
+) {
     let mut rows = Vec::with_capacity(batch);
     let mut waiters = Vec::with_capacity(batch);
-    while let Some((row, done)) = receiver.recv().await {
-        rows.push(row);
-        waiters.push(done);
-        while rows.len() < batch {
-            match receiver.try_recv() {
-                Ok((row, done)) => {
-                    rows.push(row);
-                    waiters.push(done);
+    loop {
+        {
+            let mut receiver = receiver.lock().await;
+            let Some((row, done)) = receiver.recv().await else {
+                return;
+            };
+            rows.push(row);
+            waiters.push(done);
+            while rows.len() < batch {
+                match receiver.try_recv() {
+                    Ok((row, done)) => {
+                        rows.push(row);
+                        waiters.push(done);
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
             }
         }
-        let result = store
-            .insert_telemetry_batch(&rows)
-            .await
-            .map_err(|error| error.to_string());
-        if let Err(error) = &result {
-            tracing::error!(%error, rows = rows.len(), "storing a telemetry batch failed");
+        // Two writers updating the same jobs may deadlock (the database aborts one): retry.
+        let mut result = Err(String::new());
+        for attempt in 1..=3 {
+            result = store
+                .insert_telemetry_batch(&rows)
+                .await
+                .map_err(|error| error.to_string());
+            match &result {
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::warn!(%error, attempt, rows = rows.len(), "storing a telemetry batch failed")
+                }
+            }
         }
         rows.clear();
-        for done in waiters.drain(..) {
-            let _ = done.send(result.clone());
+        for (index, done) in waiters.drain(..).enumerate() {
+            let _ = done.send(match &result {
+                Ok(accepted) => Ok(accepted.get(index).copied().unwrap_or(false)),
+                Err(error) => Err(error.clone()),
+            });
         }
     }
 }
@@ -483,11 +610,7 @@ pub async fn reap_once(state: &AppState) -> StoreResult<Vec<JobId>> {
         let (Some(started), Some(node)) = (job.state.started_at_ms, &job.state.node_id) else {
             continue;
         };
-        let cap_ms = duration_cap(job.manifest.expected_duration)
-            .micro_hours()
-            .saturating_mul(36)
-            / 10;
-        if now_ms > started.saturating_add(cap_ms).saturating_add(grace_ms)
+        if now_ms > started.saturating_add(cap_ms(job)).saturating_add(grace_ms)
             && end_attempt(
                 state,
                 &job.id,

@@ -109,15 +109,85 @@ fn u32_column(value: Option<u32>) -> Option<i64> {
 
 impl Store {
     /// Stores a batch of samples and moves each job's `latest_metrics` and heartbeat, in one
-    /// transaction (the ingestion route's group commit: many requests, one commit).
-    pub async fn insert_telemetry_batch(&self, rows: &[TelemetryRow]) -> StoreResult<()> {
+    /// transaction (the ingestion route's group commit: many requests, one commit). A row is
+    /// accepted only while its job is RUNNING on the row's node — checked here, by the same
+    /// statement that writes, so a job that ended or moved meanwhile (on any replica) is never
+    /// written to. Returns, per row, whether it was accepted.
+    pub async fn insert_telemetry_batch(&self, rows: &[TelemetryRow]) -> StoreResult<Vec<bool>> {
         if rows.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         self.count_op();
         let writer = self.writer().await;
         let mut tx = self.begin_write().await?;
-        for chunk in rows.chunks(TELEMETRY_ROWS_PER_STATEMENT) {
+        // The newest sample of each job becomes its latest_metrics and heartbeat: one
+        // UPDATE … FROM a VALUES list per chunk (both engines), not one statement per job.
+        let mut latest: Vec<&TelemetryRow> = Vec::new();
+        let mut position: std::collections::HashMap<&JobId, usize> =
+            std::collections::HashMap::with_capacity(rows.len());
+        for row in rows {
+            match position.get(&row.job_id) {
+                Some(&index) => {
+                    if latest[index].sample.at_ms <= row.sample.at_ms {
+                        latest[index] = row;
+                    }
+                }
+                None => {
+                    position.insert(&row.job_id, latest.len());
+                    latest.push(row);
+                }
+            }
+        }
+        // A fixed order keeps concurrent batches from locking the same jobs crosswise.
+        latest.sort_by(|a, b| a.job_id.cmp(&b.job_id));
+        let mut live: std::collections::HashSet<String> =
+            std::collections::HashSet::with_capacity(latest.len());
+        for chunk in latest.chunks(TELEMETRY_ROWS_PER_STATEMENT) {
+            let mut sql = String::from("WITH v(id, node, m, t) AS (VALUES ");
+            for index in 0..chunk.len() {
+                let base = index * 4;
+                if index > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${})",
+                    base + 1,
+                    base + 2,
+                    base + 3,
+                    base + 4
+                ));
+            }
+            sql.push_str(
+                ") UPDATE jobs SET latest_metrics = v.m, last_telemetry_at = CASE \
+                 WHEN jobs.last_telemetry_at IS NULL OR jobs.last_telemetry_at < v.t THEN v.t \
+                 ELSE jobs.last_telemetry_at END FROM v \
+                 WHERE jobs.id = v.id AND jobs.node_id = v.node AND jobs.status = 'RUNNING' \
+                 RETURNING jobs.id",
+            );
+            // Audited: only `$N` placeholders are formatted into the text.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for row in chunk {
+                query = query
+                    .bind(row.job_id.as_str())
+                    .bind(row.node_id.as_str())
+                    .bind(row.latest_metrics.to_string())
+                    .bind(row.sample.at_ms);
+            }
+            for returned in query.fetch_all(&mut *tx).await? {
+                live.insert(returned.try_get::<String, _>(0)?);
+            }
+        }
+        let accepted: Vec<bool> = rows
+            .iter()
+            .map(|row| live.contains(row.job_id.as_str()))
+            .collect();
+        let stored: Vec<&TelemetryRow> = rows
+            .iter()
+            .zip(&accepted)
+            .filter(|(_, accepted)| **accepted)
+            .map(|(row, _)| row)
+            .collect();
+        for chunk in stored.chunks(TELEMETRY_ROWS_PER_STATEMENT) {
             let mut sql = String::from(
                 "INSERT INTO telemetry (job_id, node_id, at_ms, gpu_utilization_pct, vram_used_gb, \
                  vram_allocated_gb, power_draw_watts, temperature_c, outbound_bytes_per_sec, \
@@ -160,51 +230,9 @@ impl Store {
             }
             query.execute(&mut *tx).await?;
         }
-        // The newest sample of each job becomes its latest_metrics and heartbeat: one
-        // UPDATE … FROM a VALUES list per chunk (both engines), not one statement per job.
-        let mut latest: Vec<&TelemetryRow> = Vec::new();
-        let mut position: std::collections::HashMap<&JobId, usize> =
-            std::collections::HashMap::with_capacity(rows.len());
-        for row in rows {
-            match position.get(&row.job_id) {
-                Some(&index) => {
-                    if latest[index].sample.at_ms <= row.sample.at_ms {
-                        latest[index] = row;
-                    }
-                }
-                None => {
-                    position.insert(&row.job_id, latest.len());
-                    latest.push(row);
-                }
-            }
-        }
-        for chunk in latest.chunks(TELEMETRY_ROWS_PER_STATEMENT) {
-            let mut sql = String::from("WITH v(id, m, t) AS (VALUES ");
-            for index in 0..chunk.len() {
-                let base = index * 3;
-                if index > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!("(${}, ${}, ${})", base + 1, base + 2, base + 3));
-            }
-            sql.push_str(
-                ") UPDATE jobs SET latest_metrics = v.m, last_telemetry_at = CASE \
-                 WHEN jobs.last_telemetry_at IS NULL OR jobs.last_telemetry_at < v.t THEN v.t \
-                 ELSE jobs.last_telemetry_at END FROM v WHERE jobs.id = v.id",
-            );
-            // Audited: only `$N` placeholders are formatted into the text.
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for row in chunk {
-                query = query
-                    .bind(row.job_id.as_str())
-                    .bind(row.latest_metrics.to_string())
-                    .bind(row.sample.at_ms);
-            }
-            query.execute(&mut *tx).await?;
-        }
         tx.commit().await?;
         drop(writer);
-        Ok(())
+        Ok(accepted)
     }
 
     /// The job's latest `limit` samples, oldest first.

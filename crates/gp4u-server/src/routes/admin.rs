@@ -100,6 +100,7 @@ async fn set_active(
         .set_user_active(&id, active)
         .await
         .map_err(user_not_found)?;
+    state.tutela.forget_user(&record.id);
     tracing::warn!(user_id = %record.id, active, by = %caller.id(), "user activation changed");
     Ok(Json(user_view(&record)))
 }

@@ -279,6 +279,7 @@ pub async fn report_status(
         {
             Ok(updated) => {
                 state.relay.nudge();
+                state.tutela.forget(&updated.id);
                 if updated.state.status.is_terminal() {
                     state.atlas_nudge.notify_one();
                 }

@@ -408,6 +408,7 @@ pub async fn cancel_job(
             Ok(updated) => {
                 state.relay.nudge();
                 state.atlas_nudge.notify_one();
+                state.tutela.forget(&updated.id);
                 tracing::info!(job_id = %updated.id, ended_by = ?updated.state.ended_by, "job cancelled");
                 return Ok(Json(job_view(&updated)));
             }

@@ -10,7 +10,7 @@ use gp4u_core::manifest::{
     FieldError, ValidationCode, validate_credit_amount, validate_endpoint, validate_registration,
 };
 use gp4u_proto::{ErrorCode, GpuList, ProviderNodeView, Registered, RegisteredGpuView, SlashView};
-use gp4u_store::{NewNode, NodeRecord, OutboxEvent, StoreError};
+use gp4u_store::{GpuRecord, NewNode, NodeRecord, OutboxEvent, StoreError};
 
 use crate::auth::{CLEARANCE_ADMIN, CLEARANCE_PROVIDER, Caller};
 use crate::error::{ApiError, ApiResult};
@@ -77,21 +77,22 @@ pub async fn register(
         StatusCode::CREATED,
         Json(Registered {
             node_id: record.id.to_string(),
-            gpus: gpus
-                .iter()
-                .map(|gpu| RegisteredGpuView {
-                    id: gpu.id.to_string(),
-                    name: gpu.name.clone(),
-                    vram_gb: gpu.vram_gb,
-                    price_per_hour: price(gpu.price_per_hour),
-                    region: gpu.region.clone(),
-                    status: gpu.status.as_str().to_string(),
-                    emulated: gpu.emulated,
-                })
-                .collect(),
+            gpus: gpus.iter().map(registered_gpu_view).collect(),
             platform_public_key: Some(state.tutela.platform_public_key()),
         }),
     ))
+}
+
+fn registered_gpu_view(gpu: &GpuRecord) -> RegisteredGpuView {
+    RegisteredGpuView {
+        id: gpu.id.to_string(),
+        name: gpu.name.clone(),
+        vram_gb: gpu.vram_gb,
+        price_per_hour: price(gpu.price_per_hour),
+        region: gpu.region.clone(),
+        status: gpu.status.as_str().to_string(),
+        emulated: gpu.emulated,
+    }
 }
 
 /// Loads a node the caller may see: its owner, or an admin. Anyone else gets 404.
@@ -126,18 +127,7 @@ async fn node_view(state: &AppState, node: &NodeRecord) -> ApiResult<ProviderNod
         endpoint: node.endpoint.clone(),
         visibility: node.visibility.clone(),
         visibility_checked_at: node.visibility_checked_at_ms.map(rfc3339),
-        gpus: gpus
-            .iter()
-            .map(|gpu| RegisteredGpuView {
-                id: gpu.id.to_string(),
-                name: gpu.name.clone(),
-                vram_gb: gpu.vram_gb,
-                price_per_hour: price(gpu.price_per_hour),
-                region: gpu.region.clone(),
-                status: gpu.status.as_str().to_string(),
-                emulated: gpu.emulated,
-            })
-            .collect(),
+        gpus: gpus.iter().map(registered_gpu_view).collect(),
         slashes: slashes
             .iter()
             .map(|slash| SlashView {

@@ -13,7 +13,6 @@ use axum::extract::State;
 use gp4u_core::ids::{JobId, NodeId};
 use gp4u_core::job::{EndedBy, FailureReason, JobInput, JobStatus, transition};
 use gp4u_core::manifest::{FieldError, ValidationCode};
-use gp4u_core::pricing::duration_cap;
 use gp4u_core::tutela::{
     Attribution, Rule, Severity, TelemetrySample, Verdict, evaluate, kill_reason, parse_sample,
 };
@@ -21,18 +20,13 @@ use gp4u_proto::{AnomalyView, ErrorCode, TelemetryReply};
 use gp4u_store::{JobRecord, NewAnomaly, OutboxEvent, StoreError, TelemetryRow};
 use serde_json::{Value, json};
 
-use crate::auth::{CLEARANCE_PROVIDER, Caller};
+use crate::auth::{CLEARANCE_PROVIDER, Caller, HotCaller};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::JsonBody;
 use crate::placement::job_events;
 use crate::state::AppState;
 use crate::tutela::{end_attempt, new_id, slash};
 use crate::views::rfc3339;
-
-/// The node a packet comes from, once its ownership is checked.
-struct NodeRef {
-    id: NodeId,
-}
 
 /// Distinct rules kept in a job's `anomalies` summary (there are six).
 const SUMMARY_RULES: usize = 16;
@@ -236,7 +230,7 @@ fn fenced(job: &JobRecord) -> ApiError {
 )]
 pub async fn ingest(
     State(state): State<AppState>,
-    caller: Caller,
+    HotCaller(caller): HotCaller,
     body: JsonBody,
 ) -> ApiResult<Json<TelemetryReply>> {
     let body = body.value;
@@ -260,31 +254,28 @@ pub async fn ingest(
         Some(owner) if owner == *caller.id() => {}
         _ => return Err(node_missing()),
     }
-    let node = NodeRef { id: node_id };
     let not_found = || {
         ApiError::new(
             ErrorCode::JobNotFound,
-            format!("no job {job_field} on node {}", node.id),
+            format!("no job {job_field} on node {node_id}"),
         )
     };
     let job_id = JobId::parse(job_field).map_err(|_| not_found())?;
-    let job = state.store.get_job(&job_id).await?.ok_or_else(not_found)?;
-    if job.state.node_id.as_ref() != Some(&node.id) {
-        return Err(not_found());
-    }
-    if job.state.status.is_terminal() {
-        return Err(fenced(&job));
-    }
-    if !matches!(job.state.status, JobStatus::Assigned | JobStatus::Running) {
-        return Err(not_found());
-    }
+    // The job's facts: held by this replica since its first packet, else from the database.
+    let mut facts = match state.tutela.facts(&job_id) {
+        Some(facts) if facts.node_id == node_id => facts,
+        _ => {
+            let job = refuse_unless_live(&state, &job_id, &node_id).await?;
+            state.tutela.load_window(&state.store, &job).await?
+        }
+    };
     let now_ms = state.now_ms();
-    if let Err(retry_after) = state.tutela.take_token(&node.id, now_ms) {
+    if let Err(retry_after) = state.tutela.take_token(&node_id, now_ms) {
         return Err(ApiError::new(
             ErrorCode::RateLimited,
             format!(
-                "node {} sends telemetry faster than {} packets/s; slow down",
-                node.id, state.tutela.settings.telemetry_per_node_per_s
+                "node {node_id} sends telemetry faster than {} packets/s; slow down",
+                state.tutela.settings.telemetry_per_node_per_s
             ),
         )
         .with_retry_after(retry_after));
@@ -293,34 +284,39 @@ pub async fn ingest(
     let exit = final_exit(&body)?;
 
     // The first packet starts the job.
-    let mut job = job;
-    if job.state.status == JobStatus::Assigned {
-        match apply(&state, &job, JobInput::Start).await? {
-            Some(started) => job = started,
-            None => {
-                let fresh = state.store.get_job(&job.id).await?.ok_or_else(not_found)?;
-                if fresh.state.status.is_terminal() {
-                    return Err(fenced(&fresh));
-                }
-                job = fresh;
-            }
-        }
+    if facts.status == JobStatus::Assigned {
+        let job = refuse_unless_live(&state, &job_id, &node_id).await?;
+        let job = match apply(&state, &job, JobInput::Start).await? {
+            Some(started) => started,
+            None => refuse_unless_live(&state, &job_id, &node_id).await?,
+        };
+        state.tutela.started(&job_id, job.state.started_at_ms);
+        facts.status = JobStatus::Running;
+        facts.started_at_ms = job.state.started_at_ms;
     }
 
-    let (window, emulated) = state
-        .tutela
-        .push_sample(&state.store, &job, sample.clone())
-        .await?;
+    let window = match state.tutela.push(&job_id, sample.clone()) {
+        Some(window) => window,
+        None => {
+            // Evicted meanwhile: load it again.
+            let job = refuse_unless_live(&state, &job_id, &node_id).await?;
+            state.tutela.load_window(&state.store, &job).await?;
+            state
+                .tutela
+                .push(&job_id, sample.clone())
+                .unwrap_or_else(|| vec![sample.clone()])
+        }
+    };
     let verdicts = evaluate(&window, &state.tutela.settings.rules);
     let clamped_fields: Vec<String> = clamped.iter().map(|change| change.field.clone()).collect();
     let row = TelemetryRow {
-        job_id: job.id.clone(),
-        node_id: node.id.clone(),
-        latest_metrics: metrics_json(&sample, emulated, &clamped_fields),
+        job_id: job_id.clone(),
+        node_id: node_id.clone(),
+        latest_metrics: metrics_json(&sample, facts.emulated, &clamped_fields),
         sample,
-        emulated,
+        emulated: facts.emulated,
     };
-    state
+    let accepted = state
         .tutela
         .write(&state.store, row)
         .await
@@ -331,6 +327,16 @@ pub async fn ingest(
             )
             .with_retry_after(1)
         })?;
+    if !accepted {
+        // The job ended or moved (here or on another replica): the database says how.
+        state.tutela.forget(&job_id);
+        refuse_unless_live(&state, &job_id, &node_id).await?;
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            format!("job {job_id} changed while its packet was stored; send it again"),
+        )
+        .with_retry_after(1));
+    }
 
     let mut kill: Option<String> = None;
     let anomalies: Vec<AnomalyView> = verdicts
@@ -338,10 +344,11 @@ pub async fn ingest(
         .map(|verdict| anomaly_view(verdict, now_ms))
         .collect();
     if !verdicts.is_empty() {
+        let job = state.store.get_job(&job_id).await?.ok_or_else(not_found)?;
         record_verdicts(&state, &job, &verdicts, now_ms).await?;
         for verdict in &verdicts {
             if let Some(kind) = verdict.rule.slash_kind() {
-                slash(&state, &node.id, Some(&job.id), kind, &verdict.evidence).await?;
+                slash(&state, &node_id, Some(&job_id), kind, &verdict.evidence).await?;
             }
         }
         if let Some(verdict) = kill_reason(&verdicts) {
@@ -355,19 +362,18 @@ pub async fn ingest(
                 state
                     .store
                     .flag_user(
-                        &job.owner_id,
+                        &facts.owner_id,
                         &format!(
-                            "{} in job {}: {}",
+                            "{} in job {job_id}: {}",
                             verdict.rule.as_str(),
-                            job.id,
                             verdict.evidence
                         ),
                         now_ms,
                     )
                     .await?;
             }
-            end_attempt(&state, &job.id, &node.id, reason, ended_by).await?;
-            tracing::warn!(job_id = %job.id, node_id = %node.id, rule = verdict.rule.as_str(),
+            end_attempt(&state, &job_id, &node_id, reason, ended_by).await?;
+            tracing::warn!(job_id = %job_id, node_id = %node_id, rule = verdict.rule.as_str(),
                 "kill order: {}", verdict.evidence);
         }
     }
@@ -375,47 +381,70 @@ pub async fn ingest(
     // Past 1.1 × the declared duration: the agent should have killed it; order it now.
     if kill.is_none()
         && exit.is_none()
-        && let Some(started) = job.state.started_at_ms
+        && let Some(started) = facts.started_at_ms
+        && now_ms > started.saturating_add(facts.cap_ms)
     {
-        let cap_ms = duration_cap(job.manifest.expected_duration)
-            .micro_hours()
-            .saturating_mul(36)
-            / 10;
-        if now_ms > started.saturating_add(cap_ms) {
-            kill = Some(FailureReason::DurationExceeded.as_str().to_string());
-            end_attempt(
-                &state,
-                &job.id,
-                &node.id,
-                FailureReason::DurationExceeded,
-                EndedBy::Platform,
-            )
-            .await?;
-        }
+        kill = Some(FailureReason::DurationExceeded.as_str().to_string());
+        end_attempt(
+            &state,
+            &job_id,
+            &node_id,
+            FailureReason::DurationExceeded,
+            EndedBy::Platform,
+        )
+        .await?;
     }
 
+    let mut status = facts.status;
     if kill.is_none()
         && let Some(exit_code) = exit
-        && let Some(ended) = apply(&state, &job, JobInput::Exit { exit_code }).await?
     {
-        job = ended;
-        tracing::info!(job_id = %job.id, node_id = %node.id, exit_code, status = job.state.status.as_str(), "final telemetry");
+        let job = state.store.get_job(&job_id).await?.ok_or_else(not_found)?;
+        if let Some(ended) = apply(&state, &job, JobInput::Exit { exit_code }).await? {
+            status = ended.state.status;
+            tracing::info!(job_id = %job_id, node_id = %node_id, exit_code, status = status.as_str(), "final telemetry");
+        }
     }
-
     // Re-read only when a kill may have moved the job (failed, or back to the queue).
-    let status = if kill.is_some()
-        && let Some(fresh) = state.store.get_job(&job.id).await?
+    if kill.is_some()
+        && let Some(fresh) = state.store.get_job(&job_id).await?
     {
-        fresh.state.status.as_str().to_string()
-    } else {
-        job.state.status.as_str().to_string()
-    };
+        status = fresh.state.status;
+    }
     Ok(Json(TelemetryReply {
         kill_job: kill.is_some(),
         reason: kill,
         anomalies,
-        status,
+        status: status.as_str().to_string(),
     }))
+}
+
+/// Reads the job and refuses unless it is ASSIGNED or RUNNING on `node`: 404 when it is not
+/// (or no longer) this node's, 409 when it ended (the agent is fenced and stops it).
+async fn refuse_unless_live(
+    state: &AppState,
+    job_id: &JobId,
+    node: &NodeId,
+) -> ApiResult<JobRecord> {
+    let not_found = || {
+        ApiError::new(
+            ErrorCode::JobNotFound,
+            format!("no job {job_id} on node {node}"),
+        )
+    };
+    let job = state.store.get_job(job_id).await?.ok_or_else(not_found)?;
+    if job.state.node_id.as_ref() != Some(node) {
+        state.tutela.forget(job_id);
+        return Err(not_found());
+    }
+    if job.state.status.is_terminal() {
+        state.tutela.forget(job_id);
+        return Err(fenced(&job));
+    }
+    if !matches!(job.state.status, JobStatus::Assigned | JobStatus::Running) {
+        return Err(not_found());
+    }
+    Ok(job)
 }
 
 /// Stores the verdicts, updates the job's summary and publishes `tutela.verdict` (and
