@@ -13,6 +13,8 @@
 //! with its node's provider token, so every packet goes through the whole route: auth (user
 //! loaded), node ownership, job lookup, the per-node rate limit, parsing and clamping, the
 //! job's window, the rules, and the group-commit write of the row and `latest_metrics`.
+//! Before measuring, one unmeasured pass posts every job once (a server in steady state holds
+//! each live job's window; a fresh one loads it on the job's first packet), then a warmup.
 //! Counted: `200` responses completed inside the measured window (after the warmup); latency
 //! is client-side, send to the body read. The full server (`gp4u_server::serve`, with its
 //! reapers, relay and chambers) runs in-process on its own two-thread runtime, the client on
@@ -49,7 +51,7 @@ const INSERT_ROWS: usize = 400;
 
 const USAGE: &str = "usage: cargo bench -p gp4u-server --bench telemetry -- \
     [--jobs N (20000)] [--nodes N (2000)] [--seconds N (10)] [--concurrency N (64)] \
-    [--warmup-seconds N (3)]";
+    [--warmup-seconds N (3)] [--batch N (1): packets per request, one node's jobs]";
 
 #[derive(Debug, Clone)]
 struct Config {
@@ -58,6 +60,8 @@ struct Config {
     seconds: u64,
     concurrency: usize,
     warmup_seconds: u64,
+    /// Packets per request (a node posting its jobs' packets together); 1 = one per request.
+    batch: usize,
 }
 
 impl Config {
@@ -68,6 +72,7 @@ impl Config {
             seconds: 10,
             concurrency: 64,
             warmup_seconds: 3,
+            batch: 1,
         };
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
@@ -89,6 +94,7 @@ impl Config {
                 "--seconds" => config.seconds = number.clamp(1, 600),
                 "--concurrency" => config.concurrency = usize::try_from(number.clamp(1, 1024))?,
                 "--warmup-seconds" => config.warmup_seconds = number.min(60),
+                "--batch" => config.batch = usize::try_from(number.clamp(1, 256))?,
                 other => bail!("unknown argument {other:?}\n{USAGE}"),
             }
         }
@@ -99,10 +105,12 @@ impl Config {
     }
 }
 
-/// One job to post for: its packet body and its provider's `Bearer …`.
+/// One request to post: its body (one packet, or an array of one node's packets) and the
+/// node's provider's `Bearer …`, with how many packets it carries.
 struct Target {
     body: axum::body::Bytes,
     authorization: Arc<str>,
+    packets: usize,
 }
 
 fn new_user_id() -> UserId {
@@ -230,27 +238,52 @@ async fn populate(
             .execute(&mut connection)
             .await?;
     }
-    let targets = placed
-        .iter()
-        .map(|(job, node, _, owner)| {
-            let body = json!({
-                "job_id": job.as_str(), "node_id": node.as_str(),
-                "gpu_utilization_pct": 94.2, "vram_used_gb": 22.1, "vram_allocated_gb": 24.0,
-                "power_draw_watts": 380.0, "temperature_c": 72, "outbound_bytes_per_sec": 1_200_000,
-                "inferred_pattern": "TRAINING", "unique_dest_ips": 3, "foreign_gpu_processes": 0
-            });
-            Target {
-                body: axum::body::Bytes::from(body.to_string()),
-                authorization: tokens[*owner].clone(),
-            }
+    let packet = |job: &JobId, node: &NodeId| {
+        json!({
+            "job_id": job.as_str(), "node_id": node.as_str(),
+            "gpu_utilization_pct": 94.2, "vram_used_gb": 22.1, "vram_allocated_gb": 24.0,
+            "power_draw_watts": 380.0, "temperature_c": 72, "outbound_bytes_per_sec": 1_200_000,
+            "inferred_pattern": "TRAINING", "unique_dest_ips": 3, "foreign_gpu_processes": 0
         })
-        .collect();
+    };
+    let mut targets = Vec::new();
+    // `placed` is grouped by node: batches never mix nodes.
+    let mut start = 0;
+    while start < placed.len() {
+        let owner = placed[start].3;
+        let mut end = start;
+        while end < placed.len() && placed[end].3 == owner && end - start < config.batch {
+            end += 1;
+        }
+        let group = &placed[start..end];
+        let body = if config.batch == 1 {
+            packet(&group[0].0, &group[0].1)
+        } else {
+            serde_json::Value::Array(
+                group
+                    .iter()
+                    .map(|(job, node, _, _)| packet(job, node))
+                    .collect(),
+            )
+        };
+        targets.push(Target {
+            body: axum::body::Bytes::from(body.to_string()),
+            authorization: tokens[owner].clone(),
+            packets: group.len(),
+        });
+        start = end;
+    }
     Ok(targets)
 }
 
 #[derive(Default)]
 struct Tally {
     accepted_us: Vec<u64>,
+    /// Packets in the accepted requests.
+    packets: u64,
+    /// Items of batch answers that were errors, with the first one seen.
+    item_errors: u64,
+    first_item_error: Option<String>,
     refused: std::collections::BTreeMap<u16, (u64, String)>,
     transport_errors: u64,
 }
@@ -293,6 +326,20 @@ async fn client_task(
                     tally
                         .accepted_us
                         .push(u64::try_from((done - sent).as_micros()).unwrap_or(u64::MAX));
+                    if target.packets > 1 {
+                        let items: Vec<serde_json::Value> =
+                            serde_json::from_slice(&body).unwrap_or_default();
+                        for item in items {
+                            if item.get("error").is_some() {
+                                tally.item_errors += 1;
+                                tally.first_item_error.get_or_insert(item.to_string());
+                            } else {
+                                tally.packets += 1;
+                            }
+                        }
+                    } else {
+                        tally.packets += 1;
+                    }
                 } else {
                     let entry = tally
                         .refused
@@ -470,7 +517,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     eprintln!(
         "setup: {} RUNNING jobs on {} nodes in {:.1} s",
-        targets.len(),
+        config.jobs,
         config.nodes,
         setup_started.elapsed().as_secs_f64()
     );
@@ -487,6 +534,37 @@ fn run(config: &Config) -> anyhow::Result<()> {
             .timeout(REQUEST_TIMEOUT)
             .build()?;
         let url: Arc<str> = format!("http://{addr}/api/telemetry/russian-doll").into();
+        // A first pass over every job, not measured: in steady state the server holds each
+        // live job's window (a fresh replica loads it from the database on the first packet).
+        let warm_started = Instant::now();
+        {
+            use futures::StreamExt as _;
+            let failures = futures::stream::iter(targets.iter())
+                .map(|target| {
+                    let client = client.clone();
+                    let url = url.clone();
+                    async move {
+                        client
+                            .post(&*url)
+                            .header("authorization", &*target.authorization)
+                            .header("content-type", "application/json")
+                            .body(target.body.clone())
+                            .send()
+                            .await
+                            .map(|response| response.status().as_u16() != 200)
+                            .unwrap_or(true)
+                    }
+                })
+                .buffer_unordered(config.concurrency)
+                .filter(|failed| futures::future::ready(*failed))
+                .count()
+                .await;
+            eprintln!(
+                "first pass over all {} requests in {:.1} s ({failures} not 200)",
+                targets.len(),
+                warm_started.elapsed().as_secs_f64()
+            );
+        }
         let begin = Instant::now();
         let start = begin + Duration::from_secs(config.warmup_seconds);
         let end = start + Duration::from_secs(config.seconds);
@@ -507,6 +585,11 @@ fn run(config: &Config) -> anyhow::Result<()> {
         for task in tasks {
             let part = task.await?;
             tally.accepted_us.extend(part.accepted_us);
+            tally.packets += part.packets;
+            tally.item_errors += part.item_errors;
+            if tally.first_item_error.is_none() {
+                tally.first_item_error = part.first_item_error;
+            }
             for (status, (count, body)) in part.refused {
                 tally.refused.entry(status).or_insert((0, body)).0 += count;
             }
@@ -519,25 +602,34 @@ fn run(config: &Config) -> anyhow::Result<()> {
 
     let mut latencies = tally.accepted_us;
     latencies.sort_unstable();
-    let accepted = latencies.len();
+    let accepted = usize::try_from(tally.packets).unwrap_or(usize::MAX);
+    let requests = latencies.len();
     let rate = accepted as f64 / config.seconds as f64;
     let (copy_rate, insert_rate) = server_rt.block_on(ceiling(&db.url, accepted.max(1)))?;
     println!(
-        "telemetry ingestion (PostgreSQL, {} jobs on {} nodes, {} in flight, {} s measured after {} s warmup)",
-        targets.len(),
+        "telemetry ingestion (PostgreSQL, {} jobs on {} nodes, {} packets per request, {} in flight, {} s measured after {} s warmup)",
+        config.jobs,
         config.nodes,
+        config.batch,
         config.concurrency,
         config.seconds,
         config.warmup_seconds
     );
     println!(
-        "  accepted {accepted} packets: {rate:.0}/s, latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "  accepted {accepted} packets in {requests} requests: {rate:.0} packets/s; request latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         percentile_ms(&latencies, 50.0),
         percentile_ms(&latencies, 99.0),
         percentile_ms(&latencies, 100.0)
     );
     for (status, (count, body)) in &tally.refused {
         println!("  REFUSED {count} with HTTP {status}, e.g. {body}");
+    }
+    if tally.item_errors > 0 {
+        println!(
+            "  REFUSED PACKETS in batches: {}, e.g. {}",
+            tally.item_errors,
+            tally.first_item_error.unwrap_or_default()
+        );
     }
     if tally.transport_errors > 0 {
         println!("  TRANSPORT ERRORS: {}", tally.transport_errors);

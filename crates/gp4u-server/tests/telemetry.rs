@@ -219,6 +219,84 @@ async fn ingestion_checks_who_what_and_clamps(app: TestApp) {
     assert_eq!(stored[0].gpu_utilization_pct, 100.0);
 }
 
+async fn a_node_may_post_its_jobs_packets_together(app: TestApp) {
+    let node = app.node(2, 3.1, "us-east-1").await;
+    let first = running_on(
+        &app,
+        Node {
+            token: node.token.clone(),
+            node_id: node.node_id.clone(),
+            gpus: vec![node.gpus[0].clone()],
+        },
+        pinned(),
+    )
+    .await;
+    let second = running_on(
+        &app,
+        Node {
+            token: node.token.clone(),
+            node_id: node.node_id.clone(),
+            gpus: vec![node.gpus[1].clone()],
+        },
+        pinned(),
+    )
+    .await;
+    let stranger = picked_up(&app, pinned()).await;
+    let packet = |job: &str| merge(healthy(), json!({"job_id": job, "node_id": node.node_id}));
+    let batch = json!([
+        packet(&first.job),
+        merge(packet(&second.job), json!({"unique_dest_ips": 80})),
+        packet(&stranger.job),
+        merge(packet(&first.job), json!({"power_draw_watts": "lots"})),
+    ]);
+    let reply = app
+        .call(
+            Method::POST,
+            "/api/telemetry/russian-doll",
+            Some(&node.token),
+            Some(batch),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let items = reply.body.as_array().unwrap();
+    assert_eq!(items.len(), 4);
+    assert_eq!(
+        (items[0]["kill_job"].as_bool(), items[0]["status"].as_str()),
+        (Some(false), Some("RUNNING"))
+    );
+    assert_eq!(items[1]["reason"], "OUTBOUND_PORT_SCAN");
+    assert_eq!(
+        (
+            items[2]["status"].as_u64(),
+            items[2]["error"]["code"].as_str()
+        ),
+        (Some(404), Some("JOB_NOT_FOUND"))
+    );
+    assert_eq!(
+        (
+            items[3]["status"].as_u64(),
+            items[3]["error"]["field"].as_str()
+        ),
+        (Some(400), Some("power_draw_watts"))
+    );
+    assert_eq!(app.job(&first.job).await["status"], "RUNNING");
+    assert_eq!(
+        app.job(&second.job).await["failure_reason"],
+        "KILLED_ANOMALY"
+    );
+    for bad in [json!([]), Value::Array(vec![json!({}); 257])] {
+        let reply = app
+            .call(
+                Method::POST,
+                "/api/telemetry/russian-doll",
+                Some(&node.token),
+                Some(bad),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.body);
+    }
+}
+
 async fn a_flood_from_one_node_is_rate_limited_and_others_are_not(app: TestApp) {
     let run = picked_up(&app, pinned()).await;
     let calm = picked_up(&app, pinned()).await;
@@ -867,6 +945,7 @@ async fn a_nodes_standing_is_for_its_owner_and_admins(app: TestApp) {
 on_both_engines!(
     ingestion_checks_who_what_and_clamps,
     a_flood_from_one_node_is_rate_limited_and_others_are_not,
+    a_node_may_post_its_jobs_packets_together,
     mining_in_the_customers_container_kills_and_flags_the_customer,
     mining_by_foreign_processes_slashes_the_provider_and_moves_the_job,
     vram_overclaim_is_one_soft_slash_and_the_job_runs_on,

@@ -220,7 +220,9 @@ fn fenced(job: &JobRecord) -> ApiError {
     )
 }
 
-/// Ingest one Russian-Doll packet.
+/// Ingest a Russian-Doll packet, or a JSON array of up to 256 packets (a node's jobs posted
+/// together): the answer is then an array in the same order, each item a reply or
+/// `{"status", "error": {"code", "message", "field"}}`, with HTTP 200.
 #[utoipa::path(
     post, path = "/api/telemetry/russian-doll", tag = "agent", request_body = gp4u_proto::TelemetryPacket,
     responses((status = 200, body = TelemetryReply), (status = 400, body = gp4u_proto::ErrorBody),
@@ -232,8 +234,47 @@ pub async fn ingest(
     State(state): State<AppState>,
     HotCaller(caller): HotCaller,
     body: JsonBody,
-) -> ApiResult<Json<TelemetryReply>> {
-    let body = body.value;
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse as _;
+    match body.value {
+        Value::Array(packets) => {
+            if packets.is_empty() || packets.len() > MAX_PACKETS_PER_REQUEST {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidJson,
+                    format!(
+                        "a batch holds 1–{MAX_PACKETS_PER_REQUEST} packets, got {}",
+                        packets.len()
+                    ),
+                ));
+            }
+            // Concurrently, so that the batch's rows share the writers' commits.
+            let replies = futures::future::join_all(
+                packets
+                    .into_iter()
+                    .map(|packet| ingest_one(&state, &caller, packet)),
+            )
+            .await;
+            let items: Vec<Value> = replies
+                .into_iter()
+                .map(|reply| match reply {
+                    Ok(reply) => serde_json::to_value(reply).unwrap_or(Value::Null),
+                    Err(error) => json!({
+                        "status": error.status.as_u16(),
+                        "error": {"code": error.code, "message": error.message, "field": error.field},
+                    }),
+                })
+                .collect();
+            Ok(Json(Value::Array(items)).into_response())
+        }
+        packet => Ok(Json(ingest_one(&state, &caller, packet).await?).into_response()),
+    }
+}
+
+/// Packets one request may carry (a node posts its jobs' packets together).
+pub const MAX_PACKETS_PER_REQUEST: usize = 256;
+
+/// One packet: everything [`ingest`] does for it.
+async fn ingest_one(state: &AppState, caller: &Caller, body: Value) -> ApiResult<TelemetryReply> {
     if !body.is_object() {
         return Err(ApiError::new(
             ErrorCode::InvalidJson,
@@ -265,7 +306,7 @@ pub async fn ingest(
     let mut facts = match state.tutela.facts(&job_id) {
         Some(facts) if facts.node_id == node_id => facts,
         _ => {
-            let job = refuse_unless_live(&state, &job_id, &node_id).await?;
+            let job = refuse_unless_live(state, &job_id, &node_id).await?;
             state.tutela.load_window(&state.store, &job).await?
         }
     };
@@ -285,10 +326,10 @@ pub async fn ingest(
 
     // The first packet starts the job.
     if facts.status == JobStatus::Assigned {
-        let job = refuse_unless_live(&state, &job_id, &node_id).await?;
-        let job = match apply(&state, &job, JobInput::Start).await? {
+        let job = refuse_unless_live(state, &job_id, &node_id).await?;
+        let job = match apply(state, &job, JobInput::Start).await? {
             Some(started) => started,
-            None => refuse_unless_live(&state, &job_id, &node_id).await?,
+            None => refuse_unless_live(state, &job_id, &node_id).await?,
         };
         state.tutela.started(&job_id, job.state.started_at_ms);
         facts.status = JobStatus::Running;
@@ -299,7 +340,7 @@ pub async fn ingest(
         Some(window) => window,
         None => {
             // Evicted meanwhile: load it again.
-            let job = refuse_unless_live(&state, &job_id, &node_id).await?;
+            let job = refuse_unless_live(state, &job_id, &node_id).await?;
             state.tutela.load_window(&state.store, &job).await?;
             state
                 .tutela
@@ -330,7 +371,7 @@ pub async fn ingest(
     if !accepted {
         // The job ended or moved (here or on another replica): the database says how.
         state.tutela.forget(&job_id);
-        refuse_unless_live(&state, &job_id, &node_id).await?;
+        refuse_unless_live(state, &job_id, &node_id).await?;
         return Err(ApiError::new(
             ErrorCode::Unavailable,
             format!("job {job_id} changed while its packet was stored; send it again"),
@@ -345,10 +386,10 @@ pub async fn ingest(
         .collect();
     if !verdicts.is_empty() {
         let job = state.store.get_job(&job_id).await?.ok_or_else(not_found)?;
-        record_verdicts(&state, &job, &verdicts, now_ms).await?;
+        record_verdicts(state, &job, &verdicts, now_ms).await?;
         for verdict in &verdicts {
             if let Some(kind) = verdict.rule.slash_kind() {
-                slash(&state, &node_id, Some(&job_id), kind, &verdict.evidence).await?;
+                slash(state, &node_id, Some(&job_id), kind, &verdict.evidence).await?;
             }
         }
         if let Some(verdict) = kill_reason(&verdicts) {
@@ -372,7 +413,7 @@ pub async fn ingest(
                     )
                     .await?;
             }
-            end_attempt(&state, &job_id, &node_id, reason, ended_by).await?;
+            end_attempt(state, &job_id, &node_id, reason, ended_by).await?;
             tracing::warn!(job_id = %job_id, node_id = %node_id, rule = verdict.rule.as_str(),
                 "kill order: {}", verdict.evidence);
         }
@@ -386,7 +427,7 @@ pub async fn ingest(
     {
         kill = Some(FailureReason::DurationExceeded.as_str().to_string());
         end_attempt(
-            &state,
+            state,
             &job_id,
             &node_id,
             FailureReason::DurationExceeded,
@@ -400,7 +441,7 @@ pub async fn ingest(
         && let Some(exit_code) = exit
     {
         let job = state.store.get_job(&job_id).await?.ok_or_else(not_found)?;
-        if let Some(ended) = apply(&state, &job, JobInput::Exit { exit_code }).await? {
+        if let Some(ended) = apply(state, &job, JobInput::Exit { exit_code }).await? {
             status = ended.state.status;
             tracing::info!(job_id = %job_id, node_id = %node_id, exit_code, status = status.as_str(), "final telemetry");
         }
@@ -411,12 +452,12 @@ pub async fn ingest(
     {
         status = fresh.state.status;
     }
-    Ok(Json(TelemetryReply {
+    Ok(TelemetryReply {
         kill_job: kill.is_some(),
         reason: kill,
         anomalies,
         status: status.as_str().to_string(),
-    }))
+    })
 }
 
 /// Reads the job and refuses unless it is ASSIGNED or RUNNING on `node`: 404 when it is not
