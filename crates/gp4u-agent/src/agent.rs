@@ -16,12 +16,15 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::client::{ClientError, PlatformClient};
+use crate::coalescer::{Batching, Coalescer};
 use crate::docker::{DockerRuntime, Exit, GpuAttach, JobPaths, container_config};
 use crate::files::{fetch_inputs, pack_output};
 use crate::gpu::{EmulatedGpu, EmulatedSource, GpuInfo, GpuSource, NvmlSource};
 use crate::logs::{self, LogPiece, Shipper};
 use crate::process::{self, ChildJob};
-use crate::telemetry::{Fence, GpuTelemetry, Subject, Watchdog, WatchdogConfig, final_packet};
+use crate::telemetry::{
+    Fence, GpuTelemetry, Subject, Watchdog, WatchdogConfig, final_packet, node_offset_ms,
+};
 use crate::visibility::{self, Responder};
 
 /// After a job exits, how long its remaining output may take to reach the shipper.
@@ -142,6 +145,9 @@ struct Agent {
     runtime: Runtime,
     node: NodeState,
     gpu: GpuTelemetry,
+    /// The node's telemetry coalescer, shared by the watchdogs.
+    coalescer: Coalescer,
+    batching: Batching,
 }
 
 /// What the watchdog of one job needs besides the job's process.
@@ -328,8 +334,14 @@ fn start_visibility(
 
 /// Runs the agent until `shutdown` turns true. Jobs in flight keep running in their containers;
 /// the next start of the agent picks them up.
-pub async fn run(
+pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+    run_with(config, Batching::default(), shutdown).await
+}
+
+/// [`run`], with the telemetry coalescing given (see [`crate::coalescer`]).
+pub async fn run_with(
     config: AgentConfig,
+    batching: Batching,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
     let runtime = match config.runtime {
@@ -353,12 +365,15 @@ pub async fn run(
         None => Vec::new(),
     };
     let gpu = gpu_telemetry(&config, &node);
+    let coalescer = Coalescer::start(client.clone(), batching);
     let agent = Arc::new(Agent {
         config,
         client,
         runtime,
         node,
         gpu,
+        coalescer,
+        batching,
     });
     // Every job runs in this set, so that stopping the agent stops its watchers too (the
     // containers run on; the next start of the agent recovers them).
@@ -807,6 +822,7 @@ impl Agent {
         let watchdog = (!killed_by_platform).then(|| {
             Watchdog::spawn(
                 self.client.clone(),
+                self.coalescer.clone(),
                 self.gpu.clone(),
                 self.subject(&launched),
                 WatchdogConfig {
@@ -815,6 +831,10 @@ impl Agent {
                     interval: telemetry.interval,
                     net_sample_every: self.config.net_sample_interval,
                     gpu_uuid: telemetry.gpu_uuid,
+                    align_offset_ms: self
+                        .batching
+                        .align
+                        .then(|| node_offset_ms(&self.node.node_id)),
                 },
                 fence_sender,
             )

@@ -1,6 +1,7 @@
 //! The agent's HTTP client for the control plane.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use gp4u_proto::{
@@ -35,6 +36,14 @@ pub enum ClientError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The answer parsed but is not what was asked for (e.g. an item of a packet array that is
+    /// neither a reply nor an error), or the request was dropped unanswered.
+    #[error("the platform's answer to {what} is not understood: {message}")]
+    Unexpected { what: String, message: String },
+    /// One failure shared by several callers (a packet array refused or lost as a whole):
+    /// every method answers as for the error inside.
+    #[error("{0}")]
+    Shared(Arc<ClientError>),
 }
 
 impl ClientError {
@@ -44,7 +53,10 @@ impl ClientError {
         match self {
             ClientError::Transport { .. } => true,
             ClientError::Refused { status, .. } => *status == 429 || *status >= 500,
-            ClientError::BadAnswer { .. } | ClientError::Io { .. } => false,
+            ClientError::BadAnswer { .. }
+            | ClientError::Io { .. }
+            | ClientError::Unexpected { .. } => false,
+            ClientError::Shared(inner) => inner.is_transient(),
         }
     }
 
@@ -52,13 +64,22 @@ impl ClientError {
     pub fn status(&self) -> Option<u16> {
         match self {
             ClientError::Refused { status, .. } => Some(*status),
+            ClientError::Shared(inner) => inner.status(),
             _ => None,
+        }
+    }
+
+    /// The error itself, out of a [`ClientError::Shared`].
+    fn inner(&self) -> &ClientError {
+        match self {
+            ClientError::Shared(inner) => inner.inner(),
+            other => other,
         }
     }
 
     /// The platform's error code of a refusal (`{"error": {"code": …}}`), when it sent one.
     pub fn code(&self) -> Option<String> {
-        let ClientError::Refused { body, .. } = self else {
+        let ClientError::Refused { body, .. } = self.inner() else {
             return None;
         };
         let value: Value = serde_json::from_str(body).ok()?;
@@ -70,7 +91,7 @@ impl ClientError {
     pub fn is_route_missing(&self) -> bool {
         let ClientError::Refused {
             status: 404, body, ..
-        } = self
+        } = self.inner()
         else {
             return false;
         };
@@ -186,6 +207,27 @@ impl PlatformClient {
             .http
             .post(format!("{}/api/telemetry/russian-doll", self.base))
             .json(packet)
+            .timeout(timeout);
+        let response = self.send(&what, request).await?;
+        response
+            .json()
+            .await
+            .map_err(|source| ClientError::BadAnswer { what, source })
+    }
+
+    /// Posts several jobs' packets as one JSON array (`POST /api/telemetry/russian-doll`); the
+    /// answer is returned as it came, to be checked by the caller: a platform that takes arrays
+    /// answers one item per packet, in order (a [`TelemetryReply`] or `{"status", "error"}`).
+    pub async fn post_telemetry_batch(
+        &self,
+        packets: &[&TelemetryPacket],
+        timeout: Duration,
+    ) -> Result<Value, ClientError> {
+        let what = format!("a telemetry batch of {} packets", packets.len());
+        let request = self
+            .http
+            .post(format!("{}/api/telemetry/russian-doll", self.base))
+            .json(packets)
             .timeout(timeout);
         let response = self.send(&what, request).await?;
         response
@@ -383,5 +425,14 @@ mod tests {
         assert!(limited.is_rate_limited() && limited.is_transient() && !limited.is_fenced());
         assert!(refused(503, "").is_transient());
         assert!(!refused(400, "").is_transient() && !refused(400, "").is_fenced());
+        // A shared error answers as the one inside.
+        let shared = ClientError::Shared(Arc::new(ended));
+        assert!(shared.is_fenced() && !shared.is_transient());
+        assert_eq!(
+            (shared.status(), shared.code().as_deref()),
+            (Some(409), Some("JOB_ALREADY_TERMINAL"))
+        );
+        assert!(ClientError::Shared(Arc::new(old)).is_route_missing());
+        assert!(ClientError::Shared(Arc::new(refused(503, ""))).is_transient());
     }
 }

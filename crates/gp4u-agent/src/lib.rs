@@ -6,12 +6,14 @@
 //! hardened container), [`process`] (the unisolated development runtime), [`files`] (inputs
 //! fetched and verified, `/output` packed), [`logs`] (stdout/stderr shipped to the platform),
 //! [`netns`] (a container's network namespace: outbound bytes, destinations), [`cgroup`] (a
-//! job's processes and CPU use), [`telemetry`] (the Russian-Doll watchdog), [`visibility`]
+//! job's processes and CPU use), [`telemetry`] (the Russian-Doll watchdog), [`coalescer`] (a
+//! node's packets of one period posted together), [`visibility`]
 //! (the endpoint answering the platform's visibility challenges), [`agent`] (the loop).
 
 pub mod agent;
 pub mod cgroup;
 pub mod client;
+pub mod coalescer;
 pub mod docker;
 pub mod files;
 pub mod gpu;

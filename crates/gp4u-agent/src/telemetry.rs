@@ -1,7 +1,8 @@
 //! The Russian-Doll watchdog (SPEC §6, §7): one task per running job that, every
 //! `telemetry_interval_seconds`, measures the job and posts a [`TelemetryPacket`] to
-//! `POST /api/telemetry/russian-doll`, and tells the job's watch loop at once when the platform
-//! wants the job dead.
+//! `POST /api/telemetry/russian-doll` (together with the node's other jobs' packets of the
+//! period, as one array), and tells the job's watch loop at once when the platform wants the
+//! job dead.
 //!
 //! Each packet has:
 //! - the assigned GPU's reading ([`GpuTelemetry`]): NVML for real GPUs (utilization, VRAM
@@ -15,10 +16,35 @@
 //!   namespace of its own: outbound 0);
 //! - `inferred_pattern` from [`gp4u_core::tutela::infer_pattern`] over the watchdog's window.
 //!
+//! When: the first packet goes out one interval after the watchdog starts, as it always did
+//! ([`first_tick_delay`]; not postponed to a boundary). After it the ticks are aligned to the
+//! interval's wall-clock boundaries: unix time in ms a multiple of the interval plus the
+//! node's constant offset ([`node_offset_ms`], under a second, the same for every interval),
+//! the first such boundary at least three quarters of an interval after the previous tick
+//! ([`next_boundary_ms`]; a tick that comes late skips to the next boundary). So all of a
+//! node's jobs measure at the same moment, and jobs whose intervals are multiples of each
+//! other meet on the common boundaries; different nodes tick at different moments. The gap
+//! between ticks is kept on the monotonic clock; only the phase comes from the wall clock, so
+//! a clock jump moves one tick, not the schedule. (Without alignment,
+//! [`WatchdogConfig::align_offset_ms`] `None`, a tick follows the previous by one interval.)
+//!
+//! How: the packet goes to the node's [`Coalescer`] (one task of the agent, shared by every
+//! watchdog), which waits a short window after the first packet of a batch (50 ms by default,
+//! never more than a quarter of the interval) or until 64 packets, posts them as one JSON
+//! array, and hands each watchdog the answer a single post of its packet would have had: its
+//! reply, or its item's error as that refusal. A lone packet is posted as a plain object; a
+//! platform that refuses arrays (400/404/405/422 on the whole request, or an answer that is
+//! not one item per packet) gets each packet posted on its own, and no more arrays until the
+//! agent restarts. The final packet (`final: true`, sent by the job's watch loop) does not go
+//! through the coalescer: it is posted directly, as are the keep-alives of a platform without
+//! the telemetry route.
+//!
 //! Replies: `kill_job: true`, 404 (not this node's job) and 409 (already ended: fenced) stop the
-//! job now, through the fence channel; 429 skips the tick; 5xx and transport errors are logged
-//! and the next tick posts again. Every request has a timeout shorter than the interval, and
-//! the watchdog runs in its own task, so nothing else of the agent can hold it up.
+//! job now, through the fence channel (after the coalescing window at most: the reply is acted
+//! on as soon as the array's answer comes); 429 skips the tick; 5xx and transport errors are
+//! logged and the next tick posts again. Every request has a timeout shorter than the interval
+//! (an array's: the shortest of its packets'), and the watchdog runs in its own task, so
+//! nothing else of the agent can hold it up.
 //!
 //! After the container exits the watchdog keeps posting (GPU readings only, no network) while
 //! the agent ships the last logs and uploads `/output`, so that a long upload does not look
@@ -35,6 +61,7 @@ use tokio::task::JoinHandle;
 
 use crate::cgroup::{self, CgroupFiles};
 use crate::client::PlatformClient;
+use crate::coalescer::Coalescer;
 use crate::docker::DockerRuntime;
 use crate::gpu::{BYTES_PER_GB, EmulatedSource, GpuReading, GpuSource, NvmlSource};
 use crate::netns::{NetPeriod, NetSampler};
@@ -95,6 +122,10 @@ pub struct WatchdogConfig {
     pub net_sample_every: Duration,
     /// The assigned GPU (`None`: no readings, zeros).
     pub gpu_uuid: Option<String>,
+    /// `Some(offset)`: after the first packet, tick on the interval's wall-clock boundaries
+    /// (unix ms multiples of the interval) plus this many ms, as the node's other jobs do
+    /// ([`node_offset_ms`]); `None`: every interval from the first packet.
+    pub align_offset_ms: Option<i64>,
 }
 
 /// The job's phase, as its watch loop tells the watchdog.
@@ -130,17 +161,20 @@ impl Drop for Watchdog {
 }
 
 impl Watchdog {
-    /// Starts the watchdog of one job. Its first packet goes out one interval from now (the
-    /// agent's start report already told the platform the job runs). Fences arrive on `fence`.
+    /// Starts the watchdog of one job. Its first packet goes out one interval from now
+    /// ([`first_tick_delay`]), the next ones on the interval's boundaries (when
+    /// [`WatchdogConfig::align_offset_ms`] is set), through the node's `coalescer`. Fences
+    /// arrive on `fence`.
     pub fn spawn(
         client: PlatformClient,
+        coalescer: Coalescer,
         gpu: GpuTelemetry,
         subject: Subject,
         config: WatchdogConfig,
         fence: mpsc::Sender<Fence>,
     ) -> Watchdog {
         let (phase, phases) = watch::channel(Phase::Running);
-        let task = tokio::spawn(run(client, gpu, subject, config, fence, phases));
+        let task = tokio::spawn(run(client, coalescer, gpu, subject, config, fence, phases));
         Watchdog {
             phase,
             task: Some(task),
@@ -410,8 +444,62 @@ async fn read_gpu(
     }
 }
 
+/// When the first packet of a job goes out: one interval after the watchdog starts, as
+/// before alignment existed (not postponed to a boundary; the agent's "running" report already
+/// told the platform the job runs, and the first period's CPU reading covers a whole
+/// interval). The ticks after it are aligned.
+pub fn first_tick_delay(interval: Duration) -> Duration {
+    interval
+}
+
+/// The wall-clock time (unix ms) of the next tick: the first boundary (a multiple of the
+/// interval, plus `offset_ms`) at or after `earliest_ms`.
+pub fn next_boundary_ms(earliest_ms: i64, interval: Duration, offset_ms: i64) -> i64 {
+    let period = i64::try_from(interval.as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1);
+    let offset = offset_ms.rem_euclid(period);
+    let base = earliest_ms - offset;
+    let k = base.div_euclid(period) + i64::from(base.rem_euclid(period) != 0);
+    k.saturating_mul(period).saturating_add(offset)
+}
+
+/// A node's constant offset from the interval boundaries, under one second (the same for all
+/// intervals, so that a 3 s job's ticks fall on a 1 s job's): a node's jobs tick together,
+/// different nodes at different moments.
+pub fn node_offset_ms(node_id: &str) -> i64 {
+    // FNV-1a: stable across runs and builds.
+    let hash = node_id
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    i64::try_from(hash % 1000).unwrap_or(0)
+}
+
+/// When the tick after one at `last` goes: aligned, the first boundary at least three
+/// quarters of an interval after `last` (and not in the past); otherwise one interval after.
+fn next_tick(
+    last: tokio::time::Instant,
+    interval: Duration,
+    offset_ms: Option<i64>,
+) -> tokio::time::Instant {
+    let Some(offset_ms) = offset_ms else {
+        return last + interval;
+    };
+    let now = tokio::time::Instant::now();
+    // The gap is kept on the monotonic clock; only the phase comes from the wall clock (so a
+    // wall-clock jump moves one tick, not the schedule).
+    let gap = (last + interval * 3 / 4).saturating_duration_since(now);
+    let now_wall = now_ms();
+    let earliest = now_wall.saturating_add(i64::try_from(gap.as_millis()).unwrap_or(i64::MAX));
+    let target = next_boundary_ms(earliest, interval, offset_ms);
+    now + Duration::from_millis(u64::try_from(target - now_wall).unwrap_or(0))
+}
+
 async fn run(
     client: PlatformClient,
+    coalescer: Coalescer,
     gpu: GpuTelemetry,
     subject: Subject,
     config: WatchdogConfig,
@@ -421,13 +509,13 @@ async fn run(
     let job_id = config.job_id.clone();
     let interval = config.interval.max(MIN_INTERVAL);
     let timeout = request_timeout(interval);
+    let started = tokio::time::Instant::now();
     let mut probe = Probe::start(subject, &config).await;
     let inference = InferenceConfig::default();
     let mut window: VecDeque<TelemetrySample> = VecDeque::new();
     let mut end = WatchdogEnd::default();
     let mut legacy = false;
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut due = started + first_tick_delay(interval);
     let mut phase = *phases.borrow();
     loop {
         if phase == Phase::Exited {
@@ -441,9 +529,11 @@ async fn run(
                 }
                 continue;
             }
-            _ = ticks.tick() => {}
+            _ = tokio::time::sleep_until(due) => {}
         }
+        let ticked = tokio::time::Instant::now();
         if end.fenced {
+            due = ticked + interval;
             continue; // told the watch loop; wait to be stopped
         }
         // Measure.
@@ -495,7 +585,7 @@ async fn run(
         let verdict = if legacy {
             legacy_keepalive(&client, &config).await
         } else {
-            match client.post_telemetry(&packet, timeout).await {
+            match coalescer.post(packet.clone(), timeout, interval).await {
                 Ok(reply) => {
                     end.last = Some(packet);
                     reply.kill_job.then_some(Fence::Kill {
@@ -529,6 +619,7 @@ async fn run(
             end.fenced = true;
             let _ = fence.try_send(verdict);
         }
+        due = next_tick(ticked, interval, config.align_offset_ms);
     }
 }
 
@@ -663,6 +754,30 @@ mod tests {
         assert_eq!(json["exit_code"], 3);
         let fresh = final_packet("job_a", "node_b", None, 0);
         assert_eq!((fresh.exit_code, fresh.gpu_utilization_pct), (Some(0), 0.0));
+    }
+
+    #[test]
+    fn ticks_fall_on_the_interval_boundaries_plus_the_node_offset() {
+        let second = Duration::from_secs(1);
+        assert_eq!(next_boundary_ms(10_000, second, 0), 10_000);
+        assert_eq!(next_boundary_ms(10_001, second, 0), 11_000);
+        assert_eq!(next_boundary_ms(10_001, second, 250), 10_250);
+        assert_eq!(next_boundary_ms(10_250, second, 250), 10_250);
+        assert_eq!(next_boundary_ms(10_251, second, 1250), 11_250);
+        let three = Duration::from_secs(3);
+        assert_eq!(next_boundary_ms(10_001, three, 0), 12_000);
+        assert_eq!(next_boundary_ms(10_001, three, 400), 12_400);
+        // A 3 s job's boundaries are among a 1 s job's (same node offset).
+        let offset = node_offset_ms("node_abc");
+        assert!((0..1000).contains(&offset));
+        assert_eq!(offset, node_offset_ms("node_abc"));
+        let slow = next_boundary_ms(1_700_000_000_123, three, offset);
+        assert_eq!(next_boundary_ms(slow, second, offset), slow);
+        assert_eq!((slow - offset) % 3000, 0);
+        assert_eq!(
+            first_tick_delay(Duration::from_secs(10)),
+            Duration::from_secs(10)
+        );
     }
 
     #[test]

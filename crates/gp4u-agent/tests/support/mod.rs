@@ -51,6 +51,17 @@ pub struct Platform {
     pub kill_answered: HashMap<String, Instant>,
     /// The platform is older than the telemetry route: 404 `NOT_FOUND` "no route …".
     pub no_telemetry_route: bool,
+    /// The platform is older than packet arrays: an array is refused whole (422).
+    pub refuse_arrays: bool,
+    /// Every telemetry request, in order (arrays and single packets, refused ones too).
+    pub telemetry_requests: Vec<TelemetryRequest>,
+    /// Jobs on the kill, fenced or forgotten lists are answered so only from their Nth packet
+    /// (1-based) on; before it, normally.
+    pub orders_from_packet: HashMap<String, usize>,
+    /// Jobs whose kill order or fence was answered as an item of an array.
+    pub ordered_in_array: Vec<String>,
+    /// Jobs whose telemetry is answered 429 `RATE_LIMITED`.
+    pub rate_limited: Vec<String>,
     /// The platform's key; its public half goes out with the registration.
     pub platform_key: Option<ed25519_dalek::SigningKey>,
     /// Registrations as sent (the body).
@@ -59,6 +70,20 @@ pub struct Platform {
     pub nodes: Vec<String>,
     /// `PUT /api/providers/{node}/endpoint` calls: (node, endpoint).
     pub endpoints: Vec<(String, String)>,
+}
+
+/// One `POST /api/telemetry/russian-doll`.
+#[derive(Debug, Clone)]
+pub struct TelemetryRequest {
+    pub at: Instant,
+    /// The job of each packet, in order.
+    pub jobs: Vec<String>,
+    /// Whether each packet was a final one (`final: true`).
+    pub finals: Vec<bool>,
+    /// Posted as an array (even of one).
+    pub array: bool,
+    /// Refused whole (an older platform).
+    pub refused: bool,
 }
 
 impl Platform {
@@ -122,52 +147,61 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-async fn telemetry(
-    State(platform): State<Shared>,
-    Json(packet): Json<TelemetryPacket>,
-) -> Response {
-    let mut platform = platform.lock().unwrap();
-    if platform.no_telemetry_route {
-        return error(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            "no route POST /api/telemetry/russian-doll; GET /api/openapi.json lists them",
-        );
-    }
+/// The answer to one packet: its reply, or the refusal (status, code, message).
+fn telemetry_one(
+    platform: &mut Platform,
+    packet: TelemetryPacket,
+    in_array: bool,
+) -> Result<TelemetryReply, (StatusCode, &'static str, &'static str)> {
     let job = packet.job_id.clone();
     platform.telemetry.push((Instant::now(), packet.clone()));
-    if platform.forgotten.contains(&job) || platform.telemetry_forgotten.contains(&job) {
+    // Orders for this job apply from its Nth packet on.
+    let seen = platform
+        .telemetry
+        .iter()
+        .filter(|(_, seen)| seen.job_id == job)
+        .count();
+    let ordered = platform
+        .orders_from_packet
+        .get(&job)
+        .is_none_or(|from| seen >= *from);
+    let answer_order = |platform: &mut Platform| {
         platform
             .kill_answered
             .entry(job.clone())
             .or_insert_with(Instant::now);
-        return error(
+        if in_array && !platform.ordered_in_array.contains(&job) {
+            platform.ordered_in_array.push(job.clone());
+        }
+    };
+    if platform.forgotten.contains(&job) || (ordered && platform.telemetry_forgotten.contains(&job))
+    {
+        answer_order(platform);
+        return Err((
             StatusCode::NOT_FOUND,
             "JOB_NOT_FOUND",
             "no such job on this node",
-        );
+        ));
     }
-    if platform.fenced.contains(&job) {
-        platform
-            .kill_answered
-            .entry(job.clone())
-            .or_insert_with(Instant::now);
-        return error(
+    if ordered && platform.fenced.contains(&job) {
+        answer_order(platform);
+        return Err((
             StatusCode::CONFLICT,
             "JOB_ALREADY_TERMINAL",
             "the job is CANCELLED",
-        );
+        ));
+    }
+    if platform.rate_limited.contains(&job) {
+        return Err((StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED", "slow down"));
     }
     let scan = platform
         .kill_over_ips
         .is_some_and(|limit| packet.unique_dest_ips.unwrap_or(0) > limit);
     let kill = packet.is_final != Some(true)
-        && (platform.kill.contains(&job) || platform.telemetry_kill.contains(&job) || scan);
+        && ((ordered && (platform.kill.contains(&job) || platform.telemetry_kill.contains(&job)))
+            || scan);
     if kill {
-        platform
-            .kill_answered
-            .entry(job.clone())
-            .or_insert_with(Instant::now);
+        answer_order(platform);
     }
     let status = match (packet.is_final, packet.exit_code) {
         (Some(true), Some(0)) => "COMPLETE",
@@ -175,7 +209,7 @@ async fn telemetry(
         _ if kill => "FAILED",
         _ => "RUNNING",
     };
-    Json(TelemetryReply {
+    Ok(TelemetryReply {
         kill_job: kill,
         reason: kill.then(|| {
             if scan {
@@ -188,7 +222,76 @@ async fn telemetry(
         anomalies: vec![],
         status: status.into(),
     })
-    .into_response()
+}
+
+/// A packet, or (unless `refuse_arrays`) an array of packets answered item by item, as the
+/// platform's `ingest` does.
+async fn telemetry(State(platform): State<Shared>, Json(body): Json<Value>) -> Response {
+    let mut platform = platform.lock().unwrap();
+    let jobs = |packets: &[Value]| -> Vec<String> {
+        packets
+            .iter()
+            .map(|packet| packet["job_id"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let (array, packets) = match &body {
+        Value::Array(packets) => (true, packets.clone()),
+        packet => (false, vec![packet.clone()]),
+    };
+    let refused = platform.no_telemetry_route || (array && platform.refuse_arrays);
+    platform.telemetry_requests.push(TelemetryRequest {
+        at: Instant::now(),
+        jobs: jobs(&packets),
+        finals: packets
+            .iter()
+            .map(|packet| packet["final"] == Value::Bool(true))
+            .collect(),
+        array,
+        refused,
+    });
+    if platform.no_telemetry_route {
+        return error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "no route POST /api/telemetry/russian-doll; GET /api/openapi.json lists them",
+        );
+    }
+    if array && platform.refuse_arrays {
+        // What an older platform's `Json<TelemetryPacket>` extractor answers to an array.
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Failed to deserialize the JSON body into the target type: invalid type: sequence, expected struct TelemetryPacket",
+        )
+            .into_response();
+    }
+    if !array {
+        let Ok(packet) = serde_json::from_value::<TelemetryPacket>(body) else {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "INVALID_JSON",
+                "not a packet",
+            );
+        };
+        return match telemetry_one(&mut platform, packet, false) {
+            Ok(reply) => Json(reply).into_response(),
+            Err((status, code, message)) => error(status, code, message),
+        };
+    }
+    if packets.is_empty() || packets.len() > 256 {
+        return error(StatusCode::BAD_REQUEST, "INVALID_JSON", "1–256 packets");
+    }
+    let items: Vec<Value> = packets
+        .into_iter()
+        .map(|packet| match serde_json::from_value::<TelemetryPacket>(packet) {
+            Err(_) => json!({"status": 400, "error": {"code": "INVALID_JSON", "message": "not a packet", "field": null}}),
+            Ok(packet) => match telemetry_one(&mut platform, packet, true) {
+                Ok(reply) => serde_json::to_value(reply).unwrap(),
+                Err((status, code, message)) => json!({"status": status.as_u16(),
+                    "error": {"code": code, "message": message, "field": null}}),
+            },
+        })
+        .collect();
+    Json(Value::Array(items)).into_response()
 }
 
 async fn endpoint(
