@@ -27,19 +27,14 @@ macro_rules! gpu_columns {
          n.region, n.trust_score, g.created_at, g.emulated"
     };
 }
-/// Columns of a `jobs` row (the query must read `FROM jobs`, unaliased: the heartbeat and
-/// latest metrics come from `job_live` first).
 macro_rules! job_columns {
     () => {
         "id, owner_id, name, status, failure_reason, ended_by, gpu_id, node_id, gpu_name, \
-         gpu_region, manifest, price_micros, cost_estimate_micros, placement, \
-         COALESCE((SELECT l.latest_metrics FROM job_live l WHERE l.job_id = jobs.id), \
-         latest_metrics) AS latest_metrics, \
+         gpu_region, manifest, price_micros, cost_estimate_micros, placement, latest_metrics, \
          anomalies, exit_code, energy_kwh, carbon_kg, renewable_pct, created_at, started_at, \
          ended_at, version, assigned_at, picked_up_at, excluded_nodes, output_sha256, \
-         output_bytes, log_bytes, log_chunks, log_truncated, \
-         COALESCE((SELECT l.last_telemetry_at FROM job_live l WHERE l.job_id = jobs.id), \
-         last_telemetry_at) AS last_telemetry_at, retries, attempts"
+         output_bytes, log_bytes, log_chunks, log_truncated, last_telemetry_at, retries, \
+         attempts"
     };
 }
 macro_rules! node_columns {

@@ -43,15 +43,10 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0006_telemetry_hot.sql"),
         postgres: include_str!("../migrations/postgres/0006_telemetry_hot.sql"),
     },
-    Migration {
-        version: 7,
-        sqlite: include_str!("../migrations/sqlite/0007_job_live.sql"),
-        postgres: include_str!("../migrations/postgres/0007_job_live.sql"),
-    },
 ];
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 6;
 
 pub(crate) async fn run(store: &Store) -> StoreResult<()> {
     let _writer = store.writer().await;

@@ -232,11 +232,6 @@ impl Store {
             )));
         }
         release_gpus_of(&mut tx, &job.id).await?;
-        // The next attempt starts without the last one's heartbeat and metrics.
-        sqlx::query("DELETE FROM job_live WHERE job_id = $1")
-            .bind(job.id.as_str())
-            .execute(&mut *tx)
-            .await?;
         insert_events(&mut tx, events, now_ms).await?;
         tx.commit().await?;
         drop(writer);

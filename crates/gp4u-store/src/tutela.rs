@@ -143,41 +143,7 @@ impl Store {
         let mut live: std::collections::HashSet<String> =
             std::collections::HashSet::with_capacity(latest.len());
         for chunk in latest.chunks(TELEMETRY_ROWS_PER_STATEMENT) {
-            // Which jobs are still RUNNING on the packet's node. On PostgreSQL the rows are
-            // share-locked until commit, so a state change waits for this batch (SQLite has
-            // one writer: the transaction already excludes it).
-            let mut sql = String::from("WITH v(id, node) AS (VALUES ");
-            for index in 0..chunk.len() {
-                if index > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!("(${}, ${})", index * 2 + 1, index * 2 + 2));
-            }
-            sql.push_str(
-                ") SELECT jobs.id FROM jobs JOIN v ON jobs.id = v.id AND jobs.node_id = v.node \
-                 WHERE jobs.status = 'RUNNING' ORDER BY jobs.id",
-            );
-            if self.engine() == crate::Engine::Postgres {
-                sql.push_str(" FOR SHARE OF jobs");
-            }
-            // Audited: only `$N` placeholders are formatted into the text.
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for row in chunk {
-                query = query.bind(row.job_id.as_str()).bind(row.node_id.as_str());
-            }
-            for returned in query.fetch_all(&mut *tx).await? {
-                live.insert(returned.try_get::<String, _>(0)?);
-            }
-        }
-        // The heartbeat and latest metrics of the live ones, in the narrow `job_live` rows.
-        let beating: Vec<&&TelemetryRow> = latest
-            .iter()
-            .filter(|row| live.contains(row.job_id.as_str()))
-            .collect();
-        for chunk in beating.chunks(TELEMETRY_ROWS_PER_STATEMENT) {
-            let mut sql = String::from(
-                "INSERT INTO job_live (job_id, node_id, last_telemetry_at, latest_metrics) VALUES ",
-            );
+            let mut sql = String::from("WITH v(id, node, m, t) AS (VALUES ");
             for index in 0..chunk.len() {
                 let base = index * 4;
                 if index > 0 {
@@ -192,11 +158,11 @@ impl Store {
                 ));
             }
             sql.push_str(
-                " ON CONFLICT (job_id) DO UPDATE SET node_id = excluded.node_id, \
-                 latest_metrics = CASE WHEN job_live.last_telemetry_at <= excluded.last_telemetry_at \
-                 THEN excluded.latest_metrics ELSE job_live.latest_metrics END, \
-                 last_telemetry_at = CASE WHEN job_live.last_telemetry_at < excluded.last_telemetry_at \
-                 THEN excluded.last_telemetry_at ELSE job_live.last_telemetry_at END",
+                ") UPDATE jobs SET latest_metrics = v.m, last_telemetry_at = CASE \
+                 WHEN jobs.last_telemetry_at IS NULL OR jobs.last_telemetry_at < v.t THEN v.t \
+                 ELSE jobs.last_telemetry_at END FROM v \
+                 WHERE jobs.id = v.id AND jobs.node_id = v.node AND jobs.status = 'RUNNING' \
+                 RETURNING jobs.id",
             );
             // Audited: only `$N` placeholders are formatted into the text.
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -204,10 +170,12 @@ impl Store {
                 query = query
                     .bind(row.job_id.as_str())
                     .bind(row.node_id.as_str())
-                    .bind(row.sample.at_ms)
-                    .bind(row.latest_metrics.to_string());
+                    .bind(row.latest_metrics.to_string())
+                    .bind(row.sample.at_ms);
             }
-            query.execute(&mut *tx).await?;
+            for returned in query.fetch_all(&mut *tx).await? {
+                live.insert(returned.try_get::<String, _>(0)?);
+            }
         }
         let accepted: Vec<bool> = rows
             .iter()
@@ -624,8 +592,8 @@ impl Store {
     pub async fn node_heard_since(&self, node: &NodeId, since_ms: i64) -> StoreResult<bool> {
         self.count_op();
         let found: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM job_live l JOIN jobs ON jobs.id = l.job_id WHERE l.node_id = $1 \
-             AND jobs.status = 'RUNNING' AND l.last_telemetry_at > $2 LIMIT 1",
+            "SELECT 1 FROM jobs WHERE node_id = $1 AND status = 'RUNNING' \
+             AND last_telemetry_at > $2 LIMIT 1",
         )
         .bind(node.as_str())
         .bind(since_ms)
