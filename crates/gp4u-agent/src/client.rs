@@ -164,23 +164,25 @@ impl PlatformClient {
         })
     }
 
-    pub async fn register(&self, body: &Value) -> Result<Registered, ClientError> {
-        let what = "node registration";
-        let response = self
-            .send(
-                what,
-                self.http
-                    .post(format!("{}/api/providers/register", self.base))
-                    .json(body),
-            )
-            .await?;
+    /// Sends `request` and decodes the JSON answer.
+    async fn send_json<T: serde::de::DeserializeOwned>(
+        &self,
+        what: String,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let response = self.send(&what, request).await?;
         response
             .json()
             .await
-            .map_err(|source| ClientError::BadAnswer {
-                what: what.into(),
-                source,
-            })
+            .map_err(|source| ClientError::BadAnswer { what, source })
+    }
+
+    pub async fn register(&self, body: &Value) -> Result<Registered, ClientError> {
+        let request = self
+            .http
+            .post(format!("{}/api/providers/register", self.base))
+            .json(body);
+        self.send_json("node registration".into(), request).await
     }
 
     /// Tells the platform where the agent listens for visibility challenges:
@@ -208,11 +210,7 @@ impl PlatformClient {
             .post(format!("{}/api/telemetry/russian-doll", self.base))
             .json(packet)
             .timeout(timeout);
-        let response = self.send(&what, request).await?;
-        response
-            .json()
-            .await
-            .map_err(|source| ClientError::BadAnswer { what, source })
+        self.send_json(what, request).await
     }
 
     /// Posts several jobs' packets as one JSON array (`POST /api/telemetry/russian-doll`); the
@@ -229,11 +227,7 @@ impl PlatformClient {
             .post(format!("{}/api/telemetry/russian-doll", self.base))
             .json(packets)
             .timeout(timeout);
-        let response = self.send(&what, request).await?;
-        response
-            .json()
-            .await
-            .map_err(|source| ClientError::BadAnswer { what, source })
+        self.send_json(what, request).await
     }
 
     /// Long-polls for the node's next assignment; `None` when `wait_s` passed without one.
@@ -273,11 +267,7 @@ impl PlatformClient {
             .post(format!("{}/api/agent/jobs/{job_id}/status", self.base))
             .json(report)
             .timeout(Duration::from_secs(30));
-        let response = self.send(&what, request).await?;
-        response
-            .json()
-            .await
-            .map_err(|source| ClientError::BadAnswer { what, source })
+        self.send_json(what, request).await
     }
 
     /// Downloads one of the job's inputs into `dest`, hashing while writing; returns the hex
@@ -356,11 +346,7 @@ impl PlatformClient {
             .header(reqwest::header::CONTENT_TYPE, "application/gzip")
             .body(reqwest::Body::from(file))
             .timeout(Duration::from_secs(3600));
-        let response = self.send(&what, request).await?;
-        response
-            .json()
-            .await
-            .map_err(|source| ClientError::BadAnswer { what, source })
+        self.send_json(what, request).await
     }
 
     /// Appends a chunk of the job's stdout/stderr.
@@ -378,11 +364,7 @@ impl PlatformClient {
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(chunk)
             .timeout(Duration::from_secs(30));
-        let response = self.send(&what, request).await?;
-        response
-            .json()
-            .await
-            .map_err(|source| ClientError::BadAnswer { what, source })
+        self.send_json(what, request).await
     }
 }
 

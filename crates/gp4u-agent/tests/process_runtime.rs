@@ -10,29 +10,9 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::time::Duration;
 
-use gp4u_agent::agent::{AgentConfig, RuntimeKind};
-use gp4u_agent::gpu::EmulatedGpu;
 use gp4u_proto::AssignmentManifest;
-use support::{fake_platform, finals, sha256_hex};
+use support::{fake_platform, finals, manifest, process_config, sha256_hex};
 use tokio::sync::watch;
-
-fn manifest(job: &str, command: &str) -> AssignmentManifest {
-    AssignmentManifest {
-        job_id: job.to_string(),
-        docker_image: "unused".into(),
-        docker_image_sha256: "ab".repeat(32),
-        gpu_id: "gpu_test0".into(),
-        gpu_uuid: None,
-        ram_limit_gb: 1.0,
-        env: BTreeMap::new(),
-        command: vec!["sh".into(), "-c".into(), command.into()],
-        inputs: vec![],
-        input_sha256: BTreeMap::new(),
-        expected_duration_hours: 0.1,
-        kill_after_seconds: 120,
-        telemetry_interval_seconds: 10,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inputs_are_verified_logs_shipped_and_outputs_uploaded() {
@@ -56,35 +36,26 @@ async fn inputs_are_verified_logs_shipped_and_outputs_uploaded() {
                 "sha256sum \"$GP4U_INPUT/art_data\" | grep -q '^{sha} ' && echo out line && echo err line >&2 \
                  && mkdir \"$GP4U_OUTPUT/sub\" && echo result > \"$GP4U_OUTPUT/sub/result.txt\""
             ),
+            10,
         ),
         &sha,
     );
-    let bad = with_input(manifest("job_pbad", "echo must not run"), &"0".repeat(64));
+    let bad = with_input(
+        manifest("job_pbad", "echo must not run", 10),
+        &"0".repeat(64),
+    );
     let missing = {
-        let mut manifest = manifest("job_pmissing", "echo must not run");
+        let mut manifest = manifest("job_pmissing", "echo must not run", 10);
         manifest.inputs = vec!["art_nothere".into()];
         manifest.input_sha256 = BTreeMap::from([("art_nothere".to_string(), sha.clone())]);
         manifest
     };
     // More output than one batch: it arrives whole and in order.
-    let chatty = manifest("job_pchatty", "seq 1 60000; exit 3");
+    let chatty = manifest("job_pchatty", "seq 1 60000; exit 3", 10);
     platform.lock().unwrap().queue = vec![ok, bad, missing, chatty];
 
     let data_dir = tempfile::tempdir().unwrap();
-    let config = AgentConfig {
-        server: server.clone(),
-        token: "test-token".into(),
-        data_dir: data_dir.path().to_path_buf(),
-        runtime: RuntimeKind::Process,
-        allow_unisolated: true,
-        emulated: vec![EmulatedGpu::parse("emulated:RTX 4090:24").unwrap()],
-        region: "us-east-1".into(),
-        price_per_hour: 1.0,
-        poll_wait_s: 1,
-        listen: None,
-        advertise: None,
-        net_sample_interval: AgentConfig::DEFAULT_NET_SAMPLE_INTERVAL,
-    };
+    let config = process_config(&server, data_dir.path());
     let (stop, stopping) = watch::channel(false);
     let agent = tokio::spawn(gp4u_agent::agent::run(config, stopping));
     let jobs = ["job_pok", "job_pbad", "job_pmissing", "job_pchatty"];

@@ -7,65 +7,13 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
-use gp4u_agent::agent::{AgentConfig, RuntimeKind};
-use gp4u_agent::gpu::EmulatedGpu;
 use gp4u_attest::visibility::{answer_message, challenge_message, sign_base64, verify_base64};
-use gp4u_proto::AssignmentManifest;
 use serde_json::{Value, json};
-use support::{eventually, fake_platform, finals};
+use support::{eventually, fake_platform, finals, manifest, process_alive, process_config};
 use tokio::sync::watch;
-
-fn manifest(job: &str, command: &str, interval_s: u64) -> AssignmentManifest {
-    AssignmentManifest {
-        job_id: job.to_string(),
-        docker_image: "unused".into(),
-        docker_image_sha256: "ab".repeat(32),
-        gpu_id: "gpu_test0".into(),
-        gpu_uuid: None,
-        ram_limit_gb: 1.0,
-        env: BTreeMap::new(),
-        command: vec!["sh".into(), "-c".into(), command.into()],
-        inputs: vec![],
-        input_sha256: BTreeMap::new(),
-        expected_duration_hours: 0.1,
-        kill_after_seconds: 120,
-        telemetry_interval_seconds: interval_s,
-    }
-}
-
-fn config(server: &str, data_dir: &std::path::Path) -> AgentConfig {
-    AgentConfig {
-        server: server.to_string(),
-        token: "test-token".into(),
-        data_dir: data_dir.to_path_buf(),
-        runtime: RuntimeKind::Process,
-        allow_unisolated: true,
-        emulated: vec![EmulatedGpu::parse("emulated:RTX 4090:24").unwrap()],
-        region: "us-east-1".into(),
-        price_per_hour: 1.0,
-        poll_wait_s: 1,
-        listen: None,
-        advertise: None,
-        net_sample_interval: AgentConfig::DEFAULT_NET_SAMPLE_INTERVAL,
-    }
-}
-
-/// Whether a process whose command line contains `marker` is alive.
-fn process_alive(marker: &str) -> bool {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
-        .any(|cmdline| {
-            String::from_utf8_lossy(&cmdline)
-                .replace('\0', " ")
-                .contains(marker)
-        })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packets_flow_at_the_interval_and_the_final_one_ends_the_job() {
@@ -98,7 +46,7 @@ async fn packets_flow_at_the_interval_and_the_final_one_ends_the_job() {
     let data_dir = tempfile::tempdir().unwrap();
     let (stop, stopping) = watch::channel(false);
     let agent = tokio::spawn(gp4u_agent::agent::run(
-        config(&server, data_dir.path()),
+        process_config(&server, data_dir.path()),
         stopping,
     ));
     let done = finals(
@@ -229,7 +177,7 @@ async fn a_kill_order_stops_a_process_well_within_one_interval() {
     let data_dir = tempfile::tempdir().unwrap();
     let (stop, stopping) = watch::channel(false);
     let agent = tokio::spawn(gp4u_agent::agent::run(
-        config(&server, data_dir.path()),
+        process_config(&server, data_dir.path()),
         stopping,
     ));
     assert!(
@@ -264,7 +212,7 @@ async fn an_older_platform_without_the_telemetry_route_still_hears_the_end() {
     let data_dir = tempfile::tempdir().unwrap();
     let (stop, stopping) = watch::channel(false);
     let agent = tokio::spawn(gp4u_agent::agent::run(
-        config(&server, data_dir.path()),
+        process_config(&server, data_dir.path()),
         stopping,
     ));
     let done = finals(&platform, &[job.as_str()], Duration::from_secs(30)).await;
@@ -314,7 +262,7 @@ async fn visibility_challenges_are_answered_and_the_endpoint_announced() {
     let platform_key = SigningKey::from_bytes(&[7; 32]);
     platform.lock().unwrap().platform_key = Some(platform_key.clone());
     let data_dir = tempfile::tempdir().unwrap();
-    let mut agent_config = config(&server, data_dir.path());
+    let mut agent_config = process_config(&server, data_dir.path());
     agent_config.listen = Some("127.0.0.1:0".parse().unwrap());
     let (stop, stopping) = watch::channel(false);
     let agent = tokio::spawn(gp4u_agent::agent::run(agent_config.clone(), stopping));

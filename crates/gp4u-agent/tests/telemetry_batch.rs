@@ -6,62 +6,10 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use gp4u_agent::agent::{AgentConfig, RuntimeKind};
-use gp4u_agent::gpu::EmulatedGpu;
-use gp4u_proto::AssignmentManifest;
-use support::{Shared, eventually, fake_platform, finals};
+use support::{Shared, eventually, fake_platform, finals, manifest, process_alive, process_config};
 use tokio::sync::watch;
-
-fn manifest(job: &str, command: &str, interval_s: u64) -> AssignmentManifest {
-    AssignmentManifest {
-        job_id: job.to_string(),
-        docker_image: "unused".into(),
-        docker_image_sha256: "ab".repeat(32),
-        gpu_id: "gpu_test0".into(),
-        gpu_uuid: None,
-        ram_limit_gb: 1.0,
-        env: BTreeMap::new(),
-        command: vec!["sh".into(), "-c".into(), command.into()],
-        inputs: vec![],
-        input_sha256: BTreeMap::new(),
-        expected_duration_hours: 0.1,
-        kill_after_seconds: 120,
-        telemetry_interval_seconds: interval_s,
-    }
-}
-
-fn config(server: &str, data_dir: &std::path::Path) -> AgentConfig {
-    AgentConfig {
-        server: server.to_string(),
-        token: "test-token".into(),
-        data_dir: data_dir.to_path_buf(),
-        runtime: RuntimeKind::Process,
-        allow_unisolated: true,
-        emulated: vec![EmulatedGpu::parse("emulated:RTX 4090:24").unwrap()],
-        region: "us-east-1".into(),
-        price_per_hour: 1.0,
-        poll_wait_s: 1,
-        listen: None,
-        advertise: None,
-        net_sample_interval: AgentConfig::DEFAULT_NET_SAMPLE_INTERVAL,
-    }
-}
-
-/// Whether a process whose command line contains `marker` is alive.
-fn process_alive(marker: &str) -> bool {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
-        .any(|cmdline| {
-            String::from_utf8_lossy(&cmdline)
-                .replace('\0', " ")
-                .contains(marker)
-        })
-}
 
 /// (requests, packets) of the jobs' running (not final) telemetry accepted by the platform,
 /// and the array requests' sizes.
@@ -102,7 +50,7 @@ async fn a_nodes_jobs_post_their_packets_of_a_period_as_one_array() {
     let data_dir = tempfile::tempdir().unwrap();
     let (stop, stopping) = watch::channel(false);
     let agent = tokio::spawn(gp4u_agent::agent::run(
-        config(&server, data_dir.path()),
+        process_config(&server, data_dir.path()),
         stopping,
     ));
     let names: Vec<&str> = jobs.iter().map(String::as_str).collect();
@@ -199,7 +147,7 @@ async fn an_items_kill_order_or_fence_stops_only_its_job_at_once() {
     let data_dir = tempfile::tempdir().unwrap();
     let (stop, stopping) = watch::channel(false);
     let agent = tokio::spawn(gp4u_agent::agent::run(
-        config(&server, data_dir.path()),
+        process_config(&server, data_dir.path()),
         stopping,
     ));
     for (job, marker) in [
@@ -296,7 +244,7 @@ async fn a_platform_without_arrays_gets_one_packet_per_request() {
     let data_dir = tempfile::tempdir().unwrap();
     let (stop, stopping) = watch::channel(false);
     let agent = tokio::spawn(gp4u_agent::agent::run(
-        config(&server, data_dir.path()),
+        process_config(&server, data_dir.path()),
         stopping,
     ));
     let names: Vec<&str> = jobs.iter().map(String::as_str).collect();

@@ -12,13 +12,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_gp4u");
+// The black-box helpers of the tests (start, mint, call), shared rather than copied.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{BIN, call, mint};
 
 struct Killed(Child);
 
@@ -38,40 +41,22 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn mint(dir: &Path, sub: &str, clr: u8) -> String {
-    let out = Command::new(BIN)
-        .args([
-            "token",
-            "mint",
-            "--sub",
-            sub,
-            "--clr",
-            &clr.to_string(),
-            "--ttl",
-            "3600",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .env_remove("GP4U_TOKEN_SECRET")
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-async fn call(
+/// A fresh customer's token: 30 submissions per customer per minute, so long runs rotate.
+async fn new_customer(
     client: &reqwest::Client,
-    method: reqwest::Method,
-    url: String,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = client.request(method, url).bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    base: &str,
+    admin: &str,
+    dir: &std::path::Path,
+) -> String {
+    let (_, user) = call(
+        client,
+        reqwest::Method::POST,
+        format!("{base}/api/admin/users"),
+        admin,
+        Some(json!({"name": "c", "role": "customer"})),
+    )
+    .await;
+    mint(dir, user["id"].as_str().unwrap(), 1)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -199,15 +184,7 @@ async fn main() {
     for n in 0..polls {
         // 30 submissions per customer per minute: spread the load over fresh customers.
         if n > 0 && n % 25 == 0 {
-            let (_, extra) = call(
-                &client,
-                Method::POST,
-                format!("{base}/api/admin/users"),
-                &admin,
-                Some(json!({"name": "c", "role": "customer"})),
-            )
-            .await;
-            customers.push(mint(dir.path(), extra["id"].as_str().unwrap(), 1));
+            customers.push(new_customer(&client, &base, &admin, dir.path()).await);
         }
         let poll = {
             let client = client.clone();
@@ -344,15 +321,7 @@ async fn main() {
     let mut starts_ms = Vec::new();
     for n in 0..=starts {
         if n % 25 == 0 {
-            let (_, extra) = call(
-                &client,
-                Method::POST,
-                format!("{base}/api/admin/users"),
-                &admin,
-                Some(json!({"name": "c", "role": "customer"})),
-            )
-            .await;
-            customers.push(mint(dir.path(), extra["id"].as_str().unwrap(), 1));
+            customers.push(new_customer(&client, &base, &admin, dir.path()).await);
         }
         let (status, accepted) = call(
             &client,
@@ -412,15 +381,7 @@ async fn main() {
     let mut kill_ms = Vec::with_capacity(kills);
     for n in 0..kills {
         if n % 25 == 0 {
-            let (_, extra) = call(
-                &client,
-                Method::POST,
-                format!("{base}/api/admin/users"),
-                &admin,
-                Some(json!({"name": "c", "role": "customer"})),
-            )
-            .await;
-            customers.push(mint(dir.path(), extra["id"].as_str().unwrap(), 1));
+            customers.push(new_customer(&client, &base, &admin, dir.path()).await);
         }
         let (status, accepted) = call(
             &client,

@@ -12,31 +12,49 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
-    call, docker, docker_image, job_containers, mint, start_agent, start_agent_with,
-    start_server_with,
+    call, docker, docker_image, job_containers, mint, start_agent_with, start_server_with,
 };
 use gp4u_store::Engine;
 use gp4u_store::testing::TestDatabase;
 use reqwest::Method;
 use serde_json::{Value, json};
 
+/// A running `gp4u server` with a provider and a customer, and where an agent of theirs keeps
+/// its data. Fields drop in order: the server first, then its data.
 struct Platform {
+    _server: common::Running,
     base: String,
     client: reqwest::Client,
     customer: String,
+    admin: String,
     token_file: std::path::PathBuf,
-    _server: common::Running,
+    image: String,
+    digest: String,
+    agent_dir: tempfile::TempDir,
+    _data_dir: tempfile::TempDir,
+    _db: TestDatabase,
 }
 
-async fn platform(data_dir: &Path, database_url: &str, flags: &[&str]) -> Platform {
-    let server = start_server_with(data_dir, database_url, flags);
+/// Starts the platform for `test` with server `flags` (and `config`, TOML, as `--config`);
+/// `None` when the Docker test image is not set up (said loudly; a failure in CI).
+async fn platform(test: &str, flags: &[&str], config: Option<&str>) -> Option<Platform> {
+    let (image, digest) = docker_image(test)?;
+    let db = TestDatabase::create(Engine::Sqlite, test).await.unwrap();
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut flags: Vec<String> = flags.iter().map(|flag| flag.to_string()).collect();
+    if let Some(config) = config {
+        let path = data_dir.path().join("gp4u.toml");
+        std::fs::write(&path, config).unwrap();
+        flags.extend(["--config".to_string(), path.display().to_string()]);
+    }
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let server = start_server_with(data_dir.path(), &db.url, &flags);
     let base = server.base.clone();
     let client = reqwest::Client::new();
-    let admin = mint(data_dir, "usr_admin", 3);
+    let admin = mint(data_dir.path(), "usr_admin", 3);
     let (_, provider) = call(
         &client,
         Method::POST,
@@ -53,22 +71,39 @@ async fn platform(data_dir: &Path, database_url: &str, flags: &[&str]) -> Platfo
         Some(json!({"name": "Grace", "role": "customer"})),
     )
     .await;
-    let token_file = data_dir.join("provider.token");
+    let token_file = data_dir.path().join("provider.token");
     std::fs::write(
         &token_file,
-        mint(data_dir, provider["id"].as_str().unwrap(), 2),
+        mint(data_dir.path(), provider["id"].as_str().unwrap(), 2),
     )
     .unwrap();
-    Platform {
-        customer: mint(data_dir, customer["id"].as_str().unwrap(), 1),
+    Some(Platform {
+        _server: server,
+        customer: mint(data_dir.path(), customer["id"].as_str().unwrap(), 1),
+        admin,
         base,
         client,
         token_file,
-        _server: server,
-    }
+        image,
+        digest,
+        agent_dir: tempfile::tempdir().unwrap(),
+        _data_dir: data_dir,
+        _db: db,
+    })
 }
 
 impl Platform {
+    /// `gp4u agent` of the provider, with an emulated GPU and a visibility listener.
+    fn agent(&self, extra: &[&str]) -> common::Running {
+        start_agent_with(&self.base, &self.token_file, self.agent_dir.path(), extra)
+    }
+
+    /// The node's standing, as an admin sees it.
+    async fn standing(&self, node: &str) -> Value {
+        self.get(&format!("/api/providers/{node}"), &self.admin)
+            .await
+    }
+
     async fn get(&self, path: &str, token: &str) -> Value {
         call(
             &self.client,
@@ -97,7 +132,8 @@ impl Platform {
         }
     }
 
-    async fn submit(&self, gpu: &str, image: &str, digest: &str, script: &str) -> String {
+    async fn submit(&self, gpu: &str, script: &str) -> String {
+        let (image, digest) = (&self.image, &self.digest);
         let (status, accepted) = call(
             &self.client,
             Method::POST,
@@ -187,32 +223,20 @@ fn pool(reference: &str) -> Pool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_miner_and_a_port_scanner_are_killed_for_what_they_do() {
-    let Some((image, digest)) = docker_image("a_miner_and_a_port_scanner_are_killed") else {
-        return;
-    };
-    let reference = format!("{image}@{digest}");
-    docker(&["pull", &reference]);
-    let db = TestDatabase::create(Engine::Sqlite, "e2e_tutela_mining")
-        .await
-        .unwrap();
-    let data_dir = tempfile::tempdir().unwrap();
     // A short inference window, so that the container's first (partial) second does not hide
     // the steady profile for the default five minutes.
-    let config = data_dir.path().join("gp4u.toml");
-    std::fs::write(
-        &config,
-        "[tutela.rules.inference]\nmax_window_samples = 5\n",
+    let Some(platform) = platform(
+        "e2e_tutela_mining",
+        &["--telemetry-interval-s", "1"],
+        Some("[tutela.rules.inference]\nmax_window_samples = 5\n"),
     )
-    .unwrap();
-    let config = config.display().to_string();
-    let platform = platform(
-        data_dir.path(),
-        &db.url,
-        &["--telemetry-interval-s", "1", "--config", &config],
-    )
-    .await;
-    let agent_dir = tempfile::tempdir().unwrap();
-    let _agent = start_agent(&platform.base, &platform.token_file, agent_dir.path());
+    .await
+    else {
+        return;
+    };
+    let reference = format!("{}@{}", platform.image, platform.digest);
+    docker(&["pull", &reference]);
+    let _agent = platform.agent(&[]);
     let (gpu, _) = platform.gpu().await;
 
     // The miner: two spinning loops (at least one full core even on a busy machine), a long-lived connection to the pool's port 3333 with a
@@ -223,7 +247,7 @@ async fn a_miner_and_a_port_scanner_are_killed_for_what_they_do() {
         "while :; do :; done & while :; do :; done & while true; do (while true; do echo share; sleep 1; done | nc {} 3333); sleep 1; done",
         pool.ip
     );
-    let job = platform.submit(&gpu, &image, &digest, &miner).await;
+    let job = platform.submit(&gpu, &miner).await;
     let view = platform
         .wait_for(&job, Duration::from_secs(120), ended)
         .await;
@@ -250,7 +274,7 @@ async fn a_miner_and_a_port_scanner_are_killed_for_what_they_do() {
     // The scanner: holds connections to 60 distinct loopback addresses of its own namespace.
     let scanner = "for i in $(seq 1 60); do sleep 600 | nc -l -p $((9000 + i)) > /dev/null & done; sleep 1; \
                    for i in $(seq 1 60); do sleep 600 | nc 127.0.0.$i $((9000 + i)) & done; sleep 600";
-    let job = platform.submit(&gpu, &image, &digest, scanner).await;
+    let job = platform.submit(&gpu, scanner).await;
     let view = platform
         .wait_for(&job, Duration::from_secs(120), ended)
         .await;
@@ -266,16 +290,8 @@ async fn a_miner_and_a_port_scanner_are_killed_for_what_they_do() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_agent_is_slashed_once_and_fenced_when_it_returns() {
-    let Some((image, digest)) = docker_image("a_dropped_agent_is_slashed_once") else {
-        return;
-    };
-    let db = TestDatabase::create(Engine::Sqlite, "e2e_tutela_dropped")
-        .await
-        .unwrap();
-    let data_dir = tempfile::tempdir().unwrap();
-    let platform = platform(
-        data_dir.path(),
-        &db.url,
+    let Some(platform) = platform(
+        "e2e_tutela_dropped",
         &[
             "--telemetry-interval-s",
             "1",
@@ -284,25 +300,25 @@ async fn a_dropped_agent_is_slashed_once_and_fenced_when_it_returns() {
             "--visibility-interval-s",
             "1",
         ],
+        None,
     )
-    .await;
-    let agent_dir = tempfile::tempdir().unwrap();
-    let mut agent = start_agent(&platform.base, &platform.token_file, agent_dir.path());
+    .await
+    else {
+        return;
+    };
+    let mut agent = platform.agent(&[]);
     let (gpu, _) = platform.gpu().await;
-    let job = platform.submit(&gpu, &image, &digest, "sleep 300").await;
+    let job = platform.submit(&gpu, "sleep 300").await;
     let view = platform
         .wait_for(&job, Duration::from_secs(60), |job| {
             job["status"] == "RUNNING" && job["latest_metrics"].is_object()
         })
         .await;
     let node = view["node_id"].as_str().unwrap().to_string();
-    let admin = mint(data_dir.path(), "usr_admin", 3);
     // The platform reaches the agent: its visibility challenges are answered.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let standing = platform
-            .get(&format!("/api/providers/{node}"), &admin)
-            .await;
+        let standing = platform.standing(&node).await;
         if standing["visibility"] == "ANSWERED" {
             break;
         }
@@ -330,9 +346,7 @@ async fn a_dropped_agent_is_slashed_once_and_fenced_when_it_returns() {
         killed_at.elapsed() >= Duration::from_secs(4),
         "dropped before the 4 s timeout"
     );
-    let standing = platform
-        .get(&format!("/api/providers/{node}"), &admin)
-        .await;
+    let standing = platform.standing(&node).await;
     let slashes = standing["slashes"].as_array().unwrap();
     assert_eq!(slashes.len(), 1, "exactly one slash: {standing}");
     assert_eq!(slashes[0]["kind"], "JOB_DROPPED_UNEXPECTEDLY");
@@ -343,12 +357,10 @@ async fn a_dropped_agent_is_slashed_once_and_fenced_when_it_returns() {
     assert_eq!(job_containers(&job).len(), 1, "the orphan is still running");
 
     // The agent comes back: it finds its container, reports, is fenced, and kills it.
-    let _agent = start_agent(&platform.base, &platform.token_file, agent_dir.path());
+    let _agent = platform.agent(&[]);
     let gone = containers_gone(&job, Duration::from_secs(30)).await;
     eprintln!("fenced: the returning agent removed its container {gone:?} after restarting");
-    let standing = platform
-        .get(&format!("/api/providers/{node}"), &admin)
-        .await;
+    let standing = platform.standing(&node).await;
     assert_eq!(
         standing["slashes"].as_array().unwrap().len(),
         1,
@@ -359,39 +371,29 @@ async fn a_dropped_agent_is_slashed_once_and_fenced_when_it_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_hiding_from_visibility_checks_is_ejected() {
-    let Some((image, digest)) = docker_image("an_agent_hiding_from_visibility_checks") else {
-        return;
-    };
-    let db = TestDatabase::create(Engine::Sqlite, "e2e_tutela_visibility")
-        .await
-        .unwrap();
-    let data_dir = tempfile::tempdir().unwrap();
-    let platform = platform(
-        data_dir.path(),
-        &db.url,
+    let Some(platform) = platform(
+        "e2e_tutela_visibility",
         &[
             "--telemetry-interval-s",
             "1",
             "--visibility-interval-s",
             "1",
         ],
+        None,
     )
-    .await;
+    .await
+    else {
+        return;
+    };
     // The agent listens, but tells the platform to knock on a closed loopback port.
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap()
     };
     let advertise = format!("http://{closed}");
-    let agent_dir = tempfile::tempdir().unwrap();
-    let _agent = start_agent_with(
-        &platform.base,
-        &platform.token_file,
-        agent_dir.path(),
-        &["--advertise", &advertise],
-    );
+    let _agent = platform.agent(&["--advertise", &advertise]);
     let (gpu, _) = platform.gpu().await;
-    let job = platform.submit(&gpu, &image, &digest, "sleep 300").await;
+    let job = platform.submit(&gpu, "sleep 300").await;
     let view = platform
         .wait_for(&job, Duration::from_secs(60), ended)
         .await;
@@ -401,10 +403,7 @@ async fn an_agent_hiding_from_visibility_checks_is_ejected() {
         "{view}"
     );
     let node = view["node_id"].as_str().unwrap();
-    let admin = mint(data_dir.path(), "usr_admin", 3);
-    let standing = platform
-        .get(&format!("/api/providers/{node}"), &admin)
-        .await;
+    let standing = platform.standing(node).await;
     assert_eq!(standing["status"], "EJECTED", "{standing}");
     assert_eq!(
         standing["slashes"][0]["kind"], "VISIBILITY_BLOCKED",
@@ -424,23 +423,18 @@ async fn an_agent_hiding_from_visibility_checks_is_ejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_agent_is_fenced_when_it_comes_back() {
-    let Some((image, digest)) = docker_image("a_partitioned_agent_is_fenced") else {
+    let Some(platform) = platform(
+        "e2e_tutela_partition",
+        &["--telemetry-interval-s", "1", "--heartbeat-timeout-s", "3"],
+        None,
+    )
+    .await
+    else {
         return;
     };
-    let db = TestDatabase::create(Engine::Sqlite, "e2e_tutela_partition")
-        .await
-        .unwrap();
-    let data_dir = tempfile::tempdir().unwrap();
-    let platform = platform(
-        data_dir.path(),
-        &db.url,
-        &["--telemetry-interval-s", "1", "--heartbeat-timeout-s", "3"],
-    )
-    .await;
-    let agent_dir = tempfile::tempdir().unwrap();
-    let agent = start_agent(&platform.base, &platform.token_file, agent_dir.path());
+    let agent = platform.agent(&[]);
     let (gpu, _) = platform.gpu().await;
-    let job = platform.submit(&gpu, &image, &digest, "sleep 300").await;
+    let job = platform.submit(&gpu, "sleep 300").await;
     platform
         .wait_for(&job, Duration::from_secs(60), |job| {
             job["status"] == "RUNNING" && job["latest_metrics"].is_object()

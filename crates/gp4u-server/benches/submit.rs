@@ -21,6 +21,10 @@
 //! (a deployed server formats and writes them).
 
 use std::collections::BTreeMap;
+mod support;
+
+use support::RUNTIME_THREADS;
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -50,8 +54,6 @@ const PER_USER_BUDGET: u64 = 25;
 const GPUS_PER_NODE: usize = 8;
 /// A single request never waits longer than this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Threads per runtime (server and client each), on a 2-core machine.
-const RUNTIME_THREADS: usize = 2;
 
 const USAGE: &str = "usage: cargo bench -p gp4u-server --bench submit -- \
     [--engine sqlite|postgres] [--seconds N (10)] [--concurrency N (32)] \
@@ -525,49 +527,9 @@ async fn run_load(
     ))
 }
 
-/// Nearest-rank percentile of sorted microseconds, in milliseconds.
-fn percentile_ms(sorted_us: &[u64], percent: f64) -> f64 {
-    if sorted_us.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (percent / 100.0 * sorted_us.len() as f64).ceil() as usize;
-    let index = rank.clamp(1, sorted_us.len()) - 1;
-    sorted_us[index] as f64 / 1000.0
-}
-
-fn runtime(name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(RUNTIME_THREADS)
-        .thread_name(name)
-        .enable_all()
-        .build()
-        .with_context(|| format!("building the {name} runtime"))
-}
-
-/// Drops a PostgreSQL database this run created (the engine's `TestDatabase` leaves it).
-async fn drop_postgres_database(url: &str) -> anyhow::Result<()> {
-    use sqlx::Connection;
-    let admin_url = std::env::var(PG_URL_ENV).context(PG_URL_ENV)?;
-    let path = url.split('?').next().unwrap_or(url);
-    let name = path.rsplit('/').next().unwrap_or("");
-    if !name.starts_with("gp4u_test_")
-        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-    {
-        bail!("refusing to drop unexpected database name {name:?}");
-    }
-    let mut admin = sqlx::AnyConnection::connect(&admin_url).await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await?;
-    let _ = admin.close().await;
-    Ok(())
-}
-
 fn run(config: &Config) -> anyhow::Result<bool> {
-    let server_rt = runtime("bench-server")?;
-    let client_rt = runtime("bench-client")?;
+    let server_rt = support::runtime("bench-server")?;
+    let client_rt = support::runtime("bench-client")?;
     let engine = config.engine.as_str();
 
     let setup_started = Instant::now();
@@ -640,7 +602,7 @@ fn run(config: &Config) -> anyhow::Result<bool> {
         }
     })?;
     if config.engine == Engine::Postgres
-        && let Err(error) = server_rt.block_on(drop_postgres_database(&db.url))
+        && let Err(error) = server_rt.block_on(support::drop_postgres_database(&db.url))
     {
         eprintln!("warning: could not drop the bench database: {error:#}");
     }
@@ -653,10 +615,10 @@ fn run(config: &Config) -> anyhow::Result<bool> {
     let seconds = measured.as_secs_f64();
     let accepted_per_s = accepted as f64 / seconds;
     let (p50, p90, p99, max) = (
-        percentile_ms(&latencies, 50.0),
-        percentile_ms(&latencies, 90.0),
-        percentile_ms(&latencies, 99.0),
-        percentile_ms(&latencies, 100.0),
+        support::percentile_ms(&latencies, 50.0),
+        support::percentile_ms(&latencies, 90.0),
+        support::percentile_ms(&latencies, 99.0),
+        support::percentile_ms(&latencies, 100.0),
     );
     let errors = tally.refused_total() + tally.transport_errors;
     let ops = probe.ops_after.saturating_sub(probe.ops_before);

@@ -24,6 +24,8 @@
 //! one connection into a scratch copy of the table with `COPY … FROM STDIN` and with 400-row
 //! `INSERT … VALUES` statements (one transaction per statement).
 
+mod support;
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -46,7 +48,6 @@ use sqlx::Connection;
 use tokio::net::TcpListener;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-const RUNTIME_THREADS: usize = 2;
 const INSERT_ROWS: usize = 400;
 
 const USAGE: &str = "usage: cargo bench -p gp4u-server --bench telemetry -- \
@@ -353,23 +354,6 @@ async fn client_task(
     }
 }
 
-fn percentile_ms(sorted_us: &[u64], percent: f64) -> f64 {
-    if sorted_us.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (percent / 100.0 * sorted_us.len() as f64).ceil() as usize;
-    sorted_us[rank.clamp(1, sorted_us.len()) - 1] as f64 / 1000.0
-}
-
-fn runtime(name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(RUNTIME_THREADS)
-        .thread_name(name)
-        .enable_all()
-        .build()
-        .with_context(|| format!("building the {name} runtime"))
-}
-
 const BASELINE_TABLE: &str = "CREATE TABLE telemetry_ceiling (LIKE telemetry INCLUDING ALL)";
 
 /// PostgreSQL's own rates for `rows` telemetry rows: (COPY rows/s, multi-row INSERT rows/s).
@@ -463,32 +447,9 @@ async fn ceiling(url: &str, rows: usize) -> anyhow::Result<(f64, f64)> {
     Ok((copy_rate, insert_rate))
 }
 
-async fn drop_database(url: &str) -> anyhow::Result<()> {
-    let admin_url = std::env::var(PG_URL_ENV).context(PG_URL_ENV)?;
-    let name = url
-        .split('?')
-        .next()
-        .unwrap_or(url)
-        .rsplit('/')
-        .next()
-        .unwrap_or("");
-    if !name.starts_with("gp4u_test_")
-        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-    {
-        bail!("refusing to drop unexpected database name {name:?}");
-    }
-    let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await?;
-    Ok(())
-}
-
 fn run(config: &Config) -> anyhow::Result<()> {
-    let server_rt = runtime("bench-server")?;
-    let client_rt = runtime("bench-client")?;
+    let server_rt = support::runtime("bench-server")?;
+    let client_rt = support::runtime("bench-client")?;
     let setup_started = Instant::now();
     let (db, state, listener, targets) = server_rt.block_on(async {
         let Some(db) = TestDatabase::create(Engine::Postgres, "bench_telemetry").await else {
@@ -617,9 +578,9 @@ fn run(config: &Config) -> anyhow::Result<()> {
     );
     println!(
         "  accepted {accepted} packets in {requests} requests: {rate:.0} packets/s; request latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        percentile_ms(&latencies, 50.0),
-        percentile_ms(&latencies, 99.0),
-        percentile_ms(&latencies, 100.0)
+        support::percentile_ms(&latencies, 50.0),
+        support::percentile_ms(&latencies, 99.0),
+        support::percentile_ms(&latencies, 100.0)
     );
     for (status, (count, body)) in &tally.refused {
         println!("  REFUSED {count} with HTTP {status}, e.g. {body}");
@@ -646,7 +607,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
     println!(
         "  goals: >= 10000/s {}, p99 <= 50 ms {}",
         if rate >= 10_000.0 { "MET" } else { "MISSED" },
-        if percentile_ms(&latencies, 99.0) <= 50.0 {
+        if support::percentile_ms(&latencies, 99.0) <= 50.0 {
             "MET"
         } else {
             "MISSED"
@@ -654,7 +615,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
     );
     server_rt.block_on(async {
         state.store.close().await;
-        drop_database(&db.url).await
+        support::drop_postgres_database(&db.url).await
     })?;
     Ok(())
 }

@@ -218,7 +218,6 @@ pub struct ServerSettings {
     pub token_secret: Option<String>,
     pub token_secret_previous: Option<String>,
     pub bootstrap_admin: Option<String>,
-    pub heartbeat_timeout_s: u64,
     pub rate_limit_per_minute: u32,
     pub max_body_bytes: usize,
     pub idempotency_ttl_hours: u64,
@@ -248,7 +247,6 @@ impl ServerSettings {
             token_secret: None,
             token_secret_previous: None,
             bootstrap_admin: None,
-            heartbeat_timeout_s: 60,
             rate_limit_per_minute: 30,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             idempotency_ttl_hours: 24,
@@ -357,7 +355,6 @@ impl ServerSettings {
             token_secret: args.token_secret.or(file.token_secret),
             token_secret_previous: args.token_secret_previous.or(file.token_secret_previous),
             bootstrap_admin: args.bootstrap_admin.or(file.bootstrap_admin),
-            heartbeat_timeout_s: tutela.heartbeat_timeout_s,
             rate_limit_per_minute,
             max_body_bytes,
             idempotency_ttl_hours: args
@@ -408,7 +405,7 @@ mod tests {
         let settings = ServerSettings::resolve(args).unwrap();
         assert_eq!(settings.listen.port(), 9999);
         assert_eq!(settings.rate_limit_per_minute, 7);
-        assert_eq!(settings.heartbeat_timeout_s, 60);
+        assert_eq!(settings.tutela.heartbeat_timeout_s, 60);
         assert!(settings.database_url.ends_with("gp4u-data/gp4u.db"));
         assert!(settings.blob_dir.ends_with("gp4u-data/blobs"));
         assert_eq!(settings.max_log_bytes, DEFAULT_MAX_LOG_BYTES);

@@ -17,10 +17,6 @@ use gp4u_store::Engine;
 use serde_json::{Value, json};
 use support::*;
 
-async fn sqlite(test: &str) -> TestApp {
-    TestApp::new(Engine::Sqlite, test).await.unwrap()
-}
-
 /// A node with one GPU, a customer, and a job placed on the node and picked up by its agent.
 struct Running {
     node: Node,
@@ -961,11 +957,3 @@ on_both_engines!(
     visibility_answered_refused_and_timed_out,
     a_nodes_standing_is_for_its_owner_and_admins,
 );
-
-#[tokio::test]
-async fn sqlite_smoke_for_local_runs() {
-    // Keeps `sqlite` in use for a quick single-engine run of this file.
-    let app = sqlite("telemetry_smoke").await;
-    let run = picked_up(&app, pinned()).await;
-    assert_eq!(send(&app, &run, json!({})).await.status, StatusCode::OK);
-}

@@ -3,7 +3,7 @@
 //! its visibility endpoint is. Network: loopback only.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use gp4u_agent::agent::{AgentConfig, RuntimeKind};
+use gp4u_agent::gpu::EmulatedGpu;
 use gp4u_proto::{
     AgentStatusReply, AgentStatusReport, AssignmentManifest, LogAppended, OutputStored,
     TelemetryPacket, TelemetryReply,
@@ -482,4 +484,54 @@ pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> boo
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A job running `sh -c command` with this telemetry interval (process runtime).
+pub fn manifest(job: &str, command: &str, interval_s: u64) -> AssignmentManifest {
+    AssignmentManifest {
+        job_id: job.to_string(),
+        docker_image: "unused".into(),
+        docker_image_sha256: "ab".repeat(32),
+        gpu_id: "gpu_test0".into(),
+        gpu_uuid: None,
+        ram_limit_gb: 1.0,
+        env: BTreeMap::new(),
+        command: vec!["sh".into(), "-c".into(), command.into()],
+        inputs: vec![],
+        input_sha256: BTreeMap::new(),
+        expected_duration_hours: 0.1,
+        kill_after_seconds: 120,
+        telemetry_interval_seconds: interval_s,
+    }
+}
+
+/// An agent on the unisolated process runtime with one emulated GPU.
+pub fn process_config(server: &str, data_dir: &std::path::Path) -> AgentConfig {
+    AgentConfig {
+        server: server.to_string(),
+        token: "test-token".into(),
+        data_dir: data_dir.to_path_buf(),
+        runtime: RuntimeKind::Process,
+        allow_unisolated: true,
+        emulated: vec![EmulatedGpu::parse("emulated:RTX 4090:24").unwrap()],
+        region: "us-east-1".into(),
+        price_per_hour: 1.0,
+        poll_wait_s: 1,
+        listen: None,
+        advertise: None,
+        net_sample_interval: AgentConfig::DEFAULT_NET_SAMPLE_INTERVAL,
+    }
+}
+
+/// Whether a process whose command line contains `marker` is alive.
+pub fn process_alive(marker: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .any(|cmdline| {
+            String::from_utf8_lossy(&cmdline)
+                .replace('\0', " ")
+                .contains(marker)
+        })
 }

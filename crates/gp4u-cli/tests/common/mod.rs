@@ -76,7 +76,7 @@ pub fn mint(data_dir: &Path, sub: &str, clr: u8) -> String {
             "--clr",
             &clr.to_string(),
             "--ttl",
-            "600",
+            "3600",
         ])
         .arg("--data-dir")
         .arg(data_dir)

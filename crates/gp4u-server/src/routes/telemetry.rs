@@ -303,11 +303,15 @@ async fn ingest_one(state: &AppState, caller: &Caller, body: Value) -> ApiResult
     };
     let job_id = JobId::parse(job_field).map_err(|_| not_found())?;
     // The job's facts: held by this replica since its first packet, else from the database.
-    let mut facts = match state.tutela.facts(&job_id) {
-        Some(facts) if facts.node_id == node_id => facts,
+    // (The record just read, when the facts had to be loaded: the start below reuses it.)
+    let (mut facts, mut fresh) = match state.tutela.facts(&job_id) {
+        Some(facts) if facts.node_id == node_id => (facts, None),
         _ => {
             let job = refuse_unless_live(state, &job_id, &node_id).await?;
-            state.tutela.load_window(&state.store, &job).await?
+            (
+                state.tutela.load_window(&state.store, &job).await?,
+                Some(job),
+            )
         }
     };
     let now_ms = state.now_ms();
@@ -326,7 +330,10 @@ async fn ingest_one(state: &AppState, caller: &Caller, body: Value) -> ApiResult
 
     // The first packet starts the job.
     if facts.status == JobStatus::Assigned {
-        let job = refuse_unless_live(state, &job_id, &node_id).await?;
+        let job = match fresh.take() {
+            Some(job) => job,
+            None => refuse_unless_live(state, &job_id, &node_id).await?,
+        };
         let job = match apply(state, &job, JobInput::Start).await? {
             Some(started) => started,
             None => refuse_unless_live(state, &job_id, &node_id).await?,

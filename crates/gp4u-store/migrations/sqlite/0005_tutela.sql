@@ -63,7 +63,6 @@ ALTER TABLE jobs ADD COLUMN last_telemetry_at INTEGER;
 -- Provider-fault retries used, and every attempt that ended on a node: [{node_id, reason, at_ms}].
 ALTER TABLE jobs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN attempts TEXT NOT NULL DEFAULT '[]';
-CREATE INDEX jobs_status_telemetry ON jobs(status, last_telemetry_at);
 
 -- Customers whose container was caught mining or scanning.
 ALTER TABLE users ADD COLUMN flagged_at INTEGER;
