@@ -22,6 +22,7 @@ use crate::files::{fetch_inputs, pack_output};
 use crate::gpu::{EmulatedGpu, EmulatedSource, GpuInfo, GpuSource, NvmlSource};
 use crate::logs::{self, LogPiece, Shipper};
 use crate::process::{self, ChildJob};
+use crate::proofs::{JobReadings, ProofJob};
 use crate::telemetry::{
     Fence, GpuTelemetry, Subject, Watchdog, WatchdogConfig, final_packet, node_offset_ms,
 };
@@ -37,6 +38,19 @@ const OUTPUT_ARCHIVE: &str = "output.tar.gz";
 const FINAL_PACKET_TIMEOUT: Duration = Duration::from_secs(30);
 /// Attempts at telling the platform the visibility endpoint at start (about 4 minutes).
 const ENDPOINT_ATTEMPTS: u32 = 10;
+
+/// Whether a job the platform stopped gets its proofs: yes when it ended (409) or was killed
+/// for something that is not the provider's fault; not when it is no longer this node's (404)
+/// or the kill names a provider fault (a slashing rule).
+fn proofs_after(fence: &Fence) -> bool {
+    match fence {
+        Fence::Gone { status, .. } => *status == 409,
+        Fence::Kill { reason } => !matches!(
+            reason.as_deref(),
+            Some("CRYPTO_MINING_DURING_ML_JOB" | "VRAM_OVERCLAIM")
+        ),
+    }
+}
 
 /// Which runtime runs jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +80,9 @@ pub struct AgentConfig {
     /// How often a running container's socket tables are sampled between telemetry packets
     /// (short-lived connections vanish between packets).
     pub net_sample_interval: Duration,
+    /// The share of the node's power from renewable sources, 0–100 (`--renewable-pct`): sent
+    /// at registration and committed with every reading's renewable part.
+    pub renewable_pct: f64,
 }
 
 impl AgentConfig {
@@ -148,6 +165,8 @@ struct Agent {
     /// The node's telemetry coalescer, shared by the watchdogs.
     coalescer: Coalescer,
     batching: Batching,
+    /// The node key: signs hardware attestations.
+    key: Arc<ed25519_dalek::SigningKey>,
 }
 
 /// What the watchdog of one job needs besides the job's process.
@@ -215,6 +234,9 @@ async fn register_or_load(
     });
     if let Some(endpoint) = endpoint {
         body["endpoint"] = json!(endpoint);
+    }
+    if config.renewable_pct > 0.0 {
+        body["renewable_pct"] = json!(config.renewable_pct);
     }
     let registered = client.register(&body).await?;
     let state = NodeState {
@@ -365,6 +387,10 @@ pub async fn run_with(
         None => Vec::new(),
     };
     let gpu = gpu_telemetry(&config, &node);
+    let key = Arc::new(crate::key::load_or_generate(
+        &config.data_dir,
+        rand::random::<[u8; 32]>,
+    )?);
     let coalescer = Coalescer::start(client.clone(), batching);
     let agent = Arc::new(Agent {
         config,
@@ -374,6 +400,7 @@ pub async fn run_with(
         gpu,
         coalescer,
         batching,
+        key,
     });
     // Every job runs in this set, so that stopping the agent stops its watchers too (the
     // containers run on; the next start of the agent recovers them).
@@ -754,7 +781,13 @@ impl Agent {
     /// while the platform is unreachable: it ends the job and must not be lost. A platform
     /// without the telemetry route, or one that refuses the packet, gets the exit on the status
     /// route instead.
-    async fn finish(&self, job_id: &str, exit: Exit, last: Option<&TelemetryPacket>) {
+    async fn finish(
+        &self,
+        job_id: &str,
+        exit: Exit,
+        last: Option<&TelemetryPacket>,
+        readings: &JobReadings,
+    ) -> bool {
         let message = exit
             .oom_killed
             .then(|| "killed by the kernel at the memory cap (OOM)".to_string());
@@ -763,7 +796,9 @@ impl Agent {
         } else {
             exit.code
         };
-        let packet = final_packet(job_id, &self.node.node_id, last, code);
+        let mut packet = final_packet(job_id, &self.node.node_id, last, code);
+        // The final reading is committed to as well (the same commitment on every retry).
+        let mut pending = readings.commit(&mut packet);
         let mut backoff = Duration::from_millis(500);
         loop {
             match self
@@ -773,16 +808,20 @@ impl Agent {
             {
                 Ok(reply) => {
                     tracing::info!(job_id, exit_code = code, status = %reply.status, "final telemetry delivered");
-                    return;
+                    if let Some(pending) = pending.take() {
+                        readings.accept(pending, &reply);
+                    }
+                    return true;
                 }
                 Err(error) if error.is_route_missing() => {
                     self.report(job_id, "exited", Some(code), None, message)
                         .await;
-                    return;
+                    return false;
                 }
                 Err(error) if error.is_fenced() => {
                     tracing::warn!(job_id, %error, "the platform had already ended this job");
-                    return;
+                    // 409: it ended (e.g. cancelled by its customer); 404: not ours any more.
+                    return error.status() == Some(409);
                 }
                 Err(error) if error.is_transient() => {
                     tracing::warn!(job_id, %error, retry_in = ?backoff, "final telemetry failed; retrying");
@@ -793,7 +832,7 @@ impl Agent {
                     tracing::error!(job_id, %error, "final telemetry refused; reporting the exit on the status route");
                     self.report(job_id, "exited", Some(code), None, message)
                         .await;
-                    return;
+                    return true;
                 }
             }
         }
@@ -811,6 +850,7 @@ impl Agent {
         pieces: Option<mpsc::Receiver<LogPiece>>,
         telemetry: JobTelemetry,
     ) {
+        let telemetry_gpu = telemetry.gpu_uuid.clone();
         let (mut shipping, log_source, stop_shipping) =
             self.start_log_shipping(&job_id, &launched, pieces);
         let launched = Arc::new(launched);
@@ -819,6 +859,9 @@ impl Agent {
             self.kill(&launched).await;
         }
         let (fence_sender, mut fences) = mpsc::channel::<Fence>(1);
+        let readings = JobReadings::new(&job_id, self.config.renewable_pct);
+        // The platform's order that stopped the job, if any: provider faults get no proofs.
+        let mut stopped_by: Option<Fence> = None;
         let watchdog = (!killed_by_platform).then(|| {
             Watchdog::spawn(
                 self.client.clone(),
@@ -835,6 +878,7 @@ impl Agent {
                         .batching
                         .align
                         .then(|| node_offset_ms(&self.node.node_id)),
+                    readings: Some(readings.clone()),
                 },
                 fence_sender,
             )
@@ -858,6 +902,7 @@ impl Agent {
                     if let Some(fence) = fence {
                         tracing::warn!(job_id, ?fence, "the platform stopped this job: killing it now");
                         killed_by_platform = true;
+                        stopped_by = Some(fence);
                         self.kill(&launched).await;
                     }
                 }
@@ -891,8 +936,9 @@ impl Agent {
             }
         }
         // A fence that arrived after the exit (the job cancelled while its logs drained).
-        if fences.try_recv().is_ok() {
+        if let Ok(fence) = fences.try_recv() {
             killed_by_platform = true;
+            stopped_by = Some(fence);
         }
         if !killed_by_platform {
             self.upload_outputs(&job_id).await;
@@ -902,12 +948,16 @@ impl Agent {
             None => Default::default(),
         };
         killed_by_platform |= end.fenced;
-        if duration_exceeded {
+        let prove = if duration_exceeded {
             self.report(&job_id, "failed", None, Some("DURATION_EXCEEDED"), None)
                 .await;
+            true
         } else if !killed_by_platform {
-            self.finish(&job_id, exit, end.last.as_ref()).await;
-        }
+            self.finish(&job_id, exit, end.last.as_ref(), &readings)
+                .await
+        } else {
+            stopped_by.as_ref().is_some_and(proofs_after)
+        };
         tracing::info!(
             job_id,
             exit_code = exit.code,
@@ -917,6 +967,35 @@ impl Agent {
             "job ended"
         );
         self.cleanup(&job_id, &launched).await;
+        if prove {
+            let gpu = self.job_gpu_info(telemetry_gpu.as_deref()).await;
+            let job = ProofJob {
+                job_id: job_id.clone(),
+                node_id: self.node.node_id.clone(),
+                readings,
+                gpu,
+                key: self.key.clone(),
+            };
+            crate::proofs::submit_proofs(&self.client, job).await;
+        } else {
+            tracing::info!(job_id, "the job ended on the provider's side: no proofs");
+        }
+    }
+
+    /// The inventory entry of the job's GPU (NVML is read on a blocking thread).
+    async fn job_gpu_info(&self, uuid: Option<&str>) -> Option<GpuInfo> {
+        let uuid = uuid?.to_string();
+        let inventory = match &self.gpu {
+            GpuTelemetry::Nvml(source) => {
+                let source = source.clone();
+                tokio::task::spawn_blocking(move || source.inventory())
+                    .await
+                    .ok()?
+            }
+            GpuTelemetry::Emulated(source) => source.inventory(),
+            GpuTelemetry::Unavailable => return None,
+        };
+        inventory.gpus.into_iter().find(|gpu| gpu.uuid == uuid)
     }
 
     /// After a restart: every container of ours is either watched again or, if it ended while

@@ -213,6 +213,53 @@ impl PlatformClient {
         self.send_json(what, request).await
     }
 
+    /// Submits a proof (`POST /api/providers/{node_id}/zk-proofs`, the JSON `body`): the
+    /// status on success; on failure the error and the `Retry-After` the platform asked for.
+    pub async fn submit_proof(
+        &self,
+        node_id: &str,
+        body: &str,
+    ) -> Result<u16, (ClientError, Option<Duration>)> {
+        let what = "a proof submission";
+        let response = self
+            .http
+            .post(format!("{}/api/providers/{node_id}/zk-proofs", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_owned())
+            .timeout(Duration::from_secs(30))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|source| {
+                (
+                    ClientError::Transport {
+                        url: self.base.clone(),
+                        source,
+                    },
+                    None,
+                )
+            })?;
+        let status = response.status().as_u16();
+        if response.status().is_success() {
+            return Ok(status);
+        }
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = response.text().await.unwrap_or_default();
+        Err((
+            ClientError::Refused {
+                what: what.to_string(),
+                status,
+                body: body.chars().take(500).collect(),
+            },
+            retry_after,
+        ))
+    }
+
     /// Posts several jobs' packets as one JSON array (`POST /api/telemetry/russian-doll`); the
     /// answer is returned as it came, to be checked by the caller: a platform that takes arrays
     /// answers one item per packet, in order (a [`TelemetryReply`] or `{"status", "error"}`).

@@ -7,7 +7,8 @@
 //! fetched and verified, `/output` packed), [`logs`] (stdout/stderr shipped to the platform),
 //! [`netns`] (a container's network namespace: outbound bytes, destinations), [`cgroup`] (a
 //! job's processes and CPU use), [`telemetry`] (the Russian-Doll watchdog), [`coalescer`] (a
-//! node's packets of one period posted together), [`visibility`]
+//! node's packets of one period posted together), [`proofs`] (commitments to the power
+//! readings, energy and hardware proofs after a job), [`visibility`]
 //! (the endpoint answering the platform's visibility challenges), [`agent`] (the loop).
 
 pub mod agent;
@@ -21,5 +22,6 @@ pub use gp4u_attest::key;
 pub mod logs;
 pub mod netns;
 pub mod process;
+pub mod proofs;
 pub mod telemetry;
 pub mod visibility;

@@ -65,6 +65,7 @@ use crate::coalescer::Coalescer;
 use crate::docker::DockerRuntime;
 use crate::gpu::{BYTES_PER_GB, EmulatedSource, GpuReading, GpuSource, NvmlSource};
 use crate::netns::{NetPeriod, NetSampler};
+use crate::proofs::JobReadings;
 
 /// The shortest interval the watchdog accepts (a manifest asking for 0 gets this).
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -126,6 +127,9 @@ pub struct WatchdogConfig {
     /// (unix ms multiples of the interval) plus this many ms, as the node's other jobs do
     /// ([`node_offset_ms`]); `None`: every interval from the first packet.
     pub align_offset_ms: Option<i64>,
+    /// Where the commitments to the job's power readings and their openings are kept
+    /// ([`crate::proofs`]); `None`: packets carry no commitment.
+    pub readings: Option<JobReadings>,
 }
 
 /// The job's phase, as its watch loop tells the watchdog.
@@ -229,6 +233,7 @@ pub fn build_packet(
         dest_ports: net.map(|n| n.dest_ports.clone()),
         exit_code: None,
         is_final: None,
+        power_commitment: None,
     }
 }
 
@@ -253,6 +258,7 @@ pub fn final_packet(
     packet.throttling = None;
     packet.exit_code = Some(exit_code);
     packet.is_final = Some(true);
+    packet.power_commitment = None;
     packet
 }
 
@@ -581,12 +587,20 @@ async fn run(
         }
         let pattern = infer_pattern(window.make_contiguous(), &inference);
         packet.inferred_pattern = Some(pattern.as_str().to_string());
+        // Commit to the reading (the opening is kept only if the packet is accepted).
+        let pending = match (&config.readings, legacy) {
+            (Some(readings), false) => readings.commit(&mut packet),
+            _ => None,
+        };
         // Post.
         let verdict = if legacy {
             legacy_keepalive(&client, &config).await
         } else {
             match coalescer.post(packet.clone(), timeout, interval).await {
                 Ok(reply) => {
+                    if let (Some(readings), Some(pending)) = (&config.readings, pending) {
+                        readings.accept(pending, &reply);
+                    }
                     end.last = Some(packet);
                     reply.kill_job.then_some(Fence::Kill {
                         reason: reply.reason,

@@ -77,6 +77,7 @@ fn agent_config(server: &str, data_dir: &std::path::Path) -> AgentConfig {
         listen: None,
         advertise: None,
         net_sample_interval: AgentConfig::DEFAULT_NET_SAMPLE_INTERVAL,
+        renewable_pct: 0.0,
     }
 }
 

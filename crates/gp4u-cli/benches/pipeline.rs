@@ -53,7 +53,7 @@ async fn new_customer(
         reqwest::Method::POST,
         format!("{base}/api/admin/users"),
         admin,
-        Some(json!({"name": "c", "role": "customer"})),
+        Some(json!({"name": "c", "role": "customer", "credit": 100000})),
     )
     .await;
     mint(dir, user["id"].as_str().unwrap(), 1)
@@ -157,7 +157,7 @@ async fn main() {
         Method::POST,
         format!("{base}/api/admin/users"),
         &admin,
-        Some(json!({"name": "c", "role": "customer"})),
+        Some(json!({"name": "c", "role": "customer", "credit": 100000})),
     )
     .await;
     let provider_token = mint(dir.path(), provider["id"].as_str().unwrap(), 2);

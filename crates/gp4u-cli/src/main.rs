@@ -9,6 +9,8 @@ use gp4u_core::token::{Claims, MAX_CLEARANCE, mint};
 use gp4u_server::config::DEFAULT_DATA_DIR;
 use gp4u_server::{Server, ServerArgs, ServerSettings, secret};
 
+mod verify;
+
 #[derive(Debug, Parser)]
 #[command(name = "gp4u", version, about = "GP4U: a GPU compute marketplace")]
 struct Cli {
@@ -25,6 +27,8 @@ enum Command {
     Server(ServerArgs),
     /// Run the provider agent on this GPU host: register its GPUs, take jobs, run them.
     Agent(AgentArgs),
+    /// Verify a job's record against the platform's signed transparency log.
+    Verify(verify::VerifyArgs),
     /// Tokens.
     Token {
         #[command(subcommand)]
@@ -101,10 +105,22 @@ struct AgentArgs {
     /// each telemetry period is reported, so short-lived connections are seen).
     #[arg(long, default_value_t = 1000)]
     net_sample_ms: u64,
+    /// The share of the node's power from renewable sources, 0–100: declared at registration
+    /// and committed with every power reading (the energy proof shows it is met).
+    #[arg(long, env = "GP4U_RENEWABLE_PCT", default_value_t = 0.0, value_parser = renewable_pct)]
+    renewable_pct: f64,
     /// Deprecated, ignored: running jobs are reported by the telemetry watchdog every
     /// `telemetry_interval_seconds` of their manifest.
     #[arg(long, hide = true)]
     keepalive: Option<u64>,
+}
+
+/// `--renewable-pct`: a number from 0 to 100.
+fn renewable_pct(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(pct) if (0.0..=100.0).contains(&pct) => Ok(pct),
+        _ => Err(format!("{text:?} is not a percentage from 0 to 100")),
+    }
 }
 
 async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
@@ -139,6 +155,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         net_sample_interval: std::time::Duration::from_millis(
             args.net_sample_ms.clamp(100, 60_000),
         ),
+        renewable_pct: args.renewable_pct,
     };
     if args.keepalive.is_some() {
         tracing::warn!(
@@ -248,6 +265,12 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => run_server(args).await,
         Command::Agent(args) => run_agent(args).await,
+        Command::Verify(args) => {
+            if !verify::run(args).await? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Token {
             command: TokenCommand::Mint(args),
         } => mint_token(args),

@@ -39,7 +39,7 @@ async fn stage_0_to_1(engine: Engine) {
         Method::POST,
         format!("{base}/api/admin/users"),
         &admin,
-        Some(json!({"name": "Grace", "role": "customer", "region": "eu-west-1"})),
+        Some(json!({"name": "Grace", "role": "customer", "credit": 100000, "region": "eu-west-1"})),
     )
     .await;
     assert_eq!(status, 201, "{customer}");
@@ -237,7 +237,7 @@ async fn an_agent_runs_a_digest_pinned_job_end_to_end() {
         Method::POST,
         format!("{base}/api/admin/users"),
         &admin,
-        Some(json!({"name": "Grace", "role": "customer"})),
+        Some(json!({"name": "Grace", "role": "customer", "credit": 100000})),
     )
     .await;
     let token_file = data_dir.path().join("provider.token");
@@ -448,7 +448,7 @@ async fn an_agent_runs_a_digest_pinned_job_end_to_end() {
         Method::POST,
         format!("{base}/api/admin/users"),
         &admin,
-        Some(json!({"name": "Mallory", "role": "customer"})),
+        Some(json!({"name": "Mallory", "role": "customer", "credit": 100000})),
     )
     .await;
     let stranger_token = mint(data_dir.path(), stranger["id"].as_str().unwrap(), 1);

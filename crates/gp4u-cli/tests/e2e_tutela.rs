@@ -68,7 +68,7 @@ async fn platform(test: &str, flags: &[&str], config: Option<&str>) -> Option<Pl
         Method::POST,
         format!("{base}/api/admin/users"),
         &admin,
-        Some(json!({"name": "Grace", "role": "customer"})),
+        Some(json!({"name": "Grace", "role": "customer", "credit": 100000})),
     )
     .await;
     let token_file = data_dir.path().join("provider.token");

@@ -1,13 +1,15 @@
-//! The pure GP4U domain: ids, money and pricing, the job state machine, request
-//! validation, bearer tokens, domain events and the chambers' read models.
+//! The pure GP4U domain: ids, money and pricing, billing, energy metering, the job state
+//! machine, request validation, bearer tokens, domain events and the chambers' read models.
 //!
 //! Invariant: nothing here does I/O, reads a clock or draws randomness. Time (`now`) and
 //! random bytes are arguments, so every function is deterministic and testable without
 //! mocks, and the server, agent and CLI all share one definition of the rules.
 
 pub mod atlas;
+pub mod billing;
 pub mod chambers;
 pub mod clock;
+pub mod energy;
 pub mod events;
 pub mod ids;
 pub mod job;

@@ -55,6 +55,10 @@ pub enum ErrorCode {
     JobAlreadyTerminal,
     UserExists,
     CreditBelowZero,
+    InsufficientCredit,
+    InvalidProof,
+    ProofExists,
+    NotSettled,
     IdempotencyKeyReused,
     BodyTooLarge,
     RateLimited,
@@ -96,6 +100,10 @@ impl ErrorCode {
             ErrorCode::JobAlreadyTerminal => "JOB_ALREADY_TERMINAL",
             ErrorCode::UserExists => "USER_EXISTS",
             ErrorCode::CreditBelowZero => "CREDIT_BELOW_ZERO",
+            ErrorCode::InsufficientCredit => "INSUFFICIENT_CREDIT",
+            ErrorCode::InvalidProof => "INVALID_PROOF",
+            ErrorCode::ProofExists => "PROOF_EXISTS",
+            ErrorCode::NotSettled => "NOT_SETTLED",
             ErrorCode::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             ErrorCode::BodyTooLarge => "BODY_TOO_LARGE",
             ErrorCode::RateLimited => "RATE_LIMITED",
@@ -124,7 +132,9 @@ impl ErrorCode {
             | ErrorCode::BodyUnreadable
             | ErrorCode::InvalidInputs
             | ErrorCode::InvalidSha256
-            | ErrorCode::Sha256Mismatch => 400,
+            | ErrorCode::Sha256Mismatch
+            | ErrorCode::InvalidProof => 400,
+            ErrorCode::InsufficientCredit => 402,
             ErrorCode::NotFound
             | ErrorCode::JobNotFound
             | ErrorCode::NodeNotFound
@@ -136,7 +146,9 @@ impl ErrorCode {
             | ErrorCode::NoMatchingGpu
             | ErrorCode::JobAlreadyTerminal
             | ErrorCode::UserExists
-            | ErrorCode::CreditBelowZero => 409,
+            | ErrorCode::CreditBelowZero
+            | ErrorCode::ProofExists
+            | ErrorCode::NotSettled => 409,
             ErrorCode::IdempotencyKeyReused => 422,
             ErrorCode::BodyTooLarge => 413,
             ErrorCode::RateLimited => 429,

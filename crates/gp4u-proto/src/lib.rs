@@ -154,6 +154,9 @@ pub struct NewUserBody {
     pub university: Option<bool>,
     /// The customer's home region, used for edge demand.
     pub region: Option<String>,
+    /// Opening credit in currency units (a top-up transfer), default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credit: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -188,6 +191,10 @@ pub struct RegisterBody {
     /// checked and says so in `GET /api/providers/{nodeId}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// The share of the node's power from renewable sources, 0–100, as the provider declares
+    /// it (energy reports label it "declared"; carbon credits need ≥ 80). Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewable_pct: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -389,6 +396,11 @@ pub struct TelemetryPacket {
     /// The last packet of the job: the container has exited (`exit_code` required).
     #[serde(rename = "final", default, skip_serializing_if = "Option::is_none")]
     pub is_final: Option<bool>,
+    /// Pedersen commitments to this reading's power and its renewable part, in milliwatts
+    /// (`gp4u_attest::energy::ReadingCommitment`, 64 bytes, base64). Sealed in the ledger as it
+    /// arrives; the energy proof after the job is checked against them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_commitment: Option<String>,
 }
 
 /// One anomaly verdict, as stored, published and sealed.
@@ -421,6 +433,13 @@ pub struct TelemetryReply {
     /// The job's status after this packet.
     #[serde(default)]
     pub status: String,
+    /// The time the platform stored this sample under (unix ms): energy is integrated, and the
+    /// energy proof weighted, by these times. Absent when the sample was not stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_ms: Option<i64>,
+    /// The longest interval one sample accounts for in energy (a gap beyond it is not billed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_gap_ms: Option<i64>,
 }
 
 /// `POST {endpoint}/gp4u/visibility` from the platform to the agent. `signature` is the

@@ -178,7 +178,18 @@ async fn populate(
             university: false,
             region: None,
         };
-        async move { store.create_user(&user, now_ms).await }
+        async move {
+            store.create_user(&user, now_ms).await?;
+            // Every submission holds its estimate × 1.1 until settled.
+            store
+                .add_credit(
+                    &user.id,
+                    Money::from_micros(1_000_000_000_000),
+                    &format!("top_up:bench:{}", user.id),
+                    now_ms,
+                )
+                .await
+        }
     }))
     .buffer_unordered(16)
     .collect::<Vec<_>>()

@@ -34,7 +34,10 @@ use crate::auth::{authenticate, require_admin_token};
 use crate::config::ServerSettings;
 use crate::error::ApiError;
 use crate::placement::run_atlas;
-use crate::routes::{admin, agent, artifacts, health, jobs, logs, outputs, providers, telemetry};
+use crate::routes::{
+    admin, agent, artifacts, billing, health, jobs, ledger, logs, outputs, proofs, providers,
+    telemetry,
+};
 use crate::state::{AppState, Limits, os_random_ids};
 use crate::{openapi, secret};
 
@@ -79,6 +82,7 @@ pub fn build_router(state: AppState) -> Router {
         .route("/users/{id}/activate", post(admin::activate_user))
         .route("/users/{id}/credits", post(admin::add_credits))
         .route("/chambers", get(admin::chambers))
+        .route("/grid-factors/{region}", put(billing::set_grid_factor))
         .layer(from_fn(require_admin_token));
     let api = Router::new()
         .route("/jobs", post(jobs::submit_job).get(jobs::list_jobs))
@@ -87,6 +91,18 @@ pub fn build_router(state: AppState) -> Router {
         .route("/jobs/{id}/outputs", get(outputs::download_output))
         .route("/jobs/{id}/logs", get(logs::get_logs))
         .route("/jobs/{id}/telemetry", get(telemetry::job_telemetry))
+        .route("/jobs/{id}/settlement", get(billing::job_settlement))
+        .route("/jobs/{id}/ledger", get(ledger::job_ledger))
+        .route("/jobs/{id}/proofs", get(proofs::job_proofs))
+        .route("/providers/{node_id}/zk-proofs", post(proofs::submit))
+        .route("/billing/balance", get(billing::balance))
+        .route("/billing/statement", get(billing::statement))
+        .route("/grid-factors", get(billing::grid_factors))
+        .route("/ledger/checkpoint", get(ledger::checkpoint))
+        .route("/ledger/public-key", get(ledger::public_key))
+        .route("/ledger/entries", get(ledger::entries))
+        .route("/ledger/proof/inclusion", get(ledger::inclusion))
+        .route("/ledger/proof/consistency", get(ledger::consistency))
         // Uploads stream with caps of their own, not the JSON body limit.
         .route(
             "/artifacts",
@@ -199,6 +215,11 @@ fn spawn_background(state: &AppState, stopping: watch::Receiver<bool>) -> JoinSe
         state.clone(),
         stopping.clone(),
     ));
+    tasks.spawn(crate::settlement::run_settlement(
+        state.clone(),
+        stopping.clone(),
+    ));
+    tasks.spawn(crate::obsidian::run_sealer(state.clone(), stopping.clone()));
     tasks.spawn(janitor(state.clone(), stopping));
     tasks
 }
@@ -293,7 +314,8 @@ impl Server {
         let state = AppState::new(store, clock, keys, limits, os_random_ids(), bus)
             .with_blobs(blobs)
             .with_atlas(settings.atlas.clone())
-            .with_tutela(settings.tutela.clone(), platform_key);
+            .with_tutela(settings.tutela.clone(), platform_key)
+            .with_billing(settings.billing.clone())?;
         Ok(Server { state, listener })
     }
 

@@ -104,6 +104,52 @@ struct FileSettings {
     /// Tutela's rule thresholds, slash schedule and watchdog knobs (`[tutela]`, with
     /// `[tutela.rules]`, `[tutela.rules.inference]` and `[tutela.slashes.<kind>]`).
     tutela: Option<TutelaSettings>,
+    /// Stage 7's rates and the ledger's name (`[billing]`).
+    billing: Option<BillingSettings>,
+}
+
+/// Stages 5–7 (`[billing]` in the config file).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BillingSettings {
+    /// The platform's fee, in basis points of what the customer is charged [default: 1000 = 10 %].
+    pub platform_fee_bp: u32,
+    /// University providers' student-programme share, in basis points of the provider's
+    /// earnings [default: 2500 = 25 %].
+    pub student_program_bp: u32,
+    /// The ledger's origin line and checkpoint key name (C2SP: a schema-less URL naming the log).
+    pub ledger_origin: String,
+    /// Entries sealed per ledger append at most.
+    pub ledger_batch: i64,
+}
+
+impl Default for BillingSettings {
+    fn default() -> Self {
+        BillingSettings {
+            platform_fee_bp: gp4u_core::billing::DEFAULT_FEE_BP,
+            student_program_bp: gp4u_core::billing::DEFAULT_STUDENT_BP,
+            ledger_origin: "gp4u.local/obsidian".into(),
+            ledger_batch: 2000,
+        }
+    }
+}
+
+impl BillingSettings {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.platform_fee_bp > 10_000 || self.student_program_bp > 10_000 {
+            bail!("[billing] platform_fee_bp and student_program_bp are basis points: 0–10000");
+        }
+        if !gp4u_ledger::note::is_valid_key_name(&self.ledger_origin) {
+            bail!(
+                "[billing] ledger_origin {:?} must be non-empty, without spaces or '+'",
+                self.ledger_origin
+            );
+        }
+        if !(1..=10_000).contains(&self.ledger_batch) {
+            bail!("[billing] ledger_batch must be 1–10000");
+        }
+        Ok(())
+    }
 }
 
 /// Stage 4's knobs (`[tutela]` in the config file; the flags above override the ones they name).
@@ -171,6 +217,12 @@ impl Default for TutelaSettings {
 }
 
 impl TutelaSettings {
+    /// The longest interval one telemetry sample accounts for in energy: three periods. A gap
+    /// beyond it (missed packets) is not billed as energy.
+    pub fn energy_max_gap_ms(&self) -> i64 {
+        i64::try_from(self.telemetry_interval_s.saturating_mul(3_000)).unwrap_or(i64::MAX)
+    }
+
     /// Refuses settings that cannot work, naming them.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.slashes
@@ -228,6 +280,7 @@ pub struct ServerSettings {
     pub max_log_bytes: u64,
     pub atlas: AtlasConfig,
     pub tutela: TutelaSettings,
+    pub billing: BillingSettings,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -257,6 +310,7 @@ impl ServerSettings {
             max_log_bytes: DEFAULT_MAX_LOG_BYTES,
             atlas: AtlasConfig::default(),
             tutela: TutelaSettings::default(),
+            billing: BillingSettings::default(),
         }
     }
 
@@ -345,7 +399,10 @@ impl ServerSettings {
             tutela.visibility_interval_s = interval;
         }
         tutela.validate()?;
+        let billing = file.billing.unwrap_or_default();
+        billing.validate()?;
         Ok(ServerSettings {
+            billing,
             listen,
             database_url: args
                 .database_url

@@ -12,7 +12,8 @@ use object_store::ObjectStore;
 use object_store::memory::InMemory;
 use tokio::sync::Notify;
 
-use crate::config::TutelaSettings;
+use crate::config::{BillingSettings, TutelaSettings};
+use crate::obsidian::Obsidian;
 use crate::placement::Dispatch;
 use crate::tutela::Tutela;
 
@@ -69,6 +70,10 @@ pub struct AppState {
     pub atlas: Arc<AtlasConfig>,
     /// Stage 4: rules, windows, the telemetry writer, the platform key.
     pub tutela: Arc<Tutela>,
+    /// Stage 7's rates.
+    pub billing: Arc<BillingSettings>,
+    /// The ledger's name and signing key (the platform key).
+    pub obsidian: Arc<Obsidian>,
 }
 
 impl AppState {
@@ -85,7 +90,16 @@ impl AppState {
         let relay = Relay::new(store.clone(), bus.clone());
         let started_ms = clock.now_ms();
         let platform_key = ed25519_dalek::SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+        let billing = BillingSettings::default();
+        let obsidian = Obsidian::new(
+            &billing.ledger_origin,
+            platform_key.clone(),
+            billing.ledger_batch,
+        )
+        .expect("the default ledger origin is a valid key name");
         AppState {
+            billing: Arc::new(billing),
+            obsidian: Arc::new(obsidian),
             store,
             clock,
             keys: Arc::new(keys),
@@ -114,8 +128,26 @@ impl AppState {
         platform_key: ed25519_dalek::SigningKey,
     ) -> AppState {
         let started_ms = self.tutela.started_ms;
+        if let Ok(obsidian) = Obsidian::new(
+            &self.billing.ledger_origin,
+            platform_key.clone(),
+            self.billing.ledger_batch,
+        ) {
+            self.obsidian = Arc::new(obsidian);
+        }
         self.tutela = Arc::new(Tutela::new(settings, platform_key, started_ms));
         self
+    }
+
+    /// The same state with these stage-7 settings (rates, ledger origin), keeping the key.
+    pub fn with_billing(mut self, billing: BillingSettings) -> anyhow::Result<AppState> {
+        let key = self.tutela.platform_key.clone();
+        self.obsidian = Arc::new(
+            Obsidian::new(&billing.ledger_origin, key, billing.ledger_batch)
+                .map_err(|error| anyhow::anyhow!(error))?,
+        );
+        self.billing = Arc::new(billing);
+        Ok(self)
     }
 
     /// The same state over another blob store.
@@ -135,6 +167,15 @@ impl AppState {
 
     pub fn random_id_bytes(&self) -> [u8; 16] {
         (self.random_ids)()
+    }
+
+    /// A fresh random reference (32 hex digits) for ids that must be unique, such as the
+    /// transfer id of a top-up.
+    pub fn random_reference(&self) -> String {
+        self.random_id_bytes()
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
     }
 
     pub fn is_draining(&self) -> bool {

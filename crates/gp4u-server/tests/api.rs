@@ -781,16 +781,17 @@ async fn credits_and_user_admin() {
             Some(json!({"amount": 100.0})),
         )
         .await;
+    // The fixture gave the user 100 000 to start with.
     assert_eq!(
         (reply.status, reply.body["credit"].clone()),
-        (StatusCode::OK, json!(100.0))
+        (StatusCode::OK, json!(100100.0))
     );
     let reply = app
         .call(
             Method::POST,
             &format!("/api/admin/users/{id}/credits"),
             Some(&app.admin),
-            Some(json!({"amount": -100.01})),
+            Some(json!({"amount": -100100.01})),
         )
         .await;
     assert_eq!(

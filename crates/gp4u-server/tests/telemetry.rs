@@ -17,80 +17,6 @@ use gp4u_store::Engine;
 use serde_json::{Value, json};
 use support::*;
 
-/// A node with one GPU, a customer, and a job placed on the node and picked up by its agent.
-struct Running {
-    node: Node,
-    customer_id: String,
-    customer: String,
-    job: String,
-}
-
-async fn picked_up(app: &TestApp, body: Value) -> Running {
-    let node = app.node(1, 3.1, "us-east-1").await;
-    running_on(app, node, body).await
-}
-
-async fn running_on(app: &TestApp, node: Node, mut body: Value) -> Running {
-    let (customer_id, customer) = app.user("customer", None).await;
-    if body.get("gpuId").is_some() {
-        body["gpuId"] = json!(node.gpus[0]);
-    }
-    let job = app.submit(&customer, body).await;
-    place_pending(&app.state, &AtlasConfig::default())
-        .await
-        .unwrap();
-    let poll = format!("/api/agent/assignments?node_id={}&wait=0", node.node_id);
-    let reply = app.call(Method::GET, &poll, Some(&node.token), None).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-    assert_eq!(reply.body["job_id"], job.as_str());
-    Running {
-        node,
-        customer_id,
-        customer,
-        job,
-    }
-}
-
-fn pinned() -> Value {
-    job_body("set by running_on")
-}
-
-/// A healthy training sample.
-fn healthy() -> Value {
-    json!({
-        "gpu_utilization_pct": 94.2, "vram_used_gb": 22.1, "vram_allocated_gb": 24.0,
-        "power_draw_watts": 380.0, "temperature_c": 72, "outbound_bytes_per_sec": 1_200_000,
-        "inferred_pattern": "TRAINING", "unique_dest_ips": 2, "foreign_gpu_processes": 0
-    })
-}
-
-fn merge(mut base: Value, extra: Value) -> Value {
-    for (key, value) in extra.as_object().unwrap() {
-        base[key] = value.clone();
-    }
-    base
-}
-
-/// Sends a packet 10 s after the previous one (the agent's cadence).
-async fn packet(app: &TestApp, token: &str, node: &str, job: &str, extra: Value) -> Reply {
-    app.clock.advance_ms(10_000);
-    let body = merge(
-        merge(healthy(), json!({"job_id": job, "node_id": node})),
-        extra,
-    );
-    app.call(
-        Method::POST,
-        "/api/telemetry/russian-doll",
-        Some(token),
-        Some(body),
-    )
-    .await
-}
-
-async fn send(app: &TestApp, run: &Running, extra: Value) -> Reply {
-    packet(app, &run.node.token, &run.node.node_id, &run.job, extra).await
-}
-
 async fn standing(app: &TestApp, node: &str) -> Value {
     let reply = app
         .call(
@@ -897,13 +823,13 @@ async fn a_nodes_standing_is_for_its_owner_and_admins(app: TestApp) {
     );
     let theirs = app.call(Method::GET, &path, Some(&other.token), None).await;
     assert_eq!(theirs.status, StatusCode::NOT_FOUND);
-    // A stake needs the credit behind it.
+    // A stake needs the credit behind it (the fixture gave the owner 100 000).
     let reply = app
         .call(
             Method::POST,
             &format!("/api/providers/{}/stake", node.node_id),
             Some(&node.token),
-            Some(json!({"amount": 5.0})),
+            Some(json!({"amount": 100000.01})),
         )
         .await;
     assert_eq!(

@@ -35,6 +35,8 @@ pub struct NewJob {
     pub record: JobRecord,
     pub idempotency: Option<NewIdempotency>,
     pub events: Vec<OutboxEvent>,
+    /// Posted with the job (the billing hold): `InsufficientFunds` refuses the whole job.
+    pub transfers: Vec<crate::NewTransfer>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -109,8 +111,9 @@ impl Store {
         })?;
         sqlx::query(
             "INSERT INTO jobs (id, owner_id, name, status, workload_type, gpu_id, node_id, gpu_name, \
-             gpu_region, manifest, price_micros, cost_estimate_micros, anomalies, created_at, version) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, '[]', $13, 1)",
+             gpu_region, manifest, price_micros, cost_estimate_micros, anomalies, created_at, version, \
+             hold_micros) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, '[]', $13, 1, $14)",
         )
         .bind(record.id.as_str())
         .bind(record.owner_id.as_str())
@@ -125,6 +128,7 @@ impl Store {
         .bind(record.price_per_hour.micros())
         .bind(record.cost_estimate.micros())
         .bind(now_ms)
+        .bind(record.hold.micros())
         .execute(&mut *tx)
         .await
         .map_err(|error| {
@@ -134,6 +138,7 @@ impl Store {
                 error.into()
             }
         })?;
+        crate::billing::post_transfers(&mut tx, &job.transfers, now_ms).await?;
         insert_events(&mut tx, &job.events, now_ms).await?;
         tx.commit().await?;
         let mut created = record.clone();

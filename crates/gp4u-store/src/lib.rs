@@ -34,7 +34,7 @@ macro_rules! job_columns {
          anomalies, exit_code, energy_kwh, carbon_kg, renewable_pct, created_at, started_at, \
          ended_at, version, assigned_at, picked_up_at, excluded_nodes, output_sha256, \
          output_bytes, log_bytes, log_chunks, log_truncated, last_telemetry_at, retries, \
-         attempts"
+         attempts, hold_micros"
     };
 }
 macro_rules! node_columns {
@@ -45,7 +45,10 @@ macro_rules! node_columns {
 }
 
 mod artifacts;
+mod billing;
+mod completion;
 mod jobs;
+mod ledger;
 mod limits;
 mod migrate;
 mod outbox;
@@ -65,13 +68,20 @@ use sqlx::{AnyPool, Executor};
 use tokio::sync::{Mutex, MutexGuard};
 
 pub use artifacts::{ArtifactRecord, LogReservation};
+pub use billing::{Balance, NewTransfer, SettleOutcome, TransferRecord};
+pub use completion::{CompletionFacts, GridFactorRecord, ProofOutcome, ProofRecord};
 pub use jobs::{CreateJobOutcome, IdempotencyRecord, NewIdempotency, NewJob};
+pub use ledger::{
+    CheckpointRecord, LedgerAppend, LedgerEntryRecord, NewLedgerEntry, hash_from_hex, hash_to_hex,
+};
 pub use limits::RateDecision;
 pub use migrate::SCHEMA_VERSION;
 pub use outbox::{Envelope, OutboxEvent, SubscriberState};
 pub use placement::Assignment;
 pub use records::{GpuRecord, GpuStatus, JobBlobs, JobRecord, NodeRecord, UserRecord};
-pub use tutela::{Attempt, NewAnomaly, SlashRecord, TelemetryRow};
+pub use tutela::{
+    Attempt, EnergySample, NewAnomaly, SlashRecord, TOPIC_TELEMETRY_COMMITTED, TelemetryRow,
+};
 pub use users::{NewNode, NewUser};
 
 /// Which database engine a [`Store`] talks to.
@@ -97,6 +107,11 @@ pub enum StoreError {
     NotFound(String),
     #[error("conflict: {0}")]
     Conflict(String),
+    #[error("{account} is short of {needed}")]
+    InsufficientFunds {
+        account: String,
+        needed: gp4u_core::money::Money,
+    },
     #[error("invalid database url {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
     #[error("stored data is corrupt: {0}")]
@@ -118,6 +133,7 @@ pub(crate) const LOCK_NAMESPACE: i32 = 0x6770_3475; // "gp4u"
 /// Second keys within the namespace.
 pub(crate) const LOCK_MIGRATIONS: i32 = 1;
 pub(crate) const LOCK_OUTBOX_SEQUENCER: i32 = 2;
+pub(crate) const LOCK_LEDGER: i32 = 3;
 
 /// The storage interface. Cheap to clone; all clones share one pool.
 #[derive(Clone)]

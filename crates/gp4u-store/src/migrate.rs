@@ -38,10 +38,15 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0005_tutela.sql"),
         postgres: include_str!("../migrations/postgres/0005_tutela.sql"),
     },
+    Migration {
+        version: 6,
+        sqlite: include_str!("../migrations/sqlite/0006_settlement_ledger.sql"),
+        postgres: include_str!("../migrations/postgres/0006_settlement_ledger.sql"),
+    },
 ];
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 pub(crate) async fn run(store: &Store) -> StoreResult<()> {
     let _writer = store.writer().await;

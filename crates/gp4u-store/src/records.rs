@@ -133,6 +133,8 @@ pub struct JobRecord {
     pub retries: u32,
     /// Every attempt that ended on a node without ending the job.
     pub attempts: Vec<crate::tutela::Attempt>,
+    /// What the customer's credit holds for this job until it is settled (estimate × 1.1).
+    pub hold: Money,
 }
 
 /// A job's output archive and log, as far as the database knows (the bytes are blobs).
@@ -294,6 +296,7 @@ pub(crate) fn job_from_row(row: &AnyRow) -> StoreResult<JobRecord> {
         },
         last_telemetry_at_ms: row.try_get("last_telemetry_at")?,
         retries: u32::try_from(row.try_get::<i64, _>("retries")?).map_err(StoreError::corrupt)?,
+        hold: Money::from_micros(row.try_get("hold_micros")?),
         attempts: {
             let text: String = row.try_get("attempts")?;
             serde_json::from_str(&text)

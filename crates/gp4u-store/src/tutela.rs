@@ -32,6 +32,9 @@ pub struct TelemetryRow {
     pub emulated: bool,
     /// The JSON written to `jobs.latest_metrics`.
     pub latest_metrics: serde_json::Value,
+    /// The agent's Pedersen commitment to this sample's power (base64, stage 6); sealed in the
+    /// ledger as it arrives (a `telemetry.committed` outbox event in the same transaction).
+    pub commitment: Option<String>,
 }
 
 /// A verdict to store.
@@ -107,7 +110,49 @@ fn u32_column(value: Option<u32>) -> Option<i64> {
     value.map(i64::from)
 }
 
+/// Outbox topic of a sample's sealed power commitment.
+pub const TOPIC_TELEMETRY_COMMITTED: &str = "telemetry.committed";
+
+/// A sample's power reading with its commitment, for energy accounting and proofs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnergySample {
+    pub at_ms: i64,
+    pub power_draw_watts: f64,
+    pub commitment: Option<String>,
+}
+
 impl Store {
+    /// A job's samples from `node` at or after `since_ms` (its final run: a retried job's
+    /// earlier runs on other nodes are not its energy), oldest first, at most `limit`.
+    pub async fn energy_series(
+        &self,
+        job: &JobId,
+        node: &NodeId,
+        since_ms: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<EnergySample>> {
+        self.count_op();
+        let rows = sqlx::query(
+            "SELECT at_ms, power_draw_watts, commitment FROM telemetry \
+             WHERE job_id = $1 AND node_id = $2 AND at_ms >= $3 ORDER BY at_ms, id LIMIT $4",
+        )
+        .bind(job.as_str())
+        .bind(node.as_str())
+        .bind(since_ms)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(EnergySample {
+                    at_ms: row.try_get("at_ms")?,
+                    power_draw_watts: row.try_get("power_draw_watts")?,
+                    commitment: row.try_get("commitment")?,
+                })
+            })
+            .collect()
+    }
+
     /// Stores a batch of samples and moves each job's `latest_metrics` and heartbeat, in one
     /// transaction (the ingestion route's group commit: many requests, one commit). A row is
     /// accepted only while its job is RUNNING on the row's node — checked here, by the same
@@ -191,15 +236,16 @@ impl Store {
             let mut sql = String::from(
                 "INSERT INTO telemetry (job_id, node_id, at_ms, gpu_utilization_pct, vram_used_gb, \
                  vram_allocated_gb, power_draw_watts, temperature_c, outbound_bytes_per_sec, \
-                 unique_dest_ips, foreign_gpu_processes, throttling, inferred_pattern, emulated) VALUES ",
+                 unique_dest_ips, foreign_gpu_processes, throttling, inferred_pattern, emulated, \
+                 commitment) VALUES ",
             );
             for index in 0..chunk.len() {
-                let base = index * 14;
+                let base = index * 15;
                 if index > 0 {
                     sql.push_str(", ");
                 }
                 sql.push('(');
-                for column in 1..=14 {
+                for column in 1..=15 {
                     if column > 1 {
                         sql.push_str(", ");
                     }
@@ -226,9 +272,29 @@ impl Store {
                     .bind(u32_column(sample.foreign_gpu_processes))
                     .bind(sample.throttling.map(bool_to_i64))
                     .bind(sample.inferred_pattern.map(|pattern| pattern.as_str()))
-                    .bind(bool_to_i64(row.emulated));
+                    .bind(bool_to_i64(row.emulated))
+                    .bind(row.commitment.as_deref());
             }
             query.execute(&mut *tx).await?;
+        }
+        let sealed: Vec<OutboxEvent> = stored
+            .iter()
+            .filter_map(|row| {
+                row.commitment.as_ref().map(|commitment| OutboxEvent {
+                    topic: TOPIC_TELEMETRY_COMMITTED.into(),
+                    aggregate_id: row.job_id.to_string(),
+                    payload: serde_json::json!({
+                        "job_id": row.job_id,
+                        "node_id": row.node_id,
+                        "at_ms": row.sample.at_ms,
+                        "commitment": commitment,
+                    }),
+                })
+            })
+            .collect();
+        if !sealed.is_empty() {
+            let now_ms = stored.iter().map(|row| row.sample.at_ms).max().unwrap_or(0);
+            insert_events(&mut tx, &sealed, now_ms).await?;
         }
         tx.commit().await?;
         drop(writer);
@@ -427,6 +493,28 @@ impl Store {
                 drop(writer);
                 continue;
             }
+            if record.stake_taken.micros() > 0 {
+                // The stake column moved above; the journal and the receiving account move here.
+                crate::billing::journal_only(
+                    &mut tx,
+                    &crate::NewTransfer {
+                        id: format!("slash:{id}"),
+                        debit: format!("node:{node}:stake"),
+                        credit: "platform:slashes".into(),
+                        amount: record.stake_taken,
+                        kind: "slash".into(),
+                        job_id: job.map(|job| job.to_string()),
+                    },
+                    now_ms,
+                )
+                .await?;
+                crate::billing::apply_account_delta(
+                    &mut tx,
+                    "platform:slashes",
+                    record.stake_taken.micros(),
+                )
+                .await?;
+            }
             insert_events(&mut tx, &events_for(&record), now_ms).await?;
             tx.commit().await?;
             drop(writer);
@@ -519,6 +607,8 @@ impl Store {
         node: &NodeId,
         owner: &UserId,
         amount: Money,
+        transfer_id: &str,
+        now_ms: i64,
     ) -> StoreResult<NodeRecord> {
         self.count_op();
         let writer = self.writer().await;
@@ -544,6 +634,19 @@ impl Store {
         .bind(amount.micros())
         .bind(owner.as_str())
         .execute(&mut *tx)
+        .await?;
+        crate::billing::journal_only(
+            &mut tx,
+            &crate::NewTransfer {
+                id: transfer_id.to_owned(),
+                debit: format!("user:{owner}:available"),
+                credit: format!("node:{node}:stake"),
+                amount,
+                kind: "stake_deposit".into(),
+                job_id: None,
+            },
+            now_ms,
+        )
         .await?;
         tx.commit().await?;
         drop(writer);

@@ -106,30 +106,51 @@ impl Store {
         }
     }
 
-    /// Adds `amount` (may be negative) to a user's credit. Refuses to take the balance below zero.
-    pub async fn add_credit(&self, id: &UserId, amount: Money) -> StoreResult<UserRecord> {
-        self.count_op();
-        let _writer = self.writer().await;
-        let row = sqlx::query(concat!(
-            "UPDATE users SET credit_micros = credit_micros + $2 \
-             WHERE id = $1 AND credit_micros + $2 >= 0 RETURNING ",
-            user_columns!()
-        ))
-        .bind(id.as_str())
-        .bind(amount.micros())
-        .fetch_optional(self.pool())
-        .await?;
-        if let Some(row) = row {
-            return user_from_row(&row);
+    /// Adds `amount` (may be negative) to a user's credit, as a transfer from (or to) the
+    /// `external` account with id `transfer_id`. Refuses to take the balance below zero.
+    pub async fn add_credit(
+        &self,
+        id: &UserId,
+        amount: Money,
+        transfer_id: &str,
+        now_ms: i64,
+    ) -> StoreResult<UserRecord> {
+        let account = format!("user:{id}:available");
+        let (debit, credit, kind) = if amount.micros() >= 0 {
+            ("external".to_string(), account, "top_up")
+        } else {
+            (account, "external".to_string(), "payout")
+        };
+        if amount.micros() != 0 {
+            let transfer = crate::NewTransfer {
+                id: transfer_id.to_owned(),
+                debit,
+                credit,
+                amount: Money::from_micros(amount.micros().saturating_abs()),
+                kind: kind.into(),
+                job_id: None,
+            };
+            match self
+                .post_transfers(std::slice::from_ref(&transfer), now_ms)
+                .await
+            {
+                Ok(_) => {}
+                Err(StoreError::InsufficientFunds { .. }) => {
+                    let user = self
+                        .get_user(id)
+                        .await?
+                        .ok_or_else(|| StoreError::NotFound(format!("user {id}")))?;
+                    return Err(StoreError::Conflict(format!(
+                        "a credit change of {amount} would take user {id} below zero (balance {})",
+                        user.credit
+                    )));
+                }
+                Err(error) => return Err(error),
+            }
         }
-        drop(_writer);
-        match self.get_user(id).await? {
-            Some(user) => Err(StoreError::Conflict(format!(
-                "a credit change of {amount} would take user {id} below zero (balance {})",
-                user.credit
-            ))),
-            None => Err(StoreError::NotFound(format!("user {id}"))),
-        }
+        self.get_user(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("user {id}")))
     }
 
     /// Registers a node with its GPUs (all AVAILABLE) and writes `events` to the outbox, all in

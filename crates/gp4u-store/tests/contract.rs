@@ -81,6 +81,7 @@ fn job(n: u64, owner: &UserId, gpu: &GpuId) -> JobRecord {
         last_telemetry_at_ms: None,
         retries: 0,
         attempts: Vec::new(),
+        hold: Money::ZERO,
     }
 }
 
@@ -145,13 +146,13 @@ async fn users_roundtrip_suspend_and_credit(store: Store) {
     assert!(!store.set_user_active(&user.id, false).await.unwrap().active);
     assert!(!store.get_user(&user.id).await.unwrap().unwrap().active);
     let credited = store
-        .add_credit(&user.id, Money::from_micros(100_000_000))
+        .add_credit(&user.id, Money::from_micros(100_000_000), "top_up:1", NOW)
         .await
         .unwrap();
     assert_eq!(credited.credit, Money::from_micros(100_000_000));
     assert!(matches!(
         store
-            .add_credit(&user.id, Money::from_micros(-100_000_001))
+            .add_credit(&user.id, Money::from_micros(-100_000_001), "payout:1", NOW)
             .await,
         Err(StoreError::Conflict(_))
     ));
@@ -161,7 +162,9 @@ async fn users_roundtrip_suspend_and_credit(store: Store) {
     );
     let ghost = UserId::from_random(id_bytes(99));
     assert!(matches!(
-        store.add_credit(&ghost, Money::from_micros(1)).await,
+        store
+            .add_credit(&ghost, Money::from_micros(1), "top_up:2", NOW)
+            .await,
         Err(StoreError::NotFound(_))
     ));
     assert!(store.get_user(&ghost).await.unwrap().is_none());
@@ -198,6 +201,7 @@ async fn jobs_create_read_and_update(store: Store) {
                 record: record.clone(),
                 idempotency: None,
                 events: vec![event(1)],
+                transfers: vec![],
             },
             86_400_000,
             NOW,
@@ -273,6 +277,7 @@ async fn artifacts_outputs_and_the_log_cap(store: Store) {
                 record: record.clone(),
                 idempotency: None,
                 events: vec![],
+                transfers: vec![],
             },
             86_400_000,
             NOW,
@@ -348,6 +353,7 @@ async fn artifacts_outputs_and_the_log_cap(store: Store) {
                 record: other.clone(),
                 idempotency: None,
                 events: vec![],
+                transfers: vec![],
             },
             86_400_000,
             NOW,
@@ -385,6 +391,7 @@ fn with_key(record: JobRecord, key: &str, hash: &str) -> NewJob {
             response,
         }),
         events: vec![event(1)],
+        transfers: vec![],
     }
 }
 

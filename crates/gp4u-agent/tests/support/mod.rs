@@ -223,6 +223,8 @@ fn telemetry_one(
         }),
         anomalies: vec![],
         status: status.into(),
+        at_ms: None,
+        max_gap_ms: None,
     })
 }
 
@@ -520,6 +522,7 @@ pub fn process_config(server: &str, data_dir: &std::path::Path) -> AgentConfig {
         listen: None,
         advertise: None,
         net_sample_interval: AgentConfig::DEFAULT_NET_SAMPLE_INTERVAL,
+        renewable_pct: 0.0,
     }
 }
 

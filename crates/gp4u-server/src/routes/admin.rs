@@ -27,6 +27,21 @@ pub async fn create_user(
     body: JsonBody,
 ) -> ApiResult<(StatusCode, Json<UserView>)> {
     let new_user = validate_new_user(&body.value)?;
+    let initial_credit = match body.value.get("credit") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(value) => {
+            let amount = validate_credit_amount(&serde_json::json!({"amount": value}))?;
+            if amount.micros() < 0 {
+                return Err(gp4u_core::manifest::FieldError::new(
+                    gp4u_core::manifest::ValidationCode::InvalidAmount,
+                    "credit",
+                    "`credit` (opening credit) cannot be negative".to_owned(),
+                )
+                .into());
+            }
+            Some(amount)
+        }
+    };
     let user = NewUser {
         id: UserId::from_random(state.random_id_bytes()),
         name: new_user.name,
@@ -42,6 +57,20 @@ pub async fn create_user(
             StoreError::Conflict(message) => ApiError::new(ErrorCode::UserExists, message),
             other => other.into(),
         })?;
+    // Optional opening credit, as a top-up transfer like `POST …/credits`.
+    let record = match initial_credit {
+        Some(amount) if amount.micros() > 0 => state
+            .store
+            .add_credit(
+                &record.id,
+                amount,
+                &format!("top_up:{}", state.random_reference()),
+                state.now_ms(),
+            )
+            .await
+            .map_err(user_not_found)?,
+        _ => record,
+    };
     tracing::info!(user_id = %record.id, role = record.role.as_str(), by = %caller.id(), "user created");
     Ok((StatusCode::CREATED, Json(user_view(&record))))
 }
@@ -122,7 +151,12 @@ pub async fn add_credits(
     let amount = validate_credit_amount(&body.value)?;
     let record = state
         .store
-        .add_credit(&id, amount)
+        .add_credit(
+            &id,
+            amount,
+            &format!("top_up:{}", state.random_reference()),
+            state.now_ms(),
+        )
         .await
         .map_err(user_not_found)?;
     tracing::info!(user_id = %record.id, amount_micros = amount.micros(), by = %caller.id(), "credit changed");

@@ -99,6 +99,7 @@ pub async fn submit_job(
     // 4. GPU lookup, and 5. the cost, computed here and never taken from the client.
     let target = resolve_target(&state, &manifest).await?;
     let cost_estimate = job_cost(target.price_per_hour, manifest.expected_duration);
+    let hold = gp4u_core::billing::hold_amount(cost_estimate);
 
     // 6. The job row (PENDING) and 7. its job.created event, in one transaction (outbox).
     let job_id = JobId::from_random(state.random_id_bytes());
@@ -164,8 +165,11 @@ pub async fn submit_job(
         last_telemetry_at_ms: None,
         retries: 0,
         attempts: Vec::new(),
+        hold,
         manifest,
     };
+    let hold_transfer = gp4u_core::billing::hold_transfer(&job_id, caller.id(), hold)
+        .map_err(|error| ApiError::internal("billing hold", error))?;
     let new_job = NewJob {
         record,
         idempotency: idempotency.0.map(|key| NewIdempotency {
@@ -180,6 +184,10 @@ pub async fn submit_job(
             payload: serde_json::to_value(&created_event)
                 .map_err(|error| ApiError::internal("event", error))?,
         }],
+        transfers: hold_transfer
+            .iter()
+            .map(crate::settlement::store_transfer)
+            .collect(),
     };
     match state
         .store
@@ -195,6 +203,17 @@ pub async fn submit_job(
         Ok(CreateJobOutcome::Replayed(existing)) => replay(existing, &request_hash),
         Err(StoreError::Conflict(message)) => {
             Err(ApiError::new(ErrorCode::InvalidIdempotencyKey, message))
+        }
+        Err(StoreError::InsufficientFunds { .. }) => {
+            let balance = state.store.balance(caller.id()).await?;
+            Err(ApiError::new(
+                ErrorCode::InsufficientCredit,
+                format!(
+                    "this job holds {} of credit until it is settled (estimate {} × 1.1) and you \
+                     have {} available; add credit or submit a shorter or cheaper job",
+                    hold, cost_estimate, balance.available
+                ),
+            ))
         }
         Err(error) => Err(error.into()),
     }

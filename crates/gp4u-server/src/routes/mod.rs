@@ -3,9 +3,12 @@
 pub mod admin;
 pub mod agent;
 pub mod artifacts;
+pub mod billing;
 pub mod health;
 pub mod jobs;
+pub mod ledger;
 pub mod logs;
 pub mod outputs;
+pub mod proofs;
 pub mod providers;
 pub mod telemetry;

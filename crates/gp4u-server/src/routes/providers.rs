@@ -33,7 +33,27 @@ pub async fn register(
     body: JsonBody,
 ) -> ApiResult<(StatusCode, Json<Registered>)> {
     caller.require(CLEARANCE_PROVIDER, ErrorCode::ProviderRequired, "provider")?;
-    let registration = validate_registration(&body.value)?;
+    let renewable_pct = match body.value.get("renewable_pct") {
+        None | Some(serde_json::Value::Null) => 0.0,
+        Some(value) => value
+            .as_f64()
+            .filter(|pct| (0.0..=100.0).contains(pct))
+            .ok_or_else(|| {
+                ApiError::from(FieldError::new(
+                    ValidationCode::InvalidType,
+                    "renewable_pct",
+                    "`renewable_pct` must be a number from 0 to 100".to_owned(),
+                ))
+            })?,
+    };
+    let registration = match body.value.as_object() {
+        Some(object) => {
+            let mut stripped = object.clone();
+            stripped.remove("renewable_pct");
+            validate_registration(&serde_json::Value::Object(stripped))?
+        }
+        None => validate_registration(&body.value)?,
+    };
     let node = NewNode {
         id: NodeId::from_random(state.random_id_bytes()),
         owner_id: caller.id().clone(),
@@ -71,6 +91,12 @@ pub async fn register(
         .store
         .register_node(&node, &events, state.now_ms())
         .await?;
+    if renewable_pct > 0.0 {
+        state
+            .store
+            .set_node_renewable(&record.id, renewable_pct)
+            .await?;
+    }
     state.relay.nudge();
     tracing::info!(node_id = %record.id, owner = %record.owner_id, gpus = gpus.len(), "node registered");
     Ok((
@@ -189,7 +215,17 @@ pub async fn add_stake(
         )
         .into());
     }
-    let node = match state.store.add_stake(&node.id, caller.id(), amount).await {
+    let node = match state
+        .store
+        .add_stake(
+            &node.id,
+            caller.id(),
+            amount,
+            &format!("stake:{}", state.random_reference()),
+            state.now_ms(),
+        )
+        .await
+    {
         Ok(node) => node,
         Err(StoreError::Conflict(message)) => {
             return Err(ApiError::new(ErrorCode::CreditBelowZero, message));

@@ -327,6 +327,7 @@ async fn ingest_one(state: &AppState, caller: &Caller, body: Value) -> ApiResult
     }
     let (sample, clamped) = parse_sample(&body, now_ms)?;
     let exit = final_exit(&body)?;
+    let commitment = power_commitment(&body)?;
 
     // The first packet starts the job.
     if facts.status == JobStatus::Assigned {
@@ -363,6 +364,7 @@ async fn ingest_one(state: &AppState, caller: &Caller, body: Value) -> ApiResult
         latest_metrics: metrics_json(&sample, facts.emulated, &clamped_fields),
         sample,
         emulated: facts.emulated,
+        commitment,
     };
     let accepted = state
         .tutela
@@ -464,7 +466,34 @@ async fn ingest_one(state: &AppState, caller: &Caller, body: Value) -> ApiResult
         reason: kill,
         anomalies,
         status: status.as_str().to_string(),
+        at_ms: Some(now_ms),
+        max_gap_ms: Some(state.tutela.settings.energy_max_gap_ms()),
     })
+}
+
+/// The optional `power_commitment`: 64 bytes of two compressed Ristretto points, base64.
+fn power_commitment(body: &Value) -> ApiResult<Option<String>> {
+    match body.get("power_commitment") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => {
+            gp4u_attest::energy::ReadingCommitment::from_base64(text).map_err(|error| {
+                ApiError::from(FieldError::new(
+                    ValidationCode::InvalidType,
+                    "power_commitment",
+                    format!(
+                        "`power_commitment` must be 64 bytes of two Ristretto points in base64: {error}"
+                    ),
+                ))
+            })?;
+            Ok(Some(text.clone()))
+        }
+        Some(_) => Err(FieldError::new(
+            ValidationCode::InvalidType,
+            "power_commitment",
+            "`power_commitment` must be a base64 string".to_owned(),
+        )
+        .into()),
+    }
 }
 
 /// Reads the job and refuses unless it is ASSIGNED or RUNNING on `node`: 404 when it is not

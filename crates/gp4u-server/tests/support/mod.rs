@@ -8,9 +8,11 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use gp4u_bus::{EventBus, InProcessBus, ManualClock};
+use gp4u_core::atlas::AtlasConfig;
 use gp4u_core::ids::UserId;
 use gp4u_core::manifest::Role;
 use gp4u_core::token::{Claims, TokenKeys, TokenSecret, mint};
+use gp4u_server::placement::place_pending;
 use gp4u_server::state::{Limits, RandomIds};
 use gp4u_server::{AppState, build_router};
 use gp4u_store::testing::TestDatabase;
@@ -269,6 +271,16 @@ impl TestApp {
         let id = reply.body["id"].as_str().unwrap().to_string();
         let clearance = reply.body["clearance"].as_u64().unwrap() as u8;
         let token = self.token(&id, clearance);
+        // Enough credit for every job a test submits (each holds its estimate × 1.1).
+        let credited = self
+            .call(
+                Method::POST,
+                &format!("/api/admin/users/{id}/credits"),
+                Some(&self.admin),
+                Some(json!({"amount": 100000})),
+            )
+            .await;
+        assert_eq!(credited.status, StatusCode::OK, "{:?}", credited.body);
         (id, token)
     }
 
@@ -402,4 +414,82 @@ macro_rules! on_both_engines {
             )*
         }
     };
+}
+
+// ---------------------------------------------------------------------------------------
+// A job running on a node (stage 4 and later)
+// ---------------------------------------------------------------------------------------
+
+/// A node with one GPU, a customer, and a job placed on the node and picked up by its agent.
+pub struct Running {
+    pub node: Node,
+    pub customer_id: String,
+    pub customer: String,
+    pub job: String,
+}
+
+pub async fn picked_up(app: &TestApp, body: Value) -> Running {
+    let node = app.node(1, 3.1, "us-east-1").await;
+    running_on(app, node, body).await
+}
+
+pub async fn running_on(app: &TestApp, node: Node, mut body: Value) -> Running {
+    let (customer_id, customer) = app.user("customer", None).await;
+    if body.get("gpuId").is_some() {
+        body["gpuId"] = json!(node.gpus[0]);
+    }
+    let job = app.submit(&customer, body).await;
+    place_pending(&app.state, &AtlasConfig::default())
+        .await
+        .unwrap();
+    let poll = format!("/api/agent/assignments?node_id={}&wait=0", node.node_id);
+    let reply = app.call(Method::GET, &poll, Some(&node.token), None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["job_id"], job.as_str());
+    Running {
+        node,
+        customer_id,
+        customer,
+        job,
+    }
+}
+
+pub fn pinned() -> Value {
+    job_body("set by running_on")
+}
+
+/// A healthy training sample.
+pub fn healthy() -> Value {
+    json!({
+        "gpu_utilization_pct": 94.2, "vram_used_gb": 22.1, "vram_allocated_gb": 24.0,
+        "power_draw_watts": 380.0, "temperature_c": 72, "outbound_bytes_per_sec": 1_200_000,
+        "inferred_pattern": "TRAINING", "unique_dest_ips": 2, "foreign_gpu_processes": 0
+    })
+}
+
+pub fn merge(mut base: Value, extra: Value) -> Value {
+    for (key, value) in extra.as_object().unwrap() {
+        base[key] = value.clone();
+    }
+    base
+}
+
+/// Sends a packet 10 s after the previous one (the agent's cadence).
+pub async fn packet(app: &TestApp, token: &str, node: &str, job: &str, extra: Value) -> Reply {
+    app.clock.advance_ms(10_000);
+    let body = merge(
+        merge(healthy(), json!({"job_id": job, "node_id": node})),
+        extra,
+    );
+    app.call(
+        Method::POST,
+        "/api/telemetry/russian-doll",
+        Some(token),
+        Some(body),
+    )
+    .await
+}
+
+pub async fn send(app: &TestApp, run: &Running, extra: Value) -> Reply {
+    packet(app, &run.node.token, &run.node.node_id, &run.job, extra).await
 }

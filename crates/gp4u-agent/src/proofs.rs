@@ -1,0 +1,602 @@
+//! Energy and hardware proofs (SPEC §8, seed stage 6).
+//!
+//! During a job the agent commits to every power reading it sends: each telemetry packet
+//! carries `power_commitment`, the base64 of a [`ReadingCommitment`] to
+//! `power_mw = watts_to_mw(power_draw_watts)` (the watts the platform stores, i.e. clamped to
+//! [`POWER_RANGE_W`]) and its renewable part `renewable_mw = ⌈power_mw × share_bp / 10000⌉`.
+//! The opening stays here, in memory only ([`JobReadings`]); it is kept with the time the
+//! platform stored the sample (`at_ms` of the reply) once the packet is accepted, and dropped
+//! when it is not (error, 429, network failure).
+//!
+//! After the job (ended normally, by the customer or by the platform's order; not after a
+//! provider-fault ending) the agent posts two submissions to
+//! `POST /api/providers/{nodeId}/zk-proofs` ([`submit_proofs`]):
+//!
+//! - energy: weights `interval_weights(at_ms, 0, max_gap_ms)` (the platform's own rule), the
+//!   claim `E = Σ wᵢ·Pᵢ`, the declared renewable share in basis points, the GPU's power limit
+//!   (at least the largest reading), proven with `prove_energy` on a blocking thread;
+//! - hardware: the GPU's identity and the telemetry digest of the (at_ms, commitment) list,
+//!   signed with the node key; `emulated` assurance for emulated GPUs, `provider_signed` with
+//!   NVML.
+//!
+//! The platform answers 503 (with `Retry-After`) until it has accounted the job's energy:
+//! retried for up to [`SUBMIT_PATIENCE`]. A 4xx is logged as an error and not retried.
+//!
+//! Why the renewable part is rounded up: the proof shows `10000·Σ wᵢ·renᵢ ≥ share_bp·E`;
+//! rounding each `renᵢ` down could make that false by a few mW·ms (e.g. 50 % of 1 mW), and the
+//! proof would be refused. Rounding up (never above `power_mw`) makes it hold for every reading.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use gp4u_attest::energy::{
+    EnergyClaim, EnergyProofError, MAX_POWER_LIMIT_MW, PowerReading, ReadingCommitment,
+    ReadingOpening, commit_reading, prove_energy, telemetry_digest,
+};
+use gp4u_attest::hardware::{Assurance, GpuIdentity, HardwareClaim, HardwareError, sign_hardware};
+use gp4u_attest::proofs::{EnergySubmission, ProofSubmission};
+use gp4u_core::energy::{interval_weights, watts_to_mw};
+use gp4u_core::tutela::POWER_RANGE_W;
+use gp4u_proto::{TelemetryPacket, TelemetryReply};
+use rand_core::OsRng;
+
+use crate::client::PlatformClient;
+use crate::gpu::GpuInfo;
+
+/// The most readings the agent commits to per job (beyond: no commitment, a warning).
+pub const MAX_READINGS_PER_JOB: usize = 65_536;
+/// The power limit assumed for a GPU whose limit is unknown (1000 W).
+pub const DEFAULT_POWER_LIMIT_W: f64 = 1000.0;
+/// How long the agent keeps offering a job's proofs while the platform answers 503.
+pub const SUBMIT_PATIENCE: Duration = Duration::from_secs(60);
+/// The weight cap when no reply said one (the platform's default is sent with every reply).
+const FALLBACK_MAX_GAP_MS: i64 = 60_000;
+
+/// The renewable share in basis points, as the platform derives it from the declared percent.
+pub fn share_bp(renewable_pct: f64) -> u32 {
+    if renewable_pct.is_nan() {
+        return 0;
+    }
+    (renewable_pct.clamp(0.0, 100.0) * 100.0).round() as u32
+}
+
+/// The milliwatts the platform accounts for a packet's watts (it clamps them first).
+pub fn committed_mw(watts: f64) -> u64 {
+    if watts.is_nan() {
+        return 0;
+    }
+    watts_to_mw(watts.clamp(POWER_RANGE_W.0, POWER_RANGE_W.1))
+}
+
+/// The renewable part of a reading: `⌈power_mw × share_bp / 10000⌉`, at most `power_mw`.
+pub fn renewable_mw(power_mw: u64, share_bp: u32) -> u64 {
+    let share = u128::from(share_bp.min(10_000));
+    let value = (u128::from(power_mw) * share).div_ceil(10_000);
+    u64::try_from(value).unwrap_or(u64::MAX).min(power_mw)
+}
+
+/// A commitment sent with a packet whose answer has not come yet. `Debug` omits the opening.
+pub struct Pending {
+    commitment: ReadingCommitment,
+    opening: ReadingOpening,
+}
+
+impl fmt::Debug for Pending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pending")
+            .field("commitment", &self.commitment.to_base64())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One accepted reading: when the platform stored it, the commitment it stored, the opening.
+#[derive(Clone)]
+pub struct Committed {
+    pub at_ms: i64,
+    pub commitment: ReadingCommitment,
+    pub opening: ReadingOpening,
+}
+
+struct Inner {
+    share_bp: u32,
+    entries: Vec<Committed>,
+    max_gap_ms: Option<i64>,
+    full_warned: bool,
+}
+
+/// The openings of one job's accepted readings, shared by its watchdog and its final packet.
+#[derive(Clone)]
+pub struct JobReadings {
+    job_id: Arc<str>,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl fmt::Debug for JobReadings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobReadings")
+            .field("job_id", &self.job_id)
+            .field("readings", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobReadings {
+    pub fn new(job_id: &str, renewable_pct: f64) -> JobReadings {
+        JobReadings {
+            job_id: job_id.into(),
+            inner: Arc::new(Mutex::new(Inner {
+                share_bp: share_bp(renewable_pct),
+                entries: Vec::new(),
+                max_gap_ms: None,
+                full_warned: false,
+            })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Accepted readings so far.
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Commits to the packet's reading and puts the commitment in it. `None` (and no
+    /// commitment in the packet) once the job has [`MAX_READINGS_PER_JOB`].
+    pub fn commit(&self, packet: &mut TelemetryPacket) -> Option<Pending> {
+        let mut inner = self.lock();
+        if inner.entries.len() >= MAX_READINGS_PER_JOB {
+            packet.power_commitment = None;
+            if !inner.full_warned {
+                inner.full_warned = true;
+                tracing::warn!(
+                    job_id = %self.job_id,
+                    max = MAX_READINGS_PER_JOB,
+                    "the job has the most readings the agent commits to: no more commitments (no energy proof)"
+                );
+            }
+            return None;
+        }
+        let power_mw = committed_mw(packet.power_draw_watts);
+        let reading = PowerReading {
+            power_mw,
+            renewable_mw: renewable_mw(power_mw, inner.share_bp),
+        };
+        drop(inner);
+        let (commitment, opening) = commit_reading(reading, &mut OsRng);
+        packet.power_commitment = Some(commitment.to_base64());
+        Some(Pending {
+            commitment,
+            opening,
+        })
+    }
+
+    /// The packet was accepted: keep its opening under the time the platform stored it.
+    pub fn accept(&self, pending: Pending, reply: &TelemetryReply) {
+        let mut inner = self.lock();
+        if let Some(gap) = reply.max_gap_ms {
+            inner.max_gap_ms = Some(gap);
+        }
+        match reply.at_ms {
+            Some(at_ms) if inner.entries.len() < MAX_READINGS_PER_JOB => {
+                inner.entries.push(Committed {
+                    at_ms,
+                    commitment: pending.commitment,
+                    opening: pending.opening,
+                });
+            }
+            Some(_) => {}
+            None => tracing::debug!(
+                job_id = %self.job_id,
+                "the platform did not say when it stored the sample (an older server): no proof can cover it"
+            ),
+        }
+    }
+
+    /// The accepted readings, by stored time (stable: ties keep the sending order), and the
+    /// platform's weight cap.
+    pub fn snapshot(&self) -> (Vec<Committed>, i64, u32) {
+        let inner = self.lock();
+        let mut entries = inner.entries.clone();
+        entries.sort_by_key(|entry| entry.at_ms);
+        (
+            entries,
+            inner.max_gap_ms.unwrap_or(FALLBACK_MAX_GAP_MS),
+            inner.share_bp,
+        )
+    }
+}
+
+/// Why a proof could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ProofError {
+    #[error("no committed readings")]
+    NoReadings,
+    #[error("weights: {0}")]
+    Weights(String),
+    #[error("the weighted energy overflows")]
+    Overflow,
+    #[error(transparent)]
+    Energy(#[from] EnergyProofError),
+    #[error(transparent)]
+    Hardware(#[from] HardwareError),
+}
+
+/// The weights (the platform's rule) and the claim for these readings.
+pub fn energy_claim(
+    entries: &[Committed],
+    max_gap_ms: i64,
+    share_bp: u32,
+    power_limit_mw: u64,
+) -> Result<(EnergyClaim, Vec<u64>), ProofError> {
+    if entries.is_empty() {
+        return Err(ProofError::NoReadings);
+    }
+    let timestamps: Vec<i64> = entries.iter().map(|entry| entry.at_ms).collect();
+    let weights = interval_weights(&timestamps, 0, max_gap_ms)
+        .map_err(|error| ProofError::Weights(error.to_string()))?;
+    let mut energy: u128 = 0;
+    let mut largest = 0;
+    for (entry, weight) in entries.iter().zip(&weights) {
+        energy += u128::from(*weight) * u128::from(entry.opening.power_mw);
+        largest = largest.max(entry.opening.power_mw);
+    }
+    let energy_mwms = u64::try_from(energy).map_err(|_| ProofError::Overflow)?;
+    Ok((
+        EnergyClaim {
+            energy_mwms,
+            renewable_share_bp: share_bp,
+            power_limit_mw: power_limit_mw.max(largest).min(MAX_POWER_LIMIT_MW),
+        },
+        weights,
+    ))
+}
+
+/// The energy submission: claim and proof (seconds of CPU for hundreds of readings: call it
+/// off the async threads).
+pub fn energy_submission(
+    job_id: &str,
+    entries: &[Committed],
+    max_gap_ms: i64,
+    share_bp: u32,
+    power_limit_mw: u64,
+) -> Result<ProofSubmission, ProofError> {
+    let (claim, weights) = energy_claim(entries, max_gap_ms, share_bp, power_limit_mw)?;
+    let openings: Vec<ReadingOpening> = entries.iter().map(|e| e.opening.clone()).collect();
+    let proof = prove_energy(job_id, &claim, &openings, &weights, &mut OsRng)?;
+    Ok(ProofSubmission::Energy(EnergySubmission {
+        job_id: job_id.to_string(),
+        claim,
+        proof,
+    }))
+}
+
+/// The GPU's identity as the hardware attestation names it.
+pub fn gpu_identity(info: &GpuInfo) -> GpuIdentity {
+    GpuIdentity {
+        name: info.name.clone(),
+        uuid: info.uuid.clone(),
+        vram_mb: info.vram_total_bytes / (1024 * 1024),
+        driver_version: info.driver_version.clone(),
+        serial: info.serial.clone(),
+        power_limit_mw: power_limit_mw(Some(info)),
+    }
+}
+
+/// The GPU's power limit in mW ([`DEFAULT_POWER_LIMIT_W`] when unknown).
+pub fn power_limit_mw(info: Option<&GpuInfo>) -> u64 {
+    let watts = info
+        .and_then(|info| info.power_limit_watts)
+        .filter(|watts| watts.is_finite() && *watts > 0.0)
+        .unwrap_or(DEFAULT_POWER_LIMIT_W);
+    watts_to_mw(watts).min(MAX_POWER_LIMIT_MW)
+}
+
+/// The signed hardware attestation of a job.
+pub fn hardware_submission(
+    job_id: &str,
+    node_id: &str,
+    gpu: &GpuInfo,
+    entries: &[Committed],
+    key: &SigningKey,
+    issued_at_ms: i64,
+) -> Result<ProofSubmission, ProofError> {
+    let digest_entries: Vec<(i64, ReadingCommitment)> = entries
+        .iter()
+        .map(|entry| (entry.at_ms, entry.commitment))
+        .collect();
+    let claim = HardwareClaim {
+        job_id: job_id.to_string(),
+        node_id: node_id.to_string(),
+        gpu: gpu_identity(gpu),
+        telemetry_digest: telemetry_digest(job_id, &digest_entries),
+        assurance: if gpu.emulated {
+            Assurance::Emulated
+        } else {
+            Assurance::ProviderSigned
+        },
+        cc_evidence: None,
+        issued_at_ms,
+    };
+    Ok(ProofSubmission::Hardware(sign_hardware(claim, key)?))
+}
+
+/// Everything the agent needs to prove a job after it ended.
+pub struct ProofJob {
+    pub job_id: String,
+    pub node_id: String,
+    pub readings: JobReadings,
+    /// The job's GPU (`None`: no identity known, no hardware attestation).
+    pub gpu: Option<GpuInfo>,
+    pub key: Arc<SigningKey>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Proves the job's energy and hardware and submits both. Errors are logged.
+pub async fn submit_proofs(client: &PlatformClient, job: ProofJob) {
+    let (entries, max_gap_ms, share) = job.readings.snapshot();
+    let job_id = job.job_id.clone();
+    let entries = Arc::new(entries);
+    if entries.is_empty() {
+        tracing::warn!(
+            job_id,
+            "no committed readings were accepted: no energy proof"
+        );
+    } else {
+        let limit = power_limit_mw(job.gpu.as_ref());
+        let (id, proving) = (job_id.clone(), entries.clone());
+        let started = Instant::now();
+        let made = tokio::task::spawn_blocking(move || {
+            energy_submission(&id, &proving, max_gap_ms, share, limit)
+        })
+        .await;
+        match made {
+            Ok(Ok(submission)) => {
+                tracing::debug!(job_id, readings = entries.len(), elapsed = ?started.elapsed(), "energy proof made");
+                submit(
+                    client,
+                    &job.node_id,
+                    &job_id,
+                    "energy",
+                    &submission.to_json(),
+                )
+                .await;
+            }
+            Ok(Err(error)) => {
+                tracing::error!(job_id, %error, "could not prove the job's energy")
+            }
+            Err(error) => tracing::error!(job_id, %error, "the energy prover failed"),
+        }
+    }
+    match &job.gpu {
+        Some(gpu) => {
+            match hardware_submission(&job_id, &job.node_id, gpu, &entries, &job.key, now_ms()) {
+                Ok(submission) => {
+                    submit(
+                        client,
+                        &job.node_id,
+                        &job_id,
+                        "hardware",
+                        &submission.to_json(),
+                    )
+                    .await
+                }
+                Err(error) => {
+                    tracing::error!(job_id, %error, "could not sign the hardware attestation")
+                }
+            }
+        }
+        None => tracing::warn!(job_id, "the job's GPU is unknown: no hardware attestation"),
+    }
+}
+
+/// Posts one submission, retrying 503/429/transport failures for up to [`SUBMIT_PATIENCE`].
+async fn submit(client: &PlatformClient, node_id: &str, job_id: &str, kind: &str, body: &str) {
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match client.submit_proof(node_id, body).await {
+            Ok(status) => {
+                tracing::info!(job_id, kind, status, "proof accepted by the platform");
+                return;
+            }
+            Err((error, retry_after)) if error.is_transient() => {
+                let wait = retry_after.unwrap_or(backoff).max(backoff);
+                if started.elapsed() + wait > SUBMIT_PATIENCE {
+                    tracing::error!(job_id, kind, %error, "proof not delivered; giving up");
+                    return;
+                }
+                tracing::debug!(job_id, kind, %error, retry_in = ?wait, "proof not taken yet; retrying");
+                tokio::time::sleep(wait).await;
+                backoff = (backoff * 2).min(Duration::from_secs(8));
+            }
+            Err((error, _)) => {
+                tracing::error!(job_id, kind, %error, "the platform refused the proof");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use gp4u_attest::energy::verify_energy;
+    use gp4u_attest::hardware::verify_hardware;
+
+    fn packet(watts: f64) -> TelemetryPacket {
+        crate::telemetry::build_packet("job_1", "node_a", None, None, None, None).tap(watts)
+    }
+
+    trait Tap {
+        fn tap(self, watts: f64) -> Self;
+    }
+    impl Tap for TelemetryPacket {
+        fn tap(mut self, watts: f64) -> Self {
+            self.power_draw_watts = watts;
+            self
+        }
+    }
+
+    fn reply(at_ms: i64) -> TelemetryReply {
+        TelemetryReply {
+            kill_job: false,
+            reason: None,
+            anomalies: vec![],
+            status: "RUNNING".into(),
+            at_ms: Some(at_ms),
+            max_gap_ms: Some(30_000),
+        }
+    }
+
+    #[test]
+    fn commitments_open_to_the_milliwatts_the_platform_stores() {
+        let readings = JobReadings::new("job_1", 37.5);
+        for watts in [0.0, 1.0005, 250.123456, 333.3, 2500.0, -4.0] {
+            let mut packet = packet(watts);
+            let pending = readings.commit(&mut packet).unwrap();
+            // What goes on the wire parses back to the commitment kept.
+            let wire = serde_json::to_string(&packet).unwrap();
+            let back: TelemetryPacket = serde_json::from_str(&wire).unwrap();
+            let sent =
+                ReadingCommitment::from_base64(back.power_commitment.as_deref().unwrap()).unwrap();
+            assert_eq!(sent, pending.opening.commitment());
+            let stored = back.power_draw_watts.clamp(0.0, 2000.0);
+            assert_eq!(pending.opening.power_mw, watts_to_mw(stored));
+            let expected_ren = (pending.opening.power_mw * 3750).div_ceil(10_000);
+            assert_eq!(pending.opening.renewable_mw, expected_ren);
+            assert!(pending.opening.renewable_mw <= pending.opening.power_mw);
+        }
+    }
+
+    #[test]
+    fn renewable_rounding_and_share() {
+        assert_eq!(share_bp(0.0), 0);
+        assert_eq!(share_bp(37.504), 3750);
+        assert_eq!(share_bp(100.0), 10_000);
+        assert_eq!(share_bp(f64::NAN), 0);
+        assert_eq!(renewable_mw(1, 5000), 1);
+        assert_eq!(renewable_mw(300_000, 5000), 150_000);
+        assert_eq!(renewable_mw(7, 0), 0);
+        assert_eq!(renewable_mw(7, 10_000), 7);
+    }
+
+    #[test]
+    fn the_claim_follows_the_platform_weights() {
+        let readings = JobReadings::new("job_1", 0.0);
+        for (at, watts) in [
+            (1_000, 100.0),
+            (11_000, 200.0),
+            (11_000, 999.0),
+            (101_000, 50.0),
+        ] {
+            let mut packet = packet(watts);
+            let pending = readings.commit(&mut packet).unwrap();
+            readings.accept(pending, &reply(at));
+        }
+        let (entries, gap, share) = readings.snapshot();
+        assert_eq!(gap, 30_000);
+        let (claim, weights) = energy_claim(&entries, gap, share, 700_000).unwrap();
+        // w_0 = 0; 10 s; a repeated time 0; a 90 s gap capped at 30 s.
+        assert_eq!(weights, vec![0, 10_000, 0, 30_000]);
+        assert_eq!(claim.energy_mwms, 10_000 * 200_000 + 30_000 * 50_000);
+        assert_eq!(claim.renewable_share_bp, 0);
+        // The limit is raised to the largest reading.
+        assert_eq!(claim.power_limit_mw, 999_000);
+    }
+
+    #[test]
+    fn refused_packets_leave_nothing_and_the_cap_holds() {
+        let readings = JobReadings::new("job_1", 0.0);
+        let mut packet = packet(10.0);
+        let _dropped = readings.commit(&mut packet).unwrap();
+        assert!(readings.is_empty());
+        let pending = readings.commit(&mut packet).unwrap();
+        let mut no_time = reply(5);
+        no_time.at_ms = None;
+        readings.accept(pending, &no_time);
+        assert!(readings.is_empty());
+    }
+
+    #[test]
+    fn submissions_parse_and_verify() {
+        let readings = JobReadings::new("job_7", 50.0);
+        let mut at = 1_767_225_600_000;
+        let mut points = Vec::new();
+        for watts in [120.5, 250.25, 0.0, 299.999, 301.0] {
+            let mut packet = packet(watts);
+            let pending = readings.commit(&mut packet).unwrap();
+            points.push(
+                ReadingCommitment::from_base64(packet.power_commitment.as_deref().unwrap())
+                    .unwrap(),
+            );
+            readings.accept(pending, &reply(at));
+            at += 10_000;
+        }
+        let (entries, gap, share) = readings.snapshot();
+        let energy = energy_submission("job_7", &entries, gap, share, 330_000).unwrap();
+        let parsed = ProofSubmission::from_json(&energy.to_json()).unwrap();
+        let ProofSubmission::Energy(energy) = parsed else {
+            panic!("not energy")
+        };
+        assert_eq!(energy.claim.renewable_share_bp, 5000);
+        let stamps: Vec<i64> = entries.iter().map(|e| e.at_ms).collect();
+        let weights = interval_weights(&stamps, 0, gap).unwrap();
+        verify_energy(
+            "job_7",
+            &energy.claim,
+            &points,
+            &weights,
+            &energy.proof,
+            &mut OsRng,
+        )
+        .unwrap();
+
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let gpu = GpuInfo {
+            index: 0,
+            uuid: "GPU-emulated-0".into(),
+            name: "RTX 4090".into(),
+            vram_total_bytes: 24 << 30,
+            driver_version: "emulated".into(),
+            serial: None,
+            power_limit_watts: Some(330.0),
+            pci_bus_id: None,
+            emulated: true,
+        };
+        let hardware =
+            hardware_submission("job_7", "node_a", &gpu, &entries, &key, 1_767_225_700_000)
+                .unwrap();
+        let ProofSubmission::Hardware(attestation) =
+            ProofSubmission::from_json(&hardware.to_json()).unwrap()
+        else {
+            panic!("not hardware")
+        };
+        verify_hardware(&attestation, &key.verifying_key()).unwrap();
+        assert_eq!(attestation.assurance, Assurance::Emulated);
+        assert_eq!(attestation.gpu.power_limit_mw, 330_000);
+        assert_eq!(attestation.gpu.vram_mb, 24 * 1024);
+        let listed: Vec<(i64, ReadingCommitment)> =
+            stamps.iter().copied().zip(points.iter().copied()).collect();
+        assert_eq!(
+            attestation.telemetry_digest_bytes().unwrap(),
+            telemetry_digest("job_7", &listed)
+        );
+    }
+}

@@ -1,0 +1,1179 @@
+//! `gp4u verify JOB`: the customer's own check of a job's record (SPEC §8).
+//!
+//! Everything the platform says about a job is checked against the signed checkpoint of
+//! Obsidian, the platform's transparency log, with nothing but the platform's public key:
+//!
+//! 1. the checkpoint's signature (key given, saved from an earlier run, or fetched and then
+//!    only trusted on first use);
+//! 2. every entry of the job: its leaf hash is the hash of its body, and its inclusion proof
+//!    leads to the checkpoint's root;
+//! 3. consistency with the checkpoint seen on an earlier run (`--checkpoint FILE`): the log
+//!    only grew, it was not rewritten or forked;
+//! 4. the proofs sealed for the job: the hardware attestation's signature by the node key and
+//!    its telemetry digest over the sealed commitments; the energy proof against the sealed
+//!    commitments, weights and measured energy; and that the proofs the platform serves are
+//!    the sealed ones;
+//! 5. the sealed settlement's arithmetic (`Settlement::check`), and that the settlement the
+//!    platform serves is the sealed one.
+//!
+//! [`verify_documents`] does the checking on documents already fetched (or loaded from a
+//! `--save` directory); [`run`] fetches, prints and exits.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use gp4u_attest::energy::{EnergyClaim, ReadingCommitment, telemetry_digest, verify_energy};
+use gp4u_attest::hardware::verify_hardware;
+use gp4u_attest::proofs::ProofSubmission;
+use gp4u_core::billing::Settlement;
+use gp4u_core::energy::interval_weights;
+use gp4u_ledger::checkpoint::{Checkpoint, open_checkpoint_with};
+use gp4u_ledger::hash::{Hash, hash_from_hex, leaf_hash, to_hex};
+use gp4u_ledger::note::NoteVerifier;
+use gp4u_ledger::verify::{verify_consistency, verify_inclusion};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The proof kinds a finished job should have.
+pub const EXPECTED_PROOFS: [&str; 2] = ["hardware", "energy"];
+
+/// File names inside a `--save` / `--offline` directory.
+pub mod files {
+    pub const PUBLIC_KEY: &str = "public-key.txt";
+    pub const CHECKPOINT: &str = "checkpoint.txt";
+    pub const LEDGER: &str = "ledger.json";
+    pub const PROOFS: &str = "proofs.json";
+    pub const SETTLEMENT: &str = "settlement.json";
+    pub const CONSISTENCY: &str = "consistency.json";
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The job id (job_…).
+    pub job: String,
+    /// The control plane, e.g. http://127.0.0.1:8080 (not needed with --offline).
+    #[arg(long, env = "GP4U_SERVER")]
+    pub server: Option<String>,
+    /// Bearer token of the job's owner (or an admin).
+    #[arg(long, env = "GP4U_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Checkpoint file: checked for consistency with the log if it exists, then replaced by
+    /// the new checkpoint (with the platform key).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// The platform's verifier key (`<name>+<hex>+<base64>`), or a file holding it.
+    #[arg(long)]
+    pub public_key: Option<String>,
+    /// Fail when a proof (hardware, energy) is missing instead of warning.
+    #[arg(long)]
+    pub require_proofs: bool,
+    /// Write everything fetched to this directory, for `--offline`.
+    #[arg(long, conflicts_with = "offline")]
+    pub save: Option<PathBuf>,
+    /// Verify from a directory written by `--save`, without the network.
+    #[arg(long)]
+    pub offline: Option<PathBuf>,
+}
+
+/// A check's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Pass,
+    Warn,
+    Fail,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub status: Status,
+    /// What was checked, e.g. `checkpoint signature`, `entry 12 (billing.settled)`.
+    pub name: String,
+    pub detail: String,
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mark = match self.status {
+            Status::Pass => "✓",
+            Status::Warn => "!",
+            Status::Fail => "✗",
+        };
+        write!(f, "{mark} {}: {}", self.name, self.detail)
+    }
+}
+
+/// Everything checked, in order.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub checks: Vec<Check>,
+    /// The checkpoint to remember for the next run: set when its signature holds and it is
+    /// consistent with the previous one.
+    pub new_checkpoint: Option<SavedCheckpoint>,
+}
+
+impl Report {
+    fn push(&mut self, status: Status, name: impl Into<String>, detail: impl Into<String>) {
+        self.checks.push(Check {
+            status,
+            name: name.into(),
+            detail: detail.into(),
+        });
+    }
+    fn pass(&mut self, name: impl Into<String>, detail: impl Into<String>) {
+        self.push(Status::Pass, name, detail);
+    }
+    fn warn(&mut self, name: impl Into<String>, detail: impl Into<String>) {
+        self.push(Status::Warn, name, detail);
+    }
+    fn fail(&mut self, name: impl Into<String>, detail: impl Into<String>) {
+        self.push(Status::Fail, name, detail);
+    }
+
+    /// True when no check failed (warnings allowed).
+    pub fn ok(&self) -> bool {
+        self.failures().next().is_none()
+    }
+
+    pub fn failures(&self) -> impl Iterator<Item = &Check> {
+        self.checks
+            .iter()
+            .filter(|check| check.status == Status::Fail)
+    }
+}
+
+/// The checkpoint file of `--checkpoint`: the signed note and the key it was checked with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedCheckpoint {
+    pub public_key: String,
+    pub checkpoint: String,
+}
+
+/// Where the trusted platform key came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySource {
+    /// `--public-key`.
+    Given,
+    /// The `--checkpoint` file of an earlier run.
+    Saved,
+    /// Fetched from the server (or its saved copy) now: trust on first use.
+    FirstUse,
+}
+
+/// The key checkpoints are checked with.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    pub key: String,
+    pub source: KeySource,
+}
+
+/// The documents the server serves about a job.
+#[derive(Debug, Clone)]
+pub struct Documents {
+    pub job_id: String,
+    /// `GET /api/jobs/{id}/ledger`.
+    pub ledger: Value,
+    /// `GET /api/jobs/{id}/proofs`, if fetched.
+    pub proofs: Option<Value>,
+    /// `GET /api/jobs/{id}/settlement`; `None` when it answered 404 or 409 (not settled).
+    pub settlement: Option<Value>,
+    /// `GET /api/ledger/checkpoint` (the latest note), if fetched.
+    pub latest_checkpoint: Option<String>,
+}
+
+/// A sealed entry that verified.
+#[derive(Debug, Clone)]
+struct Sealed {
+    index: u64,
+    kind: String,
+    payload: Value,
+}
+
+/// The verified entries, and the kinds of those that failed (whose checks are then moot).
+#[derive(Debug, Default)]
+struct Entries {
+    sealed: Vec<Sealed>,
+    broken: BTreeSet<String>,
+}
+
+/// The body of a signed note: everything up to and including the line before the blank line.
+fn note_body(note: &str) -> Option<&str> {
+    note.find("\n\n").map(|end| &note[..=end])
+}
+
+/// The tree size a checkpoint note claims, read without checking its signature (only to ask
+/// for the right consistency proof; the note is checked later).
+pub fn claimed_size(note: &str) -> Option<u64> {
+    Checkpoint::parse_body(note_body(note)?)
+        .ok()
+        .map(|checkpoint| checkpoint.size)
+}
+
+fn parse_verifier(key: &str) -> Result<NoteVerifier, String> {
+    NoteVerifier::parse(key.trim())
+        .map_err(|error| format!("the platform key is unusable: {error}"))
+}
+
+fn open(verifier: &NoteVerifier, note: &str) -> Result<Checkpoint, String> {
+    open_checkpoint_with(note, verifier, &verifier.name).map_err(|error| error.to_string())
+}
+
+fn hashes(value: &Value) -> Option<Vec<Hash>> {
+    value
+        .as_array()?
+        .iter()
+        .map(|hash| hash.as_str().and_then(|text| hash_from_hex(text).ok()))
+        .collect()
+}
+
+/// Checks the documents. `previous` is the checkpoint of an earlier run; `consistency` the
+/// `/api/ledger/proof/consistency` answer from its size to the job checkpoint's size.
+pub fn verify_documents(
+    documents: &Documents,
+    trust: &Trust,
+    previous: Option<&SavedCheckpoint>,
+    consistency: Option<&Value>,
+    require_proofs: bool,
+) -> Report {
+    let mut report = Report::default();
+
+    // 1. The checkpoint's signature.
+    let verifier = match parse_verifier(&trust.key) {
+        Ok(verifier) => verifier,
+        Err(error) => {
+            report.fail("checkpoint signature", error);
+            return report;
+        }
+    };
+    let origin_note = match trust.source {
+        KeySource::Given => "key given with --public-key",
+        KeySource::Saved => "key saved with the earlier checkpoint",
+        KeySource::FirstUse => {
+            "key fetched from the server, trust on first use: pin it with --public-key or --checkpoint"
+        }
+    };
+    let note = documents.ledger["checkpoint"].as_str().unwrap_or_default();
+    let checkpoint = match open(&verifier, note) {
+        Ok(checkpoint) => checkpoint,
+        Err(error) => {
+            report.fail(
+                "checkpoint signature",
+                format!(
+                    "the job's checkpoint does not verify under {} ({origin_note}): {error}",
+                    verifier.name
+                ),
+            );
+            return report;
+        }
+    };
+    if documents.ledger["tree_size"].as_u64() != Some(checkpoint.size) {
+        report.fail(
+            "checkpoint signature",
+            format!(
+                "the ledger answer says tree_size {}, its signed checkpoint says {}",
+                documents.ledger["tree_size"], checkpoint.size
+            ),
+        );
+        return report;
+    }
+    let served_key = documents.ledger["public_key"].as_str().unwrap_or_default();
+    if served_key.trim() != trust.key.trim() {
+        report.warn(
+            "platform key",
+            format!(
+                "the server now names key {served_key:?}, not the trusted {:?}",
+                trust.key.trim()
+            ),
+        );
+    }
+    report.pass(
+        "checkpoint signature",
+        format!(
+            "{} size {} root {} signed by {} ({origin_note})",
+            checkpoint.origin,
+            checkpoint.size,
+            to_hex(&checkpoint.root),
+            verifier.name
+        ),
+    );
+    if let Some(latest) = &documents.latest_checkpoint {
+        match open(&verifier, latest) {
+            Ok(head) if head.size >= checkpoint.size => report.pass(
+                "latest checkpoint",
+                format!("signed, size {} ≥ the job's checkpoint", head.size),
+            ),
+            Ok(head) => report.fail(
+                "latest checkpoint",
+                format!(
+                    "size {} is smaller than the job's checkpoint {}",
+                    head.size, checkpoint.size
+                ),
+            ),
+            Err(error) => report.fail("latest checkpoint", format!("does not verify: {error}")),
+        }
+    }
+
+    // 3. Consistency with the checkpoint seen before.
+    let consistent = check_consistency(&mut report, &verifier, &checkpoint, previous, consistency);
+    if consistent {
+        report.new_checkpoint = Some(SavedCheckpoint {
+            public_key: trust.key.trim().to_owned(),
+            checkpoint: note.to_owned(),
+        });
+    }
+
+    // 2. Every entry.
+    let entries = check_entries(&mut report, documents, &checkpoint);
+
+    // 4. Proofs.
+    check_proofs(&mut report, documents, &entries.sealed, require_proofs);
+
+    // 5. Settlement.
+    check_settlement(&mut report, documents, &entries);
+    report
+}
+
+fn check_consistency(
+    report: &mut Report,
+    verifier: &NoteVerifier,
+    checkpoint: &Checkpoint,
+    previous: Option<&SavedCheckpoint>,
+    consistency: Option<&Value>,
+) -> bool {
+    let Some(previous) = previous else {
+        report.warn(
+            "consistency",
+            "no earlier checkpoint to compare with (use --checkpoint FILE to keep one)",
+        );
+        return true;
+    };
+    let old_verifier = match parse_verifier(&previous.public_key) {
+        Ok(old) => old,
+        Err(error) => {
+            report.fail(
+                "consistency",
+                format!("the saved checkpoint's key: {error}"),
+            );
+            return false;
+        }
+    };
+    if old_verifier.to_key_string() != verifier.to_key_string() {
+        report.fail(
+            "consistency",
+            format!(
+                "the saved checkpoint was signed by {}, the log is now checked with {}",
+                old_verifier.to_key_string(),
+                verifier.to_key_string()
+            ),
+        );
+        return false;
+    }
+    let old = match open(verifier, &previous.checkpoint) {
+        Ok(old) => old,
+        Err(error) => {
+            report.fail(
+                "consistency",
+                format!("the saved checkpoint does not verify: {error}"),
+            );
+            return false;
+        }
+    };
+    if old.size > checkpoint.size {
+        report.fail(
+            "consistency",
+            format!(
+                "the log shrank: {} entries before, {} now",
+                old.size, checkpoint.size
+            ),
+        );
+        return false;
+    }
+    let proof = if old.size == checkpoint.size || old.size == 0 {
+        Some(Vec::new())
+    } else {
+        consistency.and_then(|answer| {
+            (answer["from"].as_u64() == Some(old.size)
+                && answer["to"].as_u64() == Some(checkpoint.size))
+            .then(|| hashes(&answer["proof"]))
+            .flatten()
+        })
+    };
+    let Some(proof) = proof else {
+        report.fail(
+            "consistency",
+            format!(
+                "no usable consistency proof from size {} to {}",
+                old.size, checkpoint.size
+            ),
+        );
+        return false;
+    };
+    match verify_consistency(
+        old.size,
+        checkpoint.size,
+        &proof,
+        &old.root,
+        &checkpoint.root,
+    ) {
+        Ok(()) => {
+            report.pass(
+                "consistency",
+                format!(
+                    "the log at size {} (root {}) is a prefix of the log at size {}",
+                    old.size,
+                    to_hex(&old.root),
+                    checkpoint.size
+                ),
+            );
+            true
+        }
+        Err(error) => {
+            report.fail(
+                "consistency",
+                format!(
+                    "the log at size {} is not a prefix of the log at size {} (rewritten or forked): {error}",
+                    old.size, checkpoint.size
+                ),
+            );
+            false
+        }
+    }
+}
+
+fn check_entries(report: &mut Report, documents: &Documents, checkpoint: &Checkpoint) -> Entries {
+    let job_id = documents.job_id.as_str();
+    let mut entries: Vec<&Value> = documents.ledger["entries"]
+        .as_array()
+        .map(|list| list.iter().collect())
+        .unwrap_or_default();
+    entries.sort_by_key(|entry| entry["index"].as_u64().unwrap_or(u64::MAX));
+    if entries.is_empty() {
+        report.fail(
+            "entries",
+            format!("the server returned no sealed entries for job {job_id}"),
+        );
+        return Entries::default();
+    }
+    let mut sealed = Vec::new();
+    let mut broken = BTreeSet::new();
+    for entry in &entries {
+        let kind = entry["kind"].as_str().unwrap_or("?");
+        let Some(index) = entry["index"].as_u64() else {
+            report.fail(format!("entry ? ({kind})"), "has no index");
+            broken.insert(kind.to_owned());
+            continue;
+        };
+        let name = format!("entry {index} ({kind})");
+        match check_entry(entry, index, kind, job_id, checkpoint) {
+            Ok(payload) => sealed.push(Sealed {
+                index,
+                kind: kind.to_owned(),
+                payload,
+            }),
+            Err(error) => {
+                report.fail(name, error);
+                broken.insert(kind.to_owned());
+            }
+        }
+    }
+    if broken.is_empty() {
+        let kinds: Vec<&str> = sealed.iter().map(|entry| entry.kind.as_str()).collect();
+        report.pass(
+            "entries",
+            format!(
+                "{} entries hash to their bodies and are included in the checkpoint ({})",
+                sealed.len(),
+                summarize_kinds(&kinds)
+            ),
+        );
+    }
+    if !sealed.iter().any(|entry| entry.kind == "job.created") && !broken.contains("job.created") {
+        report.fail(
+            "entries",
+            format!("no sealed job.created entry for job {job_id}"),
+        );
+    }
+    if let Some(pending) = documents.ledger["pending"]
+        .as_u64()
+        .filter(|&pending| pending > 0)
+    {
+        report.warn(
+            "entries",
+            format!("{pending} entries of the job are not sealed in this checkpoint yet: run again later"),
+        );
+    }
+    Entries { sealed, broken }
+}
+
+fn summarize_kinds(kinds: &[&str]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut iter = kinds.iter().peekable();
+    while let Some(kind) = iter.next() {
+        let mut count = 1;
+        while iter.peek() == Some(&kind) {
+            iter.next();
+            count += 1;
+        }
+        out.push(if count > 1 {
+            format!("{kind}×{count}")
+        } else {
+            (*kind).to_owned()
+        });
+    }
+    out.join(", ")
+}
+
+/// The entry's payload when its hash, inclusion proof and body hold.
+fn check_entry(
+    entry: &Value,
+    index: u64,
+    kind: &str,
+    job_id: &str,
+    checkpoint: &Checkpoint,
+) -> Result<Value, String> {
+    let body = entry["body"]
+        .as_str()
+        .ok_or("the server returned no body")?;
+    let claimed = entry["leaf_hash"]
+        .as_str()
+        .and_then(|text| hash_from_hex(text).ok())
+        .ok_or("no well-formed leaf_hash")?;
+    let computed = leaf_hash(body.as_bytes());
+    if computed != claimed {
+        return Err(format!(
+            "its body does not hash to its leaf hash (body hashes to {}, leaf hash {}): the body was altered",
+            to_hex(&computed),
+            to_hex(&claimed)
+        ));
+    }
+    let proof = hashes(&entry["inclusion_proof"]).ok_or("no well-formed inclusion_proof")?;
+    verify_inclusion(&computed, index, checkpoint.size, &proof, &checkpoint.root).map_err(
+        |error| {
+            format!(
+                "not included in the checkpoint of size {} ({error}): the entry or the tree was altered",
+                checkpoint.size
+            )
+        },
+    )?;
+    let parsed: Value =
+        serde_json::from_str(body).map_err(|error| format!("body is not JSON: {error}"))?;
+    if parsed["kind"].as_str() != Some(kind) {
+        return Err(format!(
+            "the body says kind {}, the server says {kind}",
+            parsed["kind"]
+        ));
+    }
+    if parsed["job_id"].as_str() != Some(job_id) {
+        return Err(format!(
+            "the body is about job {}, not {job_id}",
+            parsed["job_id"]
+        ));
+    }
+    Ok(parsed["payload"].clone())
+}
+
+fn last_of<'a>(sealed: &'a [Sealed], kind: &str) -> Option<&'a Sealed> {
+    sealed.iter().rev().find(|entry| entry.kind == kind)
+}
+
+/// The sealed commitments of the job's last run on `node`: the `telemetry.committed` entries
+/// after the last `job.started`, oldest first.
+fn sealed_commitments(
+    sealed: &[Sealed],
+    node: &str,
+) -> Result<Vec<(i64, ReadingCommitment)>, String> {
+    let since = last_of(sealed, "job.started").map_or(0, |entry| entry.index);
+    sealed
+        .iter()
+        .filter(|entry| {
+            entry.kind == "telemetry.committed"
+                && entry.index > since
+                && entry.payload["node_id"].as_str() == Some(node)
+        })
+        .map(|entry| {
+            let at = entry.payload["at_ms"]
+                .as_i64()
+                .ok_or_else(|| format!("entry {}: no at_ms", entry.index))?;
+            let commitment = entry.payload["commitment"]
+                .as_str()
+                .ok_or_else(|| format!("entry {}: no commitment", entry.index))
+                .and_then(|text| {
+                    ReadingCommitment::from_base64(text)
+                        .map_err(|error| format!("entry {}: {error}", entry.index))
+                })?;
+            Ok((at, commitment))
+        })
+        .collect()
+}
+
+fn check_proofs(
+    report: &mut Report,
+    documents: &Documents,
+    sealed: &[Sealed],
+    require_proofs: bool,
+) {
+    let job_id = documents.job_id.as_str();
+    let served = documents.proofs.as_ref();
+    let node_key = served
+        .and_then(|proofs| proofs["node_public_key"].as_str())
+        .and_then(gp4u_attest::key::parse_public_key);
+    let energy = last_of(sealed, "job.energy");
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let proof_entries: Vec<&Sealed> = sealed
+        .iter()
+        .filter(|entry| entry.kind == "proof.verified")
+        .collect();
+    for entry in &proof_entries {
+        let kind = entry.payload["kind"].as_str().unwrap_or("?").to_owned();
+        let name = format!("{kind} proof (entry {})", entry.index);
+        let submission: ProofSubmission =
+            match serde_json::from_value(entry.payload["submission"].clone()) {
+                Ok(submission) => submission,
+                Err(error) => {
+                    report.fail(
+                        name,
+                        format!("the sealed submission does not parse: {error}"),
+                    );
+                    continue;
+                }
+            };
+        seen.insert(kind.clone());
+        if submission.job_id() != job_id {
+            report.fail(
+                name,
+                format!("the submission is about job {}", submission.job_id()),
+            );
+            continue;
+        }
+        let node = entry.payload["node_id"].as_str().unwrap_or_default();
+        let commitments = match sealed_commitments(sealed, node) {
+            Ok(commitments) => commitments,
+            Err(error) => {
+                report.fail(name, format!("the sealed commitments: {error}"));
+                continue;
+            }
+        };
+        match &submission {
+            ProofSubmission::Hardware(attestation) => {
+                let Some(key) = node_key else {
+                    report.fail(name, "no usable node public key served for the job's node");
+                    continue;
+                };
+                if attestation.node_id != node {
+                    report.fail(
+                        name,
+                        format!(
+                            "the attestation names node {}, the entry {node}",
+                            attestation.node_id
+                        ),
+                    );
+                    continue;
+                }
+                if let Err(error) = verify_hardware(attestation, &key) {
+                    report.fail(
+                        name,
+                        format!("the node's signature does not verify: {error}"),
+                    );
+                    continue;
+                }
+                let expected = to_hex(&telemetry_digest(job_id, &commitments));
+                if attestation.telemetry_digest != expected {
+                    report.fail(
+                        name,
+                        format!(
+                            "telemetry digest {} is not the digest of the {} sealed commitments ({expected})",
+                            attestation.telemetry_digest,
+                            commitments.len()
+                        ),
+                    );
+                    continue;
+                }
+                report.pass(
+                    name,
+                    format!(
+                        "signed by node {node}'s key, {} assurance, GPU {} ({}), covers the {} sealed telemetry commitments",
+                        serde_json::to_value(attestation.assurance)
+                            .ok()
+                            .and_then(|value| value.as_str().map(str::to_owned))
+                            .unwrap_or_default(),
+                        attestation.gpu.name,
+                        attestation.gpu.uuid,
+                        commitments.len()
+                    ),
+                );
+            }
+            ProofSubmission::Energy(energy_submission) => {
+                match check_energy(
+                    job_id,
+                    &energy_submission.claim,
+                    &energy_submission.proof,
+                    &commitments,
+                    energy,
+                ) {
+                    Ok(detail) => report.pass(name, detail),
+                    Err(error) => report.fail(name, error),
+                }
+            }
+        }
+    }
+    let missing: Vec<&str> = EXPECTED_PROOFS
+        .iter()
+        .copied()
+        .filter(|kind| !seen.contains(*kind))
+        .collect();
+    if !missing.is_empty() {
+        let detail = format!("no sealed {} proof for job {job_id}", missing.join(" or "));
+        if require_proofs {
+            report.fail("proofs", detail);
+        } else {
+            report.warn(
+                "proofs",
+                format!("{detail} (not required; --require-proofs makes it an error)"),
+            );
+        }
+    }
+
+    // What the server serves now must be what was sealed.
+    let Some(served) = served else {
+        return;
+    };
+    let served_list = served["proofs"].as_array().cloned().unwrap_or_default();
+    let mut mismatched = false;
+    for proof in &served_list {
+        let kind = proof["kind"].as_str().unwrap_or("?");
+        let matches = proof_entries.iter().any(|entry| {
+            entry.payload["kind"].as_str() == Some(kind)
+                && entry.payload["submission"] == proof["submission"]
+        });
+        if !matches {
+            mismatched = true;
+            report.fail(
+                format!("served {kind} proof"),
+                "the proof the server serves is not the one sealed in the log (altered in its database)",
+            );
+        }
+    }
+    for entry in &proof_entries {
+        let kind = entry.payload["kind"].as_str().unwrap_or("?");
+        if !served_list
+            .iter()
+            .any(|proof| proof["kind"].as_str() == Some(kind))
+        {
+            mismatched = true;
+            report.fail(
+                format!("served {kind} proof"),
+                format!("sealed in entry {} but no longer served", entry.index),
+            );
+        }
+    }
+    if !mismatched && !served_list.is_empty() {
+        report.pass(
+            "served proofs",
+            format!(
+                "the {} proofs served are the sealed ones",
+                served_list.len()
+            ),
+        );
+    }
+}
+
+fn check_energy(
+    job_id: &str,
+    claim: &EnergyClaim,
+    proof: &gp4u_attest::energy::EnergyProof,
+    commitments: &[(i64, ReadingCommitment)],
+    energy: Option<&Sealed>,
+) -> Result<String, String> {
+    let energy = energy.ok_or("no sealed job.energy entry to check the claim against")?;
+    let measured = energy.payload["energy_mwms"]
+        .as_str()
+        .ok_or("the sealed job.energy entry has no energy_mwms")?;
+    if claim.energy_mwms.to_string() != measured {
+        return Err(format!(
+            "claims {} mW·ms, the platform sealed {measured} mW·ms (entry {})",
+            claim.energy_mwms, energy.index
+        ));
+    }
+    let max_gap = energy.payload["max_gap_ms"]
+        .as_i64()
+        .ok_or("the sealed job.energy entry has no max_gap_ms")?;
+    let timestamps: Vec<i64> = commitments.iter().map(|(at, _)| *at).collect();
+    let weights =
+        interval_weights(&timestamps, 0, max_gap).map_err(|error| format!("weights: {error}"))?;
+    let points: Vec<ReadingCommitment> = commitments.iter().map(|(_, point)| *point).collect();
+    verify_energy(
+        job_id,
+        claim,
+        &points,
+        &weights,
+        proof,
+        &mut rand_core::OsRng,
+    )
+    .map_err(|error| {
+        format!(
+            "the proof does not verify against the {} sealed commitments: {error}",
+            points.len()
+        )
+    })?;
+    Ok(format!(
+        "{} mW·ms ({:.6} kWh) over {} sealed readings, each ≤ {} mW, renewable ≥ {}.{:02} %",
+        claim.energy_mwms,
+        gp4u_core::energy::mwms_to_kwh(u128::from(claim.energy_mwms)),
+        points.len(),
+        claim.power_limit_mw,
+        claim.renewable_share_bp / 100,
+        claim.renewable_share_bp % 100
+    ))
+}
+
+fn check_settlement(report: &mut Report, documents: &Documents, entries: &Entries) {
+    let job_id = documents.job_id.as_str();
+    let Some(entry) = last_of(&entries.sealed, "billing.settled") else {
+        if entries.broken.contains("billing.settled") {
+            report.fail(
+                "settlement",
+                "not checked: its billing.settled entry does not verify (see above)",
+            );
+        } else if documents.settlement.is_some() {
+            report.fail(
+                "settlement",
+                "the server serves a settlement but none is sealed in the log",
+            );
+        } else {
+            report.warn("settlement", format!("job {job_id} is not settled yet"));
+        }
+        return;
+    };
+    let name = format!("settlement (entry {})", entry.index);
+    let sealed_value = &entry.payload["settlement"];
+    let settlement: Settlement = match serde_json::from_value(sealed_value.clone()) {
+        Ok(settlement) => settlement,
+        Err(error) => {
+            report.fail(
+                name,
+                format!("the sealed settlement does not parse: {error}"),
+            );
+            return;
+        }
+    };
+    if settlement.job_id().as_str() != job_id {
+        report.fail(
+            name,
+            format!("the sealed settlement is for job {}", settlement.job_id()),
+        );
+        return;
+    }
+    if let Err(error) = settlement.check() {
+        report.fail(name, format!("the arithmetic does not hold: {error}"));
+        return;
+    }
+    report.pass(
+        name.clone(),
+        format!(
+            "charged {} = fee {} + provider {} + student programme {}; refunded {}; {} transfers balance",
+            settlement.customer_charged,
+            settlement.platform_fee,
+            settlement.provider_earnings,
+            settlement.student_program,
+            settlement.refunded,
+            settlement.transfers.len()
+        ),
+    );
+    match &documents.settlement {
+        None => report.fail(
+            "served settlement",
+            "sealed in the log, but the server has no settlement for the job",
+        ),
+        Some(served) if served["exact"] == *sealed_value => {
+            report.pass("served settlement", "the settlement the server serves is the sealed one");
+        }
+        Some(_) => report.fail(
+            "served settlement",
+            format!(
+                "the settlement the server serves differs from the one sealed in entry {} (altered in its database)",
+                entry.index
+            ),
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Fetching, saving, loading and the command.
+// ---------------------------------------------------------------------------------------
+
+/// What one run fetched (or loaded).
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub public_key: String,
+    pub documents: Documents,
+    pub consistency: Option<Value>,
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let url = format!("{}{path}", self.base.trim_end_matches('/'));
+        let response = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        let status = response.status().as_u16();
+        let text = response
+            .text()
+            .await
+            .with_context(|| format!("reading {url}"))?;
+        Ok((status, text))
+    }
+
+    async fn text(&self, path: &str) -> anyhow::Result<String> {
+        match self.get(path).await? {
+            (200, text) => Ok(text),
+            (status, text) => bail!("GET {path}: {status}: {}", text.trim()),
+        }
+    }
+
+    async fn json(&self, path: &str) -> anyhow::Result<Value> {
+        let text = self.text(path).await?;
+        serde_json::from_str(&text).with_context(|| format!("GET {path}: not JSON"))
+    }
+}
+
+async fn fetch(
+    client: &Client,
+    job: &str,
+    previous: Option<&SavedCheckpoint>,
+) -> anyhow::Result<Fetched> {
+    let public_key = client
+        .text("/api/ledger/public-key")
+        .await?
+        .trim()
+        .to_owned();
+    let latest = client.text("/api/ledger/checkpoint").await?;
+    let ledger = client.json(&format!("/api/jobs/{job}/ledger")).await?;
+    let proofs = client.json(&format!("/api/jobs/{job}/proofs")).await?;
+    let settlement: Option<Value> = match client.get(&format!("/api/jobs/{job}/settlement")).await?
+    {
+        (200, text) => Some(serde_json::from_str(&text).context("the settlement is not JSON")?),
+        // 409 NOT_SETTLED: the job has not ended (or settles in a second).
+        (404 | 409, _) => None,
+        (status, text) => bail!("GET /api/jobs/{job}/settlement: {status}: {}", text.trim()),
+    };
+    let new_size = ledger["checkpoint"].as_str().and_then(claimed_size);
+    let old_size = previous.and_then(|saved| claimed_size(&saved.checkpoint));
+    let consistency = match (old_size, new_size) {
+        (Some(from), Some(to)) if 0 < from && from < to => Some(
+            client
+                .json(&format!(
+                    "/api/ledger/proof/consistency?from={from}&to={to}"
+                ))
+                .await?,
+        ),
+        _ => None,
+    };
+    Ok(Fetched {
+        public_key,
+        documents: Documents {
+            job_id: job.to_owned(),
+            ledger,
+            proofs: Some(proofs),
+            settlement,
+            latest_checkpoint: Some(latest),
+        },
+        consistency,
+    })
+}
+
+fn write_json(path: &Path, value: &Value) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes what was fetched into `dir` for `--offline`.
+pub fn save(dir: &Path, fetched: &Fetched) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(
+        dir.join(files::PUBLIC_KEY),
+        format!("{}\n", fetched.public_key),
+    )?;
+    let documents = &fetched.documents;
+    if let Some(latest) = &documents.latest_checkpoint {
+        std::fs::write(dir.join(files::CHECKPOINT), latest)?;
+    }
+    write_json(&dir.join(files::LEDGER), &documents.ledger)?;
+    if let Some(proofs) = &documents.proofs {
+        write_json(&dir.join(files::PROOFS), proofs)?;
+    }
+    let settlement = dir.join(files::SETTLEMENT);
+    match &documents.settlement {
+        Some(value) => write_json(&settlement, value)?,
+        None => {
+            if settlement.exists() {
+                std::fs::remove_file(&settlement)?;
+            }
+        }
+    }
+    let consistency = dir.join(files::CONSISTENCY);
+    match &fetched.consistency {
+        Some(value) => write_json(&consistency, value)?,
+        None => {
+            if consistency.exists() {
+                std::fs::remove_file(&consistency)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_optional(path: &Path) -> anyhow::Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn read_json_optional(path: &Path) -> anyhow::Result<Option<Value>> {
+    read_optional(path)?
+        .map(|text| {
+            serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))
+        })
+        .transpose()
+}
+
+/// Loads a directory written by [`save`].
+pub fn load(dir: &Path, job: &str) -> anyhow::Result<Fetched> {
+    let public_key = read_optional(&dir.join(files::PUBLIC_KEY))?
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let ledger = read_json_optional(&dir.join(files::LEDGER))?.with_context(|| {
+        format!(
+            "{} has no {}: was it written by --save?",
+            dir.display(),
+            files::LEDGER
+        )
+    })?;
+    if ledger["job_id"].as_str().is_some_and(|saved| saved != job) {
+        bail!(
+            "{} holds job {}, not {job}",
+            dir.display(),
+            ledger["job_id"]
+        );
+    }
+    Ok(Fetched {
+        public_key,
+        documents: Documents {
+            job_id: job.to_owned(),
+            ledger,
+            proofs: read_json_optional(&dir.join(files::PROOFS))?,
+            settlement: read_json_optional(&dir.join(files::SETTLEMENT))?,
+            latest_checkpoint: read_optional(&dir.join(files::CHECKPOINT))?,
+        },
+        consistency: read_json_optional(&dir.join(files::CONSISTENCY))?,
+    })
+}
+
+/// `--public-key`: the key itself, or a file holding it.
+fn given_key(value: &str) -> anyhow::Result<String> {
+    if NoteVerifier::parse(value.trim()).is_ok() {
+        return Ok(value.trim().to_owned());
+    }
+    let text = std::fs::read_to_string(value).with_context(|| {
+        format!("--public-key {value:?} is neither a verifier key nor a readable file")
+    })?;
+    let key = text.trim().to_owned();
+    NoteVerifier::parse(&key).with_context(|| format!("{value}: not a verifier key"))?;
+    Ok(key)
+}
+
+/// The command: fetch (or load), verify, print, save. `Ok(true)` when everything held.
+pub async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
+    let previous: Option<SavedCheckpoint> = match &args.checkpoint {
+        Some(path) => read_optional(path)?
+            .map(|text| {
+                serde_json::from_str(&text).with_context(|| {
+                    format!(
+                        "{}: not a checkpoint file written by gp4u verify",
+                        path.display()
+                    )
+                })
+            })
+            .transpose()?,
+        None => None,
+    };
+    let fetched = match &args.offline {
+        Some(dir) => load(dir, &args.job)?,
+        None => {
+            let (Some(server), Some(token)) = (&args.server, &args.token) else {
+                bail!("--server and --token are needed unless --offline DIR is given");
+            };
+            let client = Client {
+                http: reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(60))
+                    .build()?,
+                base: server.clone(),
+                token: token.trim().to_owned(),
+            };
+            fetch(&client, &args.job, previous.as_ref()).await?
+        }
+    };
+    if let Some(dir) = &args.save {
+        save(dir, &fetched)?;
+    }
+    let trust = match (&args.public_key, &previous) {
+        (Some(value), _) => Trust {
+            key: given_key(value)?,
+            source: KeySource::Given,
+        },
+        (None, Some(saved)) => Trust {
+            key: saved.public_key.clone(),
+            source: KeySource::Saved,
+        },
+        (None, None) => Trust {
+            key: fetched.public_key.clone(),
+            source: KeySource::FirstUse,
+        },
+    };
+    let report = verify_documents(
+        &fetched.documents,
+        &trust,
+        previous.as_ref(),
+        fetched.consistency.as_ref(),
+        args.require_proofs,
+    );
+    println!(
+        "gp4u verify {}{}",
+        args.job,
+        if args.offline.is_some() {
+            " (offline)"
+        } else {
+            ""
+        }
+    );
+    for check in &report.checks {
+        println!("{check}");
+    }
+    if let (Some(path), Some(new)) = (&args.checkpoint, &report.new_checkpoint) {
+        let text = serde_json::to_string_pretty(new)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        println!("checkpoint saved to {}", path.display());
+    }
+    if report.ok() {
+        println!("all checks passed");
+        return Ok(true);
+    }
+    for failure in report.failures() {
+        eprintln!("FAILED {}: {}", failure.name, failure.detail);
+    }
+    Ok(false)
+}

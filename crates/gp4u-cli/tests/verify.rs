@@ -1,0 +1,763 @@
+//! `gp4u verify` against the real binary on SQLite: a job run to the end by a provider acting
+//! over HTTP (no Docker), its proofs submitted, then the verifier passes, catches tampering in
+//! the database, keeps a checkpoint for consistency, and re-verifies offline from saved files.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+#[allow(dead_code)]
+#[path = "../src/verify.rs"]
+mod verify;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{BIN, call, mint, start_server};
+use ed25519_dalek::SigningKey;
+use gp4u_attest::energy::{
+    EnergyClaim, PowerReading, ReadingCommitment, commit_reading, prove_energy, telemetry_digest,
+};
+use gp4u_attest::hardware::{Assurance, GpuIdentity, HardwareClaim, sign_hardware};
+use gp4u_attest::proofs::{EnergySubmission, ProofSubmission};
+use gp4u_core::energy::{interval_weights, watts_to_mw};
+use gp4u_ledger::checkpoint::{Checkpoint, sign_checkpoint};
+use gp4u_ledger::hash::{leaf_hash, to_hex};
+use gp4u_ledger::note::verifier_key;
+use gp4u_ledger::reference::{consistency_proof, mth};
+use rand_core::OsRng;
+use reqwest::Method;
+use serde_json::{Value, json};
+use sqlx::Row;
+
+const WATTS: f64 = 380.0;
+const POWER_LIMIT_MW: u64 = 700_000;
+
+fn verify_cmd(job: &str, base: &str, token: &str, extra: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(["verify", job, "--server", base, "--token", token])
+        .args(extra)
+        .env("GP4U_LOG", "warn")
+        .env_remove("GP4U_SERVER")
+        .env_remove("GP4U_TOKEN")
+        .output()
+        .unwrap()
+}
+
+fn text(output: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[track_caller]
+fn assert_passes(output: &Output) -> String {
+    let (stdout, stderr) = text(output);
+    assert!(
+        output.status.success(),
+        "verify failed:\n{stdout}\n{stderr}"
+    );
+    stdout
+}
+
+#[track_caller]
+fn assert_fails_naming(output: &Output, names: &[&str]) {
+    let (stdout, stderr) = text(output);
+    println!("{stderr}");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "verify should fail:\n{stdout}\n{stderr}"
+    );
+    for name in names {
+        assert!(
+            stderr.contains(name),
+            "stderr does not name {name:?}:\n{stderr}\n--- stdout:\n{stdout}"
+        );
+    }
+}
+
+async fn wait_for<F, Fut>(what: &str, seconds: u64, mut probe: F) -> Value
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<Value>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The finished job: everything the tampering cases need.
+struct Finished {
+    job_id: String,
+    node_id: String,
+    customer: String,
+}
+
+async fn user(client: &reqwest::Client, base: &str, admin: &str, body: Value) -> String {
+    let (status, user) = call(
+        client,
+        Method::POST,
+        format!("{base}/api/admin/users"),
+        admin,
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 201, "{user}");
+    user["id"].as_str().unwrap().to_owned()
+}
+
+async fn register(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    key: &SigningKey,
+    uuid: &str,
+) -> (String, String) {
+    let (status, registered) = call(
+        client,
+        Method::POST,
+        format!("{base}/api/providers/register"),
+        token,
+        Some(json!({
+            "region": "us-east-1",
+            "public_key": gp4u_attest::key::public_key_base64(key),
+            "renewable_pct": 50,
+            "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "uuid": uuid}],
+        })),
+    )
+    .await;
+    assert_eq!(status, 201, "{registered}");
+    (
+        registered["node_id"].as_str().unwrap().to_owned(),
+        registered["gpus"][0]["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn submit_job(client: &reqwest::Client, base: &str, customer: &str, gpu: &str) -> String {
+    let (status, accepted) = call(
+        client,
+        Method::POST,
+        format!("{base}/api/jobs"),
+        customer,
+        Some(json!({"name": "verify e2e", "gpuId": gpu, "workload_type": "TRAINING",
+                    "expectedDurationHours": 4.0, "docker_image": "registry.example/org/bert",
+                    "docker_image_sha256": format!("sha256:{}", "ab".repeat(32)),
+                    "command": ["python", "train.py"], "env": {"EPOCHS": "3"}, "costEstimate": 0.01})),
+    )
+    .await;
+    assert_eq!(status, 201, "{accepted}");
+    accepted["id"].as_str().unwrap().to_owned()
+}
+
+/// Runs a job to the end as its provider's agent would, over HTTP, then proves it.
+async fn finished_job(base: &str, data_dir: &Path) -> Finished {
+    let client = reqwest::Client::new();
+    let admin = mint(data_dir, "usr_admin", 3);
+    let provider_id = user(
+        &client,
+        base,
+        &admin,
+        json!({"name": "Ada's GPUs", "role": "provider"}),
+    )
+    .await;
+    let customer_id = user(
+        &client,
+        base,
+        &admin,
+        json!({"name": "Grace", "role": "customer", "credit": 100000}),
+    )
+    .await;
+    let other_id = user(
+        &client,
+        base,
+        &admin,
+        json!({"name": "Other GPUs", "role": "provider"}),
+    )
+    .await;
+    let provider = mint(data_dir, &provider_id, 2);
+    let customer = mint(data_dir, &customer_id, 1);
+    let other = mint(data_dir, &other_id, 2);
+
+    let node_key = SigningKey::generate(&mut OsRng);
+    let (node_id, gpu_id) = register(&client, base, &provider, &node_key, "GPU-5e1c").await;
+    let other_key = SigningKey::generate(&mut OsRng);
+    let (_other_node, _) = register(&client, base, &other, &other_key, "GPU-0th3").await;
+
+    let job_id = submit_job(&client, base, &customer, &gpu_id).await;
+
+    // The agent's long poll hands the job out.
+    wait_for("the assignment", 30, || {
+        let (client, provider, node_id, job_id) = (&client, &provider, &node_id, &job_id);
+        async move {
+            let url = format!("{base}/api/agent/assignments?node_id={node_id}&wait=1");
+            let (status, body) = call(client, Method::GET, url, provider, None).await;
+            (status == 200 && body["job_id"] == job_id.as_str()).then_some(body)
+        }
+    })
+    .await;
+
+    // Telemetry with power commitments; the server stamps each sample.
+    let power_mw = watts_to_mw(WATTS);
+    let mut openings = Vec::new();
+    let mut sealed: Vec<(i64, ReadingCommitment)> = Vec::new();
+    let mut max_gap_ms = 0;
+    let packets = 5;
+    for n in 0..packets {
+        let (commitment, opening) = commit_reading(
+            PowerReading {
+                power_mw,
+                renewable_mw: power_mw / 2,
+            },
+            &mut OsRng,
+        );
+        let mut packet = json!({
+            "job_id": job_id, "node_id": node_id,
+            "gpu_utilization_pct": 94.2, "vram_used_gb": 22.1, "vram_allocated_gb": 24.0,
+            "power_draw_watts": WATTS, "temperature_c": 72, "outbound_bytes_per_sec": 1_200_000,
+            "inferred_pattern": "TRAINING", "unique_dest_ips": 2, "foreign_gpu_processes": 0,
+            "power_commitment": commitment.to_base64(),
+        });
+        if n == packets - 1 {
+            packet["final"] = json!(true);
+            packet["exit_code"] = json!(0);
+        }
+        let (status, reply) = call(
+            &client,
+            Method::POST,
+            format!("{base}/api/telemetry/russian-doll"),
+            &provider,
+            Some(packet),
+        )
+        .await;
+        assert_eq!(status, 200, "packet {n}: {reply}");
+        assert_eq!(reply["kill_job"], false, "{reply}");
+        sealed.push((reply["at_ms"].as_i64().unwrap(), commitment));
+        max_gap_ms = reply["max_gap_ms"].as_i64().unwrap();
+        openings.push(opening);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    wait_for("the settlement", 30, || {
+        let (client, customer, job_id) = (&client, &customer, &job_id);
+        async move {
+            let url = format!("{base}/api/jobs/{job_id}/settlement");
+            let (status, body) = call(client, Method::GET, url, customer, None).await;
+            (status == 200).then_some(body)
+        }
+    })
+    .await;
+
+    // Proofs: the energy proof over the committed readings, the hardware attestation.
+    let timestamps: Vec<i64> = sealed.iter().map(|(at, _)| *at).collect();
+    let weights = interval_weights(&timestamps, 0, max_gap_ms).unwrap();
+    let energy_mwms: u64 = weights.iter().map(|w| w * power_mw).sum();
+    let claim = EnergyClaim {
+        energy_mwms,
+        renewable_share_bp: 5000,
+        power_limit_mw: POWER_LIMIT_MW,
+    };
+    let proof = prove_energy(&job_id, &claim, &openings, &weights, &mut OsRng).unwrap();
+    let energy = ProofSubmission::Energy(EnergySubmission {
+        job_id: job_id.clone(),
+        claim,
+        proof,
+    })
+    .to_json();
+    let zk = format!("{base}/api/providers/{node_id}/zk-proofs");
+    let post = |token: String, body: String| {
+        let (client, zk) = (client.clone(), zk.clone());
+        async move {
+            let response = client
+                .post(zk)
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap())
+        }
+    };
+    wait_for("the energy proof to be accepted", 30, || {
+        let (post, provider, energy) = (&post, provider.clone(), energy.clone());
+        async move {
+            let (status, body) = post(provider, energy).await;
+            assert!(
+                matches!(status, 200 | 201 | 503),
+                "energy proof: {status} {body}"
+            );
+            (status != 503).then(|| json!(body))
+        }
+    })
+    .await;
+
+    let digest = telemetry_digest(&job_id, &sealed);
+    let hardware = |assurance| {
+        ProofSubmission::Hardware(
+            sign_hardware(
+                HardwareClaim {
+                    job_id: job_id.clone(),
+                    node_id: node_id.clone(),
+                    gpu: GpuIdentity {
+                        name: "RTX 4090".into(),
+                        uuid: "GPU-5e1c".into(),
+                        vram_mb: 24_576,
+                        driver_version: "550.54.15".into(),
+                        serial: None,
+                        power_limit_mw: POWER_LIMIT_MW,
+                    },
+                    telemetry_digest: digest,
+                    assurance,
+                    cc_evidence: None,
+                    issued_at_ms: 1_767_225_600_000,
+                },
+                &node_key,
+            )
+            .unwrap(),
+        )
+        .to_json()
+    };
+    let (status, body) = post(provider.clone(), hardware(Assurance::ProviderSigned)).await;
+    if status == 400 && body.contains("emulated") {
+        // The server treats the GPU as emulated: the attestation must say so.
+        let (status, body) = post(provider.clone(), hardware(Assurance::Emulated)).await;
+        assert_eq!(status, 201, "{body}");
+    } else {
+        assert_eq!(status, 201, "{body}");
+    }
+
+    // Refusals: garbage 400, another provider 404, a customer 403.
+    let (status, body) = post(provider.clone(), "{\"kind\":\"energy\",\"junk\":1}".into()).await;
+    assert_eq!(status, 400, "garbage: {body}");
+    let (status, body) = post(other.clone(), hardware(Assurance::ProviderSigned)).await;
+    assert_eq!(status, 404, "another provider: {body}");
+    let (status, body) = post(customer.clone(), hardware(Assurance::ProviderSigned)).await;
+    assert_eq!(status, 403, "a customer: {body}");
+
+    // Everything sealed: both proofs and the settlement, nothing pending.
+    wait_for("the proofs to be sealed", 30, || {
+        let (client, customer, job_id) = (&client, &customer, &job_id);
+        async move {
+            let url = format!("{base}/api/jobs/{job_id}/ledger");
+            let (status, ledger) = call(client, Method::GET, url, customer, None).await;
+            assert_eq!(status, 200, "{ledger}");
+            let kinds: Vec<&str> = ledger["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|entry| entry["kind"].as_str())
+                .collect();
+            let proofs = kinds
+                .iter()
+                .filter(|kind| **kind == "proof.verified")
+                .count();
+            (proofs == 2 && kinds.contains(&"billing.settled") && ledger["pending"] == 0)
+                .then_some(ledger)
+        }
+    })
+    .await;
+    Finished {
+        job_id,
+        node_id,
+        customer,
+    }
+}
+
+async fn db(data_dir: &Path) -> sqlx::SqlitePool {
+    sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("sqlite://{}", data_dir.join("gp4u.db").display()))
+        .await
+        .unwrap()
+}
+
+/// The served job ledger, for picking entries to tamper with.
+async fn job_ledger(base: &str, finished: &Finished) -> Value {
+    let client = reqwest::Client::new();
+    let url = format!("{base}/api/jobs/{}/ledger", finished.job_id);
+    let (status, ledger) = call(&client, Method::GET, url, &finished.customer, None).await;
+    assert_eq!(status, 200);
+    ledger
+}
+
+fn entry_of<'a>(ledger: &'a Value, kind: &str) -> &'a Value {
+    ledger["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| entry["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} entry: {ledger}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_passes_catches_tampering_and_works_offline() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", data_dir.path().join("gp4u.db").display());
+    let server = start_server(data_dir.path(), &url);
+    let base = server.base.clone();
+    let finished = finished_job(&base, data_dir.path()).await;
+    let job = finished.job_id.as_str();
+    let token = finished.customer.as_str();
+
+    // 1. Everything holds; each check is printed.
+    let output = verify_cmd(job, &base, token, &["--require-proofs"]);
+    let stdout = assert_passes(&output);
+    println!("{stdout}");
+    for line in [
+        "✓ checkpoint signature",
+        "trust on first use",
+        "✓ entries",
+        "✓ hardware proof",
+        "✓ energy proof",
+        "✓ served proofs",
+        "✓ settlement",
+        "✓ served settlement",
+        "all checks passed",
+    ] {
+        assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
+    }
+
+    // 2. A checkpoint kept between runs: the second run checks consistency, after the log grew.
+    let checkpoint = work.path().join("checkpoint.json");
+    let checkpoint_arg = checkpoint.to_str().unwrap();
+    let stdout = assert_passes(&verify_cmd(
+        job,
+        &base,
+        token,
+        &["--checkpoint", checkpoint_arg],
+    ));
+    assert!(
+        stdout.contains("! consistency: no earlier checkpoint"),
+        "{stdout}"
+    );
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(&checkpoint).unwrap()).unwrap();
+    let old_size = verify::claimed_size(saved["checkpoint"].as_str().unwrap()).unwrap();
+    let second_job = {
+        // Grow the log: another job by the same customer (job.created and the rest get sealed).
+        let client = reqwest::Client::new();
+        let (status, gpus) = call(
+            &client,
+            Method::GET,
+            format!("{base}/api/gpus"),
+            token,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{gpus}");
+        let gpu = gpus["gpus"][0]["id"].as_str().unwrap().to_owned();
+        let second_job = submit_job(&client, &base, token, &gpu).await;
+        wait_for("the log to grow", 30, || {
+            let client = &client;
+            let base = &base;
+            async move {
+                let note = client
+                    .get(format!("{base}/api/ledger/checkpoint"))
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                (verify::claimed_size(&note).unwrap() > old_size).then_some(Value::Null)
+            }
+        })
+        .await;
+        second_job
+    };
+    let stdout = assert_passes(&verify_cmd(
+        job,
+        &base,
+        token,
+        &["--checkpoint", checkpoint_arg],
+    ));
+    assert!(stdout.contains("✓ consistency"), "{stdout}");
+    assert!(
+        stdout.contains("key saved with the earlier checkpoint"),
+        "{stdout}"
+    );
+
+    // A job without proofs (queued, never ran): a warning naming them, an error when required.
+    let stdout = assert_passes(&verify_cmd(&second_job, &base, token, &[]));
+    assert!(
+        stdout.contains("! proofs: no sealed hardware or energy proof"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("! settlement"), "{stdout}");
+    assert_fails_naming(
+        &verify_cmd(&second_job, &base, token, &["--require-proofs"]),
+        &["proofs: no sealed hardware or energy proof"],
+    );
+
+    // 3. Save everything for offline use (checked at the end, with the server gone).
+    let saved_dir = work.path().join("saved");
+    assert_passes(&verify_cmd(
+        job,
+        &base,
+        token,
+        &["--save", saved_dir.to_str().unwrap()],
+    ));
+
+    // 4. Tampering in the database, each case restored afterwards.
+    let pool = db(data_dir.path()).await;
+    let ledger = job_ledger(&base, &finished).await;
+
+    // 4a. A ledger entry's body.
+    let settled = entry_of(&ledger, "billing.settled");
+    let index = settled["index"].as_i64().unwrap();
+    let body: String = sqlx::query("SELECT body FROM ledger_entries WHERE log_index = $1")
+        .bind(index)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("body");
+    let altered = body.replacen("\"refunded\":", "\"refunded\":1", 1);
+    assert_ne!(altered, body);
+    sqlx::query("UPDATE ledger_entries SET body = $1 WHERE log_index = $2")
+        .bind(&altered)
+        .bind(index)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_fails_naming(
+        &verify_cmd(job, &base, token, &[]),
+        &[&format!("entry {index} (billing.settled)"), "altered"],
+    );
+    sqlx::query("UPDATE ledger_entries SET body = $1 WHERE log_index = $2")
+        .bind(&body)
+        .bind(index)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_passes(&verify_cmd(job, &base, token, &[]));
+
+    // 4b. The settlement row.
+    let body: String = sqlx::query("SELECT body FROM settlements WHERE job_id = $1")
+        .bind(job)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("body");
+    let mut value: Value = serde_json::from_str(&body).unwrap();
+    value["refunded"] = json!(value["refunded"].as_i64().unwrap() + 1_000_000);
+    sqlx::query("UPDATE settlements SET body = $1 WHERE job_id = $2")
+        .bind(value.to_string())
+        .bind(job)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_fails_naming(
+        &verify_cmd(job, &base, token, &[]),
+        &["served settlement", "differs"],
+    );
+    sqlx::query("UPDATE settlements SET body = $1 WHERE job_id = $2")
+        .bind(&body)
+        .bind(job)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_passes(&verify_cmd(job, &base, token, &[]));
+
+    // 4c. A proof row.
+    let body: String =
+        sqlx::query("SELECT body FROM proofs WHERE job_id = $1 AND kind = 'hardware'")
+            .bind(job)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .get("body");
+    let mut value: Value = serde_json::from_str(&body).unwrap();
+    value["gpu"]["name"] = json!("NVIDIA H100 80GB HBM3");
+    sqlx::query("UPDATE proofs SET body = $1 WHERE job_id = $2 AND kind = 'hardware'")
+        .bind(value.to_string())
+        .bind(job)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_fails_naming(
+        &verify_cmd(job, &base, token, &[]),
+        &["served hardware proof"],
+    );
+    sqlx::query("UPDATE proofs SET body = $1 WHERE job_id = $2 AND kind = 'hardware'")
+        .bind(&body)
+        .bind(job)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_passes(&verify_cmd(job, &base, token, &[]));
+
+    // 4d. A node hash of the tree: the sibling leaf of the job's first entry.
+    let created = entry_of(&ledger, "job.created");
+    let index = created["index"].as_i64().unwrap();
+    let sibling = index ^ 1;
+    let hash: String =
+        sqlx::query("SELECT hash FROM ledger_nodes WHERE level = 0 AND node_index = $1")
+            .bind(sibling)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .get("hash");
+    let forged = to_hex(&leaf_hash(b"forged"));
+    assert_eq!(forged.len(), hash.len(), "stored hash format: {hash}");
+    sqlx::query("UPDATE ledger_nodes SET hash = $1 WHERE level = 0 AND node_index = $2")
+        .bind(&forged)
+        .bind(sibling)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_fails_naming(
+        &verify_cmd(job, &base, token, &[]),
+        &[&format!("entry {index} (job.created)"), "not included"],
+    );
+    sqlx::query("UPDATE ledger_nodes SET hash = $1 WHERE level = 0 AND node_index = $2")
+        .bind(&hash)
+        .bind(sibling)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_passes(&verify_cmd(job, &base, token, &[]));
+    pool.close().await;
+
+    // A pinned key: the right one (from a file) passes, another one fails the signature.
+    let key_file = saved_dir.join(verify::files::PUBLIC_KEY);
+    let stdout = assert_passes(&verify_cmd(
+        job,
+        &base,
+        token,
+        &["--public-key", key_file.to_str().unwrap()],
+    ));
+    assert!(stdout.contains("key given with --public-key"), "{stdout}");
+    let stranger = verifier_key(
+        "gp4u.local/obsidian",
+        &SigningKey::generate(&mut OsRng).verifying_key(),
+    )
+    .unwrap();
+    assert_fails_naming(
+        &verify_cmd(job, &base, token, &["--public-key", &stranger]),
+        &["checkpoint signature"],
+    );
+
+    // 5. Offline from the saved files, with the server gone.
+    drop(server);
+    let output = Command::new(BIN)
+        .args(["verify", job, "--offline", saved_dir.to_str().unwrap()])
+        .env("GP4U_LOG", "warn")
+        .env_remove("GP4U_SERVER")
+        .env_remove("GP4U_TOKEN")
+        .output()
+        .unwrap();
+    let stdout = assert_passes(&output);
+    assert!(stdout.contains("(offline)"), "{stdout}");
+    assert!(stdout.contains("✓ energy proof"), "{stdout}");
+    // And offline with the kept checkpoint (same key, a log at least as large).
+    let output = Command::new(BIN)
+        .args(["verify", job, "--offline", saved_dir.to_str().unwrap()])
+        .args(["--checkpoint", checkpoint_arg])
+        .env("GP4U_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_passes(&output);
+    let _ = finished.node_id;
+}
+
+// ---------------------------------------------------------------------------------------
+// The library without HTTP: consistency against a forked or shrunk log.
+// ---------------------------------------------------------------------------------------
+
+const ORIGIN: &str = "test.example/log";
+
+fn note(key: &SigningKey, leaves: &[[u8; 32]]) -> String {
+    sign_checkpoint(
+        &Checkpoint::new(ORIGIN, leaves.len() as u64, mth(leaves)),
+        ORIGIN,
+        key,
+    )
+    .unwrap()
+}
+
+fn consistency_case(
+    key: &SigningKey,
+    current: &[[u8; 32]],
+    previous: &str,
+    proof_from: &[[u8; 32]],
+    old_size: u64,
+) -> verify::Check {
+    let vkey = verifier_key(ORIGIN, &key.verifying_key()).unwrap();
+    let documents = verify::Documents {
+        job_id: "job_x".into(),
+        ledger: json!({"checkpoint": note(key, current), "tree_size": current.len(),
+                       "public_key": vkey, "entries": [], "pending": 0}),
+        proofs: None,
+        settlement: None,
+        latest_checkpoint: None,
+    };
+    let proof = if old_size < proof_from.len() as u64 && old_size > 0 {
+        consistency_proof(proof_from, old_size)
+            .unwrap()
+            .iter()
+            .map(|hash| to_hex(hash))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let report = verify::verify_documents(
+        &documents,
+        &verify::Trust {
+            key: vkey.clone(),
+            source: verify::KeySource::Given,
+        },
+        Some(&verify::SavedCheckpoint {
+            public_key: vkey,
+            checkpoint: previous.to_owned(),
+        }),
+        Some(&json!({"from": old_size, "to": current.len(), "proof": proof})),
+        false,
+    );
+    report
+        .checks
+        .into_iter()
+        .find(|check| check.name == "consistency")
+        .expect("a consistency line")
+}
+
+#[test]
+fn consistency_catches_forks_and_shrinking() {
+    let key = SigningKey::generate(&mut OsRng);
+    let leaves: Vec<[u8; 32]> = (0..11u8).map(|n| leaf_hash(&[n])).collect();
+    let honest_old = note(&key, &leaves[..4]);
+    let check = consistency_case(&key, &leaves, &honest_old, &leaves, 4);
+    assert_eq!(check.status, verify::Status::Pass, "{check}");
+
+    // A fork: the earlier checkpoint saw different entries at the same positions.
+    let mut forked = leaves.clone();
+    forked[2] = leaf_hash(b"rewritten");
+    let forked_old = note(&key, &forked[..4]);
+    let check = consistency_case(&key, &leaves, &forked_old, &leaves, 4);
+    assert_eq!(check.status, verify::Status::Fail, "{check}");
+    assert!(check.detail.contains("not a prefix"), "{check}");
+
+    // Same size, different root.
+    let check = consistency_case(&key, &leaves[..4], &forked_old, &leaves[..4], 4);
+    assert_eq!(check.status, verify::Status::Fail, "{check}");
+
+    // The log shrank.
+    let bigger = note(&key, &leaves);
+    let check = consistency_case(&key, &leaves[..6], &bigger, &leaves[..6], 11);
+    assert_eq!(check.status, verify::Status::Fail, "{check}");
+    assert!(check.detail.contains("shrank"), "{check}");
+
+    // Signed by another key.
+    let other = SigningKey::generate(&mut OsRng);
+    let check = consistency_case(&key, &leaves, &note(&other, &leaves[..4]), &leaves, 4);
+    assert_eq!(check.status, verify::Status::Fail, "{check}");
+}

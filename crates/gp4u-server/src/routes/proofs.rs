@@ -1,0 +1,274 @@
+//! Stage 6 over HTTP: `POST /api/providers/{nodeId}/zk-proofs` checks a proof on receipt and
+//! stores and seals it; `GET /api/jobs/{id}/proofs` returns a job's proofs with everything a
+//! customer needs to check them again (the node key, the sealed commitments, the weights rule).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use gp4u_attest::energy::{ReadingCommitment, telemetry_digest, verify_energy};
+use gp4u_attest::hardware::{Assurance, verify_hardware};
+use gp4u_attest::proofs::{EnergySubmission, ProofSubmission};
+use gp4u_core::energy::interval_weights;
+use gp4u_core::ids::JobId;
+use gp4u_proto::ErrorCode;
+use gp4u_store::{JobRecord, OutboxEvent, ProofOutcome, ProofRecord, StoreError};
+use serde_json::{Value, json};
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+/// Outbox topic of a proof accepted and stored.
+pub const TOPIC_PROOF_VERIFIED: &str = "proof.verified";
+/// Samples read per job at most (a week at 10 s).
+const MAX_SAMPLES: i64 = 60_480;
+
+fn invalid(message: String) -> ApiError {
+    ApiError::new(ErrorCode::InvalidProof, message)
+}
+
+/// The sealed commitments of the job's final run, oldest first, and how many samples lack one.
+pub async fn job_commitments(
+    state: &AppState,
+    job: &JobRecord,
+) -> ApiResult<(Vec<(i64, ReadingCommitment)>, usize)> {
+    let (Some(node), Some(started)) = (&job.state.node_id, job.state.started_at_ms) else {
+        return Ok((Vec::new(), 0));
+    };
+    let samples = state
+        .store
+        .energy_series(&job.id, node, started, MAX_SAMPLES)
+        .await?;
+    let mut commitments = Vec::with_capacity(samples.len());
+    let mut missing = 0;
+    for sample in samples {
+        match sample
+            .commitment
+            .as_deref()
+            .map(ReadingCommitment::from_base64)
+        {
+            Some(Ok(commitment)) => commitments.push((sample.at_ms, commitment)),
+            Some(Err(error)) => {
+                return Err(ApiError::internal("stored commitment", error));
+            }
+            None => missing += 1,
+        }
+    }
+    Ok((commitments, missing))
+}
+
+/// `POST /api/providers/{nodeId}/zk-proofs`: a hardware attestation or an energy proof for a
+/// job that ran on the node and has ended. Verified before anything is stored: garbage 400,
+/// another provider's node 404, a customer 403.
+pub async fn submit(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(node_id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let node = crate::routes::agent::owned_node(&state, &caller, &node_id).await?;
+    let text =
+        std::str::from_utf8(&body).map_err(|_| invalid("the proof must be UTF-8 JSON".into()))?;
+    let submission =
+        ProofSubmission::from_json(text).map_err(|error| invalid(error.to_string()))?;
+    let not_found = || {
+        ApiError::new(
+            ErrorCode::JobNotFound,
+            format!("no job {} ran on node {}", submission.job_id(), node.id),
+        )
+    };
+    let job_id = JobId::parse(submission.job_id()).map_err(|_| not_found())?;
+    let job = state.store.get_job(&job_id).await?.ok_or_else(not_found)?;
+    if job.state.node_id.as_ref() != Some(&node.id) {
+        return Err(not_found());
+    }
+    if !job.state.status.is_terminal() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidReport,
+            format!(
+                "job {job_id} is {}: proofs are submitted after the job ends",
+                job.state.status.as_str()
+            ),
+        ));
+    }
+    let (commitments, missing) = job_commitments(&state, &job).await?;
+    let (kind, assurance) = match &submission {
+        ProofSubmission::Hardware(attestation) => {
+            let key = gp4u_attest::key::parse_public_key(&node.public_key).ok_or_else(|| {
+                invalid(format!("node {} has no usable ed25519 public key", node.id))
+            })?;
+            if attestation.node_id != node.id.as_str() {
+                return Err(invalid(format!(
+                    "the attestation names node {}, not {}",
+                    attestation.node_id, node.id
+                )));
+            }
+            verify_hardware(attestation, &key).map_err(|error| invalid(error.to_string()))?;
+            let emulated = job
+                .latest_metrics
+                .as_ref()
+                .and_then(|metrics| metrics.get("emulated"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            if emulated && attestation.assurance != Assurance::Emulated {
+                return Err(invalid(format!(
+                    "job {job_id} ran on an emulated GPU: its attestation must say `emulated`"
+                )));
+            }
+            let expected =
+                gp4u_ledger::hash::to_hex(&telemetry_digest(job_id.as_str(), &commitments));
+            if attestation.telemetry_digest != expected {
+                return Err(invalid(format!(
+                    "telemetry_digest {} does not match the {} commitments sealed for job {job_id} ({expected})",
+                    attestation.telemetry_digest,
+                    commitments.len()
+                )));
+            }
+            ("hardware", Some(assurance_name(attestation.assurance)))
+        }
+        ProofSubmission::Energy(energy) => {
+            check_energy(&state, &job, energy, &commitments, missing).await?;
+            ("energy", None)
+        }
+    };
+    let body: Value = serde_json::from_str(text).map_err(|error| invalid(error.to_string()))?;
+    let record = ProofRecord {
+        job_id: job_id.clone(),
+        kind: kind.to_owned(),
+        node_id: node.id.clone(),
+        assurance: assurance.map(str::to_owned),
+        body: body.clone(),
+        verified_at_ms: state.now_ms(),
+    };
+    let event = OutboxEvent {
+        topic: TOPIC_PROOF_VERIFIED.into(),
+        aggregate_id: job_id.to_string(),
+        payload: json!({
+            "job_id": job_id,
+            "node_id": node.id,
+            "kind": kind,
+            "assurance": assurance,
+            "submission": body,
+        }),
+    };
+    let status = match state.store.insert_proof(&record, &[event]).await {
+        Ok(ProofOutcome::Stored) => StatusCode::CREATED,
+        Ok(ProofOutcome::AlreadyStored) => StatusCode::OK,
+        Err(StoreError::Conflict(message)) => {
+            return Err(ApiError::new(ErrorCode::ProofExists, message));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    state.relay.nudge();
+    tracing::info!(job_id = %job_id, node_id = %node.id, kind, "proof verified and stored");
+    Ok((
+        status,
+        Json(json!({"job_id": job_id, "kind": kind, "assurance": assurance, "verified": true})),
+    ))
+}
+
+fn assurance_name(assurance: Assurance) -> &'static str {
+    match assurance {
+        Assurance::Emulated => "emulated",
+        Assurance::ProviderSigned => "provider_signed",
+        Assurance::HardwareAttested => "hardware_attested",
+    }
+}
+
+/// The energy proof must be about the energy the platform measured, over every reading the
+/// node committed to, with the share the node declared.
+async fn check_energy(
+    state: &AppState,
+    job: &JobRecord,
+    energy: &EnergySubmission,
+    commitments: &[(i64, ReadingCommitment)],
+    missing: usize,
+) -> ApiResult<()> {
+    if missing > 0 {
+        return Err(invalid(format!(
+            "{missing} of job {}'s samples carry no power commitment: no energy proof can cover them",
+            job.id
+        )));
+    }
+    if commitments.is_empty() {
+        return Err(invalid(format!("job {} has no committed readings", job.id)));
+    }
+    let measured = state.store.job_energy_mwms(&job.id).await?.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "job {}'s energy is being accounted; retry in a second",
+                job.id
+            ),
+        )
+        .with_retry_after(1)
+    })?;
+    if measured != energy.claim.energy_mwms.to_string() {
+        return Err(invalid(format!(
+            "the claim says {} mW·ms, the platform measured {measured} mW·ms from the sealed telemetry",
+            energy.claim.energy_mwms
+        )));
+    }
+    if let Some(node) = &job.state.node_id {
+        let declared = state.store.node_renewable(node).await?;
+        let declared_bp = (declared * 100.0).round() as u32;
+        if energy.claim.renewable_share_bp != declared_bp {
+            return Err(invalid(format!(
+                "the claim's renewable share is {} bp; the node declared {declared_bp} bp",
+                energy.claim.renewable_share_bp
+            )));
+        }
+    }
+    let timestamps: Vec<i64> = commitments.iter().map(|(at, _)| *at).collect();
+    let weights = interval_weights(&timestamps, 0, state.tutela.settings.energy_max_gap_ms())
+        .map_err(|error| ApiError::internal("weights", error))?;
+    let points: Vec<ReadingCommitment> = commitments.iter().map(|(_, c)| *c).collect();
+    verify_energy(
+        job.id.as_str(),
+        &energy.claim,
+        &points,
+        &weights,
+        &energy.proof,
+        &mut rand_core::OsRng,
+    )
+    .map_err(|error| invalid(format!("the energy proof does not verify: {error}")))
+}
+
+/// `GET /api/jobs/{id}/proofs` (owner or admin).
+pub async fn job_proofs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let job = crate::routes::jobs::visible_job(&state, &caller, &id).await?;
+    let proofs = state.store.job_proofs(&job.id).await?;
+    let (commitments, missing) = job_commitments(&state, &job).await?;
+    let node_key = match &job.state.node_id {
+        Some(node) => state
+            .store
+            .get_node(node)
+            .await?
+            .map(|node| node.public_key),
+        None => None,
+    };
+    Ok(Json(json!({
+        "job_id": job.id,
+        "node_id": job.state.node_id,
+        "node_public_key": node_key,
+        "energy_mwms": state.store.job_energy_mwms(&job.id).await?,
+        "max_gap_ms": state.tutela.settings.energy_max_gap_ms(),
+        "weights_rule": "w_0 = 0; w_i = min(t_i − t_(i−1), max_gap_ms)",
+        "commitments": commitments.iter().map(|(at, commitment)| json!({
+            "at_ms": at,
+            "commitment": commitment.to_base64(),
+        })).collect::<Vec<_>>(),
+        "samples_without_commitment": missing,
+        "proofs": proofs.iter().map(|proof| json!({
+            "kind": proof.kind,
+            "node_id": proof.node_id,
+            "assurance": proof.assurance,
+            "verified_at_ms": proof.verified_at_ms,
+            "submission": proof.body,
+        })).collect::<Vec<_>>(),
+    })))
+}

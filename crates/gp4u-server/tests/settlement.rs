@@ -1,0 +1,439 @@
+//! Stages 5–7 on the control plane (SPEC §8): the billing hold at submission, energy and
+//! carbon at completion, settlement (once, balanced), and the Obsidian ledger with its signed
+//! checkpoints and proofs over HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[macro_use]
+mod support;
+
+use axum::http::{Method, StatusCode};
+use gp4u_ledger::checkpoint::open_checkpoint;
+use gp4u_ledger::hash::{hash_from_hex, leaf_hash};
+use gp4u_ledger::verify::{verify_consistency, verify_inclusion};
+use gp4u_server::obsidian::seal_once;
+use gp4u_server::settlement::settle_once;
+use gp4u_store::Engine;
+use serde_json::{Value, json};
+use support::*;
+
+async fn balance(app: &TestApp, token: &str) -> Value {
+    let reply = app
+        .call(Method::GET, "/api/billing/balance", Some(token), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    reply.body
+}
+
+/// Settles and seals everything that happened so far.
+async fn settle_and_seal(app: &TestApp) {
+    app.state.relay.run_once().await.unwrap();
+    settle_once(&app.state).await.unwrap();
+    app.state.relay.run_once().await.unwrap();
+    seal_once(&app.state).await.unwrap();
+}
+
+async fn a_short_credit_is_refused_with_402_and_nothing_is_held(app: TestApp) {
+    let node = app.node(1, 3.1, "us-east-1").await;
+    let reply = app
+        .call(
+            Method::POST,
+            "/api/admin/users",
+            Some(&app.admin),
+            Some(json!({"name": "poor", "role": "customer", "credit": 5})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let poor = app.token(reply.body["id"].as_str().unwrap(), 1);
+    // 4 h at 3.10/h = 12.40, held × 1.1 = 13.64 > 5.
+    let reply = app
+        .call(
+            Method::POST,
+            "/api/jobs",
+            Some(&poor),
+            Some(job_body(&node.gpus[0])),
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::PAYMENT_REQUIRED, "INSUFFICIENT_CREDIT"),
+        "{:?}",
+        reply.body
+    );
+    assert!(
+        reply.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("13.64"),
+        "{:?}",
+        reply.body
+    );
+    let after = balance(&app, &poor).await;
+    assert_eq!(
+        (after["balance"].clone(), after["held"].clone()),
+        (json!(5.0), json!(0.0))
+    );
+    assert_eq!(after["currency"], "USD");
+}
+
+async fn a_completed_job_is_metered_settled_once_and_sealed(app: TestApp) {
+    let run = picked_up(&app, pinned()).await;
+    let held = balance(&app, &run.customer).await;
+    assert_eq!(held["held"], json!(13.64));
+    // 30 minutes of RUNNING time at 380 W, in packets every 10 s (the first starts the job).
+    for _ in 0..180 {
+        let reply = send(&app, &run, json!({})).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        assert_eq!(reply.body["max_gap_ms"], json!(30_000));
+        assert!(reply.body["at_ms"].as_i64().is_some());
+    }
+    let reply = send(&app, &run, json!({"final": true, "exit_code": 0})).await;
+    assert_eq!(reply.body["status"], "COMPLETE");
+    let early = app
+        .call(
+            Method::GET,
+            &format!("/api/jobs/{}/settlement", run.job),
+            Some(&run.customer),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (early.status, early.code()),
+        (StatusCode::CONFLICT, "NOT_SETTLED")
+    );
+    settle_and_seal(&app).await;
+    // Settling again (a retry, another replica) changes nothing.
+    settle_and_seal(&app).await;
+    let reply = app
+        .call(
+            Method::GET,
+            &format!("/api/jobs/{}/settlement", run.job),
+            Some(&run.customer),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let settlement = reply.body;
+    // Started at the first packet, ended at the final one: 180 × 10 s = 0.5 h × 3.10 = 1.55.
+    assert_eq!(settlement["gpu_hours"], json!(0.5));
+    assert_eq!(settlement["customer_charged"], json!(1.55));
+    assert_eq!(settlement["platform_fee"], json!(0.155));
+    assert_eq!(settlement["provider_earnings"], json!(1.395));
+    assert_eq!(settlement["student_program"], json!(0.0));
+    assert_eq!(settlement["refunded"], json!(12.09));
+    assert_eq!(settlement["transfers"].as_array().unwrap().len(), 3);
+    let customer = balance(&app, &run.customer).await;
+    assert_eq!(
+        (customer["balance"].clone(), customer["held"].clone()),
+        (json!(99998.45), json!(0.0))
+    );
+    let provider = balance(&app, &run.node.token).await;
+    assert_eq!(provider["balance"], json!(100001.395));
+    assert!(app.store().audit_balances().await.unwrap().is_empty());
+    let statement = app
+        .call(
+            Method::GET,
+            "/api/billing/statement",
+            Some(&run.node.token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        statement.body["earnings"],
+        json!(1.395),
+        "{:?}",
+        statement.body
+    );
+
+    // Energy: 180 intervals of 10 s at 380 W (the first packet accounts for no time) = 0.19 kWh;
+    // us-east-1's factor is in the table with its source.
+    let job = app.job(&run.job).await;
+    let kwh = job["energy_kwh"].as_f64().unwrap();
+    assert!((kwh - 0.19).abs() < 1e-12, "{job:?}");
+    let factors = app
+        .call(Method::GET, "/api/grid-factors", Some(&run.customer), None)
+        .await;
+    let us_east = factors.body["factors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|factor| factor["region"] == "us-east-1")
+        .unwrap()
+        .clone();
+    let grams = us_east["g_co2e_per_kwh"].as_f64().unwrap();
+    assert!((job["carbon_kg"].as_f64().unwrap() - 0.19 * grams / 1000.0).abs() < 1e-9);
+
+    // The ledger: the job's entries, each included in the signed checkpoint.
+    let public_key = app
+        .call(
+            Method::GET,
+            "/api/ledger/public-key",
+            Some(&run.customer),
+            None,
+        )
+        .await;
+    assert_eq!(public_key.status, StatusCode::OK);
+    let ledger = app
+        .call(
+            Method::GET,
+            &format!("/api/jobs/{}/ledger", run.job),
+            Some(&run.customer),
+            None,
+        )
+        .await;
+    assert_eq!(ledger.status, StatusCode::OK, "{:?}", ledger.body);
+    let key = ledger.body["public_key"].as_str().unwrap();
+    let checkpoint = open_checkpoint(
+        ledger.body["checkpoint"].as_str().unwrap(),
+        key,
+        "gp4u.local/obsidian",
+    )
+    .unwrap();
+    let kinds: Vec<&str> = ledger.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["kind"].as_str().unwrap())
+        .collect();
+    for kind in [
+        "job.created",
+        "job.assigned",
+        "job.started",
+        "job.completed",
+        "job.energy",
+        "veritas.recorded",
+        "billing.settled",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    for entry in ledger.body["entries"].as_array().unwrap() {
+        let leaf = leaf_hash(entry["body"].as_str().unwrap().as_bytes());
+        assert_eq!(
+            hash_from_hex(entry["leaf_hash"].as_str().unwrap()).unwrap(),
+            leaf
+        );
+        let proof: Vec<_> = entry["inclusion_proof"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|hash| hash_from_hex(hash.as_str().unwrap()).unwrap())
+            .collect();
+        verify_inclusion(
+            &leaf,
+            entry["index"].as_u64().unwrap(),
+            checkpoint.size,
+            &proof,
+            &checkpoint.root,
+        )
+        .unwrap();
+    }
+    // The settlement is sealed exactly as served.
+    let sealed = ledger.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| entry["kind"] == "billing.settled")
+        .unwrap();
+    let body: Value = serde_json::from_str(sealed["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["payload"]["settlement"], settlement["exact"]);
+
+    // Another customer sees neither the settlement nor the entries' bodies.
+    let (_, stranger) = app.user("customer", None).await;
+    let reply = app
+        .call(
+            Method::GET,
+            &format!("/api/jobs/{}/settlement", run.job),
+            Some(&stranger),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    let entries = app
+        .call(
+            Method::GET,
+            "/api/ledger/entries?start=0&end=1000",
+            Some(&stranger),
+            None,
+        )
+        .await;
+    assert_eq!(entries.status, StatusCode::OK);
+    assert!(
+        entries.body["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|entry| entry["body"].is_null())
+    );
+
+    // A later checkpoint is consistent with this one.
+    let second = picked_up(&app, pinned()).await;
+    send(&app, &second, json!({"final": true, "exit_code": 0})).await;
+    settle_and_seal(&app).await;
+    let (status, headers, note) = app
+        .raw(
+            Method::GET,
+            "/api/ledger/checkpoint",
+            Some(&run.customer),
+            Vec::new(),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let later = open_checkpoint(note, key, "gp4u.local/obsidian").unwrap();
+    assert!(later.size > checkpoint.size);
+    let reply = app
+        .call(
+            Method::GET,
+            &format!(
+                "/api/ledger/proof/consistency?from={}&to={}",
+                checkpoint.size, later.size
+            ),
+            Some(&run.customer),
+            None,
+        )
+        .await;
+    let proof: Vec<_> = reply.body["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|hash| hash_from_hex(hash.as_str().unwrap()).unwrap())
+        .collect();
+    verify_consistency(
+        checkpoint.size,
+        later.size,
+        &proof,
+        &checkpoint.root,
+        &later.root,
+    )
+    .unwrap();
+    let reply = app
+        .call(
+            Method::GET,
+            &format!(
+                "/api/ledger/proof/inclusion?index=0&size={}",
+                later.size + 1
+            ),
+            Some(&run.customer),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::BAD_REQUEST, "INVALID_QUERY")
+    );
+}
+
+async fn a_provider_fault_costs_the_customer_nothing(app: TestApp) {
+    let mut body = pinned();
+    body["max_retries"] = json!(0);
+    let run = picked_up(&app, body).await;
+    for _ in 0..30 {
+        send(&app, &run, json!({})).await;
+    }
+    // Foreign processes mining on the assigned GPU: the provider's fault.
+    for _ in 0..3 {
+        send(
+            &app,
+            &run,
+            json!({"foreign_gpu_processes": 2, "inferred_pattern": "CRYPTO_MINING"}),
+        )
+        .await;
+    }
+    let job = app.job(&run.job).await;
+    assert_eq!(
+        (job["status"].as_str(), job["failure_reason"].as_str()),
+        (Some("FAILED"), Some("CRYPTO_MINING_DURING_ML_JOB")),
+        "{job:?}"
+    );
+    settle_and_seal(&app).await;
+    let reply = app
+        .call(
+            Method::GET,
+            &format!("/api/jobs/{}/settlement", run.job),
+            Some(&run.customer),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{job:?} {:?}", reply.body);
+    assert_eq!(reply.body["customer_charged"], json!(0.0));
+    assert_eq!(reply.body["refunded"], json!(13.64));
+    let customer = balance(&app, &run.customer).await;
+    assert_eq!(
+        (customer["balance"].clone(), customer["held"].clone()),
+        (json!(100000.0), json!(0.0))
+    );
+}
+
+async fn admins_update_grid_factors_with_a_source(app: TestApp) {
+    settle_once(&app.state).await.unwrap();
+    let reply = app
+        .call(
+            Method::PUT,
+            "/api/admin/grid-factors/eu-north-1",
+            Some(&app.admin),
+            Some(json!({"g_co2e_per_kwh": 35.5, "source": "Ember 2025 review", "as_of": "2025-06-30"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    for (body, field) in [
+        (
+            json!({"g_co2e_per_kwh": -1, "source": "x", "as_of": "2025-06-30"}),
+            "g_co2e_per_kwh",
+        ),
+        (
+            json!({"g_co2e_per_kwh": 10, "source": "", "as_of": "2025-06-30"}),
+            "source",
+        ),
+        (
+            json!({"g_co2e_per_kwh": 10, "source": "x", "as_of": "2025-02-30"}),
+            "as_of",
+        ),
+    ] {
+        let reply = app
+            .call(
+                Method::PUT,
+                "/api/admin/grid-factors/eu-north-1",
+                Some(&app.admin),
+                Some(body),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.body);
+        assert_eq!(reply.body["error"]["field"], field);
+    }
+    let (_, customer) = app.user("customer", None).await;
+    let reply = app
+        .call(
+            Method::PUT,
+            "/api/admin/grid-factors/eu-north-1",
+            Some(&customer),
+            Some(json!({"g_co2e_per_kwh": 1, "source": "x", "as_of": "2025-06-30"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    let factors = app
+        .call(Method::GET, "/api/grid-factors", Some(&customer), None)
+        .await;
+    let north = factors.body["factors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|factor| factor["region"] == "eu-north-1")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (north["g_co2e_per_kwh"].clone(), north["source"].clone()),
+        (json!(35.5), json!("Ember 2025 review"))
+    );
+}
+
+on_both_engines!(
+    a_short_credit_is_refused_with_402_and_nothing_is_held,
+    a_completed_job_is_metered_settled_once_and_sealed,
+    a_provider_fault_costs_the_customer_nothing,
+    admins_update_grid_factors_with_a_source,
+);
