@@ -10,7 +10,7 @@
 //!    [`telemetry_digest`] in its transparency log.
 //! 2. After the job the agent calls [`prove_energy`] with its openings and the public weights
 //!    (the milliseconds each reading accounts for, from the public timestamps, e.g. with
-//!    [`weights_from_timestamps`]) and sends the [`EnergyClaim`] and the [`EnergyProof`].
+//!    `gp4u_core::energy::interval_weights`: w_0 = 0, w_i = min(t_i − t_(i−1), max gap)) and sends the [`EnergyClaim`] and the [`EnergyProof`].
 //! 3. The server calls [`verify_energy`] with the commitments it stored, the same weights and
 //!    the claim.
 //!
@@ -830,17 +830,6 @@ pub fn telemetry_digest(job_id: &str, entries: &[(i64, ReadingCommitment)]) -> [
     hasher.finalize().into()
 }
 
-/// One convention for the weights, shared by agent and server: each reading accounts for the
-/// time until the next one, the last one until `end_ms`. Timestamps must not decrease and
-/// `end_ms` must not precede the last. `None` otherwise.
-pub fn weights_from_timestamps(timestamps_ms: &[i64], end_ms: i64) -> Option<Vec<u64>> {
-    timestamps_ms
-        .iter()
-        .zip(timestamps_ms.iter().skip(1).chain(std::iter::once(&end_ms)))
-        .map(|(&from, &to)| u64::try_from(to.checked_sub(from)?).ok())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -861,16 +850,5 @@ mod tests {
         }
         assert_eq!(range_proof_len(1), (9 + 10) * 32);
         assert_eq!(range_proof_len(1024), (9 + 30) * 32);
-    }
-
-    #[test]
-    fn weights_follow_the_timestamps() {
-        assert_eq!(
-            weights_from_timestamps(&[0, 10_000, 25_000], 30_000),
-            Some(vec![10_000, 15_000, 5_000])
-        );
-        assert_eq!(weights_from_timestamps(&[10, 5], 20), None);
-        assert_eq!(weights_from_timestamps(&[10], 5), None);
-        assert_eq!(weights_from_timestamps(&[], 5), Some(vec![]));
     }
 }

@@ -648,6 +648,12 @@ fn check_proofs(
             continue;
         }
         let node = entry.payload["node_id"].as_str().unwrap_or_default();
+        // The node key sealed with the proof wins over the one served now: a key swapped in
+        // the database later cannot make a forged attestation pass.
+        let node_key = entry.payload["node_public_key"]
+            .as_str()
+            .and_then(gp4u_attest::key::parse_public_key)
+            .or(node_key);
         let commitments = match sealed_commitments(sealed, node) {
             Ok(commitments) => commitments,
             Err(error) => {

@@ -427,6 +427,78 @@ async fn an_agent_runs_a_digest_pinned_job_end_to_end() {
         logs.contains("hello from gp4u\n") && logs.contains("to stderr\n"),
         "{logs:?}"
     );
+    // Stages 5–7: the agent proved the job's energy and hardware, the platform settled it and
+    // sealed every stage; `gp4u verify` checks all of it and passes.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, proofs) = call(
+            &client,
+            Method::GET,
+            format!("{base}/api/jobs/{job_id}/proofs"),
+            &customer_token,
+            None,
+        )
+        .await;
+        let kinds: Vec<&str> = proofs["proofs"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|proof| proof["kind"].as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if kinds.contains(&"energy") && kinds.contains(&"hardware") {
+            assert_eq!(proofs["samples_without_commitment"], 0, "{proofs}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent's proofs did not arrive: {proofs}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (status, settlement) = call(
+        &client,
+        Method::GET,
+        format!("{base}/api/jobs/{job_id}/settlement"),
+        &customer_token,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{settlement}");
+    let charged = settlement["customer_charged"].as_f64().unwrap();
+    let held = settlement["held"].as_f64().unwrap();
+    assert!(
+        (charged + settlement["refunded"].as_f64().unwrap() - held).abs() < 1e-9,
+        "{settlement}"
+    );
+    // The proofs' ledger entries are sealed within moments of being stored.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let verified = loop {
+        let output = std::process::Command::new(BIN)
+            .args([
+                "verify",
+                job_id,
+                "--server",
+                &base,
+                "--token",
+                &customer_token,
+                "--require-proofs",
+            ])
+            .output()
+            .unwrap();
+        if output.status.success() || Instant::now() > deadline {
+            break output;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        verified.status.success(),
+        "gp4u verify failed:\n{}\n{}",
+        String::from_utf8_lossy(&verified.stdout),
+        String::from_utf8_lossy(&verified.stderr)
+    );
+
     // Followed after the end: the whole log as events, then `end`.
     let followed = client
         .get(format!("{base}/api/jobs/{job_id}/logs?follow=1"))

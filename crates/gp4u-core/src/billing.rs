@@ -267,9 +267,6 @@ impl Transfer {
 
 /// The hold for a job estimated to cost `cost_estimate`: estimate × 11/10, rounded up to the
 /// micro-unit, so the hold always covers 1.1 × the estimate (saturating at `Money`'s maximum).
-///
-/// `pricing::billing_hold` rounds the same product half-up instead; the two differ by at most
-/// one micro-unit, and only when the estimate is not a multiple of 10 micros.
 pub fn hold_amount(cost_estimate: Money) -> Money {
     let product = i128::from(cost_estimate.micros()) * i128::from(HOLD_MARGIN_NUMERATOR);
     let micros = divide_ceiling(product, i128::from(HOLD_MARGIN_DENOMINATOR));
@@ -1083,7 +1080,7 @@ mod tests {
     fn hold_is_estimate_times_1_1_rounded_up() {
         assert_eq!(hold_amount(money("12.40")), money("13.64"));
         assert_eq!(hold_amount(Money::from_micros(5)), Money::from_micros(6));
-        // 4.4 rounds up to 5 (pricing::billing_hold would give 4).
+        // 4.4 rounds up to 5: the hold never falls short of 1.1 × the estimate.
         assert_eq!(hold_amount(Money::from_micros(4)), Money::from_micros(5));
         assert_eq!(hold_amount(Money::from_micros(10)), Money::from_micros(11));
         assert_eq!(hold_amount(Money::ZERO), Money::ZERO);

@@ -91,6 +91,40 @@ pub struct Mnemo {
     pub demand: BTreeMap<String, DemandSignal>,
     /// Key: region.
     pub vram: BTreeMap<String, VramAvailability>,
+    /// Key: node id. Each provider node's record (stage 5): what Atlas scores uptime and
+    /// provenance with. `serde(default)` so that a model stored before stage 5 still loads.
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderRecord>,
+}
+
+/// What Mnemo remembers of one provider node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderRecord {
+    /// Jobs that ended COMPLETE on the node.
+    pub completed: u64,
+    /// Jobs the node dropped or hid (JOB_DROPPED_UNEXPECTEDLY, VISIBILITY_BLOCKED slashes).
+    pub dropped: u64,
+    /// Veritas records of jobs that ended on the node, and how many of them are reproducible.
+    pub veritas_records: u64,
+    pub reproducible: u64,
+}
+
+/// Outbox topic of a Veritas record (stage 5).
+pub const TOPIC_VERITAS_RECORDED: &str = "veritas.recorded";
+/// Outbox topic of a slash (stage 4).
+pub const TOPIC_TUTELA_SLASH: &str = "tutela.slash";
+
+impl ProviderRecord {
+    /// Completed ÷ (completed + dropped); `None` before the node has a record.
+    pub fn uptime(&self) -> Option<f64> {
+        let total = self.completed + self.dropped;
+        (total > 0).then(|| self.completed as f64 / total as f64)
+    }
+
+    /// Reproducible ÷ Veritas records; `None` before the first record.
+    pub fn provenance(&self) -> Option<f64> {
+        (self.veritas_records > 0).then(|| self.reproducible as f64 / self.veritas_records as f64)
+    }
 }
 
 impl Chamber for Mnemo {
@@ -120,6 +154,35 @@ impl Chamber for Mnemo {
                     region.largest_gpu_vram_gb = region.largest_gpu_vram_gb.max(gpu.vram_gb);
                 }
             }
+            TOPIC_VERITAS_RECORDED => {
+                let record = &payload["record"];
+                let Some(node) = record["node_id"].as_str() else {
+                    // A job that never reached a node says nothing about providers.
+                    self.intake.ignored += 1;
+                    return;
+                };
+                self.intake.applied += 1;
+                let provider = self.providers.entry(node.to_owned()).or_default();
+                provider.veritas_records += 1;
+                if record["reproducible"].as_bool() == Some(true) {
+                    provider.reproducible += 1;
+                }
+                if record["status"].as_str() == Some("COMPLETE") {
+                    provider.completed += 1;
+                }
+            }
+            TOPIC_TUTELA_SLASH => {
+                let (Some(node), Some(kind)) =
+                    (payload["node_id"].as_str(), payload["kind"].as_str())
+                else {
+                    self.intake.malformed += 1;
+                    return;
+                };
+                self.intake.applied += 1;
+                if matches!(kind, "JOB_DROPPED_UNEXPECTEDLY" | "VISIBILITY_BLOCKED") {
+                    self.providers.entry(node.to_owned()).or_default().dropped += 1;
+                }
+            }
             _ => self.intake.ignored += 1,
         }
     }
@@ -134,6 +197,7 @@ impl Chamber for Mnemo {
             "demand_signals": self.demand.len(),
             "hottest": hottest,
             "vram_by_region": self.vram,
+            "providers_with_a_record": self.providers.len(),
             "intake": self.intake,
         })
     }
@@ -286,6 +350,51 @@ impl Chamber for Outerim {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mnemo_keeps_each_providers_uptime_and_provenance() {
+        let mut mnemo = Mnemo::default();
+        let veritas = |node: Option<&str>, status: &str, reproducible: bool| json!({"job_id": "job_a", "record": {"node_id": node, "status": status, "reproducible": reproducible}});
+        assert_eq!(mnemo.providers.get("node_a"), None);
+        mnemo.apply(
+            TOPIC_VERITAS_RECORDED,
+            &veritas(Some("node_a"), "COMPLETE", true),
+        );
+        mnemo.apply(
+            TOPIC_VERITAS_RECORDED,
+            &veritas(Some("node_a"), "COMPLETE", true),
+        );
+        mnemo.apply(
+            TOPIC_VERITAS_RECORDED,
+            &veritas(Some("node_a"), "FAILED", false),
+        );
+        mnemo.apply(
+            TOPIC_TUTELA_SLASH,
+            &json!({"node_id": "node_a", "kind": "JOB_DROPPED_UNEXPECTEDLY"}),
+        );
+        // A soft slash is not a drop; a job that never ran names no node.
+        mnemo.apply(
+            TOPIC_TUTELA_SLASH,
+            &json!({"node_id": "node_a", "kind": "VRAM_OVERCLAIM"}),
+        );
+        mnemo.apply(TOPIC_VERITAS_RECORDED, &veritas(None, "CANCELLED", false));
+        let record = mnemo.providers["node_a"];
+        assert_eq!(
+            record,
+            ProviderRecord {
+                completed: 2,
+                dropped: 1,
+                veritas_records: 3,
+                reproducible: 2
+            }
+        );
+        assert_eq!(record.uptime(), Some(2.0 / 3.0));
+        assert_eq!(record.provenance(), Some(2.0 / 3.0));
+        assert_eq!(ProviderRecord::default().uptime(), None);
+        // A model stored before stage 5 (no `providers`) still loads.
+        let old: Mnemo = serde_json::from_value(json!({"intake": {"applied": 0, "ignored": 0, "malformed": 0}, "demand": {}, "vram": {}})).unwrap();
+        assert!(old.providers.is_empty());
+    }
 
     fn job_created(gpu_region: Option<&str>, customer_region: Option<&str>) -> Value {
         json!({

@@ -21,14 +21,6 @@ pub fn job_cost(price_per_hour: Money, duration: Hours) -> Money {
     Money::from_micros(saturate_to_i64(micros))
 }
 
-/// The amount held from the customer's credit at submission: estimate × 1.1
-/// (the duration cap), rounded half away from zero to the micro-unit.
-pub fn billing_hold(estimate: Money) -> Money {
-    let product = i128::from(estimate.micros()) * i128::from(DURATION_CAP_FACTOR_PERMILLE);
-    let micros = divide_half_away_from_zero(product, i128::from(PERMILLE));
-    Money::from_micros(saturate_to_i64(micros))
-}
-
 /// The longest a job may run before it is killed: 1.1 × the declared duration, rounded
 /// half-up to the micro-hour.
 pub fn duration_cap(expected: Hours) -> Hours {
@@ -97,22 +89,6 @@ mod tests {
             Hours::from_micro_hours(i64::MAX),
         );
         assert_eq!(very_negative, Money::from_micros(i64::MIN));
-    }
-
-    #[test]
-    fn billing_hold_is_estimate_times_1_1() {
-        assert_eq!(
-            billing_hold(Money::from_micros(12_400_000)),
-            Money::from_micros(13_640_000)
-        );
-        // 5 micros × 1.1 = 5.5 -> 6.
-        assert_eq!(billing_hold(Money::from_micros(5)), Money::from_micros(6));
-        // 4 micros × 1.1 = 4.4 -> 4.
-        assert_eq!(billing_hold(Money::from_micros(4)), Money::from_micros(4));
-        assert_eq!(
-            billing_hold(Money::from_micros(i64::MAX)),
-            Money::from_micros(i64::MAX)
-        );
     }
 
     #[test]

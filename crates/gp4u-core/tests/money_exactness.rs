@@ -3,12 +3,22 @@
 
 use std::str::FromStr;
 
+use gp4u_core::billing::hold_amount;
 use gp4u_core::money::{Hours, Money};
-use gp4u_core::pricing::{billing_hold, job_cost};
+use gp4u_core::pricing::job_cost;
 use proptest::prelude::*;
 use rust_decimal::{Decimal, RoundingStrategy};
 
 /// Rounds half away from zero to 6 places and returns the value in micro-units.
+/// Micro-units of `value`, rounded up (the hold covers at least 1.1 × the estimate).
+fn to_micros_ceiling(value: Decimal) -> i64 {
+    use rust_decimal::prelude::ToPrimitive;
+    (value * Decimal::new(1_000_000, 0))
+        .ceil()
+        .to_i64()
+        .expect("test amounts fit in i64")
+}
+
 fn to_micros_half_up(value: Decimal) -> i64 {
     let mut rounded = value.round_dp_with_strategy(6, RoundingStrategy::MidpointAwayFromZero);
     rounded.rescale(6);
@@ -50,10 +60,10 @@ proptest! {
     }
 
     #[test]
-    fn billing_hold_is_exact(estimate_micros in -1_000_000_000_000_000_i64..=1_000_000_000_000_000) {
+    fn billing_hold_is_exact(estimate_micros in 0_i64..=1_000_000_000_000_000) {
         let expected = Decimal::new(estimate_micros, 6) * Decimal::new(11, 1);
-        let hold = billing_hold(Money::from_micros(estimate_micros));
-        prop_assert_eq!(hold.micros(), to_micros_half_up(expected));
+        let hold = hold_amount(Money::from_micros(estimate_micros));
+        prop_assert_eq!(hold.micros(), to_micros_ceiling(expected));
     }
 
     #[test]
@@ -66,7 +76,7 @@ proptest! {
             Hours::from_micro_hours(duration_micro_hours),
         );
         let expected = Decimal::new(cost.micros(), 6) * Decimal::new(11, 1);
-        prop_assert_eq!(billing_hold(cost).micros(), to_micros_half_up(expected));
+        prop_assert_eq!(hold_amount(cost).micros(), to_micros_ceiling(expected));
     }
 
     /// `from_json_number` equals the shortest representation, parsed exactly, rounded half-up.

@@ -2,11 +2,12 @@
 //! (moves assignments no agent took in time), and the dispatch notifier that wakes a node's
 //! long-poll the moment its job is assigned.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gp4u_core::atlas::{self, AtlasConfig, Candidate, PlacementRequest};
+use gp4u_core::chambers::{Chamber, Mnemo, ProviderRecord};
 use gp4u_core::events::JobStateChanged;
 use gp4u_core::ids::{NodeId, UserId};
 use gp4u_core::job::{EndedBy, FailureReason, JobInput, transition};
@@ -70,7 +71,19 @@ pub(crate) fn job_events(
         .collect()
 }
 
-fn candidate(gpu: &GpuRecord) -> Candidate {
+/// Mnemo's record of every provider node, as its chamber last saved it (empty before the
+/// chamber first ran, or if its model does not read: unknown is neutral in Atlas).
+async fn provider_records(state: &AppState) -> StoreResult<BTreeMap<String, ProviderRecord>> {
+    let subscribers = state.store.list_subscribers().await?;
+    Ok(subscribers
+        .into_iter()
+        .find(|subscriber| subscriber.name == Mnemo::NAME)
+        .and_then(|subscriber| serde_json::from_value(subscriber.model["providers"].clone()).ok())
+        .unwrap_or_default())
+}
+
+fn candidate(gpu: &GpuRecord, providers: &BTreeMap<String, ProviderRecord>) -> Candidate {
+    let record = providers.get(gpu.node_id.as_str());
     Candidate {
         gpu_id: gpu.id.clone(),
         node_id: gpu.node_id.clone(),
@@ -79,9 +92,9 @@ fn candidate(gpu: &GpuRecord) -> Candidate {
         region: gpu.region.clone(),
         price_per_hour: gpu.price_per_hour,
         trust_score: gpu.trust_score,
-        // Mnemo's uptime and Veritas's provenance arrive with stage 5; unknown is neutral.
-        uptime: None,
-        provenance: None,
+        // Mnemo's record of the node (stage 5); a node without one is unknown, i.e. neutral.
+        uptime: record.and_then(ProviderRecord::uptime),
+        provenance: record.and_then(ProviderRecord::provenance),
     }
 }
 
@@ -114,7 +127,8 @@ pub async fn place_pending(state: &AppState, config: &AtlasConfig) -> StoreResul
             excluded_nodes: job.excluded_nodes.clone(),
         });
     }
-    let candidates: Vec<Candidate> = free.iter().map(candidate).collect();
+    let providers = provider_records(state).await?;
+    let candidates: Vec<Candidate> = free.iter().map(|gpu| candidate(gpu, &providers)).collect();
     let plan = atlas::plan(&requests, &candidates, config);
     let mut placed = 0;
     for assignment in plan {

@@ -34,7 +34,7 @@ const POLL: Duration = Duration::from_millis(250);
 const MAX_SAMPLES: i64 = 60_480;
 
 pub const TOPIC_JOB_ENERGY: &str = "job.energy";
-pub const TOPIC_VERITAS_RECORDED: &str = "veritas.recorded";
+pub use gp4u_core::chambers::TOPIC_VERITAS_RECORDED;
 pub const TOPIC_BILLING_SETTLED: &str = "billing.settled";
 
 /// A core transfer as the store posts it.

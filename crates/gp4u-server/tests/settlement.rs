@@ -431,7 +431,61 @@ async fn admins_update_grid_factors_with_a_source(app: TestApp) {
     );
 }
 
+/// Mnemo keeps each node's record from the sealed stage-5 events, and Atlas scores the next
+/// placement on the same node with it instead of "unknown".
+async fn a_finished_job_feeds_the_nodes_uptime_and_provenance_to_atlas(app: TestApp) {
+    let run = picked_up(&app, pinned()).await;
+    send(&app, &run, json!({})).await;
+    send(&app, &run, json!({"final": true, "exit_code": 0})).await;
+    settle_and_seal(&app).await;
+    // Mnemo catches up with the outbox, then stops.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mnemo = tokio::spawn(gp4u_bus::run_chamber::<gp4u_core::chambers::Mnemo>(
+        app.state.store.clone(),
+        app.state.bus.clone(),
+        app.state.clock.clone(),
+        std::time::Duration::from_millis(20),
+        stopping,
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let chambers = app
+            .call(Method::GET, "/api/admin/chambers", Some(&app.admin), None)
+            .await;
+        let providers = chambers.body["chambers"]
+            .as_array()
+            .and_then(|list| list.iter().find(|chamber| chamber["name"] == "mnemo"))
+            .map(|mnemo| mnemo["summary"]["providers_with_a_record"].clone());
+        if providers == Some(json!(1)) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{:?}", chambers.body);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    stop.send(true).unwrap();
+    let _ = mnemo.await;
+    let mut body = pinned();
+    body["reproducibility_sensitive"] = json!(true);
+    let next = running_on(&app, run.node, body).await;
+    let job = app.job(&next.job).await;
+    let reasons = job["placement"]["reasons"].as_array().unwrap().clone();
+    let factor = |name: &str| {
+        reasons
+            .iter()
+            .find(|reason| reason["factor"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from {reasons:?}"))["value"]
+            .clone()
+    };
+    // One job, completed and reproducible: uptime 1 and provenance 1, not the neutral 0.5.
+    assert_eq!(
+        (factor("uptime"), factor("provenance")),
+        (json!(1.0), json!(1.0)),
+        "{reasons:?}"
+    );
+}
+
 on_both_engines!(
+    a_finished_job_feeds_the_nodes_uptime_and_provenance_to_atlas,
     a_short_credit_is_refused_with_402_and_nothing_is_held,
     a_completed_job_is_metered_settled_once_and_sealed,
     a_provider_fault_costs_the_customer_nothing,

@@ -148,6 +148,7 @@ pub async fn submit(
             "node_id": node.id,
             "kind": kind,
             "assurance": assurance,
+            "node_public_key": node.public_key,
             "submission": body,
         }),
     };
