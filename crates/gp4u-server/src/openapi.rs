@@ -6,7 +6,10 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, agent, artifacts, health, jobs, logs, outputs, providers, telemetry};
+use crate::routes::{
+    admin, agent, artifacts, billing, health, jobs, ledger, logs, outputs, proofs, providers,
+    telemetry,
+};
 
 struct BearerAuth;
 
@@ -37,6 +40,10 @@ impl Modify for BearerAuth {
         agent::next_assignment, agent::report_status,
         artifacts::agent_input, outputs::upload_output, logs::append_log,
         admin::create_user, admin::suspend_user, admin::activate_user, admin::add_credits, admin::chambers,
+        billing::job_settlement, billing::balance, billing::statement, billing::grid_factors,
+        billing::set_grid_factor, proofs::submit, proofs::job_proofs,
+        ledger::checkpoint, ledger::public_key, ledger::entries, ledger::inclusion,
+        ledger::consistency, ledger::job_ledger,
     ),
     components(schemas(gp4u_proto::ErrorBody, gp4u_proto::ErrorDetail,
         gp4u_proto::VisibilityChallenge, gp4u_proto::VisibilityAnswer)),
@@ -47,6 +54,8 @@ impl Modify for BearerAuth {
         (name = "providers", description = "Provider nodes and the GPU marketplace"),
         (name = "agent", description = "Provider agents: dispatch, status reports, inputs, outputs and logs"),
         (name = "admin", description = "Operators (clearance ≥ 3)"),
+        (name = "billing", description = "Stage 7: balances, settlements, earnings; carbon factors"),
+        (name = "ledger", description = "Obsidian: signed checkpoints, entries, inclusion and consistency proofs; a job's proofs"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]

@@ -850,6 +850,16 @@ async fn openapi_health_and_unknown_routes() {
         "/api/agent/jobs/{id}/inputs/{art_id}",
         "/api/agent/jobs/{id}/outputs",
         "/api/agent/jobs/{id}/logs",
+        "/api/jobs/{id}/settlement",
+        "/api/billing/balance",
+        "/api/providers/{nodeId}/zk-proofs",
+        "/api/jobs/{id}/proofs",
+        "/api/ledger/checkpoint",
+        "/api/ledger/public-key",
+        "/api/ledger/entries",
+        "/api/ledger/proof/inclusion",
+        "/api/ledger/proof/consistency",
+        "/api/jobs/{id}/ledger",
     ] {
         assert!(
             reply.body["paths"].get(path).is_some(),

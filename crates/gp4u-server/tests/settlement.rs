@@ -484,7 +484,285 @@ async fn a_finished_job_feeds_the_nodes_uptime_and_provenance_to_atlas(app: Test
     );
 }
 
+/// A node registered with a real key (the fixture's all-zero key cannot sign).
+async fn keyed_node(app: &TestApp, renewable_pct: f64) -> (Node, ed25519_dalek::SigningKey) {
+    use base64::Engine as _;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let public = base64::engine::general_purpose::STANDARD.encode(key.verifying_key().as_bytes());
+    let (_, token) = app.user("provider", None).await;
+    let reply = app
+        .call(
+            Method::POST,
+            "/api/providers/register",
+            Some(&token),
+            Some(json!({"region": "us-east-1", "public_key": public, "renewable_pct": renewable_pct,
+                        "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "uuid": "GPU-k"}]})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let node = Node {
+        token,
+        node_id: reply.body["node_id"].as_str().unwrap().to_string(),
+        gpus: vec![reply.body["gpus"][0]["id"].as_str().unwrap().to_string()],
+    };
+    (node, key)
+}
+
+/// Proofs are checked on receipt against what was sealed during the run: the energy the
+/// platform measured, the commitments it stored, the share the node declared, the node key.
+async fn proofs_are_verified_against_the_sealed_run(app: TestApp) {
+    use gp4u_attest::energy::{
+        EnergyClaim, PowerReading, commit_reading, prove_energy, telemetry_digest,
+    };
+    use gp4u_attest::hardware::{Assurance, GpuIdentity, HardwareClaim, sign_hardware};
+    use gp4u_attest::proofs::{EnergySubmission, ProofSubmission};
+    use gp4u_core::energy::{interval_weights, watts_to_mw};
+    let (node, key) = keyed_node(&app, 50.0).await;
+    let node_id = node.node_id.clone();
+    let token = node.token.clone();
+    let run = running_on(&app, node, pinned()).await;
+    let mut rng = rand_core::OsRng;
+    let mut openings = Vec::new();
+    let mut sealed = Vec::new();
+    let mut max_gap = 0;
+    for (index, watts) in [300.0, 310.5, 0.0, 450.25, 120.0].into_iter().enumerate() {
+        let power_mw = watts_to_mw(watts);
+        let (commitment, opening) = commit_reading(
+            PowerReading {
+                power_mw,
+                renewable_mw: power_mw.div_ceil(2),
+            },
+            &mut rng,
+        );
+        let mut extra =
+            json!({"power_draw_watts": watts, "power_commitment": commitment.to_base64()});
+        if index == 4 {
+            extra["final"] = json!(true);
+            extra["exit_code"] = json!(0);
+        }
+        let reply = send(&app, &run, extra).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        sealed.push((reply.body["at_ms"].as_i64().unwrap(), commitment));
+        max_gap = reply.body["max_gap_ms"].as_i64().unwrap();
+        openings.push(opening);
+    }
+    let times: Vec<i64> = sealed.iter().map(|(at, _)| *at).collect();
+    let weights = interval_weights(&times, 0, max_gap).unwrap();
+    let energy: u64 = weights
+        .iter()
+        .zip(&openings)
+        .map(|(w, o)| w * o.power_mw)
+        .sum();
+    let claim = EnergyClaim {
+        energy_mwms: energy,
+        renewable_share_bp: 5000,
+        power_limit_mw: 700_000,
+    };
+    let submit = |body: String| {
+        let app = &app;
+        let path = format!("/api/providers/{node_id}/zk-proofs");
+        let token = token.clone();
+        async move {
+            app.raw(
+                Method::POST,
+                &path,
+                Some(&token),
+                body.into_bytes(),
+                &[("content-type", "application/json")],
+            )
+            .await
+        }
+    };
+    let energy_body = |claim: EnergyClaim, openings: &[gp4u_attest::energy::ReadingOpening]| {
+        let proof =
+            prove_energy(&run.job, &claim, openings, &weights, &mut rand_core::OsRng).unwrap();
+        ProofSubmission::Energy(EnergySubmission {
+            job_id: run.job.clone(),
+            claim,
+            proof,
+        })
+        .to_json()
+    };
+    // Before the platform accounted the job's energy: 503, try again shortly.
+    let (status, _, _) = submit(energy_body(claim, &openings)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    settle_and_seal(&app).await;
+    let measured = app.job(&run.job).await;
+    assert!(measured["energy_kwh"].as_f64().unwrap() > 0.0);
+    // A claim one mW·ms off what the platform measured is refused, naming both.
+    // (A proof that is valid for its own openings: one reading 1 mW higher.)
+    let mut shifted = openings.clone();
+    shifted[1].power_mw += 1;
+    shifted[1].renewable_mw += 1;
+    let off = EnergyClaim {
+        energy_mwms: energy + weights[1],
+        ..claim
+    };
+    let (status, _, body) = submit(energy_body(off, &shifted)).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(String::from_utf8_lossy(&body).contains("platform measured"));
+    // Readings that are not the ones committed during the run do not verify.
+    let mut other = Vec::new();
+    for opening in &openings {
+        other.push(
+            commit_reading(
+                PowerReading {
+                    power_mw: opening.power_mw,
+                    renewable_mw: opening.renewable_mw,
+                },
+                &mut rng,
+            )
+            .1,
+        );
+    }
+    let (status, _, body) = submit(energy_body(claim, &other)).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(String::from_utf8_lossy(&body).contains("does not verify"));
+    // A share above the declared one is refused.
+    let greedy = EnergyClaim {
+        renewable_share_bp: 4000,
+        ..claim
+    };
+    let (status, _, _) = submit(energy_body(greedy, &openings)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Garbage is 400, a customer 403, another provider's node 404.
+    let (status, _, _) = submit("{\"kind\": \"energy\", \"nonsense\": 1}".into()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, _) = app
+        .raw(
+            Method::POST,
+            &format!("/api/providers/{node_id}/zk-proofs"),
+            Some(&run.customer),
+            energy_body(claim, &openings).into_bytes(),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, stranger) = app.user("provider", None).await;
+    let (status, _, _) = app
+        .raw(
+            Method::POST,
+            &format!("/api/providers/{node_id}/zk-proofs"),
+            Some(&stranger),
+            energy_body(claim, &openings).into_bytes(),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // The honest proof is stored (201), the same again is a no-op (200).
+    let honest = energy_body(claim, &openings);
+    let (status, _, body) = submit(honest.clone()).await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let (status, _, _) = submit(honest).await;
+    assert_eq!(status, StatusCode::OK);
+    // Hardware: bound to the sealed commitments' digest and signed by the node key.
+    let hardware = |digest: [u8; 32], key: &ed25519_dalek::SigningKey| {
+        ProofSubmission::Hardware(
+            sign_hardware(
+                HardwareClaim {
+                    job_id: run.job.clone(),
+                    node_id: node_id.clone(),
+                    gpu: GpuIdentity {
+                        name: "RTX 4090".into(),
+                        uuid: "GPU-k".into(),
+                        vram_mb: 24_564,
+                        driver_version: "550.54.15".into(),
+                        serial: None,
+                        power_limit_mw: 450_000,
+                    },
+                    telemetry_digest: digest,
+                    assurance: Assurance::ProviderSigned,
+                    cc_evidence: None,
+                    issued_at_ms: 1,
+                },
+                key,
+            )
+            .unwrap(),
+        )
+        .to_json()
+    };
+    let digest = telemetry_digest(&run.job, &sealed);
+    let (status, _, _) = submit(hardware(
+        digest,
+        &ed25519_dalek::SigningKey::from_bytes(&[8; 32]),
+    ))
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "another key");
+    let (status, _, body) = submit(hardware(telemetry_digest(&run.job, &sealed[1..]), &key)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&body).contains("telemetry_digest"));
+    let (status, _, body) = submit(hardware(digest, &key)).await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    settle_and_seal(&app).await;
+    let proofs = app
+        .call(
+            Method::GET,
+            &format!("/api/jobs/{}/proofs", run.job),
+            Some(&run.customer),
+            None,
+        )
+        .await;
+    assert_eq!(
+        proofs.body["proofs"].as_array().unwrap().len(),
+        2,
+        "{:?}",
+        proofs.body
+    );
+    assert_eq!(proofs.body["commitments"].as_array().unwrap().len(), 5);
+    let ledger = app
+        .call(
+            Method::GET,
+            &format!("/api/jobs/{}/ledger", run.job),
+            Some(&run.customer),
+            None,
+        )
+        .await;
+    let kinds: Vec<&str> = ledger.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|kind| **kind == "telemetry.committed")
+            .count(),
+        5,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|kind| **kind == "proof.verified")
+            .count(),
+        2,
+        "{kinds:?}"
+    );
+}
+
 on_both_engines!(
+    proofs_are_verified_against_the_sealed_run,
     a_finished_job_feeds_the_nodes_uptime_and_provenance_to_atlas,
     a_short_credit_is_refused_with_402_and_nothing_is_held,
     a_completed_job_is_metered_settled_once_and_sealed,

@@ -18,6 +18,11 @@ fn units(micros: i64) -> f64 {
 }
 
 /// `GET /api/jobs/{id}/settlement` (owner or admin).
+#[utoipa::path(
+    get, path = "/api/jobs/{id}/settlement", tag = "billing", params(("id" = String, Path)),
+    responses((status = 200, description = "SPEC §8: job_id, gpu_hours, customer_charged, platform_fee, provider_earnings, student_program, refunded, transfers; `exact` = the sealed settlement in micros"), (status = 404, body = gp4u_proto::ErrorBody), (status = 409, description = "NOT_SETTLED: the job has not ended", body = gp4u_proto::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn job_settlement(
     State(state): State<AppState>,
     caller: Caller,
@@ -38,6 +43,11 @@ pub async fn job_settlement(
 }
 
 /// `GET /api/billing/balance`: `{"balance", "held", "currency"}` of the caller.
+#[utoipa::path(
+    get, path = "/api/billing/balance", tag = "billing",
+    responses((status = 200, description = "{\"balance\", \"held\", \"currency\"} of the caller")),
+    security(("bearer" = []))
+)]
 pub async fn balance(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     let balance = state.store.balance(caller.id()).await?;
     Ok(Json(json!({
@@ -51,6 +61,11 @@ pub async fn balance(State(state): State<AppState>, caller: Caller) -> ApiResult
 
 /// `GET /api/billing/statement`: the caller's transfers (earnings for providers), newest
 /// first, with totals per kind.
+#[utoipa::path(
+    get, path = "/api/billing/statement", tag = "billing",
+    responses((status = 200, description = "the caller's transfers, newest first, with earnings and totals per kind")),
+    security(("bearer" = []))
+)]
 pub async fn statement(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     let account = format!("user:{}:available", caller.id());
     let transfers = state.store.account_transfers(&account, 500).await?;
@@ -98,6 +113,11 @@ fn factor_view(record: &GridFactorRecord) -> Value {
 }
 
 /// `GET /api/grid-factors`: the carbon table, with sources and dates.
+#[utoipa::path(
+    get, path = "/api/grid-factors", tag = "billing",
+    responses((status = 200, description = "grid carbon intensity per region (g CO2e/kWh) with source and date")),
+    security(("bearer" = []))
+)]
 pub async fn grid_factors(
     State(state): State<AppState>,
     _caller: Caller,
@@ -109,6 +129,11 @@ pub async fn grid_factors(
 }
 
 /// `PUT /api/admin/grid-factors/{region}` `{"g_co2e_per_kwh", "source", "as_of"}` (admins).
+#[utoipa::path(
+    put, path = "/api/admin/grid-factors/{region}", tag = "admin", params(("region" = String, Path)),
+    responses((status = 200, description = "the factor as stored"), (status = 400, body = gp4u_proto::ErrorBody), (status = 403, body = gp4u_proto::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn set_grid_factor(
     State(state): State<AppState>,
     caller: Caller,

@@ -46,11 +46,21 @@ pub async fn latest(state: &AppState) -> ApiResult<CheckpointRecord> {
 }
 
 /// `GET /api/ledger/checkpoint`: the signed note (C2SP tlog-checkpoint), text/plain.
+#[utoipa::path(
+    get, path = "/api/ledger/checkpoint", tag = "ledger",
+    responses((status = 200, description = "the latest signed checkpoint: a C2SP tlog-checkpoint signed note (text/plain)", content_type = "text/plain")),
+    security(("bearer" = []))
+)]
 pub async fn checkpoint(State(state): State<AppState>, _caller: Caller) -> ApiResult<Response> {
     Ok(text(latest(&state).await?.note))
 }
 
 /// `GET /api/ledger/public-key`: the note verifier key, text/plain.
+#[utoipa::path(
+    get, path = "/api/ledger/public-key", tag = "ledger",
+    responses((status = 200, description = "the note verifier key <name>+<8 hex key id>+<base64(0x01 || ed25519 key)> (text/plain)", content_type = "text/plain")),
+    security(("bearer" = []))
+)]
 pub async fn public_key(State(state): State<AppState>, _caller: Caller) -> ApiResult<Response> {
     Ok(text(format!("{}\n", state.obsidian.verifier_key)))
 }
@@ -75,6 +85,11 @@ fn entry_view(entry: &LedgerEntryRecord, show_body: bool) -> Value {
 }
 
 /// `GET /api/ledger/entries?start=&end=`: entries `start <= index < end` (at most 1000).
+#[utoipa::path(
+    get, path = "/api/ledger/entries", tag = "ledger", params(("start" = Option<u64>, Query), ("end" = Option<u64>, Query)),
+    responses((status = 200, description = "entries start <= index < end (at most 1000): index, kind, job_id, leaf_hash; body for your own jobs"), (status = 400, body = gp4u_proto::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn entries(
     State(state): State<AppState>,
     caller: Caller,
@@ -116,6 +131,11 @@ pub struct InclusionQuery {
 
 /// `GET /api/ledger/proof/inclusion?index=&size=`: the audit path of entry `index` in the tree
 /// of `size` entries (default: the latest checkpoint's).
+#[utoipa::path(
+    get, path = "/api/ledger/proof/inclusion", tag = "ledger", params(("index" = u64, Query), ("size" = Option<u64>, Query)),
+    responses((status = 200, description = "{index, size, proof: [hex]} (RFC 9162 audit path)"), (status = 400, body = gp4u_proto::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn inclusion(
     State(state): State<AppState>,
     _caller: Caller,
@@ -154,6 +174,11 @@ pub struct ConsistencyQuery {
 
 /// `GET /api/ledger/proof/consistency?from=&to=`: proof that the tree of `from` entries is a
 /// prefix of the tree of `to` (default: the latest checkpoint's size).
+#[utoipa::path(
+    get, path = "/api/ledger/proof/consistency", tag = "ledger", params(("from" = u64, Query), ("to" = Option<u64>, Query)),
+    responses((status = 200, description = "{from, to, proof: [hex]} (RFC 9162 consistency proof)"), (status = 400, body = gp4u_proto::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn consistency(
     State(state): State<AppState>,
     _caller: Caller,
@@ -182,6 +207,11 @@ pub async fn consistency(
 
 /// `GET /api/jobs/{id}/ledger`: the job's entries with their inclusion proofs against the
 /// latest checkpoint (included, so that one answer verifies on its own).
+#[utoipa::path(
+    get, path = "/api/jobs/{id}/ledger", tag = "ledger", params(("id" = String, Path)),
+    responses((status = 200, description = "the job's entries with inclusion proofs against the included checkpoint"), (status = 404, body = gp4u_proto::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn job_ledger(
     State(state): State<AppState>,
     caller: Caller,

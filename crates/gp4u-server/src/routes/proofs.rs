@@ -60,6 +60,11 @@ pub async fn job_commitments(
 /// `POST /api/providers/{nodeId}/zk-proofs`: a hardware attestation or an energy proof for a
 /// job that ran on the node and has ended. Verified before anything is stored: garbage 400,
 /// another provider's node 404, a customer 403.
+#[utoipa::path(
+    post, path = "/api/providers/{nodeId}/zk-proofs", tag = "providers", params(("nodeId" = String, Path)),
+    responses((status = 201, description = "verified and stored"), (status = 200, description = "the same proof again"), (status = 400, description = "INVALID_PROOF", body = gp4u_proto::ErrorBody), (status = 403, body = gp4u_proto::ErrorBody), (status = 404, body = gp4u_proto::ErrorBody), (status = 409, body = gp4u_proto::ErrorBody), (status = 503, description = "the job's energy is being accounted; retry", body = gp4u_proto::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn submit(
     State(state): State<AppState>,
     caller: Caller,
@@ -236,6 +241,11 @@ async fn check_energy(
 }
 
 /// `GET /api/jobs/{id}/proofs` (owner or admin).
+#[utoipa::path(
+    get, path = "/api/jobs/{id}/proofs", tag = "ledger", params(("id" = String, Path)),
+    responses((status = 200, description = "the job's proofs, sealed commitments, node key and weights rule"), (status = 404, body = gp4u_proto::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn job_proofs(
     State(state): State<AppState>,
     caller: Caller,
