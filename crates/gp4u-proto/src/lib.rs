@@ -107,6 +107,10 @@ pub struct JobView {
     pub energy_kwh: Option<f64>,
     pub carbon_kg: Option<f64>,
     pub renewable_pct: Option<f64>,
+    /// Carbon-credit eligible: the node's declared renewable share is at least 80 % (declared
+    /// by the provider, not measured). `null` until the job's energy is accounted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carbon_credit_eligible: Option<bool>,
     /// The job's input artifacts (`art_…`), mounted read-only at `/input/<id>`.
     pub inputs: Vec<String>,
     /// Hex SHA-256 of the uploaded `/output` archive (`GET /api/jobs/{id}/outputs`), once there is one.

@@ -65,6 +65,7 @@ pub fn job_view(job: &JobRecord) -> JobView {
         energy_kwh: job.energy_kwh,
         carbon_kg: job.carbon_kg,
         renewable_pct: job.renewable_pct,
+        carbon_credit_eligible: job.carbon_credit_eligible,
         inputs: job
             .manifest
             .inputs

@@ -149,6 +149,8 @@ async fn a_completed_job_is_metered_settled_once_and_sealed(app: TestApp) {
     let job = app.job(&run.job).await;
     let kwh = job["energy_kwh"].as_f64().unwrap();
     assert!((kwh - 0.19).abs() < 1e-12, "{job:?}");
+    // The node declared no renewable share: not eligible for carbon credits.
+    assert_eq!(job["carbon_credit_eligible"], json!(false), "{job:?}");
     let factors = app
         .call(Method::GET, "/api/grid-factors", Some(&run.customer), None)
         .await;
@@ -589,6 +591,13 @@ async fn proofs_are_verified_against_the_sealed_run(app: TestApp) {
     settle_and_seal(&app).await;
     let measured = app.job(&run.job).await;
     assert!(measured["energy_kwh"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        (
+            measured["renewable_pct"].clone(),
+            measured["carbon_credit_eligible"].clone()
+        ),
+        (json!(50.0), json!(false))
+    );
     // A claim one mW·ms off what the platform measured is refused, naming both.
     // (A proof that is valid for its own openings: one reading 1 mW higher.)
     let mut shifted = openings.clone();
@@ -761,7 +770,46 @@ async fn proofs_are_verified_against_the_sealed_run(app: TestApp) {
     );
 }
 
+/// A node declaring ≥ 80 % renewable makes its jobs carbon-credit eligible (labelled declared).
+async fn a_mostly_renewable_node_makes_its_jobs_credit_eligible(app: TestApp) {
+    let (node, _) = keyed_node(&app, 85.0).await;
+    let run = running_on(&app, node, pinned()).await;
+    send(&app, &run, json!({})).await;
+    send(&app, &run, json!({"final": true, "exit_code": 0})).await;
+    settle_and_seal(&app).await;
+    let job = app.job(&run.job).await;
+    assert_eq!(
+        (
+            job["renewable_pct"].clone(),
+            job["carbon_credit_eligible"].clone()
+        ),
+        (json!(85.0), json!(true)),
+        "{job:?}"
+    );
+    let ledger = app
+        .call(
+            Method::GET,
+            &format!("/api/jobs/{}/ledger", run.job),
+            Some(&run.customer),
+            None,
+        )
+        .await;
+    let energy = ledger.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| entry["kind"] == "job.energy")
+        .unwrap();
+    let body: Value = serde_json::from_str(energy["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        body["payload"]["renewable_basis"],
+        "declared by the provider"
+    );
+    assert_eq!(body["payload"]["carbon_credit_eligible"], true);
+}
+
 on_both_engines!(
+    a_mostly_renewable_node_makes_its_jobs_credit_eligible,
     proofs_are_verified_against_the_sealed_run,
     a_finished_job_feeds_the_nodes_uptime_and_provenance_to_atlas,
     a_short_credit_is_refused_with_402_and_nothing_is_held,

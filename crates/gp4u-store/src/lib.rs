@@ -34,7 +34,7 @@ macro_rules! job_columns {
          anomalies, exit_code, energy_kwh, carbon_kg, renewable_pct, created_at, started_at, \
          ended_at, version, assigned_at, picked_up_at, excluded_nodes, output_sha256, \
          output_bytes, log_bytes, log_chunks, log_truncated, last_telemetry_at, retries, \
-         attempts, hold_micros"
+         attempts, hold_micros, carbon_credit_eligible"
     };
 }
 macro_rules! node_columns {

@@ -117,6 +117,8 @@ pub struct JobRecord {
     pub energy_kwh: Option<f64>,
     pub carbon_kg: Option<f64>,
     pub renewable_pct: Option<f64>,
+    /// Set with the energy at completion (declared renewable share ≥ 80 %).
+    pub carbon_credit_eligible: Option<bool>,
     pub created_at_ms: i64,
     /// Optimistic-concurrency counter: every state change bumps it.
     pub version: i64,
@@ -273,6 +275,9 @@ pub(crate) fn job_from_row(row: &AnyRow) -> StoreResult<JobRecord> {
         energy_kwh: row.try_get("energy_kwh")?,
         carbon_kg: row.try_get("carbon_kg")?,
         renewable_pct: row.try_get("renewable_pct")?,
+        carbon_credit_eligible: row
+            .try_get::<Option<i64>, _>("carbon_credit_eligible")?
+            .map(|flag| flag != 0),
         created_at_ms: row.try_get("created_at")?,
         version: row.try_get("version")?,
         assigned_at_ms: row.try_get("assigned_at")?,

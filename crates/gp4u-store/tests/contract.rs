@@ -72,6 +72,7 @@ fn job(n: u64, owner: &UserId, gpu: &GpuId) -> JobRecord {
         energy_kwh: None,
         carbon_kg: None,
         renewable_pct: None,
+        carbon_credit_eligible: None,
         created_at_ms: NOW,
         version: 1,
         assigned_at_ms: None,

@@ -156,6 +156,7 @@ pub async fn submit_job(
         energy_kwh: None,
         carbon_kg: None,
         renewable_pct: None,
+        carbon_credit_eligible: None,
         created_at_ms: now_ms,
         version: 1,
         assigned_at_ms: None,
