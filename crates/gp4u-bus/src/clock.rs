@@ -23,13 +23,22 @@ impl Clock for SystemClock {
 #[derive(Debug, Clone)]
 pub struct ManualClock {
     now_ms: Arc<AtomicI64>,
+    /// Added after every read (0 by default): a clock that moves while a request runs, so that
+    /// tests catch code that reads the time twice and assumes both readings agree.
+    tick_ms: Arc<AtomicI64>,
 }
 
 impl ManualClock {
     pub fn new(start_ms: i64) -> ManualClock {
         ManualClock {
             now_ms: Arc::new(AtomicI64::new(start_ms)),
+            tick_ms: Arc::new(AtomicI64::new(0)),
         }
+    }
+
+    /// From now on every read moves the clock on by `tick_ms` (0 stops it again).
+    pub fn set_tick_ms(&self, tick_ms: i64) {
+        self.tick_ms.store(tick_ms, Ordering::SeqCst);
     }
 
     pub fn advance_ms(&self, by_ms: i64) {
@@ -43,6 +52,7 @@ impl ManualClock {
 
 impl Clock for ManualClock {
     fn now_ms(&self) -> i64 {
-        self.now_ms.load(Ordering::SeqCst)
+        let tick = self.tick_ms.load(Ordering::SeqCst);
+        self.now_ms.fetch_add(tick, Ordering::SeqCst)
     }
 }

@@ -52,7 +52,7 @@ const INSERT_ROWS: usize = 400;
 
 const USAGE: &str = "usage: cargo bench -p gp4u-server --bench telemetry -- \
     [--jobs N (20000)] [--nodes N (2000)] [--seconds N (10)] [--concurrency N (64)] \
-    [--warmup-seconds N (3)] [--batch N (1): packets per request, one node's jobs]";
+    [--warmup-seconds N (3)] [--batch N (1): packets per request, one node's jobs] [--commitments 0|1 (0)]";
 
 #[derive(Debug, Clone)]
 struct Config {
@@ -63,6 +63,10 @@ struct Config {
     warmup_seconds: u64,
     /// Packets per request (a node posting its jobs' packets together); 1 = one per request.
     batch: usize,
+    /// Whether packets carry a power commitment (as real agents' do since stage 6): each then
+    /// also writes a `telemetry.committed` outbox event, which the running sealer appends to
+    /// the ledger.
+    commitments: bool,
 }
 
 impl Config {
@@ -74,6 +78,7 @@ impl Config {
             concurrency: 64,
             warmup_seconds: 3,
             batch: 1,
+            commitments: false,
         };
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
@@ -96,6 +101,7 @@ impl Config {
                 "--concurrency" => config.concurrency = usize::try_from(number.clamp(1, 1024))?,
                 "--warmup-seconds" => config.warmup_seconds = number.min(60),
                 "--batch" => config.batch = usize::try_from(number.clamp(1, 256))?,
+                "--commitments" => config.commitments = number != 0,
                 other => bail!("unknown argument {other:?}\n{USAGE}"),
             }
         }
@@ -239,13 +245,26 @@ async fn populate(
             .execute(&mut connection)
             .await?;
     }
+    // One real commitment (to 380 W, half renewable) reused: the server checks its form only.
+    let (commitment, _) = gp4u_attest::energy::commit_reading(
+        gp4u_attest::energy::PowerReading {
+            power_mw: 380_000,
+            renewable_mw: 190_000,
+        },
+        &mut rand_core::OsRng,
+    );
+    let commitment = commitment.to_base64();
     let packet = |job: &JobId, node: &NodeId| {
-        json!({
+        let mut packet = json!({
             "job_id": job.as_str(), "node_id": node.as_str(),
             "gpu_utilization_pct": 94.2, "vram_used_gb": 22.1, "vram_allocated_gb": 24.0,
             "power_draw_watts": 380.0, "temperature_c": 72, "outbound_bytes_per_sec": 1_200_000,
             "inferred_pattern": "TRAINING", "unique_dest_ips": 3, "foreign_gpu_processes": 0
-        })
+        });
+        if config.commitments {
+            packet["power_commitment"] = json!(commitment);
+        }
+        packet
     };
     let mut targets = Vec::new();
     // `placed` is grouped by node: batches never mix nodes.

@@ -808,7 +808,49 @@ async fn a_mostly_renewable_node_makes_its_jobs_credit_eligible(app: TestApp) {
     assert_eq!(body["payload"]["carbon_credit_eligible"], true);
 }
 
+/// The sample that starts a job is part of its energy even when the clock moves while the
+/// request runs (regression: the start was stamped with a later reading than the sample, so
+/// the first sample fell outside the run and its interval was lost).
+async fn the_first_sample_counts_when_the_clock_moves_within_a_request(app: TestApp) {
+    let run = picked_up(&app, pinned()).await;
+    app.clock.set_tick_ms(1);
+    let mut times = Vec::new();
+    for index in 0..4 {
+        let extra = if index == 3 {
+            json!({"final": true, "exit_code": 0})
+        } else {
+            json!({})
+        };
+        let reply = send(&app, &run, extra).await;
+        times.push(reply.body["at_ms"].as_i64().unwrap());
+    }
+    app.clock.set_tick_ms(0);
+    settle_and_seal(&app).await;
+    let weights = gp4u_core::energy::interval_weights(&times, 0, 30_000).unwrap();
+    let expected: u64 = weights.iter().map(|weight| weight * 380_000).sum();
+    let proofs = app
+        .call(
+            Method::GET,
+            &format!("/api/jobs/{}/proofs", run.job),
+            Some(&run.customer),
+            None,
+        )
+        .await;
+    assert_eq!(
+        proofs.body["energy_mwms"],
+        json!(expected.to_string()),
+        "{times:?}"
+    );
+    let job = app.job(&run.job).await;
+    assert_eq!(job["started_at"], json!(rfc3339_ms(times[0])), "{job:?}");
+}
+
+fn rfc3339_ms(at_ms: i64) -> String {
+    gp4u_server::views::rfc3339(at_ms)
+}
+
 on_both_engines!(
+    the_first_sample_counts_when_the_clock_moves_within_a_request,
     a_mostly_renewable_node_makes_its_jobs_credit_eligible,
     proofs_are_verified_against_the_sealed_run,
     a_finished_job_feeds_the_nodes_uptime_and_provenance_to_atlas,

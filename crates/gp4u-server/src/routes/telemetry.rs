@@ -166,10 +166,18 @@ fn metrics_json(sample: &TelemetrySample, emulated: bool, clamped: &[String]) ->
 
 /// Applies `input` to a live job, re-reading on a version conflict. `None` when the job
 /// ended meanwhile or the state machine refuses.
-async fn apply(state: &AppState, job: &JobRecord, input: JobInput) -> ApiResult<Option<JobRecord>> {
+/// Applies `input` stamped `at_ms`: the packet's own time, so that the start is the first
+/// sample's time and the end the final sample's (metered running time and the energy integral
+/// then cover exactly the samples of the run, however the clock moves during the request).
+async fn apply(
+    state: &AppState,
+    job: &JobRecord,
+    input: JobInput,
+    at_ms: i64,
+) -> ApiResult<Option<JobRecord>> {
     let mut job = job.clone();
     for _attempt in 0..5 {
-        let now_ms = state.now_ms();
+        let now_ms = at_ms;
         let Ok((next, events)) = transition(&job.state, input.clone(), now_ms) else {
             return Ok(None);
         };
@@ -335,7 +343,7 @@ async fn ingest_one(state: &AppState, caller: &Caller, body: Value) -> ApiResult
             Some(job) => job,
             None => refuse_unless_live(state, &job_id, &node_id).await?,
         };
-        let job = match apply(state, &job, JobInput::Start).await? {
+        let job = match apply(state, &job, JobInput::Start, now_ms).await? {
             Some(started) => started,
             None => refuse_unless_live(state, &job_id, &node_id).await?,
         };
@@ -450,7 +458,7 @@ async fn ingest_one(state: &AppState, caller: &Caller, body: Value) -> ApiResult
         && let Some(exit_code) = exit
     {
         let job = state.store.get_job(&job_id).await?.ok_or_else(not_found)?;
-        if let Some(ended) = apply(state, &job, JobInput::Exit { exit_code }).await? {
+        if let Some(ended) = apply(state, &job, JobInput::Exit { exit_code }, now_ms).await? {
             status = ended.state.status;
             tracing::info!(job_id = %job_id, node_id = %node_id, exit_code, status = status.as_str(), "final telemetry");
         }
