@@ -42,16 +42,36 @@ pub(crate) async fn insert_events(
     events: &[OutboxEvent],
     now_ms: i64,
 ) -> StoreResult<()> {
-    for event in events {
-        sqlx::query(
-            "INSERT INTO outbox (topic, aggregate_id, payload, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&event.topic)
-        .bind(&event.aggregate_id)
-        .bind(event.payload.to_string())
-        .bind(now_ms)
-        .execute(&mut **tx)
-        .await?;
+    // One multi-row INSERT per chunk: a telemetry batch can carry hundreds of events (one
+    // sealed commitment per packet), and one statement per event dominated its transaction.
+    // Rows keep their order, so ids (and thus positions) follow the order given.
+    const ROWS_PER_STATEMENT: usize = 250;
+    for chunk in events.chunks(ROWS_PER_STATEMENT) {
+        let mut sql =
+            String::from("INSERT INTO outbox (topic, aggregate_id, payload, created_at) VALUES ");
+        for index in 0..chunk.len() {
+            let base = index * 4;
+            if index > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${})",
+                base + 1,
+                base + 2,
+                base + 3,
+                base + 4
+            ));
+        }
+        // Audited: only `$N` placeholders are formatted into the statement.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for event in chunk {
+            query = query
+                .bind(&event.topic)
+                .bind(&event.aggregate_id)
+                .bind(event.payload.to_string())
+                .bind(now_ms);
+        }
+        query.execute(&mut **tx).await?;
     }
     Ok(())
 }
