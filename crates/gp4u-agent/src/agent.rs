@@ -381,6 +381,17 @@ pub async fn run_with(
     let listener = bind_listener(&config).await?;
     let endpoint = listener.as_ref().map(|(_, endpoint)| endpoint.as_str());
     let (node, registered_now) = register_or_load(&config, &client, endpoint).await?;
+    if !registered_now {
+        // A resumed node declares its share again: the flag may have changed since it
+        // registered, and energy proofs must claim what the platform has on record.
+        if let Err(error) = client
+            .set_renewable(&node.node_id, config.renewable_pct)
+            .await
+        {
+            tracing::warn!(%error, renewable_pct = config.renewable_pct,
+                "could not declare the renewable share; energy proofs may be refused until it is");
+        }
+    }
     // Held until the agent stops: the listener and its announcement.
     let _visibility = match listener {
         Some(listener) => start_visibility(&config, &client, &node, listener, registered_now)?,

@@ -197,6 +197,36 @@ impl PlatformClient {
         self.send(what, request).await.map(drop)
     }
 
+    /// The commitments the platform stored for a job of this node, with their times, and the
+    /// weights cap (`GET /api/agent/jobs/{id}/commitments`).
+    pub async fn stored_commitments(
+        &self,
+        job_id: &str,
+        node_id: &str,
+    ) -> Result<Value, ClientError> {
+        let request = self
+            .http
+            .get(format!("{}/api/agent/jobs/{job_id}/commitments", self.base))
+            .query(&[("node_id", node_id)])
+            .timeout(Duration::from_secs(30));
+        self.send_json(format!("the stored commitments of {job_id}"), request)
+            .await
+    }
+
+    /// Declares the node's renewable share (`PUT /api/providers/{nodeId}/energy`).
+    pub async fn set_renewable(
+        &self,
+        node_id: &str,
+        renewable_pct: f64,
+    ) -> Result<(), ClientError> {
+        let request = self
+            .http
+            .put(format!("{}/api/providers/{node_id}/energy", self.base))
+            .json(&serde_json::json!({ "renewable_pct": renewable_pct }))
+            .timeout(Duration::from_secs(30));
+        self.send("the renewable share", request).await.map(drop)
+    }
+
     /// Posts one Russian-Doll telemetry packet (`POST /api/telemetry/russian-doll`). The
     /// `timeout` covers the whole exchange: the watchdog keeps it under its interval.
     pub async fn post_telemetry(

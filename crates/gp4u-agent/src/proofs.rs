@@ -102,6 +102,10 @@ pub struct Committed {
 struct Inner {
     share_bp: u32,
     entries: Vec<Committed>,
+    /// Every opening the agent made for this job, by its commitment's bytes, also for packets
+    /// whose reply never came: the platform may have stored them anyway, and the energy proof
+    /// must cover everything it stored ([`JobReadings::reconcile`]).
+    openings: std::collections::HashMap<[u8; 64], ReadingOpening>,
     max_gap_ms: Option<i64>,
     full_warned: bool,
 }
@@ -129,6 +133,7 @@ impl JobReadings {
             inner: Arc::new(Mutex::new(Inner {
                 share_bp: share_bp(renewable_pct),
                 entries: Vec::new(),
+                openings: std::collections::HashMap::new(),
                 max_gap_ms: None,
                 full_warned: false,
             })),
@@ -171,8 +176,13 @@ impl JobReadings {
             power_mw,
             renewable_mw: renewable_mw(power_mw, inner.share_bp),
         };
-        drop(inner);
         let (commitment, opening) = commit_reading(reading, &mut OsRng);
+        if inner.openings.len() < 2 * MAX_READINGS_PER_JOB {
+            inner
+                .openings
+                .insert(commitment.to_bytes(), opening.clone());
+        }
+        drop(inner);
         packet.power_commitment = Some(commitment.to_base64());
         Some(Pending {
             commitment,
@@ -214,6 +224,47 @@ impl JobReadings {
             inner.share_bp,
         )
     }
+}
+
+impl JobReadings {
+    /// The readings the platform stored (`stored`: its times and commitments, in its order),
+    /// each with the opening the agent kept for it. `Err(n)`: `n` stored commitments have no
+    /// opening here (not this agent's, or made before a restart), so no proof can cover them.
+    pub fn reconcile(&self, stored: &[(i64, ReadingCommitment)]) -> Result<Vec<Committed>, usize> {
+        let inner = self.lock();
+        let mut entries = Vec::with_capacity(stored.len());
+        let mut missing = 0;
+        for (at_ms, commitment) in stored {
+            match inner.openings.get(&commitment.to_bytes()) {
+                Some(opening) => entries.push(Committed {
+                    at_ms: *at_ms,
+                    commitment: *commitment,
+                    opening: opening.clone(),
+                }),
+                None => missing += 1,
+            }
+        }
+        if missing > 0 {
+            Err(missing)
+        } else {
+            Ok(entries)
+        }
+    }
+}
+
+/// The platform's list of what it stored for the job, parsed.
+fn parse_stored(answer: &serde_json::Value) -> Option<(Vec<(i64, ReadingCommitment)>, i64)> {
+    let max_gap = answer["max_gap_ms"].as_i64()?;
+    let list = answer["commitments"]
+        .as_array()?
+        .iter()
+        .map(|item| {
+            let at = item["at_ms"].as_i64()?;
+            let commitment = ReadingCommitment::from_base64(item["commitment"].as_str()?).ok()?;
+            Some((at, commitment))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some((list, max_gap))
 }
 
 /// Why a proof could not be made.
@@ -306,19 +357,15 @@ pub fn hardware_submission(
     job_id: &str,
     node_id: &str,
     gpu: &GpuInfo,
-    entries: &[Committed],
+    digest_entries: &[(i64, ReadingCommitment)],
     key: &SigningKey,
     issued_at_ms: i64,
 ) -> Result<ProofSubmission, ProofError> {
-    let digest_entries: Vec<(i64, ReadingCommitment)> = entries
-        .iter()
-        .map(|entry| (entry.at_ms, entry.commitment))
-        .collect();
     let claim = HardwareClaim {
         job_id: job_id.to_string(),
         node_id: node_id.to_string(),
         gpu: gpu_identity(gpu),
-        telemetry_digest: telemetry_digest(job_id, &digest_entries),
+        telemetry_digest: telemetry_digest(job_id, digest_entries),
         assurance: if gpu.emulated {
             Assurance::Emulated
         } else {
@@ -349,8 +396,52 @@ fn now_ms() -> i64 {
 
 /// Proves the job's energy and hardware and submits both. Errors are logged.
 pub async fn submit_proofs(client: &PlatformClient, job: ProofJob) {
-    let (entries, max_gap_ms, share) = job.readings.snapshot();
+    let (mut entries, mut max_gap_ms, share) = job.readings.snapshot();
     let job_id = job.job_id.clone();
+    // What the hardware attestation binds: the commitments the platform stored, in its order.
+    let mut digest_entries: Vec<(i64, ReadingCommitment)> = entries
+        .iter()
+        .map(|entry| (entry.at_ms, entry.commitment))
+        .collect();
+    // Prove what the platform stored, not what the agent saw acknowledged: a packet whose
+    // reply was lost may still have been stored. An older platform without the route: the
+    // acknowledged readings.
+    match client.stored_commitments(&job_id, &job.node_id).await {
+        Ok(answer) => match parse_stored(&answer) {
+            Some((stored, gap)) => {
+                digest_entries.clone_from(&stored);
+                match job.readings.reconcile(&stored) {
+                    Ok(reconciled) => {
+                        if reconciled.len() != entries.len() {
+                            tracing::info!(
+                                job_id,
+                                acknowledged = entries.len(),
+                                stored = reconciled.len(),
+                                "proving the readings the platform stored"
+                            );
+                        }
+                        entries = reconciled;
+                        max_gap_ms = gap;
+                    }
+                    Err(missing) => {
+                        tracing::error!(
+                            job_id,
+                            missing,
+                            "the platform stored commitments this agent holds no opening for: no energy proof can cover them"
+                        );
+                        entries.clear();
+                    }
+                }
+            }
+            None => tracing::warn!(
+                job_id,
+                "the platform's list of stored commitments does not parse; proving the acknowledged readings"
+            ),
+        },
+        Err(error) => {
+            tracing::warn!(job_id, %error, "could not read the stored commitments; proving the acknowledged readings")
+        }
+    }
     let entries = Arc::new(entries);
     if entries.is_empty() {
         tracing::warn!(
@@ -385,7 +476,14 @@ pub async fn submit_proofs(client: &PlatformClient, job: ProofJob) {
     }
     match &job.gpu {
         Some(gpu) => {
-            match hardware_submission(&job_id, &job.node_id, gpu, &entries, &job.key, now_ms()) {
+            match hardware_submission(
+                &job_id,
+                &job.node_id,
+                gpu,
+                &digest_entries,
+                &job.key,
+                now_ms(),
+            ) {
                 Ok(submission) => {
                     submit(
                         client,
@@ -522,6 +620,58 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_packet_whose_reply_was_lost_is_still_proven() {
+        let readings = JobReadings::new("job_1", 50.0);
+        let mut sent = Vec::new();
+        for (index, watts) in [100.0, 200.0, 300.0].into_iter().enumerate() {
+            let mut packet = packet(watts);
+            let pending = readings.commit(&mut packet).unwrap();
+            let commitment =
+                ReadingCommitment::from_base64(packet.power_commitment.as_deref().unwrap())
+                    .unwrap();
+            let at = 1_000 * (index as i64 + 1);
+            sent.push((at, commitment));
+            // The second reply is lost: the agent never learns the packet was stored.
+            if index != 1 {
+                readings.accept(pending, &reply(at));
+            }
+        }
+        assert_eq!(readings.len(), 2);
+        let reconciled = readings.reconcile(&sent).unwrap();
+        assert_eq!(reconciled.len(), 3);
+        assert_eq!(reconciled[1].at_ms, 2_000);
+        assert_eq!(reconciled[1].opening.power_mw, 200_000);
+        assert_eq!(reconciled[1].opening.commitment(), sent[1].1);
+        // The proof over all three verifies against what the platform stored.
+        let submission = energy_submission("job_1", &reconciled, 30_000, 5_000, 700_000).unwrap();
+        let ProofSubmission::Energy(energy) = submission else {
+            panic!("not energy")
+        };
+        let weights = interval_weights(&[1_000, 2_000, 3_000], 0, 30_000).unwrap();
+        let commitments: Vec<_> = sent.iter().map(|(_, c)| *c).collect();
+        verify_energy(
+            "job_1",
+            &energy.claim,
+            &commitments,
+            &weights,
+            &energy.proof,
+            &mut OsRng,
+        )
+        .unwrap();
+        // A commitment the agent never made cannot be covered.
+        let (stranger, _) = commit_reading(
+            PowerReading {
+                power_mw: 1,
+                renewable_mw: 0,
+            },
+            &mut OsRng,
+        );
+        let mut with_stranger = sent.clone();
+        with_stranger.push((4_000, stranger));
+        assert!(matches!(readings.reconcile(&with_stranger), Err(1)));
+    }
+
+    #[test]
     fn refused_packets_leave_nothing_and_the_cap_holds() {
         let readings = JobReadings::new("job_1", 0.0);
         let mut packet = packet(10.0);
@@ -580,9 +730,9 @@ mod tests {
             pci_bus_id: None,
             emulated: true,
         };
+        let digest: Vec<_> = entries.iter().map(|e| (e.at_ms, e.commitment)).collect();
         let hardware =
-            hardware_submission("job_7", "node_a", &gpu, &entries, &key, 1_767_225_700_000)
-                .unwrap();
+            hardware_submission("job_7", "node_a", &gpu, &digest, &key, 1_767_225_700_000).unwrap();
         let ProofSubmission::Hardware(attestation) =
             ProofSubmission::from_json(&hardware.to_json()).unwrap()
         else {

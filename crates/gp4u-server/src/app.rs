@@ -95,6 +95,7 @@ pub fn build_router(state: AppState) -> Router {
         .route("/jobs/{id}/ledger", get(ledger::job_ledger))
         .route("/jobs/{id}/proofs", get(proofs::job_proofs))
         .route("/providers/{node_id}/zk-proofs", post(proofs::submit))
+        .route("/providers/{node_id}/energy", put(providers::set_energy))
         .route("/billing/balance", get(billing::balance))
         .route("/billing/statement", get(billing::statement))
         .route("/grid-factors", get(billing::grid_factors))
@@ -128,6 +129,10 @@ pub fn build_router(state: AppState) -> Router {
             put(outputs::upload_output).layer(DefaultBodyLimit::disable()),
         )
         .route("/agent/jobs/{id}/logs", post(logs::append_log))
+        .route(
+            "/agent/jobs/{id}/commitments",
+            get(proofs::agent_commitments),
+        )
         .nest("/admin", admin_routes)
         // Everything above needs a valid token; the document below is public.
         .route_layer(from_fn_with_state(state.clone(), authenticate))

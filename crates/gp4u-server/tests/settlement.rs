@@ -548,6 +548,35 @@ async fn proofs_are_verified_against_the_sealed_run(app: TestApp) {
         max_gap = reply.body["max_gap_ms"].as_i64().unwrap();
         openings.push(opening);
     }
+    // The node's provider reads back what was stored (for replies its agent never got).
+    let path = format!("/api/agent/jobs/{}/commitments?node_id={node_id}", run.job);
+    let stored = app.call(Method::GET, &path, Some(&token), None).await;
+    assert_eq!(stored.status, StatusCode::OK, "{:?}", stored.body);
+    let listed: Vec<(i64, String)> = stored.body["commitments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| {
+            (
+                item["at_ms"].as_i64().unwrap(),
+                item["commitment"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected: Vec<(i64, String)> = sealed
+        .iter()
+        .map(|(at, commitment)| (*at, commitment.to_base64()))
+        .collect();
+    assert_eq!(listed, expected);
+    let (_, other_provider) = app.user("provider", None).await;
+    let refused = app
+        .call(Method::GET, &path, Some(&other_provider), None)
+        .await;
+    assert_eq!(refused.status, StatusCode::NOT_FOUND);
+    let refused = app
+        .call(Method::GET, &path, Some(&run.customer), None)
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
     let times: Vec<i64> = sealed.iter().map(|(at, _)| *at).collect();
     let weights = interval_weights(&times, 0, max_gap).unwrap();
     let energy: u64 = weights
@@ -772,7 +801,37 @@ async fn proofs_are_verified_against_the_sealed_run(app: TestApp) {
 
 /// A node declaring ≥ 80 % renewable makes its jobs carbon-credit eligible (labelled declared).
 async fn a_mostly_renewable_node_makes_its_jobs_credit_eligible(app: TestApp) {
-    let (node, _) = keyed_node(&app, 85.0).await;
+    // Registered with nothing declared, then declared (as a restarted agent does).
+    let (node, _) = keyed_node(&app, 0.0).await;
+    let path = format!("/api/providers/{}/energy", node.node_id);
+    let (_, stranger) = app.user("provider", None).await;
+    let (_, customer) = app.user("customer", None).await;
+    for (token, body, status) in [
+        (
+            &node.token,
+            json!({"renewable_pct": 150}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (&node.token, json!({}), StatusCode::BAD_REQUEST),
+        (
+            &stranger,
+            json!({"renewable_pct": 85}),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            &customer,
+            json!({"renewable_pct": 85}),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            &node.token,
+            json!({"renewable_pct": 85}),
+            StatusCode::NO_CONTENT,
+        ),
+    ] {
+        let reply = app.call(Method::PUT, &path, Some(token), Some(body)).await;
+        assert_eq!(reply.status, status, "{:?}", reply.body);
+    }
     let run = running_on(&app, node, pinned()).await;
     send(&app, &run, json!({})).await;
     send(&app, &run, json!({"final": true, "exit_code": 0})).await;

@@ -240,6 +240,36 @@ async fn check_energy(
     .map_err(|error| invalid(format!("the energy proof does not verify: {error}")))
 }
 
+/// `GET /api/agent/jobs/{id}/commitments?node_id=` (the node's provider): the commitments the
+/// platform stored for the job's run, with their times and the weights cap — what the agent's
+/// energy proof must cover, also for packets whose reply it never received.
+#[utoipa::path(
+    get, path = "/api/agent/jobs/{id}/commitments", tag = "agent", params(("id" = String, Path), ("node_id" = String, Query)),
+    responses((status = 200, description = "{job_id, max_gap_ms, commitments: [{at_ms, commitment}], samples_without_commitment}"), (status = 404, body = gp4u_proto::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn agent_commitments(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    query: Result<
+        axum::extract::Query<crate::routes::agent::NodeQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> ApiResult<Json<Value>> {
+    let (_node, job) = crate::routes::agent::node_job(&state, &caller, &id, query).await?;
+    let (commitments, missing) = job_commitments(&state, &job).await?;
+    Ok(Json(json!({
+        "job_id": job.id,
+        "max_gap_ms": state.tutela.settings.energy_max_gap_ms(),
+        "commitments": commitments.iter().map(|(at, commitment)| json!({
+            "at_ms": at,
+            "commitment": commitment.to_base64(),
+        })).collect::<Vec<_>>(),
+        "samples_without_commitment": missing,
+    })))
+}
+
 /// `GET /api/jobs/{id}/proofs` (owner or admin).
 #[utoipa::path(
     get, path = "/api/jobs/{id}/proofs", tag = "ledger", params(("id" = String, Path)),

@@ -33,19 +33,7 @@ pub async fn register(
     body: JsonBody,
 ) -> ApiResult<(StatusCode, Json<Registered>)> {
     caller.require(CLEARANCE_PROVIDER, ErrorCode::ProviderRequired, "provider")?;
-    let renewable_pct = match body.value.get("renewable_pct") {
-        None | Some(serde_json::Value::Null) => 0.0,
-        Some(value) => value
-            .as_f64()
-            .filter(|pct| (0.0..=100.0).contains(pct))
-            .ok_or_else(|| {
-                ApiError::from(FieldError::new(
-                    ValidationCode::InvalidType,
-                    "renewable_pct",
-                    "`renewable_pct` must be a number from 0 to 100".to_owned(),
-                ))
-            })?,
-    };
+    let renewable_pct = renewable_pct(&body.value)?.unwrap_or(0.0);
     let registration = match body.value.as_object() {
         Some(object) => {
             let mut stripped = object.clone();
@@ -276,4 +264,49 @@ pub async fn list_gpus(State(state): State<AppState>, _caller: Caller) -> ApiRes
     Ok(Json(GpuList {
         gpus: gpus.iter().map(gpu_view).collect(),
     }))
+}
+
+/// The optional `renewable_pct` of a body: a number 0–100.
+fn renewable_pct(body: &serde_json::Value) -> ApiResult<Option<f64>> {
+    match body.get("renewable_pct") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(value) => value
+            .as_f64()
+            .filter(|pct| (0.0..=100.0).contains(pct))
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::from(FieldError::new(
+                    ValidationCode::InvalidType,
+                    "renewable_pct",
+                    "`renewable_pct` must be a number from 0 to 100".to_owned(),
+                ))
+            }),
+    }
+}
+
+/// Sets the share of the node's power its provider declares renewable
+/// (`{"renewable_pct": 85}`): what jobs ending from now on are accounted and proven with. The
+/// agent sends its `--renewable-pct` at every start.
+#[utoipa::path(
+    put, path = "/api/providers/{nodeId}/energy", tag = "providers", params(("nodeId" = String, Path)),
+    responses((status = 204), (status = 400, body = gp4u_proto::ErrorBody), (status = 404, body = gp4u_proto::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn set_energy(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(node_id): Path<String>,
+    body: JsonBody,
+) -> ApiResult<StatusCode> {
+    let node = crate::routes::agent::owned_node(&state, &caller, &node_id).await?;
+    let pct = renewable_pct(&body.value)?.ok_or_else(|| {
+        ApiError::from(FieldError::new(
+            ValidationCode::InvalidType,
+            "renewable_pct",
+            "the body must be like {\"renewable_pct\": 85}".to_owned(),
+        ))
+    })?;
+    state.store.set_node_renewable(&node.id, pct).await?;
+    tracing::info!(node_id = %node.id, renewable_pct = pct, "declared renewable share set");
+    Ok(StatusCode::NO_CONTENT)
 }
