@@ -94,7 +94,13 @@ pub fn build_router(state: AppState) -> Router {
         .route("/jobs/{id}/settlement", get(billing::job_settlement))
         .route("/jobs/{id}/ledger", get(ledger::job_ledger))
         .route("/jobs/{id}/proofs", get(proofs::job_proofs))
-        .route("/providers/{node_id}/zk-proofs", post(proofs::submit))
+        // An energy proof grows with the job (about 320 KB for a week of readings).
+        .route(
+            "/providers/{node_id}/zk-proofs",
+            post(proofs::submit).layer(DefaultBodyLimit::max(
+                gp4u_attest::proofs::MAX_SUBMISSION_BYTES,
+            )),
+        )
         .route("/providers/{node_id}/energy", put(providers::set_energy))
         .route("/billing/balance", get(billing::balance))
         .route("/billing/statement", get(billing::statement))
@@ -117,7 +123,12 @@ pub fn build_router(state: AppState) -> Router {
             "/providers/{node_id}/endpoint",
             put(providers::set_endpoint),
         )
-        .route("/telemetry/russian-doll", post(telemetry::ingest))
+        // A node's packets together: up to 256 of about 0.5 KiB each (with a commitment).
+        .route(
+            "/telemetry/russian-doll",
+            post(telemetry::ingest)
+                .layer(DefaultBodyLimit::max(telemetry::MAX_TELEMETRY_BODY_BYTES)),
+        )
         .route("/agent/assignments", get(agent::next_assignment))
         .route("/agent/jobs/{id}/status", post(agent::report_status))
         .route(

@@ -697,6 +697,19 @@ async fn proofs_are_verified_against_the_sealed_run(app: TestApp) {
         )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // Proofs of long jobs are large: up to 1 MiB gets to the verifier, beyond it 413.
+    let padded = format!(
+        "{{\"kind\": \"energy\", \"pad\": \"{}\"}}",
+        "x".repeat(200_000)
+    );
+    let (status, _, _) = submit(padded).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let huge = format!(
+        "{{\"kind\": \"energy\", \"pad\": \"{}\"}}",
+        "x".repeat(1_100_000)
+    );
+    let (status, _, _) = submit(huge).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     // The honest proof is stored (201), the same again is a no-op (200).
     let honest = energy_body(claim, &openings);
     let (status, _, body) = submit(honest.clone()).await;
@@ -908,7 +921,40 @@ fn rfc3339_ms(at_ms: i64) -> String {
     gp4u_server::views::rfc3339(at_ms)
 }
 
+/// A node's array of packets with commitments fits the route's body limit up to the 256
+/// packets it allows (the default 64 KiB limit refused about 130).
+async fn a_full_array_of_committed_packets_is_not_too_large(app: TestApp) {
+    let run = picked_up(&app, pinned()).await;
+    let (commitment, _) = gp4u_attest::energy::commit_reading(
+        gp4u_attest::energy::PowerReading {
+            power_mw: 380_000,
+            renewable_mw: 0,
+        },
+        &mut rand_core::OsRng,
+    );
+    let packet = json!({
+        "job_id": run.job, "node_id": run.node.node_id,
+        "gpu_utilization_pct": 94.2, "vram_used_gb": 22.1, "vram_allocated_gb": 24.0,
+        "power_draw_watts": 380.0, "temperature_c": 72, "outbound_bytes_per_sec": 1_200_000,
+        "inferred_pattern": "TRAINING", "unique_dest_ips": 2, "foreign_gpu_processes": 0,
+        "power_commitment": commitment.to_base64(),
+    });
+    let body = Value::Array(vec![packet; 256]);
+    assert!(body.to_string().len() > 100_000);
+    let reply = app
+        .call(
+            Method::POST,
+            "/api/telemetry/russian-doll",
+            Some(&run.node.token),
+            Some(body),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body.as_array().unwrap().len(), 256);
+}
+
 on_both_engines!(
+    a_full_array_of_committed_packets_is_not_too_large,
     the_first_sample_counts_when_the_clock_moves_within_a_request,
     a_mostly_renewable_node_makes_its_jobs_credit_eligible,
     proofs_are_verified_against_the_sealed_run,

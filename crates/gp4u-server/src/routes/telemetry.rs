@@ -241,9 +241,14 @@ fn fenced(job: &JobRecord) -> ApiError {
 pub async fn ingest(
     State(state): State<AppState>,
     HotCaller(caller): HotCaller,
-    body: JsonBody,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
 ) -> ApiResult<axum::response::Response> {
     use axum::response::IntoResponse as _;
+    // A node's packets together may exceed the general body limit: up to 256 packets of about
+    // 0.5 KiB (with a commitment) each.
+    let limit = state.limits.max_body_bytes.max(MAX_TELEMETRY_BODY_BYTES);
+    let body = JsonBody::read(&headers, body, limit).await?;
     match body.value {
         Value::Array(packets) => {
             if packets.is_empty() || packets.len() > MAX_PACKETS_PER_REQUEST {
@@ -280,6 +285,8 @@ pub async fn ingest(
 
 /// Packets one request may carry (a node posts its jobs' packets together).
 pub const MAX_PACKETS_PER_REQUEST: usize = 256;
+/// The largest telemetry request body: 256 packets of up to 1 KiB.
+pub const MAX_TELEMETRY_BODY_BYTES: usize = MAX_PACKETS_PER_REQUEST * 1024;
 
 /// One packet: everything [`ingest`] does for it.
 async fn ingest_one(state: &AppState, caller: &Caller, body: Value) -> ApiResult<TelemetryReply> {
