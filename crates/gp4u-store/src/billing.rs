@@ -78,9 +78,24 @@ pub(crate) async fn journal_only(
     transfer: &NewTransfer,
     now_ms: i64,
 ) -> StoreResult<()> {
-    sqlx::query(
+    if insert_transfer(tx, transfer, now_ms).await? == 0 {
+        return Err(StoreError::Conflict(format!(
+            "transfer {} was already posted",
+            transfer.id
+        )));
+    }
+    Ok(())
+}
+
+/// Writes the journal row; 0 when a transfer with this id exists already.
+async fn insert_transfer(
+    tx: &mut Transaction<'_, Any>,
+    transfer: &NewTransfer,
+    now_ms: i64,
+) -> StoreResult<u64> {
+    Ok(sqlx::query(
         "INSERT INTO transfers (id, debit, credit, amount_micros, kind, job_id, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
     )
     .bind(&transfer.id)
     .bind(&transfer.debit)
@@ -90,15 +105,8 @@ pub(crate) async fn journal_only(
     .bind(transfer.job_id.as_deref())
     .bind(now_ms)
     .execute(&mut **tx)
-    .await
-    .map_err(|error| {
-        if crate::is_unique_violation(&error) {
-            StoreError::Conflict(format!("transfer {} was already posted", transfer.id))
-        } else {
-            error.into()
-        }
-    })?;
-    Ok(())
+    .await?
+    .rows_affected())
 }
 
 /// Adds `delta` to a non-user account's row.
@@ -187,20 +195,7 @@ pub(crate) async fn post_transfers(
                 transfer.id, transfer.debit
             )));
         }
-        let inserted = sqlx::query(
-            "INSERT INTO transfers (id, debit, credit, amount_micros, kind, job_id, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&transfer.id)
-        .bind(&transfer.debit)
-        .bind(&transfer.credit)
-        .bind(transfer.amount.micros())
-        .bind(&transfer.kind)
-        .bind(transfer.job_id.as_deref())
-        .bind(now_ms)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
+        let inserted = insert_transfer(tx, transfer, now_ms).await?;
         if inserted == 0 {
             let row =
                 sqlx::query("SELECT debit, credit, amount_micros FROM transfers WHERE id = $1")

@@ -214,22 +214,7 @@ impl Store {
                 "INSERT INTO ledger_entries \
                  (log_index, source_position, kind, job_id, body, leaf_hash, created_at) VALUES ",
             );
-            for index in 0..chunk.len() {
-                let base = index * 7;
-                if index > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    base + 1,
-                    base + 2,
-                    base + 3,
-                    base + 4,
-                    base + 5,
-                    base + 6,
-                    base + 7
-                ));
-            }
+            sql.push_str(&crate::values_placeholders(chunk.len(), 7));
             // Audited: only fixed text and `$N` placeholders are formatted into the statement.
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (index, entry, leaf) in chunk {
@@ -247,13 +232,7 @@ impl Store {
         for chunk in nodes.chunks(INSERT_CHUNK) {
             let mut sql =
                 String::from("INSERT INTO ledger_nodes (level, node_index, hash) VALUES ");
-            for index in 0..chunk.len() {
-                let base = index * 3;
-                if index > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!("(${}, ${}, ${})", base + 1, base + 2, base + 3));
-            }
+            sql.push_str(&crate::values_placeholders(chunk.len(), 3));
             // Audited: only fixed text and `$N` placeholders are formatted into the statement.
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (id, hash) in chunk {

@@ -287,6 +287,28 @@ pub(crate) fn bool_to_i64(value: bool) -> i64 {
     i64::from(value)
 }
 
+/// `($1, $2, …), ($k+1, …), …`: the placeholders of a multi-row `VALUES` list of `rows` rows
+/// of `columns` values each. Statements built with it contain only fixed text and these
+/// placeholders, never a value (they are audited for `sqlx::AssertSqlSafe` on that basis).
+pub(crate) fn values_placeholders(rows: usize, columns: usize) -> String {
+    let mut text = String::with_capacity(rows * columns * 5);
+    for row in 0..rows {
+        if row > 0 {
+            text.push_str(", ");
+        }
+        text.push('(');
+        for column in 1..=columns {
+            if column > 1 {
+                text.push_str(", ");
+            }
+            text.push('$');
+            text.push_str(&(row * columns + column).to_string());
+        }
+        text.push(')');
+    }
+    text
+}
+
 pub(crate) fn is_unique_violation(error: &sqlx::Error) -> bool {
     error
         .as_database_error()
@@ -296,6 +318,16 @@ pub(crate) fn is_unique_violation(error: &sqlx::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::redact_url;
+
+    #[test]
+    fn placeholders_number_rows_then_columns() {
+        assert_eq!(
+            super::values_placeholders(2, 3),
+            "($1, $2, $3), ($4, $5, $6)"
+        );
+        assert_eq!(super::values_placeholders(1, 1), "($1)");
+        assert_eq!(super::values_placeholders(0, 4), "");
+    }
 
     #[test]
     fn redacts_passwords_only() {

@@ -49,19 +49,7 @@ pub(crate) async fn insert_events(
     for chunk in events.chunks(ROWS_PER_STATEMENT) {
         let mut sql =
             String::from("INSERT INTO outbox (topic, aggregate_id, payload, created_at) VALUES ");
-        for index in 0..chunk.len() {
-            let base = index * 4;
-            if index > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${})",
-                base + 1,
-                base + 2,
-                base + 3,
-                base + 4
-            ));
-        }
+        sql.push_str(&crate::values_placeholders(chunk.len(), 4));
         // Audited: only `$N` placeholders are formatted into the statement.
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for event in chunk {

@@ -189,19 +189,7 @@ impl Store {
             std::collections::HashSet::with_capacity(latest.len());
         for chunk in latest.chunks(TELEMETRY_ROWS_PER_STATEMENT) {
             let mut sql = String::from("WITH v(id, node, m, t) AS (VALUES ");
-            for index in 0..chunk.len() {
-                let base = index * 4;
-                if index > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${})",
-                    base + 1,
-                    base + 2,
-                    base + 3,
-                    base + 4
-                ));
-            }
+            sql.push_str(&crate::values_placeholders(chunk.len(), 4));
             sql.push_str(
                 ") UPDATE jobs SET latest_metrics = v.m, last_telemetry_at = CASE \
                  WHEN jobs.last_telemetry_at IS NULL OR jobs.last_telemetry_at < v.t THEN v.t \
@@ -239,21 +227,7 @@ impl Store {
                  unique_dest_ips, foreign_gpu_processes, throttling, inferred_pattern, emulated, \
                  commitment) VALUES ",
             );
-            for index in 0..chunk.len() {
-                let base = index * 15;
-                if index > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push('(');
-                for column in 1..=15 {
-                    if column > 1 {
-                        sql.push_str(", ");
-                    }
-                    sql.push('$');
-                    sql.push_str(&(base + column).to_string());
-                }
-                sql.push(')');
-            }
+            sql.push_str(&crate::values_placeholders(chunk.len(), 15));
             // Audited: the text is built only from fixed column names and `$N` placeholders.
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for row in chunk {
