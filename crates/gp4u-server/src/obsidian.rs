@@ -22,6 +22,10 @@ use crate::state::AppState;
 
 /// How often the sealer looks for events when the bus is quiet.
 const SEAL_POLL: Duration = Duration::from_millis(200);
+/// The least time between two appends while events keep coming: under load the sealer
+/// appends what gathered meanwhile as one batch (one transaction, one checkpoint) instead of
+/// a small append per bus wake-up.
+const SEAL_MIN_INTERVAL: Duration = Duration::from_millis(250);
 
 /// The log's identity and signing key.
 pub struct Obsidian {
@@ -125,9 +129,19 @@ pub async fn seal_once(state: &AppState) -> Result<u64, StoreError> {
 pub async fn run_sealer(state: AppState, mut stopping: watch::Receiver<bool>) {
     let mut events = state.bus.subscribe();
     loop {
+        let started = tokio::time::Instant::now();
         if let Err(error) = seal_once(&state).await {
             tracing::warn!(%error, "sealing the ledger failed; retrying");
         }
+        tokio::select! {
+            _ = tokio::time::sleep_until(started + SEAL_MIN_INTERVAL) => {}
+            _ = stopping.changed() => {
+                let _ = seal_once(&state).await;
+                return;
+            }
+        }
+        // Wake-ups that came during the pause are covered by the next pass.
+        while events.try_recv().is_ok() {}
         tokio::select! {
             _ = events.recv() => {}
             _ = tokio::time::sleep(SEAL_POLL) => {}
