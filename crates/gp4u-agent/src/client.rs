@@ -384,11 +384,7 @@ impl PlatformClient {
         }
         file.flush().await.map_err(io)?;
         file.sync_all().await.map_err(io)?;
-        Ok(hasher
-            .finalize()
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect())
+        Ok(gp4u_core::hex::encode(&hasher.finalize()))
     }
 
     /// Uploads the job's packed `/output` (streamed from `path`) with its hex SHA-256.

@@ -135,12 +135,7 @@ pub fn pack_output(output_dir: &Path, archive: &Path) -> std::io::Result<Packed>
     writer.inner.get_ref().sync_all()?;
     Ok(Packed {
         path: archive.to_path_buf(),
-        sha256: writer
-            .hasher
-            .finalize()
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect(),
+        sha256: gp4u_core::hex::encode(&writer.hasher.finalize()),
         size_bytes: writer.written,
     })
 }
@@ -165,10 +160,7 @@ mod tests {
         let packed = pack_output(&output, &archive).unwrap();
         let bytes = std::fs::read(&archive).unwrap();
         assert_eq!(packed.size_bytes, bytes.len() as u64);
-        let digest: String = Sha256::digest(&bytes)
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect();
+        let digest = gp4u_core::hex::sha256(&bytes);
         assert_eq!(packed.sha256, digest);
         let mut names = Vec::new();
         let mut reader = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));

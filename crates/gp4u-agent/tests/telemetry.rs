@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use gp4u_attest::visibility::{answer_message, challenge_message, sign_base64, verify_base64};
 use serde_json::{Value, json};
-use support::{eventually, fake_platform, finals, manifest, process_alive, process_config};
+use support::{
+    eventually, fake_platform, finals, manifest, process_alive, process_config, stopped_after_order,
+};
 use tokio::sync::watch;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,24 +121,8 @@ async fn packets_flow_at_the_interval_and_the_final_one_ends_the_job() {
         (&fenced, &fence_marker),
         (&forgotten, &forget_marker),
     ] {
-        assert!(
-            eventually(Duration::from_secs(30), || platform
-                .lock()
-                .unwrap()
-                .kill_answered
-                .contains_key(job))
-            .await,
-            "{job}: no packet"
-        );
-        let ordered = platform.lock().unwrap().kill_answered[job];
-        assert!(
-            eventually(Duration::from_secs(20), || !process_alive(marker)).await,
-            "{job} still runs"
-        );
-        assert!(
-            ordered.elapsed() < Duration::from_secs(20),
-            "{job}: checked late"
-        );
+        let took = stopped_after_order(&platform, job, marker).await;
+        assert!(took < Duration::from_secs(20), "{job}: checked late");
     }
     // The first process check above started right after the order: the kill is fast. Now
     // give a slow agent every chance to send more, then check it did not.

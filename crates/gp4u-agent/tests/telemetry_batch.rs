@@ -8,7 +8,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Shared, eventually, fake_platform, finals, manifest, process_alive, process_config};
+use support::{
+    Shared, fake_platform, finals, manifest, process_alive, process_config, stopped_after_order,
+};
 use tokio::sync::watch;
 
 /// (requests, packets) of the jobs' running (not final) telemetry accepted by the platform,
@@ -155,21 +157,7 @@ async fn an_items_kill_order_or_fence_stops_only_its_job_at_once() {
         (&fenced, &fence_marker),
         (&forgotten, &forget_marker),
     ] {
-        assert!(
-            eventually(Duration::from_secs(30), || platform
-                .lock()
-                .unwrap()
-                .kill_answered
-                .contains_key(job))
-            .await,
-            "{job}: no order"
-        );
-        let ordered = platform.lock().unwrap().kill_answered[job];
-        assert!(
-            eventually(Duration::from_secs(20), || !process_alive(marker)).await,
-            "{job} still runs"
-        );
-        let took = ordered.elapsed();
+        let took = stopped_after_order(&platform, job, marker).await;
         assert!(
             took < Duration::from_secs(5),
             "{job}: killed {took:?} after"

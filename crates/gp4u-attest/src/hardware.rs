@@ -238,10 +238,6 @@ fn parse_digest(text: &str) -> Result<[u8; 32], HardwareError> {
     Ok(digest)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
 /// The canonical bytes an attestation's signature covers (see the module docs). Fails on
 /// out-of-bounds fields, a malformed digest or evidence, or `hardware_attested` without
 /// evidence.
@@ -294,7 +290,7 @@ pub fn sign_hardware(
         job_id: claim.job_id,
         node_id: claim.node_id,
         gpu: claim.gpu,
-        telemetry_digest: hex(&claim.telemetry_digest),
+        telemetry_digest: gp4u_core::hex::encode(&claim.telemetry_digest),
         assurance: claim.assurance,
         cc_evidence: claim.cc_evidence.map(|evidence| STANDARD.encode(evidence)),
         issued_at_ms: claim.issued_at_ms,

@@ -74,11 +74,7 @@ pub fn load_or_generate_file(
                 options.mode(0o600);
             }
             let mut file = options.open(&path).map_err(io)?;
-            let hex: String = key
-                .to_bytes()
-                .iter()
-                .map(|byte| format!("{byte:02x}"))
-                .collect();
+            let hex = gp4u_core::hex::encode(&key.to_bytes());
             file.write_all(hex.as_bytes()).map_err(io)?;
             file.sync_all().map_err(io)?;
             tracing::info!(path = %path.display(), "generated an ed25519 key (mode 0600)");

@@ -292,12 +292,15 @@ impl JobEvent {
             JobEvent::Assigned { .. } => "job.assigned",
             JobEvent::Unassigned { .. } => "job.unassigned",
             JobEvent::Started { .. } => "job.started",
-            JobEvent::Completed { .. } => "job.completed",
-            JobEvent::Failed { .. } => "job.failed",
-            JobEvent::Cancelled { .. } => "job.cancelled",
+            JobEvent::Completed { .. } => TERMINAL_TOPICS[0],
+            JobEvent::Failed { .. } => TERMINAL_TOPICS[1],
+            JobEvent::Cancelled { .. } => TERMINAL_TOPICS[2],
         }
     }
 }
+
+/// The topics of the events that end a job: completed, failed, cancelled.
+pub const TERMINAL_TOPICS: [&str; 3] = ["job.completed", "job.failed", "job.cancelled"];
 
 /// Why an input was refused. The state is left as it was.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

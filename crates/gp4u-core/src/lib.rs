@@ -11,6 +11,7 @@ pub mod chambers;
 pub mod clock;
 pub mod energy;
 pub mod events;
+pub mod hex;
 pub mod ids;
 pub mod job;
 pub mod manifest;

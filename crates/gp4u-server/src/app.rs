@@ -53,10 +53,7 @@ struct RandomRequestId;
 
 impl MakeRequestId for RandomRequestId {
     fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
-        let id: String = rand::random::<[u8; 8]>()
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect();
+        let id = gp4u_core::hex::encode(&rand::random::<[u8; 8]>());
         axum::http::HeaderValue::from_str(&format!("req_{id}"))
             .ok()
             .map(RequestId::new)

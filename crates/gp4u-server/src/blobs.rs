@@ -38,11 +38,6 @@ pub fn log_key(job: &JobId, seq: u64) -> Path {
     Path::from(format!("logs/{job}/{seq:010}"))
 }
 
-/// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
 /// A SHA-256 as clients send it: 64 hex digits, optionally prefixed with `sha256:`; lowercased.
 pub fn parse_sha256(text: &str) -> Option<String> {
     let hex = text.trim();
@@ -144,7 +139,7 @@ pub async fn receive(
         return Err(error);
     }
     Ok(Received {
-        sha256: hex(&hasher.finalize()),
+        sha256: gp4u_core::hex::encode(&hasher.finalize()),
         size_bytes: size,
         upload,
     })

@@ -5,7 +5,6 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use gp4u_proto::ErrorCode;
-use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -21,10 +20,7 @@ pub struct JsonBody {
 impl JsonBody {
     /// Hex SHA-256 of the raw body.
     pub fn sha256_hex(&self) -> String {
-        Sha256::digest(&self.raw)
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect()
+        gp4u_core::hex::sha256(&self.raw)
     }
 }
 

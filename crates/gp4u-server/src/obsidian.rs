@@ -155,12 +155,11 @@ pub async fn run_sealer(state: AppState, mut stopping: watch::Receiver<bool>) {
 }
 
 /// Fetches the stored nodes a proof plan names and puts the proof together.
-pub async fn proof_from_plan(state: &AppState, plan: &ProofPlan) -> Result<Vec<Hash>, String> {
+/// A stored node the plan needs and the store lacks is corruption; a busy database stays a
+/// store error (503 with Retry-After, not 500).
+pub async fn proof_from_plan(state: &AppState, plan: &ProofPlan) -> Result<Vec<Hash>, StoreError> {
     let ids: Vec<NodeId> = plan.iter().flatten().copied().collect();
-    let nodes = state
-        .store
-        .ledger_nodes(&ids)
-        .await
-        .map_err(|error| error.to_string())?;
-    assemble(plan, |id| nodes.get(&id).copied()).map_err(|error| error.to_string())
+    let nodes = state.store.ledger_nodes(&ids).await?;
+    assemble(plan, |id| nodes.get(&id).copied())
+        .map_err(|error| StoreError::Corrupt(format!("ledger proof: {error}")))
 }

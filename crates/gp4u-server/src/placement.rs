@@ -100,7 +100,10 @@ fn candidate(gpu: &GpuRecord, providers: &BTreeMap<String, ProviderRecord>) -> C
 
 /// One Atlas pass: place what can be placed now. Returns how many jobs were assigned.
 pub async fn place_pending(state: &AppState, config: &AtlasConfig) -> StoreResult<usize> {
-    let pending = state.store.list_pending_jobs(ATLAS_BATCH).await?;
+    let pending = state
+        .store
+        .jobs_in_status(gp4u_core::job::JobStatus::Pending, ATLAS_BATCH)
+        .await?;
     if pending.is_empty() {
         return Ok(0);
     }

@@ -76,7 +76,7 @@ fn generate(data_dir: &Path, random: [u8; 32]) -> anyhow::Result<TokenSecret> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let path = secret_path(data_dir);
-    let hex: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
+    let hex = gp4u_core::hex::encode(&random);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

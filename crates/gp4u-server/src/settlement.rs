@@ -20,7 +20,6 @@ use gp4u_store::{
     CompletionFacts, GridFactorRecord, JobRecord, NewTransfer, OutboxEvent, Store, StoreError,
 };
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::state::AppState;
@@ -30,8 +29,26 @@ const SUBSCRIBER: &str = "settlement";
 /// Outbox rows read per pass.
 const BATCH: i64 = 200;
 const POLL: Duration = Duration::from_millis(250);
-/// Telemetry samples integrated per job at most (a week at 10 s).
+/// Telemetry samples of one run read at most (a week at 10 s).
 const MAX_SAMPLES: i64 = 60_480;
+
+/// The samples of the job's final run (from its node, since it started), oldest first: what
+/// its energy is integrated over and what its energy proof must cover — one reader for both,
+/// so that the bill and the proof can never look at different samples.
+pub async fn final_run_samples(
+    state: &AppState,
+    job: &JobRecord,
+) -> Result<Vec<gp4u_store::EnergySample>, StoreError> {
+    match (&job.state.node_id, job.state.started_at_ms) {
+        (Some(node), Some(started)) => {
+            state
+                .store
+                .energy_series(&job.id, node, started, MAX_SAMPLES)
+                .await
+        }
+        _ => Ok(Vec::new()),
+    }
+}
 
 pub const TOPIC_JOB_ENERGY: &str = "job.energy";
 pub use gp4u_core::chambers::TOPIC_VERITAS_RECORDED;
@@ -68,7 +85,7 @@ pub async fn seed_grid_factors(store: &Store, now_ms: i64) -> Result<(), StoreEr
 }
 
 fn is_terminal_topic(topic: &str) -> bool {
-    matches!(topic, "job.completed" | "job.failed" | "job.cancelled")
+    gp4u_core::job::TERMINAL_TOPICS.contains(&topic)
 }
 
 /// Finishes every job that ended since the cursor. Returns how many jobs were looked at.
@@ -145,25 +162,10 @@ pub async fn finish_job(state: &AppState, job: &JobRecord) -> Result<(), StoreEr
     Ok(())
 }
 
-fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
-}
-
 /// Energy (Σ Pᵢ·Δtᵢ over the final run's samples), carbon, and the Veritas record.
 async fn account_completion(state: &AppState, job: &JobRecord) -> Result<(), StoreError> {
     let node = job.state.node_id.clone();
-    let samples = match (&node, job.state.started_at_ms) {
-        (Some(node), Some(started)) => {
-            state
-                .store
-                .energy_series(&job.id, node, started, MAX_SAMPLES)
-                .await?
-        }
-        _ => Vec::new(),
-    };
+    let samples = final_run_samples(state, job).await?;
     let points: Vec<(i64, u64)> = samples
         .iter()
         .map(|sample| (sample.at_ms, watts_to_mw(sample.power_draw_watts)))
@@ -217,7 +219,8 @@ async fn account_completion(state: &AppState, job: &JobRecord) -> Result<(), Sto
         inputs.push(json!({"artifact_id": artifact, "sha256": sha}));
     }
     let env: BTreeMap<&String, &String> = job.manifest.env.iter().collect();
-    let env_hash = hex_sha256(serde_json::to_string(&env).unwrap_or_default().as_bytes());
+    let env_hash =
+        gp4u_core::hex::sha256(serde_json::to_string(&env).unwrap_or_default().as_bytes());
     let veritas = json!({
         "job_id": job.id,
         "node_id": node,

@@ -172,10 +172,7 @@ impl AppState {
     /// A fresh random reference (32 hex digits) for ids that must be unique, such as the
     /// transfer id of a top-up.
     pub fn random_reference(&self) -> String {
-        self.random_id_bytes()
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect()
+        gp4u_core::hex::encode(&self.random_id_bytes())
     }
 
     pub fn is_draining(&self) -> bool {

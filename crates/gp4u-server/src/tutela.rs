@@ -419,12 +419,7 @@ async fn run_writer(
 /// A fresh id with `prefix` (`an_`, `sl_`).
 pub fn new_id(state: &AppState, prefix: &str) -> String {
     let bytes = state.random_id_bytes();
-    let mut id = String::with_capacity(prefix.len() + 32);
-    id.push_str(prefix);
-    for byte in bytes {
-        id.push_str(&format!("{byte:02x}"));
-    }
-    id
+    format!("{prefix}{}", gp4u_core::hex::encode(&bytes))
 }
 
 /// Ends the job's current attempt for `reason`: a provider-fault reason with retries left
@@ -518,7 +513,7 @@ pub async fn slash(
             state.now_ms(),
             |record| {
                 vec![OutboxEvent {
-                    topic: "tutela.slash".into(),
+                    topic: gp4u_core::chambers::TOPIC_TUTELA_SLASH.into(),
                     aggregate_id: record.node_id.to_string(),
                     payload: slash_payload(record),
                 }]
@@ -811,10 +806,11 @@ pub async fn challenge(
     };
     let nonce: String = {
         let (a, b) = (state.random_id_bytes(), state.random_id_bytes());
-        a.iter()
-            .chain(b.iter())
-            .map(|byte| format!("{byte:02x}"))
-            .collect()
+        format!(
+            "{}{}",
+            gp4u_core::hex::encode(&a),
+            gp4u_core::hex::encode(&b)
+        )
     };
     let issued_at_ms = state.now_ms();
     let message = visibility::challenge_message(node.id.as_str(), &nonce, issued_at_ms);

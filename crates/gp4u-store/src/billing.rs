@@ -304,19 +304,6 @@ impl Store {
         .transpose()
     }
 
-    /// The transfers posted for a job, in posting order.
-    pub async fn job_transfers(&self, job: &JobId) -> StoreResult<Vec<TransferRecord>> {
-        self.count_op();
-        let rows = sqlx::query(
-            "SELECT id, debit, credit, amount_micros, kind, job_id, created_at FROM transfers \
-             WHERE job_id = $1 ORDER BY created_at, id",
-        )
-        .bind(job.as_str())
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(transfer_from_row).collect()
-    }
-
     /// Transfers into or out of `account`, newest first, at most `limit`.
     pub async fn account_transfers(
         &self,

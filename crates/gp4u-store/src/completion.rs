@@ -108,39 +108,6 @@ impl Store {
         })
     }
 
-    /// A job's Veritas record.
-    pub async fn veritas_record(&self, job: &JobId) -> StoreResult<Option<serde_json::Value>> {
-        self.count_op();
-        let row = sqlx::query("SELECT body FROM veritas_records WHERE job_id = $1")
-            .bind(job.as_str())
-            .fetch_optional(self.pool())
-            .await?;
-        row.map(|row| {
-            let body: String = row.try_get("body")?;
-            serde_json::from_str(&body)
-                .map_err(|error| StoreError::corrupt(format!("veritas record of {job}: {error}")))
-        })
-        .transpose()
-    }
-
-    /// Veritas records of a node's jobs: (reproducible records, all records) for provenance.
-    pub async fn node_provenance(&self, node: &NodeId) -> StoreResult<(i64, i64)> {
-        self.count_op();
-        let rows = sqlx::query("SELECT body FROM veritas_records WHERE node_id = $1")
-            .bind(node.as_str())
-            .fetch_all(self.pool())
-            .await?;
-        let mut complete = 0;
-        for row in &rows {
-            let body: String = row.try_get("body")?;
-            let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            if value["reproducible"].as_bool() == Some(true) {
-                complete += 1;
-            }
-        }
-        Ok((complete, i64::try_from(rows.len()).unwrap_or(i64::MAX)))
-    }
-
     /// Inserts the grid factors that are missing (the built-in table at start-up); existing
     /// rows, which admins may have updated, stay.
     pub async fn seed_grid_factors(

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use gp4u_ledger::hash::{Hash, leaf_hash};
+use gp4u_ledger::hash::{Hash, hash_from_hex, leaf_hash, to_hex};
 use gp4u_ledger::tree::{Frontier, NodeId};
 use sqlx::{Any, Row, Transaction};
 
@@ -58,32 +58,10 @@ pub struct CheckpointRecord {
     pub created_at_ms: i64,
 }
 
-pub fn hash_to_hex(hash: &Hash) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(64);
-    for byte in hash {
-        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
-    }
-    text
-}
-
-pub fn hash_from_hex(text: &str) -> Option<Hash> {
-    if text.len() != 64 {
-        return None;
-    }
-    let mut hash = [0u8; 32];
-    for (index, pair) in text.as_bytes().chunks(2).enumerate() {
-        let high = char::from(pair[0]).to_digit(16)?;
-        let low = char::from(pair[1]).to_digit(16)?;
-        hash[index] = u8::try_from(high * 16 + low).ok()?;
-    }
-    Some(hash)
-}
-
 fn stored_hash(row: &sqlx::any::AnyRow, column: &str) -> StoreResult<Hash> {
     let text: String = row.try_get(column)?;
-    hash_from_hex(&text).ok_or_else(|| StoreError::corrupt(format!("ledger {column} {text:?}")))
+    hash_from_hex(&text)
+        .map_err(|error| StoreError::corrupt(format!("ledger {column} {text:?}: {error}")))
 }
 
 fn to_i64(value: u64, what: &str) -> StoreResult<i64> {
@@ -224,7 +202,7 @@ impl Store {
                     .bind(&entry.kind)
                     .bind(entry.job_id.as_deref())
                     .bind(&entry.body)
-                    .bind(hash_to_hex(leaf))
+                    .bind(to_hex(leaf))
                     .bind(now_ms);
             }
             query.execute(&mut *tx).await?;
@@ -239,7 +217,7 @@ impl Store {
                 query = query
                     .bind(i64::from(id.level))
                     .bind(to_i64(id.index, "node index")?)
-                    .bind(hash_to_hex(hash));
+                    .bind(to_hex(hash));
             }
             query.execute(&mut *tx).await?;
         }
@@ -326,7 +304,7 @@ impl Store {
              VALUES ($1, $2, $3, $4) ON CONFLICT (tree_size) DO NOTHING",
         )
         .bind(to_i64(tree_size, "tree size")?)
-        .bind(hash_to_hex(root))
+        .bind(to_hex(root))
         .bind(note)
         .bind(now_ms)
         .execute(self.pool())

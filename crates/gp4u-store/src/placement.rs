@@ -27,20 +27,6 @@ pub struct Assignment<'a> {
 }
 
 impl Store {
-    /// PENDING jobs, oldest first: Atlas's queue.
-    pub async fn list_pending_jobs(&self, limit: i64) -> StoreResult<Vec<JobRecord>> {
-        self.count_op();
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM jobs WHERE status = 'PENDING' ORDER BY created_at, id LIMIT $1"
-        ))
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(job_from_row).collect()
-    }
-
     /// Assigns `job` (at `job.version`) to a GPU: the GPU goes BUSY and the job takes `state`
     /// (ASSIGNED), both or neither. `Conflict` when the GPU was taken or the job changed.
     pub async fn assign_job(

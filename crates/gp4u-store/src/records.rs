@@ -44,12 +44,6 @@ pub struct NodeRecord {
     pub visibility_checked_at_ms: Option<i64>,
 }
 
-impl NodeRecord {
-    pub fn is_ejected(&self) -> bool {
-        self.status == NODE_EJECTED
-    }
-}
-
 /// `provider_nodes.status` values.
 pub const NODE_ACTIVE: &str = "ACTIVE";
 pub const NODE_EJECTED: &str = "EJECTED";

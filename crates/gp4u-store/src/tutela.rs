@@ -695,7 +695,7 @@ impl Store {
         rows.iter().map(node_from_row).collect()
     }
 
-    /// Jobs in `status` (oldest first), for the reapers.
+    /// Jobs in `status`, oldest first (Atlas's queue is `PENDING`; the reapers read the others).
     pub async fn jobs_in_status(
         &self,
         status: JobStatus,

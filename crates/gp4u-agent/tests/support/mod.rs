@@ -488,6 +488,26 @@ pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> boo
     }
 }
 
+/// Waits until the platform has answered `job` with a stop order (within 30 s) and the job's
+/// process, found by `marker`, is gone (within 20 s more); returns how long after the order.
+pub async fn stopped_after_order(platform: &Shared, job: &str, marker: &str) -> Duration {
+    assert!(
+        eventually(Duration::from_secs(30), || platform
+            .lock()
+            .unwrap()
+            .kill_answered
+            .contains_key(job))
+        .await,
+        "{job}: no stop order went out"
+    );
+    let ordered = platform.lock().unwrap().kill_answered[job];
+    assert!(
+        eventually(Duration::from_secs(20), || !process_alive(marker)).await,
+        "{job} still runs"
+    );
+    ordered.elapsed()
+}
+
 /// A job running `sh -c command` with this telemetry interval (process runtime).
 pub fn manifest(job: &str, command: &str, interval_s: u64) -> AssignmentManifest {
     AssignmentManifest {

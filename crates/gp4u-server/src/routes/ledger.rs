@@ -156,9 +156,7 @@ pub async fn inclusion(
             query.index
         ))
     })?;
-    let proof = proof_from_plan(&state, &plan)
-        .await
-        .map_err(|error| ApiError::internal("inclusion proof", error))?;
+    let proof = proof_from_plan(&state, &plan).await?;
     Ok(Json(json!({
         "index": query.index,
         "size": size,
@@ -195,9 +193,7 @@ pub async fn consistency(
     }
     let plan = consistency_proof_plan(query.from, to)
         .map_err(|error| bad_query(format!("from={} to={to}: {error}", query.from)))?;
-    let proof = proof_from_plan(&state, &plan)
-        .await
-        .map_err(|error| ApiError::internal("consistency proof", error))?;
+    let proof = proof_from_plan(&state, &plan).await?;
     Ok(Json(json!({
         "from": query.from,
         "to": to,
@@ -229,9 +225,7 @@ pub async fn job_ledger(
         }
         let plan = inclusion_proof_plan(entry.index, checkpoint.tree_size)
             .map_err(|error| ApiError::internal("inclusion plan", error))?;
-        let proof = proof_from_plan(&state, &plan)
-            .await
-            .map_err(|error| ApiError::internal("inclusion proof", error))?;
+        let proof = proof_from_plan(&state, &plan).await?;
         let mut view = entry_view(entry, true);
         view["inclusion_proof"] = json!(proof.iter().map(|hash| to_hex(hash)).collect::<Vec<_>>());
         views.push(view);

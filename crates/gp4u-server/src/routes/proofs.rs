@@ -20,8 +20,6 @@ use crate::state::AppState;
 
 /// Outbox topic of a proof accepted and stored.
 pub const TOPIC_PROOF_VERIFIED: &str = "proof.verified";
-/// Samples read per job at most (a week at 10 s).
-const MAX_SAMPLES: i64 = 60_480;
 
 fn invalid(message: String) -> ApiError {
     ApiError::new(ErrorCode::InvalidProof, message)
@@ -32,13 +30,7 @@ pub async fn job_commitments(
     state: &AppState,
     job: &JobRecord,
 ) -> ApiResult<(Vec<(i64, ReadingCommitment)>, usize)> {
-    let (Some(node), Some(started)) = (&job.state.node_id, job.state.started_at_ms) else {
-        return Ok((Vec::new(), 0));
-    };
-    let samples = state
-        .store
-        .energy_series(&job.id, node, started, MAX_SAMPLES)
-        .await?;
+    let samples = crate::settlement::final_run_samples(state, job).await?;
     let mut commitments = Vec::with_capacity(samples.len());
     let mut missing = 0;
     for sample in samples {
