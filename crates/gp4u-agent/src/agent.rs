@@ -45,10 +45,13 @@ const ENDPOINT_ATTEMPTS: u32 = 10;
 fn proofs_after(fence: &Fence) -> bool {
     match fence {
         Fence::Gone { status, .. } => *status == 409,
-        Fence::Kill { reason } => !matches!(
-            reason.as_deref(),
-            Some("CRYPTO_MINING_DURING_ML_JOB" | "VRAM_OVERCLAIM")
-        ),
+        // A kill reason that names a slashing rule is the provider's fault.
+        Fence::Kill { reason } => reason
+            .as_deref()
+            .and_then(|reason| {
+                serde_json::from_value::<gp4u_core::tutela::Rule>(serde_json::json!(reason)).ok()
+            })
+            .is_none_or(|rule| rule.slash_kind().is_none()),
     }
 }
 
@@ -175,7 +178,8 @@ struct JobTelemetry {
     gpu_uuid: Option<String>,
 }
 
-fn now_ms() -> i64 {
+/// Unix milliseconds from the system clock (the agent's one clock reader).
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -1038,5 +1042,34 @@ impl Agent {
                 telemetry,
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proofs_follow_a_stop_unless_the_provider_was_at_fault() {
+        let kill = |reason: Option<&str>| Fence::Kill {
+            reason: reason.map(str::to_owned),
+        };
+        // Slashing rules: the provider's fault, no proofs.
+        assert!(!proofs_after(&kill(Some("CRYPTO_MINING_DURING_ML_JOB"))));
+        assert!(!proofs_after(&kill(Some("VRAM_OVERCLAIM"))));
+        // The customer's workload, the duration, or no reason: proofs.
+        assert!(proofs_after(&kill(Some("CRYPTO_MINING_PATTERN"))));
+        assert!(proofs_after(&kill(Some("OUTBOUND_PORT_SCAN"))));
+        assert!(proofs_after(&kill(Some("DURATION_EXCEEDED"))));
+        assert!(proofs_after(&kill(None)));
+        // Ended (409): proofs; no longer this node's (404): none.
+        assert!(proofs_after(&Fence::Gone {
+            status: 409,
+            code: None
+        }));
+        assert!(!proofs_after(&Fence::Gone {
+            status: 404,
+            code: None
+        }));
     }
 }

@@ -387,13 +387,6 @@ pub struct ProofJob {
     pub key: Arc<SigningKey>,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// Proves the job's energy and hardware and submits both. Errors are logged.
 pub async fn submit_proofs(client: &PlatformClient, job: ProofJob) {
     let (mut entries, mut max_gap_ms, share) = job.readings.snapshot();
@@ -482,7 +475,7 @@ pub async fn submit_proofs(client: &PlatformClient, job: ProofJob) {
                 gpu,
                 &digest_entries,
                 &job.key,
-                now_ms(),
+                crate::agent::now_ms(),
             ) {
                 Ok(submission) => {
                     submit(

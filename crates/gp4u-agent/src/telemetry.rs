@@ -17,7 +17,8 @@
 //! - `inferred_pattern` from [`gp4u_core::tutela::infer_pattern`] over the watchdog's window.
 //!
 //! When: the first packet goes out one interval after the watchdog starts, as it always did
-//! ([`first_tick_delay`]; not postponed to a boundary). After it the ticks are aligned to the
+//! (not postponed to a boundary: the agent's "running" report already told the platform the
+//! job runs, and the first period's CPU reading covers a whole interval). After it the ticks are aligned to the
 //! interval's wall-clock boundaries: unix time in ms a multiple of the interval plus the
 //! node's constant offset ([`node_offset_ms`], under a second, the same for every interval),
 //! the first such boundary at least three quarters of an interval after the previous tick
@@ -165,8 +166,8 @@ impl Drop for Watchdog {
 }
 
 impl Watchdog {
-    /// Starts the watchdog of one job. Its first packet goes out one interval from now
-    /// ([`first_tick_delay`]), the next ones on the interval's boundaries (when
+    /// Starts the watchdog of one job. Its first packet goes out one interval from now, the
+    /// next ones on the interval's boundaries (when
     /// [`WatchdogConfig::align_offset_ms`] is set), through the node's `coalescer`. Fences
     /// arrive on `fence`.
     pub fn spawn(
@@ -278,13 +279,6 @@ fn sample_of(packet: &TelemetryPacket, at_ms: i64) -> TelemetrySample {
         dest_ports: packet.dest_ports.clone(),
         at_ms,
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// The job's processes and CPU use, read each tick.
@@ -450,14 +444,6 @@ async fn read_gpu(
     }
 }
 
-/// When the first packet of a job goes out: one interval after the watchdog starts, as
-/// before alignment existed (not postponed to a boundary; the agent's "running" report already
-/// told the platform the job runs, and the first period's CPU reading covers a whole
-/// interval). The ticks after it are aligned.
-pub fn first_tick_delay(interval: Duration) -> Duration {
-    interval
-}
-
 /// The wall-clock time (unix ms) of the next tick: the first boundary (a multiple of the
 /// interval, plus `offset_ms`) at or after `earliest_ms`.
 pub fn next_boundary_ms(earliest_ms: i64, interval: Duration, offset_ms: i64) -> i64 {
@@ -497,7 +483,7 @@ fn next_tick(
     // The gap is kept on the monotonic clock; only the phase comes from the wall clock (so a
     // wall-clock jump moves one tick, not the schedule).
     let gap = (last + interval * 3 / 4).saturating_duration_since(now);
-    let now_wall = now_ms();
+    let now_wall = crate::agent::now_ms();
     let earliest = now_wall.saturating_add(i64::try_from(gap.as_millis()).unwrap_or(i64::MAX));
     let target = next_boundary_ms(earliest, interval, offset_ms);
     now + Duration::from_millis(u64::try_from(target - now_wall).unwrap_or(0))
@@ -521,7 +507,7 @@ async fn run(
     let mut window: VecDeque<TelemetrySample> = VecDeque::new();
     let mut end = WatchdogEnd::default();
     let mut legacy = false;
-    let mut due = started + first_tick_delay(interval);
+    let mut due = started + interval;
     let mut phase = *phases.borrow();
     loop {
         if phase == Phase::Exited {
@@ -581,7 +567,7 @@ async fn run(
             foreign,
             None,
         );
-        window.push_back(sample_of(&packet, now_ms()));
+        window.push_back(sample_of(&packet, crate::agent::now_ms()));
         while window.len() > inference.max_window_samples.max(1) {
             window.pop_front();
         }
@@ -788,10 +774,6 @@ mod tests {
         let slow = next_boundary_ms(1_700_000_000_123, three, offset);
         assert_eq!(next_boundary_ms(slow, second, offset), slow);
         assert_eq!((slow - offset) % 3000, 0);
-        assert_eq!(
-            first_tick_delay(Duration::from_secs(10)),
-            Duration::from_secs(10)
-        );
     }
 
     #[test]

@@ -49,13 +49,6 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
         .into_response()
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 async fn challenge(State(responder): State<Arc<Responder>>, request: Request) -> Response {
     let body = match axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES).await {
         Ok(body) => body,
@@ -86,7 +79,7 @@ async fn challenge(State(responder): State<Arc<Responder>>, request: Request) ->
         &challenge.nonce,
         challenge.issued_at_ms,
         &challenge.signature,
-        now_ms(),
+        crate::agent::now_ms(),
     ) {
         Ok(signature) => {
             tracing::info!(nonce = %challenge.nonce, "visibility challenge answered");

@@ -17,7 +17,7 @@
 //! # Units
 //!
 //! Power in milliwatts (`< 2^32`, i.e. up to ~4.29 MW), time in milliseconds, energy in
-//! milliwatt-milliseconds (mW·ms; 1 kWh = 3.6e12 mW·ms). Energy is a `u64` (up to ~5 124 kWh).
+//! milliwatt-milliseconds (mW·ms; 1 kWh = 3.6e12 mW·ms). Energy is a `u64` (up to ~5.1 GWh).
 //!
 //! # What the proof shows
 //!
@@ -53,10 +53,10 @@
 //!
 //! The `3n + 3` values are proven in aggregated 32-bit range proofs whose sizes are powers of
 //! two: full chunks of [`MAX_CHUNK`] values, then the binary decomposition of the remainder
-//! (for 360 readings: 1083 = 1024 + 32 + 16 + 8 + 2 + 1 — six proofs, no padding). Measured
-//! against one proof padded to the next power of two (+40 % proving time for 360 readings,
-//! proving cost is linear in the padded size) and chunks of 64 (4× the proof bytes, slower
-//! verification), this was the fastest to prove and to verify and nearly the smallest. All
+//! (for 360 readings: 1083 = 1024 + 32 + 16 + 8 + 2 + 1 — six proofs, no padding). Proving cost
+//! is linear in the padded size, so no padding proves fastest; a one-off comparison during
+//! development (BENCHMARKS.md, not reproduced by `benches/energy.rs`) found it also the fastest
+//! to verify and nearly the smallest. All
 //! proofs share one merlin transcript (domain "gp4u.energy.v1") that first binds the job id,
 //! the claim, the reading count, the weights, `ρ`, `V1` and `V2`.
 

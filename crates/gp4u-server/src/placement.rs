@@ -74,12 +74,22 @@ pub(crate) fn job_events(
 /// Mnemo's record of every provider node, as its chamber last saved it (empty before the
 /// chamber first ran, or if its model does not read: unknown is neutral in Atlas).
 async fn provider_records(state: &AppState) -> StoreResult<BTreeMap<String, ProviderRecord>> {
-    let subscribers = state.store.list_subscribers().await?;
-    Ok(subscribers
-        .into_iter()
-        .find(|subscriber| subscriber.name == Mnemo::NAME)
-        .and_then(|subscriber| serde_json::from_value(subscriber.model["providers"].clone()).ok())
-        .unwrap_or_default())
+    let Some(providers) = state
+        .store
+        .get_subscriber(Mnemo::NAME)
+        .await?
+        .and_then(|mnemo| mnemo.model.get("providers").cloned())
+        .filter(|providers| !providers.is_null())
+    else {
+        return Ok(BTreeMap::new());
+    };
+    Ok(match serde_json::from_value(providers) {
+        Ok(providers) => providers,
+        Err(error) => {
+            tracing::warn!(%error, "Mnemo's provider records do not read; scoring uptime and provenance as unknown");
+            BTreeMap::new()
+        }
+    })
 }
 
 fn candidate(gpu: &GpuRecord, providers: &BTreeMap<String, ProviderRecord>) -> Candidate {

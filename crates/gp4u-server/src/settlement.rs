@@ -92,10 +92,16 @@ fn is_terminal_topic(topic: &str) -> bool {
 pub async fn settle_once(state: &AppState) -> Result<usize, StoreError> {
     let mut handled = 0;
     loop {
-        let cursor = state
-            .store
-            .load_subscriber(SUBSCRIBER, &json!({}), state.now_ms())
-            .await?;
+        // Read only on every pass; the row is created (a write) once.
+        let cursor = match state.store.get_subscriber(SUBSCRIBER).await? {
+            Some(cursor) => cursor,
+            None => {
+                state
+                    .store
+                    .load_subscriber(SUBSCRIBER, &json!({}), state.now_ms())
+                    .await?
+            }
+        };
         let events = state.store.read_outbox(cursor.position, BATCH).await?;
         let Some(last) = events.last() else {
             return Ok(handled);
@@ -110,8 +116,16 @@ pub async fn settle_once(state: &AppState) -> Result<usize, StoreError> {
             let Some(job) = state.store.get_job(&job_id).await? else {
                 continue;
             };
-            finish_job(state, &job).await?;
-            handled += 1;
+            match finish_job(state, &job).await {
+                Ok(()) => handled += 1,
+                // Nothing will ever settle this job as it is stored: say so loudly and go on,
+                // so that one bad row does not hold up every job after it. (An operator can
+                // settle it after repairing the row; a transient error retries the batch.)
+                Err(StoreError::Corrupt(reason)) => {
+                    tracing::error!(job_id = %job.id, %reason, "job not settled: its stored state cannot be settled");
+                }
+                Err(error) => return Err(error),
+            }
         }
         match state
             .store

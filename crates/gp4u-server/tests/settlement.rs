@@ -945,7 +945,49 @@ async fn a_full_array_of_committed_packets_is_not_too_large(app: TestApp) {
     assert_eq!(reply.body.as_array().unwrap().len(), 256);
 }
 
+/// A job that cannot be settled (its stored state makes no sense) is reported and skipped; it
+/// must not stop every job after it from being settled (regression: the subscriber's cursor
+/// never moved past it).
+async fn one_unsettleable_job_does_not_stop_the_others(app: TestApp) {
+    let broken = picked_up(&app, pinned()).await;
+    send(&app, &broken, json!({"final": true, "exit_code": 3})).await;
+    // FAILED without a reason: no outcome can be derived from it.
+    let id = gp4u_core::ids::JobId::parse(&broken.job).unwrap();
+    let record = app.store().get_job(&id).await.unwrap().unwrap();
+    let mut state = record.state.clone();
+    state.failure_reason = None;
+    app.store()
+        .update_job_state(&id, record.version, &state, &[], app.clock_seconds() * 1000)
+        .await
+        .unwrap();
+    let fine = picked_up(&app, pinned()).await;
+    send(&app, &fine, json!({"final": true, "exit_code": 0})).await;
+    settle_and_seal(&app).await;
+    let settled = |job: String, token: String| {
+        let app = &app;
+        async move {
+            app.call(
+                Method::GET,
+                &format!("/api/jobs/{job}/settlement"),
+                Some(&token),
+                None,
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(
+        settled(fine.job.clone(), fine.customer.clone()).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        settled(broken.job.clone(), broken.customer.clone()).await,
+        StatusCode::CONFLICT
+    );
+}
+
 on_both_engines!(
+    one_unsettleable_job_does_not_stop_the_others,
     a_full_array_of_committed_packets_is_not_too_large,
     the_first_sample_counts_when_the_clock_moves_within_a_request,
     a_mostly_renewable_node_makes_its_jobs_credit_eligible,

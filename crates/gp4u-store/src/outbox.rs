@@ -187,6 +187,18 @@ impl Store {
         subscriber_from_row(&row)
     }
 
+    /// A subscriber's state, read only (`None` before its first `load_subscriber`).
+    pub async fn get_subscriber(&self, name: &str) -> StoreResult<Option<SubscriberState>> {
+        self.count_op();
+        let row = sqlx::query(
+            "SELECT name, position, model, updated_at FROM subscribers WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(subscriber_from_row).transpose()
+    }
+
     /// Saves a subscriber's model and advances its cursor from `expected_position` to
     /// `new_position` atomically. `Conflict` when another process moved the cursor first: the
     /// caller reloads and carries on, so no event is applied twice.

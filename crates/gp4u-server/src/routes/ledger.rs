@@ -105,15 +105,28 @@ pub async fn entries(
     }
     let entries = state.store.ledger_entries(start, end).await?;
     let mut views = Vec::with_capacity(entries.len());
+    // A job's entries come in runs: look each job up once per request.
+    let mut owned: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
     for entry in &entries {
-        let show = caller.is_admin() || owns_job(&state, &caller, entry.job_id.as_deref()).await?;
+        let show = match (caller.is_admin(), entry.job_id.as_deref()) {
+            (true, _) => true,
+            (false, None) => false,
+            (false, Some(job)) => match owned.get(job) {
+                Some(mine) => *mine,
+                None => {
+                    let mine = owns_job(&state, &caller, job).await?;
+                    owned.insert(job.to_owned(), mine);
+                    mine
+                }
+            },
+        };
         views.push(entry_view(entry, show));
     }
     Ok(Json(json!({"start": start, "end": end, "entries": views})))
 }
 
-async fn owns_job(state: &AppState, caller: &Caller, job: Option<&str>) -> ApiResult<bool> {
-    let Some(job) = job.and_then(|job| gp4u_core::ids::JobId::parse(job).ok()) else {
+async fn owns_job(state: &AppState, caller: &Caller, job: &str) -> ApiResult<bool> {
+    let Ok(job) = gp4u_core::ids::JobId::parse(job) else {
         return Ok(false);
     };
     Ok(state
