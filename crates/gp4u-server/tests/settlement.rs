@@ -256,6 +256,27 @@ async fn a_completed_job_is_metered_settled_once_and_sealed(app: TestApp) {
     // The settlement is sealed exactly as served.
     let body = sealed_body(&ledger, "billing.settled");
     assert_eq!(body["payload"]["settlement"], settlement["exact"]);
+    // The Veritas record: what reproduces the run.
+    let record = sealed_body(&ledger, "veritas.recorded")["payload"]["record"].clone();
+    assert_eq!(
+        record["image_digest"],
+        json!(format!("sha256:{}", "a".repeat(64)))
+    );
+    assert_eq!(record["command"], json!(["python", "train.py"]));
+    assert_eq!(
+        record["env_sha256"],
+        json!(gp4u_core::hex::sha256(br#"{"EPOCHS":"3"}"#))
+    );
+    assert_eq!(
+        (
+            record["exit_code"].clone(),
+            record["status"].clone(),
+            record["gpu_model"].clone()
+        ),
+        (json!(0), json!("COMPLETE"), json!("RTX 4090"))
+    );
+    assert_eq!(record["node_id"], json!(run.node.node_id));
+    assert_eq!(record["reproducible"], json!(true));
 
     // Another customer sees neither the settlement nor the entries' bodies.
     let (_, stranger) = app.user("customer", None).await;
