@@ -401,10 +401,19 @@ fn check_consistency(
         })
     };
     let Some(proof) = proof else {
+        let held = match consistency {
+            None => "none was served or saved (save with --save DIR --checkpoint FILE to keep \
+                     one for that checkpoint)"
+                .to_owned(),
+            Some(answer) => format!(
+                "the one at hand is from size {} to {}",
+                answer["from"], answer["to"]
+            ),
+        };
         report.fail(
             "consistency",
             format!(
-                "no usable consistency proof from size {} to {}",
+                "no usable consistency proof from size {} to {}: {held}",
                 old.size, checkpoint.size
             ),
         );

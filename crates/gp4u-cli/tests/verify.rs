@@ -301,6 +301,8 @@ async fn finished_job(base: &str, data_dir: &Path) -> Finished {
 
     let digest = telemetry_digest(&job_id, &sealed);
     let hardware = |assurance| {
+        let cc_evidence =
+            (assurance == Assurance::HardwareAttested).then(|| b"not NVIDIA evidence".to_vec());
         ProofSubmission::Hardware(
             sign_hardware(
                 HardwareClaim {
@@ -316,7 +318,7 @@ async fn finished_job(base: &str, data_dir: &Path) -> Finished {
                     },
                     telemetry_digest: digest,
                     assurance,
-                    cc_evidence: None,
+                    cc_evidence,
                     issued_at_ms: 1_767_225_600_000,
                 },
                 &node_key,
@@ -325,14 +327,12 @@ async fn finished_job(base: &str, data_dir: &Path) -> Finished {
         )
         .to_json()
     };
+    // The packets above do not say `emulated`, so the GPU counts as real: a provider-signed
+    // attestation is the honest label, and `hardware_attested` without evidence is refused.
+    let (status, body) = post(provider.clone(), hardware(Assurance::HardwareAttested)).await;
+    assert_eq!(status, 400, "hardware_attested without evidence: {body}");
     let (status, body) = post(provider.clone(), hardware(Assurance::ProviderSigned)).await;
-    if status == 400 && body.contains("emulated") {
-        // The server treats the GPU as emulated: the attestation must say so.
-        let (status, body) = post(provider.clone(), hardware(Assurance::Emulated)).await;
-        assert_eq!(status, 201, "{body}");
-    } else {
-        assert_eq!(status, 201, "{body}");
-    }
+    assert_eq!(status, 201, "{body}");
 
     // Refusals: garbage 400, another provider 404, a customer 403.
     let (status, body) = post(provider.clone(), "{\"kind\":\"energy\",\"junk\":1}".into()).await;
@@ -397,6 +397,39 @@ fn entry_of<'a>(ledger: &'a Value, kind: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} entry: {ledger}"))
 }
 
+/// Submits another job for the customer and waits until the log is larger than `size`.
+async fn job_growing_the_log(base: &str, token: &str, size: u64) -> String {
+    let client = reqwest::Client::new();
+    let (status, gpus) = call(
+        &client,
+        Method::GET,
+        format!("{base}/api/gpus"),
+        token,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{gpus}");
+    let gpu = gpus["gpus"][0]["id"].as_str().unwrap().to_owned();
+    let job = submit_job(&client, base, token, &gpu).await;
+    wait_for("the log to grow", 30, || {
+        let client = &client;
+        async move {
+            let note = client
+                .get(format!("{base}/api/ledger/checkpoint"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            (verify::claimed_size(&note).unwrap() > size).then_some(Value::Null)
+        }
+    })
+    .await;
+    job
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_passes_catches_tampering_and_works_offline() {
     let data_dir = tempfile::tempdir().unwrap();
@@ -442,39 +475,8 @@ async fn verify_passes_catches_tampering_and_works_offline() {
     let saved: Value =
         serde_json::from_str(&std::fs::read_to_string(&checkpoint).unwrap()).unwrap();
     let old_size = verify::claimed_size(saved["checkpoint"].as_str().unwrap()).unwrap();
-    let second_job = {
-        // Grow the log: another job by the same customer (job.created and the rest get sealed).
-        let client = reqwest::Client::new();
-        let (status, gpus) = call(
-            &client,
-            Method::GET,
-            format!("{base}/api/gpus"),
-            token,
-            None,
-        )
-        .await;
-        assert_eq!(status, 200, "{gpus}");
-        let gpu = gpus["gpus"][0]["id"].as_str().unwrap().to_owned();
-        let second_job = submit_job(&client, &base, token, &gpu).await;
-        wait_for("the log to grow", 30, || {
-            let client = &client;
-            let base = &base;
-            async move {
-                let note = client
-                    .get(format!("{base}/api/ledger/checkpoint"))
-                    .bearer_auth(token)
-                    .send()
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap();
-                (verify::claimed_size(&note).unwrap() > old_size).then_some(Value::Null)
-            }
-        })
-        .await;
-        second_job
-    };
+    // Grow the log: another job by the same customer (job.created and the rest get sealed).
+    let second_job = job_growing_the_log(&base, token, old_size).await;
     let stdout = assert_passes(&verify_cmd(
         job,
         &base,
@@ -499,13 +501,25 @@ async fn verify_passes_catches_tampering_and_works_offline() {
         &["proofs: no sealed hardware or energy proof"],
     );
 
-    // 3. Save everything for offline use (checked at the end, with the server gone).
+    // 3. Save everything for offline use (checked at the end, with the server gone), with
+    // the consistency proof from the kept checkpoint (a copy of it is kept for the offline run:
+    // the log may have grown since, the second job's events being sealed meanwhile).
     let saved_dir = work.path().join("saved");
+    let kept = work.path().join("checkpoint-before-save.json");
+    std::fs::copy(&checkpoint, &kept).unwrap();
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&kept).unwrap()).unwrap();
+    let kept_size = verify::claimed_size(saved["checkpoint"].as_str().unwrap()).unwrap();
+    job_growing_the_log(&base, token, kept_size).await;
     assert_passes(&verify_cmd(
         job,
         &base,
         token,
-        &["--save", saved_dir.to_str().unwrap()],
+        &[
+            "--save",
+            saved_dir.to_str().unwrap(),
+            "--checkpoint",
+            checkpoint_arg,
+        ],
     ));
 
     // 4. Tampering in the database, each case restored afterwards.
@@ -596,7 +610,108 @@ async fn verify_passes_catches_tampering_and_works_offline() {
         .unwrap();
     assert_passes(&verify_cmd(job, &base, token, &[]));
 
-    // 4d. A node hash of the tree: the sibling leaf of the job's first entry.
+    // 4d. The energy proof row: its claim raised by one mW·ms.
+    let body: String = sqlx::query("SELECT body FROM proofs WHERE job_id = $1 AND kind = 'energy'")
+        .bind(job)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("body");
+    let mut value: Value = serde_json::from_str(&body).unwrap();
+    let claimed = value["claim"]["energy_mwms"].as_u64().unwrap();
+    value["claim"]["energy_mwms"] = json!(claimed + 1);
+    sqlx::query("UPDATE proofs SET body = $1 WHERE job_id = $2 AND kind = 'energy'")
+        .bind(value.to_string())
+        .bind(job)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_fails_naming(
+        &verify_cmd(job, &base, token, &[]),
+        &["served energy proof"],
+    );
+    sqlx::query("UPDATE proofs SET body = $1 WHERE job_id = $2 AND kind = 'energy'")
+        .bind(&body)
+        .bind(job)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_passes(&verify_cmd(job, &base, token, &[]));
+
+    // 4e. A power commitment sealed during the run, swapped for another valid commitment —
+    // first the entry alone, then the entry and its stored leaf hash together.
+    let committed = entry_of(&ledger, "telemetry.committed");
+    let index = committed["index"].as_i64().unwrap();
+    let body: String = sqlx::query("SELECT body FROM ledger_entries WHERE log_index = $1")
+        .bind(index)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("body");
+    let original: Value = serde_json::from_str(&body).unwrap();
+    let old_commitment = original["payload"]["commitment"]
+        .as_str()
+        .or_else(|| original["commitment"].as_str())
+        .unwrap_or_else(|| panic!("no commitment in the sealed body: {body}"))
+        .to_owned();
+    let (other, _) = commit_reading(
+        PowerReading {
+            power_mw: 1,
+            renewable_mw: 0,
+        },
+        &mut OsRng,
+    );
+    let altered = body.replace(&old_commitment, &other.to_base64());
+    assert_ne!(altered, body);
+    sqlx::query("UPDATE ledger_entries SET body = $1 WHERE log_index = $2")
+        .bind(&altered)
+        .bind(index)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_fails_naming(
+        &verify_cmd(job, &base, token, &[]),
+        &[&format!("entry {index} (telemetry.committed)"), "altered"],
+    );
+    let leaf: String =
+        sqlx::query("SELECT hash FROM ledger_nodes WHERE level = 0 AND node_index = $1")
+            .bind(index)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .get("hash");
+    let forged_leaf = to_hex(&leaf_hash(altered.as_bytes()));
+    for update in [
+        "UPDATE ledger_nodes SET hash = $1 WHERE level = 0 AND node_index = $2",
+        "UPDATE ledger_entries SET leaf_hash = $1 WHERE log_index = $2",
+    ] {
+        sqlx::query(update)
+            .bind(&forged_leaf)
+            .bind(index)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    assert_fails_naming(
+        &verify_cmd(job, &base, token, &[]),
+        &[&format!("entry {index} (telemetry.committed)")],
+    );
+    sqlx::query("UPDATE ledger_entries SET body = $1, leaf_hash = $2 WHERE log_index = $3")
+        .bind(&body)
+        .bind(&leaf)
+        .bind(index)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE ledger_nodes SET hash = $1 WHERE level = 0 AND node_index = $2")
+        .bind(&leaf)
+        .bind(index)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_passes(&verify_cmd(job, &base, token, &[]));
+
+    // 4f. A node hash of the tree: the sibling leaf of the job's first entry.
     let created = entry_of(&ledger, "job.created");
     let index = created["index"].as_i64().unwrap();
     let sibling = index ^ 1;
@@ -659,10 +774,11 @@ async fn verify_passes_catches_tampering_and_works_offline() {
     let stdout = assert_passes(&output);
     assert!(stdout.contains("(offline)"), "{stdout}");
     assert!(stdout.contains("✓ energy proof"), "{stdout}");
-    // And offline with the kept checkpoint (same key, a log at least as large).
+    // And offline with the checkpoint kept before saving (same key, a log at least as large,
+    // the consistency proof between them saved).
     let output = Command::new(BIN)
         .args(["verify", job, "--offline", saved_dir.to_str().unwrap()])
-        .args(["--checkpoint", checkpoint_arg])
+        .args(["--checkpoint", kept.to_str().unwrap()])
         .env("GP4U_LOG", "warn")
         .output()
         .unwrap();

@@ -1007,7 +1007,108 @@ async fn one_unsettleable_job_does_not_stop_the_others(app: TestApp) {
     );
 }
 
+async fn a_university_provider_pays_the_student_programme_its_share(app: TestApp) {
+    // A university's provider account (created by an admin with `university: true`).
+    let reply = app
+        .call(
+            Method::POST,
+            "/api/admin/users",
+            Some(&app.admin),
+            Some(json!({"name": "Campus GPUs", "role": "provider", "university": true})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let provider = app.token(
+        reply.body["id"].as_str().unwrap(),
+        reply.body["clearance"].as_u64().unwrap() as u8,
+    );
+    let registered = app
+        .call(
+            Method::POST,
+            "/api/providers/register",
+            Some(&provider),
+            Some(json!({"region": "us-east-1", "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+                        "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "uuid": "GPU-0"}]})),
+        )
+        .await;
+    assert_eq!(
+        registered.status,
+        StatusCode::CREATED,
+        "{:?}",
+        registered.body
+    );
+    let node = Node {
+        token: provider.clone(),
+        node_id: registered.body["node_id"].as_str().unwrap().to_owned(),
+        gpus: vec![
+            registered.body["gpus"][0]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        ],
+    };
+    let run = running_on(&app, node, pinned()).await;
+    // 6 minutes of RUNNING time: 36 packets 10 s apart after the one that starts the job.
+    for _ in 0..36 {
+        send(&app, &run, json!({})).await;
+    }
+    let reply = send(&app, &run, json!({"final": true, "exit_code": 0})).await;
+    assert_eq!(reply.body["status"], "COMPLETE", "{:?}", reply.body);
+    settle_and_seal(&app).await;
+    let reply = app
+        .call(
+            Method::GET,
+            &format!("/api/jobs/{}/settlement", run.job),
+            Some(&run.customer),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let settlement = reply.body;
+    // 0.1 h × 3.10 = 0.31: fee 10 % = 0.031; of the provider's 0.279, 25 % (0.06975) goes to
+    // the student programme and 0.20925 to the provider.
+    assert_eq!(settlement["gpu_hours"], json!(0.1));
+    assert_eq!(settlement["customer_charged"], json!(0.31));
+    assert_eq!(settlement["platform_fee"], json!(0.031));
+    assert_eq!(settlement["student_program"], json!(0.06975));
+    assert_eq!(settlement["provider_earnings"], json!(0.20925));
+    assert_eq!(settlement["refunded"], json!(13.33));
+    let transfers = settlement["transfers"].as_array().unwrap();
+    let student = transfers
+        .iter()
+        .find(|transfer| transfer["credit"] == "platform:student_program")
+        .unwrap_or_else(|| panic!("no transfer to the student programme: {transfers:?}"));
+    assert_eq!(student["amount"], json!(0.06975), "{student:?}");
+    assert_eq!(
+        app.store()
+            .account_balance("platform:student_program")
+            .await
+            .unwrap()
+            .micros(),
+        69_750
+    );
+    let statement = app
+        .call(Method::GET, "/api/billing/statement", Some(&provider), None)
+        .await;
+    assert_eq!(
+        statement.body["earnings"],
+        json!(0.20925),
+        "{:?}",
+        statement.body
+    );
+    assert_eq!(balance(&app, &provider).await["balance"], json!(0.20925));
+    // The sealed settlement carries the same split.
+    let sealed = sealed_body(&job_ledger(&app, &run).await, "billing.settled");
+    assert_eq!(sealed["payload"]["settlement"], settlement["exact"]);
+    assert_eq!(
+        sealed["payload"]["settlement"]["student_program"],
+        json!(69_750)
+    );
+    assert!(app.store().audit_balances().await.unwrap().is_empty());
+}
+
 on_both_engines!(
+    a_university_provider_pays_the_student_programme_its_share,
     one_unsettleable_job_does_not_stop_the_others,
     a_full_array_of_committed_packets_is_not_too_large,
     the_first_sample_counts_when_the_clock_moves_within_a_request,
