@@ -6,12 +6,14 @@
 //! posting the same transfer twice — a retried settlement, two replicas racing — changes
 //! nothing the second time. The balance columns and the journal change in one transaction.
 
+use std::collections::BTreeSet;
+
 use gp4u_core::ids::{JobId, UserId};
 use gp4u_core::money::Money;
 use sqlx::{Any, Row, Transaction};
 
 use crate::outbox::insert_events;
-use crate::{OutboxEvent, Store, StoreError, StoreResult};
+use crate::{Engine, OutboxEvent, Store, StoreError, StoreResult};
 
 /// A transfer to post: `amount` leaves `debit` and enters `credit`.
 #[derive(Debug, Clone, PartialEq)]
@@ -174,13 +176,64 @@ async fn apply_delta(tx: &mut Transaction<'_, Any>, account: &str, delta: i64) -
     Ok(())
 }
 
+/// Locks every balance row `transfers` touch, in one global order (users, then nodes, then
+/// platform accounts, each by id), so that two transactions moving money between the same
+/// accounts in opposite directions wait for each other instead of deadlocking (PostgreSQL;
+/// SQLite has a single writer). Other multi-row writers lock in the same category order.
+async fn lock_balances(
+    tx: &mut Transaction<'_, Any>,
+    engine: Engine,
+    transfers: &[NewTransfer],
+) -> StoreResult<()> {
+    if engine != Engine::Postgres {
+        return Ok(());
+    }
+    let mut users = BTreeSet::new();
+    let mut nodes = BTreeSet::new();
+    let mut others = BTreeSet::new();
+    for account in transfers
+        .iter()
+        .flat_map(|transfer| [transfer.debit.as_str(), transfer.credit.as_str()])
+    {
+        match account_column(account) {
+            AccountColumn::UserAvailable(user) | AccountColumn::UserHeld(user) => {
+                users.insert(user)
+            }
+            AccountColumn::NodeStake(node) => nodes.insert(node),
+            AccountColumn::Other(id) => others.insert(id),
+        };
+    }
+    if users.len() + nodes.len() + others.len() < 2 {
+        return Ok(());
+    }
+    for user in users {
+        sqlx::query("SELECT id FROM users WHERE id = $1 FOR UPDATE")
+            .bind(user)
+            .fetch_optional(&mut **tx)
+            .await?;
+    }
+    for node in nodes {
+        sqlx::query("SELECT id FROM provider_nodes WHERE id = $1 FOR UPDATE")
+            .bind(node)
+            .fetch_optional(&mut **tx)
+            .await?;
+    }
+    for account in others {
+        // Creates the row if need be; the no-op update takes its lock either way.
+        apply_account_delta(tx, account, 0).await?;
+    }
+    Ok(())
+}
+
 /// Posts `transfers` inside `tx`; each one already posted (same id) is skipped. Returns how
 /// many were new. An existing id with different contents is refused: ids name one transfer.
 pub(crate) async fn post_transfers(
     tx: &mut Transaction<'_, Any>,
+    engine: Engine,
     transfers: &[NewTransfer],
     now_ms: i64,
 ) -> StoreResult<usize> {
+    lock_balances(tx, engine, transfers).await?;
     let mut posted = 0;
     for transfer in transfers {
         if transfer.amount.micros() <= 0 {
@@ -251,7 +304,7 @@ impl Store {
         self.count_op();
         let _writer = self.writer().await;
         let mut tx = self.begin_write().await?;
-        let posted = post_transfers(&mut tx, transfers, now_ms).await?;
+        let posted = post_transfers(&mut tx, self.engine(), transfers, now_ms).await?;
         tx.commit().await?;
         Ok(posted)
     }
@@ -283,7 +336,7 @@ impl Store {
             tx.rollback().await?;
             return Ok(SettleOutcome::AlreadySettled);
         }
-        post_transfers(&mut tx, transfers, now_ms).await?;
+        post_transfers(&mut tx, self.engine(), transfers, now_ms).await?;
         insert_events(&mut tx, events, now_ms).await?;
         tx.commit().await?;
         Ok(SettleOutcome::Settled)

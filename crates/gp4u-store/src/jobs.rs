@@ -138,7 +138,7 @@ impl Store {
                 error.into()
             }
         })?;
-        crate::billing::post_transfers(&mut tx, &job.transfers, now_ms).await?;
+        crate::billing::post_transfers(&mut tx, self.engine(), &job.transfers, now_ms).await?;
         insert_events(&mut tx, &job.events, now_ms).await?;
         tx.commit().await?;
         let mut created = record.clone();
