@@ -233,6 +233,7 @@ async fn register_or_load(
             "vram_gb": gpu.vram_total_bytes as f64 / 1_073_741_824.0,
             "price_per_hour": config.price_per_hour,
             "uuid": gpu.uuid,
+            "driver_version": gpu.driver_version,
             "emulated": gpu.emulated,
         })).collect::<Vec<_>>(),
     });

@@ -292,6 +292,8 @@ async fn an_agent_runs_a_digest_pinned_job_end_to_end() {
         if let Some(gpu) = listing["gpus"].as_array().and_then(|gpus| gpus.first()) {
             assert_eq!(gpu["name"], "RTX 4090 (emulated)");
             assert_eq!(gpu["emulated"], true);
+            // The agent declares the driver from its GPU source (NVML, or `emulated`).
+            assert_eq!(gpu["driver_version"], "emulated", "{gpu}");
             break gpu["id"].as_str().unwrap().to_string();
         }
         assert!(Instant::now() < deadline, "the agent did not register");
@@ -497,6 +499,56 @@ async fn an_agent_runs_a_digest_pinned_job_end_to_end() {
         "gp4u verify failed:\n{}\n{}",
         String::from_utf8_lossy(&verified.stdout),
         String::from_utf8_lossy(&verified.stderr)
+    );
+    // The sealed Veritas record names the GPU and the driver the agent declared, and the
+    // customer's carbon accounting has the job.
+    let (status, ledger) = call(
+        &client,
+        Method::GET,
+        format!("{base}/api/jobs/{job_id}/ledger"),
+        &customer_token,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{ledger}");
+    let veritas = ledger["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| entry["kind"] == "veritas.recorded")
+        .unwrap_or_else(|| panic!("no Veritas record sealed: {ledger}"));
+    let record: Value = serde_json::from_str(veritas["body"].as_str().unwrap()).unwrap();
+    let record = &record["payload"]["record"];
+    assert_eq!(
+        (record["gpu_model"].as_str(), record["gpu_driver"].as_str()),
+        (Some("RTX 4090 (emulated)"), Some("emulated")),
+        "{record}"
+    );
+    let (status, energy) = call(
+        &client,
+        Method::GET,
+        format!("{base}/api/energy"),
+        &customer_token,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{energy}");
+    // (This customer's earlier jobs in this test ended too: each accounted job counts.)
+    let (_, job) = call(
+        &client,
+        Method::GET,
+        format!("{base}/api/jobs/{job_id}"),
+        &customer_token,
+        None,
+    )
+    .await;
+    assert!(energy["total"]["jobs"].as_u64() >= Some(1), "{energy}");
+    let job_kwh = job["energy_kwh"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("the job has no energy_kwh: {job}"));
+    assert!(
+        energy["total"]["energy_kwh"].as_f64() >= Some(job_kwh),
+        "{energy} {job}"
     );
 
     // Followed after the end: the whole log as events, then `end`.

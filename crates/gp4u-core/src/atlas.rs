@@ -5,7 +5,8 @@
 //! GPU was chosen (the job's `placement`, SPEC §3):
 //!
 //! - `trust`: `trust_score / 100`, clamped; a non-finite score counts as 0.
-//! - `uptime`: Mnemo's uptime, clamped; 0.5 when unknown.
+//! - `uptime`: Mnemo's uptime (the share of observed time the node's agent was present, times
+//!   the share of its jobs it did not drop), clamped; 0.5 when unknown.
 //! - `provenance`: Veritas provenance, clamped; 0.5 when unknown. Reproducibility-sensitive
 //!   jobs only.
 //! - `latency`: `1 − min(rtt, 300 ms) / 300 ms`, customer region → GPU region; 0.5 when
@@ -655,7 +656,10 @@ fn uptime_reason(candidate: &Candidate, weight: f64) -> Reason {
             FACTOR_UPTIME,
             uptime,
             weight,
-            format!("uptime {}% (Mnemo)", short_number(uptime * 100.0)),
+            format!(
+                "uptime {}% (Mnemo: agent presence × jobs not dropped)",
+                short_number(uptime * 100.0)
+            ),
         ),
         None => reason(
             FACTOR_UPTIME,
@@ -1238,7 +1242,10 @@ mod tests {
         assert_eq!(factors, ["trust", "uptime", "latency", "carbon", "price"]);
         let details: Vec<&str> = scored.reasons.iter().map(|r| r.detail.as_str()).collect();
         assert_eq!(details[0], "trust score 80/100");
-        assert_eq!(details[1], "uptime 99% (Mnemo)");
+        assert_eq!(
+            details[1],
+            "uptime 99% (Mnemo: agent presence × jobs not dropped)"
+        );
         assert_eq!(
             details[2],
             "customer region unknown, latency counted as 0.5"

@@ -114,9 +114,49 @@ pub const TOPIC_VERITAS_RECORDED: &str = "veritas.recorded";
 /// Outbox topic of a slash (stage 4).
 pub const TOPIC_TUTELA_SLASH: &str = "tutela.slash";
 
+/// How long a node must have been observed before its uptime counts (Atlas treats a shorter
+/// history as unknown, i.e. neutral): ten minutes.
+pub const MIN_PRESENCE_OBSERVED_MS: i64 = 10 * 60 * 1000;
+
+/// A node's presence as the store records it from its agent's contacts (assignment polls).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    /// The first contact since presence is recorded; `None` before any.
+    pub first_seen_at_ms: Option<i64>,
+    pub last_seen_at_ms: Option<i64>,
+    /// Time between contacts at most the presence gap apart, summed.
+    pub online_ms: i64,
+}
+
+impl Presence {
+    /// The time observed: from the first contact to `now_ms`.
+    pub fn observed_ms(&self, now_ms: i64) -> i64 {
+        self.first_seen_at_ms
+            .map_or(0, |first| now_ms.saturating_sub(first).max(0))
+    }
+
+    /// Uptime: the share of the observed time the agent was present, in [0, 1]; `None`
+    /// until the node has been observed for [`MIN_PRESENCE_OBSERVED_MS`].
+    pub fn uptime(&self, now_ms: i64) -> Option<f64> {
+        let observed = self.observed_ms(now_ms);
+        (observed >= MIN_PRESENCE_OBSERVED_MS)
+            .then(|| (self.online_ms.max(0) as f64 / observed as f64).clamp(0.0, 1.0))
+    }
+}
+
+/// Atlas's uptime figure for a node: the share of observed time its agent was present,
+/// times the share of its jobs it did not drop; either alone when only it is known, `None`
+/// (neutral) when neither is.
+pub fn uptime_score(presence_uptime: Option<f64>, completion_rate: Option<f64>) -> Option<f64> {
+    match (presence_uptime, completion_rate) {
+        (Some(present), Some(kept)) => Some(present * kept),
+        (one, other) => one.or(other),
+    }
+}
+
 impl ProviderRecord {
     /// Completed ÷ (completed + dropped); `None` before the node has a record.
-    pub fn uptime(&self) -> Option<f64> {
+    pub fn completion_rate(&self) -> Option<f64> {
         let total = self.completed + self.dropped;
         (total > 0).then(|| self.completed as f64 / total as f64)
     }
@@ -198,6 +238,147 @@ impl Chamber for Mnemo {
             "hottest": hottest,
             "vram_by_region": self.vram,
             "providers_with_a_record": self.providers.len(),
+            "intake": self.intake,
+        })
+    }
+}
+
+/// Outbox topic of a job's energy and carbon accounting (stage 5), sealed by Obsidian.
+pub const TOPIC_JOB_ENERGY: &str = "job.energy";
+
+/// Energy and carbon summed over jobs. kWh and kg are sums of each job's figures (each exact
+/// to the mW·ms in its `job.energy` event); renewable energy is *declared* by providers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CarbonTotals {
+    pub jobs: u64,
+    pub energy_kwh: f64,
+    pub carbon_kg: f64,
+    /// Σ kWh × the node's declared renewable share.
+    pub renewable_kwh_declared: f64,
+    /// Jobs on nodes declaring at least 80 % renewable power, and their energy and carbon.
+    pub credit_eligible_jobs: u64,
+    pub credit_eligible_kwh: f64,
+    pub credit_eligible_carbon_kg: f64,
+}
+
+impl CarbonTotals {
+    fn add(&mut self, job: &JobEnergy) {
+        self.jobs += 1;
+        self.energy_kwh += job.energy_kwh;
+        self.carbon_kg += job.carbon_kg;
+        self.renewable_kwh_declared += job.energy_kwh * job.renewable_pct.clamp(0.0, 100.0) / 100.0;
+        if job.carbon_credit_eligible {
+            self.credit_eligible_jobs += 1;
+            self.credit_eligible_kwh += job.energy_kwh;
+            self.credit_eligible_carbon_kg += job.carbon_kg;
+        }
+    }
+
+    /// Adds another total (e.g. a provider's nodes).
+    pub fn merge(&mut self, other: &CarbonTotals) {
+        self.jobs += other.jobs;
+        self.energy_kwh += other.energy_kwh;
+        self.carbon_kg += other.carbon_kg;
+        self.renewable_kwh_declared += other.renewable_kwh_declared;
+        self.credit_eligible_jobs += other.credit_eligible_jobs;
+        self.credit_eligible_kwh += other.credit_eligible_kwh;
+        self.credit_eligible_carbon_kg += other.credit_eligible_carbon_kg;
+    }
+}
+
+/// The grid factor a region's jobs were last accounted with.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GridFactorUsed {
+    pub g_co2e_per_kwh: f64,
+    pub source: String,
+    pub as_of: String,
+}
+
+/// What Energy reads from a `job.energy` event.
+#[derive(Debug, Clone, Deserialize)]
+struct JobEnergy {
+    #[serde(default)]
+    node_id: Option<String>,
+    #[serde(default)]
+    region: Option<String>,
+    energy_kwh: f64,
+    carbon_kg: f64,
+    #[serde(default)]
+    renewable_pct: f64,
+    #[serde(default)]
+    carbon_credit_eligible: bool,
+    #[serde(default)]
+    grid_factor: Option<GridFactorEvent>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct GridFactorEvent {
+    region: String,
+    g_co2e_per_kwh: f64,
+    source: String,
+    as_of: String,
+}
+
+/// Energy: carbon accounting (stage 5). Folds every job's `job.energy` event into totals for
+/// the platform, per region and per provider node, with carbon-credit eligibility (a node
+/// declaring ≥ 80 % renewable power; declared, not metered) and the grid factor each region
+/// was last accounted with.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Energy {
+    pub intake: Intake,
+    pub total: CarbonTotals,
+    /// Key: region (`unknown` when the job's region was not known).
+    pub regions: BTreeMap<String, CarbonTotals>,
+    /// Key: node id.
+    pub nodes: BTreeMap<String, CarbonTotals>,
+    /// Key: region.
+    pub grid_factors: BTreeMap<String, GridFactorUsed>,
+}
+
+impl Chamber for Energy {
+    const NAME: &'static str = "energy";
+
+    fn apply(&mut self, topic: &str, payload: &Value) {
+        if topic != TOPIC_JOB_ENERGY {
+            self.intake.ignored += 1;
+            return;
+        }
+        let Some(job) = self.intake.read::<JobEnergy>(payload) else {
+            return;
+        };
+        let sane = |value: f64| value.is_finite() && value >= 0.0;
+        if !(sane(job.energy_kwh) && sane(job.carbon_kg) && job.renewable_pct.is_finite()) {
+            self.intake.applied -= 1;
+            self.intake.malformed += 1;
+            return;
+        }
+        let region = job
+            .region
+            .clone()
+            .or_else(|| job.grid_factor.as_ref().map(|factor| factor.region.clone()))
+            .unwrap_or_else(|| UNKNOWN.to_owned());
+        self.total.add(&job);
+        self.regions.entry(region).or_default().add(&job);
+        if let Some(node) = &job.node_id {
+            self.nodes.entry(node.clone()).or_default().add(&job);
+        }
+        if let Some(factor) = job.grid_factor {
+            self.grid_factors.insert(
+                factor.region,
+                GridFactorUsed {
+                    g_co2e_per_kwh: factor.g_co2e_per_kwh,
+                    source: factor.source,
+                    as_of: factor.as_of,
+                },
+            );
+        }
+    }
+
+    fn summary(&self) -> Value {
+        json!({
+            "total": self.total,
+            "regions": self.regions,
+            "nodes_with_jobs": self.nodes.len(),
             "intake": self.intake,
         })
     }
@@ -388,12 +569,105 @@ mod tests {
                 reproducible: 2
             }
         );
-        assert_eq!(record.uptime(), Some(2.0 / 3.0));
+        assert_eq!(record.completion_rate(), Some(2.0 / 3.0));
         assert_eq!(record.provenance(), Some(2.0 / 3.0));
-        assert_eq!(ProviderRecord::default().uptime(), None);
+        assert_eq!(ProviderRecord::default().completion_rate(), None);
         // A model stored before stage 5 (no `providers`) still loads.
         let old: Mnemo = serde_json::from_value(json!({"intake": {"applied": 0, "ignored": 0, "malformed": 0}, "demand": {}, "vram": {}})).unwrap();
         assert!(old.providers.is_empty());
+    }
+
+    fn job_energy(node: Option<&str>, region: &str, kwh: f64, renewable: f64) -> Value {
+        json!({
+            "job_id": "job_a", "node_id": node, "region": region,
+            "energy_kwh": kwh, "energy_mwms": "0", "carbon_kg": kwh * 0.4,
+            "grid_factor": {"region": region, "g_co2e_per_kwh": 400.0, "source": "test", "as_of": "2025"},
+            "renewable_pct": renewable, "renewable_basis": "declared by the provider",
+            "carbon_credit_eligible": renewable >= 80.0,
+        })
+    }
+
+    #[test]
+    fn energy_sums_carbon_per_region_and_node_with_credit_eligibility() {
+        let mut energy = Energy::default();
+        energy.apply(
+            TOPIC_JOB_ENERGY,
+            &job_energy(Some("node_a"), "eu-north-1", 2.0, 90.0),
+        );
+        energy.apply(
+            TOPIC_JOB_ENERGY,
+            &job_energy(Some("node_a"), "eu-north-1", 1.0, 90.0),
+        );
+        energy.apply(
+            TOPIC_JOB_ENERGY,
+            &job_energy(Some("node_b"), "us-east-1", 4.0, 25.0),
+        );
+        // A job that never reached a node counts in the totals, under no node.
+        energy.apply(TOPIC_JOB_ENERGY, &job_energy(None, "us-east-1", 0.0, 0.0));
+        // Bad figures and other topics are counted, not applied.
+        energy.apply(
+            TOPIC_JOB_ENERGY,
+            &json!({"energy_kwh": -1.0, "carbon_kg": 0.0}),
+        );
+        energy.apply(TOPIC_JOB_ENERGY, &json!({"energy_kwh": "lots"}));
+        energy.apply(TOPIC_JOB_CREATED, &json!({}));
+        assert_eq!(
+            energy.intake,
+            Intake {
+                applied: 4,
+                ignored: 1,
+                malformed: 2
+            }
+        );
+        assert_eq!(energy.total.jobs, 4);
+        assert!((energy.total.energy_kwh - 7.0).abs() < 1e-12);
+        assert!((energy.total.carbon_kg - 2.8).abs() < 1e-12);
+        // 3 kWh at 90 % and 4 kWh at 25 % declared renewable.
+        assert!((energy.total.renewable_kwh_declared - 3.7).abs() < 1e-12);
+        assert_eq!(energy.total.credit_eligible_jobs, 2);
+        assert!((energy.total.credit_eligible_kwh - 3.0).abs() < 1e-12);
+        assert!((energy.total.credit_eligible_carbon_kg - 1.2).abs() < 1e-12);
+        let node_a = &energy.nodes["node_a"];
+        assert_eq!((node_a.jobs, node_a.credit_eligible_jobs), (2, 2));
+        assert_eq!(energy.nodes.len(), 2);
+        assert_eq!(energy.regions["us-east-1"].jobs, 2);
+        assert_eq!(energy.regions["eu-north-1"].jobs, 2);
+        assert_eq!(energy.grid_factors["eu-north-1"].source, "test");
+        let mut both = energy.nodes["node_a"].clone();
+        both.merge(&energy.nodes["node_b"]);
+        assert_eq!(both.jobs, 3);
+        // The model round-trips through JSON (the bus runner stores it so).
+        let stored: Energy =
+            serde_json::from_value(serde_json::to_value(&energy).unwrap()).unwrap();
+        assert_eq!(stored, energy);
+    }
+
+    #[test]
+    fn presence_uptime_is_the_share_of_observed_time_present() {
+        let minute = 60_000;
+        let never = Presence::default();
+        assert_eq!(never.uptime(1_000 * minute), None);
+        let node = Presence {
+            first_seen_at_ms: Some(100 * minute),
+            last_seen_at_ms: Some(130 * minute),
+            online_ms: 24 * minute,
+        };
+        // Nine minutes observed is too short to judge.
+        assert_eq!(node.uptime(109 * minute), None);
+        // 24 of 40 minutes present.
+        assert_eq!(node.observed_ms(140 * minute), 40 * minute);
+        assert_eq!(node.uptime(140 * minute), Some(0.6));
+        // A clock behind the first contact observes nothing; figures stay within [0, 1].
+        assert_eq!(node.observed_ms(50 * minute), 0);
+        let odd = Presence {
+            online_ms: 90 * minute,
+            ..node
+        };
+        assert_eq!(odd.uptime(140 * minute), Some(1.0));
+        assert_eq!(uptime_score(Some(0.5), Some(0.8)), Some(0.4));
+        assert_eq!(uptime_score(None, Some(0.8)), Some(0.8));
+        assert_eq!(uptime_score(Some(0.5), None), Some(0.5));
+        assert_eq!(uptime_score(None, None), None);
     }
 
     fn job_created(gpu_region: Option<&str>, customer_region: Option<&str>) -> Value {

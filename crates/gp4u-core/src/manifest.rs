@@ -61,6 +61,8 @@ pub const MAX_REGION_CHARS: usize = 32;
 pub const MAX_GPUS_PER_REGISTRATION: usize = 16;
 /// Longest GPU hardware uuid, in characters.
 pub const MAX_GPU_UUID_CHARS: usize = 128;
+/// Longest GPU driver version accepted at registration (NVML's are like `550.54.15`).
+pub const MAX_DRIVER_VERSION_CHARS: usize = 64;
 /// Ed25519 public keys are 32 bytes.
 pub const PUBLIC_KEY_BYTES: usize = 32;
 /// Largest credit adjustment, in either direction.
@@ -334,6 +336,9 @@ pub struct GpuSpec {
     pub vram_gb: f64,
     pub price_per_hour: Money,
     pub uuid: Option<String>,
+    /// The driver the GPU runs under, as NVML reports it (e.g. `550.54.15`); part of every
+    /// Veritas record of a job on it.
+    pub driver_version: Option<String>,
     /// A declared GPU without hardware behind it (the agent's `--gpu emulated:…`): shown as
     /// such everywhere and attested as `emulated`.
     pub emulated: bool,
@@ -1069,12 +1074,41 @@ fn validate_gpu_spec(index: usize, item: &Value) -> Result<GpuSpec, FieldError> 
             Some(text.to_owned())
         }
     };
+    let driver_field = format!("{base}.driver_version");
+    let driver_version = match present(object, "driver_version") {
+        None => None,
+        Some(value) => {
+            let text = value
+                .as_str()
+                .map(str::trim)
+                .filter(|text| {
+                    !text.is_empty()
+                        && text.chars().count() <= MAX_DRIVER_VERSION_CHARS
+                        && text
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "._-+ ()".contains(c))
+                })
+                .ok_or_else(|| {
+                    FieldError::new(
+                        CODE,
+                        &driver_field,
+                        format!(
+                            "`{driver_field}` must be a version string of 1 to {MAX_DRIVER_VERSION_CHARS} \
+                             letters, digits and . _ - + ( ) as NVML reports it (e.g. \"550.54.15\"), got {}",
+                            echo(value)
+                        ),
+                    )
+                })?;
+            Some(text.to_owned())
+        }
+    };
     let emulated = optional_bool(object, "emulated", &format!("{base}.emulated"))?;
     Ok(GpuSpec {
         name,
         vram_gb,
         price_per_hour,
         uuid,
+        driver_version,
         emulated,
     })
 }

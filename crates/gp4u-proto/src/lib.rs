@@ -142,6 +142,9 @@ pub struct GpuView {
     /// Declared without hardware behind it (a development or test node).
     #[serde(default)]
     pub emulated: bool,
+    /// The driver the GPU runs under, as its agent declared it.
+    #[serde(default)]
+    pub driver_version: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -233,6 +236,9 @@ pub struct RegisteredGpuView {
     /// Added after the first release: absent from older servers' answers, hence the default.
     #[serde(default)]
     pub emulated: bool,
+    /// The driver the agent declared at registration (stage 5), if it did.
+    #[serde(default)]
+    pub driver_version: Option<String>,
 }
 
 /// One chamber in `GET /api/admin/chambers`.
@@ -502,6 +508,34 @@ pub struct ProviderNodeView {
     pub visibility_checked_at: Option<String>,
     pub gpus: Vec<RegisteredGpuView>,
     pub slashes: Vec<SlashView>,
+    /// Mnemo's record of the node: presence, jobs kept, provenance (stage 5).
+    #[serde(default)]
+    pub record: Option<NodeRecordView>,
+}
+
+/// What Mnemo knows of a provider node, as Atlas weighs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NodeRecordView {
+    /// The agent's first and last contact (assignment polls) since presence is recorded.
+    pub first_seen_at: Option<String>,
+    pub last_seen_at: Option<String>,
+    /// Hours the agent was present, and hours observed (since the first contact).
+    pub online_hours: f64,
+    pub observed_hours: f64,
+    /// online ÷ observed, once observed for ten minutes; `null` before.
+    pub presence_uptime: Option<f64>,
+    /// Jobs that ended COMPLETE on the node, and jobs it dropped or hid.
+    pub completed_jobs: u64,
+    pub dropped_jobs: u64,
+    /// completed ÷ (completed + dropped); `null` before the first.
+    pub completion_rate: Option<f64>,
+    /// Veritas records of jobs that ended on the node, and how many are reproducible.
+    pub veritas_records: u64,
+    pub reproducible: u64,
+    /// reproducible ÷ records; `null` before the first.
+    pub provenance: Option<f64>,
+    /// The uptime Atlas scores: presence × completion rate (either alone when only it is known).
+    pub uptime: Option<f64>,
 }
 
 /// `POST /api/providers/{nodeId}/stake`: moves credit into the node's stake.

@@ -179,6 +179,7 @@ async fn populate(
                     GpuId::from_random(rand::random::<[u8; 16]>()),
                     GpuSpec {
                         name: "RTX 4090".into(),
+                        driver_version: None,
                         vram_gb: 24.0,
                         price_per_hour: Money::from_micros(2_000_000),
                         uuid: Some(format!("GPU-{index}")),

@@ -12,7 +12,7 @@ use axum::http::HeaderName;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post, put};
 use gp4u_bus::{EventBus, InProcessBus, SystemClock, run_chamber};
-use gp4u_core::chambers::{Aetherion, Mnemo, Outerim};
+use gp4u_core::chambers::{Aetherion, Energy, Mnemo, Outerim};
 use gp4u_core::clock::Clock;
 use gp4u_core::ids::UserId;
 use gp4u_core::manifest::Role;
@@ -35,8 +35,8 @@ use crate::config::ServerSettings;
 use crate::error::ApiError;
 use crate::placement::run_atlas;
 use crate::routes::{
-    admin, agent, artifacts, billing, health, jobs, ledger, logs, outputs, proofs, providers,
-    telemetry,
+    admin, agent, artifacts, billing, energy, health, jobs, ledger, logs, outputs, proofs,
+    providers, telemetry,
 };
 use crate::state::{AppState, Limits, os_random_ids};
 use crate::{openapi, secret};
@@ -102,6 +102,7 @@ pub fn build_router(state: AppState) -> Router {
         .route("/billing/balance", get(billing::balance))
         .route("/billing/statement", get(billing::statement))
         .route("/grid-factors", get(billing::grid_factors))
+        .route("/energy", get(energy::summary))
         .route("/ledger/checkpoint", get(ledger::checkpoint))
         .route("/ledger/public-key", get(ledger::public_key))
         .route("/ledger/entries", get(ledger::entries))
@@ -216,6 +217,13 @@ fn spawn_background(state: &AppState, stopping: watch::Receiver<bool>) -> JoinSe
         stopping.clone(),
     ));
     tasks.spawn(run_chamber::<Outerim>(
+        state.store.clone(),
+        state.bus.clone(),
+        state.clock.clone(),
+        CHAMBER_POLL,
+        stopping.clone(),
+    ));
+    tasks.spawn(run_chamber::<Energy>(
         state.store.clone(),
         state.bus.clone(),
         state.clock.clone(),

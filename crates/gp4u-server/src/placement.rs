@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gp4u_core::atlas::{self, AtlasConfig, Candidate, PlacementRequest};
-use gp4u_core::chambers::{Chamber, Mnemo, ProviderRecord};
+use gp4u_core::chambers::{Chamber, Mnemo, ProviderRecord, uptime_score};
 use gp4u_core::events::JobStateChanged;
 use gp4u_core::ids::{NodeId, UserId};
 use gp4u_core::job::{EndedBy, FailureReason, JobInput, transition};
@@ -73,7 +73,9 @@ pub(crate) fn job_events(
 
 /// Mnemo's record of every provider node, as its chamber last saved it (empty before the
 /// chamber first ran, or if its model does not read: unknown is neutral in Atlas).
-async fn provider_records(state: &AppState) -> StoreResult<BTreeMap<String, ProviderRecord>> {
+pub(crate) async fn provider_records(
+    state: &AppState,
+) -> StoreResult<BTreeMap<String, ProviderRecord>> {
     let Some(providers) = state
         .store
         .get_subscriber(Mnemo::NAME)
@@ -92,7 +94,11 @@ async fn provider_records(state: &AppState) -> StoreResult<BTreeMap<String, Prov
     })
 }
 
-fn candidate(gpu: &GpuRecord, providers: &BTreeMap<String, ProviderRecord>) -> Candidate {
+fn candidate(
+    gpu: &GpuRecord,
+    providers: &BTreeMap<String, ProviderRecord>,
+    now_ms: i64,
+) -> Candidate {
     let record = providers.get(gpu.node_id.as_str());
     Candidate {
         gpu_id: gpu.id.clone(),
@@ -102,8 +108,12 @@ fn candidate(gpu: &GpuRecord, providers: &BTreeMap<String, ProviderRecord>) -> C
         region: gpu.region.clone(),
         price_per_hour: gpu.price_per_hour,
         trust_score: gpu.trust_score,
-        // Mnemo's record of the node (stage 5); a node without one is unknown, i.e. neutral.
-        uptime: record.and_then(ProviderRecord::uptime),
+        // The node's presence (its agent's polls) and Mnemo's record of the jobs it kept
+        // (stage 5); a node without either is unknown, i.e. neutral.
+        uptime: uptime_score(
+            gpu.node_presence.uptime(now_ms),
+            record.and_then(ProviderRecord::completion_rate),
+        ),
         provenance: record.and_then(ProviderRecord::provenance),
     }
 }
@@ -141,7 +151,10 @@ pub async fn place_pending(state: &AppState, config: &AtlasConfig) -> StoreResul
         });
     }
     let providers = provider_records(state).await?;
-    let candidates: Vec<Candidate> = free.iter().map(|gpu| candidate(gpu, &providers)).collect();
+    let candidates: Vec<Candidate> = free
+        .iter()
+        .map(|gpu| candidate(gpu, &providers, state.now_ms()))
+        .collect();
     let plan = atlas::plan(&requests, &candidates, config);
     let mut placed = 0;
     for assignment in plan {

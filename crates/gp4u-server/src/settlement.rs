@@ -50,7 +50,7 @@ pub async fn final_run_samples(
     }
 }
 
-pub const TOPIC_JOB_ENERGY: &str = "job.energy";
+pub use gp4u_core::chambers::TOPIC_JOB_ENERGY;
 pub use gp4u_core::chambers::TOPIC_VERITAS_RECORDED;
 pub const TOPIC_BILLING_SETTLED: &str = "billing.settled";
 
@@ -232,6 +232,11 @@ async fn account_completion(state: &AppState, job: &JobRecord) -> Result<(), Sto
             .map(|record| record.sha256);
         inputs.push(json!({"artifact_id": artifact, "sha256": sha}));
     }
+    // The GPU as its agent registered it: the driver is part of what reproduces a run.
+    let gpu = match &job.state.gpu_id {
+        Some(gpu) => state.store.get_gpu(gpu).await?,
+        None => None,
+    };
     let env: BTreeMap<&String, &String> = job.manifest.env.iter().collect();
     let env_hash =
         gp4u_core::hex::sha256(serde_json::to_string(&env).unwrap_or_default().as_bytes());
@@ -247,6 +252,8 @@ async fn account_completion(state: &AppState, job: &JobRecord) -> Result<(), Sto
         "exit_code": job.state.exit_code,
         "status": job.state.status.as_str(),
         "gpu_model": job.gpu_name,
+        "gpu_driver": gpu.as_ref().and_then(|gpu| gpu.driver_version.clone()),
+        "gpu_uuid": gpu.as_ref().and_then(|gpu| gpu.uuid.clone()),
         // The image is pinned by digest at submission, so a completed job with a recorded exit
         // code is reproducible in the sense Veritas scores: same image, inputs, env, command.
         "reproducible": job.state.status == JobStatus::Complete && job.state.exit_code == Some(0),
@@ -254,6 +261,7 @@ async fn account_completion(state: &AppState, job: &JobRecord) -> Result<(), Sto
     let energy_event = json!({
         "job_id": job.id,
         "node_id": node,
+        "region": job.gpu_region,
         "energy_kwh": facts.energy_kwh,
         "energy_mwms": facts.energy_mwms,
         "samples": total.samples,

@@ -90,6 +90,7 @@ pub fn gpu_view(gpu: &GpuRecord) -> GpuView {
         node_id: gpu.node_id.to_string(),
         trust_score: gpu.trust_score,
         emulated: gpu.emulated,
+        driver_version: gpu.driver_version.clone(),
     }
 }
 

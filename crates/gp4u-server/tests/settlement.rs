@@ -1107,7 +1107,307 @@ async fn a_university_provider_pays_the_student_programme_its_share(app: TestApp
     assert!(app.store().audit_balances().await.unwrap().is_empty());
 }
 
+/// Runs chamber `C` until `done` holds for its summary in `GET /api/admin/chambers`.
+async fn catch_up<C: gp4u_core::chambers::Chamber>(app: &TestApp, done: impl Fn(&Value) -> bool) {
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let chamber = tokio::spawn(gp4u_bus::run_chamber::<C>(
+        app.state.store.clone(),
+        app.state.bus.clone(),
+        app.state.clock.clone(),
+        std::time::Duration::from_millis(20),
+        stopping,
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let chambers = app
+            .call(Method::GET, "/api/admin/chambers", Some(&app.admin), None)
+            .await;
+        let summary = chambers.body["chambers"]
+            .as_array()
+            .and_then(|list| list.iter().find(|chamber| chamber["name"] == C::NAME))
+            .map(|chamber| chamber["summary"].clone())
+            .unwrap_or(Value::Null);
+        if done(&summary) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} did not catch up: {:?}",
+            C::NAME,
+            chambers.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    stop.send(true).unwrap();
+    let _ = chamber.await;
+}
+
+/// `GET /api/energy` as `token` (with `query`), expecting `status`.
+async fn energy(app: &TestApp, token: &str, query: &str, status: StatusCode) -> Value {
+    let reply = app
+        .call(
+            Method::GET,
+            &format!("/api/energy{query}"),
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, status, "{:?}", reply.body);
+    reply.body
+}
+
+fn close(actual: &Value, expected: f64) -> bool {
+    actual
+        .as_f64()
+        .is_some_and(|actual| (actual - expected).abs() < 1e-9)
+}
+
+async fn the_energy_chamber_sums_carbon_for_customers_providers_and_the_platform(app: TestApp) {
+    // A node declaring 85 % renewable power, and an ordinary one; a job on each.
+    let (green, _) = keyed_node(&app, 85.0).await;
+    let green_token = green.token.clone();
+    let green_node = green.node_id.clone();
+    let on_green = running_on(&app, green, pinned()).await;
+    let plain = picked_up(&app, pinned()).await;
+    for run in [&on_green, &plain] {
+        for _ in 0..10 {
+            send(&app, run, json!({})).await;
+        }
+        let reply = send(&app, run, json!({"final": true, "exit_code": 0})).await;
+        assert_eq!(reply.body["status"], "COMPLETE", "{:?}", reply.body);
+    }
+    settle_and_seal(&app).await;
+    let green_job = app.job(&on_green.job).await;
+    let plain_job = app.job(&plain.job).await;
+    let kwh = green_job["energy_kwh"].as_f64().unwrap();
+    assert!(kwh > 0.0, "{green_job:?}");
+
+    // A customer's figures are their own jobs', at once (no chamber needed).
+    let mine = energy(&app, &on_green.customer, "", StatusCode::OK).await;
+    assert_eq!(mine["scope"], "customer");
+    assert!(
+        mine["basis"].as_str().unwrap().contains("declared"),
+        "{mine:?}"
+    );
+    assert_eq!(mine["total"]["jobs"], json!(1), "{mine:?}");
+    assert!(close(&mine["total"]["energy_kwh"], kwh), "{mine:?}");
+    assert!(close(
+        &mine["total"]["carbon_kg"],
+        green_job["carbon_kg"].as_f64().unwrap()
+    ));
+    assert!(
+        close(&mine["total"]["renewable_kwh_declared"], kwh * 0.85),
+        "{mine:?}"
+    );
+    assert_eq!(mine["total"]["credit_eligible_jobs"], json!(1));
+    assert_eq!(mine["regions"][0]["region"], "us-east-1");
+    let theirs = energy(&app, &plain.customer, "", StatusCode::OK).await;
+    assert_eq!(
+        theirs["total"]["credit_eligible_jobs"],
+        json!(0),
+        "{theirs:?}"
+    );
+    assert!(close(
+        &theirs["total"]["carbon_kg"],
+        plain_job["carbon_kg"].as_f64().unwrap()
+    ));
+    assert!(close(&theirs["total"]["renewable_kwh_declared"], 0.0));
+
+    // Providers and the platform read the Energy chamber once it has folded both jobs.
+    catch_up::<gp4u_core::chambers::Energy>(&app, |summary| summary["total"]["jobs"] == json!(2))
+        .await;
+    let provider = energy(&app, &green_token, "", StatusCode::OK).await;
+    assert_eq!(provider["scope"], "provider");
+    assert_eq!(
+        provider["nodes"][0]["node_id"],
+        green_node.as_str(),
+        "{provider:?}"
+    );
+    assert_eq!(provider["nodes"][0]["credit_eligible_jobs"], json!(1));
+    assert!(
+        close(&provider["total"]["credit_eligible_kwh"], kwh),
+        "{provider:?}"
+    );
+    let platform = energy(&app, &app.admin, "", StatusCode::OK).await;
+    assert_eq!(platform["scope"], "platform");
+    assert_eq!(platform["total"]["jobs"], json!(2), "{platform:?}");
+    assert_eq!(platform["total"]["credit_eligible_jobs"], json!(1));
+    let total_carbon =
+        green_job["carbon_kg"].as_f64().unwrap() + plain_job["carbon_kg"].as_f64().unwrap();
+    assert!(
+        close(&platform["total"]["carbon_kg"], total_carbon),
+        "{platform:?}"
+    );
+    let region = &platform["regions"][0];
+    assert_eq!(region["region"], "us-east-1", "{platform:?}");
+    assert!(
+        region["grid_factor"]["source"]
+            .as_str()
+            .is_some_and(|source| !source.is_empty())
+    );
+    assert_eq!(platform["nodes"].as_array().unwrap().len(), 2);
+
+    // Scopes beyond the caller's clearance, and unknown ones, are refused.
+    energy(
+        &app,
+        &on_green.customer,
+        "?scope=platform",
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    energy(
+        &app,
+        &on_green.customer,
+        "?scope=provider",
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    energy(&app, &green_token, "?scope=platform", StatusCode::FORBIDDEN).await;
+    let bad = energy(&app, &app.admin, "?scope=everyone", StatusCode::BAD_REQUEST).await;
+    assert!(
+        bad["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("everyone"),
+        "{bad:?}"
+    );
+    // A provider may look at their own jobs as a customer too (none here).
+    let as_customer = energy(&app, &green_token, "?scope=customer", StatusCode::OK).await;
+    assert_eq!(as_customer["total"]["jobs"], json!(0));
+}
+
+async fn the_veritas_record_names_the_gpu_and_its_driver(app: TestApp) {
+    let (_, token) = app.user("provider", None).await;
+    let register = |driver: Value| {
+        json!({"region": "us-east-1", "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+               "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1,
+                         "uuid": "GPU-d", "driver_version": driver}]})
+    };
+    for bad in [
+        json!(""),
+        json!(550),
+        json!("550.54.15; rm -rf /"),
+        json!("9".repeat(65)),
+    ] {
+        let reply = app
+            .call(
+                Method::POST,
+                "/api/providers/register",
+                Some(&token),
+                Some(register(bad.clone())),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{bad}: {:?}",
+            reply.body
+        );
+        assert!(
+            reply.body.to_string().contains("gpus[0].driver_version"),
+            "{:?}",
+            reply.body
+        );
+    }
+    let reply = app
+        .call(
+            Method::POST,
+            "/api/providers/register",
+            Some(&token),
+            Some(register(json!("550.54.15"))),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    assert_eq!(reply.body["gpus"][0]["driver_version"], "550.54.15");
+    let node = Node {
+        token: token.clone(),
+        node_id: reply.body["node_id"].as_str().unwrap().to_owned(),
+        gpus: vec![reply.body["gpus"][0]["id"].as_str().unwrap().to_owned()],
+    };
+    let listed = app.call(Method::GET, "/api/gpus", Some(&token), None).await;
+    let gpu = listed.body["gpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|gpu| gpu["id"] == node.gpus[0].as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(gpu["driver_version"], "550.54.15", "{gpu:?}");
+    let run = running_on(&app, node, pinned()).await;
+    send(&app, &run, json!({})).await;
+    send(&app, &run, json!({"final": true, "exit_code": 0})).await;
+    settle_and_seal(&app).await;
+    let record =
+        sealed_body(&job_ledger(&app, &run).await, "veritas.recorded")["payload"]["record"].clone();
+    assert_eq!(
+        (
+            record["gpu_model"].clone(),
+            record["gpu_driver"].clone(),
+            record["gpu_uuid"].clone()
+        ),
+        (json!("RTX 4090"), json!("550.54.15"), json!("GPU-d")),
+        "{record:?}"
+    );
+}
+
+async fn agent_polls_measure_the_nodes_uptime_for_atlas(app: TestApp) {
+    let node = app.node(1, 3.1, "us-east-1").await;
+    let poll = format!("/api/agent/assignments?node_id={}&wait=0", node.node_id);
+    // Fifteen minutes of polls 20 s apart, then fifteen minutes of silence, then back.
+    for _ in 0..=45 {
+        let reply = app.call(Method::GET, &poll, Some(&node.token), None).await;
+        assert_eq!(reply.status, StatusCode::NO_CONTENT, "{:?}", reply.body);
+        app.clock.advance_ms(20_000);
+    }
+    app.clock.advance_ms(15 * 60_000 - 20_000);
+    app.call(Method::GET, &poll, Some(&node.token), None).await;
+    let view = app
+        .call(
+            Method::GET,
+            &format!("/api/providers/{}", node.node_id),
+            Some(&node.token),
+            None,
+        )
+        .await;
+    assert_eq!(view.status, StatusCode::OK, "{:?}", view.body);
+    let record = &view.body["record"];
+    assert!(close(&record["online_hours"], 0.25), "{record:?}");
+    assert!(close(&record["observed_hours"], 0.5), "{record:?}");
+    assert!(close(&record["presence_uptime"], 0.5), "{record:?}");
+    // No job has ended on it: the completion rate is unknown, the uptime is presence alone.
+    assert_eq!(record["completion_rate"], Value::Null);
+    assert!(close(&record["uptime"], 0.5), "{record:?}");
+    // Another provider cannot read it.
+    let (_, stranger) = app.user("provider", None).await;
+    let hidden = app
+        .call(
+            Method::GET,
+            &format!("/api/providers/{}", node.node_id),
+            Some(&stranger),
+            None,
+        )
+        .await;
+    assert_eq!(hidden.status, StatusCode::NOT_FOUND);
+    // Atlas scores the measured uptime (not the neutral 0.5 of an unknown node... which is
+    // also 0.5 here, so check the reason's wording).
+    let next = running_on(&app, node, pinned()).await;
+    let job = app.job(&next.job).await;
+    let reasons = job["placement"]["reasons"].as_array().unwrap().clone();
+    let uptime = reasons
+        .iter()
+        .find(|reason| reason["factor"] == "uptime")
+        .unwrap_or_else(|| panic!("no uptime reason: {reasons:?}"));
+    assert_eq!(uptime["value"], json!(0.5), "{uptime:?}");
+    assert!(
+        !uptime["detail"].to_string().contains("unknown"),
+        "{uptime:?}"
+    );
+}
+
 on_both_engines!(
+    the_energy_chamber_sums_carbon_for_customers_providers_and_the_platform,
+    the_veritas_record_names_the_gpu_and_its_driver,
+    agent_polls_measure_the_nodes_uptime_for_atlas,
     a_university_provider_pays_the_student_programme_its_share,
     one_unsettleable_job_does_not_stop_the_others,
     a_full_array_of_committed_packets_is_not_too_large,

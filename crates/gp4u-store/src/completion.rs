@@ -1,7 +1,8 @@
 //! Stage 5 and 6 storage: a finished job's energy and carbon, its Veritas record, the grid
 //! factors carbon is computed with, and the proofs providers submit.
 
-use gp4u_core::ids::{JobId, NodeId};
+use gp4u_core::chambers::CarbonTotals;
+use gp4u_core::ids::{JobId, NodeId, UserId};
 use sqlx::Row;
 
 use crate::outbox::{OutboxEvent, insert_events};
@@ -274,5 +275,91 @@ impl Store {
             Some(row) => row.try_get("renewable_pct")?,
             None => 0.0,
         })
+    }
+    /// Records an agent contact with `node` at `now_ms` (presence, for Mnemo's uptime): the
+    /// time since the previous contact counts as online when it is at most `gap_ms`; a longer
+    /// silence counts as down. Contacts out of order (another replica's clock) move nothing back.
+    pub async fn record_node_contact(
+        &self,
+        node: &NodeId,
+        now_ms: i64,
+        gap_ms: i64,
+    ) -> StoreResult<()> {
+        self.count_op();
+        let _writer = self.writer().await;
+        sqlx::query(
+            "UPDATE provider_nodes SET \
+             online_ms = online_ms + CASE WHEN last_seen_at IS NOT NULL AND $2 > last_seen_at \
+                 AND $2 - last_seen_at <= $3 THEN $2 - last_seen_at ELSE 0 END, \
+             last_seen_at = CASE WHEN last_seen_at IS NULL OR $2 > last_seen_at THEN $2 \
+                 ELSE last_seen_at END, \
+             first_seen_at = CASE WHEN first_seen_at IS NULL OR $2 < first_seen_at THEN $2 \
+                 ELSE first_seen_at END \
+             WHERE id = $1",
+        )
+        .bind(node.as_str())
+        .bind(now_ms)
+        .bind(gap_ms)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+    /// A customer's jobs that have been accounted (energy known), summed per region (`None`
+    /// for jobs that never had one): the customer's side of the Energy chamber.
+    pub async fn customer_carbon(
+        &self,
+        owner: &UserId,
+    ) -> StoreResult<Vec<(Option<String>, CarbonTotals)>> {
+        self.count_op();
+        let rows = sqlx::query(
+            "SELECT gpu_region, COUNT(*) AS jobs, SUM(energy_kwh) AS kwh, \
+             SUM(COALESCE(carbon_kg, 0.0)) AS carbon, \
+             SUM(energy_kwh * COALESCE(renewable_pct, 0.0) / 100.0) AS renewable, \
+             CAST(COALESCE(SUM(carbon_credit_eligible), 0) AS BIGINT) AS eligible, \
+             SUM(CASE WHEN carbon_credit_eligible = 1 THEN energy_kwh ELSE 0.0 END) \
+                 AS eligible_kwh, \
+             SUM(CASE WHEN carbon_credit_eligible = 1 THEN COALESCE(carbon_kg, 0.0) ELSE 0.0 END) \
+                 AS eligible_carbon \
+             FROM jobs WHERE owner_id = $1 AND energy_kwh IS NOT NULL \
+             GROUP BY gpu_region ORDER BY gpu_region",
+        )
+        .bind(owner.as_str())
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let count = |column: &str| -> StoreResult<u64> {
+                    let value: i64 = row.try_get(column)?;
+                    u64::try_from(value).map_err(StoreError::corrupt)
+                };
+                Ok((
+                    row.try_get("gpu_region")?,
+                    CarbonTotals {
+                        jobs: count("jobs")?,
+                        energy_kwh: row.try_get("kwh")?,
+                        carbon_kg: row.try_get("carbon")?,
+                        renewable_kwh_declared: row.try_get("renewable")?,
+                        credit_eligible_jobs: count("eligible")?,
+                        credit_eligible_kwh: row.try_get("eligible_kwh")?,
+                        credit_eligible_carbon_kg: row.try_get("eligible_carbon")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// The ids of the nodes `owner` registered.
+    pub async fn owner_node_ids(&self, owner: &UserId) -> StoreResult<Vec<NodeId>> {
+        self.count_op();
+        let rows = sqlx::query("SELECT id FROM provider_nodes WHERE owner_id = $1 ORDER BY id")
+            .bind(owner.as_str())
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("id")?;
+                NodeId::parse(&id).map_err(StoreError::corrupt)
+            })
+            .collect()
     }
 }

@@ -24,7 +24,8 @@ macro_rules! user_columns {
 macro_rules! gpu_columns {
     () => {
         "g.id, g.node_id, n.owner_id, g.name, g.vram_gb, g.price_micros, g.uuid, g.status, \
-         n.region, n.trust_score, g.created_at, g.emulated"
+         n.region, n.trust_score, g.created_at, g.emulated, g.driver_version, \
+         n.first_seen_at, n.online_ms"
     };
 }
 macro_rules! job_columns {
@@ -40,7 +41,8 @@ macro_rules! job_columns {
 macro_rules! node_columns {
     () => {
         "id, owner_id, region, public_key, status, created_at, trust_score, stake_micros, \
-         endpoint, ejected_at, ejected_reason, visibility, visibility_checked_at"
+         endpoint, ejected_at, ejected_reason, visibility, visibility_checked_at, first_seen_at, \
+         last_seen_at, online_ms"
     };
 }
 

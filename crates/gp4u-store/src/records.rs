@@ -1,5 +1,6 @@
 //! Rows as the rest of GP4U sees them, and their decoding from database rows.
 
+use gp4u_core::chambers::Presence;
 use gp4u_core::ids::{GpuId, JobId, NodeId, UserId};
 use gp4u_core::job::{EndedBy, FailureReason, JobState, JobStatus};
 use gp4u_core::manifest::{JobManifest, Role};
@@ -42,6 +43,9 @@ pub struct NodeRecord {
     /// The last visibility check's result (`UNCHECKED` until one ran).
     pub visibility: String,
     pub visibility_checked_at_ms: Option<i64>,
+    /// The agent's first and last contact (assignment polls) since presence is recorded, and
+    /// the time it was present: contacts at most the presence gap apart, summed.
+    pub presence: Presence,
 }
 
 /// `provider_nodes.status` values.
@@ -92,6 +96,10 @@ pub struct GpuRecord {
     pub created_at_ms: i64,
     /// Declared without hardware behind it.
     pub emulated: bool,
+    /// The GPU driver the agent declared at registration.
+    pub driver_version: Option<String>,
+    /// Its node's presence (`last_seen_at_ms` not read here).
+    pub node_presence: Presence,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -182,6 +190,11 @@ pub(crate) fn node_from_row(row: &AnyRow) -> StoreResult<NodeRecord> {
         ejected_reason: row.try_get("ejected_reason")?,
         visibility: row.try_get("visibility")?,
         visibility_checked_at_ms: row.try_get("visibility_checked_at")?,
+        presence: Presence {
+            first_seen_at_ms: row.try_get("first_seen_at")?,
+            last_seen_at_ms: row.try_get("last_seen_at")?,
+            online_ms: row.try_get("online_ms")?,
+        },
     })
 }
 
@@ -204,6 +217,12 @@ pub(crate) fn gpu_from_row(row: &AnyRow) -> StoreResult<GpuRecord> {
         trust_score: row.try_get("trust_score")?,
         created_at_ms: row.try_get("created_at")?,
         emulated: row.try_get::<i64, _>("emulated")? != 0,
+        driver_version: row.try_get("driver_version")?,
+        node_presence: Presence {
+            first_seen_at_ms: row.try_get("first_seen_at")?,
+            last_seen_at_ms: None,
+            online_ms: row.try_get("online_ms")?,
+        },
     })
 }
 

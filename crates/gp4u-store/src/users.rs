@@ -1,5 +1,6 @@
 //! Users, provider nodes and their GPUs.
 
+use gp4u_core::chambers::Presence;
 use gp4u_core::ids::{GpuId, NodeId, UserId};
 use gp4u_core::manifest::{GpuSpec, Role};
 use gp4u_core::money::Money;
@@ -186,7 +187,7 @@ impl Store {
         for (gpu_id, spec) in &node.gpus {
             sqlx::query(
                 "INSERT INTO gpus (id, node_id, name, vram_gb, price_micros, uuid, status, created_at, \
-                 emulated) VALUES ($1, $2, $3, $4, $5, $6, 'AVAILABLE', $7, $8)",
+                 emulated, driver_version) VALUES ($1, $2, $3, $4, $5, $6, 'AVAILABLE', $7, $8, $9)",
             )
             .bind(gpu_id.as_str())
             .bind(node.id.as_str())
@@ -196,6 +197,7 @@ impl Store {
             .bind(spec.uuid.as_deref())
             .bind(now_ms)
             .bind(crate::bool_to_i64(spec.emulated))
+            .bind(spec.driver_version.as_deref())
             .execute(&mut *tx)
             .await?;
         }
@@ -215,6 +217,7 @@ impl Store {
             ejected_reason: None,
             visibility: "UNCHECKED".into(),
             visibility_checked_at_ms: None,
+            presence: Presence::default(),
         };
         let gpus = node
             .gpus
@@ -232,6 +235,8 @@ impl Store {
                 trust_score: NEW_NODE_TRUST_SCORE,
                 created_at_ms: now_ms,
                 emulated: spec.emulated,
+                driver_version: spec.driver_version.clone(),
+                node_presence: Presence::default(),
             })
             .collect();
         Ok((record, gpus))

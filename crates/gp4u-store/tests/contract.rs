@@ -106,6 +106,7 @@ async fn seed(store: &Store) -> (UserId, GpuId) {
             gpu_id.clone(),
             GpuSpec {
                 name: "RTX 4090".into(),
+                driver_version: None,
                 vram_gb: 24.0,
                 price_per_hour: Money::from_micros(3_100_000),
                 uuid: None,

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use gp4u_core::chambers::{Aetherion, Chamber, Mnemo, Outerim};
+use gp4u_core::chambers::{Aetherion, Chamber, Energy, Mnemo, Outerim};
 use gp4u_core::ids::UserId;
 use gp4u_core::manifest::{validate_credit_amount, validate_new_user};
 use gp4u_proto::{ChamberView, ChambersView, ErrorCode, UserView};
@@ -180,6 +180,7 @@ pub async fn chambers(
         chamber_view::<Mnemo>(&stored, head),
         chamber_view::<Aetherion>(&stored, head),
         chamber_view::<Outerim>(&stored, head),
+        chamber_view::<Energy>(&stored, head),
     ];
     Ok(Json(ChambersView {
         bus: state.bus.kind().to_string(),

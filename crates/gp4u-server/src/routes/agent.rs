@@ -26,6 +26,9 @@ const MAX_WAIT_S: u64 = 60;
 /// While waiting, the database is also checked this often, for assignments made by another
 /// replica (this replica's own assignments wake the poll at once).
 const CROSS_REPLICA_CHECK: Duration = Duration::from_millis(1000);
+/// Two agent contacts at most this far apart count as the node being present in between
+/// (Mnemo's uptime): the longest long poll and 30 s of slack for the agent's next request.
+pub const PRESENCE_GAP_MS: i64 = (MAX_WAIT_S as i64 + 30) * 1000;
 
 /// Loads a node the caller owns. Someone else's node is a 404, like a node that does not exist.
 pub async fn owned_node(state: &AppState, caller: &Caller, node_id: &str) -> ApiResult<NodeRecord> {
@@ -118,21 +121,40 @@ pub async fn next_assignment(
             format!("wait must be 0–{MAX_WAIT_S} seconds, got {wait}"),
         ));
     }
+    // A poll is the agent's contact: at its start and at its end (a long poll held open is
+    // the node being present).
+    state
+        .store
+        .record_node_contact(&node.id, state.now_ms(), PRESENCE_GAP_MS)
+        .await?;
+    let result = wait_for_assignment(&state, &node.id, wait).await;
+    if let Err(error) = state
+        .store
+        .record_node_contact(&node.id, state.now_ms(), PRESENCE_GAP_MS)
+        .await
+    {
+        tracing::warn!(%error, node_id = %node.id, "the end of a poll was not recorded as presence");
+    }
+    result
+}
+
+/// Hands out the node's next assigned job, waiting up to `wait` seconds for one.
+async fn wait_for_assignment(state: &AppState, node: &NodeId, wait: u64) -> ApiResult<Response> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
-    let notifier = state.dispatch.notifier(&node.id);
+    let notifier = state.dispatch.notifier(node);
     loop {
         // Register interest before looking, so an assignment in between still wakes us.
         let notified = notifier.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        for job in state.store.pending_assignments(&node.id, 4).await? {
+        for job in state.store.pending_assignments(node, 4).await? {
             if state
                 .store
-                .mark_picked_up(&job.id, &node.id, state.now_ms())
+                .mark_picked_up(&job.id, node, state.now_ms())
                 .await?
             {
-                tracing::info!(job_id = %job.id, node_id = %node.id, "assignment picked up");
-                return Ok(Json(manifest(&state, &job).await?).into_response());
+                tracing::info!(job_id = %job.id, node_id = %node, "assignment picked up");
+                return Ok(Json(manifest(state, &job).await?).into_response());
             }
         }
         let now = tokio::time::Instant::now();

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod agent;
 pub mod artifacts;
 pub mod billing;
+pub mod energy;
 pub mod health;
 pub mod jobs;
 pub mod ledger;

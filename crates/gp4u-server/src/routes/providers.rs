@@ -4,12 +4,15 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use gp4u_core::chambers::uptime_score;
 use gp4u_core::events::{NodeRegistered, RegisteredGpu, TOPIC_NODE_REGISTERED};
 use gp4u_core::ids::{GpuId, NodeId};
 use gp4u_core::manifest::{
     FieldError, ValidationCode, validate_credit_amount, validate_endpoint, validate_registration,
 };
-use gp4u_proto::{ErrorCode, GpuList, ProviderNodeView, Registered, RegisteredGpuView, SlashView};
+use gp4u_proto::{
+    ErrorCode, GpuList, NodeRecordView, ProviderNodeView, Registered, RegisteredGpuView, SlashView,
+};
 use gp4u_store::{GpuRecord, NewNode, NodeRecord, OutboxEvent, StoreError};
 
 use crate::auth::{CLEARANCE_ADMIN, CLEARANCE_PROVIDER, Caller};
@@ -106,6 +109,7 @@ fn registered_gpu_view(gpu: &GpuRecord) -> RegisteredGpuView {
         region: gpu.region.clone(),
         status: gpu.status.as_str().to_string(),
         emulated: gpu.emulated,
+        driver_version: gpu.driver_version.clone(),
     }
 }
 
@@ -129,6 +133,27 @@ async fn visible_node(state: &AppState, caller: &Caller, node_id: &str) -> ApiRe
 async fn node_view(state: &AppState, node: &NodeRecord) -> ApiResult<ProviderNodeView> {
     let gpus = state.store.list_node_gpus(&node.id).await?;
     let slashes = state.store.list_slashes(&node.id, 100).await?;
+    let mnemo = crate::placement::provider_records(state)
+        .await?
+        .remove(node.id.as_str())
+        .unwrap_or_default();
+    let now_ms = state.now_ms();
+    let presence = node.presence;
+    let hours = |ms: i64| ms as f64 / 3_600_000.0;
+    let record = NodeRecordView {
+        first_seen_at: presence.first_seen_at_ms.map(rfc3339),
+        last_seen_at: presence.last_seen_at_ms.map(rfc3339),
+        online_hours: hours(presence.online_ms),
+        observed_hours: hours(presence.observed_ms(now_ms)),
+        presence_uptime: presence.uptime(now_ms),
+        completed_jobs: mnemo.completed,
+        dropped_jobs: mnemo.dropped,
+        completion_rate: mnemo.completion_rate(),
+        veritas_records: mnemo.veritas_records,
+        reproducible: mnemo.reproducible,
+        provenance: mnemo.provenance(),
+        uptime: uptime_score(presence.uptime(now_ms), mnemo.completion_rate()),
+    };
     Ok(ProviderNodeView {
         node_id: node.id.to_string(),
         owner_id: node.owner_id.to_string(),
@@ -160,6 +185,7 @@ async fn node_view(state: &AppState, node: &NodeRecord) -> ApiResult<ProviderNod
                 at: rfc3339(slash.at_ms),
             })
             .collect(),
+        record: Some(record),
     })
 }
 
