@@ -379,6 +379,29 @@ async fn db(data_dir: &Path) -> sqlx::SqlitePool {
         .unwrap()
 }
 
+/// One stored text value: `SELECT {column} FROM {row}` (`row` = "table WHERE …").
+async fn stored(pool: &sqlx::SqlitePool, column: &str, row: &str) -> String {
+    sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {column} FROM {row}")))
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|error| panic!("SELECT {column} FROM {row}: {error}"))
+        .get(0)
+}
+
+/// Overwrites one stored value (tampering, and putting it back).
+async fn store(pool: &sqlx::SqlitePool, column: &str, row: &str, value: &str) {
+    let (table, filter) = row.split_once(" WHERE ").unwrap();
+    let changed = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {table} SET {column} = $1 WHERE {filter}"
+    )))
+    .bind(value)
+    .execute(pool)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(changed, 1, "UPDATE {table} SET {column} WHERE {filter}");
+}
+
 /// The served job ledger, for picking entries to tamper with.
 async fn job_ledger(base: &str, finished: &Finished) -> Value {
     let client = reqwest::Client::new();
@@ -500,6 +523,35 @@ async fn verify_passes_catches_tampering_and_works_offline() {
         &verify_cmd(&second_job, &base, token, &["--require-proofs"]),
         &["proofs: no sealed hardware or energy proof"],
     );
+    // Cancelled, it is settled (nothing charged, the hold refunded) and verifies as well.
+    let client = reqwest::Client::new();
+    let (status, body) = call(
+        &client,
+        Method::POST,
+        format!("{base}/api/jobs/{second_job}/cancel"),
+        token,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    wait_for("the cancelled job's settlement to be sealed", 30, || {
+        let (client, second_job, base) = (&client, &second_job, &base);
+        async move {
+            let url = format!("{base}/api/jobs/{second_job}/ledger");
+            let (status, ledger) = call(client, Method::GET, url, token, None).await;
+            assert_eq!(status, 200, "{ledger}");
+            let settled = ledger["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|entry| entry["kind"] == "billing.settled");
+            (settled && ledger["pending"] == 0).then_some(ledger)
+        }
+    })
+    .await;
+    let stdout = assert_passes(&verify_cmd(&second_job, &base, token, &[]));
+    assert!(stdout.contains("✓ settlement"), "{stdout}");
+    assert!(stdout.contains("charged 0.00"), "{stdout}");
 
     // 3. Save everything for offline use (checked at the end, with the server gone), with
     // the consistency proof from the kept checkpoint (a copy of it is kept for the offline run:
@@ -525,133 +577,65 @@ async fn verify_passes_catches_tampering_and_works_offline() {
     // 4. Tampering in the database, each case restored afterwards.
     let pool = db(data_dir.path()).await;
     let ledger = job_ledger(&base, &finished).await;
+    let passes = || assert_passes(&verify_cmd(job, &base, token, &[]));
+    let fails_naming =
+        |names: &[&str]| assert_fails_naming(&verify_cmd(job, &base, token, &[]), names);
 
     // 4a. A ledger entry's body.
-    let settled = entry_of(&ledger, "billing.settled");
-    let index = settled["index"].as_i64().unwrap();
-    let body: String = sqlx::query("SELECT body FROM ledger_entries WHERE log_index = $1")
-        .bind(index)
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        .get("body");
+    let index = entry_of(&ledger, "billing.settled")["index"]
+        .as_i64()
+        .unwrap();
+    let entry = format!("ledger_entries WHERE log_index = {index}");
+    let body = stored(&pool, "body", &entry).await;
     let altered = body.replacen("\"refunded\":", "\"refunded\":1", 1);
     assert_ne!(altered, body);
-    sqlx::query("UPDATE ledger_entries SET body = $1 WHERE log_index = $2")
-        .bind(&altered)
-        .bind(index)
-        .execute(&pool)
-        .await
-        .unwrap();
-    assert_fails_naming(
-        &verify_cmd(job, &base, token, &[]),
-        &[&format!("entry {index} (billing.settled)"), "altered"],
-    );
-    sqlx::query("UPDATE ledger_entries SET body = $1 WHERE log_index = $2")
-        .bind(&body)
-        .bind(index)
-        .execute(&pool)
-        .await
-        .unwrap();
-    assert_passes(&verify_cmd(job, &base, token, &[]));
+    store(&pool, "body", &entry, &altered).await;
+    fails_naming(&[&format!("entry {index} (billing.settled)"), "altered"]);
+    store(&pool, "body", &entry, &body).await;
+    passes();
 
     // 4b. The settlement row.
-    let body: String = sqlx::query("SELECT body FROM settlements WHERE job_id = $1")
-        .bind(job)
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        .get("body");
+    let settlement = format!("settlements WHERE job_id = '{job}'");
+    let body = stored(&pool, "body", &settlement).await;
     let mut value: Value = serde_json::from_str(&body).unwrap();
     value["refunded"] = json!(value["refunded"].as_i64().unwrap() + 1_000_000);
-    sqlx::query("UPDATE settlements SET body = $1 WHERE job_id = $2")
-        .bind(value.to_string())
-        .bind(job)
-        .execute(&pool)
-        .await
-        .unwrap();
-    assert_fails_naming(
-        &verify_cmd(job, &base, token, &[]),
-        &["served settlement", "differs"],
-    );
-    sqlx::query("UPDATE settlements SET body = $1 WHERE job_id = $2")
-        .bind(&body)
-        .bind(job)
-        .execute(&pool)
-        .await
-        .unwrap();
-    assert_passes(&verify_cmd(job, &base, token, &[]));
+    store(&pool, "body", &settlement, &value.to_string()).await;
+    fails_naming(&["served settlement", "differs"]);
+    store(&pool, "body", &settlement, &body).await;
+    passes();
 
-    // 4c. A proof row.
-    let body: String =
-        sqlx::query("SELECT body FROM proofs WHERE job_id = $1 AND kind = 'hardware'")
-            .bind(job)
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-            .get("body");
+    // 4c. The hardware proof row: another GPU named.
+    let hardware = format!("proofs WHERE job_id = '{job}' AND kind = 'hardware'");
+    let body = stored(&pool, "body", &hardware).await;
     let mut value: Value = serde_json::from_str(&body).unwrap();
     value["gpu"]["name"] = json!("NVIDIA H100 80GB HBM3");
-    sqlx::query("UPDATE proofs SET body = $1 WHERE job_id = $2 AND kind = 'hardware'")
-        .bind(value.to_string())
-        .bind(job)
-        .execute(&pool)
-        .await
-        .unwrap();
-    assert_fails_naming(
-        &verify_cmd(job, &base, token, &[]),
-        &["served hardware proof"],
-    );
-    sqlx::query("UPDATE proofs SET body = $1 WHERE job_id = $2 AND kind = 'hardware'")
-        .bind(&body)
-        .bind(job)
-        .execute(&pool)
-        .await
-        .unwrap();
-    assert_passes(&verify_cmd(job, &base, token, &[]));
+    store(&pool, "body", &hardware, &value.to_string()).await;
+    fails_naming(&["served hardware proof"]);
+    store(&pool, "body", &hardware, &body).await;
+    passes();
 
     // 4d. The energy proof row: its claim raised by one mW·ms.
-    let body: String = sqlx::query("SELECT body FROM proofs WHERE job_id = $1 AND kind = 'energy'")
-        .bind(job)
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        .get("body");
+    let energy = format!("proofs WHERE job_id = '{job}' AND kind = 'energy'");
+    let body = stored(&pool, "body", &energy).await;
     let mut value: Value = serde_json::from_str(&body).unwrap();
     let claimed = value["claim"]["energy_mwms"].as_u64().unwrap();
     value["claim"]["energy_mwms"] = json!(claimed + 1);
-    sqlx::query("UPDATE proofs SET body = $1 WHERE job_id = $2 AND kind = 'energy'")
-        .bind(value.to_string())
-        .bind(job)
-        .execute(&pool)
-        .await
-        .unwrap();
-    assert_fails_naming(
-        &verify_cmd(job, &base, token, &[]),
-        &["served energy proof"],
-    );
-    sqlx::query("UPDATE proofs SET body = $1 WHERE job_id = $2 AND kind = 'energy'")
-        .bind(&body)
-        .bind(job)
-        .execute(&pool)
-        .await
-        .unwrap();
-    assert_passes(&verify_cmd(job, &base, token, &[]));
+    store(&pool, "body", &energy, &value.to_string()).await;
+    fails_naming(&["served energy proof"]);
+    store(&pool, "body", &energy, &body).await;
+    passes();
 
     // 4e. A power commitment sealed during the run, swapped for another valid commitment —
     // first the entry alone, then the entry and its stored leaf hash together.
-    let committed = entry_of(&ledger, "telemetry.committed");
-    let index = committed["index"].as_i64().unwrap();
-    let body: String = sqlx::query("SELECT body FROM ledger_entries WHERE log_index = $1")
-        .bind(index)
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        .get("body");
+    let index = entry_of(&ledger, "telemetry.committed")["index"]
+        .as_i64()
+        .unwrap();
+    let entry = format!("ledger_entries WHERE log_index = {index}");
+    let leaf_node = format!("ledger_nodes WHERE level = 0 AND node_index = {index}");
+    let body = stored(&pool, "body", &entry).await;
     let original: Value = serde_json::from_str(&body).unwrap();
     let old_commitment = original["payload"]["commitment"]
         .as_str()
-        .or_else(|| original["commitment"].as_str())
         .unwrap_or_else(|| panic!("no commitment in the sealed body: {body}"))
         .to_owned();
     let (other, _) = commit_reading(
@@ -663,84 +647,31 @@ async fn verify_passes_catches_tampering_and_works_offline() {
     );
     let altered = body.replace(&old_commitment, &other.to_base64());
     assert_ne!(altered, body);
-    sqlx::query("UPDATE ledger_entries SET body = $1 WHERE log_index = $2")
-        .bind(&altered)
-        .bind(index)
-        .execute(&pool)
-        .await
-        .unwrap();
-    assert_fails_naming(
-        &verify_cmd(job, &base, token, &[]),
-        &[&format!("entry {index} (telemetry.committed)"), "altered"],
-    );
-    let leaf: String =
-        sqlx::query("SELECT hash FROM ledger_nodes WHERE level = 0 AND node_index = $1")
-            .bind(index)
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-            .get("hash");
+    store(&pool, "body", &entry, &altered).await;
+    fails_naming(&[&format!("entry {index} (telemetry.committed)"), "altered"]);
+    let leaf = stored(&pool, "hash", &leaf_node).await;
     let forged_leaf = to_hex(&leaf_hash(altered.as_bytes()));
-    for update in [
-        "UPDATE ledger_nodes SET hash = $1 WHERE level = 0 AND node_index = $2",
-        "UPDATE ledger_entries SET leaf_hash = $1 WHERE log_index = $2",
-    ] {
-        sqlx::query(update)
-            .bind(&forged_leaf)
-            .bind(index)
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
-    assert_fails_naming(
-        &verify_cmd(job, &base, token, &[]),
-        &[&format!("entry {index} (telemetry.committed)")],
-    );
-    sqlx::query("UPDATE ledger_entries SET body = $1, leaf_hash = $2 WHERE log_index = $3")
-        .bind(&body)
-        .bind(&leaf)
-        .bind(index)
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE ledger_nodes SET hash = $1 WHERE level = 0 AND node_index = $2")
-        .bind(&leaf)
-        .bind(index)
-        .execute(&pool)
-        .await
-        .unwrap();
-    assert_passes(&verify_cmd(job, &base, token, &[]));
+    store(&pool, "hash", &leaf_node, &forged_leaf).await;
+    store(&pool, "leaf_hash", &entry, &forged_leaf).await;
+    fails_naming(&[&format!("entry {index} (telemetry.committed)")]);
+    store(&pool, "body", &entry, &body).await;
+    store(&pool, "leaf_hash", &entry, &leaf).await;
+    store(&pool, "hash", &leaf_node, &leaf).await;
+    passes();
 
     // 4f. A node hash of the tree: the sibling leaf of the job's first entry.
-    let created = entry_of(&ledger, "job.created");
-    let index = created["index"].as_i64().unwrap();
-    let sibling = index ^ 1;
-    let hash: String =
-        sqlx::query("SELECT hash FROM ledger_nodes WHERE level = 0 AND node_index = $1")
-            .bind(sibling)
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-            .get("hash");
+    let index = entry_of(&ledger, "job.created")["index"].as_i64().unwrap();
+    let sibling = format!(
+        "ledger_nodes WHERE level = 0 AND node_index = {}",
+        index ^ 1
+    );
+    let hash = stored(&pool, "hash", &sibling).await;
     let forged = to_hex(&leaf_hash(b"forged"));
     assert_eq!(forged.len(), hash.len(), "stored hash format: {hash}");
-    sqlx::query("UPDATE ledger_nodes SET hash = $1 WHERE level = 0 AND node_index = $2")
-        .bind(&forged)
-        .bind(sibling)
-        .execute(&pool)
-        .await
-        .unwrap();
-    assert_fails_naming(
-        &verify_cmd(job, &base, token, &[]),
-        &[&format!("entry {index} (job.created)"), "not included"],
-    );
-    sqlx::query("UPDATE ledger_nodes SET hash = $1 WHERE level = 0 AND node_index = $2")
-        .bind(&hash)
-        .bind(sibling)
-        .execute(&pool)
-        .await
-        .unwrap();
-    assert_passes(&verify_cmd(job, &base, token, &[]));
+    store(&pool, "hash", &sibling, &forged).await;
+    fails_naming(&[&format!("entry {index} (job.created)"), "not included"]);
+    store(&pool, "hash", &sibling, &hash).await;
+    passes();
     pool.close().await;
 
     // A pinned key: the right one (from a file) passes, another one fails the signature.

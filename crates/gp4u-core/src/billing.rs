@@ -214,6 +214,31 @@ pub enum TransferKind {
     Payout,
 }
 
+impl TransferKind {
+    pub const ALL: [TransferKind; 7] = [
+        TransferKind::TopUp,
+        TransferKind::Hold,
+        TransferKind::Earnings,
+        TransferKind::Fee,
+        TransferKind::StudentProgram,
+        TransferKind::Release,
+        TransferKind::Payout,
+    ];
+
+    /// The stored and serialised name (`top_up`, `hold`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransferKind::TopUp => "top_up",
+            TransferKind::Hold => "hold",
+            TransferKind::Earnings => "earnings",
+            TransferKind::Fee => "fee",
+            TransferKind::StudentProgram => "student_program",
+            TransferKind::Release => "release",
+            TransferKind::Payout => "payout",
+        }
+    }
+}
+
 /// Moves `amount` (always positive) out of `debit` into `credit`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transfer {
@@ -784,6 +809,14 @@ fn saturate_to_i64(value: i128) -> i64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn transfer_kinds_are_named_as_they_serialise() {
+        for kind in TransferKind::ALL {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+    }
+
     use super::*;
 
     fn money(text: &str) -> Money {

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use gp4u_core::billing::{Outcome, SettlementInput, Transfer, settle};
+use gp4u_core::billing::{Outcome, SettlementInput, settle};
 use gp4u_core::energy::{
     GridFactor, carbon_kg, credit_eligible, default_grid_factors, grid_factor_for, integrate,
     watts_to_mw,
@@ -53,21 +53,6 @@ pub async fn final_run_samples(
 pub use gp4u_core::chambers::TOPIC_JOB_ENERGY;
 pub use gp4u_core::chambers::TOPIC_VERITAS_RECORDED;
 pub const TOPIC_BILLING_SETTLED: &str = "billing.settled";
-
-/// A core transfer as the store posts it.
-pub fn store_transfer(transfer: &Transfer) -> NewTransfer {
-    NewTransfer {
-        id: transfer.id.clone(),
-        debit: transfer.debit.as_str().to_owned(),
-        credit: transfer.credit.as_str().to_owned(),
-        amount: transfer.amount,
-        kind: serde_json::to_value(transfer.kind)
-            .ok()
-            .and_then(|kind| kind.as_str().map(str::to_owned))
-            .unwrap_or_else(|| "transfer".into()),
-        job_id: transfer.job_id.as_ref().map(|job| job.to_string()),
-    }
-}
 
 /// Puts the built-in grid factors into the table where a region is missing.
 pub async fn seed_grid_factors(store: &Store, now_ms: i64) -> Result<(), StoreError> {
@@ -353,7 +338,7 @@ async fn settle_job(state: &AppState, job: &JobRecord) -> Result<(), StoreError>
         .map_err(|error| StoreError::Corrupt(format!("settling job {}: {error}", job.id)))?;
     let body = serde_json::to_value(&settlement)
         .map_err(|error| StoreError::Corrupt(format!("settlement of {}: {error}", job.id)))?;
-    let transfers: Vec<NewTransfer> = settlement.transfers.iter().map(store_transfer).collect();
+    let transfers: Vec<NewTransfer> = settlement.transfers.iter().map(NewTransfer::from).collect();
     let event = OutboxEvent {
         topic: TOPIC_BILLING_SETTLED.into(),
         aggregate_id: job.id.to_string(),

@@ -532,21 +532,13 @@ async fn keyed_node(app: &TestApp, renewable_pct: f64) -> (Node, ed25519_dalek::
     let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
     let public = base64::engine::general_purpose::STANDARD.encode(key.verifying_key().as_bytes());
     let (_, token) = app.user("provider", None).await;
-    let reply = app
-        .call(
-            Method::POST,
-            "/api/providers/register",
-            Some(&token),
-            Some(json!({"region": "us-east-1", "public_key": public, "renewable_pct": renewable_pct,
-                        "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "uuid": "GPU-k"}]})),
+    let (node, _) = app
+        .register(
+            &token,
+            json!({"region": "us-east-1", "public_key": public, "renewable_pct": renewable_pct,
+                   "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "uuid": "GPU-k"}]}),
         )
         .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-    let node = Node {
-        token,
-        node_id: reply.body["node_id"].as_str().unwrap().to_string(),
-        gpus: vec![reply.body["gpus"][0]["id"].as_str().unwrap().to_string()],
-    };
     (node, key)
 }
 
@@ -1022,31 +1014,13 @@ async fn a_university_provider_pays_the_student_programme_its_share(app: TestApp
         reply.body["id"].as_str().unwrap(),
         reply.body["clearance"].as_u64().unwrap() as u8,
     );
-    let registered = app
-        .call(
-            Method::POST,
-            "/api/providers/register",
-            Some(&provider),
-            Some(json!({"region": "us-east-1", "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-                        "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "uuid": "GPU-0"}]})),
+    let (node, _) = app
+        .register(
+            &provider,
+            json!({"region": "us-east-1", "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+                   "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "uuid": "GPU-0"}]}),
         )
         .await;
-    assert_eq!(
-        registered.status,
-        StatusCode::CREATED,
-        "{:?}",
-        registered.body
-    );
-    let node = Node {
-        token: provider.clone(),
-        node_id: registered.body["node_id"].as_str().unwrap().to_owned(),
-        gpus: vec![
-            registered.body["gpus"][0]["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        ],
-    };
     let run = running_on(&app, node, pinned()).await;
     // 6 minutes of RUNNING time: 36 packets 10 s apart after the one that starts the job.
     for _ in 0..36 {
@@ -1309,21 +1283,8 @@ async fn the_veritas_record_names_the_gpu_and_its_driver(app: TestApp) {
             reply.body
         );
     }
-    let reply = app
-        .call(
-            Method::POST,
-            "/api/providers/register",
-            Some(&token),
-            Some(register(json!("550.54.15"))),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-    assert_eq!(reply.body["gpus"][0]["driver_version"], "550.54.15");
-    let node = Node {
-        token: token.clone(),
-        node_id: reply.body["node_id"].as_str().unwrap().to_owned(),
-        gpus: vec![reply.body["gpus"][0]["id"].as_str().unwrap().to_owned()],
-    };
+    let (node, registered) = app.register(&token, register(json!("550.54.15"))).await;
+    assert_eq!(registered["gpus"][0]["driver_version"], "550.54.15");
     let listed = app.call(Method::GET, "/api/gpus", Some(&token), None).await;
     let gpu = listed.body["gpus"]
         .as_array()

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 
+use gp4u_core::billing::Transfer;
 use gp4u_core::ids::{JobId, UserId};
 use gp4u_core::money::Money;
 use sqlx::{Any, Row, Transaction};
@@ -24,6 +25,20 @@ pub struct NewTransfer {
     pub amount: Money,
     pub kind: String,
     pub job_id: Option<String>,
+}
+
+impl From<&Transfer> for NewTransfer {
+    /// A core transfer as the store posts it.
+    fn from(transfer: &Transfer) -> NewTransfer {
+        NewTransfer {
+            id: transfer.id.clone(),
+            debit: transfer.debit.as_str().to_owned(),
+            credit: transfer.credit.as_str().to_owned(),
+            amount: transfer.amount,
+            kind: transfer.kind.as_str().to_owned(),
+            job_id: transfer.job_id.as_ref().map(ToString::to_string),
+        }
+    }
 }
 
 /// A posted transfer.

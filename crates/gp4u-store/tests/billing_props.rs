@@ -20,8 +20,8 @@
 use std::collections::BTreeMap;
 
 use gp4u_core::billing::{
-    Account, DEFAULT_FEE_BP, DEFAULT_STUDENT_BP, Outcome, Settlement, SettlementInput, Transfer,
-    hold_amount, hold_transfer, settle,
+    Account, DEFAULT_FEE_BP, DEFAULT_STUDENT_BP, Outcome, Settlement, SettlementInput, hold_amount,
+    hold_transfer, settle,
 };
 use gp4u_core::ids::{GpuId, JobId, UserId};
 use gp4u_core::job::JobState;
@@ -208,21 +208,6 @@ fn manifest(expected: Hours) -> JobManifest {
     }
 }
 
-/// A core transfer as the store posts it (as gp4u-server's `store_transfer` does).
-fn store_transfer(transfer: &Transfer) -> NewTransfer {
-    NewTransfer {
-        id: transfer.id.clone(),
-        debit: transfer.debit.as_str().to_owned(),
-        credit: transfer.credit.as_str().to_owned(),
-        amount: transfer.amount,
-        kind: serde_json::to_value(transfer.kind)
-            .ok()
-            .and_then(|kind| kind.as_str().map(str::to_owned))
-            .unwrap_or_else(|| "transfer".into()),
-        job_id: transfer.job_id.as_ref().map(|job| job.to_string()),
-    }
-}
-
 /// A job as the submission route builds it: the record with its hold, an idempotency key, a
 /// `job.created` event, and the hold transfer.
 struct Job {
@@ -272,7 +257,7 @@ fn build_job(scenario: &Scenario, index: usize) -> Job {
     let transfers = hold_transfer(&id, &customer, hold)
         .expect("valid hold")
         .iter()
-        .map(store_transfer)
+        .map(NewTransfer::from)
         .collect();
     // 1 micro-hour is 3.6 ms; up to 1.3× the declared duration, past what the hold covers.
     let running_ms = spec.expected_micro_hours * 36 / 10 * spec.running_permille / 1_000;
@@ -527,7 +512,7 @@ async fn execute(
                 .settlement
                 .transfers
                 .iter()
-                .map(store_transfer)
+                .map(NewTransfer::from)
                 .collect();
             let event = OutboxEvent {
                 topic: "billing.settled".into(),

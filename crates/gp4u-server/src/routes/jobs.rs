@@ -187,7 +187,7 @@ pub async fn submit_job(
         }],
         transfers: hold_transfer
             .iter()
-            .map(crate::settlement::store_transfer)
+            .map(gp4u_store::NewTransfer::from)
             .collect(),
     };
     match state

@@ -315,17 +315,24 @@ impl TestApp {
         let gpus: Vec<Value> = (0..count)
             .map(|n| json!({"name": "RTX 4090", "vram_gb": 24, "price_per_hour": price, "uuid": format!("GPU-{n}")}))
             .collect();
+        self.register(&token, json!({"region": region, "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "gpus": gpus}))
+            .await
+            .0
+    }
+
+    /// Registers a node for the provider `token` (201 expected); the node and the reply.
+    pub async fn register(&self, token: &str, body: Value) -> (Node, Value) {
         let reply = self
             .call(
                 Method::POST,
                 "/api/providers/register",
-                Some(&token),
-                Some(json!({"region": region, "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "gpus": gpus})),
+                Some(token),
+                Some(body),
             )
             .await;
         assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-        Node {
-            token,
+        let node = Node {
+            token: token.to_owned(),
             node_id: reply.body["node_id"].as_str().unwrap().to_string(),
             gpus: reply.body["gpus"]
                 .as_array()
@@ -333,7 +340,8 @@ impl TestApp {
                 .iter()
                 .map(|g| g["id"].as_str().unwrap().to_string())
                 .collect(),
-        }
+        };
+        (node, reply.body)
     }
 
     /// Submits a job and returns its id.
