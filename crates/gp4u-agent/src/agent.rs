@@ -875,7 +875,8 @@ impl Agent {
             self.kill(&launched).await;
         }
         let (fence_sender, mut fences) = mpsc::channel::<Fence>(1);
-        let readings = JobReadings::new(&job_id, self.config.renewable_pct);
+        let readings =
+            JobReadings::persistent(&self.job_dir(&job_id), &job_id, self.config.renewable_pct);
         // The platform's order that stopped the job, if any: provider faults get no proofs.
         let mut stopped_by: Option<Fence> = None;
         let watchdog = (!killed_by_platform).then(|| {

@@ -4,9 +4,11 @@
 //! carries `power_commitment`, the base64 of a [`ReadingCommitment`] to
 //! `power_mw = watts_to_mw(power_draw_watts)` (the watts the platform stores, i.e. clamped to
 //! [`POWER_RANGE_W`]) and its renewable part `renewable_mw = ⌈power_mw × share_bp / 10000⌉`.
-//! The opening stays here, in memory only ([`JobReadings`]); it is kept with the time the
-//! platform stored the sample (`at_ms` of the reply) once the packet is accepted, and dropped
-//! when it is not (error, 429, network failure).
+//! The opening stays with the agent ([`JobReadings`]); it is kept with the time the platform
+//! stored the sample (`at_ms` of the reply) once the packet is accepted. Every opening is also
+//! appended, before its packet leaves, to `openings.jsonl` in the job's directory (mode 0600,
+//! next to the job's inputs and outputs, removed with them): an agent restarted mid-job
+//! reloads them, so the job is still proven in full ([`JobReadings::persistent`]).
 //!
 //! After the job (ended normally, by the customer or by the platform's order; not after a
 //! provider-fault ending) the agent posts two submissions to
@@ -108,6 +110,26 @@ struct Inner {
     openings: std::collections::HashMap<[u8; 64], ReadingOpening>,
     max_gap_ms: Option<i64>,
     full_warned: bool,
+    /// Where every opening is appended as it is made (`None`: in memory only).
+    journal: Option<std::fs::File>,
+    journal_warned: bool,
+}
+
+/// The journal's name in a job's directory.
+pub const OPENINGS_FILE: &str = "openings.jsonl";
+
+/// One journal line: the share the readings were committed with (the first line), or one
+/// opening with its commitment.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum JournalLine {
+    Share {
+        share_bp: u32,
+    },
+    Opening {
+        commitment: String,
+        opening: ReadingOpening,
+    },
 }
 
 /// The openings of one job's accepted readings, shared by its watchdog and its final packet.
@@ -127,6 +149,7 @@ impl fmt::Debug for JobReadings {
 }
 
 impl JobReadings {
+    /// Readings kept in memory only.
     pub fn new(job_id: &str, renewable_pct: f64) -> JobReadings {
         JobReadings {
             job_id: job_id.into(),
@@ -136,8 +159,100 @@ impl JobReadings {
                 openings: std::collections::HashMap::new(),
                 max_gap_ms: None,
                 full_warned: false,
+                journal: None,
+                journal_warned: false,
             })),
         }
+    }
+
+    /// Readings journalled in `dir` (the job's directory): the openings a previous run of the
+    /// agent made for this job are loaded first, and the share they were committed with is
+    /// kept (a restart with another `--renewable-pct` does not change what was committed).
+    /// A journal that cannot be opened is reported and the readings stay in memory.
+    pub fn persistent(dir: &std::path::Path, job_id: &str, renewable_pct: f64) -> JobReadings {
+        let readings = JobReadings::new(job_id, renewable_pct);
+        let path = dir.join(OPENINGS_FILE);
+        let mut inner = readings.lock();
+        let mut loaded = 0_usize;
+        let mut unreadable = 0_usize;
+        let mut recorded_share = None;
+        let mut torn = false;
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            torn = !text.is_empty() && !text.ends_with('\n');
+            for line in text.lines().filter(|line| !line.trim().is_empty()) {
+                match serde_json::from_str::<JournalLine>(line) {
+                    Ok(JournalLine::Share { share_bp }) => recorded_share = Some(share_bp),
+                    Ok(JournalLine::Opening {
+                        commitment,
+                        opening,
+                    }) => match ReadingCommitment::from_base64(&commitment) {
+                        Ok(commitment) if opening.commitment() == commitment => {
+                            inner.openings.insert(commitment.to_bytes(), opening);
+                            loaded += 1;
+                        }
+                        _ => unreadable += 1,
+                    },
+                    // A line cut short by a crash mid-write, or damaged: skipped.
+                    Err(_) => unreadable += 1,
+                }
+            }
+        }
+        let fresh = recorded_share.is_none();
+        if let Some(recorded) = recorded_share {
+            if recorded != inner.share_bp {
+                tracing::warn!(
+                    job_id,
+                    recorded,
+                    configured = inner.share_bp,
+                    "the job's readings were committed with another renewable share: keeping it"
+                );
+            }
+            inner.share_bp = recorded;
+        }
+        if loaded > 0 || unreadable > 0 {
+            tracing::info!(
+                job_id,
+                loaded,
+                unreadable,
+                "openings reloaded from the job's journal"
+            );
+        }
+        match open_journal(&path) {
+            Ok(mut file) => {
+                // End a torn last line, so that the next opening starts a line of its own.
+                if torn {
+                    use std::io::Write as _;
+                    if let Err(error) = file.write_all(b"\n") {
+                        tracing::warn!(job_id, %error, "cannot mend the openings journal");
+                    }
+                }
+                if fresh {
+                    let header = JournalLine::Share {
+                        share_bp: inner.share_bp,
+                    };
+                    if let Err(error) = write_line(&mut file, &header) {
+                        tracing::warn!(job_id, %error, path = %path.display(), "cannot write the openings journal; keeping openings in memory only");
+                    } else {
+                        inner.journal = Some(file);
+                    }
+                } else {
+                    inner.journal = Some(file);
+                }
+            }
+            Err(error) => tracing::warn!(
+                job_id,
+                %error,
+                path = %path.display(),
+                "cannot open the openings journal; keeping openings in memory only (a restart mid-job loses the energy proof)"
+            ),
+        }
+        drop(inner);
+        readings
+    }
+
+    /// Openings held (also for packets not acknowledged, and those reloaded after a restart).
+    pub fn openings(&self) -> usize {
+        self.lock().openings.len()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -181,6 +296,19 @@ impl JobReadings {
             inner
                 .openings
                 .insert(commitment.to_bytes(), opening.clone());
+            // Journalled before the packet leaves: whatever the platform stores, the opening
+            // survives a restart of the agent.
+            let line = JournalLine::Opening {
+                commitment: commitment.to_base64(),
+                opening: opening.clone(),
+            };
+            if let Some(file) = inner.journal.as_mut()
+                && let Err(error) = write_line(file, &line)
+                && !inner.journal_warned
+            {
+                inner.journal_warned = true;
+                tracing::warn!(job_id = %self.job_id, %error, "cannot append to the openings journal; a restart mid-job would lose the energy proof");
+            }
         }
         drop(inner);
         packet.power_commitment = Some(commitment.to_base64());
@@ -250,6 +378,23 @@ impl JobReadings {
             Ok(entries)
         }
     }
+}
+
+fn open_journal(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Appends one line in a single write (a crash leaves at most one torn last line).
+fn write_line(file: &mut std::fs::File, line: &JournalLine) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut bytes = serde_json::to_vec(line).map_err(std::io::Error::other)?;
+    bytes.push(b'\n');
+    file.write_all(&bytes)
 }
 
 /// The platform's list of what it stored for the job, parsed.
@@ -662,6 +807,75 @@ mod tests {
         let mut with_stranger = sent.clone();
         with_stranger.push((4_000, stranger));
         assert!(matches!(readings.reconcile(&with_stranger), Err(1)));
+    }
+
+    #[test]
+    fn openings_survive_a_restart_of_the_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = JobReadings::persistent(dir.path(), "job_1", 50.0);
+        let mut sent = Vec::new();
+        for (index, watts) in [100.0, 200.0, 300.0].into_iter().enumerate() {
+            let mut packet = packet(watts);
+            let pending = first.commit(&mut packet).unwrap();
+            let commitment =
+                ReadingCommitment::from_base64(packet.power_commitment.as_deref().unwrap())
+                    .unwrap();
+            let at = 1_000 * (index as i64 + 1);
+            sent.push((at, commitment));
+            first.accept(pending, &reply(at));
+        }
+        drop(first);
+        // A crash mid-write leaves a torn last line; the journal is private to the provider.
+        let path = dir.path().join(OPENINGS_FILE);
+        {
+            use std::io::Write as _;
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            file.write_all(b"{\"commitment\":\"AAAA").unwrap();
+        }
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // Restarted with another declared share: the openings come back with the share they
+        // were committed with, and the whole run is proven.
+        let second = JobReadings::persistent(dir.path(), "job_1", 90.0);
+        assert_eq!(second.openings(), 3);
+        assert_eq!(second.len(), 0, "acknowledgements are not journalled");
+        let reconciled = second.reconcile(&sent).unwrap();
+        let (_, _, share) = second.snapshot();
+        assert_eq!(share, 5_000);
+        let submission = energy_submission("job_1", &reconciled, 30_000, share, 700_000).unwrap();
+        let ProofSubmission::Energy(energy) = submission else {
+            panic!("not energy")
+        };
+        let weights = interval_weights(&[1_000, 2_000, 3_000], 0, 30_000).unwrap();
+        let commitments: Vec<_> = sent.iter().map(|(_, c)| *c).collect();
+        verify_energy(
+            "job_1",
+            &energy.claim,
+            &commitments,
+            &weights,
+            &energy.proof,
+            &mut OsRng,
+        )
+        .unwrap();
+        // Readings after the restart are journalled too (after the torn line).
+        let mut later = packet(400.0);
+        second.commit(&mut later).unwrap();
+        drop(second);
+        assert_eq!(
+            JobReadings::persistent(dir.path(), "job_1", 50.0).openings(),
+            4
+        );
+        // Without a usable directory the readings stay in memory.
+        let memory = JobReadings::persistent(&dir.path().join("missing"), "job_2", 50.0);
+        let mut unjournalled = packet(100.0);
+        assert!(memory.commit(&mut unjournalled).is_some());
+        assert_eq!(memory.openings(), 1);
     }
 
     #[test]

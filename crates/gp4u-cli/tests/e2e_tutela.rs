@@ -5,7 +5,8 @@
 //! killed mid-job gets its job failed JOB_DROPPED after the timeout with exactly one slash,
 //! and when it comes back it is fenced and its container killed; an agent that keeps
 //! reporting while its advertised endpoint refuses the platform's challenges is slashed,
-//! ejected, and its job failed VISIBILITY_BLOCKED.
+//! ejected, and its job failed VISIBILITY_BLOCKED; an agent restarted mid-job (within the
+//! heartbeat timeout) still proves the whole job's energy, and `gp4u verify` passes.
 //!
 //! Network rule: every connection here goes to loopback or to containers this test created.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -15,7 +16,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    call, docker, docker_image, job_containers, mint, start_agent_with, start_server_with,
+    BIN, call, docker, docker_image, job_containers, mint, start_agent_with, start_server_with,
 };
 use gp4u_store::Engine;
 use gp4u_store::testing::TestDatabase;
@@ -461,4 +462,88 @@ async fn a_partitioned_agent_is_fenced_when_it_comes_back() {
     eprintln!("partition: the returning agent removed its container {gone:?} after resuming");
     assert_eq!(platform.job(&job).await["failure_reason"], "JOB_DROPPED");
     drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_still_proves_the_whole_job() {
+    let Some(platform) = platform(
+        "e2e_restarted_agent_proves",
+        &["--telemetry-interval-s", "1"],
+        None,
+    )
+    .await
+    else {
+        return;
+    };
+    let mut agent = platform.agent(&[]);
+    let (gpu, _) = platform.gpu().await;
+    let job = platform.submit(&gpu, "sleep 10").await;
+    platform
+        .wait_for(&job, Duration::from_secs(60), |job| {
+            job["status"] == "RUNNING" && job["latest_metrics"].is_object()
+        })
+        .await;
+    // A few committed readings stored, then the agent dies (SIGKILL) and comes back.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let telemetry = platform
+            .get(&format!("/api/jobs/{job}/telemetry"), &platform.customer)
+            .await;
+        let samples = telemetry["samples"].as_array().map_or(0, Vec::len);
+        if samples >= 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no telemetry: {telemetry}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    let _agent = platform.agent(&[]);
+    let view = platform
+        .wait_for(&job, Duration::from_secs(60), ended)
+        .await;
+    assert_eq!(view["status"], "COMPLETE", "{view}");
+    // Both proofs arrive, covering every stored reading, before and after the restart.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let proofs = loop {
+        let proofs = platform
+            .get(&format!("/api/jobs/{job}/proofs"), &platform.customer)
+            .await;
+        let kinds: Vec<&str> = proofs["proofs"]
+            .as_array()
+            .map(|list| list.iter().filter_map(|p| p["kind"].as_str()).collect())
+            .unwrap_or_default();
+        if kinds.contains(&"energy") && kinds.contains(&"hardware") {
+            break proofs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted agent's proofs did not arrive: {proofs}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(proofs["samples_without_commitment"], 0, "{proofs}");
+    assert!(
+        proofs["commitments"].as_array().unwrap().len() >= 5,
+        "{proofs}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let verified = loop {
+        let output = std::process::Command::new(BIN)
+            .args(["verify", &job, "--server", &platform.base])
+            .args(["--token", &platform.customer, "--require-proofs"])
+            .env("GP4U_LOG", "warn")
+            .output()
+            .unwrap();
+        if output.status.success() || Instant::now() > deadline {
+            break output;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        verified.status.success(),
+        "gp4u verify failed:\n{}\n{}",
+        String::from_utf8_lossy(&verified.stdout),
+        String::from_utf8_lossy(&verified.stderr)
+    );
 }
