@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gp4u_core::atlas::{self, AtlasConfig, Candidate, PlacementRequest};
+use gp4u_core::atlas::{self, AtlasConfig, Candidate, CarbonIntensity, PlacementRequest};
 use gp4u_core::chambers::{Chamber, Mnemo, ProviderRecord, uptime_score};
 use gp4u_core::events::JobStateChanged;
 use gp4u_core::ids::{NodeId, UserId};
@@ -118,6 +118,28 @@ fn candidate(
     }
 }
 
+/// Atlas's config with the grid-factor table over its carbon table: the figure an admin set
+/// (`PUT /api/admin/grid-factors/{region}`) is the one Atlas scores and the one the job's
+/// carbon is computed with. The table's `default` row (the fallback for carbon accounting)
+/// is not a region: Atlas keeps scoring a region it does not know as neutral.
+async fn with_grid_factors(state: &AppState, config: &AtlasConfig) -> StoreResult<AtlasConfig> {
+    let mut config = config.clone();
+    for factor in state.store.list_grid_factors().await? {
+        if factor.region == gp4u_core::energy::DEFAULT_GRID_REGION {
+            continue;
+        }
+        config.carbon.set(
+            factor.region,
+            CarbonIntensity {
+                g_co2e_per_kwh: factor.g_co2e_per_kwh,
+                source: factor.source,
+                as_of: factor.as_of,
+            },
+        );
+    }
+    Ok(config)
+}
+
 /// One Atlas pass: place what can be placed now. Returns how many jobs were assigned.
 pub async fn place_pending(state: &AppState, config: &AtlasConfig) -> StoreResult<usize> {
     let pending = state
@@ -155,7 +177,8 @@ pub async fn place_pending(state: &AppState, config: &AtlasConfig) -> StoreResul
         .iter()
         .map(|gpu| candidate(gpu, &providers, state.now_ms()))
         .collect();
-    let plan = atlas::plan(&requests, &candidates, config);
+    let config = with_grid_factors(state, config).await?;
+    let plan = atlas::plan(&requests, &candidates, &config);
     let mut placed = 0;
     for assignment in plan {
         let Some(job) = pending.iter().find(|job| job.id == assignment.job_id) else {

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use gp4u_core::atlas::CarbonTable;
 use gp4u_core::billing::{Outcome, SettlementInput, settle};
 use gp4u_core::energy::{
     GridFactor, carbon_kg, credit_eligible, default_grid_factors, grid_factor_for, integrate,
@@ -17,7 +18,7 @@ use gp4u_core::energy::{
 };
 use gp4u_core::job::JobStatus;
 use gp4u_store::{
-    CompletionFacts, GridFactorRecord, JobRecord, NewTransfer, OutboxEvent, Store, StoreError,
+    CompletionFacts, GridFactorRecord, JobRecord, NewTransfer, OutboxEvent, StoreError,
 };
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -54,9 +55,24 @@ pub use gp4u_core::chambers::TOPIC_JOB_ENERGY;
 pub use gp4u_core::chambers::TOPIC_VERITAS_RECORDED;
 pub const TOPIC_BILLING_SETTLED: &str = "billing.settled";
 
-/// Puts the built-in grid factors into the table where a region is missing.
-pub async fn seed_grid_factors(store: &Store, now_ms: i64) -> Result<(), StoreError> {
-    let records: Vec<GridFactorRecord> = default_grid_factors()
+/// Puts grid factors into the table where a region is missing: the regions of the operator's
+/// own `[atlas.carbon]` table first (when it is not the built-in one), then the built-in
+/// defaults. A region already in the table keeps its figure: admins change it with
+/// `PUT /api/admin/grid-factors/{region}`.
+pub async fn seed_grid_factors(state: &AppState) -> Result<(), StoreError> {
+    let now_ms = state.now_ms();
+    let configured = (state.atlas.carbon != CarbonTable::default())
+        .then(|| state.atlas.carbon.entries())
+        .into_iter()
+        .flatten()
+        .map(|(region, intensity)| GridFactorRecord {
+            region: region.to_owned(),
+            g_co2e_per_kwh: intensity.g_co2e_per_kwh,
+            source: intensity.source.clone(),
+            as_of: intensity.as_of.clone(),
+            updated_at_ms: now_ms,
+        });
+    let built_in = default_grid_factors()
         .into_iter()
         .map(|factor| GridFactorRecord {
             region: factor.region,
@@ -64,9 +80,10 @@ pub async fn seed_grid_factors(store: &Store, now_ms: i64) -> Result<(), StoreEr
             source: factor.source,
             as_of: factor.as_of,
             updated_at_ms: now_ms,
-        })
-        .collect();
-    store.seed_grid_factors(&records, now_ms).await
+        });
+    // Inserted in this order with ON CONFLICT DO NOTHING: the first figure for a region wins.
+    let records: Vec<GridFactorRecord> = configured.chain(built_in).collect();
+    state.store.seed_grid_factors(&records, now_ms).await
 }
 
 fn is_terminal_topic(topic: &str) -> bool {
@@ -134,7 +151,7 @@ pub async fn settle_once(state: &AppState) -> Result<usize, StoreError> {
 
 /// Runs [`settle_once`] until `stopping`, woken by the bus.
 pub async fn run_settlement(state: AppState, mut stopping: watch::Receiver<bool>) {
-    if let Err(error) = seed_grid_factors(&state.store, state.now_ms()).await {
+    if let Err(error) = seed_grid_factors(&state).await {
         tracing::warn!(%error, "seeding grid factors failed");
     }
     let mut events = state.bus.subscribe();
@@ -177,7 +194,7 @@ async fn account_completion(state: &AppState, job: &JobRecord) -> Result<(), Sto
     let mut records = state.store.list_grid_factors().await?;
     if records.is_empty() {
         // A fresh database: the built-in table (admins may update it later).
-        seed_grid_factors(&state.store, state.now_ms()).await?;
+        seed_grid_factors(state).await?;
         records = state.store.list_grid_factors().await?;
     }
     let factors: Vec<GridFactor> = records

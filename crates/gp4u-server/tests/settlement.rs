@@ -471,6 +471,29 @@ async fn admins_update_grid_factors_with_a_source(app: TestApp) {
         (north["g_co2e_per_kwh"].clone(), north["source"].clone()),
         (json!(35.5), json!("Ember 2025 review"))
     );
+
+    // Atlas scores the figure admins set (the one the job's carbon is computed with).
+    let reply = app
+        .call(
+            Method::PUT,
+            "/api/admin/grid-factors/us-east-1",
+            Some(&app.admin),
+            Some(json!({"g_co2e_per_kwh": 40, "source": "our own meter", "as_of": "2026-10-31"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let run = picked_up(&app, pinned()).await;
+    let job = app.job(&run.job).await;
+    let reasons = job["placement"]["reasons"].as_array().unwrap().clone();
+    let carbon = reasons
+        .iter()
+        .find(|reason| reason["factor"] == "carbon")
+        .unwrap_or_else(|| panic!("no carbon reason: {reasons:?}"));
+    assert_eq!(carbon["value"], json!(0.95), "{carbon:?}");
+    assert!(
+        carbon["detail"].as_str().unwrap().contains("our own meter"),
+        "{carbon:?}"
+    );
 }
 
 /// Mnemo keeps each node's record from the sealed stage-5 events, and Atlas scores the next
@@ -1365,7 +1388,60 @@ async fn agent_polls_measure_the_nodes_uptime_for_atlas(app: TestApp) {
     );
 }
 
+async fn an_operators_carbon_table_seeds_the_grid_factors(app: TestApp) {
+    use gp4u_core::atlas::{AtlasConfig, CarbonIntensity, CarbonTable};
+    let atlas = AtlasConfig {
+        carbon: CarbonTable::from_entries([(
+            "us-east-1",
+            CarbonIntensity {
+                g_co2e_per_kwh: 123.0,
+                source: "our meter".into(),
+                as_of: "2026".into(),
+            },
+        )]),
+        ..AtlasConfig::default()
+    };
+    let state = app.state.clone().with_atlas(atlas);
+    gp4u_server::settlement::seed_grid_factors(&state)
+        .await
+        .unwrap();
+    // Seeding again (a restart, another replica) keeps what is there.
+    gp4u_server::settlement::seed_grid_factors(&app.state)
+        .await
+        .unwrap();
+    let factors = app
+        .call(Method::GET, "/api/grid-factors", Some(&app.admin), None)
+        .await;
+    let factor = |region: &str| {
+        factors.body["factors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|factor| factor["region"] == region)
+            .unwrap_or_else(|| panic!("no {region}: {:?}", factors.body))
+            .clone()
+    };
+    let configured = factor("us-east-1");
+    assert_eq!(
+        (
+            configured["g_co2e_per_kwh"].clone(),
+            configured["source"].clone()
+        ),
+        (json!(123.0), json!("our meter"))
+    );
+    // Regions the operator did not list come from the built-in table, with its sources.
+    assert!(
+        factor("eu-north-1")["source"]
+            .as_str()
+            .unwrap()
+            .contains("Ember"),
+        "{:?}",
+        factors.body
+    );
+}
+
 on_both_engines!(
+    an_operators_carbon_table_seeds_the_grid_factors,
     the_energy_chamber_sums_carbon_for_customers_providers_and_the_platform,
     the_veritas_record_names_the_gpu_and_its_driver,
     agent_polls_measure_the_nodes_uptime_for_atlas,
