@@ -208,6 +208,25 @@ pub fn discover_gpus(emulated: &[EmulatedGpu]) -> Result<(Vec<GpuInfo>, bool), A
     Ok((inventory.gpus, false))
 }
 
+/// The driver version to declare at registration: NVML's, trimmed, when the platform would
+/// accept it; none when NVML could not read it (`unknown`) or it is not a plain version
+/// string (said in the log: registration must not fail over it).
+fn declared_driver(version: &str) -> Option<&str> {
+    let version = version.trim();
+    if version == "unknown" {
+        return None;
+    }
+    if gp4u_core::manifest::is_valid_driver_version(version) {
+        Some(version)
+    } else {
+        tracing::warn!(
+            driver_version = version,
+            "the GPU driver version is not a plain version string; registering without it"
+        );
+        None
+    }
+}
+
 /// The node's registration: loaded from the data dir, or made now (with `endpoint`, when the
 /// agent listens). The flag says whether it was made now.
 async fn register_or_load(
@@ -233,7 +252,7 @@ async fn register_or_load(
             "vram_gb": gpu.vram_total_bytes as f64 / 1_073_741_824.0,
             "price_per_hour": config.price_per_hour,
             "uuid": gpu.uuid,
-            "driver_version": gpu.driver_version,
+            "driver_version": declared_driver(&gpu.driver_version),
             "emulated": gpu.emulated,
         })).collect::<Vec<_>>(),
     });
@@ -1050,6 +1069,15 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_plain_driver_versions_are_declared() {
+        assert_eq!(declared_driver(" 550.54.15 "), Some("550.54.15"));
+        assert_eq!(declared_driver("emulated"), Some("emulated"));
+        assert_eq!(declared_driver("unknown"), None);
+        assert_eq!(declared_driver("550\n; rm -rf /"), None);
+        assert_eq!(declared_driver(&"9".repeat(65)), None);
+    }
 
     #[test]
     fn proofs_follow_a_stop_unless_the_provider_was_at_fault() {

@@ -544,7 +544,7 @@ pub async fn submit_proofs(client: &PlatformClient, job: ProofJob) {
     // Prove what the platform stored, not what the agent saw acknowledged: a packet whose
     // reply was lost may still have been stored. An older platform without the route: the
     // acknowledged readings.
-    match client.stored_commitments(&job_id, &job.node_id).await {
+    match stored_commitments(client, &job_id, &job.node_id).await {
         Ok(answer) => match parse_stored(&answer) {
             Some((stored, gap)) => {
                 digest_entries.clone_from(&stored);
@@ -638,6 +638,26 @@ pub async fn submit_proofs(client: &PlatformClient, job: ProofJob) {
             }
         }
         None => tracing::warn!(job_id, "the job's GPU is unknown: no hardware attestation"),
+    }
+}
+
+/// The platform's list of the job's stored commitments, retrying 503/429/transport failures
+/// for up to [`SUBMIT_PATIENCE`] (without it, only the readings acknowledged to this run of
+/// the agent could be proven: short of the whole job after a restart).
+async fn stored_commitments(
+    client: &PlatformClient,
+    job_id: &str,
+    node_id: &str,
+) -> Result<serde_json::Value, crate::client::ClientError> {
+    let started = Instant::now();
+    loop {
+        match client.stored_commitments(job_id, node_id).await {
+            Err(error) if error.is_transient() && started.elapsed() < SUBMIT_PATIENCE => {
+                tracing::debug!(job_id, %error, "the stored commitments are not available yet; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            other => return other,
+        }
     }
 }
 

@@ -405,9 +405,20 @@ fn check_consistency(
             None => "none was served or saved (save with --save DIR --checkpoint FILE to keep \
                      one for that checkpoint)"
                 .to_owned(),
+            Some(answer)
+                if answer["from"].as_u64() == Some(old.size)
+                    && answer["to"].as_u64() == Some(checkpoint.size) =>
+            {
+                "the one at hand does not parse as a list of hashes".to_owned()
+            }
             Some(answer) => format!(
                 "the one at hand is from size {} to {}",
-                answer["from"], answer["to"]
+                answer["from"]
+                    .as_u64()
+                    .map_or("?".to_owned(), |n| n.to_string()),
+                answer["to"]
+                    .as_u64()
+                    .map_or("?".to_owned(), |n| n.to_string())
             ),
         };
         report.fail(
@@ -811,6 +822,19 @@ fn check_energy(
             claim.energy_mwms, energy.index
         ));
     }
+    // The proof must back the renewable share the job was accounted with (and its carbon-credit
+    // eligibility): a claim of at least that share.
+    if let Some(sealed_pct) = energy.payload["renewable_pct"].as_f64() {
+        let sealed_bp = (sealed_pct * 100.0).round();
+        if f64::from(claim.renewable_share_bp) < sealed_bp {
+            return Err(format!(
+                "claims renewable ≥ {}.{:02} %, less than the {sealed_pct} % the platform sealed (entry {})",
+                claim.renewable_share_bp / 100,
+                claim.renewable_share_bp % 100,
+                energy.index
+            ));
+        }
+    }
     let max_gap = energy.payload["max_gap_ms"]
         .as_i64()
         .ok_or("the sealed job.energy entry has no max_gap_ms")?;
@@ -1191,4 +1215,76 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
         eprintln!("FAILED {}: {}", failure.name, failure.detail);
     }
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use gp4u_attest::energy::{PowerReading, commit_reading, prove_energy};
+    use gp4u_core::energy::interval_weights;
+    use rand_core::OsRng;
+    use serde_json::json;
+
+    use super::*;
+
+    /// A proof of three readings at 50 % renewable, and the sealed energy entry to check it by.
+    fn proven(
+        sealed_pct: f64,
+    ) -> (
+        EnergyClaim,
+        gp4u_attest::energy::EnergyProof,
+        Vec<(i64, ReadingCommitment)>,
+        Sealed,
+    ) {
+        let times = [1_000, 2_000, 3_000];
+        let weights = interval_weights(&times, 0, 30_000).unwrap();
+        let mut openings = Vec::new();
+        let mut commitments = Vec::new();
+        for (at, power_mw) in times.iter().zip([100_000_u64, 200_000, 300_000]) {
+            let (commitment, opening) = commit_reading(
+                PowerReading {
+                    power_mw,
+                    renewable_mw: power_mw / 2,
+                },
+                &mut OsRng,
+            );
+            commitments.push((*at, commitment));
+            openings.push(opening);
+        }
+        let energy_mwms = weights
+            .iter()
+            .zip(&openings)
+            .map(|(w, o)| w * o.power_mw)
+            .sum();
+        let claim = EnergyClaim {
+            energy_mwms,
+            renewable_share_bp: 5_000,
+            power_limit_mw: 700_000,
+        };
+        let proof = prove_energy("job_1", &claim, &openings, &weights, &mut OsRng).unwrap();
+        let sealed = Sealed {
+            index: 7,
+            kind: "job.energy".into(),
+            payload: json!({"energy_mwms": energy_mwms.to_string(), "max_gap_ms": 30_000,
+                            "renewable_pct": sealed_pct}),
+        };
+        (claim, proof, commitments, sealed)
+    }
+
+    #[test]
+    fn the_energy_proof_must_back_the_sealed_renewable_share() {
+        let (claim, proof, commitments, sealed) = proven(50.0);
+        let passed = check_energy("job_1", &claim, &proof, &commitments, Some(&sealed)).unwrap();
+        assert!(passed.contains("renewable ≥ 50.00 %"), "{passed}");
+        // A platform that sealed a larger share than the proof backs is caught.
+        let (claim, proof, commitments, sealed) = proven(85.0);
+        let failed =
+            check_energy("job_1", &claim, &proof, &commitments, Some(&sealed)).unwrap_err();
+        assert!(
+            failed.contains("85 % the platform sealed (entry 7)"),
+            "{failed}"
+        );
+        // A smaller sealed share is backed by the proof.
+        let (claim, proof, commitments, sealed) = proven(20.0);
+        assert!(check_energy("job_1", &claim, &proof, &commitments, Some(&sealed)).is_ok());
+    }
 }

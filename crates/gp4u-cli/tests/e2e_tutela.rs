@@ -477,7 +477,7 @@ async fn a_restarted_agent_still_proves_the_whole_job() {
     };
     let mut agent = platform.agent(&[]);
     let (gpu, _) = platform.gpu().await;
-    let job = platform.submit(&gpu, "sleep 10").await;
+    let job = platform.submit(&gpu, "sleep 20").await;
     platform
         .wait_for(&job, Duration::from_secs(60), |job| {
             job["status"] == "RUNNING" && job["latest_metrics"].is_object()
@@ -498,6 +498,15 @@ async fn a_restarted_agent_still_proves_the_whole_job() {
     }
     agent.child.kill().unwrap();
     agent.child.wait().unwrap();
+    let killed_at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert_eq!(
+        platform.job(&job).await["status"],
+        "RUNNING",
+        "the job must outlive the agent for this test to mean anything"
+    );
     let _agent = platform.agent(&[]);
     let view = platform
         .wait_for(&job, Duration::from_secs(60), ended)
@@ -523,9 +532,16 @@ async fn a_restarted_agent_still_proves_the_whole_job() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert_eq!(proofs["samples_without_commitment"], 0, "{proofs}");
+    // The proof covers readings committed by both runs of the agent (same machine clock).
+    let times: Vec<i64> = proofs["commitments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["at_ms"].as_i64().unwrap())
+        .collect();
     assert!(
-        proofs["commitments"].as_array().unwrap().len() >= 5,
-        "{proofs}"
+        times.iter().any(|at| *at < killed_at_ms) && times.iter().any(|at| *at > killed_at_ms),
+        "commitments from before and after the restart: {times:?} (killed at {killed_at_ms})"
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     let verified = loop {

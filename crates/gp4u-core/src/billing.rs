@@ -812,7 +812,18 @@ mod tests {
 
     #[test]
     fn transfer_kinds_are_named_as_they_serialise() {
+        // A new kind must be added to ALL: this match stops compiling until it is handled.
+        let listed = |kind: TransferKind| match kind {
+            TransferKind::TopUp
+            | TransferKind::Hold
+            | TransferKind::Earnings
+            | TransferKind::Fee
+            | TransferKind::StudentProgram
+            | TransferKind::Release
+            | TransferKind::Payout => TransferKind::ALL.contains(&kind),
+        };
         for kind in TransferKind::ALL {
+            assert!(listed(kind));
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
         }
     }

@@ -118,6 +118,10 @@ pub const TOPIC_TUTELA_SLASH: &str = "tutela.slash";
 /// history as unknown, i.e. neutral): ten minutes.
 pub const MIN_PRESENCE_OBSERVED_MS: i64 = 10 * 60 * 1000;
 
+/// Two agent contacts at most this far apart count as the node being present in between:
+/// the longest assignment long poll (60 s) and 30 s of slack for the agent's next request.
+pub const PRESENCE_GAP_MS: i64 = 90_000;
+
 /// A node's presence as the store records it from its agent's contacts (assignment polls).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Presence {
@@ -135,12 +139,26 @@ impl Presence {
             .map_or(0, |first| now_ms.saturating_sub(first).max(0))
     }
 
+    /// Time present up to `now_ms`: the recorded time, plus the time since the last contact
+    /// while that is within [`PRESENCE_GAP_MS`] (the agent is, as far as anyone knows, there).
+    pub fn online_ms(&self, now_ms: i64) -> i64 {
+        let current = self.last_seen_at_ms.map_or(0, |last| {
+            let since = now_ms.saturating_sub(last);
+            if (0..=PRESENCE_GAP_MS).contains(&since) {
+                since
+            } else {
+                0
+            }
+        });
+        self.online_ms.max(0).saturating_add(current)
+    }
+
     /// Uptime: the share of the observed time the agent was present, in [0, 1]; `None`
     /// until the node has been observed for [`MIN_PRESENCE_OBSERVED_MS`].
     pub fn uptime(&self, now_ms: i64) -> Option<f64> {
         let observed = self.observed_ms(now_ms);
         (observed >= MIN_PRESENCE_OBSERVED_MS)
-            .then(|| (self.online_ms.max(0) as f64 / observed as f64).clamp(0.0, 1.0))
+            .then(|| (self.online_ms(now_ms) as f64 / observed as f64).clamp(0.0, 1.0))
     }
 }
 
@@ -249,6 +267,7 @@ pub const TOPIC_JOB_ENERGY: &str = "job.energy";
 /// Energy and carbon summed over jobs. kWh and kg are sums of each job's figures (each exact
 /// to the mW·ms in its `job.energy` event); renewable energy is *declared* by providers.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct CarbonTotals {
     pub jobs: u64,
     pub energy_kwh: f64,
@@ -324,6 +343,7 @@ struct GridFactorEvent {
 /// declaring ≥ 80 % renewable power; declared, not metered) and the grid factor each region
 /// was last accounted with.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Energy {
     pub intake: Intake,
     pub total: CarbonTotals,
@@ -352,17 +372,17 @@ impl Chamber for Energy {
             self.intake.malformed += 1;
             return;
         }
-        let region = job
-            .region
-            .clone()
-            .or_else(|| job.grid_factor.as_ref().map(|factor| factor.region.clone()))
-            .unwrap_or_else(|| UNKNOWN.to_owned());
+        // The job's region, not the factor's: a region missing from the table is accounted
+        // with the `default` factor but is still its own region.
+        let region = job.region.clone().unwrap_or_else(|| UNKNOWN.to_owned());
         self.total.add(&job);
-        self.regions.entry(region).or_default().add(&job);
+        self.regions.entry(region.clone()).or_default().add(&job);
         if let Some(node) = &job.node_id {
             self.nodes.entry(node.clone()).or_default().add(&job);
         }
-        if let Some(factor) = job.grid_factor {
+        if let Some(factor) = job.grid_factor
+            && factor.region == region
+        {
             self.grid_factors.insert(
                 factor.region,
                 GridFactorUsed {
@@ -636,6 +656,17 @@ mod tests {
         let mut both = energy.nodes["node_a"].clone();
         both.merge(&energy.nodes["node_b"]);
         assert_eq!(both.jobs, 3);
+        // A job without a region, accounted with the fallback factor: "unknown", and the
+        // fallback is not recorded as a region's factor.
+        let mut fallback = job_energy(Some("node_c"), "default", 1.0, 0.0);
+        fallback["region"] = Value::Null;
+        energy.apply(TOPIC_JOB_ENERGY, &fallback);
+        assert_eq!(energy.regions["unknown"].jobs, 1);
+        assert!(!energy.grid_factors.contains_key("default"));
+        assert!(!energy.regions.contains_key("default"));
+        // A model stored before a field existed still loads (serde defaults).
+        let old: Energy = serde_json::from_value(json!({"total": {"jobs": 3}})).unwrap();
+        assert_eq!(old.total.jobs, 3);
         // The model round-trips through JSON (the bus runner stores it so).
         let stored: Energy =
             serde_json::from_value(serde_json::to_value(&energy).unwrap()).unwrap();
@@ -654,9 +685,12 @@ mod tests {
         };
         // Nine minutes observed is too short to judge.
         assert_eq!(node.uptime(109 * minute), None);
-        // 24 of 40 minutes present.
+        // 24 of 40 minutes present (the last contact was 10 minutes ago: gone since).
         assert_eq!(node.observed_ms(140 * minute), 40 * minute);
         assert_eq!(node.uptime(140 * minute), Some(0.6));
+        // A minute after the last contact the agent counts as still there.
+        assert_eq!(node.online_ms(131 * minute), 25 * minute);
+        assert_eq!(node.uptime(131 * minute), Some(25.0 / 31.0));
         // A clock behind the first contact observes nothing; figures stay within [0, 1].
         assert_eq!(node.observed_ms(50 * minute), 0);
         let odd = Presence {

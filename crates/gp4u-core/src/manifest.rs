@@ -1081,13 +1081,7 @@ fn validate_gpu_spec(index: usize, item: &Value) -> Result<GpuSpec, FieldError> 
             let text = value
                 .as_str()
                 .map(str::trim)
-                .filter(|text| {
-                    !text.is_empty()
-                        && text.chars().count() <= MAX_DRIVER_VERSION_CHARS
-                        && text
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || "._-+ ()".contains(c))
-                })
+                .filter(|text| is_valid_driver_version(text))
                 .ok_or_else(|| {
                     FieldError::new(
                         CODE,
@@ -1111,6 +1105,16 @@ fn validate_gpu_spec(index: usize, item: &Value) -> Result<GpuSpec, FieldError> 
         driver_version,
         emulated,
     })
+}
+
+/// Whether `text` is a driver version registration accepts: 1 to
+/// [`MAX_DRIVER_VERSION_CHARS`] letters, digits and `. _ - + ( )` or spaces.
+pub fn is_valid_driver_version(text: &str) -> bool {
+    !text.is_empty()
+        && text.chars().count() <= MAX_DRIVER_VERSION_CHARS
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-+ ()".contains(c))
 }
 
 /// Validates a `POST /api/admin/users/{id}/credits` body `{"amount"}`. Negative amounts

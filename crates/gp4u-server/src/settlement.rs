@@ -55,24 +55,37 @@ pub use gp4u_core::chambers::TOPIC_JOB_ENERGY;
 pub use gp4u_core::chambers::TOPIC_VERITAS_RECORDED;
 pub const TOPIC_BILLING_SETTLED: &str = "billing.settled";
 
-/// Puts grid factors into the table where a region is missing: the regions of the operator's
-/// own `[atlas.carbon]` table first (when it is not the built-in one), then the built-in
-/// defaults. A region already in the table keeps its figure: admins change it with
-/// `PUT /api/admin/grid-factors/{region}`.
+/// Puts grid factors into the table: the regions of the operator's own `[atlas.carbon]` table
+/// (when it is not the built-in one) where a region is missing or still has a built-in figure
+/// from an earlier start, then the built-in defaults where a region is missing. A figure an
+/// admin set (`PUT /api/admin/grid-factors/{region}`) is never overwritten.
 pub async fn seed_grid_factors(state: &AppState) -> Result<(), StoreError> {
     let now_ms = state.now_ms();
-    let configured = (state.atlas.carbon != CarbonTable::default())
-        .then(|| state.atlas.carbon.entries())
-        .into_iter()
-        .flatten()
-        .map(|(region, intensity)| GridFactorRecord {
-            region: region.to_owned(),
-            g_co2e_per_kwh: intensity.g_co2e_per_kwh,
-            source: intensity.source.clone(),
-            as_of: intensity.as_of.clone(),
-            updated_at_ms: now_ms,
-        });
-    let built_in = default_grid_factors()
+    let built_in_factors = default_grid_factors();
+    if state.atlas.carbon != CarbonTable::default() {
+        let atlas_defaults = CarbonTable::default();
+        for (region, intensity) in state.atlas.carbon.entries() {
+            let energy_source = built_in_factors
+                .iter()
+                .find(|factor| factor.region == region)
+                .map_or("", |factor| factor.source.as_str());
+            let atlas_source = atlas_defaults
+                .intensity(region)
+                .map_or("", |intensity| intensity.source.as_str());
+            let record = GridFactorRecord {
+                region: region.to_owned(),
+                g_co2e_per_kwh: intensity.g_co2e_per_kwh,
+                source: intensity.source.clone(),
+                as_of: intensity.as_of.clone(),
+                updated_at_ms: now_ms,
+            };
+            state
+                .store
+                .seed_grid_factor_over_built_in(&record, [energy_source, atlas_source], now_ms)
+                .await?;
+        }
+    }
+    let records: Vec<GridFactorRecord> = built_in_factors
         .into_iter()
         .map(|factor| GridFactorRecord {
             region: factor.region,
@@ -80,9 +93,8 @@ pub async fn seed_grid_factors(state: &AppState) -> Result<(), StoreError> {
             source: factor.source,
             as_of: factor.as_of,
             updated_at_ms: now_ms,
-        });
-    // Inserted in this order with ON CONFLICT DO NOTHING: the first figure for a region wins.
-    let records: Vec<GridFactorRecord> = configured.chain(built_in).collect();
+        })
+        .collect();
     state.store.seed_grid_factors(&records, now_ms).await
 }
 

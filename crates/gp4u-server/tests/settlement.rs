@@ -721,7 +721,7 @@ async fn proofs_are_verified_against_the_sealed_run(app: TestApp) {
         String::from_utf8_lossy(&body)
     );
     assert!(String::from_utf8_lossy(&body).contains("does not verify"));
-    // A share above the declared one is refused.
+    // A share below the one the job was accounted with cannot back it: refused.
     let greedy = EnergyClaim {
         renewable_share_bp: 4000,
         ..claim
@@ -765,6 +765,22 @@ async fn proofs_are_verified_against_the_sealed_run(app: TestApp) {
     );
     let (status, _, _) = submit(huge).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    // The provider lowers its declared share after the job ended (an agent restarted with
+    // another flag): the job was accounted at 50 %, and the proof of that share still counts.
+    let redeclared = app
+        .call(
+            Method::PUT,
+            &format!("/api/providers/{node_id}/energy"),
+            Some(&token),
+            Some(json!({"renewable_pct": 30})),
+        )
+        .await;
+    assert_eq!(
+        redeclared.status,
+        StatusCode::NO_CONTENT,
+        "{:?}",
+        redeclared.body
+    );
     // The honest proof is stored (201), the same again is a no-op (200).
     let honest = energy_body(claim, &openings);
     let (status, _, body) = submit(honest.clone()).await;
@@ -1337,13 +1353,13 @@ async fn the_veritas_record_names_the_gpu_and_its_driver(app: TestApp) {
 async fn agent_polls_measure_the_nodes_uptime_for_atlas(app: TestApp) {
     let node = app.node(1, 3.1, "us-east-1").await;
     let poll = format!("/api/agent/assignments?node_id={}&wait=0", node.node_id);
-    // Fifteen minutes of polls 20 s apart, then fifteen minutes of silence, then back.
-    for _ in 0..=45 {
+    // Twenty minutes of polls 20 s apart, then ten minutes of silence, then back.
+    for _ in 0..=60 {
         let reply = app.call(Method::GET, &poll, Some(&node.token), None).await;
         assert_eq!(reply.status, StatusCode::NO_CONTENT, "{:?}", reply.body);
         app.clock.advance_ms(20_000);
     }
-    app.clock.advance_ms(15 * 60_000 - 20_000);
+    app.clock.advance_ms(10 * 60_000 - 20_000);
     app.call(Method::GET, &poll, Some(&node.token), None).await;
     let view = app
         .call(
@@ -1355,12 +1371,12 @@ async fn agent_polls_measure_the_nodes_uptime_for_atlas(app: TestApp) {
         .await;
     assert_eq!(view.status, StatusCode::OK, "{:?}", view.body);
     let record = &view.body["record"];
-    assert!(close(&record["online_hours"], 0.25), "{record:?}");
+    assert!(close(&record["online_hours"], 1.0 / 3.0), "{record:?}");
     assert!(close(&record["observed_hours"], 0.5), "{record:?}");
-    assert!(close(&record["presence_uptime"], 0.5), "{record:?}");
+    assert!(close(&record["presence_uptime"], 2.0 / 3.0), "{record:?}");
     // No job has ended on it: the completion rate is unknown, the uptime is presence alone.
     assert_eq!(record["completion_rate"], Value::Null);
-    assert!(close(&record["uptime"], 0.5), "{record:?}");
+    assert!(close(&record["uptime"], 2.0 / 3.0), "{record:?}");
     // Another provider cannot read it.
     let (_, stranger) = app.user("provider", None).await;
     let hidden = app
@@ -1372,8 +1388,7 @@ async fn agent_polls_measure_the_nodes_uptime_for_atlas(app: TestApp) {
         )
         .await;
     assert_eq!(hidden.status, StatusCode::NOT_FOUND);
-    // Atlas scores the measured uptime (not the neutral 0.5 of an unknown node... which is
-    // also 0.5 here, so check the reason's wording).
+    // Atlas scores the measured uptime, not the neutral 0.5 of an unknown node.
     let next = running_on(&app, node, pinned()).await;
     let job = app.job(&next.job).await;
     let reasons = job["placement"]["reasons"].as_array().unwrap().clone();
@@ -1381,7 +1396,7 @@ async fn agent_polls_measure_the_nodes_uptime_for_atlas(app: TestApp) {
         .iter()
         .find(|reason| reason["factor"] == "uptime")
         .unwrap_or_else(|| panic!("no uptime reason: {reasons:?}"));
-    assert_eq!(uptime["value"], json!(0.5), "{uptime:?}");
+    assert!(close(&uptime["value"], 2.0 / 3.0), "{uptime:?}");
     assert!(
         !uptime["detail"].to_string().contains("unknown"),
         "{uptime:?}"
@@ -1401,11 +1416,38 @@ async fn an_operators_carbon_table_seeds_the_grid_factors(app: TestApp) {
         )]),
         ..AtlasConfig::default()
     };
+    // An earlier start seeded the built-in figures; an admin set eu-north-1 since.
+    gp4u_server::settlement::seed_grid_factors(&app.state)
+        .await
+        .unwrap();
+    let reply = app
+        .call(
+            Method::PUT,
+            "/api/admin/grid-factors/eu-north-1",
+            Some(&app.admin),
+            Some(json!({"g_co2e_per_kwh": 35.5, "source": "Ember 2025 review", "as_of": "2025-06-30"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    // Now the operator configures us-east-1 and eu-north-1: the built-in us-east-1 figure is
+    // replaced, the admin's eu-north-1 figure is kept.
+    let mut atlas = atlas;
+    atlas.carbon.set(
+        "eu-north-1",
+        CarbonIntensity {
+            g_co2e_per_kwh: 99.0,
+            source: "config".into(),
+            as_of: "2026".into(),
+        },
+    );
     let state = app.state.clone().with_atlas(atlas);
     gp4u_server::settlement::seed_grid_factors(&state)
         .await
         .unwrap();
     // Seeding again (a restart, another replica) keeps what is there.
+    gp4u_server::settlement::seed_grid_factors(&state)
+        .await
+        .unwrap();
     gp4u_server::settlement::seed_grid_factors(&app.state)
         .await
         .unwrap();
@@ -1429,12 +1471,17 @@ async fn an_operators_carbon_table_seeds_the_grid_factors(app: TestApp) {
         ),
         (json!(123.0), json!("our meter"))
     );
+    let kept = factor("eu-north-1");
+    assert_eq!(
+        (kept["g_co2e_per_kwh"].clone(), kept["source"].clone()),
+        (json!(35.5), json!("Ember 2025 review"))
+    );
     // Regions the operator did not list come from the built-in table, with its sources.
     assert!(
-        factor("eu-north-1")["source"]
+        factor("eu-west-1")["source"]
             .as_str()
             .unwrap()
-            .contains("Ember"),
+            .contains("a default for operators to replace"),
         "{:?}",
         factors.body
     );

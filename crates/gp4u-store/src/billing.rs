@@ -222,20 +222,29 @@ async fn lock_balances(
         return Ok(());
     }
     for user in users {
-        sqlx::query("SELECT id FROM users WHERE id = $1 FOR UPDATE")
+        sqlx::query("SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE")
             .bind(user)
             .fetch_optional(&mut **tx)
             .await?;
     }
     for node in nodes {
-        sqlx::query("SELECT id FROM provider_nodes WHERE id = $1 FOR UPDATE")
+        sqlx::query("SELECT id FROM provider_nodes WHERE id = $1 FOR NO KEY UPDATE")
             .bind(node)
             .fetch_optional(&mut **tx)
             .await?;
     }
     for account in others {
-        // Creates the row if need be; the no-op update takes its lock either way.
-        apply_account_delta(tx, account, 0).await?;
+        // The row may not exist yet (a platform account's first transfer).
+        sqlx::query(
+            "INSERT INTO accounts (id, balance_micros) VALUES ($1, 0) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(account)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query("SELECT id FROM accounts WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(account)
+            .fetch_optional(&mut **tx)
+            .await?;
     }
     Ok(())
 }

@@ -136,6 +136,37 @@ impl Store {
         Ok(())
     }
 
+    /// Seeds one region's factor from the operator's configuration: inserted when the region
+    /// is missing, replacing the row when it still carries one of the `built_in` source texts
+    /// (seeded by an earlier start), kept when an admin set it. True when it was written.
+    pub async fn seed_grid_factor_over_built_in(
+        &self,
+        factor: &GridFactorRecord,
+        built_in: [&str; 2],
+        now_ms: i64,
+    ) -> StoreResult<bool> {
+        self.count_op();
+        let _writer = self.writer().await;
+        let written = sqlx::query(
+            "INSERT INTO grid_factors (region, g_co2e_per_kwh, source, as_of, updated_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (region) DO UPDATE SET \
+             g_co2e_per_kwh = excluded.g_co2e_per_kwh, source = excluded.source, \
+             as_of = excluded.as_of, updated_at = excluded.updated_at \
+             WHERE grid_factors.source = $6 OR grid_factors.source = $7",
+        )
+        .bind(&factor.region)
+        .bind(factor.g_co2e_per_kwh)
+        .bind(&factor.source)
+        .bind(&factor.as_of)
+        .bind(now_ms)
+        .bind(built_in[0])
+        .bind(built_in[1])
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(written > 0)
+    }
+
     /// Sets one region's factor (admins).
     pub async fn upsert_grid_factor(&self, factor: &GridFactorRecord) -> StoreResult<()> {
         self.count_op();
@@ -278,12 +309,15 @@ impl Store {
     }
     /// Records an agent contact with `node` at `now_ms` (presence, for Mnemo's uptime): the
     /// time since the previous contact counts as online when it is at most `gap_ms`; a longer
-    /// silence counts as down. Contacts out of order (another replica's clock) move nothing back.
+    /// silence counts as down. Contacts out of order (another replica's clock) move nothing
+    /// back; a contact less than `min_interval_ms` after the last recorded one is not written
+    /// (the next one counts from the recorded one, so no time is lost).
     pub async fn record_node_contact(
         &self,
         node: &NodeId,
         now_ms: i64,
         gap_ms: i64,
+        min_interval_ms: i64,
     ) -> StoreResult<()> {
         self.count_op();
         let _writer = self.writer().await;
@@ -295,11 +329,13 @@ impl Store {
                  ELSE last_seen_at END, \
              first_seen_at = CASE WHEN first_seen_at IS NULL OR $2 < first_seen_at THEN $2 \
                  ELSE first_seen_at END \
-             WHERE id = $1",
+             WHERE id = $1 AND (last_seen_at IS NULL OR $2 - last_seen_at >= $4 \
+                 OR $2 < first_seen_at)",
         )
         .bind(node.as_str())
         .bind(now_ms)
         .bind(gap_ms)
+        .bind(min_interval_ms)
         .execute(self.pool())
         .await?;
         Ok(())
@@ -321,7 +357,7 @@ impl Store {
              SUM(CASE WHEN carbon_credit_eligible = 1 THEN COALESCE(carbon_kg, 0.0) ELSE 0.0 END) \
                  AS eligible_carbon \
              FROM jobs WHERE owner_id = $1 AND energy_kwh IS NOT NULL \
-             GROUP BY gpu_region ORDER BY gpu_region",
+             GROUP BY gpu_region ORDER BY gpu_region IS NULL, gpu_region",
         )
         .bind(owner.as_str())
         .fetch_all(self.pool())

@@ -98,7 +98,7 @@ pub struct GpuRecord {
     pub emulated: bool,
     /// The GPU driver the agent declared at registration.
     pub driver_version: Option<String>,
-    /// Its node's presence (`last_seen_at_ms` not read here).
+    /// Its node's presence.
     pub node_presence: Presence,
 }
 
@@ -220,7 +220,7 @@ pub(crate) fn gpu_from_row(row: &AnyRow) -> StoreResult<GpuRecord> {
         driver_version: row.try_get("driver_version")?,
         node_presence: Presence {
             first_seen_at_ms: row.try_get("first_seen_at")?,
-            last_seen_at_ms: None,
+            last_seen_at_ms: row.try_get("last_seen_at")?,
             online_ms: row.try_get("online_ms")?,
         },
     })

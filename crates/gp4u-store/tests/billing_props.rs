@@ -901,13 +901,20 @@ fn check_engine(engine: Engine) {
         .ok()
         .and_then(|cases| cases.parse().ok())
         .unwrap_or(CASES);
-    let mut runner = TestRunner::new(Config {
-        cases,
-        // Each case is a database; a failure shrinks for a bounded time.
-        max_shrink_iters: 200,
-        failure_persistence: None,
-        ..Config::default()
-    });
+    // A fixed seed: the coverage asserted below is reached by these cases on every run (a
+    // random seed with few cases could miss it by chance); PROPTEST_CASES explores further.
+    let mut runner = TestRunner::new_with_rng(
+        Config {
+            cases,
+            // Each case is a database; a failure shrinks for a bounded time.
+            max_shrink_iters: 200,
+            failure_persistence: None,
+            ..Config::default()
+        },
+        proptest::test_runner::TestRng::deterministic_rng(
+            proptest::test_runner::RngAlgorithm::ChaCha,
+        ),
+    );
     let coverage = std::sync::Mutex::new(Coverage::default());
     let result = runner.run(&scenario(), |scenario| {
         let mut case = Coverage::default();
@@ -918,9 +925,12 @@ fn check_engine(engine: Engine) {
     if let Err(error) = result {
         panic!("{engine:?}: {error}");
     }
-    // The generator reached what the properties are about.
+    // The generator reached what the properties are about (with at least the default cases).
     let total = *coverage.lock().expect("coverage");
     println!("{engine:?}: {total:?}");
+    if cases < CASES {
+        return;
+    }
     assert!(total.created > 0 && total.refused > 0, "{total:?}");
     assert!(total.replayed > 0 && total.already_settled > 0, "{total:?}");
     assert!(

@@ -8,6 +8,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use gp4u_core::chambers::PRESENCE_GAP_MS;
 use gp4u_core::ids::{JobId, NodeId};
 use gp4u_core::job::{EndedBy, FailureReason, JobInput, JobStatus, transition};
 use gp4u_core::pricing::duration_cap;
@@ -26,9 +27,9 @@ const MAX_WAIT_S: u64 = 60;
 /// While waiting, the database is also checked this often, for assignments made by another
 /// replica (this replica's own assignments wake the poll at once).
 const CROSS_REPLICA_CHECK: Duration = Duration::from_millis(1000);
-/// Two agent contacts at most this far apart count as the node being present in between
-/// (Mnemo's uptime): the longest long poll and 30 s of slack for the agent's next request.
-pub const PRESENCE_GAP_MS: i64 = (MAX_WAIT_S as i64 + 30) * 1000;
+/// Contacts closer than this to the last recorded one are not written (a provider polling
+/// with `wait=0` in a loop costs no writes); presence loses nothing by it.
+const PRESENCE_MIN_INTERVAL_MS: i64 = 5_000;
 
 /// Loads a node the caller owns. Someone else's node is a 404, like a node that does not exist.
 pub async fn owned_node(state: &AppState, caller: &Caller, node_id: &str) -> ApiResult<NodeRecord> {
@@ -122,20 +123,26 @@ pub async fn next_assignment(
         ));
     }
     // A poll is the agent's contact: at its start and at its end (a long poll held open is
-    // the node being present).
-    state
-        .store
-        .record_node_contact(&node.id, state.now_ms(), PRESENCE_GAP_MS)
-        .await?;
+    // the node being present). Presence is best effort: it never fails a poll.
+    record_contact(&state, &node.id).await;
     let result = wait_for_assignment(&state, &node.id, wait).await;
+    record_contact(&state, &node.id).await;
+    result
+}
+
+async fn record_contact(state: &AppState, node: &NodeId) {
     if let Err(error) = state
         .store
-        .record_node_contact(&node.id, state.now_ms(), PRESENCE_GAP_MS)
+        .record_node_contact(
+            node,
+            state.now_ms(),
+            PRESENCE_GAP_MS,
+            PRESENCE_MIN_INTERVAL_MS,
+        )
         .await
     {
-        tracing::warn!(%error, node_id = %node.id, "the end of a poll was not recorded as presence");
+        tracing::warn!(%error, node_id = %node, "an agent contact was not recorded as presence");
     }
-    result
 }
 
 /// Hands out the node's next assigned job, waiting up to `wait` seconds for one.

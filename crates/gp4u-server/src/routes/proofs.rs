@@ -174,7 +174,7 @@ fn assurance_name(assurance: Assurance) -> &'static str {
 }
 
 /// The energy proof must be about the energy the platform measured, over every reading the
-/// node committed to, with the share the node declared.
+/// node committed to, with at least the renewable share the job was accounted with.
 async fn check_energy(
     state: &AppState,
     job: &JobRecord,
@@ -207,15 +207,28 @@ async fn check_energy(
             energy.claim.energy_mwms
         )));
     }
-    if let Some(node) = &job.state.node_id {
-        let declared = state.store.node_renewable(node).await?;
-        let declared_bp = (declared * 100.0).round() as u32;
-        if energy.claim.renewable_share_bp != declared_bp {
-            return Err(invalid(format!(
-                "the claim's renewable share is {} bp; the node declared {declared_bp} bp",
-                energy.claim.renewable_share_bp
-            )));
-        }
+    // The share the job was accounted with (its carbon-credit eligibility rests on it): the
+    // proof must show at least that much. A claim above it still has to verify against the
+    // commitments; one below it cannot back what the platform recorded.
+    let recorded = match state
+        .store
+        .get_job(&job.id)
+        .await?
+        .and_then(|job| job.renewable_pct)
+    {
+        Some(recorded) => recorded,
+        None => match &job.state.node_id {
+            Some(node) => state.store.node_renewable(node).await?,
+            None => 0.0,
+        },
+    };
+    let recorded_bp = (recorded * 100.0).round() as u32;
+    if energy.claim.renewable_share_bp < recorded_bp {
+        return Err(invalid(format!(
+            "the claim's renewable share is {} bp; job {} was accounted with {recorded_bp} bp \
+             (the node's declared share when it ended): claim at least that",
+            energy.claim.renewable_share_bp, job.id
+        )));
     }
     let timestamps: Vec<i64> = commitments.iter().map(|(at, _)| *at).collect();
     let weights = interval_weights(&timestamps, 0, state.tutela.settings.energy_max_gap_ms())

@@ -143,7 +143,7 @@ async fn node_view(state: &AppState, node: &NodeRecord) -> ApiResult<ProviderNod
     let record = NodeRecordView {
         first_seen_at: presence.first_seen_at_ms.map(rfc3339),
         last_seen_at: presence.last_seen_at_ms.map(rfc3339),
-        online_hours: hours(presence.online_ms),
+        online_hours: hours(presence.online_ms(now_ms)),
         observed_hours: hours(presence.observed_ms(now_ms)),
         presence_uptime: presence.uptime(now_ms),
         completed_jobs: mnemo.completed,
