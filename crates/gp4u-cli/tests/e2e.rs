@@ -8,7 +8,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Running, call, mint, sha256_hex, start_server};
+use common::{BIN, Running, assert_verifies_within, call, mint, sha256_hex, start_server};
 use gp4u_store::Engine;
 use gp4u_store::testing::TestDatabase;
 use serde_json::{Value, json};
@@ -475,31 +475,7 @@ async fn an_agent_runs_a_digest_pinned_job_end_to_end() {
         "{settlement}"
     );
     // The proofs' ledger entries are sealed within moments of being stored.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let verified = loop {
-        let output = std::process::Command::new(BIN)
-            .args([
-                "verify",
-                job_id,
-                "--server",
-                &base,
-                "--token",
-                &customer_token,
-                "--require-proofs",
-            ])
-            .output()
-            .unwrap();
-        if output.status.success() || Instant::now() > deadline {
-            break output;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    assert!(
-        verified.status.success(),
-        "gp4u verify failed:\n{}\n{}",
-        String::from_utf8_lossy(&verified.stdout),
-        String::from_utf8_lossy(&verified.stderr)
-    );
+    assert_verifies_within(job_id, &base, &customer_token, 30).await;
     // The sealed Veritas record names the GPU and the driver the agent declared, and the
     // customer's carbon accounting has the job.
     let (status, ledger) = call(

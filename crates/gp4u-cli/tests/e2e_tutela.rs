@@ -16,7 +16,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    BIN, call, docker, docker_image, job_containers, mint, start_agent_with, start_server_with,
+    assert_verifies_within, call, docker, docker_image, job_containers, mint, start_agent_with,
+    start_server_with,
 };
 use gp4u_store::Engine;
 use gp4u_store::testing::TestDatabase;
@@ -543,23 +544,5 @@ async fn a_restarted_agent_still_proves_the_whole_job() {
         times.iter().any(|at| *at < killed_at_ms) && times.iter().any(|at| *at > killed_at_ms),
         "commitments from before and after the restart: {times:?} (killed at {killed_at_ms})"
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let verified = loop {
-        let output = std::process::Command::new(BIN)
-            .args(["verify", &job, "--server", &platform.base])
-            .args(["--token", &platform.customer, "--require-proofs"])
-            .env("GP4U_LOG", "warn")
-            .output()
-            .unwrap();
-        if output.status.success() || Instant::now() > deadline {
-            break output;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    assert!(
-        verified.status.success(),
-        "gp4u verify failed:\n{}\n{}",
-        String::from_utf8_lossy(&verified.stdout),
-        String::from_utf8_lossy(&verified.stderr)
-    );
+    assert_verifies_within(&job, &platform.base, &platform.customer, 30).await;
 }

@@ -32,6 +32,20 @@ async fn settle_and_seal(app: &TestApp) {
     seal_once(&app.state).await.unwrap();
 }
 
+/// `GET /api/jobs/{id}/settlement` as the job's customer (200 expected).
+async fn settlement(app: &TestApp, run: &Running) -> Value {
+    let reply = app
+        .call(
+            Method::GET,
+            &format!("/api/jobs/{}/settlement", run.job),
+            Some(&run.customer),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    reply.body
+}
+
 /// `GET /api/jobs/{id}/ledger` as the job's customer.
 async fn job_ledger(app: &TestApp, run: &Running) -> Value {
     let reply = app
@@ -138,16 +152,7 @@ async fn a_completed_job_is_metered_settled_once_and_sealed(app: TestApp) {
     settle_and_seal(&app).await;
     // Settling again (a retry, another replica) changes nothing.
     settle_and_seal(&app).await;
-    let reply = app
-        .call(
-            Method::GET,
-            &format!("/api/jobs/{}/settlement", run.job),
-            Some(&run.customer),
-            None,
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-    let settlement = reply.body;
+    let settlement = settlement(&app, &run).await;
     // Started at the first packet, ended at the final one: 180 × 10 s = 0.5 h × 3.10 = 1.55.
     assert_eq!(settlement["gpu_hours"], json!(0.5));
     assert_eq!(settlement["customer_charged"], json!(1.55));
@@ -1068,16 +1073,7 @@ async fn a_university_provider_pays_the_student_programme_its_share(app: TestApp
     let reply = send(&app, &run, json!({"final": true, "exit_code": 0})).await;
     assert_eq!(reply.body["status"], "COMPLETE", "{:?}", reply.body);
     settle_and_seal(&app).await;
-    let reply = app
-        .call(
-            Method::GET,
-            &format!("/api/jobs/{}/settlement", run.job),
-            Some(&run.customer),
-            None,
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-    let settlement = reply.body;
+    let settlement = settlement(&app, &run).await;
     // 0.1 h × 3.10 = 0.31: fee 10 % = 0.031; of the provider's 0.279, 25 % (0.06975) goes to
     // the student programme and 0.20925 to the provider.
     assert_eq!(settlement["gpu_hours"], json!(0.1));

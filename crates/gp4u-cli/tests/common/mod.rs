@@ -185,3 +185,37 @@ pub fn start_agent_with(base: &str, token_file: &Path, data_dir: &Path, extra: &
         base: String::new(),
     }
 }
+
+/// Runs `gp4u verify JOB --require-proofs` until it passes (the last proofs and the settlement
+/// are sealed within moments of being stored), for at most `seconds`; panics with its output
+/// when it never does.
+pub async fn assert_verifies_within(job: &str, base: &str, token: &str, seconds: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        let output = Command::new(BIN)
+            .args([
+                "verify",
+                job,
+                "--server",
+                base,
+                "--token",
+                token,
+                "--require-proofs",
+            ])
+            .env("GP4U_LOG", "warn")
+            .env_remove("GP4U_SERVER")
+            .env_remove("GP4U_TOKEN")
+            .output()
+            .unwrap();
+        if output.status.success() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gp4u verify failed:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
