@@ -1256,6 +1256,43 @@ async fn the_energy_chamber_sums_carbon_for_customers_providers_and_the_platform
     );
     assert_eq!(platform["nodes"].as_array().unwrap().len(), 2);
 
+    // The same as a chart: a bar per region, the credit-eligible part shaded.
+    let (status, headers, body) = app
+        .raw(
+            Method::GET,
+            "/api/energy?scope=platform&format=svg",
+            Some(&app.admin),
+            vec![],
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "image/svg+xml");
+    let svg = String::from_utf8(body).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains(">us-east-1</text>"),
+        "{svg}"
+    );
+    assert!(svg.contains("2 jobs"), "{svg}");
+    let (status, _, body) = app
+        .raw(
+            Method::GET,
+            "/api/energy?format=svg",
+            Some(&green_token),
+            vec![],
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        String::from_utf8(body).unwrap().contains(&green_node),
+        "the provider's nodes"
+    );
+    let bad = energy(&app, &app.admin, "?format=png", StatusCode::BAD_REQUEST).await;
+    assert!(
+        bad["error"]["message"].as_str().unwrap().contains("png"),
+        "{bad:?}"
+    );
     // Scopes beyond the caller's clearance, and unknown ones, are refused.
     energy(
         &app,
