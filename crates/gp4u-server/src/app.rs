@@ -89,6 +89,7 @@ pub fn build_router(state: AppState) -> Router {
         .route("/jobs/{id}/logs", get(logs::get_logs))
         .route("/jobs/{id}/telemetry", get(telemetry::job_telemetry))
         .route("/jobs/{id}/settlement", get(billing::job_settlement))
+        .route("/jobs/{id}/veritas", get(billing::job_veritas))
         .route("/jobs/{id}/ledger", get(ledger::job_ledger))
         .route("/jobs/{id}/proofs", get(proofs::job_proofs))
         // An energy proof grows with the job (about 320 KB for a week of readings).

@@ -41,7 +41,7 @@ impl Modify for BearerAuth {
         artifacts::agent_input, outputs::upload_output, logs::append_log,
         admin::create_user, admin::suspend_user, admin::activate_user, admin::add_credits, admin::chambers,
         billing::job_settlement, billing::balance, billing::statement, billing::grid_factors,
-        billing::set_grid_factor, energy::summary, proofs::submit, proofs::job_proofs, proofs::agent_commitments,
+        billing::set_grid_factor, billing::job_veritas, energy::summary, proofs::submit, proofs::job_proofs, proofs::agent_commitments,
         ledger::checkpoint, ledger::public_key, ledger::entries, ledger::inclusion,
         ledger::consistency, ledger::job_ledger,
     ),

@@ -1368,10 +1368,29 @@ async fn the_veritas_record_names_the_gpu_and_its_driver(app: TestApp) {
     assert_eq!(gpu["driver_version"], "550.54.15", "{gpu:?}");
     let run = running_on(&app, node, pinned()).await;
     send(&app, &run, json!({})).await;
+    let veritas = format!("/api/jobs/{}/veritas", run.job);
+    let early = app
+        .call(Method::GET, &veritas, Some(&run.customer), None)
+        .await;
+    assert_eq!(
+        (early.status, early.code()),
+        (StatusCode::CONFLICT, "NOT_SETTLED"),
+        "{:?}",
+        early.body
+    );
     send(&app, &run, json!({"final": true, "exit_code": 0})).await;
     settle_and_seal(&app).await;
     let record =
         sealed_body(&job_ledger(&app, &run).await, "veritas.recorded")["payload"]["record"].clone();
+    // The customer reads the same record directly; nobody else can.
+    let served = app
+        .call(Method::GET, &veritas, Some(&run.customer), None)
+        .await;
+    assert_eq!(served.status, StatusCode::OK, "{:?}", served.body);
+    assert_eq!(served.body, record);
+    let (_, stranger) = app.user("customer", None).await;
+    let hidden = app.call(Method::GET, &veritas, Some(&stranger), None).await;
+    assert_eq!(hidden.status, StatusCode::NOT_FOUND);
     assert_eq!(
         (
             record["gpu_model"].clone(),

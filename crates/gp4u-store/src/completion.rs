@@ -96,6 +96,21 @@ impl Store {
         Ok(true)
     }
 
+    /// A finished job's Veritas record as written at completion, if written yet.
+    pub async fn veritas_record(&self, job: &JobId) -> StoreResult<Option<serde_json::Value>> {
+        self.count_op();
+        let row = sqlx::query("SELECT body FROM veritas_records WHERE job_id = $1")
+            .bind(job.as_str())
+            .fetch_optional(self.pool())
+            .await?;
+        row.map(|row| {
+            let body: String = row.try_get("body")?;
+            serde_json::from_str(&body)
+                .map_err(|error| StoreError::corrupt(format!("veritas_records.body: {error}")))
+        })
+        .transpose()
+    }
+
     /// The exact energy integral written at completion (mW·ms, decimal), if accounted yet.
     pub async fn job_energy_mwms(&self, job: &JobId) -> StoreResult<Option<String>> {
         self.count_op();

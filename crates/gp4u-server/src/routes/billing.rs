@@ -42,6 +42,32 @@ pub async fn job_settlement(
     }
 }
 
+/// `GET /api/jobs/{id}/veritas` (owner or admin): the job's reproducibility record, written
+/// when it ended and sealed in the ledger as `veritas.recorded`.
+#[utoipa::path(
+    get, path = "/api/jobs/{id}/veritas", tag = "billing", params(("id" = String, Path)),
+    responses((status = 200, description = "image and digest, command, env hash, inputs and output hashes, exit code, status, GPU model, UUID and driver, node, reproducible"), (status = 404, body = gp4u_proto::ErrorBody), (status = 409, description = "NOT_SETTLED: the job has not ended (or is being accounted)", body = gp4u_proto::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn job_veritas(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let job = crate::routes::jobs::visible_job(&state, &caller, &id).await?;
+    match state.store.veritas_record(&job.id).await? {
+        Some(record) => Ok(Json(record)),
+        None => Err(ApiError::new(
+            ErrorCode::NotSettled,
+            format!(
+                "job {} is {}: its Veritas record is written within a second of its end",
+                job.id,
+                job.state.status.as_str()
+            ),
+        )),
+    }
+}
+
 /// `GET /api/billing/balance`: `{"balance", "held", "currency"}` of the caller.
 #[utoipa::path(
     get, path = "/api/billing/balance", tag = "billing",
