@@ -327,6 +327,9 @@ pub fn verify_documents(
     // 2. Every entry.
     let entries = check_entries(&mut report, documents, &checkpoint);
 
+    // 3. What the platform sealed about the job's end (its entries verified above).
+    describe_completion(&mut report, &entries.sealed);
+
     // 4. Proofs.
     check_proofs(&mut report, documents, &entries.sealed, require_proofs);
 
@@ -592,6 +595,60 @@ fn check_entry(
         ));
     }
     Ok(parsed["payload"].clone())
+}
+
+/// The job's sealed energy, carbon and Veritas record, as the customer's receipt: these
+/// entries passed the inclusion check, so what they say is what the platform committed to.
+fn describe_completion(report: &mut Report, sealed: &[Sealed]) {
+    if let Some(energy) = last_of(sealed, "job.energy") {
+        let payload = &energy.payload;
+        let factor = &payload["grid_factor"];
+        let grid = match factor["g_co2e_per_kwh"].as_f64() {
+            Some(grams) => format!(
+                " at {grams} g CO2e/kWh ({}, as of {})",
+                factor["source"].as_str().unwrap_or("no source"),
+                factor["as_of"].as_str().unwrap_or("?")
+            ),
+            None => String::new(),
+        };
+        let eligible = if payload["carbon_credit_eligible"].as_bool() == Some(true) {
+            ", carbon-credit eligible"
+        } else {
+            ""
+        };
+        report.pass(
+            format!("energy and carbon (entry {})", energy.index),
+            format!(
+                "{:.6} kWh, {:.6} kg CO2e{grid}; renewable {} % declared by the provider{eligible}",
+                payload["energy_kwh"].as_f64().unwrap_or(0.0),
+                payload["carbon_kg"].as_f64().unwrap_or(0.0),
+                payload["renewable_pct"].as_f64().unwrap_or(0.0),
+            ),
+        );
+    }
+    if let Some(veritas) = last_of(sealed, "veritas.recorded") {
+        let record = &veritas.payload["record"];
+        let text = |field: &str| record[field].as_str().unwrap_or("unknown").to_owned();
+        report.pass(
+            format!("veritas (entry {})", veritas.index),
+            format!(
+                "{} ({}), exit code {}, {}; GPU {} (driver {}); {}",
+                text("image"),
+                text("image_digest"),
+                record["exit_code"]
+                    .as_i64()
+                    .map_or("none".to_owned(), |code| code.to_string()),
+                text("status"),
+                text("gpu_model"),
+                text("gpu_driver"),
+                if record["reproducible"].as_bool() == Some(true) {
+                    "reproducible"
+                } else {
+                    "not reproducible"
+                }
+            ),
+        );
+    }
 }
 
 fn last_of<'a>(sealed: &'a [Sealed], kind: &str) -> Option<&'a Sealed> {

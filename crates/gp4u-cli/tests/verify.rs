@@ -129,7 +129,8 @@ async fn register(
             "region": "us-east-1",
             "public_key": gp4u_attest::key::public_key_base64(key),
             "renewable_pct": 50,
-            "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "uuid": uuid}],
+            "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "uuid": uuid,
+                      "driver_version": "550.54.15"}],
         })),
     )
     .await;
@@ -477,6 +478,11 @@ async fn verify_passes_catches_tampering_and_works_offline() {
         "✓ checkpoint signature",
         "trust on first use",
         "✓ entries",
+        "✓ energy and carbon (entry",
+        "renewable 50 % declared by the provider",
+        "✓ veritas (entry",
+        "exit code 0, COMPLETE; GPU RTX 4090 (driver 550.54.15)",
+        "reproducible",
         "✓ hardware proof",
         "✓ energy proof",
         "✓ served proofs",
