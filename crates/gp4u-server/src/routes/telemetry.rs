@@ -164,11 +164,11 @@ fn metrics_json(sample: &TelemetrySample, emulated: bool, clamped: &[String]) ->
     })
 }
 
-/// Applies `input` to a live job, re-reading on a version conflict. `None` when the job
-/// ended meanwhile or the state machine refuses.
-/// Applies `input` stamped `at_ms`: the packet's own time, so that the start is the first
-/// sample's time and the end the final sample's (metered running time and the energy integral
-/// then cover exactly the samples of the run, however the clock moves during the request).
+/// Applies `input` to a live job, re-reading on a version conflict; `None` when the job ended
+/// meanwhile or the state machine refuses. The transition is stamped `at_ms`, the packet's own
+/// time, so that the start is the first sample's time and the end the final sample's (metered
+/// running time and the energy integral then cover exactly the samples of the run, however the
+/// clock moves during the request).
 async fn apply(
     state: &AppState,
     job: &JobRecord,
