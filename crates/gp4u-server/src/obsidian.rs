@@ -125,13 +125,28 @@ pub async fn seal_once(state: &AppState) -> Result<u64, StoreError> {
     }
 }
 
+/// Signed checkpoints kept in the database (one is written per append, at most four a second
+/// under load); older ones are pruned every [`PRUNE_EVERY`]. Only the newest is served.
+pub const KEEP_CHECKPOINTS: u64 = 10_000;
+/// How often old checkpoints are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
 /// Runs the sealer until `stopping`: woken by the bus, and by a poll for other replicas' events.
 pub async fn run_sealer(state: AppState, mut stopping: watch::Receiver<bool>) {
     let mut events = state.bus.subscribe();
+    let mut pruned_at = tokio::time::Instant::now();
     loop {
         let started = tokio::time::Instant::now();
         if let Err(error) = seal_once(&state).await {
             tracing::warn!(%error, "sealing the ledger failed; retrying");
+        }
+        if started.duration_since(pruned_at) >= PRUNE_EVERY {
+            pruned_at = started;
+            match state.store.prune_checkpoints(KEEP_CHECKPOINTS).await {
+                Ok(0) => {}
+                Ok(pruned) => tracing::debug!(pruned, "old checkpoints pruned"),
+                Err(error) => tracing::warn!(%error, "pruning old checkpoints failed"),
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep_until(started + SEAL_MIN_INTERVAL) => {}

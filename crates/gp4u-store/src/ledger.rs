@@ -312,6 +312,23 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes all but the `keep` newest checkpoints (by tree size); returns how many went.
+    /// Only the newest is ever served; older ones are history a client keeps for itself
+    /// (consistency proofs come from the tree, not from stored checkpoints).
+    pub async fn prune_checkpoints(&self, keep: u64) -> StoreResult<u64> {
+        self.count_op();
+        let keep = to_i64(keep.max(1), "checkpoints kept")?;
+        let _writer = self.writer().await;
+        Ok(sqlx::query(
+            "DELETE FROM ledger_checkpoints WHERE tree_size < (SELECT MIN(tree_size) FROM \
+             (SELECT tree_size FROM ledger_checkpoints ORDER BY tree_size DESC LIMIT $1) AS newest)",
+        )
+        .bind(keep)
+        .execute(self.pool())
+        .await?
+        .rows_affected())
+    }
+
     /// The checkpoint of the largest tree signed so far.
     pub async fn latest_checkpoint(&self) -> StoreResult<Option<CheckpointRecord>> {
         self.count_op();

@@ -100,6 +100,17 @@ async fn ledger_appends_and_proves(store: Store) {
         .unwrap();
     let latest = store.latest_checkpoint().await.unwrap().unwrap();
     assert_eq!((latest.tree_size, latest.note.as_str()), (size, "note"));
+    // Older checkpoints are pruned down to the newest few; the latest stays.
+    for older in 1..size {
+        store
+            .save_checkpoint(older, &roots[older as usize], "older", NOW)
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.prune_checkpoints(3).await.unwrap(), size - 3);
+    assert_eq!(store.prune_checkpoints(3).await.unwrap(), 0);
+    let latest = store.latest_checkpoint().await.unwrap().unwrap();
+    assert_eq!((latest.tree_size, latest.note.as_str()), (size, "note"));
 }
 
 /// Many writers appending at once produce one linear log: every position sealed exactly once,
