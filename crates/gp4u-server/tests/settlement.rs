@@ -509,31 +509,10 @@ async fn a_finished_job_feeds_the_nodes_uptime_and_provenance_to_atlas(app: Test
     send(&app, &run, json!({"final": true, "exit_code": 0})).await;
     settle_and_seal(&app).await;
     // Mnemo catches up with the outbox, then stops.
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    let mnemo = tokio::spawn(gp4u_bus::run_chamber::<gp4u_core::chambers::Mnemo>(
-        app.state.store.clone(),
-        app.state.bus.clone(),
-        app.state.clock.clone(),
-        std::time::Duration::from_millis(20),
-        stopping,
-    ));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let chambers = app
-            .call(Method::GET, "/api/admin/chambers", Some(&app.admin), None)
-            .await;
-        let providers = chambers.body["chambers"]
-            .as_array()
-            .and_then(|list| list.iter().find(|chamber| chamber["name"] == "mnemo"))
-            .map(|mnemo| mnemo["summary"]["providers_with_a_record"].clone());
-        if providers == Some(json!(1)) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{:?}", chambers.body);
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    stop.send(true).unwrap();
-    let _ = mnemo.await;
+    catch_up::<gp4u_core::chambers::Mnemo>(&app, |summary| {
+        summary["providers_with_a_record"] == json!(1)
+    })
+    .await;
     let mut body = pinned();
     body["reproducibility_sensitive"] = json!(true);
     let next = running_on(&app, run.node, body).await;
