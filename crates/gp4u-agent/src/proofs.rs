@@ -274,7 +274,12 @@ impl JobReadings {
     /// commitment in the packet) once the job has [`MAX_READINGS_PER_JOB`].
     pub fn commit(&self, packet: &mut TelemetryPacket) -> Option<Pending> {
         let mut inner = self.lock();
-        if inner.entries.len() >= MAX_READINGS_PER_JOB {
+        // Both caps: readings accepted in this run, and openings held (they survive restarts,
+        // so a job restarted many times could fill them first). A commitment is only sent with
+        // its opening kept, or it could never be proven.
+        if inner.entries.len() >= MAX_READINGS_PER_JOB
+            || inner.openings.len() >= 2 * MAX_READINGS_PER_JOB
+        {
             packet.power_commitment = None;
             if !inner.full_warned {
                 inner.full_warned = true;
@@ -292,23 +297,21 @@ impl JobReadings {
             renewable_mw: renewable_mw(power_mw, inner.share_bp),
         };
         let (commitment, opening) = commit_reading(reading, &mut OsRng);
-        if inner.openings.len() < 2 * MAX_READINGS_PER_JOB {
-            inner
-                .openings
-                .insert(commitment.to_bytes(), opening.clone());
-            // Journalled before the packet leaves: whatever the platform stores, the opening
-            // survives a restart of the agent.
-            let line = JournalLine::Opening {
-                commitment: commitment.to_base64(),
-                opening: opening.clone(),
-            };
-            if let Some(file) = inner.journal.as_mut()
-                && let Err(error) = write_line(file, &line)
-                && !inner.journal_warned
-            {
-                inner.journal_warned = true;
-                tracing::warn!(job_id = %self.job_id, %error, "cannot append to the openings journal; a restart mid-job would lose the energy proof");
-            }
+        inner
+            .openings
+            .insert(commitment.to_bytes(), opening.clone());
+        // Journalled before the packet leaves: whatever the platform stores, the opening
+        // survives a restart of the agent.
+        let line = JournalLine::Opening {
+            commitment: commitment.to_base64(),
+            opening: opening.clone(),
+        };
+        if let Some(file) = inner.journal.as_mut()
+            && let Err(error) = write_line(file, &line)
+            && !inner.journal_warned
+        {
+            inner.journal_warned = true;
+            tracing::warn!(job_id = %self.job_id, %error, "cannot append to the openings journal; a restart mid-job would lose the energy proof");
         }
         drop(inner);
         packet.power_commitment = Some(commitment.to_base64());
@@ -909,6 +912,25 @@ mod tests {
         no_time.at_ms = None;
         readings.accept(pending, &no_time);
         assert!(readings.is_empty());
+    }
+
+    #[test]
+    fn no_commitment_is_sent_without_room_for_its_opening() {
+        let readings = JobReadings::new("job_1", 0.0);
+        let mut first = packet(10.0);
+        let pending = readings.commit(&mut first).unwrap();
+        {
+            // Openings reloaded over many restarts fill the map before this run's readings.
+            let mut inner = readings.lock();
+            for n in 0..2 * MAX_READINGS_PER_JOB {
+                let mut key = [0u8; 64];
+                key[..8].copy_from_slice(&(n as u64).to_be_bytes());
+                inner.openings.insert(key, pending.opening.clone());
+            }
+        }
+        let mut full = packet(10.0);
+        assert!(readings.commit(&mut full).is_none());
+        assert_eq!(full.power_commitment, None);
     }
 
     #[test]
