@@ -809,26 +809,24 @@ fn saturate_to_i64(value: i128) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn transfer_kinds_are_named_as_they_serialise() {
-        // A new kind must be added to ALL: this match stops compiling until it is handled.
-        let listed = |kind: TransferKind| match kind {
+        // A new kind stops this match compiling: add it here and to ALL.
+        let _every_kind_is_in_all = |kind: TransferKind| match kind {
             TransferKind::TopUp
             | TransferKind::Hold
             | TransferKind::Earnings
             | TransferKind::Fee
             | TransferKind::StudentProgram
             | TransferKind::Release
-            | TransferKind::Payout => TransferKind::ALL.contains(&kind),
+            | TransferKind::Payout => (),
         };
         for kind in TransferKind::ALL {
-            assert!(listed(kind));
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
         }
     }
-
-    use super::*;
 
     fn money(text: &str) -> Money {
         Money::parse_decimal(text).unwrap()

@@ -72,13 +72,15 @@ pub async fn seed_grid_factors(state: &AppState) -> Result<(), StoreError> {
             let atlas_source = atlas_defaults
                 .intensity(region)
                 .map_or("", |intensity| intensity.source.as_str());
-            let record = GridFactorRecord {
-                region: region.to_owned(),
-                g_co2e_per_kwh: intensity.g_co2e_per_kwh,
-                source: intensity.source.clone(),
-                as_of: intensity.as_of.clone(),
-                updated_at_ms: now_ms,
-            };
+            let record = GridFactorRecord::from_factor(
+                GridFactor {
+                    region: region.to_owned(),
+                    g_co2e_per_kwh: intensity.g_co2e_per_kwh,
+                    source: intensity.source.clone(),
+                    as_of: intensity.as_of.clone(),
+                },
+                now_ms,
+            );
             state
                 .store
                 .seed_grid_factor_over_built_in(&record, [energy_source, atlas_source], now_ms)
@@ -87,13 +89,7 @@ pub async fn seed_grid_factors(state: &AppState) -> Result<(), StoreError> {
     }
     let records: Vec<GridFactorRecord> = built_in_factors
         .into_iter()
-        .map(|factor| GridFactorRecord {
-            region: factor.region,
-            g_co2e_per_kwh: factor.g_co2e_per_kwh,
-            source: factor.source,
-            as_of: factor.as_of,
-            updated_at_ms: now_ms,
-        })
+        .map(|factor| GridFactorRecord::from_factor(factor, now_ms))
         .collect();
     state.store.seed_grid_factors(&records, now_ms).await
 }
@@ -211,12 +207,7 @@ async fn account_completion(state: &AppState, job: &JobRecord) -> Result<(), Sto
     }
     let factors: Vec<GridFactor> = records
         .into_iter()
-        .map(|record| GridFactor {
-            region: record.region,
-            g_co2e_per_kwh: record.g_co2e_per_kwh,
-            source: record.source,
-            as_of: record.as_of,
-        })
+        .map(GridFactorRecord::into_factor)
         .collect();
     let region = job.gpu_region.clone().unwrap_or_default();
     let fallback = default_grid_factors();

@@ -368,17 +368,12 @@ impl Store {
 
     /// A job's stored settlement, as computed when it was settled.
     pub async fn get_settlement(&self, job: &JobId) -> StoreResult<Option<serde_json::Value>> {
-        self.count_op();
-        let row = sqlx::query("SELECT body FROM settlements WHERE job_id = $1")
-            .bind(job.as_str())
-            .fetch_optional(self.pool())
-            .await?;
-        row.map(|row| {
-            let body: String = row.try_get("body")?;
-            serde_json::from_str(&body)
-                .map_err(|error| StoreError::corrupt(format!("settlement of {job}: {error}")))
-        })
-        .transpose()
+        self.job_body(
+            "SELECT body FROM settlements WHERE job_id = $1",
+            job,
+            "settlement",
+        )
+        .await
     }
 
     /// Transfers into or out of `account`, newest first, at most `limit`.

@@ -2,6 +2,7 @@
 //! factors carbon is computed with, and the proofs providers submit.
 
 use gp4u_core::chambers::CarbonTotals;
+use gp4u_core::energy::GridFactor;
 use gp4u_core::ids::{JobId, NodeId, UserId};
 use sqlx::Row;
 
@@ -27,6 +28,29 @@ pub struct GridFactorRecord {
     pub source: String,
     pub as_of: String,
     pub updated_at_ms: i64,
+}
+
+impl GridFactorRecord {
+    /// A core grid factor as stored, stamped `updated_at_ms`.
+    pub fn from_factor(factor: GridFactor, updated_at_ms: i64) -> GridFactorRecord {
+        GridFactorRecord {
+            region: factor.region,
+            g_co2e_per_kwh: factor.g_co2e_per_kwh,
+            source: factor.source,
+            as_of: factor.as_of,
+            updated_at_ms,
+        }
+    }
+
+    /// The stored factor as core computes carbon with it.
+    pub fn into_factor(self) -> GridFactor {
+        GridFactor {
+            region: self.region,
+            g_co2e_per_kwh: self.g_co2e_per_kwh,
+            source: self.source,
+            as_of: self.as_of,
+        }
+    }
 }
 
 /// A proof as stored.
@@ -98,17 +122,12 @@ impl Store {
 
     /// A finished job's Veritas record as written at completion, if written yet.
     pub async fn veritas_record(&self, job: &JobId) -> StoreResult<Option<serde_json::Value>> {
-        self.count_op();
-        let row = sqlx::query("SELECT body FROM veritas_records WHERE job_id = $1")
-            .bind(job.as_str())
-            .fetch_optional(self.pool())
-            .await?;
-        row.map(|row| {
-            let body: String = row.try_get("body")?;
-            serde_json::from_str(&body)
-                .map_err(|error| StoreError::corrupt(format!("veritas_records.body: {error}")))
-        })
-        .transpose()
+        self.job_body(
+            "SELECT body FROM veritas_records WHERE job_id = $1",
+            job,
+            "Veritas record",
+        )
+        .await
     }
 
     /// The exact energy integral written at completion (mW·ms, decimal), if accounted yet.

@@ -12,7 +12,7 @@ use gp4u_ledger::hash::{Hash, hash_from_hex, leaf_hash, to_hex};
 use gp4u_ledger::tree::{Frontier, NodeId};
 use sqlx::{Any, Row, Transaction};
 
-use crate::{Engine, LOCK_LEDGER, LOCK_NAMESPACE, Store, StoreError, StoreResult};
+use crate::{LOCK_LEDGER, Store, StoreError, StoreResult};
 
 /// Rows per multi-row INSERT (each row binds at most 7 values; well under both engines' limits).
 const INSERT_CHUNK: usize = 400;
@@ -145,14 +145,7 @@ impl Store {
     ) -> StoreResult<LedgerAppend> {
         self.count_op();
         let _writer = self.writer().await;
-        let mut tx = self.begin_write().await?;
-        if self.engine() == Engine::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
-                .bind(LOCK_NAMESPACE)
-                .bind(LOCK_LEDGER)
-                .execute(&mut *tx)
-                .await?;
-        }
+        let mut tx = self.begin_sequenced(LOCK_LEDGER).await?;
         let size = tree_size(&mut tx).await?;
         let sealed: i64 =
             sqlx::query("SELECT COALESCE(MAX(source_position), 0) AS sealed FROM ledger_entries")

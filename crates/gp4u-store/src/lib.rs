@@ -255,6 +255,45 @@ impl Store {
         })
     }
 
+    /// A write transaction that is the only holder of advisory lock `key` until it ends (one
+    /// sequencer across replicas on PostgreSQL; SQLite's writer lock, held by the caller,
+    /// already makes it the only writer).
+    pub(crate) async fn begin_sequenced(
+        &self,
+        key: i32,
+    ) -> StoreResult<sqlx::Transaction<'static, sqlx::Any>> {
+        let mut tx = self.begin_write().await?;
+        if self.engine() == Engine::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+                .bind(LOCK_NAMESPACE)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
+    }
+
+    /// The JSON `body` a `sql` query (`SELECT body … WHERE job_id = $1`) finds for `job`, if
+    /// any; `what` names it in the corruption error.
+    pub(crate) async fn job_body(
+        &self,
+        sql: &'static str,
+        job: &gp4u_core::ids::JobId,
+        what: &str,
+    ) -> StoreResult<Option<serde_json::Value>> {
+        self.count_op();
+        let row = sqlx::query(sql)
+            .bind(job.as_str())
+            .fetch_optional(self.pool())
+            .await?;
+        row.map(|row| {
+            let body: String = sqlx::Row::try_get(&row, "body")?;
+            serde_json::from_str(&body)
+                .map_err(|error| StoreError::corrupt(format!("{what} of {job}: {error}")))
+        })
+        .transpose()
+    }
+
     pub(crate) fn count_op(&self) {
         self.inner.operations.fetch_add(1, Ordering::Relaxed);
     }

@@ -7,7 +7,7 @@
 
 use sqlx::{Any, Row, Transaction};
 
-use crate::{Engine, LOCK_NAMESPACE, LOCK_OUTBOX_SEQUENCER, Store, StoreError, StoreResult};
+use crate::{LOCK_OUTBOX_SEQUENCER, Store, StoreError, StoreResult};
 
 /// An event to write to the outbox.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,14 +93,7 @@ impl Store {
     pub async fn sequence_outbox(&self, limit: i64) -> StoreResult<Vec<Envelope>> {
         self.count_op();
         let _writer = self.writer().await;
-        let mut tx = self.begin_write().await?;
-        if self.engine() == Engine::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
-                .bind(LOCK_NAMESPACE)
-                .bind(LOCK_OUTBOX_SEQUENCER)
-                .execute(&mut *tx)
-                .await?;
-        }
+        let mut tx = self.begin_sequenced(LOCK_OUTBOX_SEQUENCER).await?;
         let head: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM outbox")
             .fetch_one(&mut *tx)
             .await?;

@@ -141,6 +141,17 @@ pub struct JobRecord {
     pub hold: Money,
 }
 
+impl JobRecord {
+    /// Whether its latest telemetry came from an emulated GPU (no hardware behind it).
+    pub fn ran_emulated(&self) -> bool {
+        self.latest_metrics
+            .as_ref()
+            .and_then(|metrics| metrics.get("emulated"))
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false)
+    }
+}
+
 /// A job's output archive and log, as far as the database knows (the bytes are blobs).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobBlobs {

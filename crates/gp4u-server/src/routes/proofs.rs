@@ -101,12 +101,7 @@ pub async fn submit(
                 )));
             }
             verify_hardware(attestation, &key).map_err(|error| invalid(error.to_string()))?;
-            let emulated = job
-                .latest_metrics
-                .as_ref()
-                .and_then(|metrics| metrics.get("emulated"))
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
+            let emulated = job.ran_emulated();
             if emulated && attestation.assurance != Assurance::Emulated {
                 return Err(invalid(format!(
                     "job {job_id} ran on an emulated GPU: its attestation must say `emulated`"

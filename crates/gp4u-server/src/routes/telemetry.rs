@@ -638,12 +638,7 @@ pub async fn job_telemetry(
     }
     let job = crate::routes::jobs::visible_job(&state, &caller, &id).await?;
     let samples = state.store.telemetry_series(&job.id, limit).await?;
-    let emulated = job
-        .latest_metrics
-        .as_ref()
-        .and_then(|metrics| metrics.get("emulated"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let emulated = job.ran_emulated();
     match query.format.as_deref().unwrap_or("json") {
         "json" => Ok(Json(json!({
             "job_id": job.id.as_str(),
