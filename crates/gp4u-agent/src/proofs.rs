@@ -780,6 +780,30 @@ mod tests {
         assert_eq!(claim.power_limit_mw, 999_000);
     }
 
+    /// The energy proof made from `reconciled` (readings stored at 1, 2 and 3 s) verifies
+    /// against the commitments the platform stored.
+    fn assert_proves_stored(
+        reconciled: &[Committed],
+        sent: &[(i64, ReadingCommitment)],
+        share: u32,
+    ) {
+        let submission = energy_submission("job_1", reconciled, 30_000, share, 700_000).unwrap();
+        let ProofSubmission::Energy(energy) = submission else {
+            panic!("not energy")
+        };
+        let weights = interval_weights(&[1_000, 2_000, 3_000], 0, 30_000).unwrap();
+        let commitments: Vec<_> = sent.iter().map(|(_, c)| *c).collect();
+        verify_energy(
+            "job_1",
+            &energy.claim,
+            &commitments,
+            &weights,
+            &energy.proof,
+            &mut OsRng,
+        )
+        .unwrap();
+    }
+
     #[test]
     fn a_stored_packet_whose_reply_was_lost_is_still_proven() {
         let readings = JobReadings::new("job_1", 50.0);
@@ -804,21 +828,7 @@ mod tests {
         assert_eq!(reconciled[1].opening.power_mw, 200_000);
         assert_eq!(reconciled[1].opening.commitment(), sent[1].1);
         // The proof over all three verifies against what the platform stored.
-        let submission = energy_submission("job_1", &reconciled, 30_000, 5_000, 700_000).unwrap();
-        let ProofSubmission::Energy(energy) = submission else {
-            panic!("not energy")
-        };
-        let weights = interval_weights(&[1_000, 2_000, 3_000], 0, 30_000).unwrap();
-        let commitments: Vec<_> = sent.iter().map(|(_, c)| *c).collect();
-        verify_energy(
-            "job_1",
-            &energy.claim,
-            &commitments,
-            &weights,
-            &energy.proof,
-            &mut OsRng,
-        )
-        .unwrap();
+        assert_proves_stored(&reconciled, &sent, 5_000);
         // A commitment the agent never made cannot be covered.
         let (stranger, _) = commit_reading(
             PowerReading {
@@ -871,21 +881,7 @@ mod tests {
         let reconciled = second.reconcile(&sent).unwrap();
         let (_, _, share) = second.snapshot();
         assert_eq!(share, 5_000);
-        let submission = energy_submission("job_1", &reconciled, 30_000, share, 700_000).unwrap();
-        let ProofSubmission::Energy(energy) = submission else {
-            panic!("not energy")
-        };
-        let weights = interval_weights(&[1_000, 2_000, 3_000], 0, 30_000).unwrap();
-        let commitments: Vec<_> = sent.iter().map(|(_, c)| *c).collect();
-        verify_energy(
-            "job_1",
-            &energy.claim,
-            &commitments,
-            &weights,
-            &energy.proof,
-            &mut OsRng,
-        )
-        .unwrap();
+        assert_proves_stored(&reconciled, &sent, share);
         // Readings after the restart are journalled too (after the torn line).
         let mut later = packet(400.0);
         second.commit(&mut later).unwrap();
