@@ -5,6 +5,7 @@
 //! platform's visibility challenges ([`crate::visibility`]).
 
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,12 +18,15 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::client::{ClientError, PlatformClient};
 use crate::coalescer::{Batching, Coalescer};
-use crate::docker::{DockerRuntime, Exit, GpuAttach, JobPaths, container_config};
+use crate::docker::{
+    ContainerPlan, DockerRuntime, Exit, GpuAttach, JobNetwork, JobPaths, Ulimits, container_config,
+};
 use crate::files::{fetch_inputs, pack_output};
 use crate::gpu::{EmulatedGpu, EmulatedSource, GpuInfo, GpuSource, NvmlSource};
 use crate::logs::{self, LogPiece, Shipper};
 use crate::process::{self, ChildJob};
 use crate::proofs::{JobReadings, ProofJob};
+use crate::scratch::{QuotaMode, Scratch};
 use crate::telemetry::{
     Fence, GpuTelemetry, Subject, Watchdog, WatchdogConfig, final_packet, node_offset_ms,
 };
@@ -38,6 +42,8 @@ const OUTPUT_ARCHIVE: &str = "output.tar.gz";
 const FINAL_PACKET_TIMEOUT: Duration = Duration::from_secs(30);
 /// Attempts at telling the platform the visibility endpoint at start (about 4 minutes).
 const ENDPOINT_ATTEMPTS: u32 = 10;
+/// How often a running job's `/scratch` usage is measured against its cap.
+const SCRATCH_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Whether a job the platform stopped gets its proofs: yes when it ended (409) or was killed
 /// for something that is not the provider's fault; not when it is no longer this node's (404)
@@ -86,6 +92,56 @@ pub struct AgentConfig {
     /// The share of the node's power from renewable sources, 0–100 (`--renewable-pct`): sent
     /// at registration and committed with every reading's renewable part.
     pub renewable_pct: f64,
+    /// What jobs' containers get beyond the manifest (SPEC §10).
+    pub job_runtime: JobRuntimeOptions,
+}
+
+/// The node's side of the job runtime (SPEC §10): flags of `gp4u agent`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRuntimeOptions {
+    /// The most `/scratch` a job may ask for on this node, GB (`--max-scratch-gb`).
+    pub max_scratch_gb: f64,
+    /// Run `public` jobs even when the egress filter cannot be installed
+    /// (`--allow-unfiltered-egress`; said at registration).
+    pub allow_unfiltered_egress: bool,
+    /// CPUs per job (`--cpus-per-job`); default the node's cores × the job's share of the
+    /// node's GPUs.
+    pub cpus_per_job: Option<f64>,
+    /// DNS servers for jobs (`--job-dns`); default Docker's (the host's resolvers).
+    pub job_dns: Vec<String>,
+    /// How scratch sizes are held (`--scratch-quota`); default: a loop-mounted filesystem
+    /// where the host allows it, else watched.
+    pub scratch_quota: Option<QuotaMode>,
+}
+
+impl JobRuntimeOptions {
+    /// The node's scratch maximum when not given.
+    pub const DEFAULT_MAX_SCRATCH_GB: f64 = 100.0;
+}
+
+impl Default for JobRuntimeOptions {
+    fn default() -> Self {
+        JobRuntimeOptions {
+            max_scratch_gb: Self::DEFAULT_MAX_SCRATCH_GB,
+            allow_unfiltered_egress: false,
+            cpus_per_job: None,
+            job_dns: Vec::new(),
+            scratch_quota: None,
+        }
+    }
+}
+
+/// Whether `public` jobs are behind the egress filter ([`crate::firewall`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Egress {
+    /// Installed and checked.
+    Filtered(crate::firewall::Coverage),
+    /// Not installed, and the provider accepted that (`--allow-unfiltered-egress`).
+    Unfiltered { reason: String },
+    /// Not installed: `public` jobs are refused.
+    Refused { reason: String },
+    /// No containers (the process runtime): there is nothing to filter.
+    NotApplicable,
 }
 
 impl AgentConfig {
@@ -170,6 +226,13 @@ struct Agent {
     batching: Batching,
     /// The node key: signs hardware attestations.
     key: Arc<ed25519_dalek::SigningKey>,
+    /// How jobs' scratch sizes are held.
+    scratch_mode: QuotaMode,
+    egress: Egress,
+    /// CPUs each job's container gets.
+    cpus_per_job: f64,
+    /// The ulimits each job's container gets.
+    ulimits: Ulimits,
 }
 
 /// What the watchdog of one job needs besides the job's process.
@@ -401,6 +464,7 @@ pub async fn run_with(
         RuntimeKind::Process => return Err(AgentError::UnisolatedRefused),
     };
     std::fs::create_dir_all(&config.data_dir).map_err(io_error(&config.data_dir))?;
+    let (scratch_mode, egress) = prepare_host(&config, &runtime).await;
     let client = PlatformClient::new(&config.server, &config.token)?;
     let listener = bind_listener(&config).await?;
     let endpoint = listener.as_ref().map(|(_, endpoint)| endpoint.as_str());
@@ -427,6 +491,21 @@ pub async fn run_with(
         rand::random::<[u8; 32]>,
     )?);
     let coalescer = Coalescer::start(client.clone(), batching);
+    let cpus_per_job = cpus_per_job(&config.job_runtime, node.gpus.len());
+    let (ulimits, lowered) = Ulimits::for_host();
+    if !lowered.is_empty() {
+        tracing::warn!(
+            ?lowered,
+            "this host cannot give jobs SPEC §10's ulimits; they get the host's maximum"
+        );
+    }
+    tracing::info!(
+        scratch = scratch_mode.as_str(),
+        egress = ?egress,
+        cpus_per_job,
+        max_scratch_gb = config.job_runtime.max_scratch_gb,
+        "job runtime ready"
+    );
     let agent = Arc::new(Agent {
         config,
         client,
@@ -436,6 +515,10 @@ pub async fn run_with(
         coalescer,
         batching,
         key,
+        scratch_mode,
+        egress,
+        cpus_per_job,
+        ulimits,
     });
     // Every job runs in this set, so that stopping the agent stops its watchers too (the
     // containers run on; the next start of the agent recovers them).
@@ -449,7 +532,10 @@ pub async fn run_with(
             .next_assignment(&agent.node.node_id, agent.config.poll_wait_s);
         let result = tokio::select! {
             result = poll => result,
-            _ = shutdown.changed() => return Ok(()),
+            _ = shutdown.changed() => {
+                agent.stop().await;
+                return Ok(());
+            }
         };
         match result {
             Ok(Some(manifest)) => {
@@ -462,7 +548,10 @@ pub async fn run_with(
                 tracing::warn!(%error, retry_in = ?backoff, "polling failed");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => return Ok(()),
+                    _ = shutdown.changed() => {
+                        agent.stop().await;
+                        return Ok(());
+                    }
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
@@ -471,7 +560,91 @@ pub async fn run_with(
     }
 }
 
+/// The CPUs a job gets: `--cpus-per-job`, else the node's cores × the job's share of the
+/// node's GPUs (one GPU of four: a quarter of the cores), at least one hundredth of a core.
+pub fn cpus_per_job(options: &JobRuntimeOptions, node_gpus: usize) -> f64 {
+    if let Some(cpus) = options.cpus_per_job {
+        return cpus.max(0.01);
+    }
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    (cores as f64 / node_gpus.max(1) as f64).max(0.01)
+}
+
+/// Readies the host for jobs: how scratch sizes are held, and (with Docker) the egress filter.
+async fn prepare_host(config: &AgentConfig, runtime: &Runtime) -> (QuotaMode, Egress) {
+    let data_dir = config.data_dir.clone();
+    let (scratch_mode, why_not_loop) = match config.job_runtime.scratch_quota {
+        Some(QuotaMode::Watched) => (QuotaMode::Watched, Some("--scratch-quota watched".into())),
+        wanted => {
+            let detected = tokio::task::spawn_blocking(move || QuotaMode::detect(&data_dir))
+                .await
+                .unwrap_or((QuotaMode::Watched, Some("the probe did not finish".into())));
+            if wanted == Some(QuotaMode::Loop) && detected.0 != QuotaMode::Loop {
+                tracing::error!(reason = ?detected.1, "--scratch-quota loop: this host cannot loop-mount job scratch; watching sizes instead");
+            }
+            detected
+        }
+    };
+    if let Some(reason) = why_not_loop {
+        tracing::warn!(%reason, "scratch sizes are watched, not enforced: a job can overshoot its /scratch by what it writes between two checks (a loop-mounted filesystem needs root, mkfs.ext4 and loop devices)");
+    }
+    let egress = match runtime {
+        Runtime::Process => Egress::NotApplicable,
+        Runtime::Docker(_) => match tokio::task::spawn_blocking(crate::firewall::install).await {
+            Ok(Ok(coverage)) => {
+                tracing::info!(
+                    ipv6_filtered = coverage.ipv6_filtered,
+                    "egress filter installed and checked: jobs reach public addresses only"
+                );
+                Egress::Filtered(coverage)
+            }
+            Ok(Err(error)) if config.job_runtime.allow_unfiltered_egress => {
+                tracing::warn!(%error, "EGRESS UNFILTERED: public jobs can reach the host's networks (--allow-unfiltered-egress)");
+                Egress::Unfiltered {
+                    reason: error.to_string(),
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::error!(%error, "no egress filter: `public` jobs will be refused (network \"none\" jobs still run); fix the error or pass --allow-unfiltered-egress");
+                Egress::Refused {
+                    reason: error.to_string(),
+                }
+            }
+            Err(error) => Egress::Refused {
+                reason: error.to_string(),
+            },
+        },
+    };
+    (scratch_mode, egress)
+}
+
 impl Agent {
+    /// The agent stops (its jobs run on): the egress filter goes too when no job network is
+    /// left on the host, whichever node it belongs to.
+    async fn stop(&self) {
+        let Runtime::Docker(docker) = &self.runtime else {
+            return;
+        };
+        if !matches!(self.egress, Egress::Filtered(_)) {
+            return;
+        }
+        match docker.job_networks(None).await {
+            Ok(networks) if networks.is_empty() => {
+                let _ = tokio::task::spawn_blocking(crate::firewall::remove).await;
+                tracing::info!("no job network left on this host: the egress filter is removed");
+            }
+            Ok(networks) => {
+                tracing::info!(
+                    networks = networks.len(),
+                    "job networks remain on this host: the egress filter stays"
+                );
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot list job networks: the egress filter stays")
+            }
+        }
+    }
+
     fn job_dir(&self, job_id: &str) -> PathBuf {
         self.config.data_dir.join("jobs").join(job_id)
     }
@@ -562,7 +735,11 @@ impl Agent {
         let dir = self.job_dir(&job_id);
         let (input, output) = (dir.join("input"), dir.join("output"));
         for path in [&input, &output] {
-            if let Err(error) = std::fs::create_dir_all(path) {
+            let made = std::fs::create_dir_all(path).and_then(|()| {
+                // The image's user may not be root: /output is for whoever the job runs as.
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o1777))
+            });
+            if let Err(error) = made {
                 tracing::error!(job_id, path = %path.display(), %error, "cannot prepare the job's directories");
                 self.report(
                     &job_id,
@@ -578,13 +755,20 @@ impl Agent {
                 return;
             }
         }
-        let launched = match &self.runtime {
+        if let Some(refusal) = self.refusal(&manifest) {
+            tracing::error!(job_id, %refusal, "job refused");
+            self.report(&job_id, "exited", Some(125), None, Some(refusal))
+                .await;
+            let _ = std::fs::remove_dir_all(&dir);
+            return;
+        }
+        let reference = match &self.runtime {
             Runtime::Docker(docker) => {
-                let reference = match docker
+                match docker
                     .pull(&manifest.docker_image, &manifest.docker_image_sha256)
                     .await
                 {
-                    Ok(reference) => reference,
+                    Ok(reference) => Some(reference),
                     Err(error) => {
                         tracing::warn!(job_id, %error, "image pull failed");
                         if error.is_pull_failure() {
@@ -606,26 +790,80 @@ impl Agent {
                             )
                             .await;
                         }
+                        let _ = std::fs::remove_dir_all(&dir);
+                        return;
+                    }
+                }
+            }
+            Runtime::Process => None,
+        };
+        if !self.inputs_ready(&manifest, &input).await {
+            return;
+        }
+        let scratch = {
+            let (dir, cap, mode) = (
+                dir.clone(),
+                crate::scratch::cap_bytes(manifest.scratch_gb),
+                self.scratch_mode,
+            );
+            tokio::task::spawn_blocking(move || Scratch::create(&dir, cap, mode))
+                .await
+                .unwrap_or_else(|error| {
+                    Err(crate::scratch::ScratchError::Command {
+                        command: "scratch".into(),
+                        detail: error.to_string(),
+                    })
+                })
+        };
+        let scratch = match scratch {
+            Ok(scratch) => scratch,
+            Err(error) => {
+                tracing::error!(job_id, %error, "cannot prepare the job's /scratch");
+                self.report(
+                    &job_id,
+                    "exited",
+                    Some(125),
+                    None,
+                    Some(format!("agent could not prepare /scratch: {error}")),
+                )
+                .await;
+                self.discard(&job_id).await;
+                return;
+            }
+        };
+        let launched = match (&self.runtime, reference) {
+            (Runtime::Docker(docker), Some(reference)) => {
+                let network = match self.prepare_network(docker, &manifest).await {
+                    Ok(network) => network,
+                    Err(message) => {
+                        tracing::error!(job_id, %message, "the job's network could not be prepared");
+                        self.report(&job_id, "exited", Some(125), None, Some(message))
+                            .await;
+                        self.discard(&job_id).await;
                         return;
                     }
                 };
-                if !self.inputs_ready(&manifest, &input).await {
-                    return;
-                }
-                let paths = JobPaths {
-                    input: &input,
-                    output: &output,
-                };
-                let config = container_config(
-                    &manifest,
-                    &reference,
-                    &paths,
-                    &self.gpu_attach(&manifest),
-                    &self.node.node_id,
+                let gpu = self.gpu_attach(&manifest);
+                let plan = ContainerPlan {
+                    reference: &reference,
+                    paths: JobPaths {
+                        input: &input,
+                        output: &output,
+                        scratch: &scratch.path,
+                    },
+                    gpu: &gpu,
+                    network: &network,
+                    node_id: &self.node.node_id,
                     deadline_ms,
-                );
+                    cpus: self.cpus_per_job,
+                    dns: &self.config.job_runtime.job_dns,
+                    ulimits: self.ulimits,
+                };
                 match docker
-                    .create_and_start(config, &format!("gp4u-{job_id}"))
+                    .create_and_start(
+                        container_config(&manifest, &plan),
+                        &format!("gp4u-{job_id}"),
+                    )
                     .await
                 {
                     Ok(id) => (Launched::Container(id), None),
@@ -633,16 +871,20 @@ impl Agent {
                         tracing::warn!(job_id, %error, "container did not start");
                         self.report(&job_id, "exited", Some(125), None, Some(error.to_string()))
                             .await;
+                        self.discard(&job_id).await;
                         return;
                     }
                 }
             }
-            Runtime::Process => {
-                if !self.inputs_ready(&manifest, &input).await {
-                    return;
-                }
+            _ => {
                 let (sender, receiver) = logs::channel();
-                match process::spawn(&manifest, &dir, &input, &output, sender) {
+                let paths = process::ProcessPaths {
+                    dir: &dir,
+                    input: &input,
+                    output: &output,
+                    scratch: &scratch.path,
+                };
+                match process::spawn(&manifest, &paths, sender) {
                     Ok(child) => (Launched::Child(child), Some(receiver)),
                     Err(error) => {
                         self.report(
@@ -653,6 +895,7 @@ impl Agent {
                             Some(format!("could not start the command: {error}")),
                         )
                         .await;
+                        self.discard(&job_id).await;
                         return;
                     }
                 }
@@ -665,6 +908,93 @@ impl Agent {
         };
         self.watch(job_id, launched, deadline_ms, pieces, telemetry)
             .await;
+    }
+
+    /// Why this node cannot run the job as asked, if it cannot: more scratch than the node
+    /// offers, or a `public` job without the egress filter (unless the provider accepted
+    /// unfiltered egress).
+    fn refusal(&self, manifest: &AssignmentManifest) -> Option<String> {
+        let max = self.config.job_runtime.max_scratch_gb;
+        if manifest.scratch_gb > max {
+            return Some(format!(
+                "the job asks for {} GB of /scratch; this node offers at most {max} GB (--max-scratch-gb)",
+                manifest.scratch_gb
+            ));
+        }
+        if matches!(self.runtime, Runtime::Docker(_))
+            && !manifest.network_none()
+            && let Egress::Refused { reason } = &self.egress
+        {
+            return Some(format!(
+                "this node refuses `public` jobs: its egress filter could not be installed ({reason}); the provider can fix that or start the agent with --allow-unfiltered-egress"
+            ));
+        }
+        None
+    }
+
+    /// The job's network: none, or its own behind the egress filter (checked first, and
+    /// reinstalled if someone changed it).
+    async fn prepare_network(
+        &self,
+        docker: &DockerRuntime,
+        manifest: &AssignmentManifest,
+    ) -> Result<JobNetwork, String> {
+        if manifest.network_none() {
+            return Ok(JobNetwork::None);
+        }
+        if let Egress::Filtered(_) = &self.egress {
+            let checked = tokio::task::spawn_blocking(|| {
+                crate::firewall::check().or_else(|drift| {
+                    tracing::warn!(%drift, "the egress filter changed since it was installed; reinstalling");
+                    crate::firewall::install().map(|_| ())
+                })
+            })
+            .await
+            .map_err(|error| error.to_string())
+            .and_then(|result| result.map_err(|error| error.to_string()));
+            if let Err(error) = checked {
+                return Err(format!(
+                    "the egress filter is not in place and could not be reinstalled: {error}"
+                ));
+            }
+        }
+        docker
+            .create_job_network(&manifest.job_id, &self.node.node_id)
+            .await
+            .map(JobNetwork::Own)
+            .map_err(|error| format!("could not create the job's network: {error}"))
+    }
+
+    /// Removes what a job that did not start left: its network, its scratch, its directory.
+    async fn discard(&self, job_id: &str) {
+        if let Runtime::Docker(docker) = &self.runtime
+            && let Err(error) = docker.remove_job_network(job_id).await
+        {
+            tracing::warn!(job_id, %error, "could not remove the job's network");
+        }
+        let dir = self.job_dir(job_id);
+        let removed = tokio::task::spawn_blocking(move || {
+            if let Some(scratch) = Scratch::find(&dir) {
+                scratch.remove()?;
+            }
+            // Never delete through a scratch that is still mounted.
+            if crate::scratch::is_mount_point(&dir.join("scratch")) {
+                return Err(crate::scratch::ScratchError::Command {
+                    command: "umount".into(),
+                    detail: format!("{} is still mounted", dir.join("scratch").display()),
+                });
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            Ok(())
+        })
+        .await;
+        match removed {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::error!(job_id, %error, "could not remove the job's /scratch")
+            }
+            Err(error) => tracing::error!(job_id, %error, "removing the job's files failed"),
+        }
     }
 
     /// Fetches and verifies the job's inputs. On failure the job is reported `INPUT_FAILED`,
@@ -809,7 +1139,7 @@ impl Agent {
         {
             tracing::warn!(container = %id, %error, "could not remove a container");
         }
-        let _ = std::fs::remove_dir_all(self.job_dir(job_id));
+        self.discard(job_id).await;
     }
 
     /// Sends the job's final telemetry packet (`final: true` with the exit code), retrying
@@ -930,9 +1260,27 @@ impl Agent {
         let deadline = tokio::time::sleep(until_deadline);
         tokio::pin!(deadline);
         let mut duration_exceeded = false;
+        let scratch = Scratch::find(&self.job_dir(&job_id));
+        let mut scratch_checks = tokio::time::interval(SCRATCH_CHECK_INTERVAL);
+        scratch_checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut scratch_exceeded = false;
         let exit = loop {
             tokio::select! {
                 exit = &mut waiter.0 => break exit.unwrap_or(Exit { code: -1, oom_killed: false }),
+                _ = scratch_checks.tick(), if scratch.is_some() && !scratch_exceeded && !duration_exceeded => {
+                    let Some(scratch) = scratch.clone() else { continue };
+                    let cap_bytes = scratch.cap_bytes;
+                    match tokio::task::spawn_blocking(move || scratch.usage_bytes()).await {
+                        Ok(Ok(used)) if used >= cap_bytes => {
+                            tracing::warn!(job_id, used, cap_bytes, "the job wrote past its /scratch size: killing");
+                            scratch_exceeded = true;
+                            self.kill(&launched).await;
+                        }
+                        Ok(Ok(_)) => {}
+                        Ok(Err(error)) => tracing::warn!(job_id, %error, "cannot measure the job's /scratch"),
+                        Err(error) => tracing::warn!(job_id, %error, "measuring the job's /scratch failed"),
+                    }
+                }
                 fence = fences.recv(), if fences_open => {
                     fences_open = false;
                     if let Some(fence) = fence {
@@ -988,6 +1336,16 @@ impl Agent {
             self.report(&job_id, "failed", None, Some("DURATION_EXCEEDED"), None)
                 .await;
             true
+        } else if scratch_exceeded && !killed_by_platform {
+            let message = scratch.as_ref().map(|scratch| {
+                format!(
+                    "the job wrote more than its /scratch allows ({} bytes, scratch_gb)",
+                    scratch.cap_bytes
+                )
+            });
+            self.report(&job_id, "failed", None, Some("SCRATCH_EXCEEDED"), message)
+                .await;
+            true
         } else if !killed_by_platform {
             self.finish(&job_id, exit, end.last.as_ref(), &readings)
                 .await
@@ -999,6 +1357,7 @@ impl Agent {
             exit_code = exit.code,
             oom = exit.oom_killed,
             duration_exceeded,
+            scratch_exceeded,
             killed_by_platform,
             "job ended"
         );
@@ -1034,6 +1393,41 @@ impl Agent {
         inventory.gpus.into_iter().find(|gpu| gpu.uuid == uuid)
     }
 
+    /// After a restart: networks and job directories (with their scratch) of this node whose
+    /// container is gone — the agent stopped between making them and starting the job, or
+    /// between the job's end and its cleanup — are removed. Nothing is left behind.
+    async fn sweep_orphans(&self, docker: &DockerRuntime, found: &[crate::docker::Found]) {
+        let live: std::collections::HashSet<&str> = found
+            .iter()
+            .map(|container| container.job_id.as_str())
+            .collect();
+        let mut orphans = std::collections::BTreeSet::new();
+        match docker.job_networks(Some(&self.node.node_id)).await {
+            Ok(networks) => orphans.extend(
+                networks
+                    .into_iter()
+                    .map(|(_, job)| job)
+                    .filter(|job| !live.contains(job.as_str())),
+            ),
+            Err(error) => tracing::warn!(%error, "cannot list this node's job networks"),
+        }
+        if let Ok(listing) = std::fs::read_dir(self.config.data_dir.join("jobs")) {
+            orphans.extend(
+                listing
+                    .flatten()
+                    .filter_map(|entry| entry.file_name().into_string().ok())
+                    .filter(|job| !live.contains(job.as_str())),
+            );
+        }
+        for job_id in orphans {
+            tracing::info!(
+                job_id,
+                "removing what a job without a container left behind"
+            );
+            self.discard(&job_id).await;
+        }
+    }
+
     /// After a restart: every container of ours is either watched again or, if it ended while
     /// we were away, reported and removed. Nothing is left behind.
     async fn recover(self: Arc<Self>, jobs: &mut JoinSet<()>) {
@@ -1047,6 +1441,7 @@ impl Agent {
                 return;
             }
         };
+        self.sweep_orphans(docker, &found).await;
         for container in found {
             tracing::info!(job_id = %container.job_id, running = container.running, "recovering a container");
             let deadline_ms = container.deadline_ms.unwrap_or_else(now_ms);

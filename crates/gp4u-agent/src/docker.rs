@@ -1,23 +1,29 @@
 //! The Docker runtime: digest-pinned pulls and the seed's hardened container, via the Engine API.
 //!
-//! Hardening (seed stage 3b, SPEC §6), all in [`container_config`] so that it is one place to
-//! read and to test: only the assigned GPU (a device request naming its UUID, when the host has
-//! the NVIDIA runtime), a memory cap with swap off, pids limit 512, every capability dropped,
-//! `no-new-privileges`, read-only root with a small tmpfs on /tmp, the bridge network, `/input`
-//! read-only, `/output` read-write, the declared env only, and labels that let a restarted
-//! agent find its containers.
+//! Hardening (seed stage 3b, SPEC §6 and §10), all in [`container_config`] so that it is one
+//! place to read and to test: only the assigned GPU (a device request naming its UUID, when the
+//! host has the NVIDIA runtime, and `NVIDIA_VISIBLE_DEVICES` naming it alone), a memory cap with
+//! swap off, `/dev/shm` of the job's `shm_gb` (counted in the cap), pids limit 512, a CPU quota,
+//! the ulimits of SPEC §10, every capability dropped, `no-new-privileges`, the engine's default
+//! seccomp profile, read-only root with a small tmpfs on /tmp, a network of the job's own (or
+//! none), `/input` read-only, `/output` read-write, `/scratch` read-write with exec, the
+//! declared env and the platform's variables only ([`crate::jobenv`]), and labels that let a
+//! restarted agent find its containers and networks.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig};
+use bollard::models::{
+    ContainerCreateBody, DeviceRequest, HostConfig, NetworkCreateRequest, ResourcesUlimits,
+};
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions,
-    RemoveContainerOptions,
+    ListNetworksOptions, RemoveContainerOptions,
 };
 use futures::StreamExt;
 use gp4u_proto::AssignmentManifest;
+use sha2::Digest as _;
 
 /// Label carrying the job id: how a restarted agent finds its containers.
 pub const JOB_LABEL: &str = "gp4u.job";
@@ -37,6 +43,79 @@ pub const GPU_ID_LABEL: &str = "gp4u.gpu-id";
 pub const DEFAULT_TELEMETRY_INTERVAL_S: u64 = 10;
 pub const PIDS_LIMIT: i64 = 512;
 pub const TMPFS_SIZE: &str = "rw,noexec,nosuid,size=64m";
+
+/// A job's ulimits (soft = hard); `None` is unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Ulimits {
+    pub nofile: Option<u64>,
+    pub memlock: Option<u64>,
+    pub stack: Option<u64>,
+}
+
+impl Ulimits {
+    /// SPEC §10's (NVIDIA's recommendation for its PyTorch containers): open files 65536,
+    /// locked memory unlimited (pinned host buffers), stack 64 MiB.
+    pub const SPEC: Ulimits = Ulimits {
+        nofile: Some(65_536),
+        memlock: None,
+        stack: Some(64 << 20),
+    };
+
+    /// What this host can give: SPEC's, where the agent can raise its own hard limit that far
+    /// (it then has the privilege the engine needs too), else the agent's own hard limit (a
+    /// container cannot get more than the engine's, and runc fails the start if asked). The
+    /// second value names each limit lowered, for the log and the host posture.
+    pub fn for_host() -> (Ulimits, Vec<String>) {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let mut lowered = Vec::new();
+        let mut grant = |name: &str, resource: Resource, wanted: Option<u64>| -> Option<u64> {
+            let own = getrlimit(resource);
+            let fits = |maximum: Option<u64>| match (maximum, wanted) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(maximum), Some(wanted)) => maximum >= wanted,
+            };
+            if fits(own.maximum) {
+                return wanted;
+            }
+            let raised = Rlimit {
+                current: own.current,
+                maximum: wanted,
+            };
+            if setrlimit(resource, raised).is_ok() {
+                return wanted;
+            }
+            lowered.push(format!(
+                "{name} {} (asked {})",
+                own.maximum.map_or("unlimited".into(), |m| m.to_string()),
+                wanted.map_or("unlimited".into(), |w| w.to_string())
+            ));
+            own.maximum
+        };
+        let ulimits = Ulimits {
+            nofile: grant("nofile", Resource::Nofile, Self::SPEC.nofile),
+            memlock: grant("memlock", Resource::Memlock, Self::SPEC.memlock),
+            stack: grant("stack", Resource::Stack, Self::SPEC.stack),
+        };
+        (ulimits, lowered)
+    }
+
+    fn engine(self) -> Vec<ResourcesUlimits> {
+        let entry = |name: &str, limit: Option<u64>| {
+            let limit = limit.map_or(-1, |limit| i64::try_from(limit).unwrap_or(i64::MAX));
+            ResourcesUlimits {
+                name: Some(name.to_string()),
+                soft: Some(limit),
+                hard: Some(limit),
+            }
+        };
+        vec![
+            entry("nofile", self.nofile),
+            entry("memlock", self.memlock),
+            entry("stack", self.stack),
+        ]
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
@@ -88,6 +167,52 @@ pub fn pinned_reference(image: &str, sha256_hex: &str) -> Result<String, DockerE
     Ok(format!("{repository}@sha256:{}", hex.to_ascii_lowercase()))
 }
 
+/// The Docker network of a `public` job.
+pub fn network_name(job_id: &str) -> String {
+    format!("gp4u-{job_id}")
+}
+
+/// The bridge interface of a job's network: [`crate::firewall::BRIDGE_PREFIX`] and 11 hex
+/// digits of the job id's SHA-256 (an interface name has at most 15 characters), so that the
+/// node's firewall rules match every job's bridge by wildcard.
+pub fn bridge_name(job_id: &str) -> String {
+    let digest = sha2::Sha256::digest(job_id.as_bytes());
+    let hex = gp4u_core::hex::encode(&digest);
+    format!("{}{}", crate::firewall::BRIDGE_PREFIX, &hex[..11])
+}
+
+/// The request that creates a job's network: a bridge of its own (no other container joins
+/// it), inter-container traffic off, IPv4 only, NAT to the outside as usual, labelled so that
+/// a restarted agent finds it.
+pub fn network_config(job_id: &str, node_id: &str) -> NetworkCreateRequest {
+    NetworkCreateRequest {
+        name: network_name(job_id),
+        driver: Some("bridge".into()),
+        internal: Some(false),
+        attachable: Some(false),
+        enable_ipv6: Some(false),
+        options: Some(HashMap::from([
+            (
+                "com.docker.network.bridge.name".to_string(),
+                bridge_name(job_id),
+            ),
+            (
+                "com.docker.network.bridge.enable_icc".to_string(),
+                "false".to_string(),
+            ),
+            (
+                "com.docker.network.bridge.enable_ip_masquerade".to_string(),
+                "true".to_string(),
+            ),
+        ])),
+        labels: Some(HashMap::from([
+            (JOB_LABEL.to_string(), job_id.to_string()),
+            (NODE_LABEL.to_string(), node_id.to_string()),
+        ])),
+        ..Default::default()
+    }
+}
+
 /// How the job gets its GPU.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GpuAttach {
@@ -102,34 +227,83 @@ pub enum GpuAttach {
 pub struct JobPaths<'a> {
     pub input: &'a Path,
     pub output: &'a Path,
+    /// Mounted at `/scratch` ([`crate::scratch`]).
+    pub scratch: &'a Path,
 }
 
-/// The container the seed describes, for one manifest.
+/// The network a job's container joins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobNetwork {
+    /// Its own network ([`network_name`]), behind the node's egress filter.
+    Own(String),
+    /// No network: loopback only.
+    None,
+}
+
+/// Everything besides the manifest that decides the container.
+#[derive(Debug, Clone)]
+pub struct ContainerPlan<'a> {
+    /// `repo@sha256:…`.
+    pub reference: &'a str,
+    pub paths: JobPaths<'a>,
+    pub gpu: &'a GpuAttach,
+    pub network: &'a JobNetwork,
+    pub node_id: &'a str,
+    /// Unix ms when the duration watchdog kills the job.
+    pub deadline_ms: i64,
+    /// CPUs the job may use (its share of the node's cores).
+    pub cpus: f64,
+    /// DNS servers for the job (`--job-dns`); empty: Docker's (the host's resolvers).
+    pub dns: &'a [String],
+    /// [`Ulimits::for_host`].
+    pub ulimits: Ulimits,
+}
+
+fn gigabytes(gb: f64) -> i64 {
+    (gb * 1024.0 * 1024.0 * 1024.0).round() as i64
+}
+
+/// The container the seed and SPEC §10 describe, for one manifest.
 pub fn container_config(
     manifest: &AssignmentManifest,
-    reference: &str,
-    paths: &JobPaths<'_>,
-    gpu: &GpuAttach,
-    node_id: &str,
-    deadline_ms: i64,
+    plan: &ContainerPlan<'_>,
 ) -> ContainerCreateBody {
-    let memory = (manifest.ram_limit_gb * 1024.0 * 1024.0 * 1024.0).round() as i64;
-    let device_requests = match gpu {
-        GpuAttach::Nvidia { uuid } => Some(vec![DeviceRequest {
-            driver: Some("nvidia".into()),
-            count: None,
-            device_ids: Some(vec![uuid.clone()]),
-            capabilities: Some(vec![vec!["gpu".into()]]),
-            options: None,
-        }]),
-        GpuAttach::None => None,
+    let memory = gigabytes(manifest.ram_limit_gb);
+    let (device_requests, nvidia_uuid) = match plan.gpu {
+        GpuAttach::Nvidia { uuid } => (
+            Some(vec![DeviceRequest {
+                driver: Some("nvidia".into()),
+                count: None,
+                device_ids: Some(vec![uuid.clone()]),
+                capabilities: Some(vec![vec!["gpu".into()]]),
+                options: None,
+            }]),
+            Some(uuid.as_str()),
+        ),
+        GpuAttach::None => (None, None),
+    };
+    let (network_mode, sysctls) = match plan.network {
+        // The job's network is IPv4 only; its IPv6 stays off, so that no link-local address
+        // reaches the host's bridge.
+        JobNetwork::Own(name) => (
+            name.clone(),
+            Some(HashMap::from([(
+                "net.ipv6.conf.all.disable_ipv6".to_string(),
+                "1".to_string(),
+            )])),
+        ),
+        JobNetwork::None => ("none".to_string(), None),
     };
     let host_config = HostConfig {
         memory: Some(memory),
         // Equal to `memory`: no swap on top of the cap.
         memory_swap: Some(memory),
         memory_swappiness: Some(0),
+        // A tmpfs whose pages are charged to the container's memory cgroup: within the cap.
+        shm_size: Some(gigabytes(manifest.shm_gb()).min(memory)),
+        nano_cpus: Some((plan.cpus.max(0.01) * 1e9).round() as i64),
         pids_limit: Some(PIDS_LIMIT),
+        ulimits: Some(plan.ulimits.engine()),
         cap_drop: Some(vec!["ALL".into()]),
         security_opt: Some(vec!["no-new-privileges:true".into()]),
         readonly_rootfs: Some(true),
@@ -137,24 +311,26 @@ pub fn container_config(
             "/tmp".to_string(),
             TMPFS_SIZE.to_string(),
         )])),
-        network_mode: Some("bridge".into()),
+        network_mode: Some(network_mode),
+        sysctls,
+        dns: (!plan.dns.is_empty()).then(|| plan.dns.to_vec()),
         binds: Some(vec![
-            format!("{}:/input:ro", paths.input.display()),
-            format!("{}:/output:rw", paths.output.display()),
+            format!("{}:/input:ro", plan.paths.input.display()),
+            format!("{}:/output:rw", plan.paths.output.display()),
+            format!("{}:/scratch:rw", plan.paths.scratch.display()),
         ]),
         device_requests,
         ..Default::default()
     };
-    let env = manifest
-        .env
-        .iter()
+    let env = crate::jobenv::job_env(manifest, &crate::jobenv::CONTAINER_DIRS, nvidia_uuid)
+        .into_iter()
         .map(|(key, value)| format!("{key}={value}"))
         .collect();
     ContainerCreateBody {
-        image: Some(reference.to_string()),
+        image: Some(plan.reference.to_string()),
         cmd: (!manifest.command.is_empty()).then(|| manifest.command.clone()),
         env: Some(env),
-        labels: Some(labels(manifest, node_id, deadline_ms)),
+        labels: Some(labels(manifest, plan.node_id, plan.deadline_ms)),
         host_config: Some(host_config),
         ..Default::default()
     }
@@ -392,6 +568,61 @@ impl DockerRuntime {
             .collect())
     }
 
+    /// Creates the network of a `public` job ([`network_config`]); one that exists already
+    /// (a retry, or an agent restarted in between) is reused.
+    pub async fn create_job_network(
+        &self,
+        job_id: &str,
+        node_id: &str,
+    ) -> Result<String, DockerError> {
+        let name = network_name(job_id);
+        match self
+            .docker
+            .create_network(network_config(job_id, node_id))
+            .await
+        {
+            Ok(_) => Ok(name),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(name),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Removes a job's network; gone already is fine.
+    pub async fn remove_job_network(&self, job_id: &str) -> Result<(), DockerError> {
+        match self.docker.remove_network(&network_name(job_id)).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// The job networks on this host, as (network name, job id): this node's, or every
+    /// node's when `node_id` is `None`.
+    pub async fn job_networks(
+        &self,
+        node_id: Option<&str>,
+    ) -> Result<Vec<(String, String)>, DockerError> {
+        let mut labels = vec![JOB_LABEL.to_string()];
+        if let Some(node_id) = node_id {
+            labels.push(format!("{NODE_LABEL}={node_id}"));
+        }
+        let options = ListNetworksOptions {
+            filters: Some(HashMap::from([("label".to_string(), labels)])),
+        };
+        let networks = self.docker.list_networks(Some(options)).await?;
+        Ok(networks
+            .into_iter()
+            .filter_map(|network| {
+                let job = network.labels.as_ref()?.get(JOB_LABEL)?.clone();
+                Some((network.name?, job))
+            })
+            .collect())
+    }
+
     /// The host pid of the container's init process; `None` when it is not running.
     pub async fn init_pid(&self, container_id: &str) -> Result<Option<u32>, DockerError> {
         let inspected = self
@@ -513,6 +744,35 @@ mod tests {
             expected_duration_hours: 0.1,
             kill_after_seconds: 396,
             telemetry_interval_seconds: 10,
+            shm_gb: 0.0,
+            scratch_gb: 20.0,
+            network: "public".into(),
+        }
+    }
+
+    fn plan<'a>(
+        paths: JobPaths<'a>,
+        gpu: &'a GpuAttach,
+        network: &'a JobNetwork,
+    ) -> ContainerPlan<'a> {
+        ContainerPlan {
+            reference: "img@sha256:ab",
+            paths,
+            gpu,
+            network,
+            node_id: "node_n",
+            deadline_ms: 42,
+            cpus: 1.5,
+            dns: &[],
+            ulimits: Ulimits::SPEC,
+        }
+    }
+
+    fn paths() -> JobPaths<'static> {
+        JobPaths {
+            input: Path::new("/d/in"),
+            output: Path::new("/d/out"),
+            scratch: Path::new("/d/scratch"),
         }
     }
 
@@ -542,40 +802,63 @@ mod tests {
     }
 
     #[test]
-    fn the_container_is_hardened_as_the_seed_says() {
-        let paths = JobPaths {
-            input: Path::new("/d/in"),
-            output: Path::new("/d/out"),
-        };
-        let config = container_config(
-            &manifest(),
-            "img@sha256:ab",
-            &paths,
-            &GpuAttach::None,
-            "node_n",
-            42,
-        );
+    fn the_container_is_hardened_as_the_seed_and_spec_say() {
+        let network = JobNetwork::Own(network_name("job_abc"));
+        let config = container_config(&manifest(), &plan(paths(), &GpuAttach::None, &network));
         let host = config.host_config.clone().unwrap();
         assert_eq!(host.memory, Some(536_870_912));
         assert_eq!(host.memory_swap, host.memory, "no swap above the cap");
+        // SPEC §10: /dev/shm defaults to half the memory cap.
+        assert_eq!(host.shm_size, Some(268_435_456));
+        assert_eq!(host.nano_cpus, Some(1_500_000_000));
         assert_eq!(host.pids_limit, Some(512));
+        let ulimits: Vec<_> = host
+            .ulimits
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|u| (u.name.unwrap(), u.soft.unwrap(), u.hard.unwrap()))
+            .collect();
+        assert_eq!(
+            ulimits,
+            vec![
+                ("nofile".to_string(), 65_536, 65_536),
+                ("memlock".to_string(), -1, -1),
+                ("stack".to_string(), 67_108_864, 67_108_864),
+            ]
+        );
         assert_eq!(host.cap_drop, Some(vec!["ALL".to_string()]));
         assert_eq!(
             host.security_opt,
-            Some(vec!["no-new-privileges:true".to_string()])
+            Some(vec!["no-new-privileges:true".to_string()]),
+            "no seccomp override: the engine's default profile applies"
         );
         assert_eq!(host.readonly_rootfs, Some(true));
         assert!(host.tmpfs.unwrap().contains_key("/tmp"));
-        assert_eq!(host.network_mode.as_deref(), Some("bridge"));
+        assert_eq!(host.network_mode.as_deref(), Some("gp4u-job_abc"));
+        assert_eq!(host.sysctls.unwrap()["net.ipv6.conf.all.disable_ipv6"], "1");
         assert_eq!(
             host.binds,
             Some(vec![
                 "/d/in:/input:ro".to_string(),
-                "/d/out:/output:rw".to_string()
+                "/d/out:/output:rw".to_string(),
+                "/d/scratch:/scratch:rw".to_string(),
             ])
         );
         assert_eq!(host.device_requests, None);
-        assert_eq!(config.env, Some(vec!["EPOCHS=3".to_string()]));
+        assert_eq!(host.dns, None);
+        let env = config.env.unwrap();
+        for expected in [
+            "EPOCHS=3",
+            "HOME=/scratch/home",
+            "TMPDIR=/scratch/tmp",
+            "XDG_CACHE_HOME=/scratch/.cache",
+            "GP4U_JOB_ID=job_abc",
+            "GP4U_SCRATCH_DIR=/scratch",
+            "NVIDIA_VISIBLE_DEVICES=void",
+        ] {
+            assert!(env.contains(&expected.to_string()), "{expected} in {env:?}");
+        }
         let labels = config.labels.unwrap();
         assert_eq!(labels[JOB_LABEL], "job_abc");
         assert_eq!(labels[NODE_LABEL], "node_n");
@@ -587,15 +870,32 @@ mod tests {
     }
 
     #[test]
-    fn only_the_assigned_gpu_is_requested() {
-        let paths = JobPaths {
-            input: Path::new("/i"),
-            output: Path::new("/o"),
-        };
+    fn shm_is_as_asked_within_the_memory_cap_and_no_network_means_none() {
+        let mut asked = manifest();
+        asked.shm_gb = 0.125;
+        let config = container_config(&asked, &plan(paths(), &GpuAttach::None, &JobNetwork::None));
+        let host = config.host_config.unwrap();
+        assert_eq!(host.shm_size, Some(134_217_728));
+        assert_eq!(host.network_mode.as_deref(), Some("none"));
+        assert_eq!(host.sysctls, None);
+        let mut above = manifest();
+        above.shm_gb = 4.0;
+        let capped = container_config(&above, &plan(paths(), &GpuAttach::None, &JobNetwork::None));
+        assert_eq!(capped.host_config.unwrap().shm_size, Some(536_870_912));
+    }
+
+    #[test]
+    fn only_the_assigned_gpu_is_requested_and_visible() {
         let gpu = GpuAttach::Nvidia {
             uuid: "GPU-5e1c".into(),
         };
-        let config = container_config(&manifest(), "img@sha256:ab", &paths, &gpu, "node_n", 0);
+        let config = container_config(&manifest(), &plan(paths(), &gpu, &JobNetwork::None));
+        assert!(
+            config
+                .env
+                .unwrap()
+                .contains(&"NVIDIA_VISIBLE_DEVICES=GPU-5e1c".to_string())
+        );
         let requests = config.host_config.unwrap().device_requests.unwrap();
         assert_eq!(requests.len(), 1);
         assert_eq!(requests[0].driver.as_deref(), Some("nvidia"));
@@ -608,5 +908,19 @@ mod tests {
             requests[0].capabilities,
             Some(vec![vec!["gpu".to_string()]])
         );
+    }
+
+    #[test]
+    fn each_job_has_its_own_bridge_under_the_filtered_prefix() {
+        let config = network_config("job_abc", "node_n");
+        let options = config.options.unwrap();
+        let bridge = &options["com.docker.network.bridge.name"];
+        assert!(bridge.starts_with("gp4u") && bridge.len() == 15, "{bridge}");
+        assert_eq!(bridge, &bridge_name("job_abc"));
+        assert_ne!(bridge_name("job_abc"), bridge_name("job_abd"));
+        assert_eq!(options["com.docker.network.bridge.enable_icc"], "false");
+        assert_eq!(config.enable_ipv6, Some(false));
+        assert_eq!(config.name, "gp4u-job_abc");
+        assert_eq!(config.labels.unwrap()[JOB_LABEL], "job_abc");
     }
 }

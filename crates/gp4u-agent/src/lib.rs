@@ -3,7 +3,9 @@
 //!
 //! Modules: [`gpu`] (NVML inventory and readings, or emulated GPUs), [`key`] (the node's
 //! ed25519 key), [`client`] (HTTP to the platform), [`docker`] (digest-pinned pulls and the
-//! hardened container), [`process`] (the unisolated development runtime), [`files`] (inputs
+//! hardened container and the job's own network), [`jobenv`] (the job's environment),
+//! [`scratch`] (the job's size-capped `/scratch`), [`firewall`] (the egress filter of `public`
+//! jobs), [`process`] (the unisolated development runtime), [`files`] (inputs
 //! fetched and verified, `/output` packed), [`logs`] (stdout/stderr shipped to the platform),
 //! [`netns`] (a container's network namespace: outbound bytes, destinations), [`cgroup`] (a
 //! job's processes and CPU use), [`telemetry`] (the Russian-Doll watchdog), [`coalescer`] (a
@@ -17,11 +19,14 @@ pub mod client;
 pub mod coalescer;
 pub mod docker;
 pub mod files;
+pub mod firewall;
 pub mod gpu;
 pub use gp4u_attest::key;
+pub mod jobenv;
 pub mod logs;
 pub mod netns;
 pub mod process;
 pub mod proofs;
+pub mod scratch;
 pub mod telemetry;
 pub mod visibility;

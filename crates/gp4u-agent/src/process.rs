@@ -67,15 +67,23 @@ async fn forward(mut pipe: impl AsyncRead + Unpin, sink: mpsc::Sender<LogPiece>)
     }
 }
 
-/// Starts the manifest's command in `scratch` with `/input`-like and `/output`-like dirs passed
-/// as `GP4U_INPUT` and `GP4U_OUTPUT`, an address-space cap of the RAM limit, at most 512
-/// processes, and only the declared environment (plus PATH). Its stdout and stderr go to
-/// `logs`, which closes when both pipes have.
+/// Where a child job's files are on the host.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessPaths<'a> {
+    /// The job's directory: the working directory of the command.
+    pub dir: &'a Path,
+    pub input: &'a Path,
+    pub output: &'a Path,
+    pub scratch: &'a Path,
+}
+
+/// Starts the manifest's command in the job's directory with an address-space cap of the RAM
+/// limit, at most 512 processes, and only the job's environment ([`crate::jobenv`], with the
+/// host paths of its directories; plus PATH, and `GP4U_INPUT`/`GP4U_OUTPUT` as before). Its
+/// stdout and stderr go to `logs`, which closes when both pipes have.
 pub fn spawn(
     manifest: &AssignmentManifest,
-    scratch: &Path,
-    input: &Path,
-    output: &Path,
+    paths: &ProcessPaths<'_>,
     logs: mpsc::Sender<LogPiece>,
 ) -> std::io::Result<ChildJob> {
     let Some((program, args)) = manifest.command.split_first() else {
@@ -84,6 +92,17 @@ pub fn spawn(
             "the process runtime needs a command",
         ));
     };
+    let (input, output, scratch) = (
+        paths.input.to_string_lossy(),
+        paths.output.to_string_lossy(),
+        paths.scratch.to_string_lossy(),
+    );
+    let dirs = crate::jobenv::JobDirs {
+        input: &input,
+        output: &output,
+        scratch: &scratch,
+    };
+    let env = crate::jobenv::job_env(manifest, &dirs, None);
     let memory = (manifest.ram_limit_gb * 1024.0 * 1024.0 * 1024.0).round() as u64;
     let mut command = Command::new("prlimit");
     command
@@ -92,12 +111,12 @@ pub fn spawn(
         .arg("--")
         .arg(program)
         .args(args)
-        .current_dir(scratch)
+        .current_dir(paths.dir)
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("GP4U_INPUT", input)
-        .env("GP4U_OUTPUT", output)
-        .envs(&manifest.env)
+        .env("GP4U_INPUT", paths.input)
+        .env("GP4U_OUTPUT", paths.output)
+        .envs(&env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

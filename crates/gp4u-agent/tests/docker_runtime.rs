@@ -6,80 +6,13 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::time::{Duration, Instant};
 
-use gp4u_agent::agent::{AgentConfig, RuntimeKind};
-use gp4u_agent::gpu::EmulatedGpu;
-use gp4u_proto::AssignmentManifest;
-use support::{fake_platform, finals, sha256_hex};
+use gp4u_agent::scratch::QuotaMode;
+use support::{
+    cleaned_up, docker_config, docker_manifest, fake_platform, finals, sha256_hex, test_image,
+};
 use tokio::sync::watch;
-
-struct TestImage {
-    image: String,
-    digest: String,
-    other_digest: String,
-}
-
-fn test_image(test: &str) -> Option<TestImage> {
-    match (
-        std::env::var("GP4U_TEST_IMAGE"),
-        std::env::var("GP4U_TEST_IMAGE_DIGEST"),
-        std::env::var("GP4U_TEST_OTHER_DIGEST"),
-    ) {
-        (Ok(image), Ok(digest), Ok(other_digest)) => Some(TestImage {
-            image,
-            digest,
-            other_digest,
-        }),
-        _ => {
-            if std::env::var("CI").is_ok_and(|value| value == "true") {
-                panic!("GP4U_TEST_IMAGE is unset in CI: the Docker suite must run ({test})");
-            }
-            let _ = writeln!(
-                std::io::stderr(),
-                "GP4U-DOCKER-SKIPPED: {test}: GP4U_TEST_IMAGE is unset (scripts/test.sh builds the test images)"
-            );
-            None
-        }
-    }
-}
-
-fn manifest(image: &TestImage, job: &str, command: &str) -> AssignmentManifest {
-    AssignmentManifest {
-        job_id: job.to_string(),
-        docker_image: image.image.clone(),
-        docker_image_sha256: image.digest.clone(),
-        gpu_id: "gpu_test0".into(),
-        gpu_uuid: Some("GPU-emulated".into()),
-        ram_limit_gb: 0.25,
-        env: BTreeMap::from([("GREETING".to_string(), "hello".to_string())]),
-        command: vec!["sh".into(), "-c".into(), command.into()],
-        inputs: vec![],
-        input_sha256: BTreeMap::new(),
-        expected_duration_hours: 0.1,
-        kill_after_seconds: 120,
-        telemetry_interval_seconds: 10,
-    }
-}
-
-fn agent_config(server: &str, data_dir: &std::path::Path) -> AgentConfig {
-    AgentConfig {
-        server: server.to_string(),
-        token: "test-token".into(),
-        data_dir: data_dir.to_path_buf(),
-        runtime: RuntimeKind::Docker,
-        allow_unisolated: false,
-        emulated: vec![EmulatedGpu::parse("emulated:RTX 4090:24").unwrap()],
-        region: "us-east-1".into(),
-        price_per_hour: 1.0,
-        poll_wait_s: 1,
-        listen: None,
-        advertise: None,
-        net_sample_interval: AgentConfig::DEFAULT_NET_SAMPLE_INTERVAL,
-        renewable_pct: 0.0,
-    }
-}
 
 fn containers_of(job_prefix: &str) -> Vec<String> {
     let output = std::process::Command::new("docker")
@@ -108,24 +41,24 @@ async fn jobs_run_hardened_and_end_as_reported() {
     let (server, platform) = fake_platform().await;
     let prefix = format!("job_h{}", std::process::id());
     let job = |name: &str| format!("{prefix}{name}");
-    let mut bomb = manifest(&image, &job("bomb"), "b() { b | b & }; b; sleep 60");
+    let mut bomb = docker_manifest(&image, &job("bomb"), "b() { b | b & }; b; sleep 60");
     bomb.kill_after_seconds = 4;
-    let mut hog = manifest(
+    let mut hog = docker_manifest(
         &image,
         &job("hog"),
         "x=$(yes | head -c 400000000); echo ${#x}",
     );
     hog.ram_limit_gb = 0.0625;
     // The right digest for another repository: the registry has no such manifest there.
-    let mut wrong = manifest(&image, &job("wrong"), "true");
+    let mut wrong = docker_manifest(&image, &job("wrong"), "true");
     wrong.docker_image = format!("{}-elsewhere", image.image);
     // Another image of the same repository, by its own digest, is pulled and runs: the digest,
     // not the repository, decides what runs.
-    let mut other = manifest(&image, &job("other"), "test -f /etc/gp4u-other");
+    let mut other = docker_manifest(&image, &job("other"), "test -f /etc/gp4u-other");
     other.docker_image_sha256 = image.other_digest.clone();
-    let mut missing = manifest(&image, &job("missing"), "true");
+    let mut missing = docker_manifest(&image, &job("missing"), "true");
     missing.docker_image_sha256 = format!("sha256:{}", "0".repeat(64));
-    let mut tag_only = manifest(&image, &job("tagonly"), "true");
+    let mut tag_only = docker_manifest(&image, &job("tagonly"), "true");
     tag_only.docker_image_sha256 = "latest".into();
     // Inputs arrive verified and read-only; a download that differs from its hash never runs.
     let data = b"input bytes\n".to_vec();
@@ -135,7 +68,7 @@ async fn jobs_run_hardened_and_end_as_reported() {
         .unwrap()
         .artifacts
         .insert("art_data".into(), data.clone());
-    let mut inputs = manifest(
+    let mut inputs = docker_manifest(
         &image,
         &job("inputs"),
         &format!(
@@ -144,29 +77,29 @@ async fn jobs_run_hardened_and_end_as_reported() {
     );
     inputs.inputs = vec!["art_data".into()];
     inputs.input_sha256 = BTreeMap::from([("art_data".to_string(), data_sha.clone())]);
-    let mut bad_input = manifest(&image, &job("badinput"), "echo must not run");
+    let mut bad_input = docker_manifest(&image, &job("badinput"), "echo must not run");
     bad_input.inputs = vec!["art_data".into()];
     bad_input.input_sha256 = BTreeMap::from([("art_data".to_string(), "0".repeat(64))]);
     let manifests = vec![
         // Inside the job: no capabilities, no new privileges.
-        manifest(
+        docker_manifest(
             &image,
             &job("caps"),
             r#"grep -Eq "^CapEff:[[:space:]]+0000000000000000$" /proc/self/status && grep -Eq "^NoNewPrivs:[[:space:]]+1$" /proc/self/status"#,
         ),
         // Read-only root (EROFS), writable /tmp and /output, read-only /input.
-        manifest(
+        docker_manifest(
             &image,
             &job("rofs"),
             r#"touch /x 2>/tmp/err; grep -q "Read-only file system" /tmp/err && touch /output/ok && ! touch /input/x 2>/dev/null"#,
         ),
         // The pids cap is 512 (cgroup v1 or v2), and only the declared env is there.
-        manifest(
+        docker_manifest(
             &image,
             &job("pids"),
             r#"test "$(cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max)" = 512 && test "$GREETING" = hello"#,
         ),
-        manifest(&image, &job("exit3"), "exit 3"),
+        docker_manifest(&image, &job("exit3"), "exit 3"),
         bomb,
         hog,
         other,
@@ -180,7 +113,7 @@ async fn jobs_run_hardened_and_end_as_reported() {
     let data_dir = tempfile::tempdir().unwrap();
     let (stop, stopping) = watch::channel(false);
     let agent = tokio::spawn(gp4u_agent::agent::run(
-        agent_config(&server, data_dir.path()),
+        docker_config(&server, data_dir.path()),
         stopping,
     ));
     let names = [
@@ -278,7 +211,8 @@ async fn jobs_run_hardened_and_end_as_reported() {
             .any(|(id, report)| *id == job("caps") && report.status == "running")
     );
     // The host is fine: the agent is still taking work, and nothing is left behind.
-    platform.lock().unwrap().queue = vec![manifest(&image, &job("after"), "echo still here")];
+    platform.lock().unwrap().queue =
+        vec![docker_manifest(&image, &job("after"), "echo still here")];
     let done = finals(&platform, &[job("after").as_str()], Duration::from_secs(60)).await;
     assert_eq!(done[&job("after")].exit_code, Some(0));
     for _ in 0..50 {
@@ -292,6 +226,7 @@ async fn jobs_run_hardened_and_end_as_reported() {
         Vec::<String>::new(),
         "containers left behind"
     );
+    cleaned_up(data_dir.path()).await;
     stop.send(true).unwrap();
     agent.await.unwrap().unwrap();
     assert_eq!(platform.lock().unwrap().registrations, 1);
@@ -308,18 +243,18 @@ async fn a_restarted_agent_picks_its_jobs_up_and_obeys_kill_orders() {
     let doomed = format!("{prefix}doomed");
     let orphan = format!("{prefix}orphan");
     platform.lock().unwrap().queue = vec![
-        manifest(&image, &orphan, "sleep 300"),
-        manifest(
+        docker_manifest(&image, &orphan, "sleep 300"),
+        docker_manifest(
             &image,
             &survivor,
             "echo before; sleep 4; echo after >&2; exit 7",
         ),
-        manifest(&image, &doomed, "sleep 300"),
+        docker_manifest(&image, &doomed, "sleep 300"),
     ];
     let data_dir = tempfile::tempdir().unwrap();
-    let (_stop, stopping) = watch::channel(false);
+    let (stop, stopping) = watch::channel(false);
     let first = tokio::spawn(gp4u_agent::agent::run(
-        agent_config(&server, data_dir.path()),
+        docker_config(&server, data_dir.path()),
         stopping.clone(),
     ));
     // Wait until both run, then kill the agent mid-job (abort: no chance to clean up).
@@ -364,11 +299,32 @@ async fn a_restarted_agent_picks_its_jobs_up_and_obeys_kill_orders() {
         3,
         "the containers outlive the agent"
     );
+    // The agent died between making a job's network and scratch and starting its container:
+    // the restarted agent must remove them.
+    let node = platform.lock().unwrap().nodes[0].clone();
+    let lost = format!("{prefix}lost");
+    let output = std::process::Command::new("docker")
+        .args([
+            "network",
+            "create",
+            "--label",
+            &format!("gp4u.job={lost}"),
+            "--label",
+            &format!("gp4u.node={node}"),
+            &format!("gp4u-{lost}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let lost_dir = data_dir.path().join("jobs").join(&lost);
+    std::fs::create_dir_all(&lost_dir).unwrap();
+    gp4u_agent::scratch::Scratch::create(&lost_dir, 1 << 20, QuotaMode::detect(data_dir.path()).0)
+        .unwrap();
     // While the agent is down, the platform cancels one job and forgets another entirely.
     platform.lock().unwrap().kill.push(doomed.clone());
     platform.lock().unwrap().forgotten.push(orphan.clone());
     let second = tokio::spawn(gp4u_agent::agent::run(
-        agent_config(&server, data_dir.path()),
+        docker_config(&server, data_dir.path()),
         stopping,
     ));
     let done = finals(&platform, &[survivor.as_str()], Duration::from_secs(60)).await;
@@ -412,5 +368,31 @@ async fn a_restarted_agent_picks_its_jobs_up_and_obeys_kill_orders() {
         1,
         "the restarted agent is the same node"
     );
-    second.abort();
+    // Nothing of this node is left: no network, no scratch, no job directory.
+    cleaned_up(data_dir.path()).await;
+    let networks = std::process::Command::new("docker")
+        .args([
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=gp4u.node={node}"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&networks.stdout).trim(), "");
+    let jobs_left = || -> Vec<String> {
+        std::fs::read_dir(data_dir.path().join("jobs"))
+            .unwrap()
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert!(
+        support::eventually(Duration::from_secs(20), || jobs_left().is_empty()).await,
+        "job directories left behind: {:?}",
+        jobs_left()
+    );
+    stop.send(true).unwrap();
+    second.await.unwrap().unwrap();
 }

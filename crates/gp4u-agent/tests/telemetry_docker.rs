@@ -183,6 +183,9 @@ fn manifest(image: &str, job: &str, command: &str, interval_s: u64) -> Assignmen
         expected_duration_hours: 0.1,
         kill_after_seconds: 120,
         telemetry_interval_seconds: interval_s,
+        shm_gb: 0.0,
+        scratch_gb: 1.0,
+        network: "public".into(),
     }
 }
 
@@ -233,6 +236,7 @@ async fn the_watchdog_reports_containers_and_kills_them_on_order() {
         advertise: None,
         net_sample_interval: Duration::from_millis(500),
         renewable_pct: 0.0,
+        job_runtime: Default::default(),
     };
     let agent = tokio::spawn(gp4u_agent::agent::run(config, stopping));
 
@@ -364,6 +368,7 @@ async fn the_watchdog_reports_containers_and_kills_them_on_order() {
         .await,
         "containers left behind"
     );
+    support::cleaned_up(data_dir.path()).await;
     stop.send(true).unwrap();
     agent.await.unwrap().unwrap();
 }

@@ -109,10 +109,37 @@ struct AgentArgs {
     /// and committed with every power reading (the energy proof shows it is met).
     #[arg(long, env = "GP4U_RENEWABLE_PCT", default_value_t = 0.0, value_parser = renewable_pct)]
     renewable_pct: f64,
+    /// The most /scratch a job may ask for on this node, in GB (SPEC §10; jobs default to 20).
+    #[arg(long, env = "GP4U_MAX_SCRATCH_GB", default_value_t = gp4u_agent::agent::JobRuntimeOptions::DEFAULT_MAX_SCRATCH_GB, value_parser = positive_gb)]
+    max_scratch_gb: f64,
+    /// Run `public` jobs even when the egress filter (iptables rules that keep jobs off the
+    /// host and private networks) cannot be installed. Said at registration.
+    #[arg(long, env = "GP4U_ALLOW_UNFILTERED_EGRESS")]
+    allow_unfiltered_egress: bool,
+    /// CPUs per job [default: the node's cores × the job's share of the node's GPUs].
+    #[arg(long, env = "GP4U_CPUS_PER_JOB", value_parser = positive_gb)]
+    cpus_per_job: Option<f64>,
+    /// DNS server for jobs' containers (repeatable) [default: Docker's, the host's resolvers;
+    /// a resolver on a private address is unreachable from jobs behind the egress filter].
+    #[arg(long = "job-dns", env = "GP4U_JOB_DNS", value_delimiter = ',')]
+    job_dns: Vec<std::net::IpAddr>,
+    /// How /scratch sizes are held: loop (a loop-mounted filesystem per job: the kernel
+    /// enforces the size; needs root, mkfs.ext4 and loop devices) or watched (the agent
+    /// measures and kills past the size) [default: loop where the host allows it].
+    #[arg(long, env = "GP4U_SCRATCH_QUOTA", value_parser = ["loop", "watched"])]
+    scratch_quota: Option<String>,
     /// Deprecated, ignored: running jobs are reported by the telemetry watchdog every
     /// `telemetry_interval_seconds` of their manifest.
     #[arg(long, hide = true)]
     keepalive: Option<u64>,
+}
+
+/// A positive finite number (GB, CPUs).
+fn positive_gb(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(value) if value.is_finite() && value > 0.0 => Ok(value),
+        _ => Err(format!("{text:?} is not a positive number")),
+    }
 }
 
 /// `--renewable-pct`: a number from 0 to 100.
@@ -156,6 +183,19 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
             args.net_sample_ms.clamp(100, 60_000),
         ),
         renewable_pct: args.renewable_pct,
+        job_runtime: gp4u_agent::agent::JobRuntimeOptions {
+            max_scratch_gb: args.max_scratch_gb,
+            allow_unfiltered_egress: args.allow_unfiltered_egress,
+            cpus_per_job: args.cpus_per_job,
+            job_dns: args.job_dns.iter().map(ToString::to_string).collect(),
+            scratch_quota: args.scratch_quota.as_deref().map(|mode| {
+                if mode == "watched" {
+                    gp4u_agent::scratch::QuotaMode::Watched
+                } else {
+                    gp4u_agent::scratch::QuotaMode::Loop
+                }
+            }),
+        },
     };
     if args.keepalive.is_some() {
         tracing::warn!(

@@ -439,6 +439,8 @@ impl Outcome {
             FailureReason::KilledAnomaly => Outcome::FailedCustomerFault,
             // The workload overran 1.1 × its declared duration; the hold covers exactly that.
             FailureReason::DurationExceeded => Outcome::FailedCustomerFault,
+            // The workload wrote past its `/scratch` size: the time until then was delivered.
+            FailureReason::ScratchExceeded => Outcome::FailedCustomerFault,
             // The customer stopped it; any running time before that was delivered.
             FailureReason::CancelledByCustomer => Outcome::FailedCustomerFault,
             // The provider's node lost the job (heartbeats stopped, agent died).
@@ -1163,6 +1165,7 @@ mod tests {
         assert_eq!(outcome(R::NonzeroExit), Outcome::FailedCustomerFault);
         assert_eq!(outcome(R::KilledAnomaly), Outcome::FailedCustomerFault);
         assert_eq!(outcome(R::DurationExceeded), Outcome::FailedCustomerFault);
+        assert_eq!(outcome(R::ScratchExceeded), Outcome::FailedCustomerFault);
         assert_eq!(
             outcome(R::CancelledByCustomer),
             Outcome::FailedCustomerFault

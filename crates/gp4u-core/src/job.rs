@@ -90,10 +90,12 @@ pub enum FailureReason {
     CancelledByAdmin,
     CryptoMiningDuringMlJob,
     ProviderEjected,
+    /// The job wrote more than its `/scratch` allows (`scratch_gb`): the customer's workload.
+    ScratchExceeded,
 }
 
 impl FailureReason {
-    pub const ALL: [FailureReason; 12] = [
+    pub const ALL: [FailureReason; 13] = [
         FailureReason::NonzeroExit,
         FailureReason::KilledAnomaly,
         FailureReason::DurationExceeded,
@@ -106,6 +108,7 @@ impl FailureReason {
         FailureReason::CancelledByAdmin,
         FailureReason::CryptoMiningDuringMlJob,
         FailureReason::ProviderEjected,
+        FailureReason::ScratchExceeded,
     ];
 
     pub const fn as_str(&self) -> &'static str {
@@ -122,6 +125,7 @@ impl FailureReason {
             FailureReason::CancelledByAdmin => "CANCELLED_BY_ADMIN",
             FailureReason::CryptoMiningDuringMlJob => "CRYPTO_MINING_DURING_ML_JOB",
             FailureReason::ProviderEjected => "PROVIDER_EJECTED",
+            FailureReason::ScratchExceeded => "SCRATCH_EXCEEDED",
         }
     }
 

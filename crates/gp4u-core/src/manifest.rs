@@ -51,6 +51,10 @@ pub const MAX_INPUTS: usize = 64;
 /// Container memory limit bounds and default, in GB.
 pub const MAX_RAM_LIMIT_GB: f64 = 2048.0;
 pub const DEFAULT_RAM_LIMIT_GB: f64 = 16.0;
+/// `/scratch` of a job (SPEC §10): default and largest size, in GB. A node may cap it lower
+/// (`--max-scratch-gb`).
+pub const DEFAULT_SCRATCH_GB: f64 = 20.0;
+pub const MAX_SCRATCH_GB: f64 = 16_384.0;
 /// Retry bounds and default.
 pub const MAX_MAX_RETRIES: u32 = 10;
 pub const DEFAULT_MAX_RETRIES: u32 = 1;
@@ -120,6 +124,9 @@ pub enum ValidationCode {
     InvalidGpu,
     InvalidAmount,
     InvalidEndpoint,
+    InvalidShmSize,
+    InvalidScratchSize,
+    InvalidNetwork,
 }
 
 impl ValidationCode {
@@ -151,6 +158,9 @@ impl ValidationCode {
             ValidationCode::InvalidGpu => "INVALID_GPU",
             ValidationCode::InvalidAmount => "INVALID_AMOUNT",
             ValidationCode::InvalidEndpoint => "INVALID_ENDPOINT",
+            ValidationCode::InvalidShmSize => "INVALID_SHM_SIZE",
+            ValidationCode::InvalidScratchSize => "INVALID_SCRATCH_SIZE",
+            ValidationCode::InvalidNetwork => "INVALID_NETWORK",
         }
     }
 }
@@ -264,6 +274,62 @@ pub struct JobManifest {
     /// provenance for it. Optional, default false.
     #[serde(default)]
     pub reproducibility_sensitive: bool,
+    /// `/dev/shm` in GB; `None`: half the memory cap ([`JobManifest::shm_gb`]).
+    #[serde(default, rename = "shm_gb")]
+    pub shm_gb_requested: Option<f64>,
+    /// `/scratch` in GB; `None`: [`DEFAULT_SCRATCH_GB`] ([`JobManifest::scratch_gb`]).
+    #[serde(default, rename = "scratch_gb")]
+    pub scratch_gb_requested: Option<f64>,
+    /// The job's network (SPEC §10); absent in manifests stored before it existed: public.
+    #[serde(default)]
+    pub network: JobNetwork,
+}
+
+impl JobManifest {
+    /// The size of the job's `/dev/shm`: as asked, or half the memory cap.
+    pub fn shm_gb(&self) -> f64 {
+        self.shm_gb_requested.unwrap_or(self.ram_limit_gb / 2.0)
+    }
+
+    /// The size cap of the job's `/scratch`: as asked, or [`DEFAULT_SCRATCH_GB`].
+    pub fn scratch_gb(&self) -> f64 {
+        self.scratch_gb_requested.unwrap_or(DEFAULT_SCRATCH_GB)
+    }
+}
+
+/// What network a job's container gets (SPEC §10).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobNetwork {
+    /// A network of the job's own with public egress only.
+    #[default]
+    Public,
+    /// No network at all (loopback only).
+    None,
+}
+
+impl JobNetwork {
+    pub const ALL: [JobNetwork; 2] = [JobNetwork::Public, JobNetwork::None];
+
+    pub const fn as_str(&self) -> &'static str {
+        match self {
+            JobNetwork::Public => "public",
+            JobNetwork::None => "none",
+        }
+    }
+
+    /// Parses the wire form ("public", "none"); `None` for anything else.
+    pub fn parse(text: &str) -> Option<JobNetwork> {
+        JobNetwork::ALL
+            .into_iter()
+            .find(|network| network.as_str() == text)
+    }
+}
+
+impl fmt::Display for JobNetwork {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
+    }
 }
 
 /// A user's role; its clearance is what tokens and route guards compare against.
@@ -350,7 +416,8 @@ pub struct GpuSpec {
 
 /// Validates a `POST /api/jobs` body. Fields are checked in this order: body, `name`,
 /// target (`gpuId` / `gpu`), `workload_type`, `expectedDurationHours`, `docker_image`,
-/// `docker_image_sha256`, `command`, `env`, `inputs`, `ram_limit_gb`, `max_retries`.
+/// `docker_image_sha256`, `command`, `env`, `inputs`, `ram_limit_gb`, `max_retries`,
+/// `reproducibility_sensitive`, `shm_gb`, `scratch_gb`, `network`.
 pub fn validate_submission(body: &Value) -> Result<JobManifest, FieldError> {
     let object = body_object(body)?;
     let name = trimmed_text(
@@ -374,6 +441,9 @@ pub fn validate_submission(body: &Value) -> Result<JobManifest, FieldError> {
         "reproducibility_sensitive",
         "reproducibility_sensitive",
     )?;
+    let shm_gb_requested = validate_shm(object, ram_limit_gb)?;
+    let scratch_gb_requested = validate_scratch(object)?;
+    let network = validate_network(object)?;
     Ok(JobManifest {
         name,
         target,
@@ -387,6 +457,9 @@ pub fn validate_submission(body: &Value) -> Result<JobManifest, FieldError> {
         ram_limit_gb,
         max_retries,
         reproducibility_sensitive,
+        shm_gb_requested,
+        scratch_gb_requested,
+        network,
     })
 }
 
@@ -823,6 +896,56 @@ fn validate_ram_limit(object: &Object) -> Result<f64, FieldError> {
         "a number of GB greater than 0 and at most 2048",
         |gb| gb > 0.0 && gb <= MAX_RAM_LIMIT_GB,
     )
+}
+
+/// `shm_gb`: `/dev/shm` is counted in the memory cap, so it cannot exceed it.
+fn validate_shm(object: &Object, ram_limit_gb: f64) -> Result<Option<f64>, FieldError> {
+    let Some(value) = present(object, "shm_gb") else {
+        return Ok(None);
+    };
+    number_within(
+        value,
+        "shm_gb",
+        ValidationCode::InvalidShmSize,
+        &format!(
+            "a number of GB greater than 0 and at most the memory cap (`ram_limit_gb`, {ram_limit_gb}): /dev/shm is counted in it"
+        ),
+        |gb| gb > 0.0 && gb <= ram_limit_gb,
+    )
+    .map(Some)
+}
+
+fn validate_scratch(object: &Object) -> Result<Option<f64>, FieldError> {
+    let Some(value) = present(object, "scratch_gb") else {
+        return Ok(None);
+    };
+    number_within(
+        value,
+        "scratch_gb",
+        ValidationCode::InvalidScratchSize,
+        &format!("a number of GB greater than 0 and at most {MAX_SCRATCH_GB}"),
+        |gb| gb > 0.0 && gb <= MAX_SCRATCH_GB,
+    )
+    .map(Some)
+}
+
+fn validate_network(object: &Object) -> Result<JobNetwork, FieldError> {
+    let Some(value) = present(object, "network") else {
+        return Ok(JobNetwork::Public);
+    };
+    value
+        .as_str()
+        .and_then(JobNetwork::parse)
+        .ok_or_else(|| {
+            FieldError::new(
+                ValidationCode::InvalidNetwork,
+                "network",
+                format!(
+                    "`network` must be \"public\" (a network of the job's own, public addresses only) or \"none\" (no network), got {}",
+                    echo(value)
+                ),
+            )
+        })
 }
 
 fn validate_max_retries(object: &Object) -> Result<u32, FieldError> {

@@ -2,8 +2,8 @@
 //! the expected code and field, including near misses that must pass.
 
 use gp4u_core::manifest::{
-    GpuTarget, ValidationCode, validate_credit_amount, validate_new_user, validate_region,
-    validate_registration, validate_submission,
+    GpuTarget, JobNetwork, ValidationCode, validate_credit_amount, validate_new_user,
+    validate_region, validate_registration, validate_submission,
 };
 use gp4u_core::money::{Hours, Money};
 use serde_json::{Map, Value, json};
@@ -763,6 +763,80 @@ fn job_submission_rules() {
             job_with("max_retries", json!(true)),
             fails(InvalidMaxRetries, "max_retries"),
         ),
+        // The runtime of SPEC §10: /dev/shm within the memory cap (32 GB here), /scratch,
+        // and the network.
+        ("shm absent", job_without("shm_gb"), ok()),
+        (
+            "shm 32 = the memory cap",
+            job_with("shm_gb", json!(32)),
+            ok(),
+        ),
+        ("shm 0.25", job_with("shm_gb", json!(0.25)), ok()),
+        (
+            "shm above the memory cap",
+            job_with("shm_gb", json!(32.5)),
+            fails(InvalidShmSize, "shm_gb"),
+        ),
+        (
+            "shm above a smaller memory cap",
+            {
+                let mut body = job_with("shm_gb", json!(3));
+                body["ram_limit_gb"] = json!(2);
+                body
+            },
+            fails(InvalidShmSize, "shm_gb"),
+        ),
+        (
+            "shm 0",
+            job_with("shm_gb", json!(0)),
+            fails(InvalidShmSize, "shm_gb"),
+        ),
+        (
+            "shm string",
+            job_with("shm_gb", json!("8g")),
+            fails(InvalidShmSize, "shm_gb"),
+        ),
+        ("scratch absent", job_without("scratch_gb"), ok()),
+        ("scratch 0.5", job_with("scratch_gb", json!(0.5)), ok()),
+        ("scratch 16384", job_with("scratch_gb", json!(16384)), ok()),
+        (
+            "scratch 0",
+            job_with("scratch_gb", json!(0)),
+            fails(InvalidScratchSize, "scratch_gb"),
+        ),
+        (
+            "scratch too large",
+            job_with("scratch_gb", json!(16385)),
+            fails(InvalidScratchSize, "scratch_gb"),
+        ),
+        (
+            "scratch negative",
+            job_with("scratch_gb", json!(-1)),
+            fails(InvalidScratchSize, "scratch_gb"),
+        ),
+        ("network absent", job_without("network"), ok()),
+        ("network public", job_with("network", json!("public")), ok()),
+        ("network none", job_with("network", json!("none")), ok()),
+        (
+            "network host",
+            job_with("network", json!("host")),
+            fails(InvalidNetwork, "network"),
+        ),
+        (
+            "network bridge",
+            job_with("network", json!("bridge")),
+            fails(InvalidNetwork, "network"),
+        ),
+        (
+            "network upper case",
+            job_with("network", json!("PUBLIC")),
+            fails(InvalidNetwork, "network"),
+        ),
+        (
+            "network bool",
+            job_with("network", json!(false)),
+            fails(InvalidNetwork, "network"),
+        ),
         // Ignored fields.
         (
             "costEstimate ignored",
@@ -828,6 +902,21 @@ fn job_submission_normalises_values() {
     .unwrap();
     assert_eq!(defaults.ram_limit_gb, 16.0);
     assert_eq!(defaults.max_retries, 1);
+    // SPEC §10's defaults: /dev/shm half the memory cap, 20 GB of /scratch, public network.
+    assert_eq!(defaults.shm_gb(), 8.0);
+    assert_eq!(defaults.scratch_gb(), 20.0);
+    assert_eq!(defaults.network, JobNetwork::Public);
+    let runtime = validate_submission(&{
+        let mut body = job_with("shm_gb", json!(2.5));
+        body["scratch_gb"] = json!(1);
+        body["network"] = json!("none");
+        body
+    })
+    .unwrap();
+    assert_eq!(
+        (runtime.shm_gb(), runtime.scratch_gb(), runtime.network),
+        (2.5, 1.0, JobNetwork::None)
+    );
 
     let upper = validate_submission(&job_with(
         "docker_image_sha256",

@@ -49,6 +49,14 @@ pub struct JobSubmission {
     pub ram_limit_gb: Option<f64>,
     /// Retries on provider-fault failures; 0–10, default 1.
     pub max_retries: Option<u32>,
+    /// Size of `/dev/shm` in GB, at most `ram_limit_gb` (it is counted in the memory cap);
+    /// default half the memory cap.
+    pub shm_gb: Option<f64>,
+    /// Size cap of `/scratch` in GB, (0, 16384]; default 20. Writing past it fails the job
+    /// `SCRATCH_EXCEEDED`.
+    pub scratch_gb: Option<f64>,
+    /// `public` (default: a network of the job's own, public addresses only) or `none`.
+    pub network: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -95,6 +103,14 @@ pub struct JobView {
     pub docker_image: String,
     pub docker_image_sha256: String,
     pub max_retries: u32,
+    /// The container's memory cap, GB (swap off).
+    pub ram_limit_gb: f64,
+    /// The size of its `/dev/shm`, GB (counted in the memory cap).
+    pub shm_gb: f64,
+    /// The size cap of its `/scratch`, GB.
+    pub scratch_gb: f64,
+    /// `public` or `none` (SPEC §10).
+    pub network: String,
     /// RFC 3339 timestamps.
     pub created_at: String,
     pub started_at: Option<String>,
@@ -294,6 +310,43 @@ pub struct AssignmentManifest {
     /// 1.1 × the declared duration: the agent kills the job then (`DURATION_EXCEEDED`).
     pub kill_after_seconds: u64,
     pub telemetry_interval_seconds: u64,
+    /// Size of the job's `/dev/shm`, GB (SPEC §10; counted in the memory cap). Absent from
+    /// older servers: [`AssignmentManifest::DEFAULT_SHM_SHARE`] of the memory cap.
+    #[serde(default)]
+    pub shm_gb: f64,
+    /// Size cap of the job's `/scratch`, GB; beyond it the job fails `SCRATCH_EXCEEDED`.
+    #[serde(default = "default_scratch_gb")]
+    pub scratch_gb: f64,
+    /// `public` (a network of the job's own, public egress only) or `none` (no network).
+    #[serde(default = "default_network")]
+    pub network: String,
+}
+
+impl AssignmentManifest {
+    /// `/dev/shm` as a share of the memory cap when the server did not say.
+    pub const DEFAULT_SHM_SHARE: f64 = 0.5;
+
+    /// The `/dev/shm` size to give the container, GB.
+    pub fn shm_gb(&self) -> f64 {
+        if self.shm_gb > 0.0 {
+            self.shm_gb.min(self.ram_limit_gb)
+        } else {
+            self.ram_limit_gb * Self::DEFAULT_SHM_SHARE
+        }
+    }
+
+    /// Whether the job runs with no network at all.
+    pub fn network_none(&self) -> bool {
+        self.network == "none"
+    }
+}
+
+fn default_scratch_gb() -> f64 {
+    20.0
+}
+
+fn default_network() -> String {
+    "public".to_string()
 }
 
 /// `POST /api/agent/jobs/{id}/status`: the agent's report on a job it runs.

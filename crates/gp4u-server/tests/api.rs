@@ -430,6 +430,10 @@ async fn validation_errors_name_their_field_and_change_nothing() {
         ("env", json!({"LD_PRELOAD": "/x.so"}), "FORBIDDEN_ENV_KEY"),
         ("env", json!({"lower": "x"}), "INVALID_ENV_KEY"),
         ("gpuId", json!("not-a-gpu"), "INVALID_GPU_ID"),
+        // SPEC §10: /dev/shm within the memory cap (16 GB by default), /scratch, network.
+        ("shm_gb", json!(17), "INVALID_SHM_SIZE"),
+        ("scratch_gb", json!(0), "INVALID_SCRATCH_SIZE"),
+        ("network", json!("host"), "INVALID_NETWORK"),
     ];
     for (field, value, code) in cases {
         let mut body = job_body(&gpu);

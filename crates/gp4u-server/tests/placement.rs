@@ -357,8 +357,6 @@ async fn two_instances_never_double_book(app: TestApp) {
     );
 }
 
-on_both_engines!(two_instances_never_double_book);
-
 #[tokio::test]
 async fn reproducibility_sensitive_jobs_weigh_provenance_and_emulated_gpus_say_so() {
     let app = sqlite("provenance").await;
@@ -416,3 +414,85 @@ async fn reproducibility_sensitive_jobs_weigh_provenance_and_emulated_gpus_say_s
         "{reasons}"
     );
 }
+
+/// SPEC §10: `shm_gb`, `scratch_gb` and `network` are shown on the job and reach the agent in
+/// its manifest, with their defaults when not given; a job that wrote past its scratch ends
+/// `SCRATCH_EXCEEDED`, the customer's fault.
+async fn the_job_runtime_reaches_the_job_and_its_agent(app: TestApp) {
+    let node = app.node(2, 3.1, "us-east-1").await;
+    let (_, customer) = app.user("customer", None).await;
+    let mut asked = job_body(&node.gpus[0]);
+    asked["ram_limit_gb"] = json!(4);
+    asked["shm_gb"] = json!(2.5);
+    asked["scratch_gb"] = json!(5);
+    asked["network"] = json!("none");
+    let asked = app.submit(&customer, asked).await;
+    let plain = app.submit(&customer, job_body(&node.gpus[1])).await;
+    let view = app.job(&asked).await;
+    assert_eq!(
+        (
+            view["ram_limit_gb"].as_f64(),
+            view["shm_gb"].as_f64(),
+            view["scratch_gb"].as_f64(),
+            view["network"].as_str()
+        ),
+        (Some(4.0), Some(2.5), Some(5.0), Some("none"))
+    );
+    let view = app.job(&plain).await;
+    assert_eq!(
+        (
+            view["ram_limit_gb"].as_f64(),
+            view["shm_gb"].as_f64(),
+            view["scratch_gb"].as_f64(),
+            view["network"].as_str()
+        ),
+        (Some(16.0), Some(8.0), Some(20.0), Some("public")),
+        "the defaults: half the memory cap, 20 GB, public"
+    );
+    assert_eq!(place(&app).await, 2);
+    let poll = format!("/api/agent/assignments?node_id={}&wait=0", node.node_id);
+    let mut manifests = std::collections::BTreeMap::new();
+    for _ in 0..2 {
+        let reply = app.call(Method::GET, &poll, Some(&node.token), None).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        manifests.insert(
+            reply.body["job_id"].as_str().unwrap().to_string(),
+            reply.body,
+        );
+    }
+    let runtime = |job: &str| {
+        let manifest = &manifests[job];
+        (
+            manifest["shm_gb"].as_f64(),
+            manifest["scratch_gb"].as_f64(),
+            manifest["network"].as_str(),
+        )
+    };
+    assert_eq!(runtime(&asked), (Some(2.5), Some(5.0), Some("none")));
+    assert_eq!(runtime(&plain), (Some(8.0), Some(20.0), Some("public")));
+
+    let (status, _) = report(&app, &node, &asked, json!({"status": "running"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = report(
+        &app,
+        &node,
+        &asked,
+        json!({"status": "failed", "reason": "SCRATCH_EXCEEDED", "message": "wrote 6 GB"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    let view = app.job(&asked).await;
+    assert_eq!(
+        (
+            view["status"].as_str(),
+            view["failure_reason"].as_str(),
+            view["ended_by"].as_str()
+        ),
+        (Some("FAILED"), Some("SCRATCH_EXCEEDED"), Some("customer"))
+    );
+}
+
+on_both_engines!(
+    two_instances_never_double_book,
+    the_job_runtime_reaches_the_job_and_its_agent
+);

@@ -205,6 +205,9 @@ fn manifest(expected: Hours) -> JobManifest {
         ram_limit_gb: 16.0,
         max_retries: 1,
         reproducibility_sensitive: false,
+        shm_gb_requested: None,
+        scratch_gb_requested: None,
+        network: Default::default(),
     }
 }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -524,6 +525,9 @@ pub fn manifest(job: &str, command: &str, interval_s: u64) -> AssignmentManifest
         expected_duration_hours: 0.1,
         kill_after_seconds: 120,
         telemetry_interval_seconds: interval_s,
+        shm_gb: 0.0,
+        scratch_gb: 1.0,
+        network: "public".into(),
     }
 }
 
@@ -543,6 +547,7 @@ pub fn process_config(server: &str, data_dir: &std::path::Path) -> AgentConfig {
         advertise: None,
         net_sample_interval: AgentConfig::DEFAULT_NET_SAMPLE_INTERVAL,
         renewable_pct: 0.0,
+        job_runtime: Default::default(),
     }
 }
 
@@ -557,4 +562,98 @@ pub fn process_alive(marker: &str) -> bool {
                 .replace('\0', " ")
                 .contains(marker)
         })
+}
+
+/// The busybox test images of `scripts/test-images.sh`.
+pub struct TestImage {
+    pub image: String,
+    pub digest: String,
+    pub other_digest: String,
+}
+
+/// The test images, or `None` (said loudly; a failure in CI) when they are not there.
+pub fn test_image(test: &str) -> Option<TestImage> {
+    match (
+        std::env::var("GP4U_TEST_IMAGE"),
+        std::env::var("GP4U_TEST_IMAGE_DIGEST"),
+        std::env::var("GP4U_TEST_OTHER_DIGEST"),
+    ) {
+        (Ok(image), Ok(digest), Ok(other_digest)) => Some(TestImage {
+            image,
+            digest,
+            other_digest,
+        }),
+        _ => {
+            if std::env::var("CI").is_ok_and(|value| value == "true") {
+                panic!("GP4U_TEST_IMAGE is unset in CI: the Docker suite must run ({test})");
+            }
+            let _ = writeln!(
+                std::io::stderr(),
+                "GP4U-DOCKER-SKIPPED: {test}: GP4U_TEST_IMAGE is unset (scripts/test.sh builds the test images)"
+            );
+            None
+        }
+    }
+}
+
+/// A job running `sh -c command` in the busybox image.
+pub fn docker_manifest(image: &TestImage, job: &str, command: &str) -> AssignmentManifest {
+    AssignmentManifest {
+        job_id: job.to_string(),
+        docker_image: image.image.clone(),
+        docker_image_sha256: image.digest.clone(),
+        gpu_id: "gpu_test0".into(),
+        gpu_uuid: Some("GPU-emulated".into()),
+        ram_limit_gb: 0.25,
+        env: BTreeMap::from([("GREETING".to_string(), "hello".to_string())]),
+        command: vec!["sh".into(), "-c".into(), command.into()],
+        inputs: vec![],
+        input_sha256: BTreeMap::new(),
+        expected_duration_hours: 0.1,
+        kill_after_seconds: 120,
+        telemetry_interval_seconds: 10,
+        shm_gb: 0.0,
+        scratch_gb: 1.0,
+        network: "public".into(),
+    }
+}
+
+/// A Docker agent with one emulated GPU, polling every second.
+pub fn docker_config(server: &str, data_dir: &std::path::Path) -> AgentConfig {
+    AgentConfig {
+        server: server.to_string(),
+        token: "test-token".into(),
+        data_dir: data_dir.to_path_buf(),
+        runtime: RuntimeKind::Docker,
+        allow_unisolated: false,
+        emulated: vec![EmulatedGpu::parse("emulated:RTX 4090:24").unwrap()],
+        region: "us-east-1".into(),
+        price_per_hour: 1.0,
+        poll_wait_s: 1,
+        listen: None,
+        advertise: None,
+        net_sample_interval: AgentConfig::DEFAULT_NET_SAMPLE_INTERVAL,
+        renewable_pct: 0.0,
+        job_runtime: Default::default(),
+    }
+}
+
+/// Mounts under `dir` (an agent's data dir: its jobs' scratch) that are still there.
+pub fn mounts_under(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .lines()
+        .filter(|line| line.contains(&*dir.to_string_lossy()))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits (up to a minute) until the agent has cleaned up after its jobs: no scratch mounted
+/// under its data dir. An agent stopped before that leaves them to its next start.
+pub async fn cleaned_up(dir: &std::path::Path) {
+    assert!(
+        eventually(Duration::from_secs(60), || mounts_under(dir).is_empty()).await,
+        "the agent left mounts behind: {:?}",
+        mounts_under(dir)
+    );
 }

@@ -208,6 +208,9 @@ async fn manifest(state: &AppState, job: &JobRecord) -> ApiResult<AssignmentMani
         )
         .unwrap_or(u64::MAX),
         telemetry_interval_seconds: state.tutela.settings.telemetry_interval_s,
+        shm_gb: manifest.shm_gb(),
+        scratch_gb: manifest.scratch_gb(),
+        network: manifest.network.as_str().to_string(),
     })
 }
 
@@ -238,8 +241,13 @@ fn report_input(report: &AgentStatusReport) -> ApiResult<Option<JobInput>> {
                 reason: FailureReason::DurationExceeded,
                 ended_by: EndedBy::Platform,
             })),
+            // The workload wrote past its /scratch size: the customer's fault, no slash.
+            Some("SCRATCH_EXCEEDED") => Ok(Some(JobInput::Fail {
+                reason: FailureReason::ScratchExceeded,
+                ended_by: EndedBy::Customer,
+            })),
             other => Err(invalid(format!(
-                "`failed` needs `reason` IMAGE_PULL_FAILED, INPUT_FAILED or DURATION_EXCEEDED, got {other:?}"
+                "`failed` needs `reason` IMAGE_PULL_FAILED, INPUT_FAILED, DURATION_EXCEEDED or SCRATCH_EXCEEDED, got {other:?}"
             ))),
         },
         other => Err(invalid(format!(
