@@ -11,6 +11,11 @@
 #                                      export GP4U_TEST_REGISTRY_DIR=/tmp/gp4u-registry.XXX
 #                                    on stdout, so that eval "$(scripts/test-images.sh start)"
 #                                    works by hand
+#                                    With GP4U_TEST_PYTORCH=1 it also builds (or reuses) the
+#                                    PyTorch image and pushes it there (scripts/pytorch-image.sh
+#                                    push), and prints two more lines after those:
+#                                      export GP4U_TEST_PYTORCH_IMAGE=127.0.0.1:PORT/gp4u/pytorch
+#                                      export GP4U_TEST_PYTORCH_DIGEST=sha256:...
 #   scripts/test-images.sh stop [DIR]  stop that registry, delete DIR (default:
 #                                    $GP4U_TEST_REGISTRY_DIR), remove the local images pulled
 #                                    from it and the leftover job containers (label gp4u.job)
@@ -30,9 +35,16 @@
 # Missing packages (docker-registry, busybox-static) are installed with apt-get (as root, or
 # through sudo); the package's own registry service is never started.
 #
+# The PyTorch image (only with GP4U_TEST_PYTORCH=1): Debian's python3-torch (CPU) and
+# workloads/pytorch/train.py, CMD ["python3","/opt/gp4u/train.py"]; see
+# scripts/pytorch-image.sh. Its ~1 GB rootfs is built once (minutes) and cached outside the
+# checkout; each start pushes it to the fresh registry (tens of seconds). Off by default, so
+# that a plain test run stays quick; CI is meant to set it.
+#
 # Environment (all optional): GP4U_TEST_REGISTRY_PORT (first port to try, 5055),
 # GP4U_TEST_REGISTRY_START_TIMEOUT (seconds, 30), GP4U_TEST_BUSYBOX (a static busybox binary
-# to use instead of the packaged one).
+# to use instead of the packaged one), GP4U_TEST_PYTORCH (1: also the PyTorch image; 0 or
+# unset: not), GP4U_IMAGE_CACHE (where the PyTorch rootfs is cached, /var/cache/gp4u-images).
 # Diagnostics go to stderr; stdout carries only the export lines.
 set -euo pipefail
 
@@ -40,6 +52,8 @@ readonly MARKER=.gp4u-test-registry
 readonly HOST=127.0.0.1
 readonly REPO_PATH=gp4u/busybox
 readonly REGISTRY_BIN=/usr/bin/docker-registry
+SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+readonly SCRIPTS
 # Applets the tests rely on; start fails if busybox lacks one.
 readonly REQUIRED_APPLETS=(sh cat echo sleep yes dd head ls mkdir rm touch grep wc id env nc
   true false kill ps seq md5sum sha256sum tar gzip)
@@ -376,7 +390,11 @@ start_failed() {
 }
 
 cmd_start() {
-  local t0=$SECONDS dir port registry image busybox digest other_digest base
+  local t0=$SECONDS dir port registry image busybox digest other_digest base pytorch_lines=''
+  case "${GP4U_TEST_PYTORCH:-0}" in
+    0 | 1) ;;
+    *) die "GP4U_TEST_PYTORCH must be 1 (also the PyTorch image) or 0, not '$GP4U_TEST_PYTORCH'" ;;
+  esac
   command -v docker >/dev/null 2>&1 || die "no docker command"
   docker_usable || die "Docker is not usable (docker info fails); see: $0 status"
   command -v curl >/dev/null 2>&1 || die "no curl"
@@ -414,6 +432,16 @@ cmd_start() {
   remove_local "$image:other"
   rm -f -- "$dir/test.tar" "$dir/other.tar" "$dir/push.log"
 
+  if [[ "${GP4U_TEST_PYTORCH:-0}" == 1 ]]; then
+    log "GP4U_TEST_PYTORCH=1: the PyTorch image too (scripts/pytorch-image.sh push $registry)"
+    pytorch_lines="$("$SCRIPTS/pytorch-image.sh" push "$registry")" ||
+      die "the PyTorch image could not be built or pushed (see above)"
+    if ! grep -qE '^export GP4U_TEST_PYTORCH_IMAGE=' <<<"$pytorch_lines" ||
+      ! grep -qE '^export GP4U_TEST_PYTORCH_DIGEST=sha256:[0-9a-f]{64}$' <<<"$pytorch_lines"; then
+      die "scripts/pytorch-image.sh push printed no image and digest: $pytorch_lines"
+    fi
+  fi
+
   trap - EXIT INT TERM HUP
   log "ready in $((SECONDS - t0))s: $image@$digest (other: $other_digest)" \
     "(stop with: $0 stop $dir)"
@@ -422,6 +450,7 @@ cmd_start() {
   printf 'export GP4U_TEST_IMAGE_DIGEST=%q\n' "$digest"
   printf 'export GP4U_TEST_OTHER_DIGEST=%q\n' "$other_digest"
   printf 'export GP4U_TEST_REGISTRY_DIR=%q\n' "$dir"
+  if [[ -n "$pytorch_lines" ]]; then printf '%s\n' "$pytorch_lines"; fi
 }
 
 cmd_stop() {
