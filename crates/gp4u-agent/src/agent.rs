@@ -1,10 +1,9 @@
 //! The agent's main loop: register (once), recover containers after a restart, long-poll for
 //! assignments, and run each job: pull by digest, start hardened, keep the platform informed
 //! (the Russian-Doll watchdog, [`crate::telemetry`]), enforce the duration, report how it
-//! ended (a final telemetry packet with the exit code). With `--listen` it also answers the
-//! platform's visibility challenges ([`crate::visibility`]).
+//! ended (a final telemetry packet with the exit code). The platform's visibility challenges
+//! arrive in telemetry replies and are answered by the watchdogs ([`crate::visibility`]).
 
-use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,7 +29,8 @@ use crate::scratch::{QuotaMode, Scratch};
 use crate::telemetry::{
     Fence, GpuTelemetry, Subject, Watchdog, WatchdogConfig, final_packet, node_offset_ms,
 };
-use crate::visibility::{self, Responder};
+use crate::visibility::Responder;
+use gp4u_core::posture::HostPosture;
 
 /// After a job exits, how long its remaining output may take to reach the shipper.
 const LOG_DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -40,8 +40,6 @@ const OUTPUT_UPLOAD_ATTEMPTS: u32 = 10;
 const OUTPUT_ARCHIVE: &str = "output.tar.gz";
 /// Timeout of the final telemetry packet (it is retried while the platform is unreachable).
 const FINAL_PACKET_TIMEOUT: Duration = Duration::from_secs(30);
-/// Attempts at telling the platform the visibility endpoint at start (about 4 minutes).
-const ENDPOINT_ATTEMPTS: u32 = 10;
 /// How often a running job's `/scratch` usage is measured against its cap.
 const SCRATCH_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -81,11 +79,9 @@ pub struct AgentConfig {
     pub price_per_hour: f64,
     /// Long-poll wait, seconds.
     pub poll_wait_s: u64,
-    /// Where to answer the platform's visibility challenges (`POST /gp4u/visibility`);
-    /// `None`: no listener (the node cannot be checked, and the platform says so).
-    pub listen: Option<SocketAddr>,
-    /// The URL the platform should use for the listener; default `http://<bound address>`.
-    pub advertise: Option<String>,
+    /// Never answer visibility challenges (`--refuse-visibility`, hidden): behave as a
+    /// provider that blocks the platform's visibility, for tests and drills.
+    pub refuse_visibility: bool,
     /// How often a running container's socket tables are sampled between telemetry packets
     /// (short-lived connections vanish between packets).
     pub net_sample_interval: Duration,
@@ -167,11 +163,6 @@ pub enum AgentError {
     Platform(#[from] ClientError),
     #[error(transparent)]
     Key(#[from] crate::key::KeyError),
-    #[error("cannot listen on {address} for visibility challenges: {source}")]
-    Listen {
-        address: SocketAddr,
-        source: std::io::Error,
-    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -233,6 +224,8 @@ struct Agent {
     cpus_per_job: f64,
     /// The ulimits each job's container gets.
     ulimits: Ulimits,
+    /// Answers visibility challenges (the watchdogs hand them over).
+    responder: Arc<Responder>,
 }
 
 /// What the watchdog of one job needs besides the job's process.
@@ -290,12 +283,12 @@ fn declared_driver(version: &str) -> Option<&str> {
     }
 }
 
-/// The node's registration: loaded from the data dir, or made now (with `endpoint`, when the
-/// agent listens). The flag says whether it was made now.
+/// The node's registration: loaded from the data dir, or made now (with the host's
+/// `posture`). The flag says whether it was made now.
 async fn register_or_load(
     config: &AgentConfig,
     client: &PlatformClient,
-    endpoint: Option<&str>,
+    posture: &HostPosture,
 ) -> Result<(NodeState, bool), AgentError> {
     let path = config.data_dir.join(NODE_FILE);
     if let Ok(text) = std::fs::read_to_string(&path)
@@ -319,9 +312,7 @@ async fn register_or_load(
             "emulated": gpu.emulated,
         })).collect::<Vec<_>>(),
     });
-    if let Some(endpoint) = endpoint {
-        body["endpoint"] = json!(endpoint);
-    }
+    body["posture"] = json!(posture);
     if config.renewable_pct > 0.0 {
         body["renewable_pct"] = json!(config.renewable_pct);
     }
@@ -360,58 +351,13 @@ fn gpu_telemetry(config: &AgentConfig, node: &NodeState) -> GpuTelemetry {
     }
 }
 
-/// Tells the platform where the visibility endpoint is now (`PUT
-/// /api/providers/{nodeId}/endpoint`), retrying while it is unreachable.
-async fn announce_endpoint(client: PlatformClient, node_id: String, endpoint: String) {
-    let mut backoff = Duration::from_millis(500);
-    for attempt in 1..=ENDPOINT_ATTEMPTS {
-        match client.set_endpoint(&node_id, &endpoint).await {
-            Ok(()) => {
-                tracing::info!(%endpoint, "the platform knows the visibility endpoint");
-                return;
-            }
-            Err(error) if error.is_transient() && attempt < ENDPOINT_ATTEMPTS => {
-                tracing::warn!(%error, retry_in = ?backoff, "could not announce the visibility endpoint; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
-            Err(error) => {
-                tracing::error!(%error, %endpoint, "could not announce the visibility endpoint: the platform cannot check this node");
-                return;
-            }
-        }
-    }
-}
-
-/// Binds the visibility listener (before registration, which needs its address).
-async fn bind_listener(
+/// The responder of the node's watchdogs: the node key, and the platform's key from
+/// registration (challenges are answered unverified, and said so, without it).
+fn responder(
     config: &AgentConfig,
-) -> Result<Option<(tokio::net::TcpListener, String)>, AgentError> {
-    let Some(address) = config.listen else {
-        return Ok(None);
-    };
-    let listen_error = |source| AgentError::Listen { address, source };
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .map_err(listen_error)?;
-    let bound = listener.local_addr().map_err(listen_error)?;
-    if config.advertise.is_none() && bound.ip().is_unspecified() {
-        tracing::warn!(%bound, "listening on an unspecified address without --advertise: the platform is told http://{bound}, which it cannot reach");
-    }
-    let endpoint = visibility::advertised(bound, config.advertise.as_deref());
-    Ok(Some((listener, endpoint)))
-}
-
-/// Starts answering visibility challenges, and tells the platform where (unless registration
-/// just did).
-fn start_visibility(
-    config: &AgentConfig,
-    client: &PlatformClient,
     node: &NodeState,
-    (listener, endpoint): (tokio::net::TcpListener, String),
-    registered_now: bool,
-) -> Result<Vec<AbortOnDrop<()>>, AgentError> {
-    let node_key = crate::key::load_or_generate(&config.data_dir, rand::random::<[u8; 32]>)?;
+    key: Arc<ed25519_dalek::SigningKey>,
+) -> Arc<Responder> {
     let platform_key = node.platform_public_key.as_deref().and_then(|text| {
         let key = crate::key::parse_public_key(text);
         if key.is_none() {
@@ -424,21 +370,17 @@ fn start_visibility(
             "no platform key (registered with an older server): visibility challenges are answered without checking their signature"
         );
     }
-    let responder = Arc::new(Responder {
-        node_id: node.node_id.clone(),
-        node_key,
-        platform_key,
-    });
-    tracing::info!(%endpoint, "answering visibility challenges");
-    let mut tasks = vec![AbortOnDrop(visibility::serve(listener, responder))];
-    if !registered_now {
-        tasks.push(AbortOnDrop(tokio::spawn(announce_endpoint(
-            client.clone(),
-            node.node_id.clone(),
-            endpoint,
-        ))));
+    if config.refuse_visibility {
+        tracing::warn!(
+            "--refuse-visibility: visibility challenges are ignored; the platform will slash and eject this node"
+        );
     }
-    Ok(tasks)
+    Arc::new(Responder {
+        node_id: node.node_id.clone(),
+        node_key: key,
+        platform_key,
+        refuse: config.refuse_visibility,
+    })
 }
 
 /// Runs the agent until `shutdown` turns true. Jobs in flight keep running in their containers;
@@ -466,32 +408,11 @@ pub async fn run_with(
     std::fs::create_dir_all(&config.data_dir).map_err(io_error(&config.data_dir))?;
     let (scratch_mode, egress) = prepare_host(&config, &runtime).await;
     let client = PlatformClient::new(&config.server, &config.token)?;
-    let listener = bind_listener(&config).await?;
-    let endpoint = listener.as_ref().map(|(_, endpoint)| endpoint.as_str());
-    let (node, registered_now) = register_or_load(&config, &client, endpoint).await?;
-    if !registered_now {
-        // A resumed node declares its share again: the flag may have changed since it
-        // registered, and energy proofs must claim what the platform has on record.
-        if let Err(error) = client
-            .set_renewable(&node.node_id, config.renewable_pct)
-            .await
-        {
-            tracing::warn!(%error, renewable_pct = config.renewable_pct,
-                "could not declare the renewable share; energy proofs may be refused until it is");
-        }
-    }
-    // Held until the agent stops: the listener and its announcement.
-    let _visibility = match listener {
-        Some(listener) => start_visibility(&config, &client, &node, listener, registered_now)?,
-        None => Vec::new(),
+    let gpu_count = match discover_gpus(&config.emulated) {
+        Ok((gpus, _)) => gpus.len(),
+        Err(_) => 1,
     };
-    let gpu = gpu_telemetry(&config, &node);
-    let key = Arc::new(crate::key::load_or_generate(
-        &config.data_dir,
-        rand::random::<[u8; 32]>,
-    )?);
-    let coalescer = Coalescer::start(client.clone(), batching);
-    let cpus_per_job = cpus_per_job(&config.job_runtime, node.gpus.len());
+    let cpus_per_job = cpus_per_job(&config.job_runtime, gpu_count);
     let (ulimits, lowered) = Ulimits::for_host();
     if !lowered.is_empty() {
         tracing::warn!(
@@ -499,6 +420,37 @@ pub async fn run_with(
             "this host cannot give jobs SPEC §10's ulimits; they get the host's maximum"
         );
     }
+    let posture = host_posture(
+        &config,
+        &runtime,
+        scratch_mode,
+        &egress,
+        cpus_per_job,
+        ulimits,
+    );
+    let (node, registered_now) = register_or_load(&config, &client, &posture).await?;
+    if !registered_now {
+        // A resumed node declares its share and its host again: flags may have changed since
+        // it registered, energy proofs must claim what the platform has on record, and
+        // placement must know what the host gives jobs now.
+        if let Err(error) = client
+            .set_renewable(&node.node_id, config.renewable_pct)
+            .await
+        {
+            tracing::warn!(%error, renewable_pct = config.renewable_pct,
+                "could not declare the renewable share; energy proofs may be refused until it is");
+        }
+        if let Err(error) = client.set_posture(&node.node_id, &posture).await {
+            tracing::warn!(%error, "could not report the host posture; placement goes by the last one reported");
+        }
+    }
+    let gpu = gpu_telemetry(&config, &node);
+    let key = Arc::new(crate::key::load_or_generate(
+        &config.data_dir,
+        rand::random::<[u8; 32]>,
+    )?);
+    let responder = responder(&config, &node, key.clone());
+    let coalescer = Coalescer::start(client.clone(), batching);
     tracing::info!(
         scratch = scratch_mode.as_str(),
         egress = ?egress,
@@ -519,6 +471,7 @@ pub async fn run_with(
         egress,
         cpus_per_job,
         ulimits,
+        responder,
     });
     // Every job runs in this set, so that stopping the agent stops its watchers too (the
     // containers run on; the next start of the agent recovers them).
@@ -568,6 +521,58 @@ pub fn cpus_per_job(options: &JobRuntimeOptions, node_gpus: usize) -> f64 {
     }
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     (cores as f64 / node_gpus.max(1) as f64).max(0.01)
+}
+
+/// What the agent reports of its host (SPEC §10).
+fn host_posture(
+    config: &AgentConfig,
+    runtime: &Runtime,
+    scratch_mode: QuotaMode,
+    egress: &Egress,
+    cpus_per_job: f64,
+    ulimits: Ulimits,
+) -> HostPosture {
+    let facts = match runtime {
+        Runtime::Docker(docker) => docker.facts().clone(),
+        Runtime::Process => Default::default(),
+    };
+    let (egress_filter, ipv6) = match egress {
+        Egress::Filtered(coverage) => ("iptables", coverage.ipv6_filtered),
+        _ => ("none", false),
+    };
+    HostPosture {
+        runtime: match runtime {
+            Runtime::Docker(_) => "docker",
+            Runtime::Process => "process",
+        }
+        .to_string(),
+        engine_version: facts.version.clone().filter(|version| {
+            gp4u_core::posture::validate_posture(&json!({
+                "runtime": "docker", "engine_version": version, "egress_filter": "none",
+                "scratch_quota": "loop", "max_scratch_gb": 1, "cpus_per_job": 1}))
+            .is_ok()
+        }),
+        seccomp: facts.has("seccomp"),
+        apparmor: facts.has("apparmor"),
+        selinux: facts.has("selinux"),
+        userns_remap: facts.has("userns"),
+        rootless: facts.has("rootless"),
+        cgroup_version: facts.cgroup_version,
+        egress_filter: egress_filter.to_string(),
+        egress_ipv6_filtered: ipv6,
+        // The process runtime isolates nothing; its provider accepted that with
+        // --allow-unisolated.
+        unfiltered_egress_allowed: matches!(egress, Egress::Unfiltered { .. })
+            || matches!(runtime, Runtime::Process),
+        scratch_quota: scratch_mode.as_str().to_string(),
+        max_scratch_gb: config.job_runtime.max_scratch_gb,
+        cpus_per_job,
+        ulimits: gp4u_core::posture::PostureUlimits {
+            nofile: ulimits.nofile,
+            memlock: ulimits.memlock,
+            stack: ulimits.stack,
+        },
+    }
 }
 
 /// Readies the host for jobs: how scratch sizes are held, and (with Docker) the egress filter.
@@ -1245,6 +1250,7 @@ impl Agent {
                         .align
                         .then(|| node_offset_ms(&self.node.node_id)),
                     readings: Some(readings.clone()),
+                    visibility: Some(self.responder.clone()),
                 },
                 fence_sender,
             )
@@ -1396,20 +1402,22 @@ impl Agent {
     /// After a restart: networks and job directories (with their scratch) of this node whose
     /// container is gone — the agent stopped between making them and starting the job, or
     /// between the job's end and its cleanup — are removed. Nothing is left behind.
-    async fn sweep_orphans(&self, docker: &DockerRuntime, found: &[crate::docker::Found]) {
+    async fn sweep_orphans(&self, found: &[crate::docker::Found]) {
         let live: std::collections::HashSet<&str> = found
             .iter()
             .map(|container| container.job_id.as_str())
             .collect();
         let mut orphans = std::collections::BTreeSet::new();
-        match docker.job_networks(Some(&self.node.node_id)).await {
-            Ok(networks) => orphans.extend(
-                networks
-                    .into_iter()
-                    .map(|(_, job)| job)
-                    .filter(|job| !live.contains(job.as_str())),
-            ),
-            Err(error) => tracing::warn!(%error, "cannot list this node's job networks"),
+        if let Runtime::Docker(docker) = &self.runtime {
+            match docker.job_networks(Some(&self.node.node_id)).await {
+                Ok(networks) => orphans.extend(
+                    networks
+                        .into_iter()
+                        .map(|(_, job)| job)
+                        .filter(|job| !live.contains(job.as_str())),
+                ),
+                Err(error) => tracing::warn!(%error, "cannot list this node's job networks"),
+            }
         }
         if let Ok(listing) = std::fs::read_dir(self.config.data_dir.join("jobs")) {
             orphans.extend(
@@ -1432,6 +1440,8 @@ impl Agent {
     /// we were away, reported and removed. Nothing is left behind.
     async fn recover(self: Arc<Self>, jobs: &mut JoinSet<()>) {
         let Runtime::Docker(docker) = &self.runtime else {
+            // A child process never outlives the agent: whatever a job left is an orphan.
+            self.sweep_orphans(&[]).await;
             return;
         };
         let found = match docker.ours(&self.node.node_id).await {
@@ -1441,7 +1451,7 @@ impl Agent {
                 return;
             }
         };
-        self.sweep_orphans(docker, &found).await;
+        self.sweep_orphans(&found).await;
         for container in found {
             tracing::info!(job_id = %container.job_id, running = container.running, "recovering a container");
             let deadline_ms = container.deadline_ms.unwrap_or_else(now_ms);

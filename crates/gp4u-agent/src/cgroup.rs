@@ -225,6 +225,14 @@ pub fn parse_stat(text: &str) -> Option<(u32, u64)> {
     Some((ppid, ticks))
 }
 
+/// From the text of `/proc/<pid>/stat`: when the process started (field 22, clock ticks
+/// since boot). Fixed for the life of a process: a restarted job has another.
+pub fn parse_start_ticks(text: &str) -> Option<u64> {
+    let (_, rest) = text.rsplit_once(')')?;
+    // Field 3 (state) is at index 0, so field 22 is at index 19.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// Reads every process's parent and CPU ticks under `proc_root` (`/proc`).
 fn process_table(proc_root: &Path) -> HashMap<u32, (u32, u64)> {
     let Ok(entries) = std::fs::read_dir(proc_root) else {
@@ -367,6 +375,9 @@ mod tests {
             "4242 (sh -c) (x)) S 4000 4242 4242 0 -1 4194560 100 0 0 0 7 3 2 1 20 0 1 0 100 0 0";
         assert_eq!(parse_stat(stat), Some((4000, 7 + 3 + 2 + 1)));
         assert_eq!(parse_stat("1 (init) S"), None);
+        // Field 22, the start time, after a command name with parentheses and spaces.
+        assert_eq!(parse_start_ticks(stat), Some(100));
+        assert_eq!(parse_start_ticks("1 (init) S 0"), None);
         let table = HashMap::from([
             (1, (0, 0)),
             (10, (1, 5)),

@@ -185,16 +185,37 @@ impl PlatformClient {
         self.send_json("node registration".into(), request).await
     }
 
-    /// Tells the platform where the agent listens for visibility challenges:
-    /// `PUT /api/providers/{node_id}/endpoint` → 204.
-    pub async fn set_endpoint(&self, node_id: &str, endpoint: &str) -> Result<(), ClientError> {
-        let what = "the endpoint update";
+    /// Reports the host posture (`PUT /api/providers/{node_id}/posture`), at every start.
+    pub async fn set_posture(
+        &self,
+        node_id: &str,
+        posture: &gp4u_core::posture::HostPosture,
+    ) -> Result<(), ClientError> {
         let request = self
             .http
-            .put(format!("{}/api/providers/{node_id}/endpoint", self.base))
-            .json(&serde_json::json!({ "endpoint": endpoint }))
+            .put(format!("{}/api/providers/{node_id}/posture", self.base))
+            .json(posture)
             .timeout(Duration::from_secs(30));
-        self.send(what, request).await.map(drop)
+        self.send("the host posture", request).await.map(drop)
+    }
+
+    /// Answers a visibility challenge (`POST /api/agent/visibility`): the platform's verdict.
+    pub async fn answer_visibility(
+        &self,
+        answer: &gp4u_proto::VisibilityAnswer,
+    ) -> Result<gp4u_proto::VisibilityVerdict, ClientError> {
+        let request = self
+            .http
+            .post(format!("{}/api/agent/visibility", self.base))
+            .json(answer)
+            .timeout(Duration::from_secs(30));
+        let value = self
+            .send_json(format!("the answer to challenge {}", answer.nonce), request)
+            .await?;
+        serde_json::from_value(value).map_err(|error| ClientError::Unexpected {
+            what: "the visibility answer".into(),
+            message: error.to_string(),
+        })
     }
 
     /// The commitments the platform stored for a job of this node, with their times, and the

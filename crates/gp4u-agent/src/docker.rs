@@ -377,10 +377,31 @@ pub struct Exit {
     pub oom_killed: bool,
 }
 
+/// What the engine says of itself (`docker info`), for the host posture.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineFacts {
+    pub version: Option<String>,
+    /// `SecurityOptions`, e.g. `name=seccomp,profile=default`, `name=apparmor`,
+    /// `name=selinux`, `name=userns`, `name=rootless`.
+    pub security_options: Vec<String>,
+    /// 1 or 2, when the engine says.
+    pub cgroup_version: Option<u8>,
+}
+
+impl EngineFacts {
+    /// Whether a security option of this name is on (`name=seccomp,…`).
+    pub fn has(&self, name: &str) -> bool {
+        self.security_options
+            .iter()
+            .any(|option| option.split(',').any(|part| part == format!("name={name}")))
+    }
+}
+
 #[derive(Clone)]
 pub struct DockerRuntime {
     docker: Docker,
     nvidia: bool,
+    facts: EngineFacts,
 }
 
 impl DockerRuntime {
@@ -394,7 +415,24 @@ impl DockerRuntime {
             .runtimes
             .as_ref()
             .is_some_and(|runtimes| runtimes.contains_key("nvidia"));
-        Ok(DockerRuntime { docker, nvidia })
+        let facts = EngineFacts {
+            version: info.server_version.clone(),
+            security_options: info.security_options.clone().unwrap_or_default(),
+            cgroup_version: info
+                .cgroup_version
+                .map(|version| version.to_string())
+                .and_then(|version| version.trim().parse().ok()),
+        };
+        Ok(DockerRuntime {
+            docker,
+            nvidia,
+            facts,
+        })
+    }
+
+    /// What the engine says of itself.
+    pub fn facts(&self) -> &EngineFacts {
+        &self.facts
     }
 
     /// Whether the host can pass an NVIDIA GPU into a container.
@@ -621,6 +659,32 @@ impl DockerRuntime {
                 Some((network.name?, job))
             })
             .collect())
+    }
+
+    /// What the engine records of a container, for a visibility answer: its id, the image it
+    /// was created from, and `GP4U_JOB_ID` in its environment.
+    pub async fn container_facts(
+        &self,
+        container_id: &str,
+    ) -> Result<(String, String, Option<String>), DockerError> {
+        let inspected = self
+            .docker
+            .inspect_container(
+                container_id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await?;
+        let config = inspected.config.unwrap_or_default();
+        let job = config
+            .env
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|entry| entry.strip_prefix("GP4U_JOB_ID=").map(str::to_string));
+        Ok((
+            inspected.id.unwrap_or_else(|| container_id.to_string()),
+            config.image.unwrap_or_default(),
+            job,
+        ))
     }
 
     /// The host pid of the container's init process; `None` when it is not running.

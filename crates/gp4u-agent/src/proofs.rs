@@ -721,6 +721,7 @@ mod tests {
             status: "RUNNING".into(),
             at_ms: Some(at_ms),
             max_gap_ms: Some(30_000),
+            challenge: None,
         }
     }
 

@@ -131,6 +131,8 @@ pub struct WatchdogConfig {
     /// Where the commitments to the job's power readings and their openings are kept
     /// ([`crate::proofs`]); `None`: packets carry no commitment.
     pub readings: Option<JobReadings>,
+    /// Answers the visibility challenges that arrive in the job's replies; `None`: none.
+    pub visibility: Option<Arc<crate::visibility::Responder>>,
 }
 
 /// The job's phase, as its watch loop tells the watchdog.
@@ -403,6 +405,50 @@ impl Probe {
         }
     }
 
+    /// What the node sees of the job's container now, for a visibility answer.
+    async fn evidence(&self) -> gp4u_proto::VisibilityEvidence {
+        let init_started_ticks = self.pid.and_then(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|text| cgroup::parse_start_ticks(&text))
+        });
+        let (container_id, image, env_job_id) = match &self.subject {
+            Subject::Container { docker, id } => match docker.container_facts(id).await {
+                Ok(facts) => facts,
+                Err(error) => {
+                    tracing::warn!(container = %id, %error, "cannot inspect the container for a visibility answer");
+                    (id.clone(), String::new(), None)
+                }
+            },
+            Subject::Process { pid } => {
+                let job = pid.and_then(|pid| {
+                    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+                    environ.split(|byte| *byte == 0).find_map(|entry| {
+                        entry
+                            .strip_prefix(b"GP4U_JOB_ID=")
+                            .map(|value| String::from_utf8_lossy(value).into_owned())
+                    })
+                });
+                (
+                    format!("process:{}", pid.unwrap_or_default()),
+                    String::new(),
+                    job,
+                )
+            }
+        };
+        gp4u_proto::VisibilityEvidence {
+            container_id,
+            image,
+            env_job_id,
+            init_started_ticks,
+            cpu_ns: self.cpu_ns().await,
+            processes: self
+                .pids()
+                .await
+                .map_or(0, |pids| u32::try_from(pids.len()).unwrap_or(u32::MAX)),
+        }
+    }
+
     fn network(&mut self, job_id: &str) -> Option<NetPeriod> {
         if !matches!(self.subject, Subject::Container { .. }) {
             return None;
@@ -586,6 +632,16 @@ async fn run(
                 Ok(reply) => {
                     if let (Some(readings), Some(pending)) = (&config.readings, pending) {
                         readings.accept(pending, &reply);
+                    }
+                    if let (Some(responder), Some(challenge)) =
+                        (&config.visibility, reply.challenge.clone())
+                        && responder.accepts(&job_id, &challenge)
+                    {
+                        let evidence = probe.evidence().await;
+                        let (client, responder) = (client.clone(), responder.clone());
+                        tokio::spawn(async move {
+                            responder.answer(&client, &challenge, evidence).await;
+                        });
                     }
                     end.last = Some(packet);
                     reply.kill_job.then_some(Fence::Kill {

@@ -1,35 +1,33 @@
-//! The agent's visibility endpoint (SPEC §7, "visibility blocked"): with `--listen ADDR` the
-//! agent answers `POST /gp4u/visibility`. The platform sends a fresh nonce signed with its key;
-//! the agent checks the signature against the platform key it got at registration, the node
-//! id, the nonce's shape and the challenge's age, and answers with its node key's signature
-//! (`gp4u_attest::visibility::answer`). A challenge that fails any check is refused with 403
-//! `CHALLENGE_REFUSED`; bodies are bounded ([`MAX_BODY_BYTES`]).
+//! Answering the platform's visibility challenges (SPEC §7, "visibility blocked").
+//!
+//! A challenge arrives in the reply to one of a job's telemetry packets (the agent's own
+//! channel: no listener, no address to register, nothing a NAT can block). The agent checks
+//! the platform's signature, the node, the nonce and the challenge's age
+//! ([`gp4u_attest::visibility::check_challenge`]), reads the evidence of the job's container
+//! (the watchdog's probe: the engine's record of the container, its first process's start
+//! time, its cgroup's CPU time and processes) and posts it, signed with the node key, to
+//! `POST /api/agent/visibility`. The platform judges the evidence; a node that does not
+//! answer while its telemetry keeps arriving is blocking visibility.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Json;
-use axum::extract::{Request, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use gp4u_proto::{VisibilityAnswer, VisibilityChallenge};
-use serde_json::json;
+use gp4u_attest::visibility::{Challenge, check_challenge, sign_answer};
+use gp4u_proto::{VisibilityAnswer, VisibilityChallenge, VisibilityEvidence};
 
-/// The route the platform calls.
-pub const PATH: &str = "/gp4u/visibility";
-/// The largest request body read (a challenge is a few hundred bytes).
-pub const MAX_BODY_BYTES: usize = 4096;
+use crate::client::PlatformClient;
 
-/// What the endpoint answers with.
+/// What answering needs, shared by the node's watchdogs.
 pub struct Responder {
     pub node_id: String,
-    pub node_key: SigningKey,
+    pub node_key: Arc<SigningKey>,
     /// The platform's key; `None` for a node registered with a server that did not give one
     /// (challenges are then answered unverified: the answer is domain-separated, so it is
     /// never a valid signature of anything else).
     pub platform_key: Option<VerifyingKey>,
+    /// Never answer (`--refuse-visibility`, hidden): how a provider that blocks the platform's
+    /// visibility behaves, for tests and drills. The platform slashes and ejects such a node.
+    pub refuse: bool,
 }
 
 impl std::fmt::Debug for Responder {
@@ -37,111 +35,76 @@ impl std::fmt::Debug for Responder {
         f.debug_struct("Responder")
             .field("node_id", &self.node_id)
             .field("platform_key", &self.platform_key.is_some())
+            .field("refuse", &self.refuse)
             .finish_non_exhaustive()
     }
 }
 
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (
-        status,
-        Json(json!({"error": {"code": code, "message": message.into()}})),
-    )
-        .into_response()
-}
+impl Responder {
+    /// Whether to answer this challenge: it is for this node and job, signed by the platform,
+    /// fresh, and the agent is not told to refuse. Logged when not.
+    pub fn accepts(&self, job_id: &str, challenge: &VisibilityChallenge) -> bool {
+        if self.refuse {
+            tracing::warn!(job_id, nonce = %challenge.nonce, "visibility challenge ignored (--refuse-visibility)");
+            return false;
+        }
+        if challenge.job_id != job_id {
+            tracing::warn!(job_id, challenged = %challenge.job_id, "visibility challenge for another job in this job's reply: ignored");
+            return false;
+        }
+        match check_challenge(
+            &self.node_id,
+            self.platform_key.as_ref(),
+            &as_challenge(challenge),
+            crate::agent::now_ms(),
+        ) {
+            Ok(()) => true,
+            Err(refusal) => {
+                tracing::warn!(job_id, %refusal, "visibility challenge refused");
+                false
+            }
+        }
+    }
 
-async fn challenge(State(responder): State<Arc<Responder>>, request: Request) -> Response {
-    let body = match axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES).await {
-        Ok(body) => body,
-        Err(_) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "BODY_TOO_LARGE",
-                format!("a challenge is at most {MAX_BODY_BYTES} bytes"),
-            );
-        }
-    };
-    let challenge: VisibilityChallenge = match serde_json::from_slice(&body) {
-        Ok(challenge) => challenge,
-        Err(parse) => {
-            tracing::warn!(error = %parse, "visibility challenge refused: not a challenge");
-            return error(
-                StatusCode::FORBIDDEN,
-                "CHALLENGE_REFUSED",
-                format!("not a visibility challenge: {parse}"),
-            );
-        }
-    };
-    match gp4u_attest::visibility::answer(
-        &responder.node_key,
-        &responder.node_id,
-        responder.platform_key.as_ref(),
-        &challenge.node_id,
-        &challenge.nonce,
-        challenge.issued_at_ms,
-        &challenge.signature,
-        crate::agent::now_ms(),
+    /// Signs and posts the answer with this evidence; logs the platform's verdict.
+    pub async fn answer(
+        &self,
+        client: &PlatformClient,
+        challenge: &VisibilityChallenge,
+        evidence: VisibilityEvidence,
     ) {
-        Ok(signature) => {
-            tracing::info!(nonce = %challenge.nonce, "visibility challenge answered");
-            Json(VisibilityAnswer {
-                node_id: responder.node_id.clone(),
-                nonce: challenge.nonce,
-                signature,
-            })
-            .into_response()
-        }
-        Err(refusal) => {
-            tracing::warn!(%refusal, "visibility challenge refused");
-            error(
-                StatusCode::FORBIDDEN,
-                "CHALLENGE_REFUSED",
-                refusal.to_string(),
-            )
+        let Some(canonical) = evidence.canonical() else {
+            tracing::error!(job_id = %challenge.job_id, ?evidence, "the evidence does not fit one line per field; not answering");
+            return;
+        };
+        let answer = VisibilityAnswer {
+            node_id: self.node_id.clone(),
+            job_id: challenge.job_id.clone(),
+            nonce: challenge.nonce.clone(),
+            issued_at_ms: challenge.issued_at_ms,
+            signature: sign_answer(&self.node_key, &as_challenge(challenge), &canonical),
+            evidence,
+        };
+        match client.answer_visibility(&answer).await {
+            Ok(verdict) if verdict.result == "ANSWERED" => {
+                tracing::info!(job_id = %challenge.job_id, nonce = %challenge.nonce, "visibility challenge answered");
+            }
+            Ok(verdict) => {
+                tracing::error!(job_id = %challenge.job_id, result = %verdict.result, detail = ?verdict.detail, "the platform did not accept the visibility answer");
+            }
+            Err(error) => {
+                tracing::warn!(job_id = %challenge.job_id, %error, "the visibility answer was not delivered");
+            }
         }
     }
 }
 
-/// The endpoint's router.
-pub fn router(responder: Arc<Responder>) -> axum::Router {
-    axum::Router::new()
-        .route(PATH, post(challenge))
-        .with_state(responder)
-}
-
-/// `--advertise` or, by default, `http://<bound address>`.
-pub fn advertised(bound: SocketAddr, advertise: Option<&str>) -> String {
-    match advertise {
-        Some(url) => url.trim_end_matches('/').to_string(),
-        None => format!("http://{bound}"),
-    }
-}
-
-/// Serves the endpoint on `listener` until the task is dropped or aborted.
-pub fn serve(
-    listener: tokio::net::TcpListener,
-    responder: Arc<Responder>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, router(responder)).await {
-            tracing::error!(%error, "the visibility endpoint stopped");
-        }
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn the_advertised_url_defaults_to_the_bound_address() {
-        let bound: SocketAddr = "127.0.0.1:4242".parse().unwrap();
-        assert_eq!(advertised(bound, None), "http://127.0.0.1:4242");
-        assert_eq!(
-            advertised(bound, Some("http://gpu-7.example:80/")),
-            "http://gpu-7.example:80"
-        );
-        let v6: SocketAddr = "[::1]:9".parse().unwrap();
-        assert_eq!(advertised(v6, None), "http://[::1]:9");
+fn as_challenge(challenge: &VisibilityChallenge) -> Challenge<'_> {
+    Challenge {
+        node_id: &challenge.node_id,
+        job_id: &challenge.job_id,
+        nonce: &challenge.nonce,
+        issued_at_ms: challenge.issued_at_ms,
+        signature: &challenge.signature,
     }
 }

@@ -111,6 +111,7 @@ async fn jobs_run_hardened_and_end_as_reported() {
     ];
     platform.lock().unwrap().queue = manifests;
     let data_dir = tempfile::tempdir().unwrap();
+    let _unmount = support::Unmount(data_dir.path().to_path_buf());
     let (stop, stopping) = watch::channel(false);
     let agent = tokio::spawn(gp4u_agent::agent::run(
         docker_config(&server, data_dir.path()),
@@ -252,6 +253,7 @@ async fn a_restarted_agent_picks_its_jobs_up_and_obeys_kill_orders() {
         docker_manifest(&image, &doomed, "sleep 300"),
     ];
     let data_dir = tempfile::tempdir().unwrap();
+    let _unmount = support::Unmount(data_dir.path().to_path_buf());
     let (stop, stopping) = watch::channel(false);
     let first = tokio::spawn(gp4u_agent::agent::run(
         docker_config(&server, data_dir.path()),

@@ -187,6 +187,7 @@ async fn a_job_sees_the_runtime_of_spec_10() {
     let names: Vec<String> = jobs.iter().map(|job| job.job_id.clone()).collect();
     platform.lock().unwrap().queue = jobs;
     let data_dir = tempfile::tempdir().unwrap();
+    let _unmount = support::Unmount(data_dir.path().to_path_buf());
     let mut config = docker_config(&server, data_dir.path());
     config.job_runtime.cpus_per_job = Some(0.5);
     let (stop, agent) = start_agent(config);
@@ -253,6 +254,7 @@ async fn scratch_is_held_to_its_size(image: &TestImage, mode: QuotaMode) {
     under.scratch_gb = 0.0625;
     platform.lock().unwrap().queue = vec![over, under];
     let data_dir = tempfile::tempdir().unwrap();
+    let _unmount = support::Unmount(data_dir.path().to_path_buf());
     let mut config = docker_config(&server, data_dir.path());
     config.job_runtime.scratch_quota = Some(mode);
     let (stop, agent) = start_agent(config);
@@ -359,6 +361,7 @@ async fn jobs_reach_neither_each_other_nor_the_host() {
     let prefix = format!("job_n{}", std::process::id());
     let job = |name: &str| format!("{prefix}{name}");
     let data_dir = tempfile::tempdir().unwrap();
+    let _unmount = support::Unmount(data_dir.path().to_path_buf());
     // A job that serves "pong" on 8080 until it is stopped.
     let mut listening = docker_manifest(
         &image,

@@ -55,6 +55,7 @@ async fn inputs_are_verified_logs_shipped_and_outputs_uploaded() {
     platform.lock().unwrap().queue = vec![ok, bad, missing, chatty];
 
     let data_dir = tempfile::tempdir().unwrap();
+    let _unmount = support::Unmount(data_dir.path().to_path_buf());
     let config = process_config(&server, data_dir.path());
     let (stop, stopping) = watch::channel(false);
     let agent = tokio::spawn(gp4u_agent::agent::run(config, stopping));

@@ -127,6 +127,7 @@ async fn the_agent_proves_energy_and_hardware_after_a_job() {
         return;
     };
     let data_dir = tempfile::tempdir().unwrap();
+    let _unmount = support::Unmount(data_dir.path().to_path_buf());
     let server = start_server(&bin, data_dir.path());
     let base = server.base.clone();
     let client = reqwest::Client::new();

@@ -1,17 +1,17 @@
-//! The watchdog and the visibility endpoint without Docker (`--runtime process`), against the
-//! fake control plane of `support`: packets at the manifest's interval with the right ids,
-//! the final packet with the exit code, kill orders and fencing obeyed at once, an older
-//! platform without the telemetry route, and signed visibility challenges answered (forged
-//! ones refused). Network: loopback only.
+//! The watchdog without Docker (`--runtime process`), against the fake control plane of
+//! `support`: packets at the manifest's interval with the right ids, the final packet with the
+//! exit code, kill orders and fencing obeyed at once, an older platform without the telemetry
+//! route, and signed visibility challenges riding on telemetry replies, answered with the
+//! job's evidence (forged ones refused). Network: loopback only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use gp4u_attest::visibility::{answer_message, challenge_message, sign_base64, verify_base64};
-use serde_json::{Value, json};
+use gp4u_proto::VisibilityChallenge;
 use support::{
     eventually, fake_platform, finals, manifest, process_alive, process_config, stopped_after_order,
 };
@@ -46,6 +46,7 @@ async fn packets_flow_at_the_interval_and_the_final_one_ends_the_job() {
         ];
     }
     let data_dir = tempfile::tempdir().unwrap();
+    let _unmount = support::Unmount(data_dir.path().to_path_buf());
     let (stop, stopping) = watch::channel(false);
     let agent = tokio::spawn(gp4u_agent::agent::run(
         process_config(&server, data_dir.path()),
@@ -161,6 +162,7 @@ async fn a_kill_order_stops_a_process_well_within_one_interval() {
         platform.queue = vec![manifest(&job, &format!("exec {marker}"), 6)];
     }
     let data_dir = tempfile::tempdir().unwrap();
+    let _unmount = support::Unmount(data_dir.path().to_path_buf());
     let (stop, stopping) = watch::channel(false);
     let agent = tokio::spawn(gp4u_agent::agent::run(
         process_config(&server, data_dir.path()),
@@ -196,6 +198,7 @@ async fn an_older_platform_without_the_telemetry_route_still_hears_the_end() {
         platform.queue = vec![manifest(&job, "sleep 2.5; exit 3", 1)];
     }
     let data_dir = tempfile::tempdir().unwrap();
+    let _unmount = support::Unmount(data_dir.path().to_path_buf());
     let (stop, stopping) = watch::channel(false);
     let agent = tokio::spawn(gp4u_agent::agent::run(
         process_config(&server, data_dir.path()),
@@ -231,124 +234,187 @@ fn now_ms() -> i64 {
     .unwrap()
 }
 
-async fn challenge(endpoint: &str, body: Value) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(format!("{endpoint}/gp4u/visibility"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+/// A challenge for `job` of `node`, issued `at`, signed with `key`.
+fn challenge(key: &SigningKey, node: &str, job: &str, nonce: &str, at: i64) -> VisibilityChallenge {
+    VisibilityChallenge {
+        node_id: node.to_string(),
+        job_id: job.to_string(),
+        nonce: nonce.to_string(),
+        issued_at_ms: at,
+        deadline_ms: at + 60_000,
+        signature: sign_base64(key, &challenge_message(node, job, nonce, at)),
+    }
+}
+
+/// Waits until `job` has sent `more` packets beyond `since`.
+async fn packets_beyond(platform: &support::Shared, job: &str, since: usize, more: usize) {
+    assert!(
+        eventually(Duration::from_secs(15), || platform
+            .lock()
+            .unwrap()
+            .packets(job)
+            .len()
+            >= since + more)
+        .await,
+        "{job} sent no telemetry"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn visibility_challenges_are_answered_and_the_endpoint_announced() {
+async fn visibility_challenges_ride_on_telemetry_and_are_answered_with_evidence() {
     let (server, platform) = fake_platform().await;
     let platform_key = SigningKey::from_bytes(&[7; 32]);
     platform.lock().unwrap().platform_key = Some(platform_key.clone());
+    let job = format!("job_seen{}", std::process::id());
+    platform.lock().unwrap().queue = vec![manifest(&job, "sleep 30 # seen", 1)];
     let data_dir = tempfile::tempdir().unwrap();
-    let mut agent_config = process_config(&server, data_dir.path());
-    agent_config.listen = Some("127.0.0.1:0".parse().unwrap());
+    let _unmount = support::Unmount(data_dir.path().to_path_buf());
+    // No listener, no address: the agent is reached on its own connection.
+    let agent_config = process_config(&server, data_dir.path());
     let (stop, stopping) = watch::channel(false);
     let agent = tokio::spawn(gp4u_agent::agent::run(agent_config.clone(), stopping));
-    assert!(
-        eventually(Duration::from_secs(20), || platform
-            .lock()
-            .unwrap()
-            .registrations
-            == 1)
-        .await
-    );
-    let (node_id, endpoint, node_public) = {
+    packets_beyond(&platform, &job, 0, 1).await;
+    let (node_id, node_public, registration) = {
         let platform = platform.lock().unwrap();
-        let body = &platform.registration_bodies[0];
+        let body = platform.registration_bodies[0].clone();
         (
             platform.nodes[0].clone(),
-            body["endpoint"]
-                .as_str()
-                .expect("registered with its endpoint")
-                .to_string(),
             gp4u_attest::key::parse_public_key(body["public_key"].as_str().unwrap()).unwrap(),
+            body,
         )
     };
-    assert!(endpoint.starts_with("http://127.0.0.1:"), "{endpoint}");
-    assert!(
-        platform.lock().unwrap().endpoints.is_empty(),
-        "registration said it"
-    );
-    let signed = |key: &SigningKey, node: &str, at: i64| {
-        json!({"node_id": node, "nonce": NONCE, "issued_at_ms": at,
-               "signature": sign_base64(key, &challenge_message(node, NONCE, at))})
-    };
+    // The registration carries the host posture, and no endpoint.
+    let posture = &registration["posture"];
+    assert_eq!(posture["runtime"], "process", "{posture}");
+    assert_eq!(posture["egress_filter"], "none", "{posture}");
+    assert_eq!(posture["unfiltered_egress_allowed"], true, "{posture}");
+    assert!(posture["max_scratch_gb"].as_f64().unwrap() > 0.0);
+    assert!(registration.get("endpoint").is_none(), "{registration}");
+
+    // Forged, misdirected and stale challenges get no answer.
+    let intruder = SigningKey::from_bytes(&[9; 32]);
     let at = now_ms();
-    // The endpoint serves as soon as the agent registered; retry briefly for the start-up.
-    let started = Instant::now();
-    let (status, answer) = loop {
-        let (status, answer) = challenge(&endpoint, signed(&platform_key, &node_id, at)).await;
-        if status == 200 || started.elapsed() > Duration::from_secs(10) {
-            break (status, answer);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let signed_for_another_job = {
+        let mut other = challenge(&platform_key, &node_id, "job_other", &"dd".repeat(16), at);
+        other.job_id = job.clone();
+        other
     };
-    assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["node_id"], node_id.as_str());
-    assert_eq!(answer["nonce"], NONCE);
+    for (what, refused) in [
+        (
+            "forged",
+            challenge(&intruder, &node_id, &job, &"aa".repeat(16), at),
+        ),
+        (
+            "another node",
+            challenge(&platform_key, "node_other", &job, &"bb".repeat(16), at),
+        ),
+        (
+            "stale",
+            challenge(
+                &platform_key,
+                &node_id,
+                &job,
+                &"cc".repeat(16),
+                at - 3_600_000,
+            ),
+        ),
+        ("signed for another job", signed_for_another_job),
+    ] {
+        let since = platform.lock().unwrap().packets(&job).len();
+        platform
+            .lock()
+            .unwrap()
+            .challenges
+            .insert(job.clone(), refused);
+        // It went out in a reply, and the agent had time for one more packet.
+        packets_beyond(&platform, &job, since, 2).await;
+        assert!(
+            platform.lock().unwrap().answers.is_empty(),
+            "the {what} challenge was answered"
+        );
+    }
+    // The platform's own is answered, with the job's evidence, signed by the node key.
+    platform.lock().unwrap().challenges.insert(
+        job.clone(),
+        challenge(&platform_key, &node_id, &job, NONCE, now_ms()),
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || !platform
+            .lock()
+            .unwrap()
+            .answers
+            .is_empty())
+        .await,
+        "the challenge was not answered"
+    );
+    let answer = platform.lock().unwrap().answers[0].clone();
+    assert_eq!(answer.nonce, NONCE);
+    assert_eq!(
+        (answer.node_id.as_str(), answer.job_id.as_str()),
+        (node_id.as_str(), job.as_str())
+    );
+    let evidence = &answer.evidence;
+    assert_eq!(
+        evidence.env_job_id.as_deref(),
+        Some(job.as_str()),
+        "{evidence:?}"
+    );
+    assert!(
+        evidence.container_id.starts_with("process:"),
+        "{evidence:?}"
+    );
+    assert!(
+        evidence.processes >= 1
+            && evidence.cpu_ns.is_some()
+            && evidence.init_started_ticks.is_some(),
+        "{evidence:?}"
+    );
     assert!(verify_base64(
         &node_public,
-        &answer_message(&node_id, NONCE, at),
-        answer["signature"].as_str().unwrap()
-    ));
-    // Forged, misdirected, stale or malformed challenges: 403 CHALLENGE_REFUSED.
-    let intruder = SigningKey::from_bytes(&[9; 32]);
-    for (what, body) in [
-        ("forged", signed(&intruder, &node_id, at)),
-        ("another node", signed(&platform_key, "node_other", at)),
-        ("stale", signed(&platform_key, &node_id, at - 3_600_000)),
-        ("not a challenge", json!({"hello": "world"})),
-        (
-            "bad nonce",
-            json!({"node_id": node_id, "nonce": "zz", "issued_at_ms": at,
-                   "signature": sign_base64(&platform_key, &challenge_message(&node_id, "zz", at))}),
+        &answer_message(
+            &node_id,
+            &job,
+            NONCE,
+            answer.issued_at_ms,
+            &evidence.canonical().unwrap()
         ),
-    ] {
-        let (status, refused) = challenge(&endpoint, body).await;
-        assert_eq!(status, 403, "{what}: {refused}");
-        assert_eq!(refused["error"]["code"], "CHALLENGE_REFUSED", "{what}");
-        assert!(refused["error"]["message"].is_string(), "{what}");
-    }
-    let huge = reqwest::Client::new()
-        .post(format!("{endpoint}/gp4u/visibility"))
-        .header("content-type", "application/json")
-        .body(vec![b' '; 16 * 1024])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(huge.status().as_u16(), 413);
+        &answer.signature
+    ));
     stop.send(true).unwrap();
     agent.await.unwrap().unwrap();
 
-    // A restart listens again (another port) and tells the platform; it does not register
-    // again, and still checks challenges against the platform key it kept.
+    // A restart reports the host posture again, without registering again. Told to refuse,
+    // the agent answers nothing while its telemetry goes on. (The process runtime's jobs end
+    // with their agent: a new job.)
+    let job = format!("job_hidden{}", std::process::id());
+    platform.lock().unwrap().queue = vec![manifest(&job, "sleep 30 # hidden", 1)];
+    let mut refusing = agent_config;
+    refusing.refuse_visibility = true;
     let (stop, stopping) = watch::channel(false);
-    let agent = tokio::spawn(gp4u_agent::agent::run(agent_config, stopping));
+    let agent = tokio::spawn(gp4u_agent::agent::run(refusing, stopping));
     assert!(
         eventually(Duration::from_secs(20), || !platform
             .lock()
             .unwrap()
-            .endpoints
+            .postures
             .is_empty())
         .await,
-        "no endpoint update"
+        "no posture report"
     );
-    let (updated_node, updated) = platform.lock().unwrap().endpoints[0].clone();
-    assert_eq!(updated_node, node_id);
-    assert!(updated.starts_with("http://127.0.0.1:"), "{updated}");
+    assert_eq!(platform.lock().unwrap().postures[0].0, node_id);
     assert_eq!(platform.lock().unwrap().registrations, 1);
-    let (status, _) = challenge(&updated, signed(&platform_key, &node_id, now_ms())).await;
-    assert_eq!(status, 200);
-    let (status, _) = challenge(&updated, signed(&intruder, &node_id, now_ms())).await;
-    assert_eq!(status, 403);
+    packets_beyond(&platform, &job, 0, 1).await;
+    let since = platform.lock().unwrap().packets(&job).len();
+    platform.lock().unwrap().challenges.insert(
+        job.clone(),
+        challenge(&platform_key, &node_id, &job, &"ee".repeat(16), now_ms()),
+    );
+    packets_beyond(&platform, &job, since, 3).await;
+    assert_eq!(
+        platform.lock().unwrap().answers.len(),
+        1,
+        "the refusing agent answered"
+    );
     stop.send(true).unwrap();
     agent.await.unwrap().unwrap();
 }

@@ -50,6 +50,7 @@ async fn a_nodes_jobs_post_their_packets_of_a_period_as_one_array() {
         .map(|(n, job)| manifest(job, &format!("sleep 5.5; exit {n}"), 1))
         .collect();
     let data_dir = tempfile::tempdir().unwrap();
+    let _unmount = support::Unmount(data_dir.path().to_path_buf());
     let (stop, stopping) = watch::channel(false);
     let agent = tokio::spawn(gp4u_agent::agent::run(
         process_config(&server, data_dir.path()),
@@ -147,6 +148,7 @@ async fn an_items_kill_order_or_fence_stops_only_its_job_at_once() {
         ];
     }
     let data_dir = tempfile::tempdir().unwrap();
+    let _unmount = support::Unmount(data_dir.path().to_path_buf());
     let (stop, stopping) = watch::channel(false);
     let agent = tokio::spawn(gp4u_agent::agent::run(
         process_config(&server, data_dir.path()),
@@ -230,6 +232,7 @@ async fn a_platform_without_arrays_gets_one_packet_per_request() {
             .collect();
     }
     let data_dir = tempfile::tempdir().unwrap();
+    let _unmount = support::Unmount(data_dir.path().to_path_buf());
     let (stop, stopping) = watch::channel(false);
     let agent = tokio::spawn(gp4u_agent::agent::run(
         process_config(&server, data_dir.path()),

@@ -221,6 +221,7 @@ async fn the_watchdog_reports_containers_and_kills_them_on_order() {
         ];
     }
     let data_dir = tempfile::tempdir().unwrap();
+    let _unmount = support::Unmount(data_dir.path().to_path_buf());
     let (stop, stopping) = watch::channel(false);
     let config = AgentConfig {
         server: server.clone(),
@@ -232,8 +233,7 @@ async fn the_watchdog_reports_containers_and_kills_them_on_order() {
         region: "us-east-1".into(),
         price_per_hour: 1.0,
         poll_wait_s: 1,
-        listen: None,
-        advertise: None,
+        refuse_visibility: false,
         net_sample_interval: Duration::from_millis(500),
         renewable_pct: 0.0,
         job_runtime: Default::default(),

@@ -1,11 +1,14 @@
 //! The visibility challenge (SPEC §7, seed "Visibility blocked").
 //!
-//! The platform sends `POST {endpoint}/gp4u/visibility` to a node's agent with a fresh nonce,
-//! signed with the platform key; the agent checks that signature (so it answers the platform
-//! only, and is not a signing oracle for anyone who can reach it) and answers with its node
-//! key's signature over a *different* message, so a challenge can never be replayed as an
-//! answer. Both messages are domain-separated and bind the node id, the nonce and the time the
-//! challenge was issued.
+//! The platform issues a challenge for one running job of a node — a fresh nonce, signed with
+//! the platform key — and hands it to the node's agent in the reply to that job's next
+//! telemetry packet: the agent's own channel, so no node is unreachable (NAT) and no provider
+//! can point the platform at an address of its choosing. The agent checks the signature (so
+//! it answers the platform only, and is not a signing oracle), reads what only a node running
+//! the job's container can read (its engine's record of the container, its cgroup, the host's
+//! `/proc`), and answers with its node key's signature over a *different* message that binds
+//! that evidence, so a challenge can never be replayed as an answer. Both messages are
+//! domain-separated and bind the node, the job, the nonce and the time of issue.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -15,13 +18,22 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 pub const MAX_CHALLENGE_AGE_MS: i64 = 5 * 60 * 1000;
 
 /// The bytes the platform signs.
-pub fn challenge_message(node_id: &str, nonce: &str, issued_at_ms: i64) -> Vec<u8> {
-    format!("gp4u-visibility-challenge-v1\n{node_id}\n{nonce}\n{issued_at_ms}\n").into_bytes()
+pub fn challenge_message(node_id: &str, job_id: &str, nonce: &str, issued_at_ms: i64) -> Vec<u8> {
+    format!("gp4u-visibility-challenge-v2\n{node_id}\n{job_id}\n{nonce}\n{issued_at_ms}\n")
+        .into_bytes()
 }
 
-/// The bytes the node signs in answer.
-pub fn answer_message(node_id: &str, nonce: &str, issued_at_ms: i64) -> Vec<u8> {
-    format!("gp4u-visibility-answer-v1\n{node_id}\n{nonce}\n{issued_at_ms}\n").into_bytes()
+/// The bytes the node signs in answer: the challenge's fields and the evidence, one field per
+/// line (`gp4u_proto::VisibilityEvidence::canonical`).
+pub fn answer_message(
+    node_id: &str,
+    job_id: &str,
+    nonce: &str,
+    issued_at_ms: i64,
+    evidence: &str,
+) -> Vec<u8> {
+    format!("gp4u-visibility-answer-v2\n{node_id}\n{job_id}\n{nonce}\n{issued_at_ms}\n{evidence}\n")
+        .into_bytes()
 }
 
 /// Signs `message`; the signature as standard base64.
@@ -55,48 +67,66 @@ pub enum ChallengeError {
     BadNonce,
 }
 
-/// The agent's side: checks a challenge (node, nonce shape, age, the platform's signature)
-/// and returns the answer's signature. `platform` is `None` when the platform did not give
-/// its key at registration (an older server): the signature check is then skipped.
-#[allow(clippy::too_many_arguments)] // the challenge's fields, as they arrive
-pub fn answer(
-    node_key: &SigningKey,
+/// A challenge as the agent received it.
+#[derive(Debug, Clone, Copy)]
+pub struct Challenge<'a> {
+    pub node_id: &'a str,
+    pub job_id: &'a str,
+    pub nonce: &'a str,
+    pub issued_at_ms: i64,
+    pub signature: &'a str,
+}
+
+/// The agent's side: checks a challenge (node, nonce shape, age, the platform's signature).
+/// `platform` is `None` when the platform did not give its key at registration (an older
+/// server): the signature check is then skipped.
+pub fn check_challenge(
     node_id: &str,
     platform: Option<&VerifyingKey>,
-    challenge_node_id: &str,
-    nonce: &str,
-    issued_at_ms: i64,
-    signature: &str,
+    challenge: &Challenge<'_>,
     now_ms: i64,
-) -> Result<String, ChallengeError> {
-    if challenge_node_id != node_id {
+) -> Result<(), ChallengeError> {
+    if challenge.node_id != node_id {
         return Err(ChallengeError::WrongNode {
             expected: node_id.to_owned(),
-            got: challenge_node_id.to_owned(),
+            got: challenge.node_id.to_owned(),
         });
     }
+    let nonce = challenge.nonce;
     if !(16..=128).contains(&nonce.len()) || !nonce.bytes().all(|byte| byte.is_ascii_hexdigit()) {
         return Err(ChallengeError::BadNonce);
     }
-    if (now_ms - issued_at_ms).abs() > MAX_CHALLENGE_AGE_MS {
+    if (now_ms - challenge.issued_at_ms).abs() > MAX_CHALLENGE_AGE_MS {
         return Err(ChallengeError::Stale {
-            issued_at_ms,
+            issued_at_ms: challenge.issued_at_ms,
             now_ms,
         });
     }
     if let Some(platform) = platform
         && !verify_base64(
             platform,
-            &challenge_message(node_id, nonce, issued_at_ms),
-            signature,
+            &challenge_message(node_id, challenge.job_id, nonce, challenge.issued_at_ms),
+            challenge.signature,
         )
     {
         return Err(ChallengeError::BadSignature);
     }
-    Ok(sign_base64(
+    Ok(())
+}
+
+/// The agent's answer to a checked challenge: the node key's signature over the answer
+/// message with this evidence.
+pub fn sign_answer(node_key: &SigningKey, challenge: &Challenge<'_>, evidence: &str) -> String {
+    sign_base64(
         node_key,
-        &answer_message(node_id, nonce, issued_at_ms),
-    ))
+        &answer_message(
+            challenge.node_id,
+            challenge.job_id,
+            challenge.nonce,
+            challenge.issued_at_ms,
+            evidence,
+        ),
+    )
 }
 
 #[cfg(test)]
@@ -106,61 +136,66 @@ mod tests {
 
     const NONCE: &str = "00112233445566778899aabbccddeeff";
 
+    fn challenge<'a>(node: &'a str, nonce: &'a str, at: i64, signature: &'a str) -> Challenge<'a> {
+        Challenge {
+            node_id: node,
+            job_id: "job_j",
+            nonce,
+            issued_at_ms: at,
+            signature,
+        }
+    }
+
     #[test]
-    fn a_signed_challenge_is_answered_and_the_answer_verifies() {
+    fn a_signed_challenge_is_answered_and_the_answer_binds_the_evidence() {
         let platform = SigningKey::from_bytes(&[1; 32]);
         let node = SigningKey::from_bytes(&[2; 32]);
-        let signature = sign_base64(&platform, &challenge_message("node_a", NONCE, 1_000));
-        let answer = answer(
-            &node,
-            "node_a",
-            Some(&platform.verifying_key()),
-            "node_a",
-            NONCE,
-            1_000,
-            &signature,
-            2_000,
-        )
-        .unwrap();
+        let signature = sign_base64(
+            &platform,
+            &challenge_message("node_a", "job_j", NONCE, 1_000),
+        );
+        let received = challenge("node_a", NONCE, 1_000, &signature);
+        check_challenge("node_a", Some(&platform.verifying_key()), &received, 2_000).unwrap();
+        let answer = sign_answer(&node, &received, "c1\nimg\njob_j\n5\n100\n2");
+        let key = node.verifying_key();
         assert!(verify_base64(
-            &node.verifying_key(),
-            &answer_message("node_a", NONCE, 1_000),
+            &key,
+            &answer_message("node_a", "job_j", NONCE, 1_000, "c1\nimg\njob_j\n5\n100\n2"),
             &answer
         ));
-        // The answer is not valid for another nonce, node or time, nor as a challenge.
-        assert!(!verify_base64(
-            &node.verifying_key(),
-            &answer_message("node_a", "ff112233445566778899aabbccddeeff", 1_000),
-            &answer
-        ));
-        assert!(!verify_base64(
-            &node.verifying_key(),
-            &answer_message("node_b", NONCE, 1_000),
-            &answer
-        ));
-        assert!(!verify_base64(
-            &node.verifying_key(),
-            &challenge_message("node_a", NONCE, 1_000),
-            &answer
-        ));
+        // Not valid for other evidence, another job, nonce, node or time, nor as a challenge.
+        for message in [
+            answer_message("node_a", "job_j", NONCE, 1_000, "c1\nimg\njob_j\n5\n101\n2"),
+            answer_message("node_a", "job_k", NONCE, 1_000, "c1\nimg\njob_j\n5\n100\n2"),
+            answer_message(
+                "node_a",
+                "job_j",
+                "ff112233445566778899aabbccddeeff",
+                1_000,
+                "c1\nimg\njob_j\n5\n100\n2",
+            ),
+            answer_message("node_b", "job_j", NONCE, 1_000, "c1\nimg\njob_j\n5\n100\n2"),
+            answer_message("node_a", "job_j", NONCE, 1_001, "c1\nimg\njob_j\n5\n100\n2"),
+            challenge_message("node_a", "job_j", NONCE, 1_000),
+        ] {
+            assert!(!verify_base64(&key, &message, &answer));
+        }
     }
 
     #[test]
     fn forged_stale_or_misdirected_challenges_are_refused() {
         let platform = SigningKey::from_bytes(&[1; 32]);
         let intruder = SigningKey::from_bytes(&[3; 32]);
-        let node = SigningKey::from_bytes(&[2; 32]);
-        let forged = sign_base64(&intruder, &challenge_message("node_a", NONCE, 1_000));
+        let forged = sign_base64(
+            &intruder,
+            &challenge_message("node_a", "job_j", NONCE, 1_000),
+        );
         let verifier = platform.verifying_key();
         let check = |node_id: &str, nonce: &str, at: i64, signature: &str, now: i64| {
-            answer(
-                &node,
+            check_challenge(
                 "node_a",
                 Some(&verifier),
-                node_id,
-                nonce,
-                at,
-                signature,
+                &challenge(node_id, nonce, at, signature),
                 now,
             )
         };
@@ -172,7 +207,10 @@ mod tests {
             check("node_a", NONCE, 1_000, "not base64!", 2_000),
             Err(ChallengeError::BadSignature)
         );
-        let good = sign_base64(&platform, &challenge_message("node_a", NONCE, 1_000));
+        let good = sign_base64(
+            &platform,
+            &challenge_message("node_a", "job_j", NONCE, 1_000),
+        );
         assert!(matches!(
             check("node_b", NONCE, 1_000, &good, 2_000),
             Err(ChallengeError::WrongNode { .. })
@@ -192,5 +230,14 @@ mod tests {
             Err(ChallengeError::BadNonce)
         );
         assert!(check("node_a", NONCE, 1_000, &good, 2_000).is_ok());
+        // Signed for another job: refused.
+        let other_job = sign_base64(
+            &platform,
+            &challenge_message("node_a", "job_k", NONCE, 1_000),
+        );
+        assert_eq!(
+            check("node_a", NONCE, 1_000, &other_job, 2_000),
+            Err(ChallengeError::BadSignature)
+        );
     }
 }

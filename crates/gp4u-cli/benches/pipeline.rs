@@ -5,9 +5,13 @@
 //!   and Docker (needs GP4U_TEST_IMAGE / GP4U_TEST_IMAGE_DIGEST: scripts/test-images.sh);
 //! - the agent's idle resident memory (goal ≤ 25 MB);
 //! - kill latency: an anomalous packet accepted (the job seen FAILED) → the container gone
-//!   (goal p99 ≤ 1 s), with a port-scanning workload inside the container's own namespace.
+//!   (goal p99 ≤ 1 s), with a port-scanning workload inside the container's own namespace;
+//! - the platform's overhead on a real PyTorch training job (with GP4U_TEST_PYTORCH_IMAGE /
+//!   GP4U_TEST_PYTORCH_DIGEST: `GP4U_TEST_PYTORCH=1 scripts/test-images.sh start`): the job
+//!   through GP4U (submit → COMPLETE) against the same image and hardening run by hand with
+//!   `docker run`, alternating, in the same run.
 //!
-//! `cargo bench -p gp4u-cli --bench pipeline [-- --polls 200 --starts 20 --kills 20]`.
+//! `cargo bench -p gp4u-cli --bench pipeline [-- --polls 200 --starts 20 --kills 20 --pytorch 5]`.
 //! Loopback and the bench's own containers only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -29,6 +33,14 @@ impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        common::unmount_under(&self.0);
     }
 }
 
@@ -290,6 +302,8 @@ async fn main() {
         .spawn()
         .unwrap();
     let agent_pid = agent.id();
+    // Dropped after the agent: the scratch of a job still running when the bench ends.
+    let _unmount = Unmount(agent_dir.clone());
     let _agent = Killed(agent);
     let agent_gpu = loop {
         let (_, listing) = call(
@@ -425,5 +439,134 @@ async fn main() {
     println!(
         "goal p99 <= 1000 ms: {}",
         if kill_p99 <= 1000.0 { "MET" } else { "MISSED" }
+    );
+
+    // 5. A real PyTorch job through GP4U against the same container run by hand.
+    let (Ok(torch_image), Ok(torch_digest)) = (
+        std::env::var("GP4U_TEST_PYTORCH_IMAGE"),
+        std::env::var("GP4U_TEST_PYTORCH_DIGEST"),
+    ) else {
+        println!("GP4U_TEST_PYTORCH_IMAGE unset: skipping the PyTorch comparison");
+        return;
+    };
+    let runs = arg("--pytorch", 5);
+    let reference = format!("{torch_image}@{torch_digest}");
+    let pulled = Command::new("docker")
+        .args(["pull", "-q", &reference])
+        .output()
+        .unwrap();
+    assert!(pulled.status.success(), "docker pull {reference}");
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .to_string();
+    let mut through_gp4u = Vec::new();
+    let mut in_container = Vec::new();
+    let mut by_hand = Vec::new();
+    for n in 0..=runs {
+        // By hand: the same image, command, limits and hardening, one `docker run`.
+        let scratch = tempfile::tempdir().unwrap();
+        let output = tempfile::tempdir().unwrap();
+        for sub in ["home", "tmp", ".cache"] {
+            std::fs::create_dir_all(scratch.path().join(sub)).unwrap();
+        }
+        let _ = Command::new("chmod")
+            .args(["-R", "1777"])
+            .arg(scratch.path())
+            .arg(output.path())
+            .status();
+        let began = Instant::now();
+        let status = Command::new("docker")
+            .args([
+                "run",
+                "--rm",
+                "--read-only",
+                "--tmpfs",
+                "/tmp:rw,noexec,nosuid,size=64m",
+                "--cap-drop",
+                "ALL",
+                "--security-opt",
+                "no-new-privileges:true",
+                "--memory",
+                "4g",
+                "--memory-swap",
+                "4g",
+                "--shm-size",
+                "2g",
+                "--pids-limit",
+                "512",
+                "--cpus",
+                &cpus,
+                "-e",
+                "HOME=/scratch/home",
+                "-e",
+                "TMPDIR=/scratch/tmp",
+                "-e",
+                "XDG_CACHE_HOME=/scratch/.cache",
+            ])
+            .arg("-v")
+            .arg(format!("{}:/scratch", scratch.path().display()))
+            .arg("-v")
+            .arg(format!("{}:/output", output.path().display()))
+            .arg(&reference)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        let hand_ms = began.elapsed().as_secs_f64() * 1000.0;
+        assert!(status.success(), "the PyTorch job failed when run by hand");
+        // Through GP4U: submit → COMPLETE, seen by the customer polling every 50 ms.
+        if n % 25 == 0 {
+            customers.push(new_customer(&client, &base, &admin, dir.path()).await);
+        }
+        let submitted = Instant::now();
+        let (status, accepted) = call(
+            &client,
+            Method::POST,
+            format!("{base}/api/jobs"),
+            customers.last().unwrap(),
+            Some(
+                json!({"name": "pytorch", "gpuId": agent_gpu, "workload_type": "TRAINING",
+                "expectedDurationHours": 0.1, "docker_image": torch_image,
+                "docker_image_sha256": torch_digest, "ram_limit_gb": 4}),
+            ),
+        )
+        .await;
+        assert_eq!(status, 201, "{accepted}");
+        let job = accepted["id"].as_str().unwrap().to_string();
+        let finished = loop {
+            let (_, view) = call(
+                &client,
+                Method::GET,
+                format!("{base}/api/jobs/{job}"),
+                &admin,
+                None,
+            )
+            .await;
+            if matches!(view["status"].as_str(), Some("COMPLETE" | "FAILED")) {
+                break view;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let gp4u_ms = submitted.elapsed().as_secs_f64() * 1000.0;
+        assert_eq!(finished["status"], "COMPLETE", "{finished}");
+        let ran = rfc3339_ms(finished["ended_at"].as_str().unwrap())
+            - rfc3339_ms(finished["started_at"].as_str().unwrap());
+        if n == 0 {
+            println!(
+                "first PyTorch run (warms caches): by hand {hand_ms:.0} ms, through GP4U {gp4u_ms:.0} ms"
+            );
+            continue;
+        }
+        by_hand.push(hand_ms);
+        through_gp4u.push(gp4u_ms);
+        in_container.push(ran);
+    }
+    let (hand_p50, _) = summary("pytorch_docker_run_by_hand", by_hand);
+    let (gp4u_p50, _) = summary("pytorch_submit_to_complete_through_gp4u", through_gp4u);
+    summary("pytorch_started_to_ended_through_gp4u", in_container);
+    println!(
+        "RESULT pytorch_overhead_ratio_p50={:.2} (through GP4U / by hand)",
+        gp4u_p50 / hand_p50
     );
 }

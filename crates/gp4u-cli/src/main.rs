@@ -93,14 +93,17 @@ struct AgentArgs {
     /// Long-poll wait in seconds.
     #[arg(long, default_value_t = 25)]
     poll_wait: u64,
-    /// Answer the platform's visibility challenges on this address (IP:PORT, e.g.
-    /// 127.0.0.1:0 for any free port); the platform is told where at every start.
-    /// Default: no listener, and the node cannot be checked.
-    #[arg(long, env = "GP4U_AGENT_LISTEN")]
-    listen: Option<std::net::SocketAddr>,
-    /// The URL the platform reaches the listener at [default: http://<bound address>].
-    #[arg(long, env = "GP4U_AGENT_ADVERTISE", requires = "listen")]
+    /// Deprecated, ignored: visibility challenges arrive in telemetry replies, on the agent's
+    /// own connection, so the agent needs no listener.
+    #[arg(long, hide = true)]
+    listen: Option<String>,
+    /// Deprecated, ignored (see --listen).
+    #[arg(long, hide = true)]
     advertise: Option<String>,
+    /// Never answer the platform's visibility challenges: behave as a provider that blocks
+    /// visibility (tests and drills; the platform slashes and ejects the node).
+    #[arg(long, hide = true)]
+    refuse_visibility: bool,
     /// Milliseconds between samples of a running container's socket tables (the union over
     /// each telemetry period is reported, so short-lived connections are seen).
     #[arg(long, default_value_t = 1000)]
@@ -177,8 +180,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         region: args.region,
         price_per_hour: args.price,
         poll_wait_s: args.poll_wait.min(60),
-        listen: args.listen,
-        advertise: args.advertise,
+        refuse_visibility: args.refuse_visibility,
         net_sample_interval: std::time::Duration::from_millis(
             args.net_sample_ms.clamp(100, 60_000),
         ),
@@ -197,6 +199,11 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
             }),
         },
     };
+    if args.listen.is_some() || args.advertise.is_some() {
+        tracing::warn!(
+            "--listen and --advertise are deprecated and ignored: visibility challenges arrive in telemetry replies, on the agent's own connection"
+        );
+    }
     if args.keepalive.is_some() {
         tracing::warn!(
             "--keepalive is deprecated and ignored: running jobs are reported by the telemetry watchdog at their manifest's interval"

@@ -276,6 +276,7 @@ async fn an_agent_runs_a_digest_pinned_job_end_to_end() {
     let _agent = Running {
         child: agent,
         base: String::new(),
+        unmount: Some(agent_dir.path().to_path_buf()),
     };
 
     // The agent registers its emulated GPU, marked as such.
@@ -500,6 +501,30 @@ async fn an_agent_runs_a_digest_pinned_job_end_to_end() {
         (Some("RTX 4090 (emulated)"), Some("emulated")),
         "{record}"
     );
+    // The host the job ran on, as the agent read it from its engine (SPEC §10), is sealed too,
+    // and is what the node shows.
+    let posture = &record["host_posture"];
+    assert_eq!(
+        (
+            posture["runtime"].as_str(),
+            posture["egress_filter"].as_str(),
+            posture["seccomp"].as_bool()
+        ),
+        (Some("docker"), Some("iptables"), Some(true)),
+        "{record}"
+    );
+    assert_eq!(record["runtime"]["network"], "public", "{record}");
+    let node = finished[0]["node_id"].as_str().unwrap();
+    let (status, provider_view) = call(
+        &client,
+        Method::GET,
+        format!("{base}/api/providers/{node}"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{provider_view}");
+    assert_eq!(&provider_view["posture"], posture, "{provider_view}");
     let (status, energy) = call(
         &client,
         Method::GET,

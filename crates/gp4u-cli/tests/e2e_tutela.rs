@@ -1,11 +1,13 @@
 //! Black box, stage 4 (SPEC §7) with the real binaries, the real Docker Engine and an
-//! emulated GPU: a miner-like workload talking to a "pool" (a container of the test's own,
-//! listening on port 3333) is killed and ends KILLED_ANOMALY; a workload reaching more than
+//! emulated GPU: a miner-like workload talking to a "pool" on port 3333 (inside its own
+//! network namespace: a job's network reaches no other container) is killed and ends
+//! KILLED_ANOMALY; a workload reaching more than
 //! 50 loopback addresses inside its own network namespace trips OUTBOUND_PORT_SCAN; an agent
 //! killed mid-job gets its job failed JOB_DROPPED after the timeout with exactly one slash,
-//! and when it comes back it is fenced and its container killed; an agent that keeps
-//! reporting while its advertised endpoint refuses the platform's challenges is slashed,
-//! ejected, and its job failed VISIBILITY_BLOCKED; an agent restarted mid-job (within the
+//! and when it comes back it is fenced and its container killed; an agent started without any
+//! listener flags answers the visibility challenges that ride on its telemetry replies, and
+//! one that keeps reporting while refusing them (`--refuse-visibility`) is slashed, ejected,
+//! and its job failed VISIBILITY_BLOCKED; an agent restarted mid-job (within the
 //! heartbeat timeout) still proves the whole job's energy, and `gp4u verify` passes.
 //!
 //! Network rule: every connection here goes to loopback or to containers this test created.
@@ -95,7 +97,7 @@ async fn platform(test: &str, flags: &[&str], config: Option<&str>) -> Option<Pl
 }
 
 impl Platform {
-    /// `gp4u agent` of the provider, with an emulated GPU and a visibility listener.
+    /// `gp4u agent` of the provider, with an emulated GPU.
     fn agent(&self, extra: &[&str]) -> common::Running {
         start_agent_with(&self.base, &self.token_file, self.agent_dir.path(), extra)
     }
@@ -192,37 +194,6 @@ async fn containers_gone(job: &str, within: Duration) -> Duration {
     start.elapsed()
 }
 
-/// A "mining pool" of the test's own: a container of the test image listening on 3333 (busybox
-/// `nc` closes a connection when its stdin ends, so the listener's stdin is held open).
-struct Pool {
-    id: String,
-    ip: String,
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("docker")
-            .args(["rm", "-f", &self.id])
-            .output();
-    }
-}
-
-fn pool(reference: &str) -> Pool {
-    let id = docker(&[
-        "run",
-        "-d",
-        "--label",
-        "gp4u.test=pool",
-        reference,
-        "sh",
-        "-c",
-        "while true; do sleep 3600 | nc -l -p 3333 > /dev/null; done",
-    ]);
-    let ip = docker(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &id]);
-    assert!(!ip.is_empty(), "the pool container has no bridge address");
-    Pool { id, ip }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_miner_and_a_port_scanner_are_killed_for_what_they_do() {
     // A short inference window, so that the container's first (partial) second does not hide
@@ -241,14 +212,14 @@ async fn a_miner_and_a_port_scanner_are_killed_for_what_they_do() {
     let _agent = platform.agent(&[]);
     let (gpu, _) = platform.gpu().await;
 
-    // The miner: two spinning loops (at least one full core even on a busy machine), a long-lived connection to the pool's port 3333 with a
-    // small steady flow of "shares".
-    let pool = pool(&reference);
-    tokio::time::sleep(Duration::from_millis(500)).await; // the pool starts listening
-    let miner = format!(
-        "while :; do :; done & while :; do :; done & while true; do (while true; do echo share; sleep 1; done | nc {} 3333); sleep 1; done",
-        pool.ip
-    );
+    // The miner: two spinning loops (at least one full core even on a busy machine), a
+    // long-lived connection to a "pool" on port 3333 with a small steady flow of "shares".
+    // The pool listens inside the job's own network namespace: the job's network reaches no
+    // other container (SPEC §10), and the agent sees the socket's remote port all the same.
+    let miner = "sleep 3600 | nc -l -p 3333 > /dev/null & sleep 0.5; \
+                 while :; do :; done & while :; do :; done & \
+                 while true; do (while true; do echo share; sleep 1; done | nc 127.0.0.1 3333); sleep 1; done"
+        .to_string();
     let job = platform.submit(&gpu, &miner).await;
     let view = platform
         .wait_for(&job, Duration::from_secs(120), ended)
@@ -287,7 +258,6 @@ async fn a_miner_and_a_port_scanner_are_killed_for_what_they_do() {
     );
     assert_eq!(view["anomalies"][0]["rule"], "OUTBOUND_PORT_SCAN", "{view}");
     containers_gone(&job, Duration::from_secs(20)).await;
-    drop(pool);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -387,13 +357,9 @@ async fn an_agent_hiding_from_visibility_checks_is_ejected() {
     else {
         return;
     };
-    // The agent listens, but tells the platform to knock on a closed loopback port.
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
-    let advertise = format!("http://{closed}");
-    let _agent = platform.agent(&["--advertise", &advertise]);
+    // The agent keeps reporting but never answers a challenge (what a provider that blocks
+    // the platform's visibility does).
+    let _agent = platform.agent(&["--refuse-visibility"]);
     let (gpu, _) = platform.gpu().await;
     let job = platform.submit(&gpu, "sleep 300").await;
     let view = platform

@@ -41,8 +41,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::ids::{GpuId, JobId, NodeId};
-use crate::manifest::{GpuRequirement, GpuTarget};
+use crate::manifest::{GpuRequirement, GpuTarget, JobNetwork};
 use crate::money::Money;
+use crate::posture::HostPosture;
 
 /// Round trips at or above this many milliseconds score 0 for latency.
 pub const LATENCY_CEILING_MS: u32 = 300;
@@ -82,6 +83,10 @@ pub struct Candidate {
     pub uptime: Option<f64>,
     /// Provenance record, 0..=1, from Veritas; `None` when unknown.
     pub provenance: Option<f64>,
+    /// What the node's host gives jobs (SPEC §10); `None` for a node whose agent never
+    /// reported it (an older agent: taken to accept any job, as before).
+    #[serde(default)]
+    pub posture: Option<HostPosture>,
 }
 
 /// One job waiting for a GPU.
@@ -95,6 +100,15 @@ pub struct PlacementRequest {
     pub reproducibility_sensitive: bool,
     /// Nodes that already failed this job: a retry goes elsewhere.
     pub excluded_nodes: Vec<NodeId>,
+    /// The job's network and scratch size: only nodes whose posture accepts them.
+    #[serde(default)]
+    pub network: JobNetwork,
+    #[serde(default = "default_scratch_gb")]
+    pub scratch_gb: f64,
+}
+
+fn default_scratch_gb() -> f64 {
+    crate::manifest::DEFAULT_SCRATCH_GB
 }
 
 /// How much each factor counts. Only ratios matter: the score divides by the sum.
@@ -453,9 +467,15 @@ pub fn matches_requirement(
 }
 
 /// Whether a job may run on a candidate: a pinned job only on its GPU, a requirement job on
-/// any GPU meeting the requirement, and never on a node listed in `excluded_nodes`.
+/// any GPU meeting the requirement, never on a node listed in `excluded_nodes`, and only on a
+/// node whose posture accepts the job's network and scratch size.
 pub fn eligible(request: &PlacementRequest, candidate: &Candidate) -> bool {
     if request.excluded_nodes.contains(&candidate.node_id) {
+        return false;
+    }
+    if let Some(posture) = &candidate.posture
+        && !posture.accepts(request.network, request.scratch_gb)
+    {
         return false;
     }
     match &request.target {
@@ -900,6 +920,7 @@ mod tests {
             trust_score: 80.0,
             uptime: Some(0.99),
             provenance: None,
+            posture: None,
         }
     }
 
@@ -910,11 +931,58 @@ mod tests {
             customer_region: None,
             reproducibility_sensitive: false,
             excluded_nodes: Vec::new(),
+            network: Default::default(),
+            scratch_gb: 20.0,
         }
     }
 
     fn any_gpu() -> GpuTarget {
         GpuTarget::Requirement(GpuRequirement::default())
+    }
+
+    fn posture(egress_filter: &str, max_scratch_gb: f64) -> HostPosture {
+        crate::posture::validate_posture(&json!({"runtime": "docker",
+            "egress_filter": egress_filter, "scratch_quota": "loop",
+            "max_scratch_gb": max_scratch_gb, "cpus_per_job": 1}))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_nodes_whose_posture_accepts_the_job_are_eligible() {
+        let filtered = Candidate {
+            posture: Some(posture("iptables", 50.0)),
+            ..candidate("gpu_f", "us-east-1", "1.00")
+        };
+        let unfiltered = Candidate {
+            posture: Some(posture("none", 50.0)),
+            ..candidate("gpu_u", "us-east-1", "1.00")
+        };
+        let unknown = candidate("gpu_o", "us-east-1", "1.00");
+        let public = request(any_gpu());
+        assert!(eligible(&public, &filtered));
+        assert!(
+            !eligible(&public, &unfiltered),
+            "public egress needs the filter"
+        );
+        assert!(
+            eligible(&public, &unknown),
+            "an older agent's node, as before"
+        );
+        let offline = PlacementRequest {
+            network: JobNetwork::None,
+            ..request(any_gpu())
+        };
+        assert!(eligible(&offline, &unfiltered));
+        let big = PlacementRequest {
+            scratch_gb: 60.0,
+            ..request(any_gpu())
+        };
+        assert!(
+            !eligible(&big, &filtered),
+            "more scratch than the node offers"
+        );
+        let pinned = request(GpuTarget::Pinned(gpu("gpu_u")));
+        assert!(!eligible(&pinned, &unfiltered));
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod ids;
 pub mod job;
 pub mod manifest;
 pub mod money;
+pub mod posture;
 pub mod pricing;
 pub mod token;
 pub mod tutela;

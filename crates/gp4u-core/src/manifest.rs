@@ -123,10 +123,10 @@ pub enum ValidationCode {
     InvalidGpus,
     InvalidGpu,
     InvalidAmount,
-    InvalidEndpoint,
     InvalidShmSize,
     InvalidScratchSize,
     InvalidNetwork,
+    InvalidPosture,
 }
 
 impl ValidationCode {
@@ -157,10 +157,10 @@ impl ValidationCode {
             ValidationCode::InvalidGpus => "INVALID_GPUS",
             ValidationCode::InvalidGpu => "INVALID_GPU",
             ValidationCode::InvalidAmount => "INVALID_AMOUNT",
-            ValidationCode::InvalidEndpoint => "INVALID_ENDPOINT",
             ValidationCode::InvalidShmSize => "INVALID_SHM_SIZE",
             ValidationCode::InvalidScratchSize => "INVALID_SCRATCH_SIZE",
             ValidationCode::InvalidNetwork => "INVALID_NETWORK",
+            ValidationCode::InvalidPosture => "INVALID_POSTURE",
         }
     }
 }
@@ -390,8 +390,8 @@ pub struct Registration {
     /// Canonical standard base64 with padding of the 32-byte node public key.
     pub public_key: String,
     pub gpus: Vec<GpuSpec>,
-    /// Where the platform reaches the agent for visibility challenges, if given.
-    pub endpoint: Option<String>,
+    /// What the agent reports of its host (SPEC §10), when it does.
+    pub posture: Option<crate::posture::HostPosture>,
 }
 
 /// One GPU a provider lists.
@@ -1037,8 +1037,9 @@ pub fn validate_new_user(body: &Value) -> Result<NewUser, FieldError> {
     })
 }
 
-/// Validates a `POST /api/providers/register` body: `region`, `public_key`, `gpus`, in
-/// that order.
+/// Validates a `POST /api/providers/register` body: `region`, `public_key`, `gpus` and the
+/// optional `posture`, in that order. (An `endpoint`, sent by agents older than the
+/// visibility challenges on telemetry replies, is ignored like any unknown field.)
 pub fn validate_registration(body: &Value) -> Result<Registration, FieldError> {
     let object = body_object(body)?;
     let Some(region) = region_field(object, "region")? else {
@@ -1050,51 +1051,16 @@ pub fn validate_registration(body: &Value) -> Result<Registration, FieldError> {
     };
     let public_key = validate_public_key(object)?;
     let gpus = validate_gpu_specs(object)?;
-    let endpoint = validate_endpoint(object.get("endpoint"))?;
+    let posture = match object.get("posture") {
+        None | Some(Value::Null) => None,
+        Some(posture) => Some(crate::posture::validate_posture(posture)?),
+    };
     Ok(Registration {
         region,
         public_key,
         gpus,
-        endpoint,
+        posture,
     })
-}
-
-/// Longest accepted agent endpoint.
-pub const MAX_ENDPOINT_LEN: usize = 256;
-
-/// Validates an agent's visibility `endpoint`: absent or null, or an `http://` or `https://`
-/// URL with a host, at most [`MAX_ENDPOINT_LEN`] characters, without credentials, query or
-/// fragment, and without spaces or control characters. A trailing `/` is dropped.
-pub fn validate_endpoint(value: Option<&Value>) -> Result<Option<String>, FieldError> {
-    const FIELD: &str = "endpoint";
-    const ACCEPTED: &str = "an http:// or https:// URL with a host, like \"http://203.0.113.7:7070\", \
-        at most 256 characters, without user, query or fragment";
-    let value = match value {
-        None | Some(Value::Null) => return Ok(None),
-        Some(value) => value,
-    };
-    let invalid = || {
-        FieldError::new(
-            ValidationCode::InvalidEndpoint,
-            FIELD,
-            format!("`{FIELD}` must be {ACCEPTED}, got {}", echo(value)),
-        )
-    };
-    let text = value.as_str().ok_or_else(invalid)?;
-    let rest = text
-        .strip_prefix("http://")
-        .or_else(|| text.strip_prefix("https://"))
-        .ok_or_else(invalid)?;
-    let authority = rest.split('/').next().unwrap_or_default();
-    let well_formed = text.len() <= MAX_ENDPOINT_LEN
-        && !authority.is_empty()
-        && !authority.starts_with(':')
-        && !text.contains(['@', '?', '#', ' ', '\\'])
-        && !text.chars().any(char::is_control);
-    if !well_formed {
-        return Err(invalid());
-    }
-    Ok(Some(text.trim_end_matches('/').to_owned()))
 }
 
 fn validate_public_key(object: &Object) -> Result<String, FieldError> {

@@ -98,6 +98,7 @@ fn candidate() -> impl Strategy<Value = Candidate> {
                     trust_score,
                     uptime,
                     provenance,
+                    posture: None,
                 }
             },
         )
@@ -149,6 +150,8 @@ fn requests() -> impl Strategy<Value = Vec<PlacementRequest>> {
                     customer_region: region.map(str::to_owned),
                     reproducibility_sensitive: sensitive,
                     excluded_nodes: excluded.into_iter().map(node_id).collect(),
+                    network: Default::default(),
+                    scratch_gb: 20.0,
                 },
             )
             .collect()
@@ -391,6 +394,8 @@ proptest! {
             customer_region: customer_in_third_region.then(|| "cust-1".to_owned()),
             reproducibility_sensitive: sensitive,
             excluded_nodes: Vec::new(),
+            network: Default::default(),
+            scratch_gb: 20.0,
         };
         let ranked = rank(&request, &candidates, &config);
         prop_assert_eq!(&ranked[0].candidate.gpu_id, &low_gpu.gpu_id);
@@ -467,6 +472,7 @@ fn unknown_uptime_is_neutral() {
         trust_score: 50.0,
         uptime: None,
         provenance: None,
+        posture: None,
     };
     let known = Candidate {
         gpu_id: gpu_id(2),
@@ -479,6 +485,8 @@ fn unknown_uptime_is_neutral() {
         customer_region: None,
         reproducibility_sensitive: false,
         excluded_nodes: Vec::new(),
+        network: Default::default(),
+        scratch_gb: 20.0,
     };
     let ranked = rank(&request, &[known, base], &AtlasConfig::default());
     assert_eq!(ranked[0].score, ranked[1].score);

@@ -503,27 +503,97 @@ pub struct TelemetryReply {
     /// The longest interval one sample accounts for in energy (a gap beyond it is not billed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_gap_ms: Option<i64>,
+    /// A visibility challenge for this job, to be answered at once on
+    /// `POST /api/agent/visibility`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenge: Option<VisibilityChallenge>,
 }
 
-/// `POST {endpoint}/gp4u/visibility` from the platform to the agent. `signature` is the
-/// platform key's ed25519 signature (base64) over
-/// `gp4u_attest::visibility::challenge_message(node_id, nonce, issued_at_ms)`.
+/// A visibility challenge (SPEC §7): issued by the platform for one running job of a node
+/// and delivered in the reply to that job's next telemetry packet (`TelemetryReply.challenge`)
+/// — on the agent's own channel, so a node behind NAT is reached and no provider can point the
+/// platform at an address. `signature` is the platform key's ed25519 signature (base64) over
+/// `gp4u_attest::visibility::challenge_message(node_id, job_id, nonce, issued_at_ms)`. The
+/// agent answers on `POST /api/agent/visibility` before `deadline_ms`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct VisibilityChallenge {
     pub node_id: String,
+    pub job_id: String,
     /// 64 hex characters, fresh per challenge.
     pub nonce: String,
     pub issued_at_ms: i64,
+    /// Unix ms by which the answer must have arrived.
+    pub deadline_ms: i64,
     pub signature: String,
 }
 
-/// The agent's answer: the node key's signature (base64) over
-/// `gp4u_attest::visibility::answer_message(node_id, nonce, issued_at_ms)`.
+/// What the agent saw of the job's container when it answered: facts only a node that runs
+/// the container can read (from its engine, its cgroup and the host's `/proc`), checked by the
+/// platform against the job and against the node's earlier answers for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VisibilityEvidence {
+    /// The engine's container id (64 hex), or `process:<pid>` for the process runtime.
+    pub container_id: String,
+    /// The image the container was created from, as the engine records it
+    /// (`repo@sha256:…`); empty for the process runtime.
+    pub image: String,
+    /// `GP4U_JOB_ID` in the container's environment, as the engine records it.
+    pub env_job_id: Option<String>,
+    /// Start time of the container's first process (clock ticks since boot, `/proc/PID/stat`):
+    /// the same for the job's whole life, unless it was restarted.
+    pub init_started_ticks: Option<u64>,
+    /// CPU time the job's processes used so far (ns, from its cgroup): never goes back.
+    pub cpu_ns: Option<u64>,
+    /// How many processes the job has now.
+    pub processes: u32,
+}
+
+impl VisibilityEvidence {
+    /// Longest accepted text field.
+    pub const MAX_FIELD_CHARS: usize = 512;
+
+    /// The fields, one per line, in the order the node signs them (`-` for absent). `None`
+    /// when a field could not be put on one line (a newline, or too long).
+    pub fn canonical(&self) -> Option<String> {
+        let text = [
+            self.container_id.clone(),
+            self.image.clone(),
+            self.env_job_id.clone().unwrap_or_else(|| "-".into()),
+            self.init_started_ticks
+                .map_or_else(|| "-".into(), |ticks| ticks.to_string()),
+            self.cpu_ns.map_or_else(|| "-".into(), |ns| ns.to_string()),
+            self.processes.to_string(),
+        ];
+        if text
+            .iter()
+            .any(|field| field.contains('\n') || field.chars().count() > Self::MAX_FIELD_CHARS)
+        {
+            return None;
+        }
+        Some(text.join("\n"))
+    }
+}
+
+/// `POST /api/agent/visibility`: the agent's answer to a challenge. `signature` is the node
+/// key's signature (base64) over `gp4u_attest::visibility::answer_message(node_id, job_id,
+/// nonce, issued_at_ms, evidence.canonical())`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct VisibilityAnswer {
     pub node_id: String,
+    pub job_id: String,
     pub nonce: String,
+    pub issued_at_ms: i64,
+    pub evidence: VisibilityEvidence,
     pub signature: String,
+}
+
+/// The platform's verdict on an answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VisibilityVerdict {
+    /// `ANSWERED`, or `BAD_ANSWER` (counted as a refusal).
+    pub result: String,
+    /// Why a bad answer is bad.
+    pub detail: Option<String>,
 }
 
 /// One slash, in `GET /api/providers/{nodeId}`.
@@ -555,8 +625,13 @@ pub struct ProviderNodeView {
     pub trust_score: f64,
     pub ejected_at: Option<String>,
     pub ejected_reason: Option<String>,
-    pub endpoint: Option<String>,
-    /// The last visibility check: `ANSWERED`, `REFUSED`, `TIMEOUT`, `BAD_ANSWER`, or `UNCHECKED`.
+    /// What the node's agent last reported of its host (SPEC §10): runtime, seccomp,
+    /// AppArmor/SELinux, user-namespace remapping, rootless, cgroup version, egress filter,
+    /// scratch quota and limits. `null` for an agent that never reported it.
+    #[schema(value_type = Option<Object>)]
+    pub posture: Option<serde_json::Value>,
+    /// The last visibility verdict: `ANSWERED`, `BAD_ANSWER`, `UNANSWERED`, `TIMEOUT`, or
+    /// `UNCHECKED`.
     pub visibility: String,
     pub visibility_checked_at: Option<String>,
     pub gpus: Vec<RegisteredGpuView>,

@@ -257,7 +257,7 @@ async fn populate(
                     region: "us-east-1".into(),
                     public_key: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
                     gpus,
-                    endpoint: None,
+                    posture: None,
                 },
                 &[],
                 now_ms,

@@ -197,7 +197,7 @@ async fn populate(
                     region: "us-east-1".into(),
                     public_key: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
                     gpus: gpus.clone(),
-                    endpoint: None,
+                    posture: None,
                 },
                 &[],
                 now_ms,

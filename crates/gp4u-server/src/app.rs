@@ -36,7 +36,7 @@ use crate::error::ApiError;
 use crate::placement::run_atlas;
 use crate::routes::{
     admin, agent, artifacts, billing, energy, health, jobs, ledger, logs, outputs, proofs,
-    providers, telemetry,
+    providers, telemetry, visibility,
 };
 use crate::state::{AppState, Limits, os_random_ids};
 use crate::{openapi, secret};
@@ -118,10 +118,7 @@ pub fn build_router(state: AppState) -> Router {
         .route("/gpus", get(providers::list_gpus))
         .route("/providers/{node_id}", get(providers::get_node))
         .route("/providers/{node_id}/stake", post(providers::add_stake))
-        .route(
-            "/providers/{node_id}/endpoint",
-            put(providers::set_endpoint),
-        )
+        .route("/providers/{node_id}/posture", put(providers::set_posture))
         // A node's packets together: up to 256 of about 0.5 KiB each (with a commitment).
         .route(
             "/telemetry/russian-doll",
@@ -130,6 +127,7 @@ pub fn build_router(state: AppState) -> Router {
         )
         .route("/agent/assignments", get(agent::next_assignment))
         .route("/agent/jobs/{id}/status", post(agent::report_status))
+        .route("/agent/visibility", post(visibility::answer))
         .route(
             "/agent/jobs/{id}/inputs/{art_id}",
             get(artifacts::agent_input),
@@ -233,7 +231,7 @@ fn spawn_background(state: &AppState, stopping: watch::Receiver<bool>) -> JoinSe
     ));
     tasks.spawn(run_atlas(state.clone(), stopping.clone()));
     tasks.spawn(crate::tutela::run_reapers(state.clone(), stopping.clone()));
-    tasks.spawn(crate::tutela::run_visibility(
+    tasks.spawn(crate::visibility::run_visibility(
         state.clone(),
         stopping.clone(),
     ));

@@ -180,7 +180,8 @@ pub struct TutelaSettings {
     /// A job its agent took but never started (no start report, no packet) for this long is
     /// moved to another node (`JOB_DROPPED`, no slash: a slow image pull is not bad faith).
     pub start_timeout_s: u64,
-    /// Visibility challenges: how often, and how long the agent has to answer.
+    /// Visibility challenges: how often; and how long the agent has to answer, beyond the two
+    /// telemetry intervals its next packet (whose reply carries the challenge) may take.
     pub visibility_interval_s: u64,
     pub visibility_timeout_ms: u64,
     /// Group commit of telemetry rows: at most this many rows per transaction, and this many

@@ -19,6 +19,7 @@ pub mod settlement;
 pub mod state;
 pub mod tutela;
 pub mod views;
+pub mod visibility;
 
 pub use app::{Server, build_router, serve};
 pub use config::{ServerArgs, ServerSettings};

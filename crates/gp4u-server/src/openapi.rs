@@ -8,7 +8,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
     admin, agent, artifacts, billing, energy, health, jobs, ledger, logs, outputs, proofs,
-    providers, telemetry,
+    providers, telemetry, visibility,
 };
 
 struct BearerAuth;
@@ -36,8 +36,8 @@ impl Modify for BearerAuth {
         jobs::submit_job, jobs::list_jobs, jobs::get_job, jobs::cancel_job,
         outputs::download_output, logs::get_logs, artifacts::upload_artifact,
         providers::register, providers::list_gpus, providers::get_node, providers::add_stake,
-        providers::set_endpoint, providers::set_energy, telemetry::ingest, telemetry::job_telemetry,
-        agent::next_assignment, agent::report_status,
+        providers::set_posture, providers::set_energy, telemetry::ingest, telemetry::job_telemetry,
+        agent::next_assignment, agent::report_status, visibility::answer,
         artifacts::agent_input, outputs::upload_output, logs::append_log,
         admin::create_user, admin::suspend_user, admin::activate_user, admin::add_credits, admin::chambers,
         billing::job_settlement, billing::balance, billing::statement, billing::grid_factors,
@@ -46,7 +46,8 @@ impl Modify for BearerAuth {
         ledger::consistency, ledger::job_ledger,
     ),
     components(schemas(gp4u_proto::ErrorBody, gp4u_proto::ErrorDetail,
-        gp4u_proto::VisibilityChallenge, gp4u_proto::VisibilityAnswer)),
+        gp4u_proto::VisibilityChallenge, gp4u_proto::VisibilityAnswer,
+        gp4u_proto::VisibilityEvidence, gp4u_proto::VisibilityVerdict)),
     modifiers(&BearerAuth),
     tags(
         (name = "jobs", description = "Stage 1: submission and the customer's jobs"),

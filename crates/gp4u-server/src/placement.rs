@@ -115,6 +115,7 @@ fn candidate(
             record.and_then(ProviderRecord::completion_rate),
         ),
         provenance: record.and_then(ProviderRecord::provenance),
+        posture: gpu.node_posture.clone(),
     }
 }
 
@@ -170,6 +171,8 @@ pub async fn place_pending(state: &AppState, config: &AtlasConfig) -> StoreResul
             customer_region: regions.get(&job.owner_id).cloned().flatten(),
             reproducibility_sensitive: job.manifest.reproducibility_sensitive,
             excluded_nodes: job.excluded_nodes.clone(),
+            network: job.manifest.network,
+            scratch_gb: job.manifest.scratch_gb(),
         });
     }
     let providers = provider_records(state).await?;

@@ -242,6 +242,16 @@ async fn account_completion(state: &AppState, job: &JobRecord) -> Result<(), Sto
         Some(gpu) => state.store.get_gpu(gpu).await?,
         None => None,
     };
+    // The host the job ran on, as its agent reported it (SPEC §10): runtime, seccomp,
+    // AppArmor/SELinux, user namespaces, cgroup version, egress filter, scratch, limits.
+    let posture = match &job.state.node_id {
+        Some(node) => state
+            .store
+            .get_node(node)
+            .await?
+            .and_then(|node| node.posture),
+        None => None,
+    };
     let env: BTreeMap<&String, &String> = job.manifest.env.iter().collect();
     let env_hash =
         gp4u_core::hex::sha256(serde_json::to_string(&env).unwrap_or_default().as_bytes());
@@ -259,6 +269,12 @@ async fn account_completion(state: &AppState, job: &JobRecord) -> Result<(), Sto
         "gpu_model": job.gpu_name,
         "gpu_driver": gpu.as_ref().and_then(|gpu| gpu.driver_version.clone()),
         "gpu_uuid": gpu.as_ref().and_then(|gpu| gpu.uuid.clone()),
+        "host_posture": posture,
+        "runtime": {
+            "shm_gb": job.manifest.shm_gb(),
+            "scratch_gb": job.manifest.scratch_gb(),
+            "network": job.manifest.network.as_str(),
+        },
         // The image is pinned by digest at submission, so a completed job with a recorded exit
         // code is reproducible in the sense Veritas scores: same image, inputs, env, command.
         "reproducible": job.state.status == JobStatus::Complete && job.state.exit_code == Some(0),

@@ -7,7 +7,7 @@
 //! - [`end_attempt`] fails a job or, for a provider-fault reason with retries left, puts it
 //!   back in the queue for another node; [`slash`] and [`eject`] act on providers.
 //! - [`run_reapers`] is the heartbeat reaper (with the restart grace and the breaker) and the
-//!   server-side duration check; [`run_visibility`] sends the signed visibility challenges.
+//!   server-side duration check. Visibility challenges are [`crate::visibility`]'s.
 //!
 //! The rules themselves are pure, in `gp4u_core::tutela`.
 
@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use gp4u_attest::visibility;
 use gp4u_core::ids::{JobId, NodeId};
 use gp4u_core::job::{EndedBy, FailureReason, JobInput, JobStatus, fail_or_retry, transition};
 use gp4u_core::manifest::GpuTarget;
@@ -25,10 +24,9 @@ use gp4u_core::pricing::duration_cap;
 use gp4u_core::tutela::{
     HeartbeatConfig, HeartbeatDecision, LiveJob, SlashKind, TelemetrySample, judge_heartbeats,
 };
-use gp4u_proto::{VisibilityAnswer, VisibilityChallenge};
 use gp4u_store::{
-    Attempt, JobRecord, NodeRecord, OutboxEvent, SlashRecord, Store, StoreError, StoreResult,
-    TelemetryRow, UserRecord,
+    Attempt, JobRecord, OutboxEvent, SlashRecord, Store, StoreError, StoreResult, TelemetryRow,
+    UserRecord,
 };
 use serde_json::json;
 use tokio::sync::watch;
@@ -45,8 +43,6 @@ const MAX_CACHED_WINDOWS: usize = 200_000;
 const MAX_BUCKETS: usize = 100_000;
 /// Jobs the reapers look at per round.
 const REAPER_BATCH: i64 = 10_000;
-/// Visibility challenges in flight at once.
-const VISIBILITY_CONCURRENCY: usize = 32;
 
 type WriteRequest = (TelemetryRow, oneshot::Sender<Result<bool, String>>);
 
@@ -90,7 +86,7 @@ struct Bucket {
 /// Stage 4's shared state.
 pub struct Tutela {
     pub settings: TutelaSettings,
-    /// Signs visibility challenges (and, later, ledger checkpoints).
+    /// Signs visibility challenges and ledger checkpoints.
     pub platform_key: SigningKey,
     /// When this control plane started: the heartbeat reaper's restart grace counts from it.
     pub started_ms: i64,
@@ -103,6 +99,8 @@ pub struct Tutela {
     buckets: Mutex<HashMap<NodeId, Bucket>>,
     writer: OnceCell<mpsc::Sender<WriteRequest>>,
     breaker_open: AtomicBool,
+    /// The open visibility challenges, handed to agents in telemetry replies.
+    pub challenges: crate::visibility::ChallengeBook,
 }
 
 impl std::fmt::Debug for Tutela {
@@ -126,6 +124,7 @@ impl Tutela {
             buckets: Mutex::new(HashMap::new()),
             writer: OnceCell::new(),
             breaker_open: AtomicBool::new(false),
+            challenges: Default::default(),
         }
     }
 
@@ -754,198 +753,6 @@ pub async fn run_reapers(state: AppState, mut stopping: watch::Receiver<bool>) {
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
             _ = stopping.changed() => return,
-        }
-    }
-}
-
-/// The result of one visibility challenge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Visibility {
-    /// The node key answered.
-    Answered,
-    /// Connection refused: the node hides from the platform (hard slash, ejection).
-    Refused,
-    /// No answer in time: a network fault, not a block.
-    Timeout,
-    /// Something answered, but not with the node key's signature: treated as blocked.
-    BadAnswer,
-}
-
-impl Visibility {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Visibility::Answered => "ANSWERED",
-            Visibility::Refused => "REFUSED",
-            Visibility::Timeout => "TIMEOUT",
-            Visibility::BadAnswer => "BAD_ANSWER",
-        }
-    }
-}
-
-fn is_connection_refused(error: &reqwest::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(current) = source {
-        if let Some(io) = current.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::ConnectionRefused
-        {
-            return true;
-        }
-        source = current.source();
-    }
-    false
-}
-
-/// Sends one challenge to `node`'s endpoint and judges the answer.
-pub async fn challenge(
-    state: &AppState,
-    client: &reqwest::Client,
-    node: &NodeRecord,
-) -> (Visibility, String) {
-    let Some(endpoint) = &node.endpoint else {
-        return (Visibility::Timeout, "no endpoint".into());
-    };
-    let nonce: String = {
-        let (a, b) = (state.random_id_bytes(), state.random_id_bytes());
-        format!(
-            "{}{}",
-            gp4u_core::hex::encode(&a),
-            gp4u_core::hex::encode(&b)
-        )
-    };
-    let issued_at_ms = state.now_ms();
-    let message = visibility::challenge_message(node.id.as_str(), &nonce, issued_at_ms);
-    let body = VisibilityChallenge {
-        node_id: node.id.to_string(),
-        nonce: nonce.clone(),
-        issued_at_ms,
-        signature: visibility::sign_base64(&state.tutela.platform_key, &message),
-    };
-    let url = format!("{}/gp4u/visibility", endpoint.trim_end_matches('/'));
-    let response = match client.post(&url).json(&body).send().await {
-        Ok(response) => response,
-        Err(error) if is_connection_refused(&error) => {
-            return (Visibility::Refused, format!("{url}: connection refused"));
-        }
-        Err(error) => return (Visibility::Timeout, format!("{url}: {error}")),
-    };
-    let status = response.status();
-    let answer = match response.json::<VisibilityAnswer>().await {
-        Ok(answer) if status.is_success() => answer,
-        Ok(_) | Err(_) => {
-            return (
-                Visibility::BadAnswer,
-                format!("{url} answered HTTP {status} without a valid answer"),
-            );
-        }
-    };
-    let Some(key) = gp4u_attest::key::parse_public_key(&node.public_key) else {
-        return (
-            Visibility::BadAnswer,
-            "the node's registered key does not parse".into(),
-        );
-    };
-    let expected = visibility::answer_message(node.id.as_str(), &nonce, issued_at_ms);
-    if answer.nonce != nonce
-        || answer.node_id != node.id.as_str()
-        || !visibility::verify_base64(&key, &expected, &answer.signature)
-    {
-        return (
-            Visibility::BadAnswer,
-            format!("{url} answered, but not with node {}'s key", node.id),
-        );
-    }
-    (Visibility::Answered, format!("{url} answered"))
-}
-
-/// One round of visibility challenges to the nodes with running jobs. Returns each node's result.
-pub async fn probe_once(
-    state: &AppState,
-    client: &reqwest::Client,
-) -> StoreResult<Vec<(NodeId, Visibility)>> {
-    use futures::StreamExt as _;
-    let nodes = state.store.nodes_to_probe(1000).await?;
-    let results: Vec<(NodeRecord, (Visibility, String))> = futures::stream::iter(nodes)
-        .map(|node| async move {
-            let result = challenge(state, client, &node).await;
-            (node, result)
-        })
-        .buffer_unordered(VISIBILITY_CONCURRENCY)
-        .collect()
-        .await;
-    let mut outcome = Vec::with_capacity(results.len());
-    for (node, (result, detail)) in results {
-        let now_ms = state.now_ms();
-        // A refusal counts as blocking only when the agent is demonstrably alive: it was
-        // refused in the previous round too, and its telemetry kept arriving since. A crashed
-        // or partitioned agent is silent as well, and the heartbeat path (JOB_DROPPED) is the
-        // right judge of that.
-        let confirmed = match (
-            result,
-            node.visibility.as_str(),
-            node.visibility_checked_at_ms,
-        ) {
-            (
-                Visibility::Refused | Visibility::BadAnswer,
-                "REFUSED" | "BAD_ANSWER",
-                Some(since),
-            ) => state.store.node_heard_since(&node.id, since).await?,
-            _ => false,
-        };
-        state
-            .store
-            .record_visibility(&node.id, result.as_str(), now_ms)
-            .await?;
-        match result {
-            Visibility::Answered => {}
-            Visibility::Timeout => {
-                tracing::warn!(node_id = %node.id, detail, "visibility challenge timed out (a network fault, not a block)");
-            }
-            Visibility::Refused | Visibility::BadAnswer if !confirmed => {
-                tracing::warn!(node_id = %node.id, detail, result = result.as_str(),
-                    "visibility challenge refused; blocked if it is refused again while the node keeps reporting");
-            }
-            Visibility::Refused | Visibility::BadAnswer => {
-                let evidence = format!("{detail}, twice, while the node kept sending telemetry");
-                tracing::error!(node_id = %node.id, evidence, result = result.as_str(), "visibility blocked");
-                slash(
-                    state,
-                    &node.id,
-                    None,
-                    SlashKind::VisibilityBlocked,
-                    &evidence,
-                )
-                .await?;
-                eject(state, &node.id, FailureReason::VisibilityBlocked, &evidence).await?;
-            }
-        }
-        outcome.push((node.id, result));
-    }
-    Ok(outcome)
-}
-
-/// Runs [`probe_once`] every `visibility_interval_s` until `stopping`.
-pub async fn run_visibility(state: AppState, mut stopping: watch::Receiver<bool>) {
-    let settings = &state.tutela.settings;
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_millis(settings.visibility_timeout_ms))
-        .connect_timeout(Duration::from_millis(settings.visibility_timeout_ms))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-    {
-        Ok(client) => client,
-        Err(error) => {
-            tracing::error!(%error, "cannot build the visibility client; visibility checks are off");
-            return;
-        }
-    };
-    let period = Duration::from_secs(settings.visibility_interval_s);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(period) => {}
-            _ = stopping.changed() => return,
-        }
-        if let Err(error) = probe_once(&state, &client).await {
-            tracing::warn!(%error, "a visibility round failed; retrying next period");
         }
     }
 }

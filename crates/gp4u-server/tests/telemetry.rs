@@ -6,58 +6,13 @@
 #[macro_use]
 mod support;
 
-use std::time::Duration;
-
 use axum::http::{Method, StatusCode};
 use gp4u_core::atlas::AtlasConfig;
-use gp4u_core::ids::NodeId;
 use gp4u_server::placement::place_pending;
-use gp4u_server::tutela::{Visibility, probe_once, reap_once};
+use gp4u_server::tutela::reap_once;
 use gp4u_store::Engine;
 use serde_json::{Value, json};
 use support::*;
-
-async fn standing(app: &TestApp, node: &str) -> Value {
-    let reply = app
-        .call(
-            Method::GET,
-            &format!("/api/providers/{node}"),
-            Some(&app.admin),
-            None,
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-    reply.body
-}
-
-async fn stake(app: &TestApp, node: &Node, amount: f64) {
-    let owner = app
-        .store()
-        .get_node(&NodeId::parse(&node.node_id).unwrap())
-        .await
-        .unwrap()
-        .unwrap()
-        .owner_id;
-    let reply = app
-        .call(
-            Method::POST,
-            &format!("/api/admin/users/{owner}/credits"),
-            Some(&app.admin),
-            Some(json!({"amount": amount})),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-    let reply = app
-        .call(
-            Method::POST,
-            &format!("/api/providers/{}/stake", node.node_id),
-            Some(&node.token),
-            Some(json!({"amount": amount})),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-    assert_eq!(reply.body["stake"], json!(amount));
-}
 
 // ---------------------------------------------------------------------------------------
 // Ingestion
@@ -630,182 +585,6 @@ async fn a_job_taken_but_never_started_moves_without_a_slash(app: TestApp) {
     );
 }
 
-/// A provider node with a real key, registered through the API with `endpoint`.
-async fn keyed_node(app: &TestApp, key: &ed25519_dalek::SigningKey, endpoint: &str) -> Node {
-    let (_, token) = app.user("provider", None).await;
-    let reply = app
-        .call(
-            Method::POST,
-            "/api/providers/register",
-            Some(&token),
-            Some(json!({"region": "us-east-1", "public_key": gp4u_attest::key::public_key_base64(key),
-                "endpoint": endpoint,
-                "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "uuid": "GPU-0"}]})),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-    assert!(reply.body["platform_public_key"].is_string());
-    Node {
-        token,
-        node_id: reply.body["node_id"].as_str().unwrap().to_string(),
-        gpus: vec![reply.body["gpus"][0]["id"].as_str().unwrap().to_string()],
-    }
-}
-
-/// A loopback agent endpoint answering challenges with `key` (as the agent does).
-async fn answering_endpoint(key: ed25519_dalek::SigningKey, platform: String) -> String {
-    use axum::routing::post;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let platform = gp4u_attest::key::parse_public_key(&platform).unwrap();
-    let app = axum::Router::new().route(
-        "/gp4u/visibility",
-        post(
-            move |axum::Json(challenge): axum::Json<gp4u_proto::VisibilityChallenge>| {
-                let key = key.clone();
-                async move {
-                    let signature = gp4u_attest::visibility::answer(
-                        &key,
-                        &challenge.node_id,
-                        Some(&platform),
-                        &challenge.node_id,
-                        &challenge.nonce,
-                        challenge.issued_at_ms,
-                        &challenge.signature,
-                        challenge.issued_at_ms,
-                    )
-                    .unwrap();
-                    axum::Json(gp4u_proto::VisibilityAnswer {
-                        node_id: challenge.node_id,
-                        nonce: challenge.nonce,
-                        signature,
-                    })
-                }
-            },
-        ),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{address}")
-}
-
-async fn visibility_answered_refused_and_timed_out(app: TestApp) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_millis(500))
-        .build()
-        .unwrap();
-    let platform = app.state.tutela.platform_public_key();
-    // An agent that answers with its key.
-    let good_key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
-    let good = keyed_node(
-        &app,
-        &good_key,
-        &answering_endpoint(good_key.clone(), platform.clone()).await,
-    )
-    .await;
-    let good_run = running_on(&app, good, pinned()).await;
-    send(&app, &good_run, json!({})).await;
-    // One whose endpoint refuses connections: a port bound and released.
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
-    let blocked_key = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
-    let blocked = keyed_node(&app, &blocked_key, &format!("http://{closed}")).await;
-    stake(&app, &blocked, 100.0).await;
-    let mut body = any_gpu_body();
-    body["max_retries"] = json!(0);
-    let blocked_run = running_on(&app, blocked, body).await;
-    send(&app, &blocked_run, json!({})).await;
-    // One that accepts the connection and never answers: a network fault, not a block.
-    let silent_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_address = silent_listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        loop {
-            let (socket, _) = silent_listener.accept().await.unwrap();
-            held.push(socket);
-        }
-    });
-    let silent_key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
-    let silent = keyed_node(&app, &silent_key, &format!("http://{silent_address}")).await;
-    let silent_run = running_on(&app, silent, pinned()).await;
-    send(&app, &silent_run, json!({})).await;
-
-    // First round: a refusal alone is not yet a block (a crashed agent refuses too).
-    probe_once(&app.state, &client).await.unwrap();
-    let view = standing(&app, &blocked_run.node.node_id).await;
-    assert_eq!(
-        (view["status"].as_str(), view["visibility"].as_str()),
-        (Some("ACTIVE"), Some("REFUSED"))
-    );
-    assert_eq!(view["slashes"], json!([]));
-    // The agent keeps reporting while refusing the platform: that is hiding.
-    for run in [&good_run, &blocked_run, &silent_run] {
-        send(&app, run, json!({})).await;
-    }
-    let results = probe_once(&app.state, &client).await.unwrap();
-    let result = |node: &str| {
-        results
-            .iter()
-            .find(|(id, _)| id.as_str() == node)
-            .map(|(_, result)| *result)
-    };
-    assert_eq!(result(&good_run.node.node_id), Some(Visibility::Answered));
-    assert_eq!(result(&blocked_run.node.node_id), Some(Visibility::Refused));
-    assert_eq!(result(&silent_run.node.node_id), Some(Visibility::Timeout));
-
-    let view = standing(&app, &blocked_run.node.node_id).await;
-    assert_eq!(view["status"], "EJECTED");
-    assert!(
-        view["slashes"][0]["evidence"]
-            .as_str()
-            .unwrap()
-            .contains("connection refused")
-    );
-    assert_eq!(view["visibility"], "REFUSED");
-    assert_eq!(view["slashes"][0]["kind"], "VISIBILITY_BLOCKED");
-    assert_eq!(view["stake"], json!(90.0));
-    let job = app.job(&blocked_run.job).await;
-    assert_eq!(
-        (job["status"].as_str(), job["failure_reason"].as_str()),
-        (Some("FAILED"), Some("VISIBILITY_BLOCKED"))
-    );
-    // An ejected node gets no jobs: its GPU left the marketplace.
-    let listing = app
-        .call(Method::GET, "/api/gpus", Some(&app.admin), None)
-        .await;
-    let listed: Vec<&str> = listing.body["gpus"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|gpu| gpu["id"].as_str().unwrap())
-        .collect();
-    assert!(!listed.contains(&blocked_run.node.gpus[0].as_str()));
-    // A refused node that went silent is not slashed for visibility: the heartbeat judges it.
-    let crashed_key = ed25519_dalek::SigningKey::from_bytes(&[10; 32]);
-    let crashed = keyed_node(&app, &crashed_key, &format!("http://{closed}")).await;
-    let crashed_run = running_on(&app, crashed, pinned()).await;
-    send(&app, &crashed_run, json!({})).await;
-    probe_once(&app.state, &client).await.unwrap();
-    app.clock.advance_ms(5_000);
-    probe_once(&app.state, &client).await.unwrap();
-    let view = standing(&app, &crashed_run.node.node_id).await;
-    assert_eq!(
-        (view["status"].as_str(), view["visibility"].as_str()),
-        (Some("ACTIVE"), Some("REFUSED"))
-    );
-    assert_eq!(view["slashes"], json!([]));
-    for (run, visibility) in [(&good_run, "ANSWERED"), (&silent_run, "TIMEOUT")] {
-        let view = standing(&app, &run.node.node_id).await;
-        assert_eq!(
-            (view["status"].as_str(), view["visibility"].as_str()),
-            (Some("ACTIVE"), Some(visibility))
-        );
-        assert_eq!(view["slashes"], json!([]));
-        assert_eq!(app.job(&run.job).await["status"], "RUNNING");
-    }
-}
-
 async fn a_nodes_standing_is_for_its_owner_and_admins(app: TestApp) {
     let node = app.node(1, 3.1, "us-east-1").await;
     let other = app.node(1, 3.1, "us-east-1").await;
@@ -836,32 +615,32 @@ async fn a_nodes_standing_is_for_its_owner_and_admins(app: TestApp) {
         (reply.status, reply.code()),
         (StatusCode::CONFLICT, "CREDIT_BELOW_ZERO")
     );
-    // The endpoint is the owner's to set, and must be a URL.
-    let endpoint = format!("/api/providers/{}/endpoint", node.node_id);
+    // The host posture is the node's agent's to report, validated field by field.
+    let posture_path = format!("/api/providers/{}/posture", node.node_id);
+    let posture = json!({"runtime": "docker", "engine_version": "20.10.24", "seccomp": true,
+        "cgroup_version": 1, "egress_filter": "iptables", "egress_ipv6_filtered": false,
+        "unfiltered_egress_allowed": false, "scratch_quota": "loop", "max_scratch_gb": 50,
+        "cpus_per_job": 2, "ulimits": {"nofile": 65536, "memlock": null, "stack": 67108864}});
+    let mut bad = posture.clone();
+    bad["egress_filter"] = json!("pf");
     for (token, body, status) in [
-        (
-            &node.token,
-            json!({"endpoint": "http://127.0.0.1:7070/"}),
-            StatusCode::NO_CONTENT,
-        ),
-        (
-            &node.token,
-            json!({"endpoint": "ftp://x"}),
-            StatusCode::BAD_REQUEST,
-        ),
-        (
-            &other.token,
-            json!({"endpoint": "http://127.0.0.1:1"}),
-            StatusCode::NOT_FOUND,
-        ),
+        (&node.token, posture.clone(), StatusCode::OK),
+        (&node.token, bad, StatusCode::BAD_REQUEST),
+        (&other.token, posture.clone(), StatusCode::NOT_FOUND),
     ] {
         let reply = app
-            .call(Method::PUT, &endpoint, Some(token), Some(body.clone()))
+            .call(Method::PUT, &posture_path, Some(token), Some(body.clone()))
             .await;
         assert_eq!(reply.status, status, "{body}: {:?}", reply.body);
+        if status == StatusCode::BAD_REQUEST {
+            assert_eq!(reply.body["error"]["field"], "posture.egress_filter");
+        }
     }
     let mine = app.call(Method::GET, &path, Some(&node.token), None).await;
-    assert_eq!(mine.body["endpoint"], "http://127.0.0.1:7070");
+    assert_eq!(mine.body["posture"]["egress_filter"], "iptables");
+    assert_eq!(mine.body["posture"]["max_scratch_gb"], json!(50.0));
+    assert_eq!(mine.body["posture"]["ulimits"]["memlock"], Value::Null);
+    assert!(mine.body.get("endpoint").is_none(), "{:?}", mine.body);
 }
 
 on_both_engines!(
@@ -880,6 +659,5 @@ on_both_engines!(
     a_job_far_past_its_duration_is_failed_without_a_slash,
     the_duration_reaper_catches_an_agent_that_does_not_stop,
     a_job_taken_but_never_started_moves_without_a_slash,
-    visibility_answered_refused_and_timed_out,
     a_nodes_standing_is_for_its_owner_and_admins,
 );

@@ -25,7 +25,7 @@ macro_rules! gpu_columns {
     () => {
         "g.id, g.node_id, n.owner_id, g.name, g.vram_gb, g.price_micros, g.uuid, g.status, \
          n.region, n.trust_score, g.created_at, g.emulated, g.driver_version, \
-         n.first_seen_at, n.last_seen_at, n.online_ms"
+         n.first_seen_at, n.last_seen_at, n.online_ms, n.posture"
     };
 }
 macro_rules! job_columns {
@@ -41,8 +41,8 @@ macro_rules! job_columns {
 macro_rules! node_columns {
     () => {
         "id, owner_id, region, public_key, status, created_at, trust_score, stake_micros, \
-         endpoint, ejected_at, ejected_reason, visibility, visibility_checked_at, first_seen_at, \
-         last_seen_at, online_ms"
+         ejected_at, ejected_reason, visibility, visibility_checked_at, first_seen_at, \
+         last_seen_at, online_ms, posture"
     };
 }
 
@@ -59,6 +59,7 @@ mod records;
 pub mod testing;
 mod tutela;
 mod users;
+mod visibility;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -83,6 +84,7 @@ pub use tutela::{
     Attempt, EnergySample, NewAnomaly, SlashRecord, TOPIC_TELEMETRY_COMMITTED, TelemetryRow,
 };
 pub use users::{NewNode, NewUser};
+pub use visibility::{ChallengeRecord, is_refusal};
 
 /// Which database engine a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,6 +5,7 @@ use gp4u_core::ids::{GpuId, JobId, NodeId, UserId};
 use gp4u_core::job::{EndedBy, FailureReason, JobState, JobStatus};
 use gp4u_core::manifest::{JobManifest, Role};
 use gp4u_core::money::Money;
+use gp4u_core::posture::HostPosture;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -36,8 +37,6 @@ pub struct NodeRecord {
     pub trust_score: f64,
     /// What the provider has at stake; slashes take from it.
     pub stake: Money,
-    /// Where the platform reaches the agent for visibility challenges.
-    pub endpoint: Option<String>,
     pub ejected_at_ms: Option<i64>,
     pub ejected_reason: Option<String>,
     /// The last visibility check's result (`UNCHECKED` until one ran).
@@ -46,6 +45,8 @@ pub struct NodeRecord {
     /// The agent's first and last contact (assignment polls) since presence is recorded, and
     /// the time it was present: contacts at most the presence gap apart, summed.
     pub presence: Presence,
+    /// What the node's agent last reported of its host (`None`: an older agent never did).
+    pub posture: Option<HostPosture>,
 }
 
 /// `provider_nodes.status` values.
@@ -100,6 +101,8 @@ pub struct GpuRecord {
     pub driver_version: Option<String>,
     /// Its node's presence.
     pub node_presence: Presence,
+    /// The posture of the GPU's node, as its agent last reported it.
+    pub node_posture: Option<HostPosture>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -196,7 +199,6 @@ pub(crate) fn node_from_row(row: &AnyRow) -> StoreResult<NodeRecord> {
         created_at_ms: row.try_get("created_at")?,
         trust_score: row.try_get("trust_score")?,
         stake: Money::from_micros(row.try_get("stake_micros")?),
-        endpoint: row.try_get("endpoint")?,
         ejected_at_ms: row.try_get("ejected_at")?,
         ejected_reason: row.try_get("ejected_reason")?,
         visibility: row.try_get("visibility")?,
@@ -206,7 +208,17 @@ pub(crate) fn node_from_row(row: &AnyRow) -> StoreResult<NodeRecord> {
             last_seen_at_ms: row.try_get("last_seen_at")?,
             online_ms: row.try_get("online_ms")?,
         },
+        posture: posture_from_row(row)?,
     })
+}
+
+fn posture_from_row(row: &AnyRow) -> StoreResult<Option<HostPosture>> {
+    let text: Option<String> = row.try_get("posture")?;
+    text.map(|text| {
+        serde_json::from_str(&text)
+            .map_err(|error| StoreError::corrupt(format!("provider_nodes.posture: {error}")))
+    })
+    .transpose()
 }
 
 pub(crate) fn gpu_from_row(row: &AnyRow) -> StoreResult<GpuRecord> {
@@ -234,6 +246,7 @@ pub(crate) fn gpu_from_row(row: &AnyRow) -> StoreResult<GpuRecord> {
             last_seen_at_ms: row.try_get("last_seen_at")?,
             online_ms: row.try_get("online_ms")?,
         },
+        node_posture: posture_from_row(row)?,
     })
 }
 

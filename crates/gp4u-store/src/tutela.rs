@@ -5,14 +5,13 @@
 use gp4u_core::ids::{JobId, NodeId, UserId};
 use gp4u_core::job::{FailureReason, JobState, JobStatus};
 use gp4u_core::money::Money;
+use gp4u_core::posture::HostPosture;
 use gp4u_core::tutela::{SlashKind, SlashSchedule, TelemetrySample, slash};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use crate::outbox::{OutboxEvent, insert_events};
-use crate::records::{
-    JobRecord, NODE_ACTIVE, NODE_EJECTED, NodeRecord, job_from_row, node_from_row,
-};
+use crate::records::{JobRecord, NODE_ACTIVE, NODE_EJECTED, NodeRecord, job_from_row};
 use crate::{Store, StoreError, StoreResult, bool_to_i64};
 
 /// One attempt of a job that ended on a node without ending the job (it was retried).
@@ -629,17 +628,13 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("node {node}")))
     }
 
-    /// Sets where the platform reaches the node's agent.
-    pub async fn set_node_endpoint(
-        &self,
-        node: &NodeId,
-        endpoint: Option<&str>,
-    ) -> StoreResult<()> {
+    /// Records what the node's agent reports of its host (at every start of the agent).
+    pub async fn set_node_posture(&self, node: &NodeId, posture: &HostPosture) -> StoreResult<()> {
         self.count_op();
         let _writer = self.writer().await;
-        sqlx::query("UPDATE provider_nodes SET endpoint = $2 WHERE id = $1")
+        sqlx::query("UPDATE provider_nodes SET posture = $2 WHERE id = $1")
             .bind(node.as_str())
-            .bind(endpoint)
+            .bind(crate::users::posture_json(Some(posture))?)
             .execute(self.pool())
             .await?;
         Ok(())
@@ -677,22 +672,6 @@ impl Store {
         .fetch_optional(self.pool())
         .await?;
         Ok(found.is_some())
-    }
-
-    /// ACTIVE nodes with an endpoint and at least one RUNNING job: the visibility prober's round.
-    pub async fn nodes_to_probe(&self, limit: i64) -> StoreResult<Vec<NodeRecord>> {
-        self.count_op();
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            node_columns!(),
-            " FROM provider_nodes WHERE status = 'ACTIVE' AND endpoint IS NOT NULL AND EXISTS \
-             (SELECT 1 FROM jobs WHERE jobs.node_id = provider_nodes.id AND jobs.status = 'RUNNING') \
-             ORDER BY id LIMIT $1"
-        ))
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(node_from_row).collect()
     }
 
     /// Jobs in `status`, oldest first (Atlas's queue is `PENDING`; the reapers read the others).

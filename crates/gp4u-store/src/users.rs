@@ -4,6 +4,7 @@ use gp4u_core::chambers::Presence;
 use gp4u_core::ids::{GpuId, NodeId, UserId};
 use gp4u_core::manifest::{GpuSpec, Role};
 use gp4u_core::money::Money;
+use gp4u_core::posture::HostPosture;
 
 use crate::outbox::{OutboxEvent, insert_events};
 use crate::records::{gpu_from_row, node_from_row, user_from_row};
@@ -33,8 +34,8 @@ pub struct NewNode {
     pub region: String,
     pub public_key: String,
     pub gpus: Vec<(GpuId, GpuSpec)>,
-    /// The agent's visibility endpoint, when it gave one.
-    pub endpoint: Option<String>,
+    /// What the agent reports of its host, when it did.
+    pub posture: Option<HostPosture>,
 }
 
 impl Store {
@@ -167,14 +168,14 @@ impl Store {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO provider_nodes (id, owner_id, region, public_key, status, created_at, \
-             endpoint) VALUES ($1, $2, $3, $4, 'ACTIVE', $5, $6)",
+             posture) VALUES ($1, $2, $3, $4, 'ACTIVE', $5, $6)",
         )
         .bind(node.id.as_str())
         .bind(node.owner_id.as_str())
         .bind(&node.region)
         .bind(&node.public_key)
         .bind(now_ms)
-        .bind(node.endpoint.as_deref())
+        .bind(posture_json(node.posture.as_ref())?)
         .execute(&mut *tx)
         .await
         .map_err(|error| {
@@ -212,12 +213,12 @@ impl Store {
             created_at_ms: now_ms,
             trust_score: NEW_NODE_TRUST_SCORE,
             stake: Money::ZERO,
-            endpoint: node.endpoint.clone(),
             ejected_at_ms: None,
             ejected_reason: None,
             visibility: "UNCHECKED".into(),
             visibility_checked_at_ms: None,
             presence: Presence::default(),
+            posture: node.posture.clone(),
         };
         let gpus = node
             .gpus
@@ -237,6 +238,7 @@ impl Store {
                 emulated: spec.emulated,
                 driver_version: spec.driver_version.clone(),
                 node_presence: Presence::default(),
+                node_posture: node.posture.clone(),
             })
             .collect();
         Ok((record, gpus))
@@ -315,4 +317,14 @@ impl Store {
         }
         Ok(())
     }
+}
+
+pub(crate) fn posture_json(posture: Option<&HostPosture>) -> StoreResult<Option<String>> {
+    posture
+        .map(|posture| {
+            serde_json::to_string(posture).map_err(|error| {
+                StoreError::corrupt(format!("posture does not serialise: {error}"))
+            })
+        })
+        .transpose()
 }

@@ -116,7 +116,7 @@ async fn seed(store: &Store) -> (UserId, GpuId) {
                 emulated: false,
             },
         )],
-        endpoint: None,
+        posture: None,
     };
     store.register_node(&node, &[event(0)], NOW).await.unwrap();
     (customer.id, gpu_id)

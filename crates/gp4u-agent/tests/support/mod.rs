@@ -1,6 +1,6 @@
 //! A fake control plane for the agent's tests: it hands out manifests, serves input artifacts
 //! and records what the agent reports, logs, uploads and sends as telemetry, and where it says
-//! its visibility endpoint is. Network: loopback only.
+//! the visibility answers and host postures it sends. Network: loopback only.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -71,8 +71,12 @@ pub struct Platform {
     pub registration_bodies: Vec<Value>,
     /// Nodes registered here.
     pub nodes: Vec<String>,
-    /// `PUT /api/providers/{node}/endpoint` calls: (node, endpoint).
-    pub endpoints: Vec<(String, String)>,
+    /// Visibility challenges to put in a job's next telemetry reply (once), by job.
+    pub challenges: HashMap<String, gp4u_proto::VisibilityChallenge>,
+    /// `POST /api/agent/visibility` bodies, in order.
+    pub answers: Vec<gp4u_proto::VisibilityAnswer>,
+    /// `PUT /api/providers/{node}/posture` calls: (node, body).
+    pub postures: Vec<(String, Value)>,
 }
 
 /// One `POST /api/telemetry/russian-doll`.
@@ -226,6 +230,11 @@ fn telemetry_one(
         status: status.into(),
         at_ms: None,
         max_gap_ms: None,
+        challenge: if kill {
+            None
+        } else {
+            platform.challenges.remove(&job)
+        },
     })
 }
 
@@ -299,7 +308,7 @@ async fn telemetry(State(platform): State<Shared>, Json(body): Json<Value>) -> R
     Json(Value::Array(items)).into_response()
 }
 
-async fn endpoint(
+async fn posture(
     State(platform): State<Shared>,
     Path(node): Path<String>,
     Json(body): Json<Value>,
@@ -312,11 +321,16 @@ async fn endpoint(
             "no such node of yours",
         );
     }
-    let Some(endpoint) = body["endpoint"].as_str() else {
-        return error(StatusCode::BAD_REQUEST, "INVALID_JSON", "endpoint missing");
-    };
-    platform.endpoints.push((node, endpoint.to_string()));
-    StatusCode::NO_CONTENT.into_response()
+    platform.postures.push((node, body));
+    Json(json!({})).into_response()
+}
+
+async fn visibility_answer(
+    State(platform): State<Shared>,
+    Json(answer): Json<gp4u_proto::VisibilityAnswer>,
+) -> Response {
+    platform.lock().unwrap().answers.push(answer);
+    Json(json!({"result": "ANSWERED", "detail": null})).into_response()
 }
 
 async fn assignments(State(platform): State<Shared>) -> Response {
@@ -411,7 +425,8 @@ pub async fn fake_platform() -> (String, Shared) {
         .route("/api/agent/jobs/{id}/logs", post(logs))
         .route("/api/agent/jobs/{id}/outputs", put(outputs))
         .route("/api/telemetry/russian-doll", post(telemetry))
-        .route("/api/providers/{id}/endpoint", put(endpoint))
+        .route("/api/providers/{id}/posture", put(posture))
+        .route("/api/agent/visibility", post(visibility_answer))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(platform.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -543,8 +558,7 @@ pub fn process_config(server: &str, data_dir: &std::path::Path) -> AgentConfig {
         region: "us-east-1".into(),
         price_per_hour: 1.0,
         poll_wait_s: 1,
-        listen: None,
-        advertise: None,
+        refuse_visibility: false,
         net_sample_interval: AgentConfig::DEFAULT_NET_SAMPLE_INTERVAL,
         renewable_pct: 0.0,
         job_runtime: Default::default(),
@@ -630,8 +644,7 @@ pub fn docker_config(server: &str, data_dir: &std::path::Path) -> AgentConfig {
         region: "us-east-1".into(),
         price_per_hour: 1.0,
         poll_wait_s: 1,
-        listen: None,
-        advertise: None,
+        refuse_visibility: false,
         net_sample_interval: AgentConfig::DEFAULT_NET_SAMPLE_INTERVAL,
         renewable_pct: 0.0,
         job_runtime: Default::default(),
@@ -656,4 +669,21 @@ pub async fn cleaned_up(dir: &std::path::Path) {
         "the agent left mounts behind: {:?}",
         mounts_under(dir)
     );
+}
+
+/// Unmounts, when dropped, the job scratch still mounted under an agent's data dir (declare it
+/// after the data dir's `TempDir`, so that it runs first): a test that stops its agent mid-job
+/// never restarts it, and a restarted agent is what sweeps such leftovers.
+pub struct Unmount(pub std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        for mount in mounts_under(&self.0) {
+            if let Some(path) = mount.split(' ').nth(1) {
+                let _ = std::process::Command::new("umount")
+                    .args(["-l", path])
+                    .status();
+            }
+        }
+    }
 }

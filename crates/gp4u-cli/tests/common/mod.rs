@@ -21,12 +21,31 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub struct Running {
     pub child: Child,
     pub base: String,
+    /// An agent's data dir: the job scratch still mounted under it when the test kills the
+    /// agent is unmounted (a restarted agent would sweep it; a killed one never restarts).
+    pub unmount: Option<std::path::PathBuf>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.unmount {
+            unmount_under(dir);
+        }
+    }
+}
+
+/// Lazily unmounts every mount under `dir` (job scratch a killed agent left).
+pub fn unmount_under(dir: &Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
+        return;
+    };
+    let prefix = dir.to_string_lossy().into_owned();
+    for mount in mounts.lines().filter_map(|line| line.split(' ').nth(1)) {
+        if mount.starts_with(&prefix) {
+            let _ = Command::new("umount").args(["-l", mount]).status();
+        }
     }
 }
 
@@ -63,7 +82,11 @@ pub fn start_server_with(data_dir: &Path, database_url: &str, extra: &[&str]) ->
         .strip_prefix("gp4u server listening on ")
         .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
         .to_string();
-    Running { child, base }
+    Running {
+        child,
+        base,
+        unmount: None,
+    }
 }
 
 pub fn mint(data_dir: &Path, sub: &str, clr: u8) -> String {
@@ -148,7 +171,8 @@ pub fn job_containers(job_id: &str) -> Vec<String> {
         .collect()
 }
 
-/// `gp4u agent` for an emulated RTX 4090 with a visibility listener on loopback.
+/// `gp4u agent` for an emulated RTX 4090, as the README starts it (no listener: visibility
+/// challenges arrive on its own connection).
 pub fn start_agent(base: &str, token_file: &Path, data_dir: &Path) -> Running {
     start_agent_with(base, token_file, data_dir, &[])
 }
@@ -166,8 +190,6 @@ pub fn start_agent_with(base: &str, token_file: &Path, data_dir: &Path, extra: &
             "2.5",
             "--poll-wait",
             "2",
-            "--listen",
-            "127.0.0.1:0",
         ])
         .arg("--token-file")
         .arg(token_file)
@@ -183,6 +205,7 @@ pub fn start_agent_with(base: &str, token_file: &Path, data_dir: &Path, extra: &
     Running {
         child,
         base: String::new(),
+        unmount: Some(data_dir.to_path_buf()),
     }
 }
 

@@ -252,6 +252,20 @@ async fn resolve_target(state: &AppState, manifest: &JobManifest) -> ApiResult<T
     match &manifest.target {
         GpuTarget::Pinned(gpu_id) => {
             let gpu = pinned_gpu(state, gpu_id).await?;
+            // SPEC §10: a node without an egress filter takes no `public` job (unless its
+            // provider accepted unfiltered egress), and none takes more scratch than it offers.
+            if let Some(refusal) = gpu
+                .node_posture
+                .as_ref()
+                .and_then(|posture| posture.refusal(manifest.network, manifest.scratch_gb()))
+            {
+                return Err(ApiError::new(
+                    ErrorCode::GpuNotAvailable,
+                    format!(
+                        "GPU {gpu_id} cannot run this job: {refusal}; pick another GPU from GET /api/gpus or change the job"
+                    ),
+                ));
+            }
             Ok(Target {
                 price_per_hour: gpu.price_per_hour,
                 gpu: Some(gpu),

@@ -13,3 +13,4 @@ pub mod outputs;
 pub mod proofs;
 pub mod providers;
 pub mod telemetry;
+pub mod visibility;

@@ -8,7 +8,7 @@ use gp4u_core::chambers::uptime_score;
 use gp4u_core::events::{NodeRegistered, RegisteredGpu, TOPIC_NODE_REGISTERED};
 use gp4u_core::ids::{GpuId, NodeId};
 use gp4u_core::manifest::{
-    FieldError, ValidationCode, validate_credit_amount, validate_endpoint, validate_registration,
+    FieldError, ValidationCode, validate_credit_amount, validate_registration,
 };
 use gp4u_proto::{
     ErrorCode, GpuList, NodeRecordView, ProviderNodeView, Registered, RegisteredGpuView, SlashView,
@@ -37,6 +37,7 @@ pub async fn register(
 ) -> ApiResult<(StatusCode, Json<Registered>)> {
     caller.require(CLEARANCE_PROVIDER, ErrorCode::ProviderRequired, "provider")?;
     let renewable_pct = renewable_pct(&body.value)?.unwrap_or(0.0);
+    // The agent's host posture is validated with the rest (a 400 names `posture.…`).
     let registration = match body.value.as_object() {
         Some(object) => {
             let mut stripped = object.clone();
@@ -55,7 +56,7 @@ pub async fn register(
             .into_iter()
             .map(|spec| (GpuId::from_random(state.random_id_bytes()), spec))
             .collect(),
-        endpoint: registration.endpoint,
+        posture: registration.posture,
     };
     let event = NodeRegistered {
         node_id: node.id.clone(),
@@ -163,7 +164,10 @@ async fn node_view(state: &AppState, node: &NodeRecord) -> ApiResult<ProviderNod
         trust_score: node.trust_score,
         ejected_at: node.ejected_at_ms.map(rfc3339),
         ejected_reason: node.ejected_reason.clone(),
-        endpoint: node.endpoint.clone(),
+        posture: node
+            .posture
+            .as_ref()
+            .and_then(|posture| serde_json::to_value(posture).ok()),
         visibility: node.visibility.clone(),
         visibility_checked_at: node.visibility_checked_at_ms.map(rfc3339),
         gpus: gpus.iter().map(registered_gpu_view).collect(),
@@ -250,33 +254,34 @@ pub async fn add_stake(
     Ok(Json(node_view(&state, &node).await?))
 }
 
-/// Sets where the platform reaches the node's agent (`{"endpoint": "http://host:port"}`, or
-/// null to clear it). The agent calls this at every start.
+/// Records what the node's agent reads of its host (SPEC §10): the body is the posture
+/// (`runtime`, `seccomp`, `egress_filter`, `scratch_quota`, `max_scratch_gb`, …). The agent
+/// sends it at every start; placement goes by the latest.
 #[utoipa::path(
-    put, path = "/api/providers/{nodeId}/endpoint", tag = "providers", params(("nodeId" = String, Path)),
-    responses((status = 204), (status = 400, body = gp4u_proto::ErrorBody), (status = 404, body = gp4u_proto::ErrorBody)),
+    put, path = "/api/providers/{nodeId}/posture", tag = "providers", params(("nodeId" = String, Path)),
+    request_body = Object,
+    responses((status = 200, body = ProviderNodeView), (status = 400, body = gp4u_proto::ErrorBody),
+        (status = 404, body = gp4u_proto::ErrorBody)),
     security(("bearer" = []))
 )]
-pub async fn set_endpoint(
+pub async fn set_posture(
     State(state): State<AppState>,
     caller: Caller,
     Path(node_id): Path<String>,
     body: JsonBody,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Json<ProviderNodeView>> {
     let node = crate::routes::agent::owned_node(&state, &caller, &node_id).await?;
-    let Some(object) = body.value.as_object() else {
-        return Err(ApiError::new(
-            ErrorCode::InvalidJson,
-            "the body must be a JSON object like {\"endpoint\": \"http://host:port\"}",
-        ));
-    };
-    let endpoint = validate_endpoint(object.get("endpoint"))?;
-    state
-        .store
-        .set_node_endpoint(&node.id, endpoint.as_deref())
-        .await?;
-    tracing::info!(node_id = %node.id, endpoint = ?endpoint, "agent endpoint set");
-    Ok(StatusCode::NO_CONTENT)
+    let posture = gp4u_core::posture::validate_posture(&body.value)?;
+    state.store.set_node_posture(&node.id, &posture).await?;
+    tracing::info!(node_id = %node.id, egress_filter = %posture.egress_filter,
+        scratch_quota = %posture.scratch_quota, "host posture reported");
+    let node = state.store.get_node(&node.id).await?.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NodeNotFound,
+            format!("no node {node_id} of yours"),
+        )
+    })?;
+    Ok(Json(node_view(&state, &node).await?))
 }
 
 /// The marketplace: AVAILABLE GPUs with price, region and the provider's trust score.

@@ -476,6 +476,10 @@ async fn ingest_one(state: &AppState, caller: &Caller, body: Value) -> ApiResult
     {
         status = fresh.state.status;
     }
+    // An open visibility challenge for this job rides on its reply (from memory: nothing read).
+    let challenge = (kill.is_none() && status == JobStatus::Running)
+        .then(|| state.tutela.challenges.for_job(&job_id, now_ms))
+        .flatten();
     Ok(TelemetryReply {
         kill_job: kill.is_some(),
         reason: kill,
@@ -483,6 +487,7 @@ async fn ingest_one(state: &AppState, caller: &Caller, body: Value) -> ApiResult
         status: status.as_str().to_string(),
         at_ms: Some(now_ms),
         max_gap_ms: Some(state.tutela.settings.energy_max_gap_ms()),
+        challenge,
     })
 }
 

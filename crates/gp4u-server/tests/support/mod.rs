@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use gp4u_bus::{EventBus, InProcessBus, ManualClock};
 use gp4u_core::atlas::AtlasConfig;
-use gp4u_core::ids::UserId;
+use gp4u_core::ids::{NodeId, UserId};
 use gp4u_core::manifest::Role;
 use gp4u_core::token::{Claims, TokenKeys, TokenSecret, mint};
 use gp4u_server::placement::place_pending;
@@ -500,4 +500,74 @@ pub async fn packet(app: &TestApp, token: &str, node: &str, job: &str, extra: Va
 
 pub async fn send(app: &TestApp, run: &Running, extra: Value) -> Reply {
     packet(app, &run.node.token, &run.node.node_id, &run.job, extra).await
+}
+
+// ---------------------------------------------------------------------------------------
+// A provider's standing
+// ---------------------------------------------------------------------------------------
+
+/// `GET /api/providers/{node}` as an admin.
+pub async fn standing(app: &TestApp, node: &str) -> Value {
+    let reply = app
+        .call(
+            Method::GET,
+            &format!("/api/providers/{node}"),
+            Some(&app.admin),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    reply.body
+}
+
+/// Gives the node's owner `amount` of credit and stakes it on the node.
+pub async fn stake(app: &TestApp, node: &Node, amount: f64) {
+    let owner = app
+        .store()
+        .get_node(&NodeId::parse(&node.node_id).unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .owner_id;
+    let reply = app
+        .call(
+            Method::POST,
+            &format!("/api/admin/users/{owner}/credits"),
+            Some(&app.admin),
+            Some(json!({"amount": amount})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = app
+        .call(
+            Method::POST,
+            &format!("/api/providers/{}/stake", node.node_id),
+            Some(&node.token),
+            Some(json!({"amount": amount})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["stake"], json!(amount));
+}
+
+/// A provider node with a real ed25519 key (for signed visibility answers and proofs),
+/// registered through the API with one GPU.
+pub async fn keyed_node(app: &TestApp, key: &ed25519_dalek::SigningKey) -> Node {
+    let (_, token) = app.user("provider", None).await;
+    let reply = app
+        .call(
+            Method::POST,
+            "/api/providers/register",
+            Some(&token),
+            Some(json!({"region": "us-east-1", "public_key": gp4u_attest::key::public_key_base64(key),
+                "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "uuid": "GPU-0"}]})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    assert!(reply.body["platform_public_key"].is_string());
+    Node {
+        token,
+        node_id: reply.body["node_id"].as_str().unwrap().to_string(),
+        gpus: vec![reply.body["gpus"][0]["id"].as_str().unwrap().to_string()],
+    }
 }
