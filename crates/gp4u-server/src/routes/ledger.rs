@@ -19,6 +19,11 @@ use crate::state::AppState;
 
 /// Entries one `GET /api/ledger/entries` returns at most.
 pub const MAX_ENTRIES: u64 = 1000;
+/// Entries `GET /api/ledger/entries` returns when `end` is not given.
+pub const DEFAULT_ENTRIES: u64 = 100;
+/// The largest index or size any query may name: the store keeps them as signed 64-bit
+/// integers, so no log gets larger.
+pub const MAX_LOG_NUMBER: u64 = i64::MAX as u64;
 
 fn text(body: String) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
@@ -26,6 +31,51 @@ fn text(body: String) -> Response {
 
 fn bad_query(message: String) -> ApiError {
     ApiError::new(ErrorCode::InvalidQuery, message)
+}
+
+/// A query parameter that names a log index or size: a whole number from 0 to
+/// [`MAX_LOG_NUMBER`]. Query values arrive as text and are parsed here, one by one, so that
+/// every refusal names its parameter and what it accepts.
+fn log_number(name: &str, value: Option<&str>) -> ApiResult<Option<u64>> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let number = value.parse::<u64>().map_err(|_| {
+        bad_query(format!(
+            "{name}={value:?} is not a whole number from 0 to {MAX_LOG_NUMBER}"
+        ))
+    })?;
+    if number > MAX_LOG_NUMBER {
+        return Err(bad_query(format!(
+            "{name}={number} is beyond any log: indexes and sizes go up to {MAX_LOG_NUMBER}"
+        )));
+    }
+    Ok(Some(number))
+}
+
+/// A [`log_number`] the route cannot do without.
+fn required_log_number(name: &str, value: Option<&str>, example: &str) -> ApiResult<u64> {
+    log_number(name, value)?.ok_or_else(|| bad_query(format!("{name} is required, e.g. {example}")))
+}
+
+fn query_text(
+    query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<LogQuery> {
+    query
+        .map(|Query(query)| query)
+        .map_err(|error| bad_query(error.body_text()))
+}
+
+/// The query parameters of the log's routes, as text (see [`log_number`]); each route reads
+/// the ones it documents and ignores the rest.
+#[derive(Debug, Default, Deserialize)]
+pub struct LogQuery {
+    pub start: Option<String>,
+    pub end: Option<String>,
+    pub index: Option<String>,
+    pub size: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
 }
 
 /// The newest signed checkpoint; before anything is sealed, a signed checkpoint of the empty tree.
@@ -65,12 +115,6 @@ pub async fn public_key(State(state): State<AppState>, _caller: Caller) -> ApiRe
     Ok(text(format!("{}\n", state.obsidian.verifier_key)))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct EntriesQuery {
-    pub start: Option<u64>,
-    pub end: Option<u64>,
-}
-
 /// An entry as served: its body only to an admin or the job's owner (the log is public, the
 /// contents of other people's jobs are not; the leaf hash is enough for proofs).
 fn entry_view(entry: &LedgerEntryRecord, show_body: bool) -> Value {
@@ -86,21 +130,32 @@ fn entry_view(entry: &LedgerEntryRecord, show_body: bool) -> Value {
 
 /// `GET /api/ledger/entries?start=&end=`: entries `start <= index < end` (at most 1000).
 #[utoipa::path(
-    get, path = "/api/ledger/entries", tag = "ledger", params(("start" = Option<u64>, Query), ("end" = Option<u64>, Query)),
+    get, path = "/api/ledger/entries", tag = "ledger", params(
+        ("start" = Option<u64>, Query, description = "first index (default 0); at most 9223372036854775807"),
+        ("end" = Option<u64>, Query, description = "one past the last index (default start + 100); end - start at most 1000"),
+    ),
     responses((status = 200, description = "entries start <= index < end (at most 1000): index, kind, job_id, leaf_hash; body for your own jobs"), (status = 400, body = gp4u_proto::ErrorBody)),
     security(("bearer" = []))
 )]
 pub async fn entries(
     State(state): State<AppState>,
     caller: Caller,
-    query: Result<Query<EntriesQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    let Query(query) = query.map_err(|error| bad_query(error.body_text()))?;
-    let start = query.start.unwrap_or(0);
-    let end = query.end.unwrap_or(start.saturating_add(100));
-    if end < start || end - start > MAX_ENTRIES {
+    let query = query_text(query)?;
+    let start = log_number("start", query.start.as_deref())?.unwrap_or(0);
+    let end = log_number("end", query.end.as_deref())?
+        .unwrap_or_else(|| start.saturating_add(DEFAULT_ENTRIES).min(MAX_LOG_NUMBER));
+    if end < start {
         return Err(bad_query(format!(
-            "need start <= end and at most {MAX_ENTRIES} entries, got start={start} end={end}"
+            "end={end} is before start={start}: entries start <= index < end are served"
+        )));
+    }
+    if end - start > MAX_ENTRIES {
+        return Err(bad_query(format!(
+            "end={end} asks for {} entries from start={start}; at most {MAX_ENTRIES} per request, \
+             page through the log",
+            end - start
         )));
     }
     let entries = state.store.ledger_entries(start, end).await?;
@@ -136,79 +191,73 @@ async fn owns_job(state: &AppState, caller: &Caller, job: &str) -> ApiResult<boo
         .is_some_and(|record| record.owner_id == *caller.id()))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct InclusionQuery {
-    pub index: u64,
-    pub size: Option<u64>,
-}
-
 /// `GET /api/ledger/proof/inclusion?index=&size=`: the audit path of entry `index` in the tree
 /// of `size` entries (default: the latest checkpoint's).
 #[utoipa::path(
-    get, path = "/api/ledger/proof/inclusion", tag = "ledger", params(("index" = u64, Query), ("size" = Option<u64>, Query)),
+    get, path = "/api/ledger/proof/inclusion", tag = "ledger", params(
+        ("index" = u64, Query, description = "the entry's index, below size"),
+        ("size" = Option<u64>, Query, description = "the tree size (default: the latest checkpoint's); at most the latest checkpoint's"),
+    ),
     responses((status = 200, description = "{index, size, proof: [hex]} (RFC 9162 audit path)"), (status = 400, body = gp4u_proto::ErrorBody)),
     security(("bearer" = []))
 )]
 pub async fn inclusion(
     State(state): State<AppState>,
     _caller: Caller,
-    query: Result<Query<InclusionQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    let Query(query) = query.map_err(|error| bad_query(error.body_text()))?;
+    let query = query_text(query)?;
+    let index = required_log_number("index", query.index.as_deref(), "?index=0&size=10")?;
+    let size = log_number("size", query.size.as_deref())?;
     let checkpoint = latest(&state).await?;
-    let size = query.size.unwrap_or(checkpoint.tree_size);
+    let size = size.unwrap_or(checkpoint.tree_size);
     if size > checkpoint.tree_size {
         return Err(bad_query(format!(
-            "size {size} is beyond the latest checkpoint ({}); ask for a size it covers",
+            "size={size} is beyond the latest checkpoint ({}); ask for a size it covers",
             checkpoint.tree_size
         )));
     }
-    let plan = inclusion_proof_plan(query.index, size).map_err(|error| {
-        bad_query(format!(
-            "index {} in a tree of {size}: {error}",
-            query.index
-        ))
-    })?;
+    let plan = inclusion_proof_plan(index, size)
+        .map_err(|error| bad_query(format!("index={index} in a tree of size {size}: {error}")))?;
     let proof = proof_from_plan(&state, &plan).await?;
     Ok(Json(json!({
-        "index": query.index,
+        "index": index,
         "size": size,
         "proof": proof.iter().map(|hash| to_hex(hash)).collect::<Vec<_>>(),
     })))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ConsistencyQuery {
-    pub from: u64,
-    pub to: Option<u64>,
-}
-
 /// `GET /api/ledger/proof/consistency?from=&to=`: proof that the tree of `from` entries is a
 /// prefix of the tree of `to` (default: the latest checkpoint's size).
 #[utoipa::path(
-    get, path = "/api/ledger/proof/consistency", tag = "ledger", params(("from" = u64, Query), ("to" = Option<u64>, Query)),
+    get, path = "/api/ledger/proof/consistency", tag = "ledger", params(
+        ("from" = u64, Query, description = "the older tree size, at most to"),
+        ("to" = Option<u64>, Query, description = "the newer tree size (default: the latest checkpoint's); at most the latest checkpoint's"),
+    ),
     responses((status = 200, description = "{from, to, proof: [hex]} (RFC 9162 consistency proof)"), (status = 400, body = gp4u_proto::ErrorBody)),
     security(("bearer" = []))
 )]
 pub async fn consistency(
     State(state): State<AppState>,
     _caller: Caller,
-    query: Result<Query<ConsistencyQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    let Query(query) = query.map_err(|error| bad_query(error.body_text()))?;
+    let query = query_text(query)?;
+    let from = required_log_number("from", query.from.as_deref(), "?from=10&to=20")?;
+    let to = log_number("to", query.to.as_deref())?;
     let checkpoint = latest(&state).await?;
-    let to = query.to.unwrap_or(checkpoint.tree_size);
+    let to = to.unwrap_or(checkpoint.tree_size);
     if to > checkpoint.tree_size {
         return Err(bad_query(format!(
-            "to={to} is beyond the latest checkpoint ({})",
+            "to={to} is beyond the latest checkpoint ({}); ask for a size it covers",
             checkpoint.tree_size
         )));
     }
-    let plan = consistency_proof_plan(query.from, to)
-        .map_err(|error| bad_query(format!("from={} to={to}: {error}", query.from)))?;
+    let plan = consistency_proof_plan(from, to)
+        .map_err(|error| bad_query(format!("from={from} to={to}: {error}")))?;
     let proof = proof_from_plan(&state, &plan).await?;
     Ok(Json(json!({
-        "from": query.from,
+        "from": from,
         "to": to,
         "proof": proof.iter().map(|hash| to_hex(hash)).collect::<Vec<_>>(),
     })))
