@@ -5,10 +5,10 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use gp4u_ledger::hash::{empty_root, to_hex};
+use gp4u_ledger::hash::{Hash, empty_root, to_hex};
 use gp4u_ledger::tree::{consistency_proof_plan, inclusion_proof_plan};
 use gp4u_proto::ErrorCode;
-use gp4u_store::{CheckpointRecord, LedgerEntryRecord};
+use gp4u_store::{CheckpointRecord, LedgerBodies, LedgerEntryRecord, LedgerLeafRecord};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -115,17 +115,57 @@ pub async fn public_key(State(state): State<AppState>, _caller: Caller) -> ApiRe
     Ok(text(format!("{}\n", state.obsidian.verifier_key)))
 }
 
-/// An entry as served: its body only to an admin or the job's owner (the log is public, the
-/// contents of other people's jobs are not; the leaf hash is enough for proofs).
-fn entry_view(entry: &LedgerEntryRecord, show_body: bool) -> Value {
+/// An entry its reader may read: everything, the body included.
+fn readable_view(
+    index: u64,
+    kind: &str,
+    job_id: Option<&str>,
+    leaf_hash: &Hash,
+    body: &str,
+    sealed_at_ms: i64,
+) -> Value {
     json!({
-        "index": entry.index,
-        "kind": entry.kind,
-        "job_id": entry.job_id,
-        "leaf_hash": to_hex(&entry.leaf_hash),
-        "body": show_body.then(|| entry.body.clone()),
-        "sealed_at_ms": entry.created_at_ms,
+        "index": index,
+        "kind": kind,
+        "job_id": job_id,
+        "leaf_hash": to_hex(leaf_hash),
+        "body": body,
+        "sealed_at_ms": sealed_at_ms,
     })
+}
+
+fn entry_view(entry: &LedgerEntryRecord) -> Value {
+    readable_view(
+        entry.index,
+        &entry.kind,
+        entry.job_id.as_deref(),
+        &entry.leaf_hash,
+        &entry.body,
+        entry.created_at_ms,
+    )
+}
+
+/// An entry of a range: its body only to an admin or the job's owner (the log is public, the
+/// contents of other people's jobs are not; the leaf hash is enough for proofs).
+fn leaf_view(leaf: &LedgerLeafRecord) -> Value {
+    match &leaf.body {
+        Some(body) => readable_view(
+            leaf.index,
+            &leaf.kind,
+            leaf.job_id.as_deref(),
+            &leaf.leaf_hash,
+            body,
+            leaf.created_at_ms,
+        ),
+        None => json!({
+            "index": leaf.index,
+            "kind": leaf.kind,
+            "job_id": leaf.job_id,
+            "leaf_hash": to_hex(&leaf.leaf_hash),
+            "body": null,
+            "sealed_at_ms": leaf.created_at_ms,
+        }),
+    }
 }
 
 /// `GET /api/ledger/entries?start=&end=`: entries `start <= index < end` (at most 1000).
@@ -158,37 +198,14 @@ pub async fn entries(
             end - start
         )));
     }
-    let entries = state.store.ledger_entries(start, end).await?;
-    let mut views = Vec::with_capacity(entries.len());
-    // A job's entries come in runs: look each job up once per request.
-    let mut owned: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
-    for entry in &entries {
-        let show = match (caller.is_admin(), entry.job_id.as_deref()) {
-            (true, _) => true,
-            (false, None) => false,
-            (false, Some(job)) => match owned.get(job) {
-                Some(mine) => *mine,
-                None => {
-                    let mine = owns_job(&state, &caller, job).await?;
-                    owned.insert(job.to_owned(), mine);
-                    mine
-                }
-            },
-        };
-        views.push(entry_view(entry, show));
-    }
-    Ok(Json(json!({"start": start, "end": end, "entries": views})))
-}
-
-async fn owns_job(state: &AppState, caller: &Caller, job: &str) -> ApiResult<bool> {
-    let Ok(job) = gp4u_core::ids::JobId::parse(job) else {
-        return Ok(false);
+    let bodies = if caller.is_admin() {
+        LedgerBodies::All
+    } else {
+        LedgerBodies::JobsOf(caller.id())
     };
-    Ok(state
-        .store
-        .get_job(&job)
-        .await?
-        .is_some_and(|record| record.owner_id == *caller.id()))
+    let leaves = state.store.ledger_leaves(start, end, bodies).await?;
+    let views: Vec<Value> = leaves.iter().map(leaf_view).collect();
+    Ok(Json(json!({"start": start, "end": end, "entries": views})))
 }
 
 /// `GET /api/ledger/proof/inclusion?index=&size=`: the audit path of entry `index` in the tree
@@ -288,7 +305,7 @@ pub async fn job_ledger(
         let plan = inclusion_proof_plan(entry.index, checkpoint.tree_size)
             .map_err(|error| ApiError::internal("inclusion plan", error))?;
         let proof = proof_from_plan(&state, &plan).await?;
-        let mut view = entry_view(entry, true);
+        let mut view = entry_view(entry);
         view["inclusion_proof"] = json!(proof.iter().map(|hash| to_hex(hash)).collect::<Vec<_>>());
         views.push(view);
     }
