@@ -1,5 +1,11 @@
 //! Obsidian over HTTP (SPEC §8): the signed checkpoint, the verifier key, entries, inclusion and
 //! consistency proofs, and a job's entries with their proofs.
+//!
+//! The log is public to read: the first five routes need no token (anyone may witness the log),
+//! and a token, when sent, is verified as everywhere (`auth::authenticate_if_present`) and only
+//! decides which entry bodies `entries` shows. Each answer is bounded — at most
+//! [`MAX_ENTRIES`] entries, proofs of O(log² n) stored hashes, one store query for a range —
+//! and every query value is parsed here, with a 400 naming it when it is not usable.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -98,20 +104,26 @@ pub async fn latest(state: &AppState) -> ApiResult<CheckpointRecord> {
 /// `GET /api/ledger/checkpoint`: the signed note (C2SP tlog-checkpoint), text/plain.
 #[utoipa::path(
     get, path = "/api/ledger/checkpoint", tag = "ledger",
-    responses((status = 200, description = "the latest signed checkpoint: a C2SP tlog-checkpoint signed note (text/plain)", content_type = "text/plain")),
-    security(("bearer" = []))
+    responses((status = 200, description = "the latest signed checkpoint: a C2SP tlog-checkpoint signed note (text/plain)", content_type = "text/plain"), (status = 401, description = "only when a token is sent: it is missing its Bearer scheme, malformed, badly signed or expired (without a token the route answers anonymously)", body = gp4u_proto::ErrorBody), (status = 403, description = "only when a token is sent: its user is suspended or unknown, or it claims more clearance than stored", body = gp4u_proto::ErrorBody)),
+    security((), ("bearer" = []))
 )]
-pub async fn checkpoint(State(state): State<AppState>, _caller: Caller) -> ApiResult<Response> {
+pub async fn checkpoint(
+    State(state): State<AppState>,
+    _caller: Option<Caller>,
+) -> ApiResult<Response> {
     Ok(text(latest(&state).await?.note))
 }
 
 /// `GET /api/ledger/public-key`: the note verifier key, text/plain.
 #[utoipa::path(
     get, path = "/api/ledger/public-key", tag = "ledger",
-    responses((status = 200, description = "the note verifier key <name>+<8 hex key id>+<base64(0x01 || ed25519 key)> (text/plain)", content_type = "text/plain")),
-    security(("bearer" = []))
+    responses((status = 200, description = "the note verifier key <name>+<8 hex key id>+<base64(0x01 || ed25519 key)> (text/plain)", content_type = "text/plain"), (status = 401, description = "only when a token is sent: it is missing its Bearer scheme, malformed, badly signed or expired (without a token the route answers anonymously)", body = gp4u_proto::ErrorBody), (status = 403, description = "only when a token is sent: its user is suspended or unknown, or it claims more clearance than stored", body = gp4u_proto::ErrorBody)),
+    security((), ("bearer" = []))
 )]
-pub async fn public_key(State(state): State<AppState>, _caller: Caller) -> ApiResult<Response> {
+pub async fn public_key(
+    State(state): State<AppState>,
+    _caller: Option<Caller>,
+) -> ApiResult<Response> {
     Ok(text(format!("{}\n", state.obsidian.verifier_key)))
 }
 
@@ -145,8 +157,13 @@ fn entry_view(entry: &LedgerEntryRecord) -> Value {
     )
 }
 
-/// An entry of a range: its body only to an admin or the job's owner (the log is public, the
-/// contents of other people's jobs are not; the leaf hash is enough for proofs).
+/// An entry of a range as its reader may see it. The log is public, what happened in other
+/// people's jobs is not: an entry the reader may not read (anonymous, or another user's job)
+/// shows only what a witness needs to check the tree and what the spec makes public — its
+/// index, kind and leaf hash. Its job id would link the entries of one job together (when it
+/// ran, for how long, whether it was killed or slashed, what it cost) and tie them to anyone
+/// who knows the id; its sealing time is not part of the leaf, so it proves nothing and only
+/// dates the activity. Both stay with the body. See ARCHITECTURE.md, "The public log".
 fn leaf_view(leaf: &LedgerLeafRecord) -> Value {
     match &leaf.body {
         Some(body) => readable_view(
@@ -160,26 +177,24 @@ fn leaf_view(leaf: &LedgerLeafRecord) -> Value {
         None => json!({
             "index": leaf.index,
             "kind": leaf.kind,
-            "job_id": leaf.job_id,
             "leaf_hash": to_hex(&leaf.leaf_hash),
-            "body": null,
-            "sealed_at_ms": leaf.created_at_ms,
         }),
     }
 }
 
-/// `GET /api/ledger/entries?start=&end=`: entries `start <= index < end` (at most 1000).
+/// `GET /api/ledger/entries?start=&end=`: entries `start <= index < end` (at most 1000), with
+/// the bodies the caller may read.
 #[utoipa::path(
     get, path = "/api/ledger/entries", tag = "ledger", params(
         ("start" = Option<u64>, Query, description = "first index (default 0); at most 9223372036854775807"),
         ("end" = Option<u64>, Query, description = "one past the last index (default start + 100); end - start at most 1000"),
     ),
-    responses((status = 200, description = "entries start <= index < end (at most 1000): index, kind, job_id, leaf_hash; body for your own jobs"), (status = 400, body = gp4u_proto::ErrorBody)),
-    security(("bearer" = []))
+    responses((status = 200, description = "{start, end, entries}: entries start <= index < end (at most 1000), each with index, kind and leaf_hash; entries the caller may read (a token of the job's owner, or an admin's) also carry job_id, body (the leaf's data) and sealed_at_ms"), (status = 400, body = gp4u_proto::ErrorBody), (status = 401, description = "only when a token is sent: it is missing its Bearer scheme, malformed, badly signed or expired (without a token the route answers anonymously)", body = gp4u_proto::ErrorBody), (status = 403, description = "only when a token is sent: its user is suspended or unknown, or it claims more clearance than stored", body = gp4u_proto::ErrorBody)),
+    security((), ("bearer" = []))
 )]
 pub async fn entries(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: Option<Caller>,
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     let query = query_text(query)?;
@@ -198,10 +213,10 @@ pub async fn entries(
             end - start
         )));
     }
-    let bodies = if caller.is_admin() {
-        LedgerBodies::All
-    } else {
-        LedgerBodies::JobsOf(caller.id())
+    let bodies = match &caller {
+        None => LedgerBodies::None,
+        Some(caller) if caller.is_admin() => LedgerBodies::All,
+        Some(caller) => LedgerBodies::JobsOf(caller.id()),
     };
     let leaves = state.store.ledger_leaves(start, end, bodies).await?;
     let views: Vec<Value> = leaves.iter().map(leaf_view).collect();
@@ -215,12 +230,12 @@ pub async fn entries(
         ("index" = u64, Query, description = "the entry's index, below size"),
         ("size" = Option<u64>, Query, description = "the tree size (default: the latest checkpoint's); at most the latest checkpoint's"),
     ),
-    responses((status = 200, description = "{index, size, proof: [hex]} (RFC 9162 audit path)"), (status = 400, body = gp4u_proto::ErrorBody)),
-    security(("bearer" = []))
+    responses((status = 200, description = "{index, size, proof: [hex]} (RFC 9162 audit path)"), (status = 400, body = gp4u_proto::ErrorBody), (status = 401, description = "only when a token is sent: it is missing its Bearer scheme, malformed, badly signed or expired (without a token the route answers anonymously)", body = gp4u_proto::ErrorBody), (status = 403, description = "only when a token is sent: its user is suspended or unknown, or it claims more clearance than stored", body = gp4u_proto::ErrorBody)),
+    security((), ("bearer" = []))
 )]
 pub async fn inclusion(
     State(state): State<AppState>,
-    _caller: Caller,
+    _caller: Option<Caller>,
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     let query = query_text(query)?;
@@ -251,12 +266,12 @@ pub async fn inclusion(
         ("from" = u64, Query, description = "the older tree size, at most to"),
         ("to" = Option<u64>, Query, description = "the newer tree size (default: the latest checkpoint's); at most the latest checkpoint's"),
     ),
-    responses((status = 200, description = "{from, to, proof: [hex]} (RFC 9162 consistency proof)"), (status = 400, body = gp4u_proto::ErrorBody)),
-    security(("bearer" = []))
+    responses((status = 200, description = "{from, to, proof: [hex]} (RFC 9162 consistency proof)"), (status = 400, body = gp4u_proto::ErrorBody), (status = 401, description = "only when a token is sent: it is missing its Bearer scheme, malformed, badly signed or expired (without a token the route answers anonymously)", body = gp4u_proto::ErrorBody), (status = 403, description = "only when a token is sent: its user is suspended or unknown, or it claims more clearance than stored", body = gp4u_proto::ErrorBody)),
+    security((), ("bearer" = []))
 )]
 pub async fn consistency(
     State(state): State<AppState>,
-    _caller: Caller,
+    _caller: Option<Caller>,
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     let query = query_text(query)?;
