@@ -16,8 +16,16 @@
 //! 5. the sealed settlement's arithmetic (`Settlement::check`), and that the settlement the
 //!    platform serves is the sealed one.
 //!
+//! The log is public (SPEC §8): the key, the checkpoint and the consistency proofs are fetched
+//! without the token, from the routes every witness of the log reads, and the job's checkpoint
+//! must be one of theirs — the latest public checkpoint must extend it (a consistency proof), so
+//! a platform cannot show the job's owner a log of its own. The token goes only with the job's
+//! own documents: its ledger entries with their bodies and inclusion proofs, its proofs, its
+//! settlement. Without a JOB, `gp4u verify --server URL` is a witness of the log alone:
+//! the latest checkpoint's signature and its consistency with the one saved last time.
+//!
 //! [`verify_documents`] does the checking on documents already fetched (or loaded from a
-//! `--save` directory); [`run`] fetches, prints and exits.
+//! `--save` directory), [`verify_log`] the witness's checks; [`run`] fetches, prints and exits.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -47,16 +55,20 @@ pub mod files {
     pub const PROOFS: &str = "proofs.json";
     pub const SETTLEMENT: &str = "settlement.json";
     pub const CONSISTENCY: &str = "consistency.json";
+    /// The consistency proof from the job's checkpoint to the latest public one.
+    pub const LATEST_CONSISTENCY: &str = "latest-consistency.json";
 }
 
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
-    /// The job id (job_…).
-    pub job: String,
+    /// The job id (job_…). Without it, only the public log is checked: the latest checkpoint's
+    /// signature and its consistency with --checkpoint (no token needed).
+    pub job: Option<String>,
     /// The control plane, e.g. http://127.0.0.1:8080 (not needed with --offline).
     #[arg(long, env = "GP4U_SERVER")]
     pub server: Option<String>,
-    /// Bearer token of the job's owner (or an admin).
+    /// Bearer token of the job's owner (or an admin): sent only for the job's own documents,
+    /// never to the public log's routes.
     #[arg(long, env = "GP4U_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Checkpoint file: checked for consistency with the log if it exists, then replaced by
@@ -67,7 +79,7 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub public_key: Option<String>,
     /// Fail when a proof (hardware, energy) is missing instead of warning.
-    #[arg(long)]
+    #[arg(long, requires = "job")]
     pub require_proofs: bool,
     /// Write everything fetched to this directory, for `--offline`.
     #[arg(long, conflicts_with = "offline")]
@@ -179,8 +191,12 @@ pub struct Documents {
     pub proofs: Option<Value>,
     /// `GET /api/jobs/{id}/settlement`; `None` when it answered 404 or 409 (not settled).
     pub settlement: Option<Value>,
-    /// `GET /api/ledger/checkpoint` (the latest note), if fetched.
+    /// `GET /api/ledger/checkpoint` (the latest public note, fetched after the job's ledger),
+    /// if fetched.
     pub latest_checkpoint: Option<String>,
+    /// `GET /api/ledger/proof/consistency` from the job's checkpoint to the latest one, when the
+    /// latest is larger.
+    pub latest_consistency: Option<Value>,
 }
 
 /// A sealed entry that verified.
@@ -247,13 +263,7 @@ pub fn verify_documents(
             return report;
         }
     };
-    let origin_note = match trust.source {
-        KeySource::Given => "key given with --public-key",
-        KeySource::Saved => "key saved with the earlier checkpoint",
-        KeySource::FirstUse => {
-            "key fetched from the server, trust on first use: pin it with --public-key or --checkpoint"
-        }
-    };
+    let origin_note = key_origin(trust.source);
     let note = documents.ledger["checkpoint"].as_str().unwrap_or_default();
     let checkpoint = match open(&verifier, note) {
         Ok(checkpoint) => checkpoint,
@@ -299,20 +309,13 @@ pub fn verify_documents(
         ),
     );
     if let Some(latest) = &documents.latest_checkpoint {
-        match open(&verifier, latest) {
-            Ok(head) if head.size >= checkpoint.size => report.pass(
-                "latest checkpoint",
-                format!("signed, size {} ≥ the job's checkpoint", head.size),
-            ),
-            Ok(head) => report.fail(
-                "latest checkpoint",
-                format!(
-                    "size {} is smaller than the job's checkpoint {}",
-                    head.size, checkpoint.size
-                ),
-            ),
-            Err(error) => report.fail("latest checkpoint", format!("does not verify: {error}")),
-        }
+        check_latest(
+            &mut report,
+            &verifier,
+            &checkpoint,
+            latest,
+            documents.latest_consistency.as_ref(),
+        );
     }
 
     // 3. Consistency with the checkpoint seen before.
@@ -336,6 +339,160 @@ pub fn verify_documents(
     // 5. Settlement.
     check_settlement(&mut report, documents, &entries);
     report
+}
+
+/// The checks of a witness of the public log, without a job: the latest checkpoint's signature
+/// (`served_key` is the key the server names now) and its consistency with `previous`;
+/// `consistency` is the `/api/ledger/proof/consistency` answer from `previous`'s size to the
+/// latest's.
+pub fn verify_log(
+    latest: &str,
+    served_key: &str,
+    trust: &Trust,
+    previous: Option<&SavedCheckpoint>,
+    consistency: Option<&Value>,
+) -> Report {
+    let mut report = Report::default();
+    let verifier = match parse_verifier(&trust.key) {
+        Ok(verifier) => verifier,
+        Err(error) => {
+            report.fail("checkpoint signature", error);
+            return report;
+        }
+    };
+    let checkpoint = match open(&verifier, latest) {
+        Ok(checkpoint) => checkpoint,
+        Err(error) => {
+            report.fail(
+                "checkpoint signature",
+                format!(
+                    "the latest checkpoint does not verify under {} ({}): {error}",
+                    verifier.name,
+                    key_origin(trust.source)
+                ),
+            );
+            return report;
+        }
+    };
+    if served_key.trim() != trust.key.trim() {
+        report.warn(
+            "platform key",
+            format!(
+                "the server now names key {:?}, not the trusted {:?}",
+                served_key.trim(),
+                trust.key.trim()
+            ),
+        );
+    }
+    report.pass(
+        "checkpoint signature",
+        format!(
+            "{} size {} root {} signed by {} ({})",
+            checkpoint.origin,
+            checkpoint.size,
+            to_hex(&checkpoint.root),
+            verifier.name,
+            key_origin(trust.source)
+        ),
+    );
+    if check_consistency(&mut report, &verifier, &checkpoint, previous, consistency) {
+        report.new_checkpoint = Some(SavedCheckpoint {
+            public_key: trust.key.trim().to_owned(),
+            checkpoint: latest.to_owned(),
+        });
+    }
+    report
+}
+
+fn key_origin(source: KeySource) -> &'static str {
+    match source {
+        KeySource::Given => "key given with --public-key",
+        KeySource::Saved => "key saved with the earlier checkpoint",
+        KeySource::FirstUse => {
+            "key fetched from the server, trust on first use: pin it with --public-key or --checkpoint"
+        }
+    }
+}
+
+/// The proof in a `/api/ledger/proof/consistency` answer, if the answer is the one from `from`
+/// to `to` and parses; an empty proof where none is needed (equal sizes, or from the empty tree).
+fn consistency_proof_in(answer: Option<&Value>, from: u64, to: u64) -> Option<Vec<Hash>> {
+    if from == to || from == 0 {
+        return Some(Vec::new());
+    }
+    let answer = answer?;
+    (answer["from"].as_u64() == Some(from) && answer["to"].as_u64() == Some(to))
+        .then(|| hashes(&answer["proof"]))
+        .flatten()
+}
+
+/// The job's checkpoint is one of the public log's: the latest checkpoint, the one every witness
+/// reads without a token, is signed by the same key and extends it. Otherwise the platform
+/// could show a job's owner a log of its own (a split view).
+fn check_latest(
+    report: &mut Report,
+    verifier: &NoteVerifier,
+    checkpoint: &Checkpoint,
+    latest: &str,
+    answer: Option<&Value>,
+) {
+    let head = match open(verifier, latest) {
+        Ok(head) => head,
+        Err(error) => {
+            report.fail(
+                "latest checkpoint",
+                format!("the public log's latest checkpoint does not verify: {error}"),
+            );
+            return;
+        }
+    };
+    if head.size < checkpoint.size {
+        report.fail(
+            "latest checkpoint",
+            format!(
+                "the public log's latest checkpoint has size {}, smaller than the job's checkpoint \
+                 ({}): the job was shown a log the public does not see",
+                head.size, checkpoint.size
+            ),
+        );
+        return;
+    }
+    let Some(proof) = consistency_proof_in(answer, checkpoint.size, head.size) else {
+        report.warn(
+            "latest checkpoint",
+            format!(
+                "signed, size {} ≥ the job's {}, but no consistency proof between them is at hand \
+                 (saved by an older gp4u verify?): verify online to check that the public log \
+                 contains the job's checkpoint",
+                head.size, checkpoint.size
+            ),
+        );
+        return;
+    };
+    match verify_consistency(
+        checkpoint.size,
+        head.size,
+        &proof,
+        &checkpoint.root,
+        &head.root,
+    ) {
+        Ok(()) => report.pass(
+            "latest checkpoint",
+            format!(
+                "the public log's latest checkpoint (size {}) extends the job's (size {}): the \
+                 job's entries are in the log every witness sees",
+                head.size, checkpoint.size
+            ),
+        ),
+        Err(error) => report.fail(
+            "latest checkpoint",
+            format!(
+                "the public log at size {} does not extend the job's checkpoint at size {} (the \
+                 job was shown another log): {error}",
+                head.size, checkpoint.size
+            ),
+        ),
+    }
 }
 
 fn check_consistency(
@@ -1007,22 +1164,42 @@ pub struct Fetched {
     pub consistency: Option<Value>,
 }
 
+/// What a witness of the log fetched (or loaded): no job, no token.
+#[derive(Debug, Clone)]
+pub struct FetchedLog {
+    pub public_key: String,
+    /// The latest checkpoint.
+    pub checkpoint: String,
+    /// The consistency proof from the `--checkpoint`'s size to the latest's.
+    pub consistency: Option<Value>,
+}
+
+/// Whether a request carries the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// The public log: never with the token, so that it is checked from what every witness sees.
+    Public,
+    /// The job's own documents: with the token of its owner (or an admin).
+    Token,
+}
+
 struct Client {
     http: reqwest::Client,
     base: String,
-    token: String,
+    token: Option<String>,
 }
 
 impl Client {
-    async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+    async fn get(&self, access: Access, path: &str) -> anyhow::Result<(u16, String)> {
         let url = format!("{}{path}", self.base.trim_end_matches('/'));
-        let response = self
-            .http
-            .get(&url)
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .with_context(|| format!("GET {url}"))?;
+        let mut request = self.http.get(&url);
+        if access == Access::Token {
+            let Some(token) = &self.token else {
+                bail!("GET {path} needs --token (or GP4U_TOKEN): the job's owner's or an admin's");
+            };
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.with_context(|| format!("GET {url}"))?;
         let status = response.status().as_u16();
         let text = response
             .text()
@@ -1031,16 +1208,39 @@ impl Client {
         Ok((status, text))
     }
 
-    async fn text(&self, path: &str) -> anyhow::Result<String> {
-        match self.get(path).await? {
+    async fn text(&self, access: Access, path: &str) -> anyhow::Result<String> {
+        match self.get(access, path).await? {
             (200, text) => Ok(text),
+            (401, text) if access == Access::Public => bail!(
+                "GET {path}: 401: {}: this server does not let its log be read without a token \
+                 (SPEC §8 says it must)",
+                text.trim()
+            ),
             (status, text) => bail!("GET {path}: {status}: {}", text.trim()),
         }
     }
 
-    async fn json(&self, path: &str) -> anyhow::Result<Value> {
-        let text = self.text(path).await?;
+    async fn json(&self, access: Access, path: &str) -> anyhow::Result<Value> {
+        let text = self.text(access, path).await?;
         serde_json::from_str(&text).with_context(|| format!("GET {path}: not JSON"))
+    }
+
+    /// `GET /api/ledger/proof/consistency?from=&to=`, when a proof is needed between them.
+    async fn consistency(
+        &self,
+        from: Option<u64>,
+        to: Option<u64>,
+    ) -> anyhow::Result<Option<Value>> {
+        match (from, to) {
+            (Some(from), Some(to)) if 0 < from && from < to => Ok(Some(
+                self.json(
+                    Access::Public,
+                    &format!("/api/ledger/proof/consistency?from={from}&to={to}"),
+                )
+                .await?,
+            )),
+            _ => Ok(None),
+        }
     }
 }
 
@@ -1050,32 +1250,33 @@ async fn fetch(
     previous: Option<&SavedCheckpoint>,
 ) -> anyhow::Result<Fetched> {
     let public_key = client
-        .text("/api/ledger/public-key")
+        .text(Access::Public, "/api/ledger/public-key")
         .await?
         .trim()
         .to_owned();
-    let latest = client.text("/api/ledger/checkpoint").await?;
-    let ledger = client.json(&format!("/api/jobs/{job}/ledger")).await?;
-    let proofs = client.json(&format!("/api/jobs/{job}/proofs")).await?;
-    let settlement: Option<Value> = match client.get(&format!("/api/jobs/{job}/settlement")).await?
+    let ledger = client
+        .json(Access::Token, &format!("/api/jobs/{job}/ledger"))
+        .await?;
+    let proofs = client
+        .json(Access::Token, &format!("/api/jobs/{job}/proofs"))
+        .await?;
+    let settlement: Option<Value> = match client
+        .get(Access::Token, &format!("/api/jobs/{job}/settlement"))
+        .await?
     {
         (200, text) => Some(serde_json::from_str(&text).context("the settlement is not JSON")?),
         // 409 NOT_SETTLED: the job has not ended (or settles in a second).
         (404 | 409, _) => None,
         (status, text) => bail!("GET /api/jobs/{job}/settlement: {status}: {}", text.trim()),
     };
-    let new_size = ledger["checkpoint"].as_str().and_then(claimed_size);
+    // After the job's ledger, so that the public log has had the time to reach its checkpoint.
+    let latest = client
+        .text(Access::Public, "/api/ledger/checkpoint")
+        .await?;
+    let job_size = ledger["checkpoint"].as_str().and_then(claimed_size);
     let old_size = previous.and_then(|saved| claimed_size(&saved.checkpoint));
-    let consistency = match (old_size, new_size) {
-        (Some(from), Some(to)) if 0 < from && from < to => Some(
-            client
-                .json(&format!(
-                    "/api/ledger/proof/consistency?from={from}&to={to}"
-                ))
-                .await?,
-        ),
-        _ => None,
-    };
+    let consistency = client.consistency(old_size, job_size).await?;
+    let latest_consistency = client.consistency(job_size, claimed_size(&latest)).await?;
     Ok(Fetched {
         public_key,
         documents: Documents {
@@ -1084,7 +1285,31 @@ async fn fetch(
             proofs: Some(proofs),
             settlement,
             latest_checkpoint: Some(latest),
+            latest_consistency,
         },
+        consistency,
+    })
+}
+
+async fn fetch_log(
+    client: &Client,
+    previous: Option<&SavedCheckpoint>,
+) -> anyhow::Result<FetchedLog> {
+    let public_key = client
+        .text(Access::Public, "/api/ledger/public-key")
+        .await?
+        .trim()
+        .to_owned();
+    let checkpoint = client
+        .text(Access::Public, "/api/ledger/checkpoint")
+        .await?;
+    let old_size = previous.and_then(|saved| claimed_size(&saved.checkpoint));
+    let consistency = client
+        .consistency(old_size, claimed_size(&checkpoint))
+        .await?;
+    Ok(FetchedLog {
+        public_key,
+        checkpoint,
         consistency,
     })
 }
@@ -1092,6 +1317,19 @@ async fn fetch(
 fn write_json(path: &Path, value: &Value) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes `value` to `path`, or removes `path` (a stale file of an earlier run) when `None`.
+fn write_optional_json(path: &Path, value: Option<&Value>) -> anyhow::Result<()> {
+    match value {
+        Some(value) => write_json(path, value),
+        None => match std::fs::remove_file(path) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                Err(error).with_context(|| format!("removing {}", path.display()))
+            }
+            _ => Ok(()),
+        },
+    }
 }
 
 /// Writes what was fetched into `dir` for `--offline`.
@@ -1109,25 +1347,23 @@ pub fn save(dir: &Path, fetched: &Fetched) -> anyhow::Result<()> {
     if let Some(proofs) = &documents.proofs {
         write_json(&dir.join(files::PROOFS), proofs)?;
     }
-    let settlement = dir.join(files::SETTLEMENT);
-    match &documents.settlement {
-        Some(value) => write_json(&settlement, value)?,
-        None => {
-            if settlement.exists() {
-                std::fs::remove_file(&settlement)?;
-            }
-        }
-    }
-    let consistency = dir.join(files::CONSISTENCY);
-    match &fetched.consistency {
-        Some(value) => write_json(&consistency, value)?,
-        None => {
-            if consistency.exists() {
-                std::fs::remove_file(&consistency)?;
-            }
-        }
-    }
-    Ok(())
+    write_optional_json(&dir.join(files::SETTLEMENT), documents.settlement.as_ref())?;
+    write_optional_json(&dir.join(files::CONSISTENCY), fetched.consistency.as_ref())?;
+    write_optional_json(
+        &dir.join(files::LATEST_CONSISTENCY),
+        documents.latest_consistency.as_ref(),
+    )
+}
+
+/// Writes what a witness fetched into `dir` for `--offline` (without a job).
+pub fn save_log(dir: &Path, fetched: &FetchedLog) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(
+        dir.join(files::PUBLIC_KEY),
+        format!("{}\n", fetched.public_key),
+    )?;
+    std::fs::write(dir.join(files::CHECKPOINT), &fetched.checkpoint)?;
+    write_optional_json(&dir.join(files::CONSISTENCY), fetched.consistency.as_ref())
 }
 
 fn read_optional(path: &Path) -> anyhow::Result<Option<String>> {
@@ -1146,12 +1382,15 @@ fn read_json_optional(path: &Path) -> anyhow::Result<Option<Value>> {
         .transpose()
 }
 
-/// Loads a directory written by [`save`].
-pub fn load(dir: &Path, job: &str) -> anyhow::Result<Fetched> {
-    let public_key = read_optional(&dir.join(files::PUBLIC_KEY))?
+fn read_public_key(dir: &Path) -> anyhow::Result<String> {
+    Ok(read_optional(&dir.join(files::PUBLIC_KEY))?
         .unwrap_or_default()
         .trim()
-        .to_owned();
+        .to_owned())
+}
+
+/// Loads a directory written by [`save`].
+pub fn load(dir: &Path, job: &str) -> anyhow::Result<Fetched> {
     let ledger = read_json_optional(&dir.join(files::LEDGER))?.with_context(|| {
         format!(
             "{} has no {}: was it written by --save?",
@@ -1167,14 +1406,31 @@ pub fn load(dir: &Path, job: &str) -> anyhow::Result<Fetched> {
         );
     }
     Ok(Fetched {
-        public_key,
+        public_key: read_public_key(dir)?,
         documents: Documents {
             job_id: job.to_owned(),
             ledger,
             proofs: read_json_optional(&dir.join(files::PROOFS))?,
             settlement: read_json_optional(&dir.join(files::SETTLEMENT))?,
             latest_checkpoint: read_optional(&dir.join(files::CHECKPOINT))?,
+            latest_consistency: read_json_optional(&dir.join(files::LATEST_CONSISTENCY))?,
         },
+        consistency: read_json_optional(&dir.join(files::CONSISTENCY))?,
+    })
+}
+
+/// Loads a directory written by [`save_log`] (or the log's part of one written by [`save`]).
+pub fn load_log(dir: &Path) -> anyhow::Result<FetchedLog> {
+    let checkpoint = read_optional(&dir.join(files::CHECKPOINT))?.with_context(|| {
+        format!(
+            "{} has no {}: was it written by --save?",
+            dir.display(),
+            files::CHECKPOINT
+        )
+    })?;
+    Ok(FetchedLog {
+        public_key: read_public_key(dir)?,
+        checkpoint,
         consistency: read_json_optional(&dir.join(files::CONSISTENCY))?,
     })
 }
@@ -1192,6 +1448,39 @@ fn given_key(value: &str) -> anyhow::Result<String> {
     Ok(key)
 }
 
+/// The key to check checkpoints with: given, else saved with the earlier checkpoint, else the
+/// one the server names (trust on first use).
+fn trusted_key(
+    args: &VerifyArgs,
+    previous: Option<&SavedCheckpoint>,
+    served: &str,
+) -> anyhow::Result<Trust> {
+    Ok(match (&args.public_key, previous) {
+        (Some(value), _) => Trust {
+            key: given_key(value)?,
+            source: KeySource::Given,
+        },
+        (None, Some(saved)) => Trust {
+            key: saved.public_key.clone(),
+            source: KeySource::Saved,
+        },
+        (None, None) => Trust {
+            key: served.to_owned(),
+            source: KeySource::FirstUse,
+        },
+    })
+}
+
+fn client(server: &str, token: Option<&str>) -> anyhow::Result<Client> {
+    Ok(Client {
+        http: reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(60))
+            .build()?,
+        base: server.to_owned(),
+        token: token.map(|token| token.trim().to_owned()),
+    })
+}
+
 /// The command: fetch (or load), verify, print, save. `Ok(true)` when everything held.
 pub async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
     let previous: Option<SavedCheckpoint> = match &args.checkpoint {
@@ -1207,55 +1496,10 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
             .transpose()?,
         None => None,
     };
-    let fetched = match &args.offline {
-        Some(dir) => load(dir, &args.job)?,
-        None => {
-            let (Some(server), Some(token)) = (&args.server, &args.token) else {
-                bail!("--server and --token are needed unless --offline DIR is given");
-            };
-            let client = Client {
-                http: reqwest::Client::builder()
-                    .timeout(std::time::Duration::from_secs(60))
-                    .build()?,
-                base: server.clone(),
-                token: token.trim().to_owned(),
-            };
-            fetch(&client, &args.job, previous.as_ref()).await?
-        }
+    let report = match &args.job {
+        Some(job) => verify_job(&args, job, previous.as_ref()).await?,
+        None => witness_log(&args, previous.as_ref()).await?,
     };
-    if let Some(dir) = &args.save {
-        save(dir, &fetched)?;
-    }
-    let trust = match (&args.public_key, &previous) {
-        (Some(value), _) => Trust {
-            key: given_key(value)?,
-            source: KeySource::Given,
-        },
-        (None, Some(saved)) => Trust {
-            key: saved.public_key.clone(),
-            source: KeySource::Saved,
-        },
-        (None, None) => Trust {
-            key: fetched.public_key.clone(),
-            source: KeySource::FirstUse,
-        },
-    };
-    let report = verify_documents(
-        &fetched.documents,
-        &trust,
-        previous.as_ref(),
-        fetched.consistency.as_ref(),
-        args.require_proofs,
-    );
-    println!(
-        "gp4u verify {}{}",
-        args.job,
-        if args.offline.is_some() {
-            " (offline)"
-        } else {
-            ""
-        }
-    );
     for check in &report.checks {
         println!("{check}");
     }
@@ -1272,6 +1516,78 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
         eprintln!("FAILED {}: {}", failure.name, failure.detail);
     }
     Ok(false)
+}
+
+fn offline_mark(args: &VerifyArgs) -> &'static str {
+    if args.offline.is_some() {
+        " (offline)"
+    } else {
+        ""
+    }
+}
+
+async fn verify_job(
+    args: &VerifyArgs,
+    job: &str,
+    previous: Option<&SavedCheckpoint>,
+) -> anyhow::Result<Report> {
+    let fetched = match &args.offline {
+        Some(dir) => load(dir, job)?,
+        None => {
+            let Some(server) = &args.server else {
+                bail!("--server is needed unless --offline DIR is given");
+            };
+            let Some(token) = &args.token else {
+                bail!(
+                    "--token (or GP4U_TOKEN) is needed for job {job}'s own documents — its ledger \
+                     entries with their bodies, its proofs and settlement — unless --offline DIR \
+                     is given; without a job, `gp4u verify --server URL` checks the public log \
+                     alone, no token needed"
+                );
+            };
+            fetch(&client(server, Some(token))?, job, previous).await?
+        }
+    };
+    if let Some(dir) = &args.save {
+        save(dir, &fetched)?;
+    }
+    let trust = trusted_key(args, previous, &fetched.public_key)?;
+    println!("gp4u verify {job}{}", offline_mark(args));
+    Ok(verify_documents(
+        &fetched.documents,
+        &trust,
+        previous,
+        fetched.consistency.as_ref(),
+        args.require_proofs,
+    ))
+}
+
+async fn witness_log(
+    args: &VerifyArgs,
+    previous: Option<&SavedCheckpoint>,
+) -> anyhow::Result<Report> {
+    let fetched = match &args.offline {
+        Some(dir) => load_log(dir)?,
+        None => {
+            let Some(server) = &args.server else {
+                bail!("--server is needed unless --offline DIR is given");
+            };
+            // No token, even when one is configured: the log is checked as any witness sees it.
+            fetch_log(&client(server, None)?, previous).await?
+        }
+    };
+    if let Some(dir) = &args.save {
+        save_log(dir, &fetched)?;
+    }
+    let trust = trusted_key(args, previous, &fetched.public_key)?;
+    println!("gp4u verify: the public log{}", offline_mark(args));
+    Ok(verify_log(
+        &fetched.checkpoint,
+        &fetched.public_key,
+        &trust,
+        previous,
+        fetched.consistency.as_ref(),
+    ))
 }
 
 #[cfg(test)]

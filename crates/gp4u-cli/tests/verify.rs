@@ -1,6 +1,8 @@
 //! `gp4u verify` against the real binary on SQLite: a job run to the end by a provider acting
-//! over HTTP (no Docker), its proofs submitted, then the verifier passes, catches tampering in
-//! the database, keeps a checkpoint for consistency, and re-verifies offline from saved files.
+//! over HTTP (no Docker), its proofs submitted, then the verifier passes, reads the log from the
+//! public routes without the token (seen through a recording proxy), witnesses the log alone
+//! without a token, catches tampering in the database, keeps a checkpoint for consistency, and
+//! re-verifies offline from saved files.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -11,6 +13,7 @@ mod verify;
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{BIN, call, mint, start_server};
@@ -42,6 +45,92 @@ fn verify_cmd(job: &str, base: &str, token: &str, extra: &[&str]) -> Output {
         .env_remove("GP4U_TOKEN")
         .output()
         .unwrap()
+}
+
+/// `gp4u verify` without a job: a witness of the log. `GP4U_TOKEN` is set, to show that even a
+/// configured token is not sent.
+fn witness_cmd(base: &str, token: &str, extra: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(["verify", "--server", base])
+        .args(extra)
+        .env("GP4U_LOG", "warn")
+        .env_remove("GP4U_SERVER")
+        .env("GP4U_TOKEN", token)
+        .output()
+        .unwrap()
+}
+
+/// A loopback proxy in front of the server that records each request's path and whether it
+/// carried an `Authorization` header, then forwards it as it came.
+struct RecordingProxy {
+    base: String,
+    seen: Arc<Mutex<Vec<(String, bool)>>>,
+}
+
+impl RecordingProxy {
+    async fn start(upstream: &str) -> RecordingProxy {
+        let seen: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (upstream, recorded, http) =
+            (upstream.to_owned(), seen.clone(), reqwest::Client::new());
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let (upstream, recorded, http) = (upstream.clone(), recorded.clone(), http.clone());
+            async move {
+                let path = request
+                    .uri()
+                    .path_and_query()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                let authorization = request.headers().get("authorization").cloned();
+                recorded
+                    .lock()
+                    .unwrap()
+                    .push((path.clone(), authorization.is_some()));
+                let mut forward =
+                    http.request(request.method().clone(), format!("{upstream}{path}"));
+                if let Some(value) = authorization {
+                    forward = forward.header("authorization", value);
+                }
+                let answer = forward.send().await.unwrap();
+                let mut response = axum::response::Response::builder().status(answer.status());
+                if let Some(value) = answer.headers().get("content-type") {
+                    response = response.header("content-type", value);
+                }
+                response
+                    .body(axum::body::Body::from(answer.bytes().await.unwrap()))
+                    .unwrap()
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        RecordingProxy { base, seen }
+    }
+
+    /// The requests seen since the last call: (path and query, with a token).
+    fn take(&self) -> Vec<(String, bool)> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+/// Every request to the log went without the token, every other one with it; and the log's
+/// `paths` were all asked for.
+#[track_caller]
+fn assert_log_read_without_token(seen: &[(String, bool)], paths: &[&str]) {
+    for (path, with_token) in seen {
+        let public = path.starts_with("/api/ledger/");
+        assert_eq!(
+            *with_token,
+            !public,
+            "{path} was requested {} the token: {seen:?}",
+            if *with_token { "with" } else { "without" }
+        );
+    }
+    for wanted in paths {
+        assert!(
+            seen.iter().any(|(path, _)| path.starts_with(wanted)),
+            "no request for {wanted}: {seen:?}"
+        );
+    }
 }
 
 fn text(output: &Output) -> (String, String) {
@@ -493,6 +582,59 @@ async fn verify_passes_catches_tampering_and_works_offline() {
         assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
     }
 
+    assert!(stdout.contains("✓ latest checkpoint"), "{stdout}");
+
+    // 1b. Through a recording proxy: the log (key, checkpoint, consistency proofs) is read from
+    // the public routes without the token; the token goes only with the job's own documents.
+    let proxy = RecordingProxy::start(&base).await;
+    assert_passes(&verify_cmd(job, &proxy.base, token, &["--require-proofs"]));
+    assert_log_read_without_token(
+        &proxy.take(),
+        &[
+            "/api/ledger/public-key",
+            "/api/ledger/checkpoint",
+            &format!("/api/jobs/{job}/ledger"),
+            &format!("/api/jobs/{job}/proofs"),
+            &format!("/api/jobs/{job}/settlement"),
+        ],
+    );
+    // Without a token, the job's documents cannot be fetched: said so, naming the flag.
+    let output = Command::new(BIN)
+        .args(["verify", job, "--server", &proxy.base])
+        .env("GP4U_LOG", "warn")
+        .env_remove("GP4U_TOKEN")
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&output);
+    assert!(!output.status.success());
+    assert!(stderr.contains("--token"), "{stderr}");
+    assert!(stderr.contains("checks the public log"), "{stderr}");
+    assert!(proxy.take().is_empty(), "nothing fetched without the token");
+
+    // A witness without a token (none sent even though GP4U_TOKEN is set): the checkpoint's
+    // signature, kept for the next run.
+    let witness = work.path().join("witness.json");
+    let witness_arg = witness.to_str().unwrap();
+    let witness_dir = work.path().join("witness");
+    let stdout = assert_passes(&witness_cmd(
+        &proxy.base,
+        token,
+        &["--checkpoint", witness_arg],
+    ));
+    assert!(stdout.contains("the public log"), "{stdout}");
+    assert!(stdout.contains("✓ checkpoint signature"), "{stdout}");
+    assert!(
+        stdout.contains("! consistency: no earlier checkpoint"),
+        "{stdout}"
+    );
+    assert!(witness.exists());
+    let witness_first = work.path().join("witness-first.json");
+    std::fs::copy(&witness, &witness_first).unwrap();
+    assert_log_read_without_token(
+        &proxy.take(),
+        &["/api/ledger/public-key", "/api/ledger/checkpoint"],
+    );
+
     // 2. A checkpoint kept between runs: the second run checks consistency, after the log grew.
     let checkpoint = work.path().join("checkpoint.json");
     let checkpoint_arg = checkpoint.to_str().unwrap();
@@ -513,7 +655,7 @@ async fn verify_passes_catches_tampering_and_works_offline() {
     let second_job = job_growing_the_log(&base, token, old_size).await;
     let stdout = assert_passes(&verify_cmd(
         job,
-        &base,
+        &proxy.base,
         token,
         &["--checkpoint", checkpoint_arg],
     ));
@@ -522,6 +664,26 @@ async fn verify_passes_catches_tampering_and_works_offline() {
         stdout.contains("key saved with the earlier checkpoint"),
         "{stdout}"
     );
+    // The consistency proofs, from the kept checkpoint and to the latest one, came from the
+    // public route without the token.
+    assert_log_read_without_token(&proxy.take(), &["/api/ledger/proof/consistency?from="]);
+    // The witness, too, sees that the log only grew (and keeps what it saw for offline use).
+    let stdout = assert_passes(&witness_cmd(
+        &proxy.base,
+        token,
+        &[
+            "--checkpoint",
+            witness_arg,
+            "--save",
+            witness_dir.to_str().unwrap(),
+        ],
+    ));
+    assert!(stdout.contains("✓ consistency"), "{stdout}");
+    assert!(
+        stdout.contains("key saved with the earlier checkpoint"),
+        "{stdout}"
+    );
+    assert_log_read_without_token(&proxy.take(), &["/api/ledger/proof/consistency?from="]);
 
     // A job without proofs (queued, never ran): a warning naming them, an error when required.
     let stdout = assert_passes(&verify_cmd(&second_job, &base, token, &[]));
@@ -706,6 +868,19 @@ async fn verify_passes_catches_tampering_and_works_offline() {
 
     // 5. Offline from the saved files, with the server gone.
     drop(server);
+    // The witness's saved log: the checkpoint and the consistency proof from the one before.
+    let saved_witness: Value =
+        serde_json::from_str(&std::fs::read_to_string(&witness).unwrap()).unwrap();
+    assert!(verify::claimed_size(saved_witness["checkpoint"].as_str().unwrap()).is_some());
+    let output = Command::new(BIN)
+        .args(["verify", "--offline", witness_dir.to_str().unwrap()])
+        .args(["--checkpoint", witness_first.to_str().unwrap()])
+        .env("GP4U_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = assert_passes(&output);
+    assert!(stdout.contains("the public log (offline)"), "{stdout}");
+    assert!(stdout.contains("✓ consistency"), "{stdout}");
     let output = Command::new(BIN)
         .args(["verify", job, "--offline", saved_dir.to_str().unwrap()])
         .env("GP4U_LOG", "warn")
@@ -758,6 +933,7 @@ fn consistency_case(
         proofs: None,
         settlement: None,
         latest_checkpoint: None,
+        latest_consistency: None,
     };
     let proof = if old_size < proof_from.len() as u64 && old_size > 0 {
         consistency_proof(proof_from, old_size)
@@ -818,4 +994,114 @@ fn consistency_catches_forks_and_shrinking() {
     let other = SigningKey::generate(&mut OsRng);
     let check = consistency_case(&key, &leaves, &note(&other, &leaves[..4]), &leaves, 4);
     assert_eq!(check.status, verify::Status::Fail, "{check}");
+}
+
+/// The job's checkpoint must be one of the public log's: the latest public checkpoint extends
+/// it, else the job's owner was shown a log of its own.
+#[test]
+fn the_public_log_must_extend_the_jobs_checkpoint() {
+    let key = SigningKey::generate(&mut OsRng);
+    let vkey = verifier_key(ORIGIN, &key.verifying_key()).unwrap();
+    let leaves: Vec<[u8; 32]> = (0..11u8).map(|n| leaf_hash(&[n])).collect();
+    let mut forked = leaves.clone();
+    forked[2] = leaf_hash(b"rewritten");
+    let latest_check = |latest: &[[u8; 32]], proof_from: &[[u8; 32]], with_proof: bool| {
+        let proof: Vec<String> = consistency_proof(proof_from, 6)
+            .unwrap()
+            .iter()
+            .map(|hash| to_hex(hash))
+            .collect();
+        let documents = verify::Documents {
+            job_id: "job_x".into(),
+            ledger: json!({"checkpoint": note(&key, &leaves[..6]), "tree_size": 6,
+                           "public_key": vkey, "entries": [], "pending": 0}),
+            proofs: None,
+            settlement: None,
+            latest_checkpoint: Some(note(&key, latest)),
+            latest_consistency: with_proof
+                .then(|| json!({"from": 6, "to": latest.len(), "proof": proof})),
+        };
+        let trust = verify::Trust {
+            key: vkey.clone(),
+            source: verify::KeySource::Given,
+        };
+        verify::verify_documents(&documents, &trust, None, None, false)
+            .checks
+            .into_iter()
+            .find(|check| check.name == "latest checkpoint")
+            .expect("a latest checkpoint line")
+    };
+    let check = latest_check(&leaves, &leaves, true);
+    assert_eq!(check.status, verify::Status::Pass, "{check}");
+    assert!(check.detail.contains("every witness sees"), "{check}");
+    // The public log is another one than the job was shown (its proof made from it, too).
+    let check = latest_check(&forked, &forked, true);
+    assert_eq!(check.status, verify::Status::Fail, "{check}");
+    assert!(check.detail.contains("another log"), "{check}");
+    // Smaller than the job's checkpoint.
+    let check = latest_check(&leaves[..4], &leaves, false);
+    assert_eq!(check.status, verify::Status::Fail, "{check}");
+    assert!(check.detail.contains("smaller"), "{check}");
+    // Same size, another root.
+    let check = latest_check(&forked[..6], &leaves, false);
+    assert_eq!(check.status, verify::Status::Fail, "{check}");
+    // No proof at hand (a directory saved by an older version): a warning, not a pass.
+    let check = latest_check(&leaves, &leaves, false);
+    assert_eq!(check.status, verify::Status::Warn, "{check}");
+}
+
+/// A witness of the log alone: the signature, and consistency with what it saw before.
+#[test]
+fn a_witness_checks_the_signature_and_that_the_log_only_grew() {
+    let key = SigningKey::generate(&mut OsRng);
+    let vkey = verifier_key(ORIGIN, &key.verifying_key()).unwrap();
+    let leaves: Vec<[u8; 32]> = (0..11u8).map(|n| leaf_hash(&[n])).collect();
+    let mut forked = leaves.clone();
+    forked[2] = leaf_hash(b"rewritten");
+    let trust = verify::Trust {
+        key: vkey.clone(),
+        source: verify::KeySource::Saved,
+    };
+    let witness = |latest: &[[u8; 32]], seen_before: &[[u8; 32]]| {
+        let proof: Vec<String> = consistency_proof(latest, 4)
+            .unwrap()
+            .iter()
+            .map(|hash| to_hex(hash))
+            .collect();
+        let previous = verify::SavedCheckpoint {
+            public_key: vkey.clone(),
+            checkpoint: note(&key, seen_before),
+        };
+        verify::verify_log(
+            &note(&key, latest),
+            &vkey,
+            &trust,
+            Some(&previous),
+            Some(&json!({"from": 4, "to": latest.len(), "proof": proof})),
+        )
+    };
+    let report = witness(&leaves, &leaves[..4]);
+    assert!(report.ok(), "{:?}", report.checks);
+    assert!(
+        report
+            .checks
+            .iter()
+            .any(|check| check.name == "consistency" && check.status == verify::Status::Pass),
+        "{:?}",
+        report.checks
+    );
+    assert!(report.new_checkpoint.is_some());
+    // It saw another log before: a fork, and the new checkpoint is not kept.
+    let report = witness(&leaves, &forked[..4]);
+    assert!(!report.ok(), "{:?}", report.checks);
+    assert!(report.new_checkpoint.is_none());
+    // A checkpoint signed by another key.
+    let other = SigningKey::generate(&mut OsRng);
+    let report = verify::verify_log(&note(&other, &leaves), &vkey, &trust, None, None);
+    assert_eq!(
+        report.failures().next().map(|check| check.name.as_str()),
+        Some("checkpoint signature"),
+        "{:?}",
+        report.checks
+    );
 }

@@ -30,7 +30,7 @@ use tower_http::request_id::{
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-use crate::auth::{authenticate, require_admin_token};
+use crate::auth::{authenticate, authenticate_if_present, require_admin_token};
 use crate::config::ServerSettings;
 use crate::error::ApiError;
 use crate::placement::run_atlas;
@@ -81,6 +81,15 @@ pub fn build_router(state: AppState) -> Router {
         .route("/chambers", get(admin::chambers))
         .route("/grid-factors/{region}", put(billing::set_grid_factor))
         .layer(from_fn(require_admin_token));
+    // The log is public to read (SPEC §8): anyone may witness it; a token, when sent, is
+    // verified as everywhere and lets its owner (or an admin) read entry bodies.
+    let public_log = Router::new()
+        .route("/ledger/checkpoint", get(ledger::checkpoint))
+        .route("/ledger/public-key", get(ledger::public_key))
+        .route("/ledger/entries", get(ledger::entries))
+        .route("/ledger/proof/inclusion", get(ledger::inclusion))
+        .route("/ledger/proof/consistency", get(ledger::consistency))
+        .route_layer(from_fn_with_state(state.clone(), authenticate_if_present));
     let api = Router::new()
         .route("/jobs", post(jobs::submit_job).get(jobs::list_jobs))
         .route("/jobs/{id}", get(jobs::get_job))
@@ -104,11 +113,6 @@ pub fn build_router(state: AppState) -> Router {
         .route("/billing/statement", get(billing::statement))
         .route("/grid-factors", get(billing::grid_factors))
         .route("/energy", get(energy::summary))
-        .route("/ledger/checkpoint", get(ledger::checkpoint))
-        .route("/ledger/public-key", get(ledger::public_key))
-        .route("/ledger/entries", get(ledger::entries))
-        .route("/ledger/proof/inclusion", get(ledger::inclusion))
-        .route("/ledger/proof/consistency", get(ledger::consistency))
         // Uploads stream with caps of their own, not the JSON body limit.
         .route(
             "/artifacts",
@@ -142,8 +146,9 @@ pub fn build_router(state: AppState) -> Router {
             get(proofs::agent_commitments),
         )
         .nest("/admin", admin_routes)
-        // Everything above needs a valid token; the document below is public.
+        // Everything above needs a valid token; the log and the document below are public.
         .route_layer(from_fn_with_state(state.clone(), authenticate))
+        .merge(public_log)
         .route("/openapi.json", get(openapi::openapi_json));
     Router::new()
         .route("/healthz", get(health::healthz))

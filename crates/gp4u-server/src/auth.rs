@@ -1,13 +1,16 @@
 //! Stage 0: identity and authorization (SPEC §2).
 //!
-//! [`authenticate`] runs on every `/api` route except the OpenAPI document. It verifies the
-//! bearer token — with no database access, so a flood of bad tokens never reaches the store —
-//! strips any client-sent `x-subject-id` and injects the verified subject. [`require_admin_token`]
-//! gates `/api/admin/**` on the token's clearance, also before the database. Handlers then take a
-//! [`Caller`] (the seed's `requireAuth`): the user exists, is active, and the token claims no more
-//! clearance than is stored.
+//! [`authenticate`] runs on every `/api` route except the OpenAPI document and the public log
+//! (SPEC §8). It verifies the bearer token — with no database access, so a flood of bad tokens
+//! never reaches the store — strips any client-sent `x-subject-id` and injects the verified
+//! subject. The public log's routes run [`authenticate_if_present`] instead: no header is an
+//! anonymous reader, a header is verified exactly as everywhere else (a bad token is 401, never
+//! quietly anonymous). [`require_admin_token`] gates `/api/admin/**` on the token's clearance,
+//! also before the database. Handlers then take a [`Caller`] (the seed's `requireAuth`): the user
+//! exists, is active, and the token claims no more clearance than is stored; on the public log,
+//! an `Option<Caller>`, `None` for an anonymous reader.
 
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, OptionalFromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
@@ -57,8 +60,29 @@ pub async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    verify_bearer(&state, &mut request)?;
+    Ok(next.run(request).await)
+}
+
+/// For routes anyone may read: without an `Authorization` header the request goes on
+/// anonymous (and without any client-sent `x-subject-id`); with one, it is verified exactly as
+/// [`authenticate`] does, so a bad or expired token is 401 here too.
+pub async fn authenticate_if_present(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if request.headers().contains_key(header::AUTHORIZATION) {
+        verify_bearer(&state, &mut request)?;
+    } else {
+        request.headers_mut().remove(SUBJECT_HEADER);
+    }
+    Ok(next.run(request).await)
+}
+
+fn verify_bearer(state: &AppState, request: &mut Request) -> Result<(), ApiError> {
     let claims = token::verify(
-        bearer_token(&request)?,
+        bearer_token(request)?,
         &state.keys,
         state.clock.now_unix_seconds(),
     )?;
@@ -72,7 +96,7 @@ pub async fn authenticate(
     })?;
     headers.insert(SUBJECT_HEADER, subject);
     request.extensions_mut().insert(claims);
-    Ok(next.run(request).await)
+    Ok(())
 }
 
 /// `/api/admin/**` needs a token with clearance ≥ 3, checked before any database access.
@@ -138,13 +162,24 @@ impl FromRequestParts<AppState> for Caller {
                 "Caller used on a route without authenticate",
             ));
         };
-        let user_id = UserId::parse(&claims.sub).map_err(|_| unknown_user())?;
-        let user = state
-            .store
-            .get_user(&user_id)
-            .await?
-            .ok_or_else(unknown_user)?;
-        Caller::admit(claims, user)
+        Caller::load(claims, state).await
+    }
+}
+
+/// `Option<Caller>`: the caller of a route anyone may read ([`authenticate_if_present`]);
+/// `None` when the request came without a token. A token is judged as for [`Caller`]: a
+/// suspended or unknown user is refused, not served as anonymous.
+impl OptionalFromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Option<Caller>, ApiError> {
+        match parts.extensions.get::<Claims>().cloned() {
+            Some(claims) => Caller::load(claims, state).await.map(Some),
+            None => Ok(None),
+        }
     }
 }
 
@@ -156,6 +191,16 @@ fn unknown_user() -> ApiError {
 }
 
 impl Caller {
+    async fn load(claims: Claims, state: &AppState) -> Result<Caller, ApiError> {
+        let user_id = UserId::parse(&claims.sub).map_err(|_| unknown_user())?;
+        let user = state
+            .store
+            .get_user(&user_id)
+            .await?
+            .ok_or_else(unknown_user)?;
+        Caller::admit(claims, user)
+    }
+
     /// Admits `user` acting with `claims`: refused when suspended or when the token claims
     /// more clearance than the user has.
     fn admit(claims: Claims, user: UserRecord) -> Result<Caller, ApiError> {

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+use gp4u_core::ids::UserId;
 use gp4u_ledger::hash::{Hash, hash_from_hex, leaf_hash, to_hex};
 use gp4u_ledger::tree::{Frontier, NodeId};
 use sqlx::{Any, Row, Transaction};
@@ -37,6 +38,28 @@ pub struct LedgerEntryRecord {
     pub body: String,
     pub leaf_hash: Hash,
     pub created_at_ms: i64,
+}
+
+/// Whose entry bodies a range read returns (see [`Store::ledger_leaves`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerBodies<'a> {
+    /// No bodies: an anonymous witness of the log.
+    None,
+    /// The bodies of the entries of this user's jobs.
+    JobsOf(&'a UserId),
+    /// Every body: an admin.
+    All,
+}
+
+/// An entry of a range read: `body` only where [`LedgerBodies`] allowed it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedgerLeafRecord {
+    pub index: u64,
+    pub kind: String,
+    pub job_id: Option<String>,
+    pub leaf_hash: Hash,
+    pub created_at_ms: i64,
+    pub body: Option<String>,
 }
 
 /// What an append did.
@@ -260,6 +283,71 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         rows.iter().map(entry_from_row).collect()
+    }
+
+    /// Entries with `start <= index < end`, in order, with the bodies `bodies` allows. One
+    /// query whoever asks: the owner of each entry's job is joined in, and bodies nobody may
+    /// read here are not selected, so that reading a range costs no more than the range (an
+    /// energy proof's entry alone can be hundreds of kilobytes).
+    pub async fn ledger_leaves(
+        &self,
+        start: u64,
+        end: u64,
+        bodies: LedgerBodies<'_>,
+    ) -> StoreResult<Vec<LedgerLeafRecord>> {
+        self.count_op();
+        let (start, end) = (to_i64(start, "start")?, to_i64(end, "end")?);
+        let rows = match bodies {
+            LedgerBodies::None => {
+                sqlx::query(
+                    "SELECT log_index, kind, job_id, leaf_hash, created_at FROM ledger_entries \
+                     WHERE log_index >= $1 AND log_index < $2 ORDER BY log_index",
+                )
+                .bind(start)
+                .bind(end)
+                .fetch_all(self.pool())
+                .await?
+            }
+            LedgerBodies::JobsOf(owner) => {
+                sqlx::query(
+                    "SELECT e.log_index, e.kind, e.job_id, e.leaf_hash, e.created_at, \
+                     CASE WHEN j.owner_id = $3 THEN e.body END AS body \
+                     FROM ledger_entries e LEFT JOIN jobs j ON j.id = e.job_id \
+                     WHERE e.log_index >= $1 AND e.log_index < $2 ORDER BY e.log_index",
+                )
+                .bind(start)
+                .bind(end)
+                .bind(owner.as_str())
+                .fetch_all(self.pool())
+                .await?
+            }
+            LedgerBodies::All => {
+                sqlx::query(
+                    "SELECT log_index, kind, job_id, leaf_hash, created_at, body \
+                     FROM ledger_entries WHERE log_index >= $1 AND log_index < $2 \
+                     ORDER BY log_index",
+                )
+                .bind(start)
+                .bind(end)
+                .fetch_all(self.pool())
+                .await?
+            }
+        };
+        rows.iter()
+            .map(|row| {
+                Ok(LedgerLeafRecord {
+                    index: to_u64(row.try_get("log_index")?, "log_index")?,
+                    kind: row.try_get("kind")?,
+                    job_id: row.try_get("job_id")?,
+                    leaf_hash: stored_hash(row, "leaf_hash")?,
+                    created_at_ms: row.try_get("created_at")?,
+                    body: match bodies {
+                        LedgerBodies::None => None,
+                        _ => row.try_get("body")?,
+                    },
+                })
+            })
+            .collect()
     }
 
     /// A job's entries, in log order.

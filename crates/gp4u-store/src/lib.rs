@@ -74,7 +74,10 @@ pub use artifacts::{ArtifactRecord, LogReservation};
 pub use billing::{Balance, NewTransfer, SettleOutcome, TransferRecord};
 pub use completion::{CompletionFacts, GridFactorRecord, ProofOutcome, ProofRecord};
 pub use jobs::{CreateJobOutcome, IdempotencyRecord, NewIdempotency, NewJob};
-pub use ledger::{CheckpointRecord, LedgerAppend, LedgerEntryRecord, NewLedgerEntry};
+pub use ledger::{
+    CheckpointRecord, LedgerAppend, LedgerBodies, LedgerEntryRecord, LedgerLeafRecord,
+    NewLedgerEntry,
+};
 pub use limits::RateDecision;
 pub use migrate::SCHEMA_VERSION;
 pub use outbox::{Envelope, OutboxEvent, SubscriberState};
