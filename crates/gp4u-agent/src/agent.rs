@@ -116,6 +116,23 @@ pub enum AgentError {
         address: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "NVML cannot read the enforced power limit of GPU {index} {name:?} ({uuid}), and the platform bounds every energy proof of its jobs by it: check that `nvidia-smi -q -d POWER` shows an enforced power limit (power management supported and enabled, a current driver), then start the agent again"
+    )]
+    NoPowerLimit {
+        index: u32,
+        name: String,
+        uuid: String,
+    },
+    #[error(
+        "GPU {index} {name:?} ({uuid}) reports an enforced power limit of {watts} W, outside the 0–2000 W the platform accepts (its telemetry clamp): lower it with `nvidia-smi -pl`, then start the agent again"
+    )]
+    PowerLimitOutOfRange {
+        index: u32,
+        name: String,
+        uuid: String,
+        watts: f64,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -227,6 +244,49 @@ fn declared_driver(version: &str) -> Option<&str> {
     }
 }
 
+/// A GPU's enforced power limit in milliwatts as the agent declares it, or why it cannot
+/// declare one (NVML could not read it, or it is beyond what the platform accepts).
+pub fn declared_power_limit(gpu: &GpuInfo) -> Result<u64, AgentError> {
+    match (gpu.power_limit_mw(), gpu.power_limit_watts) {
+        (Some(milliwatts), _) => Ok(milliwatts),
+        (None, Some(watts)) if watts.is_finite() && watts > 0.0 => {
+            Err(AgentError::PowerLimitOutOfRange {
+                index: gpu.index,
+                name: gpu.name.clone(),
+                uuid: gpu.uuid.clone(),
+                watts,
+            })
+        }
+        (None, _) => Err(AgentError::NoPowerLimit {
+            index: gpu.index,
+            name: gpu.name.clone(),
+            uuid: gpu.uuid.clone(),
+        }),
+    }
+}
+
+/// The registration body of these GPUs. A GPU whose power limit cannot be declared is
+/// refused: registered without one, none of its jobs' energy proofs could be accepted.
+pub fn registration_gpus(
+    gpus: &[GpuInfo],
+    price_per_hour: f64,
+) -> Result<Vec<serde_json::Value>, AgentError> {
+    gpus.iter()
+        .map(|gpu| {
+            let milliwatts = declared_power_limit(gpu)?;
+            Ok(json!({
+                "name": gpu.registered_name(),
+                "vram_gb": gpu.vram_total_bytes as f64 / 1_073_741_824.0,
+                "price_per_hour": price_per_hour,
+                "uuid": gpu.uuid,
+                "driver_version": declared_driver(&gpu.driver_version),
+                "power_limit_watts": gp4u_core::energy::mw_to_watts(milliwatts),
+                "emulated": gpu.emulated,
+            }))
+        })
+        .collect()
+}
+
 /// The node's registration: loaded from the data dir, or made now (with `endpoint`, when the
 /// agent listens). The flag says whether it was made now.
 async fn register_or_load(
@@ -247,14 +307,7 @@ async fn register_or_load(
     let mut body = json!({
         "region": config.region,
         "public_key": crate::key::public_key_base64(&key),
-        "gpus": gpus.iter().map(|gpu| json!({
-            "name": if gpu.emulated { format!("{} (emulated)", gpu.name) } else { gpu.name.clone() },
-            "vram_gb": gpu.vram_total_bytes as f64 / 1_073_741_824.0,
-            "price_per_hour": config.price_per_hour,
-            "uuid": gpu.uuid,
-            "driver_version": declared_driver(&gpu.driver_version),
-            "emulated": gpu.emulated,
-        })).collect::<Vec<_>>(),
+        "gpus": registration_gpus(&gpus, config.price_per_hour)?,
     });
     if let Some(endpoint) = endpoint {
         body["endpoint"] = json!(endpoint);
@@ -294,6 +347,52 @@ fn gpu_telemetry(config: &AgentConfig, node: &NodeState) -> GpuTelemetry {
             "no readable GPU on this node: telemetry reports zero GPU figures"
         );
         GpuTelemetry::Unavailable
+    }
+}
+
+/// On a resumed node, declares the enforced power limit of each of its GPUs as read now to the
+/// platform (`PUT /api/providers/{nodeId}/power-limits`): a GPU registered before power limits
+/// were recorded gets one, and a limit changed on the host is followed for jobs assigned from
+/// now on. Failures are logged: the node still runs.
+async fn declare_power_limits(
+    client: &PlatformClient,
+    node: &NodeState,
+    gpu: &GpuTelemetry,
+    registered_now: bool,
+) {
+    if registered_now {
+        return;
+    }
+    let inventory = match gpu {
+        GpuTelemetry::Nvml(source) => {
+            let source = source.clone();
+            tokio::task::spawn_blocking(move || source.inventory())
+                .await
+                .unwrap_or_default()
+        }
+        GpuTelemetry::Emulated(source) => source.inventory(),
+        GpuTelemetry::Unavailable => Default::default(),
+    };
+    let mut declared = Vec::new();
+    for (uuid, gpu_id) in &node.gpus {
+        let Some(info) = inventory.gpus.iter().find(|info| info.uuid == *uuid) else {
+            tracing::warn!(%uuid, gpu_id, "a registered GPU is not in the inventory now: its power limit is not declared");
+            continue;
+        };
+        match declared_power_limit(info) {
+            Ok(milliwatts) => {
+                declared.push((gpu_id.clone(), gp4u_core::energy::mw_to_watts(milliwatts)));
+            }
+            Err(error) => tracing::warn!(%error, gpu_id,
+                "this GPU's power limit is not declared; the platform keeps the one it has on record"),
+        }
+    }
+    if !declared.is_empty() {
+        match client.set_power_limits(&node.node_id, &declared).await {
+            Ok(()) => tracing::info!(gpus = declared.len(), "declared the GPUs' power limits"),
+            Err(error) => tracing::warn!(%error,
+                "could not declare the GPUs' power limits; the platform keeps the ones it has on record (jobs of a GPU it has none for cannot be proven)"),
+        }
     }
 }
 
@@ -422,6 +521,7 @@ pub async fn run_with(
         None => Vec::new(),
     };
     let gpu = gpu_telemetry(&config, &node);
+    declare_power_limits(&client, &node, &gpu, registered_now).await;
     let key = Arc::new(crate::key::load_or_generate(
         &config.data_dir,
         rand::random::<[u8; 32]>,
@@ -1077,6 +1177,63 @@ mod tests {
         assert_eq!(declared_driver("unknown"), None);
         assert_eq!(declared_driver("550\n; rm -rf /"), None);
         assert_eq!(declared_driver(&"9".repeat(65)), None);
+    }
+
+    fn nvml_gpu(power_limit_watts: Option<f64>) -> GpuInfo {
+        GpuInfo {
+            index: 1,
+            uuid: "GPU-aa121f36-df66-370d-0c60-f484b45b975e".into(),
+            name: "NVIDIA H200 ".into(),
+            vram_total_bytes: 150_754_820_096,
+            driver_version: "580.159.04".into(),
+            serial: None,
+            power_limit_watts,
+            pci_bus_id: None,
+            emulated: false,
+        }
+    }
+
+    #[test]
+    fn every_gpu_is_registered_with_its_power_limit_or_not_at_all() {
+        // NVML's enforced limit (H200: 700 W), to the milliwatt; the name as the platform
+        // keeps it (trimmed).
+        let body = registration_gpus(&[nvml_gpu(Some(699.999))], 2.5).unwrap();
+        assert_eq!(body[0]["power_limit_watts"], 699.999);
+        assert_eq!(body[0]["name"], "NVIDIA H200");
+        // A GPU whose limit NVML cannot read is refused, saying what to check.
+        let refused = registration_gpus(&[nvml_gpu(Some(700.0)), nvml_gpu(None)], 2.5)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("cannot read the enforced power limit of GPU 1")
+                && refused.contains("GPU-aa121f36")
+                && refused.contains("nvidia-smi -q -d POWER"),
+            "{refused}"
+        );
+        let refused = registration_gpus(&[nvml_gpu(Some(2500.0))], 2.5)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("2500 W") && refused.contains("nvidia-smi -pl"),
+            "{refused}"
+        );
+        // An emulated GPU: its declared limit (300 W by default), its name marked.
+        let emulated = crate::gpu::EmulatedSource::new([
+            EmulatedGpu::parse("emulated:RTX 4090:24").unwrap(),
+            EmulatedGpu::parse("emulated:L4:24:72").unwrap(),
+        ])
+        .inventory()
+        .gpus;
+        let body = registration_gpus(&emulated, 1.0).unwrap();
+        assert_eq!(
+            (&body[0]["name"], &body[0]["power_limit_watts"]),
+            (
+                &serde_json::json!("RTX 4090 (emulated)"),
+                &serde_json::json!(300.0)
+            )
+        );
+        assert_eq!(body[1]["power_limit_watts"], 72.0);
+        assert_eq!(body[1]["vram_gb"], 24.0);
     }
 
     #[test]

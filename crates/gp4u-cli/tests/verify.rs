@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 use sqlx::Row;
 
 const WATTS: f64 = 380.0;
+/// The power limit `register` registers (700 W), in mW.
 const POWER_LIMIT_MW: u64 = 700_000;
 
 fn verify_cmd(job: &str, base: &str, token: &str, extra: &[&str]) -> Output {
@@ -130,7 +131,7 @@ async fn register(
             "public_key": gp4u_attest::key::public_key_base64(key),
             "renewable_pct": 50,
             "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "uuid": uuid,
-                      "driver_version": "550.54.15"}],
+                      "driver_version": "550.54.15", "power_limit_watts": 700}],
         })),
     )
     .await;

@@ -37,6 +37,10 @@ pub struct RegisteredGpu {
     pub name: String,
     pub vram_gb: f64,
     pub price_per_hour_micros: i64,
+    /// The GPU's enforced power limit as registered (added with power limits; absent from
+    /// events written before them).
+    #[serde(default)]
+    pub power_limit_watts: Option<f64>,
 }
 
 /// `node.registered`: a provider brought a node and its GPUs.

@@ -543,7 +543,7 @@ async fn keyed_node(app: &TestApp, renewable_pct: f64) -> (Node, ed25519_dalek::
         .register(
             &token,
             json!({"region": "us-east-1", "public_key": public, "renewable_pct": renewable_pct,
-                   "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "uuid": "GPU-k"}]}),
+                   "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "power_limit_watts": 450, "uuid": "GPU-k"}]}),
         )
         .await;
     (node, key)
@@ -1041,7 +1041,7 @@ async fn a_university_provider_pays_the_student_programme_its_share(app: TestApp
         .register(
             &provider,
             json!({"region": "us-east-1", "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-                   "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "uuid": "GPU-0"}]}),
+                   "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "power_limit_watts": 450, "uuid": "GPU-0"}]}),
         )
         .await;
     let run = running_on(&app, node, pinned()).await;
@@ -1305,7 +1305,7 @@ async fn the_veritas_record_names_the_gpu_and_its_driver(app: TestApp) {
     let (_, token) = app.user("provider", None).await;
     let register = |driver: Value| {
         json!({"region": "us-east-1", "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-               "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1,
+               "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "power_limit_watts": 450,
                          "uuid": "GPU-d", "driver_version": driver}]})
     };
     for bad in [

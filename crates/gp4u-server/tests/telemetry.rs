@@ -640,7 +640,7 @@ async fn keyed_node(app: &TestApp, key: &ed25519_dalek::SigningKey, endpoint: &s
             Some(&token),
             Some(json!({"region": "us-east-1", "public_key": gp4u_attest::key::public_key_base64(key),
                 "endpoint": endpoint,
-                "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "uuid": "GPU-0"}]})),
+                "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "power_limit_watts": 450, "uuid": "GPU-0"}]})),
         )
         .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);

@@ -25,7 +25,7 @@ macro_rules! gpu_columns {
     () => {
         "g.id, g.node_id, n.owner_id, g.name, g.vram_gb, g.price_micros, g.uuid, g.status, \
          n.region, n.trust_score, g.created_at, g.emulated, g.driver_version, \
-         n.first_seen_at, n.last_seen_at, n.online_ms"
+         n.first_seen_at, n.last_seen_at, n.online_ms, g.power_limit_mw"
     };
 }
 macro_rules! job_columns {

@@ -98,6 +98,10 @@ pub struct GpuRecord {
     pub emulated: bool,
     /// The GPU driver the agent declared at registration.
     pub driver_version: Option<String>,
+    /// The enforced power limit in milliwatts, as registered or last declared by the agent;
+    /// `None` for a GPU registered before power limits were recorded, until its agent
+    /// declares one.
+    pub power_limit_mw: Option<u64>,
     /// Its node's presence.
     pub node_presence: Presence,
 }
@@ -229,12 +233,20 @@ pub(crate) fn gpu_from_row(row: &AnyRow) -> StoreResult<GpuRecord> {
         created_at_ms: row.try_get("created_at")?,
         emulated: row.try_get::<i64, _>("emulated")? != 0,
         driver_version: row.try_get("driver_version")?,
+        power_limit_mw: milliwatts(row, "power_limit_mw")?,
         node_presence: Presence {
             first_seen_at_ms: row.try_get("first_seen_at")?,
             last_seen_at_ms: row.try_get("last_seen_at")?,
             online_ms: row.try_get("online_ms")?,
         },
     })
+}
+
+/// A nullable milliwatt column (stored as a signed 64-bit integer).
+fn milliwatts(row: &AnyRow, column: &str) -> StoreResult<Option<u64>> {
+    row.try_get::<Option<i64>, _>(column)?
+        .map(|mw| u64::try_from(mw).map_err(StoreError::corrupt))
+        .transpose()
 }
 
 fn parse_json(column: &str, text: Option<String>) -> StoreResult<Option<serde_json::Value>> {

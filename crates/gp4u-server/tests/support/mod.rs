@@ -293,7 +293,7 @@ impl TestApp {
                 "/api/providers/register",
                 Some(&provider),
                 Some(json!({"region": "us-east-1", "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-                            "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": price, "uuid": "GPU-1"}]})),
+                            "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": price, "power_limit_watts": 450, "uuid": "GPU-1"}]})),
             )
             .await;
         assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
@@ -313,7 +313,7 @@ impl TestApp {
     pub async fn node(&self, count: usize, price: f64, region: &str) -> Node {
         let (_, token) = self.user("provider", None).await;
         let gpus: Vec<Value> = (0..count)
-            .map(|n| json!({"name": "RTX 4090", "vram_gb": 24, "price_per_hour": price, "uuid": format!("GPU-{n}")}))
+            .map(|n| json!({"name": "RTX 4090", "vram_gb": 24, "price_per_hour": price, "power_limit_watts": 450, "uuid": format!("GPU-{n}")}))
             .collect();
         self.register(&token, json!({"region": region, "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "gpus": gpus}))
             .await
