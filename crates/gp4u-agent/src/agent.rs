@@ -187,12 +187,18 @@ struct Agent {
     batching: Batching,
     /// The node key: signs hardware attestations.
     key: Arc<ed25519_dalek::SigningKey>,
+    /// The enforced power limit of each GPU (by UUID) in milliwatts, as declared at this start:
+    /// the bound of a job's readings when its assignment does not say one.
+    power_limits: std::collections::HashMap<String, u64>,
 }
 
 /// What the watchdog of one job needs besides the job's process.
 struct JobTelemetry {
     interval: Duration,
     gpu_uuid: Option<String>,
+    /// The bound of the job's readings (mW): the limit its GPU was assigned with, else the
+    /// one declared at this start. Readings above it are reported at it.
+    power_limit_mw: Option<u64>,
 }
 
 /// Unix milliseconds from the system clock (the agent's one clock reader).
@@ -350,19 +356,16 @@ fn gpu_telemetry(config: &AgentConfig, node: &NodeState) -> GpuTelemetry {
     }
 }
 
-/// On a resumed node, declares the enforced power limit of each of its GPUs as read now to the
-/// platform (`PUT /api/providers/{nodeId}/power-limits`): a GPU registered before power limits
-/// were recorded gets one, and a limit changed on the host is followed for jobs assigned from
-/// now on. Failures are logged: the node still runs.
+/// The enforced power limit of each of the node's GPUs (by UUID, in mW) as read now, and, on a
+/// resumed node, declared to the platform (`PUT /api/providers/{nodeId}/power-limits`): a GPU
+/// registered before power limits were recorded gets one, and a limit changed on the host is
+/// followed for jobs assigned from now on. Failures are logged: the node still runs.
 async fn declare_power_limits(
     client: &PlatformClient,
     node: &NodeState,
     gpu: &GpuTelemetry,
     registered_now: bool,
-) {
-    if registered_now {
-        return;
-    }
+) -> std::collections::HashMap<String, u64> {
     let inventory = match gpu {
         GpuTelemetry::Nvml(source) => {
             let source = source.clone();
@@ -373,6 +376,7 @@ async fn declare_power_limits(
         GpuTelemetry::Emulated(source) => source.inventory(),
         GpuTelemetry::Unavailable => Default::default(),
     };
+    let mut limits = std::collections::HashMap::new();
     let mut declared = Vec::new();
     for (uuid, gpu_id) in &node.gpus {
         let Some(info) = inventory.gpus.iter().find(|info| info.uuid == *uuid) else {
@@ -381,19 +385,21 @@ async fn declare_power_limits(
         };
         match declared_power_limit(info) {
             Ok(milliwatts) => {
+                limits.insert(uuid.clone(), milliwatts);
                 declared.push((gpu_id.clone(), gp4u_core::energy::mw_to_watts(milliwatts)));
             }
             Err(error) => tracing::warn!(%error, gpu_id,
                 "this GPU's power limit is not declared; the platform keeps the one it has on record"),
         }
     }
-    if !declared.is_empty() {
+    if !registered_now && !declared.is_empty() {
         match client.set_power_limits(&node.node_id, &declared).await {
             Ok(()) => tracing::info!(gpus = declared.len(), "declared the GPUs' power limits"),
             Err(error) => tracing::warn!(%error,
                 "could not declare the GPUs' power limits; the platform keeps the ones it has on record (jobs of a GPU it has none for cannot be proven)"),
         }
     }
+    limits
 }
 
 /// Tells the platform where the visibility endpoint is now (`PUT
@@ -521,7 +527,7 @@ pub async fn run_with(
         None => Vec::new(),
     };
     let gpu = gpu_telemetry(&config, &node);
-    declare_power_limits(&client, &node, &gpu, registered_now).await;
+    let power_limits = declare_power_limits(&client, &node, &gpu, registered_now).await;
     let key = Arc::new(crate::key::load_or_generate(
         &config.data_dir,
         rand::random::<[u8; 32]>,
@@ -536,6 +542,7 @@ pub async fn run_with(
         coalescer,
         batching,
         key,
+        power_limits,
     });
     // Every job runs in this set, so that stopping the agent stops its watchers too (the
     // containers run on; the next start of the agent recovers them).
@@ -759,9 +766,27 @@ impl Agent {
             }
         };
         let (launched, pieces) = launched;
+        let gpu_uuid = self.job_gpu_uuid(manifest.gpu_uuid.as_deref(), Some(&manifest.gpu_id));
+        let declared = gpu_uuid
+            .as_ref()
+            .and_then(|uuid| self.power_limits.get(uuid).copied());
+        let assigned = manifest
+            .gpu_power_limit_watts
+            .map(gp4u_core::energy::watts_to_mw);
+        if let (Some(assigned), Some(declared)) = (assigned, declared)
+            && assigned != declared
+        {
+            tracing::warn!(
+                job_id,
+                assigned_mw = assigned,
+                declared_mw = declared,
+                "the job was assigned with another power limit than this agent declared: its readings are bounded by the assigned one"
+            );
+        }
         let telemetry = JobTelemetry {
             interval: Duration::from_secs(manifest.telemetry_interval_seconds),
-            gpu_uuid: self.job_gpu_uuid(manifest.gpu_uuid.as_deref(), Some(&manifest.gpu_id)),
+            gpu_uuid,
+            power_limit_mw: assigned.or(declared),
         };
         self.watch(job_id, launched, deadline_ms, pieces, telemetry)
             .await;
@@ -986,6 +1011,7 @@ impl Agent {
         telemetry: JobTelemetry,
     ) {
         let telemetry_gpu = telemetry.gpu_uuid.clone();
+        let power_limit_mw = telemetry.power_limit_mw;
         let (mut shipping, log_source, stop_shipping) =
             self.start_log_shipping(&job_id, &launched, pieces);
         let launched = Arc::new(launched);
@@ -994,8 +1020,12 @@ impl Agent {
             self.kill(&launched).await;
         }
         let (fence_sender, mut fences) = mpsc::channel::<Fence>(1);
-        let readings =
-            JobReadings::persistent(&self.job_dir(&job_id), &job_id, self.config.renewable_pct);
+        let readings = JobReadings::persistent(
+            &self.job_dir(&job_id),
+            &job_id,
+            self.config.renewable_pct,
+            power_limit_mw,
+        );
         // The platform's order that stopped the job, if any: provider faults get no proofs.
         let mut stopped_by: Option<Fence> = None;
         let watchdog = (!killed_by_platform).then(|| {
@@ -1110,6 +1140,7 @@ impl Agent {
                 node_id: self.node.node_id.clone(),
                 readings,
                 gpu,
+                power_limit_mw,
                 key: self.key.clone(),
             };
             crate::proofs::submit_proofs(&self.client, job).await;
@@ -1150,10 +1181,14 @@ impl Agent {
         for container in found {
             tracing::info!(job_id = %container.job_id, running = container.running, "recovering a container");
             let deadline_ms = container.deadline_ms.unwrap_or_else(now_ms);
+            let gpu_uuid =
+                self.job_gpu_uuid(container.gpu_uuid.as_deref(), container.gpu_id.as_deref());
             let telemetry = JobTelemetry {
                 interval: Duration::from_secs(container.telemetry_interval_s),
-                gpu_uuid: self
-                    .job_gpu_uuid(container.gpu_uuid.as_deref(), container.gpu_id.as_deref()),
+                power_limit_mw: gpu_uuid
+                    .as_ref()
+                    .and_then(|uuid| self.power_limits.get(uuid).copied()),
+                gpu_uuid,
             };
             jobs.spawn(self.clone().watch(
                 container.job_id,

@@ -513,6 +513,7 @@ mod tests {
             expected_duration_hours: 0.1,
             kill_after_seconds: 396,
             telemetry_interval_seconds: 10,
+            gpu_power_limit_watts: None,
         }
     }
 

@@ -60,6 +60,7 @@ fn manifest(image: &TestImage, job: &str, command: &str) -> AssignmentManifest {
         expected_duration_hours: 0.1,
         kill_after_seconds: 120,
         telemetry_interval_seconds: 10,
+        gpu_power_limit_watts: None,
     }
 }
 

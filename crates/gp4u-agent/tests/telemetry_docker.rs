@@ -183,6 +183,7 @@ fn manifest(image: &str, job: &str, command: &str, interval_s: u64) -> Assignmen
         expected_duration_hours: 0.1,
         kill_after_seconds: 120,
         telemetry_interval_seconds: interval_s,
+        gpu_power_limit_watts: None,
     }
 }
 

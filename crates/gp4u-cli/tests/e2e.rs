@@ -453,6 +453,20 @@ async fn an_agent_runs_a_digest_pinned_job_end_to_end() {
             .unwrap_or_default();
         if kinds.contains(&"energy") && kinds.contains(&"hardware") {
             assert_eq!(proofs["samples_without_commitment"], 0, "{proofs}");
+            // Both proofs name the declared limit; the attestation the GPU as registered.
+            for proof in proofs["proofs"].as_array().unwrap() {
+                let submission = &proof["submission"];
+                match proof["kind"].as_str() {
+                    Some("energy") => {
+                        assert_eq!(submission["claim"]["power_limit_mw"], 450_000, "{proof}");
+                    }
+                    _ => {
+                        assert_eq!(submission["gpu"]["power_limit_mw"], 450_000, "{proof}");
+                        assert_eq!(submission["gpu"]["name"], "RTX 4090 (emulated)", "{proof}");
+                        assert_eq!(submission["gpu"]["vram_mb"], 24_576, "{proof}");
+                    }
+                }
+            }
             break;
         }
         assert!(

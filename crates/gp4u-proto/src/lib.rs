@@ -326,6 +326,11 @@ pub struct AssignmentManifest {
     /// 1.1 × the declared duration: the agent kills the job then (`DURATION_EXCEEDED`).
     pub kill_after_seconds: u64,
     pub telemetry_interval_seconds: u64,
+    /// The assigned GPU's registered power limit in watts when the job was assigned: the job's
+    /// energy proof bounds every reading by exactly this (the agent reports a reading above it
+    /// at the limit). Absent from older servers, and for a GPU without a registered limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_power_limit_watts: Option<f64>,
 }
 
 /// `POST /api/agent/jobs/{id}/status`: the agent's report on a job it runs.

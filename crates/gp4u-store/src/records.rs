@@ -143,6 +143,10 @@ pub struct JobRecord {
     pub attempts: Vec<crate::tutela::Attempt>,
     /// What the customer's credit holds for this job until it is settled (estimate × 1.1).
     pub hold: Money,
+    /// The assigned GPU's power limit in milliwatts when the job was last assigned (sealed
+    /// with `job.assigned`): the bound its energy proof must use. `None` before an
+    /// assignment, or for one to a GPU without a registered limit.
+    pub gpu_power_limit_mw: Option<u64>,
 }
 
 impl JobRecord {
@@ -338,6 +342,7 @@ pub(crate) fn job_from_row(row: &AnyRow) -> StoreResult<JobRecord> {
         last_telemetry_at_ms: row.try_get("last_telemetry_at")?,
         retries: u32::try_from(row.try_get::<i64, _>("retries")?).map_err(StoreError::corrupt)?,
         hold: Money::from_micros(row.try_get("hold_micros")?),
+        gpu_power_limit_mw: milliwatts(row, "gpu_power_limit_mw")?,
         attempts: {
             let text: String = row.try_get("attempts")?;
             serde_json::from_str(&text)

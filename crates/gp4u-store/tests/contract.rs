@@ -83,6 +83,7 @@ fn job(n: u64, owner: &UserId, gpu: &GpuId) -> JobRecord {
         retries: 0,
         attempts: Vec::new(),
         hold: Money::ZERO,
+        gpu_power_limit_mw: None,
     }
 }
 

@@ -524,6 +524,7 @@ pub fn manifest(job: &str, command: &str, interval_s: u64) -> AssignmentManifest
         expected_duration_hours: 0.1,
         kill_after_seconds: 120,
         telemetry_interval_seconds: interval_s,
+        gpu_power_limit_watts: None,
     }
 }
 

@@ -208,6 +208,7 @@ async fn manifest(state: &AppState, job: &JobRecord) -> ApiResult<AssignmentMani
         )
         .unwrap_or(u64::MAX),
         telemetry_interval_seconds: state.tutela.settings.telemetry_interval_s,
+        gpu_power_limit_watts: job.gpu_power_limit_mw.map(gp4u_core::energy::mw_to_watts),
     })
 }
 

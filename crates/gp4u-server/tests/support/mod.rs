@@ -344,6 +344,25 @@ impl TestApp {
         (node, reply.body)
     }
 
+    /// Runs one statement on the app's database itself, bypassing the store (rows as an older
+    /// version left them, or tampering), with text binds; the rows it changed.
+    pub async fn execute_sql(&self, sql: &str, binds: &[&str]) -> u64 {
+        use sqlx::Connection as _;
+        sqlx::any::install_default_drivers();
+        let mut connection = sqlx::AnyConnection::connect(&self.db.url).await.unwrap();
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
+        for bind in binds {
+            query = query.bind(*bind);
+        }
+        let changed = query
+            .execute(&mut connection)
+            .await
+            .unwrap_or_else(|error| panic!("{sql}: {error}"))
+            .rows_affected();
+        let _ = connection.close().await;
+        changed
+    }
+
     /// Submits a job and returns its id.
     pub async fn submit(&self, token: &str, body: Value) -> String {
         let reply = self
