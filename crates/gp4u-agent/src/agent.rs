@@ -163,6 +163,23 @@ pub enum AgentError {
     Platform(#[from] ClientError),
     #[error(transparent)]
     Key(#[from] crate::key::KeyError),
+    #[error(
+        "NVML cannot read the enforced power limit of GPU {index} {name:?} ({uuid}), and the platform bounds every energy proof of its jobs by it: check that `nvidia-smi -q -d POWER` shows an enforced power limit (power management supported and enabled, a current driver), then start the agent again"
+    )]
+    NoPowerLimit {
+        index: u32,
+        name: String,
+        uuid: String,
+    },
+    #[error(
+        "GPU {index} {name:?} ({uuid}) reports an enforced power limit of {watts} W, outside the 0–2000 W the platform accepts (its telemetry clamp): lower it with `nvidia-smi -pl`, then start the agent again"
+    )]
+    PowerLimitOutOfRange {
+        index: u32,
+        name: String,
+        uuid: String,
+        watts: f64,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -226,12 +243,18 @@ struct Agent {
     ulimits: Ulimits,
     /// Answers visibility challenges (the watchdogs hand them over).
     responder: Arc<Responder>,
+    /// The enforced power limit of each GPU (by UUID) in milliwatts, as declared at this start:
+    /// the bound of a job's readings when its assignment does not say one.
+    power_limits: std::collections::HashMap<String, u64>,
 }
 
 /// What the watchdog of one job needs besides the job's process.
 struct JobTelemetry {
     interval: Duration,
     gpu_uuid: Option<String>,
+    /// The bound of the job's readings (mW): the limit its GPU was assigned with, else the
+    /// one declared at this start. Readings above it are reported at it.
+    power_limit_mw: Option<u64>,
 }
 
 /// Unix milliseconds from the system clock (the agent's one clock reader).
@@ -283,6 +306,49 @@ fn declared_driver(version: &str) -> Option<&str> {
     }
 }
 
+/// A GPU's enforced power limit in milliwatts as the agent declares it, or why it cannot
+/// declare one (NVML could not read it, or it is beyond what the platform accepts).
+pub fn declared_power_limit(gpu: &GpuInfo) -> Result<u64, AgentError> {
+    match (gpu.power_limit_mw(), gpu.power_limit_watts) {
+        (Some(milliwatts), _) => Ok(milliwatts),
+        (None, Some(watts)) if watts.is_finite() && watts > 0.0 => {
+            Err(AgentError::PowerLimitOutOfRange {
+                index: gpu.index,
+                name: gpu.name.clone(),
+                uuid: gpu.uuid.clone(),
+                watts,
+            })
+        }
+        (None, _) => Err(AgentError::NoPowerLimit {
+            index: gpu.index,
+            name: gpu.name.clone(),
+            uuid: gpu.uuid.clone(),
+        }),
+    }
+}
+
+/// The registration body of these GPUs. A GPU whose power limit cannot be declared is
+/// refused: registered without one, none of its jobs' energy proofs could be accepted.
+pub fn registration_gpus(
+    gpus: &[GpuInfo],
+    price_per_hour: f64,
+) -> Result<Vec<serde_json::Value>, AgentError> {
+    gpus.iter()
+        .map(|gpu| {
+            let milliwatts = declared_power_limit(gpu)?;
+            Ok(json!({
+                "name": gpu.registered_name(),
+                "vram_gb": gpu.vram_total_bytes as f64 / 1_073_741_824.0,
+                "price_per_hour": price_per_hour,
+                "uuid": gpu.uuid,
+                "driver_version": declared_driver(&gpu.driver_version),
+                "power_limit_watts": gp4u_core::energy::mw_to_watts(milliwatts),
+                "emulated": gpu.emulated,
+            }))
+        })
+        .collect()
+}
+
 /// The node's registration: loaded from the data dir, or made now (with the host's
 /// `posture`). The flag says whether it was made now.
 async fn register_or_load(
@@ -303,14 +369,7 @@ async fn register_or_load(
     let mut body = json!({
         "region": config.region,
         "public_key": crate::key::public_key_base64(&key),
-        "gpus": gpus.iter().map(|gpu| json!({
-            "name": if gpu.emulated { format!("{} (emulated)", gpu.name) } else { gpu.name.clone() },
-            "vram_gb": gpu.vram_total_bytes as f64 / 1_073_741_824.0,
-            "price_per_hour": config.price_per_hour,
-            "uuid": gpu.uuid,
-            "driver_version": declared_driver(&gpu.driver_version),
-            "emulated": gpu.emulated,
-        })).collect::<Vec<_>>(),
+        "gpus": registration_gpus(&gpus, config.price_per_hour)?,
     });
     body["posture"] = json!(posture);
     if config.renewable_pct > 0.0 {
@@ -349,6 +408,52 @@ fn gpu_telemetry(config: &AgentConfig, node: &NodeState) -> GpuTelemetry {
         );
         GpuTelemetry::Unavailable
     }
+}
+
+/// The enforced power limit of each of the node's GPUs (by UUID, in mW) as read now, and, on a
+/// resumed node, declared to the platform (`PUT /api/providers/{nodeId}/power-limits`): a GPU
+/// registered before power limits were recorded gets one, and a limit changed on the host is
+/// followed for jobs assigned from now on. Failures are logged: the node still runs.
+async fn declare_power_limits(
+    client: &PlatformClient,
+    node: &NodeState,
+    gpu: &GpuTelemetry,
+    registered_now: bool,
+) -> std::collections::HashMap<String, u64> {
+    let inventory = match gpu {
+        GpuTelemetry::Nvml(source) => {
+            let source = source.clone();
+            tokio::task::spawn_blocking(move || source.inventory())
+                .await
+                .unwrap_or_default()
+        }
+        GpuTelemetry::Emulated(source) => source.inventory(),
+        GpuTelemetry::Unavailable => Default::default(),
+    };
+    let mut limits = std::collections::HashMap::new();
+    let mut declared = Vec::new();
+    for (uuid, gpu_id) in &node.gpus {
+        let Some(info) = inventory.gpus.iter().find(|info| info.uuid == *uuid) else {
+            tracing::warn!(%uuid, gpu_id, "a registered GPU is not in the inventory now: its power limit is not declared");
+            continue;
+        };
+        match declared_power_limit(info) {
+            Ok(milliwatts) => {
+                limits.insert(uuid.clone(), milliwatts);
+                declared.push((gpu_id.clone(), gp4u_core::energy::mw_to_watts(milliwatts)));
+            }
+            Err(error) => tracing::warn!(%error, gpu_id,
+                "this GPU's power limit is not declared; the platform keeps the one it has on record"),
+        }
+    }
+    if !registered_now && !declared.is_empty() {
+        match client.set_power_limits(&node.node_id, &declared).await {
+            Ok(()) => tracing::info!(gpus = declared.len(), "declared the GPUs' power limits"),
+            Err(error) => tracing::warn!(%error,
+                "could not declare the GPUs' power limits; the platform keeps the ones it has on record (jobs of a GPU it has none for cannot be proven)"),
+        }
+    }
+    limits
 }
 
 /// The responder of the node's watchdogs: the node key, and the platform's key from
@@ -445,6 +550,7 @@ pub async fn run_with(
         }
     }
     let gpu = gpu_telemetry(&config, &node);
+    let power_limits = declare_power_limits(&client, &node, &gpu, registered_now).await;
     let key = Arc::new(crate::key::load_or_generate(
         &config.data_dir,
         rand::random::<[u8; 32]>,
@@ -472,6 +578,7 @@ pub async fn run_with(
         cpus_per_job,
         ulimits,
         responder,
+        power_limits,
     });
     // Every job runs in this set, so that stopping the agent stops its watchers too (the
     // containers run on; the next start of the agent recovers them).
@@ -907,9 +1014,27 @@ impl Agent {
             }
         };
         let (launched, pieces) = launched;
+        let gpu_uuid = self.job_gpu_uuid(manifest.gpu_uuid.as_deref(), Some(&manifest.gpu_id));
+        let declared = gpu_uuid
+            .as_ref()
+            .and_then(|uuid| self.power_limits.get(uuid).copied());
+        let assigned = manifest
+            .gpu_power_limit_watts
+            .map(gp4u_core::energy::watts_to_mw);
+        if let (Some(assigned), Some(declared)) = (assigned, declared)
+            && assigned != declared
+        {
+            tracing::warn!(
+                job_id,
+                assigned_mw = assigned,
+                declared_mw = declared,
+                "the job was assigned with another power limit than this agent declared: its readings are bounded by the assigned one"
+            );
+        }
         let telemetry = JobTelemetry {
             interval: Duration::from_secs(manifest.telemetry_interval_seconds),
-            gpu_uuid: self.job_gpu_uuid(manifest.gpu_uuid.as_deref(), Some(&manifest.gpu_id)),
+            gpu_uuid,
+            power_limit_mw: assigned.or(declared),
         };
         self.watch(job_id, launched, deadline_ms, pieces, telemetry)
             .await;
@@ -1221,6 +1346,7 @@ impl Agent {
         telemetry: JobTelemetry,
     ) {
         let telemetry_gpu = telemetry.gpu_uuid.clone();
+        let power_limit_mw = telemetry.power_limit_mw;
         let (mut shipping, log_source, stop_shipping) =
             self.start_log_shipping(&job_id, &launched, pieces);
         let launched = Arc::new(launched);
@@ -1229,8 +1355,12 @@ impl Agent {
             self.kill(&launched).await;
         }
         let (fence_sender, mut fences) = mpsc::channel::<Fence>(1);
-        let readings =
-            JobReadings::persistent(&self.job_dir(&job_id), &job_id, self.config.renewable_pct);
+        let readings = JobReadings::persistent(
+            &self.job_dir(&job_id),
+            &job_id,
+            self.config.renewable_pct,
+            power_limit_mw,
+        );
         // The platform's order that stopped the job, if any: provider faults get no proofs.
         let mut stopped_by: Option<Fence> = None;
         let watchdog = (!killed_by_platform).then(|| {
@@ -1375,6 +1505,7 @@ impl Agent {
                 node_id: self.node.node_id.clone(),
                 readings,
                 gpu,
+                power_limit_mw,
                 key: self.key.clone(),
             };
             crate::proofs::submit_proofs(&self.client, job).await;
@@ -1455,10 +1586,14 @@ impl Agent {
         for container in found {
             tracing::info!(job_id = %container.job_id, running = container.running, "recovering a container");
             let deadline_ms = container.deadline_ms.unwrap_or_else(now_ms);
+            let gpu_uuid =
+                self.job_gpu_uuid(container.gpu_uuid.as_deref(), container.gpu_id.as_deref());
             let telemetry = JobTelemetry {
                 interval: Duration::from_secs(container.telemetry_interval_s),
-                gpu_uuid: self
-                    .job_gpu_uuid(container.gpu_uuid.as_deref(), container.gpu_id.as_deref()),
+                power_limit_mw: gpu_uuid
+                    .as_ref()
+                    .and_then(|uuid| self.power_limits.get(uuid).copied()),
+                gpu_uuid,
             };
             jobs.spawn(self.clone().watch(
                 container.job_id,
@@ -1482,6 +1617,63 @@ mod tests {
         assert_eq!(declared_driver("unknown"), None);
         assert_eq!(declared_driver("550\n; rm -rf /"), None);
         assert_eq!(declared_driver(&"9".repeat(65)), None);
+    }
+
+    fn nvml_gpu(power_limit_watts: Option<f64>) -> GpuInfo {
+        GpuInfo {
+            index: 1,
+            uuid: "GPU-aa121f36-df66-370d-0c60-f484b45b975e".into(),
+            name: "NVIDIA H200 ".into(),
+            vram_total_bytes: 150_754_820_096,
+            driver_version: "580.159.04".into(),
+            serial: None,
+            power_limit_watts,
+            pci_bus_id: None,
+            emulated: false,
+        }
+    }
+
+    #[test]
+    fn every_gpu_is_registered_with_its_power_limit_or_not_at_all() {
+        // NVML's enforced limit (H200: 700 W), to the milliwatt; the name as the platform
+        // keeps it (trimmed).
+        let body = registration_gpus(&[nvml_gpu(Some(699.999))], 2.5).unwrap();
+        assert_eq!(body[0]["power_limit_watts"], 699.999);
+        assert_eq!(body[0]["name"], "NVIDIA H200");
+        // A GPU whose limit NVML cannot read is refused, saying what to check.
+        let refused = registration_gpus(&[nvml_gpu(Some(700.0)), nvml_gpu(None)], 2.5)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("cannot read the enforced power limit of GPU 1")
+                && refused.contains("GPU-aa121f36")
+                && refused.contains("nvidia-smi -q -d POWER"),
+            "{refused}"
+        );
+        let refused = registration_gpus(&[nvml_gpu(Some(2500.0))], 2.5)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("2500 W") && refused.contains("nvidia-smi -pl"),
+            "{refused}"
+        );
+        // An emulated GPU: its declared limit (300 W by default), its name marked.
+        let emulated = crate::gpu::EmulatedSource::new([
+            EmulatedGpu::parse("emulated:RTX 4090:24").unwrap(),
+            EmulatedGpu::parse("emulated:L4:24:72").unwrap(),
+        ])
+        .inventory()
+        .gpus;
+        let body = registration_gpus(&emulated, 1.0).unwrap();
+        assert_eq!(
+            (&body[0]["name"], &body[0]["power_limit_watts"]),
+            (
+                &serde_json::json!("RTX 4090 (emulated)"),
+                &serde_json::json!(300.0)
+            )
+        );
+        assert_eq!(body[1]["power_limit_watts"], 72.0);
+        assert_eq!(body[1]["vram_gb"], 24.0);
     }
 
     #[test]

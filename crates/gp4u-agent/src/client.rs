@@ -248,6 +248,28 @@ impl PlatformClient {
         self.send("the renewable share", request).await.map(drop)
     }
 
+    /// Declares the enforced power limits of the node's GPUs (`PUT
+    /// /api/providers/{node_id}/power-limits`): `(platform GPU id, watts)`.
+    pub async fn set_power_limits(
+        &self,
+        node_id: &str,
+        limits: &[(String, f64)],
+    ) -> Result<(), ClientError> {
+        let gpus: Vec<serde_json::Value> = limits
+            .iter()
+            .map(|(id, watts)| serde_json::json!({"id": id, "power_limit_watts": watts}))
+            .collect();
+        let request = self
+            .http
+            .put(format!(
+                "{}/api/providers/{node_id}/power-limits",
+                self.base
+            ))
+            .json(&serde_json::json!({ "gpus": gpus }))
+            .timeout(Duration::from_secs(30));
+        self.send("the GPUs' power limits", request).await.map(drop)
+    }
+
     /// Posts one Russian-Doll telemetry packet (`POST /api/telemetry/russian-doll`). The
     /// `timeout` covers the whole exchange: the watchdog keeps it under its interval.
     pub async fn post_telemetry(

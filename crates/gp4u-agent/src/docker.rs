@@ -808,6 +808,7 @@ mod tests {
             expected_duration_hours: 0.1,
             kill_after_seconds: 396,
             telemetry_interval_seconds: 10,
+            gpu_power_limit_watts: None,
             shm_gb: 0.0,
             scratch_gb: 20.0,
             network: "public".into(),

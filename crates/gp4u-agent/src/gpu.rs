@@ -4,16 +4,17 @@
 //! - [`NvmlSource`] reads NVIDIA GPUs through NVML (`libnvidia-ml.so.1`, loaded at run time).
 //!   A host without the NVIDIA driver is not an error (SPEC §6): the source opens anyway and
 //!   reports an empty inventory with a note saying why.
-//! - [`EmulatedSource`] serves GPUs declared with `--gpu emulated:<name>:<vram_gb>`; their
-//!   readings are derived from a CPU-usage fraction fed in by the caller (the container's cgroup
-//!   CPU use), and everything they produce is marked `emulated`.
+//! - [`EmulatedSource`] serves GPUs declared with
+//!   `--gpu emulated:<name>:<vram_gb>[:<power_limit_w>]`; their readings are derived from a
+//!   CPU-usage fraction fed in by the caller (the container's cgroup CPU use), stay within the
+//!   declared power limit, and everything they produce is marked `emulated`.
 
 use std::ffi::OsStr;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use gp4u_core::manifest::{MAX_GPU_NAME_CHARS, MAX_VRAM_GB};
+use gp4u_core::manifest::{MAX_GPU_NAME_CHARS, MAX_POWER_LIMIT_WATTS, MAX_VRAM_GB};
 use nvml_wrapper::Nvml;
 use nvml_wrapper::bitmasks::device::ThrottleReasons;
 use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
@@ -23,10 +24,12 @@ use serde::{Deserialize, Serialize};
 
 /// Bytes in one GB of declared VRAM (GPU vendors' "GB" are GiB).
 pub const BYTES_PER_GB: f64 = 1024.0 * 1024.0 * 1024.0;
-/// Emulated power draw of an idle GPU, in watts.
-pub const EMULATED_IDLE_WATTS: f64 = 30.0;
-/// Emulated power drawn on top of idle at full load, in watts.
-pub const EMULATED_NOMINAL_WATTS: f64 = 300.0;
+/// The power limit of an emulated GPU declared without one, in watts (SPEC §6).
+pub const EMULATED_DEFAULT_POWER_LIMIT_WATTS: f64 = 300.0;
+/// An idle emulated GPU draws this share of its power limit; at full load it draws the limit
+/// (300 W declared: 30 W idle, 300 W at full load). Readings never exceed the declared limit,
+/// so the energy proof bounded by it holds.
+pub const EMULATED_IDLE_POWER_SHARE: f64 = 0.1;
 /// Emulated temperature of an idle GPU, in °C.
 pub const EMULATED_IDLE_CELSIUS: f64 = 35.0;
 /// Emulated temperature rise at full load, in °C.
@@ -35,7 +38,8 @@ pub const EMULATED_LOAD_CELSIUS: f64 = 45.0;
 pub const EMULATED_DRIVER: &str = "emulated";
 
 /// The form of an emulated GPU declaration, for error messages.
-const SPEC_FORM: &str = "expected `emulated:<name>:<vram_gb>`, e.g. `emulated:RTX 4090:24`";
+const SPEC_FORM: &str = "expected `emulated:<name>:<vram_gb>[:<power_limit_w>]`, e.g. \
+                         `emulated:RTX 4090:24` (a 300 W limit) or `emulated:RTX 4090:24:450`";
 /// NVML's library, as the driver installs it (`nvml-wrapper`'s default).
 const NVML_LIB: &str = "libnvidia-ml.so.1";
 /// The unversioned name, tried when the versioned one cannot be loaded.
@@ -58,6 +62,28 @@ pub struct GpuInfo {
     pub pci_bus_id: Option<String>,
     #[serde(default)]
     pub emulated: bool,
+}
+
+impl GpuInfo {
+    /// The name the GPU is registered under, and so the name its hardware attestations must
+    /// name: NVML's, trimmed (the platform trims it); an emulated GPU's declared name followed
+    /// by ` (emulated)`, so that it is shown as such everywhere.
+    pub fn registered_name(&self) -> String {
+        if self.emulated {
+            format!("{} (emulated)", self.name.trim())
+        } else {
+            self.name.trim().to_owned()
+        }
+    }
+
+    /// The enforced power limit in milliwatts, when known and within what the platform
+    /// accepts (greater than 0, at most [`MAX_POWER_LIMIT_WATTS`]).
+    pub fn power_limit_mw(&self) -> Option<u64> {
+        self.power_limit_watts
+            .filter(|watts| watts.is_finite() && *watts > 0.0 && *watts <= MAX_POWER_LIMIT_WATTS)
+            .map(gp4u_core::energy::watts_to_mw)
+            .filter(|milliwatts| *milliwatts > 0)
+    }
 }
 
 /// A process with a compute context on a GPU.
@@ -395,14 +421,17 @@ impl GpuSource for NvmlSource {
 // ---------------------------------------------------------------------------------------------
 // Emulated GPUs
 
-/// A GPU declared with `--gpu emulated:<name>:<vram_gb>`.
+/// A GPU declared with `--gpu emulated:<name>:<vram_gb>[:<power_limit_w>]`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct EmulatedGpu {
     pub name: String,
     pub vram_gb: f64,
+    /// The declared power limit in watts (default [`EMULATED_DEFAULT_POWER_LIMIT_WATTS`]):
+    /// registered as the GPU's `power_limit_watts`, the bound of its energy proofs.
+    pub power_limit_watts: f64,
 }
 
-/// A malformed `emulated:<name>:<vram_gb>` declaration.
+/// A malformed `emulated:<name>:<vram_gb>[:<power_limit_w>]` declaration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid gpu declaration {spec:?}: {reason}; {SPEC_FORM}")]
 pub struct GpuSpecError {
@@ -412,8 +441,10 @@ pub struct GpuSpecError {
 }
 
 impl EmulatedGpu {
-    /// Parses `emulated:<name>:<vram_gb>`. The name may contain spaces but not `:` and is
-    /// trimmed; `vram_gb` is a number of GB, `0 < vram_gb ≤ 4096`.
+    /// Parses `emulated:<name>:<vram_gb>[:<power_limit_w>]`. The name may contain spaces but
+    /// not `:` and is trimmed; `vram_gb` is a number of GB, `0 < vram_gb ≤ 4096`;
+    /// `power_limit_w` a number of watts, `0 < power_limit_w ≤ 2000` (the telemetry clamp),
+    /// [`EMULATED_DEFAULT_POWER_LIMIT_WATTS`] when left out.
     pub fn parse(spec: &str) -> Result<EmulatedGpu, GpuSpecError> {
         let fail = |reason: String| GpuSpecError {
             spec: spec.chars().take(120).collect(),
@@ -422,17 +453,20 @@ impl EmulatedGpu {
         let Some(rest) = spec.trim().strip_prefix("emulated:") else {
             return Err(fail("it must start with `emulated:`".to_owned()));
         };
-        let Some((name, vram)) = rest.rsplit_once(':') else {
-            return Err(fail(
-                "the name and vram_gb must be separated by `:`".to_owned(),
-            ));
+        let parts: Vec<&str> = rest.split(':').collect();
+        let (name, vram, limit) = match parts.as_slice() {
+            [_] => {
+                return Err(fail(
+                    "the name and vram_gb must be separated by `:`".to_owned(),
+                ));
+            }
+            [name, vram] => (*name, *vram, None),
+            [name, vram, limit] => (*name, *vram, Some(*limit)),
+            _ => return Err(fail("the name must not contain `:`".to_owned())),
         };
         let name = name.trim();
         if name.is_empty() {
             return Err(fail("the name is empty".to_owned()));
-        }
-        if name.contains(':') {
-            return Err(fail("the name must not contain `:`".to_owned()));
         }
         if name.chars().count() > MAX_GPU_NAME_CHARS {
             return Err(fail(format!(
@@ -465,9 +499,34 @@ impl EmulatedGpu {
                 "vram_gb must be at most {MAX_VRAM_GB}, got {vram_gb}"
             )));
         }
+        let power_limit_watts = match limit.map(str::trim) {
+            None => EMULATED_DEFAULT_POWER_LIMIT_WATTS,
+            Some("") => {
+                return Err(fail(
+                    "power_limit_w is empty (leave it out for 300 W)".to_owned(),
+                ));
+            }
+            Some(text) => match text.parse::<f64>() {
+                Ok(watts) if watts.is_finite() && watts > 0.0 && watts <= MAX_POWER_LIMIT_WATTS => {
+                    watts
+                }
+                Ok(watts) if watts.is_finite() => {
+                    return Err(fail(format!(
+                        "power_limit_w must be greater than 0 and at most {MAX_POWER_LIMIT_WATTS} W, got {watts}"
+                    )));
+                }
+                _ => {
+                    let shown: String = text.chars().take(40).collect();
+                    return Err(fail(format!(
+                        "power_limit_w must be a number of watts, got {shown:?}"
+                    )));
+                }
+            },
+        };
         Ok(EmulatedGpu {
             name: name.to_owned(),
             vram_gb,
+            power_limit_watts,
         })
     }
 
@@ -487,7 +546,11 @@ impl FromStr for EmulatedGpu {
 
 impl fmt::Display for EmulatedGpu {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "emulated:{}:{}", self.name, self.vram_gb)
+        write!(
+            f,
+            "emulated:{}:{}:{}",
+            self.name, self.vram_gb, self.power_limit_watts
+        )
     }
 }
 
@@ -502,6 +565,20 @@ pub fn emulated_uuid(name: &str, index: u32) -> String {
         (hash ^ u64::from(*byte)).wrapping_mul(PRIME)
     });
     format!("GPU-emulated-{hash:016x}")
+}
+
+/// An emulated GPU's power draw at CPU-use `fraction` (in [0, 1]): from
+/// [`EMULATED_IDLE_POWER_SHARE`] of its limit when idle to the limit itself at full load,
+/// never above it.
+pub fn emulated_power_watts(limit_watts: f64, fraction: f64) -> f64 {
+    let fraction = if fraction.is_nan() {
+        0.0
+    } else {
+        fraction.clamp(0.0, 1.0)
+    };
+    let watts =
+        limit_watts * (EMULATED_IDLE_POWER_SHARE + (1.0 - EMULATED_IDLE_POWER_SHARE) * fraction);
+    watts.min(limit_watts)
 }
 
 struct EmulatedState {
@@ -540,7 +617,7 @@ impl EmulatedSource {
                     name: gpu.name,
                     driver_version: EMULATED_DRIVER.to_owned(),
                     serial: None,
-                    power_limit_watts: Some(EMULATED_IDLE_WATTS + EMULATED_NOMINAL_WATTS),
+                    power_limit_watts: Some(gpu.power_limit_watts),
                     pci_bus_id: None,
                     emulated: true,
                 },
@@ -607,7 +684,12 @@ impl GpuSource for EmulatedSource {
             memory_utilization_pct: None,
             vram_used_bytes: gpu.vram_used_bytes.load(Ordering::Relaxed),
             vram_total_bytes: gpu.info.vram_total_bytes,
-            power_watts: Some(EMULATED_IDLE_WATTS + fraction * EMULATED_NOMINAL_WATTS),
+            power_watts: Some(emulated_power_watts(
+                gpu.info
+                    .power_limit_watts
+                    .unwrap_or(EMULATED_DEFAULT_POWER_LIMIT_WATTS),
+                fraction,
+            )),
             temperature_c: Some(EMULATED_IDLE_CELSIUS + fraction * EMULATED_LOAD_CELSIUS),
             throttle_reasons: Vec::new(),
             compute_processes: Vec::new(),
@@ -633,14 +715,25 @@ mod tests {
             gpu,
             EmulatedGpu {
                 name: "A100".into(),
-                vram_gb: 80.0
+                vram_gb: 80.0,
+                power_limit_watts: 300.0,
             }
         );
         let gpu: EmulatedGpu = "emulated:RTX 4090:24".parse().unwrap();
         assert_eq!(gpu.name, "RTX 4090");
         assert_eq!(gpu.vram_gb, 24.0);
         assert_eq!(gpu.vram_bytes(), 24 * 1024 * 1024 * 1024);
-        assert_eq!(gpu.to_string(), "emulated:RTX 4090:24");
+        assert_eq!(gpu.to_string(), "emulated:RTX 4090:24:300");
+        // The declared power limit, and the one it prints parses back.
+        let gpu = EmulatedGpu::parse("emulated:RTX 4090:24: 450.5 ").unwrap();
+        assert_eq!(gpu.power_limit_watts, 450.5);
+        assert_eq!(EmulatedGpu::parse(&gpu.to_string()).unwrap(), gpu);
+        assert_eq!(
+            EmulatedGpu::parse("emulated:x:1:2000")
+                .unwrap()
+                .power_limit_watts,
+            2000.0
+        );
 
         let gpu = EmulatedGpu::parse("  emulated:  NVIDIA H200 NVL :  141.5 ").unwrap();
         assert_eq!(gpu.name, "NVIDIA H200 NVL");
@@ -663,7 +756,8 @@ mod tests {
         assert!(parse_err("emulated::24").contains("name is empty"));
         assert!(parse_err("emulated:   :24").contains("name is empty"));
         assert!(parse_err("emulated:RTX 4090:").contains("vram_gb is missing"));
-        assert!(parse_err("emulated:a:b:24").contains("must not contain `:`"));
+        assert!(parse_err("emulated:a:b:c:24").contains("must not contain `:`"));
+        assert!(parse_err("emulated:a:b:24").contains("vram_gb must be a number"));
         let long = format!("emulated:{}:24", "x".repeat(MAX_GPU_NAME_CHARS + 1));
         assert!(parse_err(&long).contains("longer than 100"));
         assert!(parse_err("emulated:a\tb:24").contains("control characters"));
@@ -684,6 +778,22 @@ mod tests {
         let err = parse_err("emulated:RTX:lots");
         assert!(err.contains("\"emulated:RTX:lots\""), "{err}");
         assert!(err.contains("e.g. `emulated:RTX 4090:24`"), "{err}");
+    }
+
+    #[test]
+    fn parse_rejects_bad_power_limits() {
+        for (bad, says) in [
+            ("0", "greater than 0"),
+            ("-300", "greater than 0"),
+            ("2000.5", "at most 2000"),
+            ("300W", "must be a number of watts"),
+            ("NaN", "must be a number of watts"),
+            ("", "is empty"),
+        ] {
+            let err = parse_err(&format!("emulated:RTX:24:{bad}"));
+            assert!(err.contains(says), "{bad:?}: {err}");
+            assert!(err.contains("[:<power_limit_w>]"), "{bad:?}: {err}");
+        }
     }
 
     #[test]
@@ -728,7 +838,8 @@ mod tests {
         let half = source.reading(&first.uuid).unwrap();
         assert!(half.emulated);
         assert_eq!(half.utilization_pct, 50.0);
-        assert_eq!(half.power_watts, Some(180.0));
+        // 300 W declared: 30 W idle, 300 W at full load.
+        assert_eq!(half.power_watts, Some(165.0));
         assert_eq!(half.temperature_c, Some(57.5));
         assert_eq!(half.vram_used_bytes, 1 << 30);
         // The other GPU is untouched.
@@ -758,15 +869,41 @@ mod tests {
             assert_eq!(reading.utilization_pct, pct, "fraction {fraction}");
             let power = reading.power_watts.unwrap();
             let temperature = reading.temperature_c.unwrap();
-            assert!((30.0..=330.0).contains(&power), "{power}");
+            assert!((30.0..=300.0).contains(&power), "{power}");
             assert!((35.0..=80.0).contains(&temperature), "{temperature}");
         }
         source.set_cpu_fraction(&uuid, 1.0);
         let full = source.reading(&uuid).unwrap();
-        assert_eq!(full.power_watts, Some(330.0));
+        assert_eq!(full.power_watts, Some(300.0));
         assert_eq!(full.temperature_c, Some(80.0));
         source.set_vram_used_bytes(&uuid, u64::MAX);
         assert_eq!(source.reading(&uuid).unwrap().vram_used_bytes, 16 << 30);
+    }
+
+    #[test]
+    fn emulated_power_stays_within_the_declared_limit() {
+        let source = EmulatedSource::new([EmulatedGpu::parse("emulated:L4:24:72").unwrap()]);
+        let gpu = &source.inventory().gpus[0];
+        assert_eq!(gpu.power_limit_watts, Some(72.0));
+        let uuid = gpu.uuid.clone();
+        for fraction in [0.0, 0.25, 0.5, 0.99, 1.0, 7.0, f64::INFINITY, f64::NAN] {
+            source.set_cpu_fraction(&uuid, fraction);
+            let watts = source.reading(&uuid).unwrap().power_watts.unwrap();
+            assert!((7.2..=72.0).contains(&watts), "{fraction}: {watts}");
+        }
+        source.set_cpu_fraction(&uuid, 1.0);
+        assert_eq!(source.reading(&uuid).unwrap().power_watts, Some(72.0));
+        // What the agent commits to never exceeds the limit either (even a limit whose
+        // milliwatts do not come out even).
+        for limit in [0.001, 72.0, 299.9995, 300.0, 1999.999, 2000.0] {
+            for fraction in [0.0, 0.3, 1.0] {
+                let watts = emulated_power_watts(limit, fraction);
+                assert!(watts <= limit, "{limit} {fraction}: {watts}");
+                assert!(
+                    gp4u_core::energy::watts_to_mw(watts) <= gp4u_core::energy::watts_to_mw(limit)
+                );
+            }
+        }
     }
 
     #[test]

@@ -4,6 +4,12 @@
 //! carries `power_commitment`, the base64 of a [`ReadingCommitment`] to
 //! `power_mw = watts_to_mw(power_draw_watts)` (the watts the platform stores, i.e. clamped to
 //! [`POWER_RANGE_W`]) and its renewable part `renewable_mw = ⌈power_mw × share_bp / 10000⌉`.
+//! A reading above the job's power bound — the limit its GPU was registered with when the
+//! job was assigned (the manifest's `gpu_power_limit_watts`; else the limit this agent
+//! declared at its start) — is sent and committed at the bound: NVML's instantaneous power
+//! can overshoot the enforced limit for a moment, and the energy proof bounds every reading
+//! by exactly the registered limit. The platform then bills no energy the proof cannot bound
+//! (the provider loses the overshoot, the customer never pays for it).
 //! The opening stays with the agent ([`JobReadings`]); it is kept with the time the platform
 //! stored the sample (`at_ms` of the reply) once the packet is accepted. Every opening is also
 //! appended, before its packet leaves, to `openings.jsonl` in the job's directory (mode 0600,
@@ -15,11 +21,13 @@
 //! `POST /api/providers/{nodeId}/zk-proofs` ([`submit_proofs`]):
 //!
 //! - energy: weights `interval_weights(at_ms, 0, max_gap_ms)` (the platform's own rule), the
-//!   claim `E = Σ wᵢ·Pᵢ`, the declared renewable share in basis points, the GPU's power limit
-//!   (at least the largest reading), proven with `prove_energy` on a blocking thread;
-//! - hardware: the GPU's identity and the telemetry digest of the (at_ms, commitment) list,
-//!   signed with the node key; `emulated` assurance for emulated GPUs, `provider_signed` with
-//!   NVML.
+//!   claim `E = Σ wᵢ·Pᵢ`, the declared renewable share in basis points, and as the per-reading
+//!   bound exactly the power limit the platform registered for the job's GPU when it was
+//!   assigned (it says which with the stored commitments; else the job's bound above) — the
+//!   platform refuses any other — proven with `prove_energy` on a blocking thread;
+//! - hardware: the GPU's identity as registered (its registered name, UUID, VRAM in MiB, the
+//!   same power limit) and the telemetry digest of the (at_ms, commitment) list, signed with
+//!   the node key; `emulated` assurance for emulated GPUs, `provider_signed` with NVML.
 //!
 //! The platform answers 503 (with `Retry-After`) until it has accounted the job's energy:
 //! retried for up to [`SUBMIT_PATIENCE`]. A 4xx is logged as an error and not retried.
@@ -34,12 +42,12 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use gp4u_attest::energy::{
-    EnergyClaim, EnergyProofError, MAX_POWER_LIMIT_MW, PowerReading, ReadingCommitment,
-    ReadingOpening, commit_reading, prove_energy, telemetry_digest,
+    EnergyClaim, EnergyProofError, PowerReading, ReadingCommitment, ReadingOpening, commit_reading,
+    prove_energy, telemetry_digest,
 };
 use gp4u_attest::hardware::{Assurance, GpuIdentity, HardwareClaim, HardwareError, sign_hardware};
 use gp4u_attest::proofs::{EnergySubmission, ProofSubmission};
-use gp4u_core::energy::{interval_weights, watts_to_mw};
+use gp4u_core::energy::{interval_weights, mw_to_watts, watts_to_mw};
 use gp4u_core::tutela::POWER_RANGE_W;
 use gp4u_proto::{TelemetryPacket, TelemetryReply};
 use rand_core::OsRng;
@@ -49,8 +57,6 @@ use crate::gpu::GpuInfo;
 
 /// The most readings the agent commits to per job (beyond: no commitment, a warning).
 pub const MAX_READINGS_PER_JOB: usize = 65_536;
-/// The power limit assumed for a GPU whose limit is unknown (1000 W).
-pub const DEFAULT_POWER_LIMIT_W: f64 = 1000.0;
 /// How long the agent keeps offering a job's proofs while the platform answers 503.
 pub const SUBMIT_PATIENCE: Duration = Duration::from_secs(60);
 /// The weight cap when no reply said one (the platform's default is sent with every reply).
@@ -103,6 +109,9 @@ pub struct Committed {
 
 struct Inner {
     share_bp: u32,
+    /// The job's power bound (mW): readings above it are sent and committed at it.
+    power_limit_mw: Option<u64>,
+    bound_warned: bool,
     entries: Vec<Committed>,
     /// Every opening the agent made for this job, by its commitment's bytes, also for packets
     /// whose reply never came: the platform may have stored them anyway, and the energy proof
@@ -149,12 +158,15 @@ impl fmt::Debug for JobReadings {
 }
 
 impl JobReadings {
-    /// Readings kept in memory only.
-    pub fn new(job_id: &str, renewable_pct: f64) -> JobReadings {
+    /// Readings kept in memory only, bounded by `power_limit_mw` (the job's GPU's registered
+    /// limit; `None`: unknown, readings are committed as read).
+    pub fn new(job_id: &str, renewable_pct: f64, power_limit_mw: Option<u64>) -> JobReadings {
         JobReadings {
             job_id: job_id.into(),
             inner: Arc::new(Mutex::new(Inner {
                 share_bp: share_bp(renewable_pct),
+                power_limit_mw,
+                bound_warned: false,
                 entries: Vec::new(),
                 openings: std::collections::HashMap::new(),
                 max_gap_ms: None,
@@ -169,8 +181,13 @@ impl JobReadings {
     /// agent made for this job are loaded first, and the share they were committed with is
     /// kept (a restart with another `--renewable-pct` does not change what was committed).
     /// A journal that cannot be opened is reported and the readings stay in memory.
-    pub fn persistent(dir: &std::path::Path, job_id: &str, renewable_pct: f64) -> JobReadings {
-        let readings = JobReadings::new(job_id, renewable_pct);
+    pub fn persistent(
+        dir: &std::path::Path,
+        job_id: &str,
+        renewable_pct: f64,
+        power_limit_mw: Option<u64>,
+    ) -> JobReadings {
+        let readings = JobReadings::new(job_id, renewable_pct, power_limit_mw);
         let path = dir.join(OPENINGS_FILE);
         let mut inner = readings.lock();
         let mut loaded = 0_usize;
@@ -291,7 +308,19 @@ impl JobReadings {
             }
             return None;
         }
-        let power_mw = committed_mw(packet.power_draw_watts);
+        let mut power_mw = committed_mw(packet.power_draw_watts);
+        if let Some(limit) = inner.power_limit_mw
+            && power_mw > limit
+        {
+            // Sent at the bound too: what the platform stores is what the agent commits.
+            packet.power_draw_watts = mw_to_watts(limit);
+            power_mw = limit;
+            if !inner.bound_warned {
+                inner.bound_warned = true;
+                tracing::info!(job_id = %self.job_id, limit_mw = limit,
+                    "a power reading above the GPU's registered limit is reported at the limit");
+            }
+        }
         let reading = PowerReading {
             power_mw,
             renewable_mw: renewable_mw(power_mw, inner.share_bp),
@@ -400,10 +429,20 @@ fn write_line(file: &mut std::fs::File, line: &JournalLine) -> std::io::Result<(
     file.write_all(&bytes)
 }
 
+/// What the platform stored for a job (`GET /api/agent/jobs/{id}/commitments`).
+struct Stored {
+    /// The commitments with the times the platform stored them, in its order.
+    commitments: Vec<(i64, ReadingCommitment)>,
+    max_gap_ms: i64,
+    /// The power bound the energy proof must use: the job's GPU's registered limit when the
+    /// job was assigned (`None` from older platforms, or when none is registered).
+    power_limit_mw: Option<u64>,
+}
+
 /// The platform's list of what it stored for the job, parsed.
-fn parse_stored(answer: &serde_json::Value) -> Option<(Vec<(i64, ReadingCommitment)>, i64)> {
-    let max_gap = answer["max_gap_ms"].as_i64()?;
-    let list = answer["commitments"]
+fn parse_stored(answer: &serde_json::Value) -> Option<Stored> {
+    let max_gap_ms = answer["max_gap_ms"].as_i64()?;
+    let commitments = answer["commitments"]
         .as_array()?
         .iter()
         .map(|item| {
@@ -412,7 +451,11 @@ fn parse_stored(answer: &serde_json::Value) -> Option<(Vec<(i64, ReadingCommitme
             Some((at, commitment))
         })
         .collect::<Option<Vec<_>>>()?;
-    Some((list, max_gap))
+    Some(Stored {
+        commitments,
+        max_gap_ms,
+        power_limit_mw: answer["power_limit_mw"].as_u64(),
+    })
 }
 
 /// Why a proof could not be made.
@@ -430,7 +473,9 @@ pub enum ProofError {
     Hardware(#[from] HardwareError),
 }
 
-/// The weights (the platform's rule) and the claim for these readings.
+/// The weights (the platform's rule) and the claim for these readings, bounded by exactly
+/// `power_limit_mw` (the registered limit: proving fails if a reading is above it, it is
+/// never raised to fit).
 pub fn energy_claim(
     entries: &[Committed],
     max_gap_ms: i64,
@@ -444,17 +489,15 @@ pub fn energy_claim(
     let weights = interval_weights(&timestamps, 0, max_gap_ms)
         .map_err(|error| ProofError::Weights(error.to_string()))?;
     let mut energy: u128 = 0;
-    let mut largest = 0;
     for (entry, weight) in entries.iter().zip(&weights) {
         energy += u128::from(*weight) * u128::from(entry.opening.power_mw);
-        largest = largest.max(entry.opening.power_mw);
     }
     let energy_mwms = u64::try_from(energy).map_err(|_| ProofError::Overflow)?;
     Ok((
         EnergyClaim {
             energy_mwms,
             renewable_share_bp: share_bp,
-            power_limit_mw: power_limit_mw.max(largest).min(MAX_POWER_LIMIT_MW),
+            power_limit_mw,
         },
         weights,
     ))
@@ -479,32 +522,27 @@ pub fn energy_submission(
     }))
 }
 
-/// The GPU's identity as the hardware attestation names it.
-pub fn gpu_identity(info: &GpuInfo) -> GpuIdentity {
+/// The GPU's identity as the hardware attestation names it: as the agent registered it (the
+/// registered name, the UUID, the VRAM in whole MiB — the registered `vram_gb` is the same
+/// bytes over 2³⁰ — and `power_limit_mw`, the job's registered bound), which is what the
+/// platform and `gp4u verify` hold it to.
+pub fn gpu_identity(info: &GpuInfo, power_limit_mw: u64) -> GpuIdentity {
     GpuIdentity {
-        name: info.name.clone(),
+        name: info.registered_name(),
         uuid: info.uuid.clone(),
         vram_mb: info.vram_total_bytes / (1024 * 1024),
         driver_version: info.driver_version.clone(),
         serial: info.serial.clone(),
-        power_limit_mw: power_limit_mw(Some(info)),
+        power_limit_mw,
     }
 }
 
-/// The GPU's power limit in mW ([`DEFAULT_POWER_LIMIT_W`] when unknown).
-pub fn power_limit_mw(info: Option<&GpuInfo>) -> u64 {
-    let watts = info
-        .and_then(|info| info.power_limit_watts)
-        .filter(|watts| watts.is_finite() && *watts > 0.0)
-        .unwrap_or(DEFAULT_POWER_LIMIT_W);
-    watts_to_mw(watts).min(MAX_POWER_LIMIT_MW)
-}
-
-/// The signed hardware attestation of a job.
+/// The signed hardware attestation of a job on `gpu`, bounded by `power_limit_mw`.
 pub fn hardware_submission(
     job_id: &str,
     node_id: &str,
     gpu: &GpuInfo,
+    power_limit_mw: u64,
     digest_entries: &[(i64, ReadingCommitment)],
     key: &SigningKey,
     issued_at_ms: i64,
@@ -512,7 +550,7 @@ pub fn hardware_submission(
     let claim = HardwareClaim {
         job_id: job_id.to_string(),
         node_id: node_id.to_string(),
-        gpu: gpu_identity(gpu),
+        gpu: gpu_identity(gpu, power_limit_mw),
         telemetry_digest: telemetry_digest(job_id, digest_entries),
         assurance: if gpu.emulated {
             Assurance::Emulated
@@ -532,6 +570,9 @@ pub struct ProofJob {
     pub readings: JobReadings,
     /// The job's GPU (`None`: no identity known, no hardware attestation).
     pub gpu: Option<GpuInfo>,
+    /// The job's power bound as the agent knows it (see the module docs); the platform's word
+    /// on it, given with the stored commitments, wins.
+    pub power_limit_mw: Option<u64>,
     pub key: Arc<SigningKey>,
 }
 
@@ -539,6 +580,7 @@ pub struct ProofJob {
 pub async fn submit_proofs(client: &PlatformClient, job: ProofJob) {
     let (mut entries, mut max_gap_ms, share) = job.readings.snapshot();
     let job_id = job.job_id.clone();
+    let mut bound = job.power_limit_mw;
     // What the hardware attestation binds: the commitments the platform stored, in its order.
     let mut digest_entries: Vec<(i64, ReadingCommitment)> = entries
         .iter()
@@ -549,7 +591,18 @@ pub async fn submit_proofs(client: &PlatformClient, job: ProofJob) {
     // acknowledged readings.
     match stored_commitments(client, &job_id, &job.node_id).await {
         Ok(answer) => match parse_stored(&answer) {
-            Some((stored, gap)) => {
+            Some(Stored {
+                commitments: stored,
+                max_gap_ms: gap,
+                power_limit_mw: registered,
+            }) => {
+                if let Some(registered) = registered {
+                    if bound.is_some_and(|known| known != registered) {
+                        tracing::warn!(job_id, registered_mw = registered, known_mw = ?bound,
+                            "the platform registered another power limit for the job's GPU: proving with the registered one");
+                    }
+                    bound = Some(registered);
+                }
                 digest_entries.clone_from(&stored);
                 match job.readings.reconcile(&stored) {
                     Ok(reconciled) => {
@@ -583,6 +636,13 @@ pub async fn submit_proofs(client: &PlatformClient, job: ProofJob) {
             tracing::warn!(job_id, %error, "could not read the stored commitments; proving the acknowledged readings")
         }
     }
+    let Some(limit) = bound else {
+        tracing::error!(
+            job_id,
+            "no power limit is registered for the job's GPU: no energy proof or hardware attestation can be accepted for it (restart the agent: it declares its GPUs' limits at every start)"
+        );
+        return;
+    };
     let entries = Arc::new(entries);
     if entries.is_empty() {
         tracing::warn!(
@@ -590,7 +650,6 @@ pub async fn submit_proofs(client: &PlatformClient, job: ProofJob) {
             "no committed readings were accepted: no energy proof"
         );
     } else {
-        let limit = power_limit_mw(job.gpu.as_ref());
         let (id, proving) = (job_id.clone(), entries.clone());
         let started = Instant::now();
         let made = tokio::task::spawn_blocking(move || {
@@ -621,6 +680,7 @@ pub async fn submit_proofs(client: &PlatformClient, job: ProofJob) {
                 &job_id,
                 &job.node_id,
                 gpu,
+                limit,
                 &digest_entries,
                 &job.key,
                 crate::agent::now_ms(),
@@ -727,7 +787,7 @@ mod tests {
 
     #[test]
     fn commitments_open_to_the_milliwatts_the_platform_stores() {
-        let readings = JobReadings::new("job_1", 37.5);
+        let readings = JobReadings::new("job_1", 37.5, None);
         for watts in [0.0, 1.0005, 250.123456, 333.3, 2500.0, -4.0] {
             let mut packet = packet(watts);
             let pending = readings.commit(&mut packet).unwrap();
@@ -759,7 +819,7 @@ mod tests {
 
     #[test]
     fn the_claim_follows_the_platform_weights() {
-        let readings = JobReadings::new("job_1", 0.0);
+        let readings = JobReadings::new("job_1", 0.0, None);
         for (at, watts) in [
             (1_000, 100.0),
             (11_000, 200.0),
@@ -777,8 +837,54 @@ mod tests {
         assert_eq!(weights, vec![0, 10_000, 0, 30_000]);
         assert_eq!(claim.energy_mwms, 10_000 * 200_000 + 30_000 * 50_000);
         assert_eq!(claim.renewable_share_bp, 0);
-        // The limit is raised to the largest reading.
-        assert_eq!(claim.power_limit_mw, 999_000);
+        // The bound is the registered limit, never raised to fit a reading above it (it used
+        // to be raised to the largest reading, which bounded nothing): such readings cannot
+        // be proven.
+        assert_eq!(claim.power_limit_mw, 700_000);
+        assert!(matches!(
+            energy_submission("job_1", &entries, gap, share, 700_000),
+            Err(ProofError::Energy(
+                EnergyProofError::ReadingAboveLimit { .. }
+            ))
+        ));
+    }
+
+    #[test]
+    fn readings_above_the_bound_are_sent_and_committed_at_it() {
+        let readings = JobReadings::new("job_1", 50.0, Some(450_000));
+        let mut sent = Vec::new();
+        for (index, (watts, reported)) in [(300.0, 300.0), (450.0004, 450.0004), (700.0, 450.0)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut packet = packet(watts);
+            let pending = readings.commit(&mut packet).unwrap();
+            // The packet carries the reading the commitment opens to: what the platform bills.
+            assert_eq!(packet.power_draw_watts, reported, "{watts} W");
+            assert_eq!(pending.opening.power_mw, watts_to_mw(reported), "{watts} W");
+            let at = 1_000 * (index as i64 + 1);
+            sent.push((at, pending.opening.commitment()));
+            readings.accept(pending, &reply(at));
+        }
+        // Proven against the registered limit, the proof verifies.
+        let (entries, gap, share) = readings.snapshot();
+        let ProofSubmission::Energy(energy) =
+            energy_submission("job_1", &entries, gap, share, 450_000).unwrap()
+        else {
+            panic!("not energy")
+        };
+        assert_eq!(energy.claim.power_limit_mw, 450_000);
+        let weights = interval_weights(&[1_000, 2_000, 3_000], 0, gap).unwrap();
+        let points: Vec<_> = sent.iter().map(|(_, c)| *c).collect();
+        verify_energy(
+            "job_1",
+            &energy.claim,
+            &points,
+            &weights,
+            &energy.proof,
+            &mut OsRng,
+        )
+        .unwrap();
     }
 
     /// The energy proof made from `reconciled` (readings stored at 1, 2 and 3 s) verifies
@@ -807,7 +913,7 @@ mod tests {
 
     #[test]
     fn a_stored_packet_whose_reply_was_lost_is_still_proven() {
-        let readings = JobReadings::new("job_1", 50.0);
+        let readings = JobReadings::new("job_1", 50.0, None);
         let mut sent = Vec::new();
         for (index, watts) in [100.0, 200.0, 300.0].into_iter().enumerate() {
             let mut packet = packet(watts);
@@ -846,7 +952,7 @@ mod tests {
     #[test]
     fn openings_survive_a_restart_of_the_agent() {
         let dir = tempfile::tempdir().unwrap();
-        let first = JobReadings::persistent(dir.path(), "job_1", 50.0);
+        let first = JobReadings::persistent(dir.path(), "job_1", 50.0, None);
         let mut sent = Vec::new();
         for (index, watts) in [100.0, 200.0, 300.0].into_iter().enumerate() {
             let mut packet = packet(watts);
@@ -876,7 +982,7 @@ mod tests {
         );
         // Restarted with another declared share: the openings come back with the share they
         // were committed with, and the whole run is proven.
-        let second = JobReadings::persistent(dir.path(), "job_1", 90.0);
+        let second = JobReadings::persistent(dir.path(), "job_1", 90.0, None);
         assert_eq!(second.openings(), 3);
         assert_eq!(second.len(), 0, "acknowledgements are not journalled");
         let reconciled = second.reconcile(&sent).unwrap();
@@ -888,11 +994,11 @@ mod tests {
         second.commit(&mut later).unwrap();
         drop(second);
         assert_eq!(
-            JobReadings::persistent(dir.path(), "job_1", 50.0).openings(),
+            JobReadings::persistent(dir.path(), "job_1", 50.0, None).openings(),
             4
         );
         // Without a usable directory the readings stay in memory.
-        let memory = JobReadings::persistent(&dir.path().join("missing"), "job_2", 50.0);
+        let memory = JobReadings::persistent(&dir.path().join("missing"), "job_2", 50.0, None);
         let mut unjournalled = packet(100.0);
         assert!(memory.commit(&mut unjournalled).is_some());
         assert_eq!(memory.openings(), 1);
@@ -900,7 +1006,7 @@ mod tests {
 
     #[test]
     fn refused_packets_leave_nothing_and_the_cap_holds() {
-        let readings = JobReadings::new("job_1", 0.0);
+        let readings = JobReadings::new("job_1", 0.0, None);
         let mut packet = packet(10.0);
         let _dropped = readings.commit(&mut packet).unwrap();
         assert!(readings.is_empty());
@@ -913,7 +1019,7 @@ mod tests {
 
     #[test]
     fn no_commitment_is_sent_without_room_for_its_opening() {
-        let readings = JobReadings::new("job_1", 0.0);
+        let readings = JobReadings::new("job_1", 0.0, None);
         let mut first = packet(10.0);
         let pending = readings.commit(&mut first).unwrap();
         {
@@ -932,7 +1038,7 @@ mod tests {
 
     #[test]
     fn submissions_parse_and_verify() {
-        let readings = JobReadings::new("job_7", 50.0);
+        let readings = JobReadings::new("job_7", 50.0, None);
         let mut at = 1_767_225_600_000;
         let mut points = Vec::new();
         for watts in [120.5, 250.25, 0.0, 299.999, 301.0] {
@@ -977,8 +1083,16 @@ mod tests {
             emulated: true,
         };
         let digest: Vec<_> = entries.iter().map(|e| (e.at_ms, e.commitment)).collect();
-        let hardware =
-            hardware_submission("job_7", "node_a", &gpu, &digest, &key, 1_767_225_700_000).unwrap();
+        let hardware = hardware_submission(
+            "job_7",
+            "node_a",
+            &gpu,
+            330_000,
+            &digest,
+            &key,
+            1_767_225_700_000,
+        )
+        .unwrap();
         let ProofSubmission::Hardware(attestation) =
             ProofSubmission::from_json(&hardware.to_json()).unwrap()
         else {
@@ -986,8 +1100,23 @@ mod tests {
         };
         verify_hardware(&attestation, &key.verifying_key()).unwrap();
         assert_eq!(attestation.assurance, Assurance::Emulated);
+        // The GPU as the agent registered it: the name with ` (emulated)`, VRAM in MiB, the
+        // job's bound.
+        assert_eq!(attestation.gpu.name, "RTX 4090 (emulated)");
         assert_eq!(attestation.gpu.power_limit_mw, 330_000);
         assert_eq!(attestation.gpu.vram_mb, 24 * 1024);
+        assert_eq!(
+            gp4u_attest::hardware::gpu_mismatches(
+                &attestation.gpu,
+                &gp4u_attest::hardware::AssignedGpu {
+                    uuid: Some("GPU-emulated-0"),
+                    name: &gpu.registered_name(),
+                    vram_gb: gpu.vram_total_bytes as f64 / 1_073_741_824.0,
+                    power_limit_mw: Some(330_000),
+                }
+            ),
+            Vec::<String>::new()
+        );
         let listed: Vec<(i64, ReadingCommitment)> =
             stamps.iter().copied().zip(points.iter().copied()).collect();
         assert_eq!(

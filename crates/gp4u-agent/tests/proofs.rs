@@ -250,6 +250,8 @@ async fn the_agent_proves_energy_and_hardware_after_a_job() {
         match submission {
             ProofSubmission::Energy(energy) => {
                 assert_eq!(energy.claim.renewable_share_bp, 5000);
+                // Bounded by the emulated GPU's declared (default) limit, as registered.
+                assert_eq!(energy.claim.power_limit_mw, 300_000);
                 let measured = match &proofs["energy_mwms"] {
                     Value::String(text) => text.clone(),
                     other => other.to_string(),
@@ -272,6 +274,9 @@ async fn the_agent_proves_energy_and_hardware_after_a_job() {
             ProofSubmission::Hardware(attestation) => {
                 assert_eq!(attestation.assurance, Assurance::Emulated);
                 assert_eq!(attestation.node_id, node_id);
+                // The GPU as the agent registered it (the server compared it too).
+                assert_eq!(attestation.gpu.name, "RTX 4090 (emulated)");
+                assert_eq!(attestation.gpu.power_limit_mw, 300_000);
                 verify_hardware(&attestation, &key).unwrap();
                 assert_eq!(
                     attestation.telemetry_digest_bytes().unwrap(),

@@ -186,6 +186,7 @@ fn manifest(image: &str, job: &str, command: &str, interval_s: u64) -> Assignmen
         shm_gb: 0.0,
         scratch_gb: 1.0,
         network: "public".into(),
+        gpu_power_limit_watts: None,
     }
 }
 

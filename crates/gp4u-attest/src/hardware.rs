@@ -20,6 +20,17 @@
 //! big-endian, and `opt` is a byte 0 (absent) or 1 followed by the value. Every field has a
 //! length prefix or a fixed size, so no two attestations share a message.
 //!
+//! # The GPU must be the assigned one
+//!
+//! An attestation names the GPU the job was assigned, as the platform registered it
+//! ([`AssignedGpu`], sealed with the job's assignment): `name` and `uuid` exactly as
+//! registered (an agent registers an emulated GPU as `<name> (emulated)`), `vram_mb` the
+//! registered `vram_gb` in whole MiB (⌊`vram_gb` × 1024⌋, 1 GB = 1024 MiB as GPU vendors
+//! count), `power_limit_mw` the registered power limit in milliwatts. [`gpu_mismatches`]
+//! lists the fields that differ; the server refuses such an attestation and `gp4u verify`
+//! fails on it. The driver version and serial are not compared (a driver update does not
+//! make another GPU).
+//!
 //! # Assurance
 //!
 //! - `emulated`: no real GPU (a test or emulated node).
@@ -54,6 +65,73 @@ pub struct GpuIdentity {
     #[serde(default)]
     pub serial: Option<String>,
     pub power_limit_mw: u64,
+}
+
+/// The GPU a job was assigned, as registered: what its attestation must name (see the module
+/// docs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AssignedGpu<'a> {
+    /// `None`: registered without a UUID, so no attestation can name it.
+    pub uuid: Option<&'a str>,
+    pub name: &'a str,
+    pub vram_gb: f64,
+    /// `None`: registered before power limits were recorded and not declared since.
+    pub power_limit_mw: Option<u64>,
+}
+
+/// The VRAM an attestation names for a GPU registered with `vram_gb`: ⌊`vram_gb` × 1024⌋ MiB.
+/// An agent registers `vram_total_bytes / 2³⁰` and attests `vram_total_bytes / 2²⁰` (integer
+/// division); both are exact in `f64`, so the two agree.
+pub fn registered_vram_mb(vram_gb: f64) -> u64 {
+    if vram_gb.is_finite() && vram_gb > 0.0 {
+        // Registration bounds vram_gb to 4096, far inside u64.
+        (vram_gb * 1024.0).floor() as u64
+    } else {
+        0
+    }
+}
+
+/// The fields of `gpu` (an attestation's GPU) that are not the assigned GPU's, each said as
+/// "`gpu.<field>` is <attested>, the assigned GPU's is <registered>". Empty: it is the
+/// assigned GPU.
+pub fn gpu_mismatches(gpu: &GpuIdentity, assigned: &AssignedGpu<'_>) -> Vec<String> {
+    let mut differ = Vec::new();
+    match assigned.uuid {
+        Some(uuid) if uuid == gpu.uuid => {}
+        Some(uuid) => differ.push(format!(
+            "gpu.uuid is {:?}, the assigned GPU's is {uuid:?}",
+            gpu.uuid
+        )),
+        None => differ.push(format!(
+            "gpu.uuid is {:?}, but the assigned GPU was registered without a uuid (register it with its NVML UUID)",
+            gpu.uuid
+        )),
+    }
+    if gpu.name != assigned.name {
+        differ.push(format!(
+            "gpu.name is {:?}, the assigned GPU's is {:?}",
+            gpu.name, assigned.name
+        ));
+    }
+    let vram_mb = registered_vram_mb(assigned.vram_gb);
+    if gpu.vram_mb != vram_mb {
+        differ.push(format!(
+            "gpu.vram_mb is {}, the assigned GPU's is {vram_mb} ({} GB registered)",
+            gpu.vram_mb, assigned.vram_gb
+        ));
+    }
+    match assigned.power_limit_mw {
+        Some(limit) if limit == gpu.power_limit_mw => {}
+        Some(limit) => differ.push(format!(
+            "gpu.power_limit_mw is {}, the assigned GPU's registered limit is {limit} mW",
+            gpu.power_limit_mw
+        )),
+        None => differ.push(format!(
+            "gpu.power_limit_mw is {}, but the assigned GPU had no registered power limit when the job was assigned",
+            gpu.power_limit_mw
+        )),
+    }
+    differ
 }
 
 /// What stands behind an attestation. See the module docs.

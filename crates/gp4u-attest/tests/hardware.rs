@@ -178,3 +178,60 @@ fn fields_are_bounded() {
         Err(HardwareError::TooLarge { .. })
     ));
 }
+
+#[test]
+fn only_the_assigned_gpu_as_registered_matches() {
+    let gpu = claim(Assurance::ProviderSigned).gpu;
+    // An H100 registered as the agent does: 85 520 809 984 bytes of VRAM / 2³⁰ GB.
+    let vram_gb = 85_520_809_984_f64 / 1_073_741_824.0;
+    assert_eq!(registered_vram_mb(vram_gb), 81_559);
+    let assigned = AssignedGpu {
+        uuid: Some("GPU-5b2c8f0e-1d3a-4c1e-9f7a-2b6d4e8c0a11"),
+        name: "NVIDIA H100 80GB HBM3",
+        vram_gb,
+        power_limit_mw: Some(700_000),
+    };
+    assert_eq!(gpu_mismatches(&gpu, &assigned), Vec::<String>::new());
+    // Each field that differs is named, with both values.
+    let other_uuid = AssignedGpu {
+        uuid: Some("GPU-0th3"),
+        ..assigned
+    };
+    let differ = gpu_mismatches(&gpu, &other_uuid);
+    assert_eq!(differ.len(), 1, "{differ:?}");
+    assert!(differ[0].starts_with("gpu.uuid is"), "{differ:?}");
+    assert!(differ[0].contains("GPU-0th3"), "{differ:?}");
+    let other_limit = AssignedGpu {
+        power_limit_mw: Some(450_000),
+        ..assigned
+    };
+    let differ = gpu_mismatches(&gpu, &other_limit);
+    assert_eq!(
+        differ,
+        ["gpu.power_limit_mw is 700000, the assigned GPU's registered limit is 450000 mW"]
+    );
+    let emulated = AssignedGpu {
+        name: "NVIDIA H100 80GB HBM3 (emulated)",
+        vram_gb: 80.0,
+        ..assigned
+    };
+    let differ = gpu_mismatches(&gpu, &emulated);
+    assert_eq!(differ.len(), 2, "{differ:?}");
+    assert!(differ[0].starts_with("gpu.name is"), "{differ:?}");
+    assert!(differ[1].contains("81920"), "{differ:?}");
+    // Registered without a uuid or before power limits: nothing can match those fields.
+    let unknown = AssignedGpu {
+        uuid: None,
+        power_limit_mw: None,
+        ..assigned
+    };
+    let differ = gpu_mismatches(&gpu, &unknown);
+    assert_eq!(differ.len(), 2, "{differ:?}");
+    assert!(differ[0].contains("without a uuid"), "{differ:?}");
+    assert!(
+        differ[1].contains("no registered power limit"),
+        "{differ:?}"
+    );
+    assert_eq!(registered_vram_mb(24.0), 24_576);
+    assert_eq!(registered_vram_mb(f64::NAN), 0);
+}

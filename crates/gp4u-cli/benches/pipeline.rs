@@ -184,7 +184,7 @@ async fn main() {
     // 1. submit → assignment received by a waiting long-poll.
     let (_, node) = call(&client, Method::POST, format!("{base}/api/providers/register"), &provider_token,
         Some(json!({"region": "us-east-1", "public_key": "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=",
-                    "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 1.0, "uuid": "GPU-bench"}]}))).await;
+                    "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 1.0, "power_limit_watts": 450, "uuid": "GPU-bench"}]}))).await;
     let node_id = node["node_id"].as_str().unwrap().to_string();
     let gpu_id = node["gpus"][0]["id"].as_str().unwrap().to_string();
     let body = |gpu: &str, image: &str, digest: &str, command: &str| {

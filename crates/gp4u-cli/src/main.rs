@@ -81,7 +81,8 @@ struct AgentArgs {
     /// Accept --runtime process, which runs jobs WITHOUT isolation (development only).
     #[arg(long)]
     allow_unisolated: bool,
-    /// Declare a GPU without NVIDIA hardware: emulated:<name>:<vram_gb> (repeatable).
+    /// Declare a GPU without NVIDIA hardware: emulated:<name>:<vram_gb>[:<power_limit_w>]
+    /// (repeatable; the power limit, 300 W when left out, bounds its readings and proofs).
     #[arg(long = "gpu", env = "GP4U_GPU", value_delimiter = ',')]
     gpus: Vec<String>,
     /// The node's region, e.g. us-east-1.

@@ -9,10 +9,12 @@
 //!    leads to the checkpoint's root;
 //! 3. consistency with the checkpoint seen on an earlier run (`--checkpoint FILE`): the log
 //!    only grew, it was not rewritten or forked;
-//! 4. the proofs sealed for the job: the hardware attestation's signature by the node key and
-//!    its telemetry digest over the sealed commitments; the energy proof against the sealed
-//!    commitments, weights and measured energy; and that the proofs the platform serves are
-//!    the sealed ones;
+//! 4. the proofs sealed for the job: the hardware attestation's signature by the node key,
+//!    its telemetry digest over the sealed commitments, and that it names the GPU sealed with
+//!    the job's assignment (`job.assigned`'s `gpu`: UUID, name, VRAM, power limit); the energy
+//!    proof against the sealed commitments, weights and measured energy, with exactly that
+//!    GPU's registered power limit as its per-reading bound; and that the proofs the platform
+//!    serves are the sealed ones;
 //! 5. the sealed settlement's arithmetic (`Settlement::check`), and that the settlement the
 //!    platform serves is the sealed one.
 //!
@@ -33,10 +35,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use gp4u_attest::energy::{EnergyClaim, ReadingCommitment, telemetry_digest, verify_energy};
-use gp4u_attest::hardware::verify_hardware;
+use gp4u_attest::hardware::{AssignedGpu, gpu_mismatches, verify_hardware};
 use gp4u_attest::proofs::ProofSubmission;
 use gp4u_core::billing::Settlement;
-use gp4u_core::energy::interval_weights;
+use gp4u_core::energy::{interval_weights, watts_to_mw};
+use gp4u_core::events::AssignedGpu as SealedGpu;
 use gp4u_ledger::checkpoint::{Checkpoint, open_checkpoint_with};
 use gp4u_ledger::hash::{Hash, hash_from_hex, leaf_hash, to_hex};
 use gp4u_ledger::note::NoteVerifier;
@@ -842,12 +845,55 @@ fn sealed_commitments(
         .collect()
 }
 
+/// The GPU sealed with the job's last assignment (its final run's), with that entry's index
+/// and node, or why there is none to hold the proofs to.
+fn sealed_assignment(sealed: &[Sealed]) -> Result<(u64, String, SealedGpu), String> {
+    let entry = last_of(sealed, "job.assigned")
+        .ok_or("no sealed job.assigned entry names the GPU the job was assigned")?;
+    let node = entry.payload["event"]["node_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    match entry.payload.get("gpu").filter(|gpu| !gpu.is_null()) {
+        None => Err(format!(
+            "the job's assignment (entry {}) was sealed without the GPU's identity (by a platform \
+             from before power limits were recorded)",
+            entry.index
+        )),
+        Some(gpu) => serde_json::from_value(gpu.clone())
+            .map(|gpu| (entry.index, node, gpu))
+            .map_err(|error| {
+                format!(
+                    "the GPU sealed with the job's assignment (entry {}) does not parse: {error}",
+                    entry.index
+                )
+            }),
+    }
+}
+
+/// The sealed assignment a proof of `proof_node` is held to; an error when the assignment is
+/// another node's. `None`: nothing sealed to hold it to (said once, by `check_proofs`).
+fn assignment_of<'a>(
+    assignment: &'a Result<(u64, String, SealedGpu), String>,
+    proof_node: &str,
+) -> Result<Option<(u64, &'a SealedGpu)>, String> {
+    match assignment {
+        Ok((index, node, gpu)) if node == proof_node => Ok(Some((*index, gpu))),
+        Ok((index, node, _)) => Err(format!(
+            "the proof is from node {proof_node}, but the job's last assignment (entry {index}) \
+             sealed node {node}"
+        )),
+        Err(_) => Ok(None),
+    }
+}
+
 fn check_proofs(
     report: &mut Report,
     documents: &Documents,
     sealed: &[Sealed],
     require_proofs: bool,
 ) {
+    let assignment = sealed_assignment(sealed);
     let job_id = documents.job_id.as_str();
     let served = documents.proofs.as_ref();
     let node_key = served
@@ -930,6 +976,37 @@ fn check_proofs(
                     );
                     continue;
                 }
+                match assignment_of(&assignment, node) {
+                    Err(error) => {
+                        report.fail(name, error);
+                        continue;
+                    }
+                    Ok(Some((index, gpu))) => {
+                        let differ = gpu_mismatches(
+                            &attestation.gpu,
+                            &AssignedGpu {
+                                uuid: gpu.uuid.as_deref(),
+                                name: &gpu.name,
+                                vram_gb: gpu.vram_gb,
+                                power_limit_mw: gpu.power_limit_watts.map(watts_to_mw),
+                            },
+                        );
+                        if !differ.is_empty() {
+                            report.fail(
+                                name,
+                                format!(
+                                    "the attestation names another GPU than the job was assigned \
+                                     ({} {:?}, sealed in entry {index}): {}",
+                                    gpu.gpu_id,
+                                    gpu.name,
+                                    differ.join("; ")
+                                ),
+                            );
+                            continue;
+                        }
+                    }
+                    Ok(None) => {}
+                }
                 report.pass(
                     name,
                     format!(
@@ -945,6 +1022,22 @@ fn check_proofs(
                 );
             }
             ProofSubmission::Energy(energy_submission) => {
+                let bound = match assignment_of(&assignment, node) {
+                    Err(error) => {
+                        report.fail(name, error);
+                        continue;
+                    }
+                    Ok(Some((index, gpu))) => {
+                        match check_bound(&energy_submission.claim, index, gpu) {
+                            Ok(bound) => Some(bound),
+                            Err(error) => {
+                                report.fail(name, error);
+                                continue;
+                            }
+                        }
+                    }
+                    Ok(None) => None,
+                };
                 match check_energy(
                     job_id,
                     &energy_submission.claim,
@@ -952,10 +1045,27 @@ fn check_proofs(
                     &commitments,
                     energy,
                 ) {
-                    Ok(detail) => report.pass(name, detail),
+                    Ok(detail) => report.pass(
+                        name,
+                        match bound {
+                            Some(bound) => format!("{detail} ({bound})"),
+                            None => detail,
+                        },
+                    ),
                     Err(error) => report.fail(name, error),
                 }
             }
+        }
+    }
+    if let (Err(why), false) = (&assignment, proof_entries.is_empty()) {
+        let detail = format!("{why}: the proofs' power bound and GPU are not checked against it");
+        if require_proofs {
+            report.fail(
+                "assigned gpu",
+                format!("{detail} (an error with --require-proofs)"),
+            );
+        } else {
+            report.warn("assigned gpu", detail);
         }
     }
     let missing: Vec<&str> = EXPECTED_PROOFS
@@ -1017,6 +1127,30 @@ fn check_proofs(
             ),
         );
     }
+}
+
+/// The energy proof's per-reading bound must be exactly the power limit registered for the
+/// GPU the job was assigned, as sealed with the assignment. Says so when it holds.
+fn check_bound(claim: &EnergyClaim, index: u64, gpu: &SealedGpu) -> Result<String, String> {
+    let Some(watts) = gpu.power_limit_watts else {
+        return Err(format!(
+            "bounds each reading by {} mW, but the GPU the job was assigned ({} {:?}, entry \
+             {index}) had no registered power limit: the bound is the provider's own pick",
+            claim.power_limit_mw, gpu.gpu_id, gpu.name
+        ));
+    };
+    let registered = watts_to_mw(watts);
+    if claim.power_limit_mw != registered {
+        return Err(format!(
+            "bounds each reading by {} mW, but the GPU the job was assigned ({} {:?}, entry \
+             {index}) has a registered power limit of {registered} mW ({watts} W)",
+            claim.power_limit_mw, gpu.gpu_id, gpu.name
+        ));
+    }
+    Ok(format!(
+        "the registered power limit of the assigned GPU {}, entry {index}",
+        gpu.gpu_id
+    ))
 }
 
 fn check_energy(
@@ -1659,5 +1793,69 @@ mod tests {
         // A smaller sealed share is backed by the proof.
         let (claim, proof, commitments, sealed) = proven(20.0);
         assert!(check_energy("job_1", &claim, &proof, &commitments, Some(&sealed)).is_ok());
+    }
+
+    fn assigned(gpu: Value) -> Sealed {
+        Sealed {
+            index: 3,
+            kind: "job.assigned".into(),
+            payload: json!({"job_id": "job_1",
+                            "event": {"event": "assigned", "node_id": "node_a", "gpu_id": "gpu_a"},
+                            "gpu": gpu}),
+        }
+    }
+
+    #[test]
+    fn the_energy_bound_must_be_the_sealed_assignments_power_limit() {
+        let (claim, ..) = proven(50.0);
+        assert_eq!(claim.power_limit_mw, 700_000);
+        let gpu = |watts: Value| {
+            json!({"gpu_id": "gpu_a", "uuid": "GPU-1", "name": "RTX 4090", "vram_gb": 24.0,
+                   "power_limit_watts": watts})
+        };
+        let sealed = [assigned(gpu(json!(700.0)))];
+        let assignment = sealed_assignment(&sealed);
+        let (index, held) = assignment_of(&assignment, "node_a").unwrap().unwrap();
+        assert_eq!(index, 3);
+        let passed = check_bound(&claim, index, held).unwrap();
+        assert!(passed.contains("gpu_a, entry 3"), "{passed}");
+        // A bound above or below the registered limit is named with both numbers.
+        for (watts, registered) in [
+            (450.0, "450000 mW"),
+            (700.001, "700001 mW"),
+            (1000.0, "1000000 mW"),
+        ] {
+            let sealed = [assigned(gpu(json!(watts)))];
+            let assignment = sealed_assignment(&sealed);
+            let (index, held) = assignment_of(&assignment, "node_a").unwrap().unwrap();
+            let failed = check_bound(&claim, index, held).unwrap_err();
+            assert!(
+                failed.contains("bounds each reading by 700000 mW") && failed.contains(registered),
+                "{failed}"
+            );
+        }
+        // No registered limit: no bound can be the registered one.
+        let sealed = [assigned(gpu(Value::Null))];
+        let assignment = sealed_assignment(&sealed);
+        let (index, held) = assignment_of(&assignment, "node_a").unwrap().unwrap();
+        let failed = check_bound(&claim, index, held).unwrap_err();
+        assert!(failed.contains("no registered power limit"), "{failed}");
+        // A proof from another node than the sealed assignment's.
+        let failed = assignment_of(&assignment, "node_b").unwrap_err();
+        assert!(failed.contains("sealed node node_a"), "{failed}");
+        // An assignment sealed before GPUs were sealed with it: nothing to hold the proofs to.
+        let old = Sealed {
+            payload: json!({"job_id": "job_1",
+                            "event": {"event": "assigned", "node_id": "node_a", "gpu_id": "gpu_a"}}),
+            ..assigned(Value::Null)
+        };
+        let none = [old];
+        let why = sealed_assignment(&none).unwrap_err();
+        assert!(why.contains("sealed without the GPU's identity"), "{why}");
+        assert!(matches!(
+            assignment_of(&sealed_assignment(&none), "node_a"),
+            Ok(None)
+        ));
+        assert!(sealed_assignment(&[]).is_err());
     }
 }

@@ -48,7 +48,7 @@ async fn stage_0_to_1(engine: Engine) {
 
     let (status, registered) = call(&client, Method::POST, format!("{base}/api/providers/register"), &provider_token,
         Some(json!({"region": "us-east-1", "public_key": "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=",
-                    "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "uuid": "GPU-5e1c"}]}))).await;
+                    "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "power_limit_watts": 450, "uuid": "GPU-5e1c"}]}))).await;
     assert_eq!(status, 201, "{registered}");
     let gpu_id = registered["gpus"][0]["id"].as_str().unwrap().to_string();
     let (status, listing) = call(
@@ -267,7 +267,7 @@ async fn an_agent_runs_a_digest_pinned_job_end_to_end() {
         .arg(&token_file)
         .arg("--data-dir")
         .arg(agent_dir.path())
-        .args(["--gpu", "emulated:RTX 4090:24"])
+        .args(["--gpu", "emulated:RTX 4090:24:450"])
         .env("GP4U_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -295,6 +295,8 @@ async fn an_agent_runs_a_digest_pinned_job_end_to_end() {
             assert_eq!(gpu["emulated"], true);
             // The agent declares the driver from its GPU source (NVML, or `emulated`).
             assert_eq!(gpu["driver_version"], "emulated", "{gpu}");
+            // And the power limit it was given: the bound of the job's energy proof.
+            assert_eq!(gpu["power_limit_watts"], 450.0, "{gpu}");
             break gpu["id"].as_str().unwrap().to_string();
         }
         assert!(Instant::now() < deadline, "the agent did not register");
@@ -452,6 +454,20 @@ async fn an_agent_runs_a_digest_pinned_job_end_to_end() {
             .unwrap_or_default();
         if kinds.contains(&"energy") && kinds.contains(&"hardware") {
             assert_eq!(proofs["samples_without_commitment"], 0, "{proofs}");
+            // Both proofs name the declared limit; the attestation the GPU as registered.
+            for proof in proofs["proofs"].as_array().unwrap() {
+                let submission = &proof["submission"];
+                match proof["kind"].as_str() {
+                    Some("energy") => {
+                        assert_eq!(submission["claim"]["power_limit_mw"], 450_000, "{proof}");
+                    }
+                    _ => {
+                        assert_eq!(submission["gpu"]["power_limit_mw"], 450_000, "{proof}");
+                        assert_eq!(submission["gpu"]["name"], "RTX 4090 (emulated)", "{proof}");
+                        assert_eq!(submission["gpu"]["vram_mb"], 24_576, "{proof}");
+                    }
+                }
+            }
             break;
         }
         assert!(

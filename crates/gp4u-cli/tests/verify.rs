@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use common::{BIN, call, mint, start_server};
 use ed25519_dalek::SigningKey;
 use gp4u_attest::energy::{
-    EnergyClaim, PowerReading, ReadingCommitment, commit_reading, prove_energy, telemetry_digest,
+    EnergyClaim, PowerReading, ReadingCommitment, ReadingOpening, commit_reading, prove_energy,
+    telemetry_digest,
 };
 use gp4u_attest::hardware::{Assurance, GpuIdentity, HardwareClaim, sign_hardware};
 use gp4u_attest::proofs::{EnergySubmission, ProofSubmission};
@@ -34,6 +35,7 @@ use serde_json::{Value, json};
 use sqlx::Row;
 
 const WATTS: f64 = 380.0;
+/// The power limit `register` registers (700 W), in mW: the energy proofs' bound.
 const POWER_LIMIT_MW: u64 = 700_000;
 
 fn verify_cmd(job: &str, base: &str, token: &str, extra: &[&str]) -> Output {
@@ -187,6 +189,8 @@ struct Finished {
     job_id: String,
     node_id: String,
     customer: String,
+    /// The node's provider, for another node and job.
+    provider: String,
 }
 
 async fn user(client: &reqwest::Client, base: &str, admin: &str, body: Value) -> String {
@@ -219,7 +223,7 @@ async fn register(
             "public_key": gp4u_attest::key::public_key_base64(key),
             "renewable_pct": 50,
             "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "uuid": uuid,
-                      "driver_version": "550.54.15"}],
+                      "driver_version": "550.54.15", "power_limit_watts": 700}],
         })),
     )
     .await;
@@ -244,6 +248,212 @@ async fn submit_job(client: &reqwest::Client, base: &str, customer: &str, gpu: &
     .await;
     assert_eq!(status, 201, "{accepted}");
     accepted["id"].as_str().unwrap().to_owned()
+}
+
+/// A job its provider ran to the end over HTTP: the readings it committed to.
+struct Ran {
+    sealed: Vec<(i64, ReadingCommitment)>,
+    openings: Vec<ReadingOpening>,
+    max_gap_ms: i64,
+}
+
+/// Takes the assignment of `job_id` on `node_id`, sends telemetry with power commitments (the
+/// server stamps each sample) and the final packet, and waits for the settlement.
+async fn run_to_end(
+    client: &reqwest::Client,
+    base: &str,
+    provider: &str,
+    customer: &str,
+    node_id: &str,
+    job_id: &str,
+) -> Ran {
+    // The agent's long poll hands the job out.
+    wait_for("the assignment", 30, || async move {
+        let url = format!("{base}/api/agent/assignments?node_id={node_id}&wait=1");
+        let (status, body) = call(client, Method::GET, url, provider, None).await;
+        (status == 200 && body["job_id"] == job_id).then_some(body)
+    })
+    .await;
+
+    let power_mw = watts_to_mw(WATTS);
+    let mut openings = Vec::new();
+    let mut sealed: Vec<(i64, ReadingCommitment)> = Vec::new();
+    let mut max_gap_ms = 0;
+    let packets = 5;
+    for n in 0..packets {
+        let (commitment, opening) = commit_reading(
+            PowerReading {
+                power_mw,
+                renewable_mw: power_mw / 2,
+            },
+            &mut OsRng,
+        );
+        let mut packet = json!({
+            "job_id": job_id, "node_id": node_id,
+            "gpu_utilization_pct": 94.2, "vram_used_gb": 22.1, "vram_allocated_gb": 24.0,
+            "power_draw_watts": WATTS, "temperature_c": 72, "outbound_bytes_per_sec": 1_200_000,
+            "inferred_pattern": "TRAINING", "unique_dest_ips": 2, "foreign_gpu_processes": 0,
+            "power_commitment": commitment.to_base64(),
+        });
+        if n == packets - 1 {
+            packet["final"] = json!(true);
+            packet["exit_code"] = json!(0);
+        }
+        let (status, reply) = call(
+            client,
+            Method::POST,
+            format!("{base}/api/telemetry/russian-doll"),
+            provider,
+            Some(packet),
+        )
+        .await;
+        assert_eq!(status, 200, "packet {n}: {reply}");
+        assert_eq!(reply["kill_job"], false, "{reply}");
+        sealed.push((reply["at_ms"].as_i64().unwrap(), commitment));
+        max_gap_ms = reply["max_gap_ms"].as_i64().unwrap();
+        openings.push(opening);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    wait_for("the settlement", 30, || async move {
+        let url = format!("{base}/api/jobs/{job_id}/settlement");
+        let (status, body) = call(client, Method::GET, url, customer, None).await;
+        (status == 200).then_some(body)
+    })
+    .await;
+    Ran {
+        sealed,
+        openings,
+        max_gap_ms,
+    }
+}
+
+/// The energy proof of a run's readings (50 % renewable), each bounded by `power_limit_mw`.
+fn energy_proof(job_id: &str, ran: &Ran, power_limit_mw: u64) -> String {
+    let timestamps: Vec<i64> = ran.sealed.iter().map(|(at, _)| *at).collect();
+    let weights = interval_weights(&timestamps, 0, ran.max_gap_ms).unwrap();
+    let energy_mwms: u64 = weights
+        .iter()
+        .zip(&ran.openings)
+        .map(|(w, opening)| w * opening.power_mw)
+        .sum();
+    let claim = EnergyClaim {
+        energy_mwms,
+        renewable_share_bp: 5000,
+        power_limit_mw,
+    };
+    let proof = prove_energy(job_id, &claim, &ran.openings, &weights, &mut OsRng).unwrap();
+    ProofSubmission::Energy(EnergySubmission {
+        job_id: job_id.to_owned(),
+        claim,
+        proof,
+    })
+    .to_json()
+}
+
+/// The GPU `register` registers with `uuid`, as an attestation names it (24 GB = 24 576 MiB).
+fn registered_gpu(uuid: &str) -> GpuIdentity {
+    GpuIdentity {
+        name: "RTX 4090".into(),
+        uuid: uuid.into(),
+        vram_mb: 24_576,
+        driver_version: "550.54.15".into(),
+        serial: None,
+        power_limit_mw: POWER_LIMIT_MW,
+    }
+}
+
+/// A hardware attestation of a run naming `gpu`, signed with `key`.
+fn hardware_proof(
+    job_id: &str,
+    node_id: &str,
+    ran: &Ran,
+    gpu: GpuIdentity,
+    assurance: Assurance,
+    key: &SigningKey,
+) -> String {
+    let cc_evidence =
+        (assurance == Assurance::HardwareAttested).then(|| b"not NVIDIA evidence".to_vec());
+    ProofSubmission::Hardware(
+        sign_hardware(
+            HardwareClaim {
+                job_id: job_id.to_owned(),
+                node_id: node_id.to_owned(),
+                gpu,
+                telemetry_digest: telemetry_digest(job_id, &ran.sealed),
+                assurance,
+                cc_evidence,
+                issued_at_ms: 1_767_225_600_000,
+            },
+            key,
+        )
+        .unwrap(),
+    )
+    .to_json()
+}
+
+/// Posts a proof for `node_id` as `token`: the status and the answer's text.
+async fn post_proof(
+    client: &reqwest::Client,
+    base: &str,
+    node_id: &str,
+    token: &str,
+    body: String,
+) -> (u16, String) {
+    let response = client
+        .post(format!("{base}/api/providers/{node_id}/zk-proofs"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+/// Posts the energy proof once the platform has accounted the job's energy (503 before).
+async fn post_energy_proof(
+    client: &reqwest::Client,
+    base: &str,
+    node_id: &str,
+    token: &str,
+    body: String,
+) {
+    wait_for("the energy proof to be accepted", 30, || {
+        let body = body.clone();
+        async move {
+            let (status, answer) = post_proof(client, base, node_id, token, body).await;
+            assert!(
+                matches!(status, 200 | 201 | 503),
+                "energy proof: {status} {answer}"
+            );
+            (status != 503).then(|| json!(answer))
+        }
+    })
+    .await;
+}
+
+/// Waits until the job's ledger has both proofs and its settlement sealed, nothing pending.
+async fn wait_sealed(client: &reqwest::Client, base: &str, customer: &str, job_id: &str) {
+    wait_for("the proofs to be sealed", 30, || async move {
+        let url = format!("{base}/api/jobs/{job_id}/ledger");
+        let (status, ledger) = call(client, Method::GET, url, customer, None).await;
+        assert_eq!(status, 200, "{ledger}");
+        let kinds: Vec<&str> = ledger["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|entry| entry["kind"].as_str())
+            .collect();
+        let proofs = kinds
+            .iter()
+            .filter(|kind| **kind == "proof.verified")
+            .count();
+        (proofs == 2 && kinds.contains(&"billing.settled") && ledger["pending"] == 0)
+            .then_some(ledger)
+    })
+    .await;
 }
 
 /// Runs a job to the end as its provider's agent would, over HTTP, then proves it.
@@ -281,188 +491,53 @@ async fn finished_job(base: &str, data_dir: &Path) -> Finished {
     let (_other_node, _) = register(&client, base, &other, &other_key, "GPU-0th3").await;
 
     let job_id = submit_job(&client, base, &customer, &gpu_id).await;
+    let ran = run_to_end(&client, base, &provider, &customer, &node_id, &job_id).await;
 
-    // The agent's long poll hands the job out.
-    wait_for("the assignment", 30, || {
-        let (client, provider, node_id, job_id) = (&client, &provider, &node_id, &job_id);
-        async move {
-            let url = format!("{base}/api/agent/assignments?node_id={node_id}&wait=1");
-            let (status, body) = call(client, Method::GET, url, provider, None).await;
-            (status == 200 && body["job_id"] == job_id.as_str()).then_some(body)
-        }
-    })
-    .await;
-
-    // Telemetry with power commitments; the server stamps each sample.
-    let power_mw = watts_to_mw(WATTS);
-    let mut openings = Vec::new();
-    let mut sealed: Vec<(i64, ReadingCommitment)> = Vec::new();
-    let mut max_gap_ms = 0;
-    let packets = 5;
-    for n in 0..packets {
-        let (commitment, opening) = commit_reading(
-            PowerReading {
-                power_mw,
-                renewable_mw: power_mw / 2,
-            },
-            &mut OsRng,
-        );
-        let mut packet = json!({
-            "job_id": job_id, "node_id": node_id,
-            "gpu_utilization_pct": 94.2, "vram_used_gb": 22.1, "vram_allocated_gb": 24.0,
-            "power_draw_watts": WATTS, "temperature_c": 72, "outbound_bytes_per_sec": 1_200_000,
-            "inferred_pattern": "TRAINING", "unique_dest_ips": 2, "foreign_gpu_processes": 0,
-            "power_commitment": commitment.to_base64(),
-        });
-        if n == packets - 1 {
-            packet["final"] = json!(true);
-            packet["exit_code"] = json!(0);
-        }
-        let (status, reply) = call(
-            &client,
-            Method::POST,
-            format!("{base}/api/telemetry/russian-doll"),
-            &provider,
-            Some(packet),
-        )
-        .await;
-        assert_eq!(status, 200, "packet {n}: {reply}");
-        assert_eq!(reply["kill_job"], false, "{reply}");
-        sealed.push((reply["at_ms"].as_i64().unwrap(), commitment));
-        max_gap_ms = reply["max_gap_ms"].as_i64().unwrap();
-        openings.push(opening);
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-
-    wait_for("the settlement", 30, || {
-        let (client, customer, job_id) = (&client, &customer, &job_id);
-        async move {
-            let url = format!("{base}/api/jobs/{job_id}/settlement");
-            let (status, body) = call(client, Method::GET, url, customer, None).await;
-            (status == 200).then_some(body)
-        }
-    })
-    .await;
-
-    // Proofs: the energy proof over the committed readings, the hardware attestation.
-    let timestamps: Vec<i64> = sealed.iter().map(|(at, _)| *at).collect();
-    let weights = interval_weights(&timestamps, 0, max_gap_ms).unwrap();
-    let energy_mwms: u64 = weights.iter().map(|w| w * power_mw).sum();
-    let claim = EnergyClaim {
-        energy_mwms,
-        renewable_share_bp: 5000,
-        power_limit_mw: POWER_LIMIT_MW,
-    };
-    let proof = prove_energy(&job_id, &claim, &openings, &weights, &mut OsRng).unwrap();
-    let energy = ProofSubmission::Energy(EnergySubmission {
-        job_id: job_id.clone(),
-        claim,
-        proof,
-    })
-    .to_json();
-    let zk = format!("{base}/api/providers/{node_id}/zk-proofs");
-    let post = |token: String, body: String| {
-        let (client, zk) = (client.clone(), zk.clone());
-        async move {
-            let response = client
-                .post(zk)
-                .bearer_auth(token)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            let status = response.status().as_u16();
-            (status, response.text().await.unwrap())
-        }
-    };
-    wait_for("the energy proof to be accepted", 30, || {
-        let (post, provider, energy) = (&post, provider.clone(), energy.clone());
-        async move {
-            let (status, body) = post(provider, energy).await;
-            assert!(
-                matches!(status, 200 | 201 | 503),
-                "energy proof: {status} {body}"
-            );
-            (status != 503).then(|| json!(body))
-        }
-    })
-    .await;
-
-    let digest = telemetry_digest(&job_id, &sealed);
+    // Proofs: the energy proof over the committed readings, bounded by the GPU's registered
+    // limit, and the hardware attestation of the GPU as registered.
+    let energy = energy_proof(&job_id, &ran, POWER_LIMIT_MW);
+    post_energy_proof(&client, base, &node_id, &provider, energy).await;
     let hardware = |assurance| {
-        let cc_evidence =
-            (assurance == Assurance::HardwareAttested).then(|| b"not NVIDIA evidence".to_vec());
-        ProofSubmission::Hardware(
-            sign_hardware(
-                HardwareClaim {
-                    job_id: job_id.clone(),
-                    node_id: node_id.clone(),
-                    gpu: GpuIdentity {
-                        name: "RTX 4090".into(),
-                        uuid: "GPU-5e1c".into(),
-                        vram_mb: 24_576,
-                        driver_version: "550.54.15".into(),
-                        serial: None,
-                        power_limit_mw: POWER_LIMIT_MW,
-                    },
-                    telemetry_digest: digest,
-                    assurance,
-                    cc_evidence,
-                    issued_at_ms: 1_767_225_600_000,
-                },
-                &node_key,
-            )
-            .unwrap(),
+        hardware_proof(
+            &job_id,
+            &node_id,
+            &ran,
+            registered_gpu("GPU-5e1c"),
+            assurance,
+            &node_key,
         )
-        .to_json()
+    };
+    let post = |token: &String, body: String| {
+        let (client, node_id, token) = (client.clone(), node_id.clone(), token.clone());
+        async move { post_proof(&client, base, &node_id, &token, body).await }
     };
     // The packets above do not say `emulated`, so the GPU counts as real: a provider-signed
     // attestation is the honest label, and `hardware_attested` is refused (its evidence cannot
     // be checked here).
-    let (status, body) = post(provider.clone(), hardware(Assurance::HardwareAttested)).await;
+    let (status, body) = post(&provider, hardware(Assurance::HardwareAttested)).await;
     assert_eq!(status, 400, "hardware_attested: {body}");
     assert!(
         body.contains("evidence cannot be verified here"),
         "hardware_attested: {body}"
     );
-    let (status, body) = post(provider.clone(), hardware(Assurance::ProviderSigned)).await;
+    let (status, body) = post(&provider, hardware(Assurance::ProviderSigned)).await;
     assert_eq!(status, 201, "{body}");
 
     // Refusals: garbage 400, another provider 404, a customer 403.
-    let (status, body) = post(provider.clone(), "{\"kind\":\"energy\",\"junk\":1}".into()).await;
+    let (status, body) = post(&provider, "{\"kind\":\"energy\",\"junk\":1}".into()).await;
     assert_eq!(status, 400, "garbage: {body}");
-    let (status, body) = post(other.clone(), hardware(Assurance::ProviderSigned)).await;
+    let (status, body) = post(&other, hardware(Assurance::ProviderSigned)).await;
     assert_eq!(status, 404, "another provider: {body}");
-    let (status, body) = post(customer.clone(), hardware(Assurance::ProviderSigned)).await;
+    let (status, body) = post(&customer, hardware(Assurance::ProviderSigned)).await;
     assert_eq!(status, 403, "a customer: {body}");
 
     // Everything sealed: both proofs and the settlement, nothing pending.
-    wait_for("the proofs to be sealed", 30, || {
-        let (client, customer, job_id) = (&client, &customer, &job_id);
-        async move {
-            let url = format!("{base}/api/jobs/{job_id}/ledger");
-            let (status, ledger) = call(client, Method::GET, url, customer, None).await;
-            assert_eq!(status, 200, "{ledger}");
-            let kinds: Vec<&str> = ledger["entries"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(|entry| entry["kind"].as_str())
-                .collect();
-            let proofs = kinds
-                .iter()
-                .filter(|kind| **kind == "proof.verified")
-                .count();
-            (proofs == 2 && kinds.contains(&"billing.settled") && ledger["pending"] == 0)
-                .then_some(ledger)
-        }
-    })
-    .await;
+    wait_sealed(&client, base, &customer, &job_id).await;
     Finished {
         job_id,
         node_id,
         customer,
+        provider,
     }
 }
 
@@ -574,6 +649,7 @@ async fn verify_passes_catches_tampering_and_works_offline() {
         "reproducible",
         "✓ hardware proof",
         "✓ energy proof",
+        "each ≤ 700000 mW, renewable ≥ 50.00 % (the registered power limit of the assigned GPU",
         "✓ served proofs",
         "✓ settlement",
         "✓ served settlement",
@@ -844,6 +920,67 @@ async fn verify_passes_catches_tampering_and_works_offline() {
     store(&pool, "hash", &sibling, &forged).await;
     fails_naming(&[&format!("entry {index} (job.created)"), "not included"]);
     store(&pool, "hash", &sibling, &hash).await;
+    passes();
+
+    // 4g. The database altered before a job's proofs arrive: its GPU given another uuid and
+    // the job another power limit. The server, reading its database, accepts an attestation
+    // of that other GPU and an energy proof bounded by that other limit — but the GPU sealed
+    // with the job's assignment is the registered one, and verify holds the proofs to it.
+    let client = reqwest::Client::new();
+    let key = SigningKey::generate(&mut OsRng);
+    let (node, gpu) = register(&client, &base, &finished.provider, &key, "GPU-7a3e").await;
+    let tampered = submit_job(&client, &base, token, &gpu).await;
+    let ran = run_to_end(&client, &base, &finished.provider, token, &node, &tampered).await;
+    store(
+        &pool,
+        "uuid",
+        &format!("gpus WHERE id = '{gpu}'"),
+        "GPU-0th3",
+    )
+    .await;
+    let changed = sqlx::query("UPDATE jobs SET gpu_power_limit_mw = 450000 WHERE id = $1")
+        .bind(&tampered)
+        .execute(&pool)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert_eq!(changed, 1);
+    post_energy_proof(
+        &client,
+        &base,
+        &node,
+        &finished.provider,
+        energy_proof(&tampered, &ran, 450_000),
+    )
+    .await;
+    let other_gpu = GpuIdentity {
+        uuid: "GPU-0th3".into(),
+        power_limit_mw: 450_000,
+        ..registered_gpu("GPU-7a3e")
+    };
+    let attestation = hardware_proof(
+        &tampered,
+        &node,
+        &ran,
+        other_gpu,
+        Assurance::ProviderSigned,
+        &key,
+    );
+    let (status, body) = post_proof(&client, &base, &node, &finished.provider, attestation).await;
+    assert_eq!(status, 201, "the altered database accepts it: {body}");
+    wait_sealed(&client, &base, token, &tampered).await;
+    assert_fails_naming(
+        &verify_cmd(&tampered, &base, token, &[]),
+        &[
+            "energy proof",
+            "bounds each reading by 450000 mW",
+            "registered power limit of 700000 mW",
+            "hardware proof",
+            "gpu.uuid is \"GPU-0th3\", the assigned GPU's is \"GPU-7a3e\"",
+            "gpu.power_limit_mw is 450000",
+        ],
+    );
+    // The job's proofs were the only thing wrong: the first job still verifies.
     passes();
     pool.close().await;
 

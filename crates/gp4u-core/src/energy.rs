@@ -77,6 +77,12 @@ pub fn watts_to_mw(watts: f64) -> u64 {
     }
 }
 
+/// Milliwatts back to watts, as the API shows a power limit. For any whole number of
+/// milliwatts below 2⁵³, [`watts_to_mw`] of the result gives the same milliwatts back.
+pub fn mw_to_watts(milliwatts: u64) -> f64 {
+    milliwatts as f64 / MW_PER_WATT
+}
+
 /// The time each sample accounts for, in milliseconds.
 ///
 /// For `i ≥ 1` it is `tᵢ − tᵢ₋₁`; for the first sample it is `first_interval_ms`, the time
@@ -509,6 +515,14 @@ mod tests {
         // Every integer milliwatt reading survives the trip through watts.
         for milliwatts in (0..2_000_000_u64).step_by(997) {
             assert_eq!(watts_to_mw(milliwatts as f64 / 1000.0), milliwatts);
+            assert_eq!(watts_to_mw(mw_to_watts(milliwatts)), milliwatts);
+        }
+        // A power limit shown in watts and read back is the registered one, to the milliwatt.
+        for milliwatts in [1, 300_000, 450_500, 699_999, 700_000, 2_000_000] {
+            let shown: f64 =
+                serde_json::from_str(&serde_json::to_string(&mw_to_watts(milliwatts)).unwrap())
+                    .unwrap();
+            assert_eq!(watts_to_mw(shown), milliwatts);
         }
     }
 

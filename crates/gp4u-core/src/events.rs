@@ -37,6 +37,10 @@ pub struct RegisteredGpu {
     pub name: String,
     pub vram_gb: f64,
     pub price_per_hour_micros: i64,
+    /// The GPU's enforced power limit as registered (added with power limits; absent from
+    /// events written before them).
+    #[serde(default)]
+    pub power_limit_watts: Option<f64>,
 }
 
 /// `node.registered`: a provider brought a node and its GPUs.
@@ -53,4 +57,25 @@ pub struct NodeRegistered {
 pub struct JobStateChanged<'a> {
     pub job_id: &'a JobId,
     pub event: &'a JobEvent,
+    /// With `job.assigned` only: the GPU the job was placed on, as registered at that moment.
+    /// Sealed with the assignment, it is what `gp4u verify` holds the job's proofs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<&'a AssignedGpu>,
+}
+
+/// The GPU a job was assigned, as registered when it was assigned (`job.assigned`'s `gpu`).
+/// The job's energy proof must bound every reading by exactly `power_limit_watts`, and its
+/// hardware attestation must name this GPU: `uuid` and `name` exactly, `vram_gb` as
+/// ⌊`vram_gb` × 1024⌋ MiB, the power limit in milliwatts (round(`power_limit_watts` × 1000)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssignedGpu {
+    pub gpu_id: GpuId,
+    /// The hardware UUID the provider registered (NVML's `GPU-…`); `None` when it gave none.
+    pub uuid: Option<String>,
+    /// The name as registered (an agent's emulated GPUs end in ` (emulated)`).
+    pub name: String,
+    pub vram_gb: f64,
+    /// `None` for a GPU registered before power limits were recorded whose agent has not
+    /// declared its limit since: no energy proof or attestation of such a job is accepted.
+    pub power_limit_watts: Option<f64>,
 }

@@ -67,6 +67,9 @@ pub const MAX_GPUS_PER_REGISTRATION: usize = 16;
 pub const MAX_GPU_UUID_CHARS: usize = 128;
 /// Longest GPU driver version accepted at registration (NVML's are like `550.54.15`).
 pub const MAX_DRIVER_VERSION_CHARS: usize = 64;
+/// Highest GPU power limit accepted at registration, in watts: the telemetry clamp's ceiling
+/// ([`crate::tutela::POWER_RANGE_W`]), so that no reading the platform stores can exceed it.
+pub const MAX_POWER_LIMIT_WATTS: f64 = crate::tutela::POWER_RANGE_W.1;
 /// Ed25519 public keys are 32 bytes.
 pub const PUBLIC_KEY_BYTES: usize = 32;
 /// Largest credit adjustment, in either direction.
@@ -405,6 +408,10 @@ pub struct GpuSpec {
     /// The driver the GPU runs under, as NVML reports it (e.g. `550.54.15`); part of every
     /// Veritas record of a job on it.
     pub driver_version: Option<String>,
+    /// The GPU's enforced power limit in milliwatts (`power_limit_watts` × 1000, rounded to
+    /// the milliwatt as NVML reports it): the per-reading bound of every energy proof of a job
+    /// placed on the GPU, and part of the GPU identity its hardware attestations must name.
+    pub power_limit_mw: u64,
     /// A declared GPU without hardware behind it (the agent's `--gpu emulated:…`): shown as
     /// such everywhere and attested as `emulated`.
     pub emulated: bool,
@@ -1114,7 +1121,7 @@ fn validate_gpu_spec(index: usize, item: &Value) -> Result<GpuSpec, FieldError> 
             CODE,
             &base,
             format!(
-                "`{base}` must be an object {{\"name\", \"vram_gb\", \"price_per_hour\", \"uuid\"}}, got {}",
+                "`{base}` must be an object {{\"name\", \"vram_gb\", \"price_per_hour\", \"power_limit_watts\", \"uuid\"}}, got {}",
                 json_type(item)
             ),
         ));
@@ -1185,6 +1192,10 @@ fn validate_gpu_spec(index: usize, item: &Value) -> Result<GpuSpec, FieldError> 
             Some(text.to_owned())
         }
     };
+    let power_limit_mw = validate_power_limit_watts(
+        present(object, "power_limit_watts"),
+        &format!("{base}.power_limit_watts"),
+    )?;
     let emulated = optional_bool(object, "emulated", &format!("{base}.emulated"))?;
     Ok(GpuSpec {
         name,
@@ -1192,8 +1203,103 @@ fn validate_gpu_spec(index: usize, item: &Value) -> Result<GpuSpec, FieldError> 
         price_per_hour,
         uuid,
         driver_version,
+        power_limit_mw,
         emulated,
     })
+}
+
+/// Validates a GPU's `power_limit_watts` (registration's `gpus[N].power_limit_watts`, and
+/// the agent's re-declaration): required, a number of watts greater than 0 and at most
+/// [`MAX_POWER_LIMIT_WATTS`]. Returns it in milliwatts, rounded half up as
+/// [`crate::energy::watts_to_mw`] does (NVML reports whole milliwatts, which this keeps
+/// exactly); a value that rounds to 0 mW is refused.
+pub fn validate_power_limit_watts(value: Option<&Value>, field: &str) -> Result<u64, FieldError> {
+    const CODE: ValidationCode = ValidationCode::InvalidGpu;
+    let accepted = format!(
+        "the GPU's enforced power limit in watts, a number greater than 0 and at most \
+         {MAX_POWER_LIMIT_WATTS} (NVML's enforced limit, e.g. `nvidia-smi --query-gpu=power.limit \
+         --format=csv`; energy proofs bound every reading by it)"
+    );
+    let value = required_at(value, field, CODE, &accepted)?;
+    let watts = number_within(value, field, CODE, &accepted, |watts| {
+        watts > 0.0 && watts <= MAX_POWER_LIMIT_WATTS
+    })?;
+    let milliwatts = crate::energy::watts_to_mw(watts);
+    if milliwatts == 0 {
+        return Err(FieldError::new(
+            CODE,
+            field,
+            format!(
+                "`{field}` must be {accepted}; {} rounds to 0 mW",
+                echo(value)
+            ),
+        ));
+    }
+    Ok(milliwatts)
+}
+
+/// Validates a `PUT /api/providers/{nodeId}/power-limits` body
+/// `{"gpus": [{"id": "gpu_…", "power_limit_watts": 450}]}` (1 to 16 GPUs, each id once):
+/// the GPU ids with their limits in milliwatts. Errors name `gpus[N].id` or
+/// `gpus[N].power_limit_watts`. Whether the GPUs are the node's is the caller's to check.
+pub fn validate_power_limits(body: &Value) -> Result<Vec<(GpuId, u64)>, FieldError> {
+    const CODE: ValidationCode = ValidationCode::InvalidGpu;
+    const ACCEPTED: &str =
+        "an array of 1 to 16 objects {\"id\": \"gpu_…\", \"power_limit_watts\": <watts>}";
+    let object = body_object(body)?;
+    let value = required(object, "gpus", ValidationCode::InvalidGpus, ACCEPTED)?;
+    let items = value
+        .as_array()
+        .filter(|items| (1..=MAX_GPUS_PER_REGISTRATION).contains(&items.len()))
+        .ok_or_else(|| {
+            FieldError::new(
+                ValidationCode::InvalidGpus,
+                "gpus",
+                format!("`gpus` must be {ACCEPTED}, got {}", echo(value)),
+            )
+        })?;
+    let mut limits: Vec<(GpuId, u64)> = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let base = format!("gpus[{index}]");
+        let Some(gpu) = item.as_object() else {
+            return Err(FieldError::new(
+                CODE,
+                &base,
+                format!(
+                    "`{base}` must be an object {{\"id\", \"power_limit_watts\"}}, got {}",
+                    json_type(item)
+                ),
+            ));
+        };
+        let id_field = format!("{base}.id");
+        let id = present(gpu, "id")
+            .and_then(Value::as_str)
+            .and_then(|text| GpuId::parse(text).ok())
+            .ok_or_else(|| {
+                FieldError::new(
+                    CODE,
+                    &id_field,
+                    format!(
+                        "`{id_field}` must be the platform's id of one of the node's GPUs (\"gpu_…\", \
+                         as registration answered), got {}",
+                        present(gpu, "id").map_or_else(|| "nothing".to_owned(), echo)
+                    ),
+                )
+            })?;
+        if limits.iter().any(|(seen, _)| *seen == id) {
+            return Err(FieldError::new(
+                CODE,
+                &id_field,
+                format!("`{id_field}`: GPU {id} is listed twice"),
+            ));
+        }
+        let milliwatts = validate_power_limit_watts(
+            present(gpu, "power_limit_watts"),
+            &format!("{base}.power_limit_watts"),
+        )?;
+        limits.push((id, milliwatts));
+    }
+    Ok(limits)
 }
 
 /// Whether `text` is a driver version registration accepts: 1 to
@@ -1471,7 +1577,7 @@ mod tests {
         let registration = validate_registration(&json!({
             "region": "eu-west-1",
             "public_key": unpadded,
-            "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 0.5}],
+            "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 0.5, "power_limit_watts": 450}],
         }))
         .unwrap();
         assert_eq!(registration.public_key, STANDARD.encode(key));

@@ -3,7 +3,7 @@
 
 use gp4u_core::manifest::{
     GpuTarget, JobNetwork, ValidationCode, validate_credit_amount, validate_new_user,
-    validate_region, validate_registration, validate_submission,
+    validate_power_limits, validate_region, validate_registration, validate_submission,
 };
 use gp4u_core::money::{Hours, Money};
 use serde_json::{Map, Value, json};
@@ -1058,7 +1058,7 @@ fn registration_rules() {
 
     // 0xfb bytes encode to '+' and '/' in the standard alphabet, '-' and '_' in URL-safe.
     let key = [0xfb_u8; 32];
-    let gpu = json!({"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 0.5, "uuid": "GPU-1234"});
+    let gpu = json!({"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 0.5, "power_limit_watts": 450, "uuid": "GPU-1234"});
     let valid = json!({"region": "us-east-1", "public_key": STANDARD.encode(key), "gpus": [gpu]});
     let with = |key: &str, value: Value| {
         let mut body = valid.clone();
@@ -1225,6 +1225,47 @@ fn registration_rules() {
             with_gpu("uuid", json!(5)),
             fails(InvalidGpu, "gpus[0].uuid"),
         ),
+        // Every GPU carries its enforced power limit (SPEC §8): the energy proofs' bound.
+        (
+            "gpu power limit missing",
+            with_gpu("power_limit_watts", Value::Null),
+            fails(InvalidGpu, "gpus[0].power_limit_watts"),
+        ),
+        (
+            "gpu power limit 0",
+            with_gpu("power_limit_watts", json!(0)),
+            fails(InvalidGpu, "gpus[0].power_limit_watts"),
+        ),
+        (
+            "gpu power limit negative",
+            with_gpu("power_limit_watts", json!(-300)),
+            fails(InvalidGpu, "gpus[0].power_limit_watts"),
+        ),
+        (
+            "gpu power limit rounds to 0 mW",
+            with_gpu("power_limit_watts", json!(0.0004)),
+            fails(InvalidGpu, "gpus[0].power_limit_watts"),
+        ),
+        (
+            "gpu power limit 1 mW",
+            with_gpu("power_limit_watts", json!(0.001)),
+            ok(),
+        ),
+        (
+            "gpu power limit 2000 (the telemetry clamp)",
+            with_gpu("power_limit_watts", json!(2000)),
+            ok(),
+        ),
+        (
+            "gpu power limit 2000.001",
+            with_gpu("power_limit_watts", json!(2000.001)),
+            fails(InvalidGpu, "gpus[0].power_limit_watts"),
+        ),
+        (
+            "gpu power limit string",
+            with_gpu("power_limit_watts", json!("450")),
+            fails(InvalidGpu, "gpus[0].power_limit_watts"),
+        ),
     ];
     let mut failures = Vec::new();
     for (name, body, expected) in &cases {
@@ -1245,6 +1286,78 @@ fn registration_rules() {
         Money::from_micros(500_000)
     );
     assert_eq!(registration.gpus[0].uuid.as_deref(), Some("GPU-1234"));
+    assert_eq!(registration.gpus[0].power_limit_mw, 450_000);
+    // NVML's milliwatts survive the trip through watts exactly.
+    let mut odd = valid.clone();
+    odd["gpus"][0]["power_limit_watts"] = json!(699.999);
+    assert_eq!(
+        validate_registration(&odd).unwrap().gpus[0].power_limit_mw,
+        699_999
+    );
+    // The message says what is wrong, with what, and what to send instead.
+    let missing = validate_registration(&with_gpu("power_limit_watts", Value::Null)).unwrap_err();
+    assert!(
+        missing
+            .message
+            .contains("`gpus[0].power_limit_watts` is required")
+            && missing.message.contains("at most 2000"),
+        "{missing:?}"
+    );
+}
+
+#[test]
+fn power_limit_declarations() {
+    let cases: Vec<(&str, Value, Expected)> = vec![
+        (
+            "valid",
+            json!({"gpus": [{"id": "gpu_a1", "power_limit_watts": 450}]}),
+            ok(),
+        ),
+        ("empty", json!({"gpus": []}), fails(InvalidGpus, "gpus")),
+        ("missing", json!({}), fails(InvalidGpus, "gpus")),
+        (
+            "no id",
+            json!({"gpus": [{"power_limit_watts": 450}]}),
+            fails(InvalidGpu, "gpus[0].id"),
+        ),
+        (
+            "bad id",
+            json!({"gpus": [{"id": "node_a1", "power_limit_watts": 450}]}),
+            fails(InvalidGpu, "gpus[0].id"),
+        ),
+        (
+            "twice",
+            json!({"gpus": [{"id": "gpu_a1", "power_limit_watts": 450},
+                            {"id": "gpu_a1", "power_limit_watts": 300}]}),
+            fails(InvalidGpu, "gpus[1].id"),
+        ),
+        (
+            "above the clamp",
+            json!({"gpus": [{"id": "gpu_a1", "power_limit_watts": 2500}]}),
+            fails(InvalidGpu, "gpus[0].power_limit_watts"),
+        ),
+        (
+            "no limit",
+            json!({"gpus": [{"id": "gpu_a1"}]}),
+            fails(InvalidGpu, "gpus[0].power_limit_watts"),
+        ),
+        ("not an object", json!([1]), fails(InvalidBody, "")),
+    ];
+    let mut failures = Vec::new();
+    for (name, body, expected) in &cases {
+        check(name, validate_power_limits(body), expected, &mut failures);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failing cases:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    let limits =
+        validate_power_limits(&json!({"gpus": [{"id": "gpu_a1", "power_limit_watts": 699.5}]}))
+            .unwrap();
+    assert_eq!(limits[0].1, 699_500);
+    assert_eq!(limits[0].0.as_str(), "gpu_a1");
 }
 
 #[test]

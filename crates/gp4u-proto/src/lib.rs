@@ -161,6 +161,11 @@ pub struct GpuView {
     /// The driver the GPU runs under, as its agent declared it.
     #[serde(default)]
     pub driver_version: Option<String>,
+    /// The GPU's enforced power limit in watts as registered (NVML's, or declared for an
+    /// emulated GPU): every energy proof of a job on it bounds each reading by it. `null` for
+    /// a GPU registered before power limits were recorded whose agent has not declared one.
+    #[serde(default)]
+    pub power_limit_watts: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -226,8 +231,30 @@ pub struct RegisterGpuBody {
     pub vram_gb: f64,
     pub price_per_hour: f64,
     pub uuid: Option<String>,
+    /// The GPU's enforced power limit in watts, greater than 0 and at most 2000 (NVML's
+    /// enforced limit; declared for an emulated GPU). Required: every energy proof of a job
+    /// on the GPU bounds each reading by exactly this, and its hardware attestation names it.
+    pub power_limit_watts: f64,
+    /// The driver version as NVML reports it (e.g. `550.54.15`), named in Veritas records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver_version: Option<String>,
     /// True for a GPU declared without hardware (`gp4u agent --gpu emulated:…`).
     pub emulated: Option<bool>,
+}
+
+/// `PUT /api/providers/{nodeId}/power-limits`: the enforced power limits of the node's GPUs,
+/// as its agent declares them at every start. A change applies to jobs assigned from then on.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PowerLimitsBody {
+    pub gpus: Vec<PowerLimitBody>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PowerLimitBody {
+    /// The platform's GPU id (`gpu_…`), one of the node's.
+    pub id: String,
+    /// Greater than 0 and at most 2000.
+    pub power_limit_watts: f64,
 }
 
 /// Response of `POST /api/providers/register` (201).
@@ -255,6 +282,11 @@ pub struct RegisteredGpuView {
     /// The driver the agent declared at registration (stage 5), if it did.
     #[serde(default)]
     pub driver_version: Option<String>,
+    /// The GPU's enforced power limit in watts as registered or last declared by its agent;
+    /// `null` for a GPU registered before power limits were recorded, until its agent
+    /// declares one (no energy proof of its jobs is accepted until then).
+    #[serde(default)]
+    pub power_limit_watts: Option<f64>,
 }
 
 /// One chamber in `GET /api/admin/chambers`.
@@ -320,6 +352,11 @@ pub struct AssignmentManifest {
     /// `public` (a network of the job's own, public egress only) or `none` (no network).
     #[serde(default = "default_network")]
     pub network: String,
+    /// The assigned GPU's registered power limit in watts when the job was assigned: the job's
+    /// energy proof bounds every reading by exactly this (the agent reports a reading above it
+    /// at the limit). Absent from older servers, and for a GPU without a registered limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_power_limit_watts: Option<f64>,
 }
 
 impl AssignmentManifest {

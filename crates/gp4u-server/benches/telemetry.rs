@@ -180,6 +180,7 @@ async fn populate(
                     GpuSpec {
                         name: "RTX 4090".into(),
                         driver_version: None,
+                        power_limit_mw: 450_000,
                         vram_gb: 24.0,
                         price_per_hour: Money::from_micros(2_000_000),
                         uuid: Some(format!("GPU-{index}")),

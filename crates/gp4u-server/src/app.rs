@@ -109,6 +109,10 @@ pub fn build_router(state: AppState) -> Router {
             )),
         )
         .route("/providers/{node_id}/energy", put(providers::set_energy))
+        .route(
+            "/providers/{node_id}/power-limits",
+            put(providers::set_power_limits),
+        )
         .route("/billing/balance", get(billing::balance))
         .route("/billing/statement", get(billing::statement))
         .route("/grid-factors", get(billing::grid_factors))

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use gp4u_core::atlas::{self, AtlasConfig, Candidate, CarbonIntensity, PlacementRequest};
 use gp4u_core::chambers::{Chamber, Mnemo, ProviderRecord, uptime_score};
-use gp4u_core::events::JobStateChanged;
+use gp4u_core::events::{AssignedGpu, JobStateChanged};
 use gp4u_core::ids::{NodeId, UserId};
 use gp4u_core::job::{EndedBy, FailureReason, JobInput, transition};
 use gp4u_core::manifest::GpuTarget;
@@ -53,15 +53,29 @@ pub(crate) fn job_events(
     job: &JobRecord,
     events: &[gp4u_core::job::JobEvent],
 ) -> StoreResult<Vec<OutboxEvent>> {
+    job_events_with_gpu(job, events, None)
+}
+
+/// [`job_events`], with the GPU the job was assigned sealed with its `job.assigned` event.
+fn job_events_with_gpu(
+    job: &JobRecord,
+    events: &[gp4u_core::job::JobEvent],
+    assigned: Option<&AssignedGpu>,
+) -> StoreResult<Vec<OutboxEvent>> {
     events
         .iter()
         .map(|event| {
+            let gpu = match event {
+                gp4u_core::job::JobEvent::Assigned { .. } => assigned,
+                _ => None,
+            };
             Ok(OutboxEvent {
                 topic: event.topic().to_string(),
                 aggregate_id: job.id.to_string(),
                 payload: serde_json::to_value(JobStateChanged {
                     job_id: &job.id,
                     event,
+                    gpu,
                 })
                 .map_err(|error| {
                     StoreError::Corrupt(format!("event does not serialise: {error}"))
@@ -195,6 +209,18 @@ pub async fn place_pending(state: &AppState, config: &AtlasConfig) -> StoreResul
         let Ok((next, events)) = transition(&job.state, input, state.now_ms()) else {
             continue;
         };
+        let Some(gpu) = free.iter().find(|gpu| gpu.id == chosen.gpu_id) else {
+            continue;
+        };
+        // The GPU as registered now, sealed with the assignment: what the job's proofs must
+        // name and be bounded by (a later change of its power limit does not move them).
+        let assigned = AssignedGpu {
+            gpu_id: gpu.id.clone(),
+            uuid: gpu.uuid.clone(),
+            name: gpu.name.clone(),
+            vram_gb: gpu.vram_gb,
+            power_limit_watts: gpu.power_limit_mw.map(gp4u_core::energy::mw_to_watts),
+        };
         let placement = atlas::placement_json(&assignment.scored);
         let record = Assignment {
             gpu_id: &chosen.gpu_id,
@@ -202,6 +228,7 @@ pub async fn place_pending(state: &AppState, config: &AtlasConfig) -> StoreResul
             gpu_region: &chosen.region,
             price_per_hour: chosen.price_per_hour,
             placement: &placement,
+            power_limit_mw: gpu.power_limit_mw,
         };
         match state
             .store
@@ -209,7 +236,7 @@ pub async fn place_pending(state: &AppState, config: &AtlasConfig) -> StoreResul
                 job,
                 &next,
                 &record,
-                &job_events(job, &events)?,
+                &job_events_with_gpu(job, &events, Some(&assigned))?,
                 state.now_ms(),
             )
             .await

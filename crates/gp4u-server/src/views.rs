@@ -95,6 +95,7 @@ pub fn gpu_view(gpu: &GpuRecord) -> GpuView {
         trust_score: gpu.trust_score,
         emulated: gpu.emulated,
         driver_version: gpu.driver_version.clone(),
+        power_limit_watts: gpu.power_limit_mw.map(gp4u_core::energy::mw_to_watts),
     }
 }
 

@@ -864,6 +864,7 @@ async fn openapi_health_and_unknown_routes() {
         "/api/ledger/proof/inclusion",
         "/api/ledger/proof/consistency",
         "/api/jobs/{id}/ledger",
+        "/api/providers/{nodeId}/power-limits",
     ] {
         assert!(
             reply.body["paths"].get(path).is_some(),
@@ -875,10 +876,28 @@ async fn openapi_health_and_unknown_routes() {
         "ArtifactCreated",
         "OutputStored",
         "LogAppended",
+        "PowerLimitsBody",
     ] {
         assert!(
             reply.body["components"]["schemas"].get(schema).is_some(),
             "OpenAPI lacks {schema}"
+        );
+    }
+    // Every GPU carries its power limit: required at registration, shown in the listings.
+    let schemas = &reply.body["components"]["schemas"];
+    let required = schemas["RegisterGpuBody"]["required"].as_array().unwrap();
+    assert!(
+        required.contains(&json!("power_limit_watts")),
+        "{}",
+        schemas["RegisterGpuBody"]
+    );
+    for view in ["GpuView", "RegisteredGpuView"] {
+        assert!(
+            schemas[view]["properties"]
+                .get("power_limit_watts")
+                .is_some(),
+            "{view}: {}",
+            schemas[view]
         );
     }
     assert_eq!(

@@ -364,7 +364,7 @@ async fn reproducibility_sensitive_jobs_weigh_provenance_and_emulated_gpus_say_s
     let reply = app
         .call(Method::POST, "/api/providers/register", Some(&provider), Some(json!({
             "region": "us-east-1", "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-            "gpus": [{"name": "RTX 4090 (emulated)", "vram_gb": 24, "price_per_hour": 1.0, "emulated": true}]})))
+            "gpus": [{"name": "RTX 4090 (emulated)", "vram_gb": 24, "price_per_hour": 1.0, "power_limit_watts": 450, "emulated": true}]})))
         .await;
     assert_eq!(
         (reply.status, reply.body["gpus"][0]["emulated"].as_bool()),

@@ -533,7 +533,8 @@ async fn a_finished_job_feeds_the_nodes_uptime_and_provenance_to_atlas(app: Test
     );
 }
 
-/// A node registered with a real key (the fixture's all-zero key cannot sign).
+/// A node registered with a real key (the fixture's all-zero key cannot sign), with one
+/// "RTX 4090" of 24 GB, uuid `GPU-k`, a 700 W power limit.
 async fn keyed_node(app: &TestApp, renewable_pct: f64) -> (Node, ed25519_dalek::SigningKey) {
     use base64::Engine as _;
     let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
@@ -543,7 +544,7 @@ async fn keyed_node(app: &TestApp, renewable_pct: f64) -> (Node, ed25519_dalek::
         .register(
             &token,
             json!({"region": "us-east-1", "public_key": public, "renewable_pct": renewable_pct,
-                   "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "uuid": "GPU-k"}]}),
+                   "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "power_limit_watts": 700, "uuid": "GPU-k"}]}),
         )
         .await;
     (node, key)
@@ -783,13 +784,14 @@ async fn proofs_are_verified_against_the_sealed_run(app: TestApp) {
                 HardwareClaim {
                     job_id: run.job.clone(),
                     node_id: node_id.clone(),
+                    // The GPU as registered (keyed_node): 24 GB = 24 576 MiB, 700 W.
                     gpu: GpuIdentity {
                         name: "RTX 4090".into(),
                         uuid: "GPU-k".into(),
-                        vram_mb: 24_564,
+                        vram_mb: 24_576,
                         driver_version: "550.54.15".into(),
                         serial: None,
-                        power_limit_mw: 450_000,
+                        power_limit_mw: 700_000,
                     },
                     telemetry_digest: digest,
                     assurance: Assurance::ProviderSigned,
@@ -852,6 +854,445 @@ async fn proofs_are_verified_against_the_sealed_run(app: TestApp) {
         2,
         "{kinds:?}"
     );
+}
+
+/// A job run to its end on `node` with committed readings (`watts`), settled and sealed:
+/// what its proofs are checked against. Openings and weights let a test prove it.
+struct CommittedRun {
+    run: Running,
+    node_id: String,
+    token: String,
+    openings: Vec<gp4u_attest::energy::ReadingOpening>,
+    weights: Vec<u64>,
+    sealed: Vec<(i64, gp4u_attest::energy::ReadingCommitment)>,
+    energy_mwms: u64,
+}
+
+async fn committed_run(app: &TestApp, node: Node, watts: &[f64]) -> CommittedRun {
+    use gp4u_attest::energy::{PowerReading, commit_reading};
+    use gp4u_core::energy::{interval_weights, watts_to_mw};
+    let node_id = node.node_id.clone();
+    let token = node.token.clone();
+    let run = running_on(app, node, pinned()).await;
+    let (mut openings, mut sealed, mut max_gap) = (Vec::new(), Vec::new(), 0);
+    for (index, reading) in watts.iter().enumerate() {
+        let power_mw = watts_to_mw(*reading);
+        let (commitment, opening) = commit_reading(
+            PowerReading {
+                power_mw,
+                renewable_mw: power_mw.div_ceil(2),
+            },
+            &mut rand_core::OsRng,
+        );
+        let mut extra =
+            json!({"power_draw_watts": reading, "power_commitment": commitment.to_base64()});
+        if index + 1 == watts.len() {
+            extra["final"] = json!(true);
+            extra["exit_code"] = json!(0);
+        }
+        let reply = send(app, &run, extra).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        sealed.push((reply.body["at_ms"].as_i64().unwrap(), commitment));
+        max_gap = reply.body["max_gap_ms"].as_i64().unwrap();
+        openings.push(opening);
+    }
+    settle_and_seal(app).await;
+    let times: Vec<i64> = sealed.iter().map(|(at, _)| *at).collect();
+    let weights = interval_weights(&times, 0, max_gap).unwrap();
+    let energy_mwms = weights
+        .iter()
+        .zip(&openings)
+        .map(|(w, o)| w * o.power_mw)
+        .sum();
+    CommittedRun {
+        run,
+        node_id,
+        token,
+        openings,
+        weights,
+        sealed,
+        energy_mwms,
+    }
+}
+
+impl CommittedRun {
+    /// An energy proof of the run's readings (50 % renewable) bounded by `power_limit_mw`.
+    fn energy(&self, power_limit_mw: u64) -> String {
+        use gp4u_attest::energy::{EnergyClaim, prove_energy};
+        use gp4u_attest::proofs::{EnergySubmission, ProofSubmission};
+        let claim = EnergyClaim {
+            energy_mwms: self.energy_mwms,
+            renewable_share_bp: 5000,
+            power_limit_mw,
+        };
+        let proof = prove_energy(
+            &self.run.job,
+            &claim,
+            &self.openings,
+            &self.weights,
+            &mut rand_core::OsRng,
+        )
+        .unwrap();
+        ProofSubmission::Energy(EnergySubmission {
+            job_id: self.run.job.clone(),
+            claim,
+            proof,
+        })
+        .to_json()
+    }
+
+    /// A hardware attestation of the run naming `gpu`, signed with `key`.
+    fn hardware(
+        &self,
+        gpu: gp4u_attest::hardware::GpuIdentity,
+        key: &ed25519_dalek::SigningKey,
+    ) -> String {
+        use gp4u_attest::energy::telemetry_digest;
+        use gp4u_attest::hardware::{Assurance, HardwareClaim, sign_hardware};
+        use gp4u_attest::proofs::ProofSubmission;
+        ProofSubmission::Hardware(
+            sign_hardware(
+                HardwareClaim {
+                    job_id: self.run.job.clone(),
+                    node_id: self.node_id.clone(),
+                    gpu,
+                    telemetry_digest: telemetry_digest(&self.run.job, &self.sealed),
+                    assurance: Assurance::ProviderSigned,
+                    cc_evidence: None,
+                    issued_at_ms: 1,
+                },
+                key,
+            )
+            .unwrap(),
+        )
+        .to_json()
+    }
+
+    /// Submits a proof as the node's provider: the status and the answer.
+    async fn submit(&self, app: &TestApp, body: String) -> (StatusCode, Value) {
+        let (status, _, body) = app
+            .raw(
+                Method::POST,
+                &format!("/api/providers/{}/zk-proofs", self.node_id),
+                Some(&self.token),
+                body.into_bytes(),
+                &[("content-type", "application/json")],
+            )
+            .await;
+        (
+            status,
+            serde_json::from_slice(&body)
+                .unwrap_or(Value::String(String::from_utf8_lossy(&body).into_owned())),
+        )
+    }
+}
+
+/// The GPU `keyed_node` registers, as an attestation names it.
+fn keyed_gpu() -> gp4u_attest::hardware::GpuIdentity {
+    gp4u_attest::hardware::GpuIdentity {
+        name: "RTX 4090".into(),
+        uuid: "GPU-k".into(),
+        vram_mb: 24_576,
+        driver_version: "550.54.15".into(),
+        serial: None,
+        power_limit_mw: 700_000,
+    }
+}
+
+/// A refusal: 400 `INVALID_PROOF` whose message names everything in `names`.
+#[track_caller]
+fn refused_naming(answer: &(StatusCode, Value), names: &[&str]) {
+    let (status, body) = answer;
+    assert_eq!(*status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "INVALID_PROOF", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    for name in names {
+        assert!(message.contains(name), "{name:?} not in {message:?}");
+    }
+}
+
+/// The energy proof's per-reading bound is the power limit the GPU had registered when the job
+/// was assigned (sealed with `job.assigned`), not one the provider picks; the hardware
+/// attestation names that GPU as registered. Anything else is 400 INVALID_PROOF naming it.
+async fn proofs_are_held_to_the_assigned_gpu_as_registered(app: TestApp) {
+    let (node, key) = keyed_node(&app, 50.0).await;
+    let gpu_id = node.gpus[0].clone();
+    let committed = committed_run(&app, node, &[300.0, 310.5, 0.0, 450.25, 120.0]).await;
+    // The assignment sealed the GPU as registered.
+    let assigned = sealed_body(&job_ledger(&app, &committed.run).await, "job.assigned");
+    assert_eq!(
+        assigned["payload"]["gpu"],
+        json!({"gpu_id": gpu_id, "uuid": "GPU-k", "name": "RTX 4090", "vram_gb": 24.0,
+               "power_limit_watts": 700.0}),
+        "{assigned}"
+    );
+    // The provider's agent restarts with another limit after the job was assigned: the GPU
+    // shows it, the job keeps the one it was assigned with.
+    let redeclared = app
+        .call(
+            Method::PUT,
+            &format!("/api/providers/{}/power-limits", committed.node_id),
+            Some(&committed.token),
+            Some(json!({"gpus": [{"id": gpu_id, "power_limit_watts": 600}]})),
+        )
+        .await;
+    assert_eq!(
+        redeclared.status,
+        StatusCode::NO_CONTENT,
+        "{:?}",
+        redeclared.body
+    );
+    let node_view = app
+        .call(
+            Method::GET,
+            &format!("/api/providers/{}", committed.node_id),
+            Some(&committed.token),
+            None,
+        )
+        .await;
+    assert_eq!(node_view.body["gpus"][0]["power_limit_watts"], json!(600.0));
+    let stored = app
+        .call(
+            Method::GET,
+            &format!(
+                "/api/agent/jobs/{}/commitments?node_id={}",
+                committed.run.job, committed.node_id
+            ),
+            Some(&committed.token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        stored.body["power_limit_mw"],
+        json!(700_000),
+        "{:?}",
+        stored.body
+    );
+
+    // Energy: a bound above the registered limit, the GPU's limit now, and one below it (still
+    // above every reading, so the proof verifies by itself) — each refused naming both.
+    for bound in [800_000, 600_000, 460_000] {
+        refused_naming(
+            &committed.submit(&app, committed.energy(bound)).await,
+            &[
+                &format!("{bound} mW"),
+                "700000 mW",
+                "registered power limit",
+            ],
+        );
+    }
+    // The registered one is accepted.
+    let (status, body) = committed.submit(&app, committed.energy(700_000)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // Hardware: another GPU's uuid, another power limit, another VRAM, another name — each
+    // refused naming the field with both values.
+    let other_uuid = gp4u_attest::hardware::GpuIdentity {
+        uuid: "GPU-0th3".into(),
+        ..keyed_gpu()
+    };
+    refused_naming(
+        &committed
+            .submit(&app, committed.hardware(other_uuid, &key))
+            .await,
+        &["gpu.uuid", "GPU-0th3", "GPU-k", &gpu_id],
+    );
+    let other_limit = gp4u_attest::hardware::GpuIdentity {
+        power_limit_mw: 600_000,
+        ..keyed_gpu()
+    };
+    refused_naming(
+        &committed
+            .submit(&app, committed.hardware(other_limit, &key))
+            .await,
+        &["gpu.power_limit_mw is 600000", "700000 mW"],
+    );
+    let other_vram = gp4u_attest::hardware::GpuIdentity {
+        vram_mb: 24_564,
+        ..keyed_gpu()
+    };
+    refused_naming(
+        &committed
+            .submit(&app, committed.hardware(other_vram, &key))
+            .await,
+        &["gpu.vram_mb is 24564", "24576"],
+    );
+    let other_name = gp4u_attest::hardware::GpuIdentity {
+        name: "NVIDIA H100 80GB HBM3".into(),
+        ..keyed_gpu()
+    };
+    refused_naming(
+        &committed
+            .submit(&app, committed.hardware(other_name, &key))
+            .await,
+        &["gpu.name", "NVIDIA H100 80GB HBM3"],
+    );
+    // The assigned GPU as registered is accepted.
+    let (status, body) = committed
+        .submit(&app, committed.hardware(keyed_gpu(), &key))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    settle_and_seal(&app).await;
+    let kinds = kinds(&job_ledger(&app, &committed.run).await);
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|kind| **kind == "proof.verified")
+            .count(),
+        2,
+        "{kinds:?}"
+    );
+}
+
+/// Every GPU carries a power limit: registration refuses a GPU without one, naming the field.
+/// A GPU registered before limits were recorded (NULL) has its jobs' proofs refused with a
+/// message saying what to do, until its agent declares the limit (at every start), after
+/// which jobs assigned to it are proven as any other.
+async fn a_gpu_without_a_registered_limit_gets_one_from_its_agent(app: TestApp) {
+    let (_, provider) = app.user("provider", None).await;
+    for (gpu, field) in [
+        (
+            json!({"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1}),
+            "gpus[0].power_limit_watts",
+        ),
+        (
+            json!({"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "power_limit_watts": 2000.5}),
+            "gpus[0].power_limit_watts",
+        ),
+    ] {
+        let refused = app
+            .call(
+                Method::POST,
+                "/api/providers/register",
+                Some(&provider),
+                Some(json!({"region": "us-east-1",
+                            "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+                            "gpus": [gpu]})),
+            )
+            .await;
+        assert_eq!(
+            refused.status,
+            StatusCode::BAD_REQUEST,
+            "{:?}",
+            refused.body
+        );
+        assert_eq!(refused.body["error"]["field"], field, "{:?}", refused.body);
+    }
+
+    let (node, key) = keyed_node(&app, 50.0).await;
+    let (node_id, token, gpu_id) = (
+        node.node_id.clone(),
+        node.token.clone(),
+        node.gpus[0].clone(),
+    );
+    // As a GPU registered before migration 0008 is stored.
+    let changed = app
+        .execute_sql(
+            "UPDATE gpus SET power_limit_mw = NULL WHERE id = $1",
+            &[&gpu_id],
+        )
+        .await;
+    assert_eq!(changed, 1);
+    let listing = app.call(Method::GET, "/api/gpus", Some(&token), None).await;
+    let listed = listing.body["gpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|gpu| gpu["id"] == gpu_id.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(listed["power_limit_watts"], Value::Null, "{listed}");
+    let committed = committed_run(&app, node, &[300.0, 200.0, 100.0]).await;
+    let assigned = sealed_body(&job_ledger(&app, &committed.run).await, "job.assigned");
+    assert_eq!(
+        assigned["payload"]["gpu"]["power_limit_watts"],
+        Value::Null,
+        "{assigned}"
+    );
+    refused_naming(
+        &committed.submit(&app, committed.energy(700_000)).await,
+        &["no registered power limit", "restart the node's agent"],
+    );
+    refused_naming(
+        &committed
+            .submit(&app, committed.hardware(keyed_gpu(), &key))
+            .await,
+        &["gpu.power_limit_mw", "no registered power limit"],
+    );
+
+    // The declaration: refused for a GPU that is not the node's, a limit out of range, or
+    // someone else's node; accepted for the node's own GPU.
+    let declare = |token: String, body: Value| {
+        let (app, node_id) = (&app, node_id.clone());
+        async move {
+            app.call(
+                Method::PUT,
+                &format!("/api/providers/{node_id}/power-limits"),
+                Some(&token),
+                Some(body),
+            )
+            .await
+        }
+    };
+    let other = app.node(1, 3.1, "us-east-1").await;
+    let reply = declare(
+        token.clone(),
+        json!({"gpus": [{"id": other.gpus[0], "power_limit_watts": 450}]}),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.body);
+    assert_eq!(reply.body["error"]["field"], "gpus[0].id");
+    let reply = declare(
+        token.clone(),
+        json!({"gpus": [{"id": gpu_id, "power_limit_watts": 2500}]}),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.body);
+    assert_eq!(reply.body["error"]["field"], "gpus[0].power_limit_watts");
+    let reply = declare(
+        other.token.clone(),
+        json!({"gpus": [{"id": gpu_id, "power_limit_watts": 450}]}),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{:?}", reply.body);
+    let reply = declare(
+        token.clone(),
+        json!({"gpus": [{"id": gpu_id, "power_limit_watts": 450}]}),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{:?}", reply.body);
+    let node_view = app
+        .call(
+            Method::GET,
+            &format!("/api/providers/{node_id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(node_view.body["gpus"][0]["power_limit_watts"], json!(450.0));
+    // The job assigned before the declaration stays unprovable; the next one is proven.
+    refused_naming(
+        &committed.submit(&app, committed.energy(450_000)).await,
+        &["no registered power limit"],
+    );
+    let next = committed_run(
+        &app,
+        Node {
+            token: token.clone(),
+            node_id: node_id.clone(),
+            gpus: vec![gpu_id.clone()],
+        },
+        &[300.0, 200.0, 100.0],
+    )
+    .await;
+    let (status, body) = next.submit(&app, next.energy(450_000)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let declared = gp4u_attest::hardware::GpuIdentity {
+        power_limit_mw: 450_000,
+        ..keyed_gpu()
+    };
+    let (status, body) = next.submit(&app, next.hardware(declared, &key)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
 }
 
 /// A node declaring ≥ 80 % renewable makes its jobs carbon-credit eligible (labelled declared).
@@ -1041,7 +1482,7 @@ async fn a_university_provider_pays_the_student_programme_its_share(app: TestApp
         .register(
             &provider,
             json!({"region": "us-east-1", "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-                   "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "uuid": "GPU-0"}]}),
+                   "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "power_limit_watts": 450, "uuid": "GPU-0"}]}),
         )
         .await;
     let run = running_on(&app, node, pinned()).await;
@@ -1305,7 +1746,7 @@ async fn the_veritas_record_names_the_gpu_and_its_driver(app: TestApp) {
     let (_, token) = app.user("provider", None).await;
     let register = |driver: Value| {
         json!({"region": "us-east-1", "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-               "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1,
+               "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "power_limit_watts": 450,
                          "uuid": "GPU-d", "driver_version": driver}]})
     };
     for bad in [
@@ -1519,6 +1960,8 @@ async fn an_operators_carbon_table_seeds_the_grid_factors(app: TestApp) {
 }
 
 on_both_engines!(
+    proofs_are_held_to_the_assigned_gpu_as_registered,
+    a_gpu_without_a_registered_limit_gets_one_from_its_agent,
     an_operators_carbon_table_seeds_the_grid_factors,
     the_energy_chamber_sums_carbon_for_customers_providers_and_the_platform,
     the_veritas_record_names_the_gpu_and_its_driver,

@@ -25,7 +25,7 @@ macro_rules! gpu_columns {
     () => {
         "g.id, g.node_id, n.owner_id, g.name, g.vram_gb, g.price_micros, g.uuid, g.status, \
          n.region, n.trust_score, g.created_at, g.emulated, g.driver_version, \
-         n.first_seen_at, n.last_seen_at, n.online_ms, n.posture"
+         n.first_seen_at, n.last_seen_at, n.online_ms, n.posture, g.power_limit_mw"
     };
 }
 macro_rules! job_columns {
@@ -35,7 +35,7 @@ macro_rules! job_columns {
          anomalies, exit_code, energy_kwh, carbon_kg, renewable_pct, created_at, started_at, \
          ended_at, version, assigned_at, picked_up_at, excluded_nodes, output_sha256, \
          output_bytes, log_bytes, log_chunks, log_truncated, last_telemetry_at, retries, \
-         attempts, hold_micros, carbon_credit_eligible"
+         attempts, hold_micros, carbon_credit_eligible, gpu_power_limit_mw"
     };
 }
 macro_rules! node_columns {

@@ -49,6 +49,11 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../migrations/postgres/0007_driver_presence.sql"),
     },
     Migration {
+        version: 8,
+        sqlite: include_str!("../migrations/sqlite/0008_power_limits.sql"),
+        postgres: include_str!("../migrations/postgres/0008_power_limits.sql"),
+    },
+    Migration {
         version: 9,
         sqlite: include_str!("../migrations/sqlite/0009_posture_visibility.sql"),
         postgres: include_str!("../migrations/postgres/0009_posture_visibility.sql"),

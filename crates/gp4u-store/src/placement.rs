@@ -24,6 +24,9 @@ pub struct Assignment<'a> {
     pub price_per_hour: Money,
     /// `{score, reasons}` as shown on the job.
     pub placement: &'a serde_json::Value,
+    /// The chosen GPU's registered power limit (mW) as sealed with the assignment: the job's
+    /// energy proof must bound its readings by exactly this.
+    pub power_limit_mw: Option<u64>,
 }
 
 impl Store {
@@ -66,7 +69,7 @@ impl Store {
         let moved = sqlx::query(
             "UPDATE jobs SET status = $3, node_id = $4, gpu_id = $5, gpu_name = $6, gpu_region = $7, \
              price_micros = $8, placement = $9, assigned_at = $10, picked_up_at = NULL, \
-             version = version + 1 WHERE id = $1 AND version = $2",
+             gpu_power_limit_mw = $11, version = version + 1 WHERE id = $1 AND version = $2",
         )
         .bind(job.id.as_str())
         .bind(job.version)
@@ -78,6 +81,12 @@ impl Store {
         .bind(assignment.price_per_hour.micros())
         .bind(placement)
         .bind(now_ms)
+        .bind(
+            assignment
+                .power_limit_mw
+                .map(crate::users::milliwatts_column)
+                .transpose()?,
+        )
         .execute(&mut *tx)
         .await?;
         if moved.rows_affected() != 1 {

@@ -99,6 +99,10 @@ pub struct GpuRecord {
     pub emulated: bool,
     /// The GPU driver the agent declared at registration.
     pub driver_version: Option<String>,
+    /// The enforced power limit in milliwatts, as registered or last declared by the agent;
+    /// `None` for a GPU registered before power limits were recorded, until its agent
+    /// declares one.
+    pub power_limit_mw: Option<u64>,
     /// Its node's presence.
     pub node_presence: Presence,
     /// The posture of the GPU's node, as its agent last reported it.
@@ -142,6 +146,10 @@ pub struct JobRecord {
     pub attempts: Vec<crate::tutela::Attempt>,
     /// What the customer's credit holds for this job until it is settled (estimate × 1.1).
     pub hold: Money,
+    /// The assigned GPU's power limit in milliwatts when the job was last assigned (sealed
+    /// with `job.assigned`): the bound its energy proof must use. `None` before an
+    /// assignment, or for one to a GPU without a registered limit.
+    pub gpu_power_limit_mw: Option<u64>,
 }
 
 impl JobRecord {
@@ -241,6 +249,7 @@ pub(crate) fn gpu_from_row(row: &AnyRow) -> StoreResult<GpuRecord> {
         created_at_ms: row.try_get("created_at")?,
         emulated: row.try_get::<i64, _>("emulated")? != 0,
         driver_version: row.try_get("driver_version")?,
+        power_limit_mw: milliwatts(row, "power_limit_mw")?,
         node_presence: Presence {
             first_seen_at_ms: row.try_get("first_seen_at")?,
             last_seen_at_ms: row.try_get("last_seen_at")?,
@@ -248,6 +257,13 @@ pub(crate) fn gpu_from_row(row: &AnyRow) -> StoreResult<GpuRecord> {
         },
         node_posture: posture_from_row(row)?,
     })
+}
+
+/// A nullable milliwatt column (stored as a signed 64-bit integer).
+fn milliwatts(row: &AnyRow, column: &str) -> StoreResult<Option<u64>> {
+    row.try_get::<Option<i64>, _>(column)?
+        .map(|mw| u64::try_from(mw).map_err(StoreError::corrupt))
+        .transpose()
 }
 
 fn parse_json(column: &str, text: Option<String>) -> StoreResult<Option<serde_json::Value>> {
@@ -339,6 +355,7 @@ pub(crate) fn job_from_row(row: &AnyRow) -> StoreResult<JobRecord> {
         last_telemetry_at_ms: row.try_get("last_telemetry_at")?,
         retries: u32::try_from(row.try_get::<i64, _>("retries")?).map_err(StoreError::corrupt)?,
         hold: Money::from_micros(row.try_get("hold_micros")?),
+        gpu_power_limit_mw: milliwatts(row, "gpu_power_limit_mw")?,
         attempts: {
             let text: String = row.try_get("attempts")?;
             serde_json::from_str(&text)

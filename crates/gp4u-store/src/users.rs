@@ -188,7 +188,8 @@ impl Store {
         for (gpu_id, spec) in &node.gpus {
             sqlx::query(
                 "INSERT INTO gpus (id, node_id, name, vram_gb, price_micros, uuid, status, created_at, \
-                 emulated, driver_version) VALUES ($1, $2, $3, $4, $5, $6, 'AVAILABLE', $7, $8, $9)",
+                 emulated, driver_version, power_limit_mw) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'AVAILABLE', $7, $8, $9, $10)",
             )
             .bind(gpu_id.as_str())
             .bind(node.id.as_str())
@@ -199,6 +200,7 @@ impl Store {
             .bind(now_ms)
             .bind(crate::bool_to_i64(spec.emulated))
             .bind(spec.driver_version.as_deref())
+            .bind(milliwatts_column(spec.power_limit_mw)?)
             .execute(&mut *tx)
             .await?;
         }
@@ -237,6 +239,7 @@ impl Store {
                 created_at_ms: now_ms,
                 emulated: spec.emulated,
                 driver_version: spec.driver_version.clone(),
+                power_limit_mw: Some(spec.power_limit_mw),
                 node_presence: Presence::default(),
                 node_posture: node.posture.clone(),
             })
@@ -327,4 +330,41 @@ pub(crate) fn posture_json(posture: Option<&HostPosture>) -> StoreResult<Option<
             })
         })
         .transpose()
+}
+
+/// A milliwatt figure as its column stores it (a signed 64-bit integer).
+pub(crate) fn milliwatts_column(milliwatts: u64) -> StoreResult<i64> {
+    i64::try_from(milliwatts)
+        .map_err(|_| StoreError::corrupt(format!("{milliwatts} mW does not fit a column")))
+}
+
+impl Store {
+    /// Sets the enforced power limits of `node`'s GPUs (`(gpu, milliwatts)`) in one
+    /// transaction: the agent's declaration at every start. A GPU that is not `node`'s is
+    /// `NotFound` and nothing changes. Jobs already assigned keep the limit they were
+    /// assigned with (`jobs.gpu_power_limit_mw`): a change applies to later assignments.
+    pub async fn set_gpu_power_limits(
+        &self,
+        node: &NodeId,
+        limits: &[(GpuId, u64)],
+    ) -> StoreResult<()> {
+        self.count_op();
+        let _writer = self.writer().await;
+        let mut tx = self.begin_write().await?;
+        for (gpu, milliwatts) in limits {
+            let updated =
+                sqlx::query("UPDATE gpus SET power_limit_mw = $3 WHERE id = $1 AND node_id = $2")
+                    .bind(gpu.as_str())
+                    .bind(node.as_str())
+                    .bind(milliwatts_column(*milliwatts)?)
+                    .execute(&mut *tx)
+                    .await?;
+            if updated.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Err(StoreError::NotFound(format!("gpu {gpu} of node {node}")));
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }

@@ -256,6 +256,7 @@ fn build_job(scenario: &Scenario, index: usize) -> Job {
         retries: 0,
         attempts: Vec::new(),
         hold,
+        gpu_power_limit_mw: None,
     };
     let transfers = hold_transfer(&id, &customer, hold)
         .expect("valid hold")

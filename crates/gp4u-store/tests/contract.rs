@@ -86,6 +86,7 @@ fn job(n: u64, owner: &UserId, gpu: &GpuId) -> JobRecord {
         retries: 0,
         attempts: Vec::new(),
         hold: Money::ZERO,
+        gpu_power_limit_mw: None,
     }
 }
 
@@ -110,6 +111,7 @@ async fn seed(store: &Store) -> (UserId, GpuId) {
             GpuSpec {
                 name: "RTX 4090".into(),
                 driver_version: None,
+                power_limit_mw: 450_000,
                 vram_gb: 24.0,
                 price_per_hour: Money::from_micros(3_100_000),
                 uuid: None,
@@ -195,6 +197,31 @@ async fn nodes_and_gpus(store: Store) {
     assert_eq!(node.owner_id, gpu.owner_id);
     // The registration's event went to the outbox in the same transaction.
     assert_eq!(store.outbox_unsequenced().await.unwrap(), 1);
+    // The power limit registered, and declared again by the agent.
+    assert_eq!(gpu.power_limit_mw, Some(450_000));
+    store
+        .set_gpu_power_limits(&gpu.node_id, &[(gpu_id.clone(), 699_999)])
+        .await
+        .unwrap();
+    let declared = store.get_gpu(&gpu_id).await.unwrap().unwrap();
+    assert_eq!(declared.power_limit_mw, Some(699_999));
+    // Another node's GPU is not found, and nothing changes.
+    let stranger = NodeId::from_random(id_bytes(77));
+    assert!(matches!(
+        store
+            .set_gpu_power_limits(&stranger, &[(gpu_id.clone(), 1)])
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        store
+            .get_gpu(&gpu_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .power_limit_mw,
+        Some(699_999)
+    );
 }
 
 async fn jobs_create_read_and_update(store: Store) {

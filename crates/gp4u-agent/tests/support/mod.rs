@@ -543,6 +543,7 @@ pub fn manifest(job: &str, command: &str, interval_s: u64) -> AssignmentManifest
         shm_gb: 0.0,
         scratch_gb: 1.0,
         network: "public".into(),
+        gpu_power_limit_watts: None,
     }
 }
 
@@ -629,6 +630,7 @@ pub fn docker_manifest(image: &TestImage, job: &str, command: &str) -> Assignmen
         shm_gb: 0.0,
         scratch_gb: 1.0,
         network: "public".into(),
+        gpu_power_limit_watts: None,
     }
 }
 

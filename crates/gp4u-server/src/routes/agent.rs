@@ -211,6 +211,7 @@ async fn manifest(state: &AppState, job: &JobRecord) -> ApiResult<AssignmentMani
         shm_gb: manifest.shm_gb(),
         scratch_gb: manifest.scratch_gb(),
         network: manifest.network.as_str().to_string(),
+        gpu_power_limit_watts: job.gpu_power_limit_mw.map(gp4u_core::energy::mw_to_watts),
     })
 }
 

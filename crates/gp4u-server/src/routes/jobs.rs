@@ -167,6 +167,7 @@ pub async fn submit_job(
         retries: 0,
         attempts: Vec::new(),
         hold,
+        gpu_power_limit_mw: None,
         manifest,
     };
     let hold_transfer = gp4u_core::billing::hold_transfer(&job_id, caller.id(), hold)

@@ -6,9 +6,9 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use gp4u_attest::energy::{ReadingCommitment, telemetry_digest, verify_energy};
-use gp4u_attest::hardware::{Assurance, verify_hardware};
+use gp4u_attest::hardware::{AssignedGpu, Assurance, gpu_mismatches, verify_hardware};
 use gp4u_attest::proofs::{EnergySubmission, ProofSubmission};
-use gp4u_core::energy::interval_weights;
+use gp4u_core::energy::{interval_weights, mw_to_watts};
 use gp4u_core::ids::JobId;
 use gp4u_proto::ErrorCode;
 use gp4u_store::{JobRecord, OutboxEvent, ProofOutcome, ProofRecord, StoreError};
@@ -107,6 +107,7 @@ pub async fn submit(
                     "job {job_id} ran on an emulated GPU: its attestation must say `emulated`"
                 )));
             }
+            check_assigned_gpu(&state, &job, &attestation.gpu).await?;
             let expected =
                 gp4u_ledger::hash::to_hex(&telemetry_digest(job_id.as_str(), &commitments));
             if attestation.telemetry_digest != expected {
@@ -168,8 +169,87 @@ fn assurance_name(assurance: Assurance) -> &'static str {
     }
 }
 
+/// The GPU the job was assigned (its final run's), as registered: the power limit is the one
+/// sealed with the assignment, the rest cannot change after registration.
+async fn assigned_gpu(state: &AppState, job: &JobRecord) -> ApiResult<gp4u_store::GpuRecord> {
+    let gpu_id = job.state.gpu_id.as_ref().ok_or_else(|| {
+        invalid(format!(
+            "job {} has no assigned GPU to hold its proofs to",
+            job.id
+        ))
+    })?;
+    state.store.get_gpu(gpu_id).await?.ok_or_else(|| {
+        ApiError::internal("proofs", format!("job {}'s gpu {gpu_id} is gone", job.id))
+    })
+}
+
+/// A hardware attestation must name the GPU the job was assigned, as registered: its UUID,
+/// name, VRAM (whole MiB) and the power limit sealed with the assignment
+/// ([`gp4u_attest::hardware`]'s module docs say the rule).
+async fn check_assigned_gpu(
+    state: &AppState,
+    job: &JobRecord,
+    attested: &gp4u_attest::hardware::GpuIdentity,
+) -> ApiResult<()> {
+    let gpu = assigned_gpu(state, job).await?;
+    let assigned = AssignedGpu {
+        uuid: gpu.uuid.as_deref(),
+        name: &gpu.name,
+        vram_gb: gpu.vram_gb,
+        power_limit_mw: job.gpu_power_limit_mw,
+    };
+    let differ = gpu_mismatches(attested, &assigned);
+    if differ.is_empty() {
+        return Ok(());
+    }
+    Err(invalid(format!(
+        "the attestation does not name the GPU job {} was assigned ({}, {:?}): {}; attest the \
+         assigned GPU as registered (GET /api/providers/{} lists it)",
+        job.id,
+        gpu.id,
+        gpu.name,
+        differ.join("; "),
+        gpu.node_id
+    )))
+}
+
+/// The energy proof's per-reading bound must be exactly the power limit the job's GPU had
+/// registered when the job was assigned (sealed with `job.assigned`): a bound the provider
+/// picks afterwards bounds nothing.
+async fn check_power_bound(
+    state: &AppState,
+    job: &JobRecord,
+    energy: &EnergySubmission,
+) -> ApiResult<()> {
+    let claimed = energy.claim.power_limit_mw;
+    match job.gpu_power_limit_mw {
+        Some(registered) if registered == claimed => Ok(()),
+        Some(registered) => {
+            let gpu = assigned_gpu(state, job).await?;
+            Err(invalid(format!(
+                "the claim's power_limit_mw is {claimed} mW, but job {}'s GPU {} ({:?}) had a \
+                 registered power limit of {registered} mW ({} W) when the job was assigned: \
+                 prove every reading ≤ exactly {registered} mW",
+                job.id,
+                gpu.id,
+                gpu.name,
+                mw_to_watts(registered)
+            )))
+        }
+        None => Err(invalid(format!(
+            "the claim's power_limit_mw is {claimed} mW, but job {} was assigned to a GPU with no \
+             registered power limit (registered before power limits were recorded), so no \
+             energy proof can be bounded for it; restart the node's agent, which declares its \
+             GPUs' limits at every start (PUT /api/providers/{{nodeId}}/power-limits), and later \
+             jobs can be proven",
+            job.id
+        ))),
+    }
+}
+
 /// The energy proof must be about the energy the platform measured, over every reading the
-/// node committed to, with at least the renewable share the job was accounted with.
+/// node committed to, with at least the renewable share the job was accounted with, each
+/// reading bounded by the GPU's registered power limit.
 async fn check_energy(
     state: &AppState,
     job: &JobRecord,
@@ -186,6 +266,7 @@ async fn check_energy(
     if commitments.is_empty() {
         return Err(invalid(format!("job {} has no committed readings", job.id)));
     }
+    check_power_bound(state, job, energy).await?;
     let measured = state.store.job_energy_mwms(&job.id).await?.ok_or_else(|| {
         ApiError::new(
             ErrorCode::Unavailable,
@@ -245,7 +326,7 @@ async fn check_energy(
 /// energy proof must cover, also for packets whose reply it never received.
 #[utoipa::path(
     get, path = "/api/agent/jobs/{id}/commitments", tag = "agent", params(("id" = String, Path), ("node_id" = String, Query)),
-    responses((status = 200, description = "{job_id, max_gap_ms, commitments: [{at_ms, commitment}], samples_without_commitment}"), (status = 404, body = gp4u_proto::ErrorBody)),
+    responses((status = 200, description = "{job_id, max_gap_ms, commitments: [{at_ms, commitment}], samples_without_commitment, power_limit_mw}: power_limit_mw is the energy proof's per-reading bound, the GPU's registered limit when the job was assigned (null: none registered)"), (status = 404, body = gp4u_proto::ErrorBody)),
     security(("bearer" = []))
 )]
 pub async fn agent_commitments(
@@ -267,6 +348,8 @@ pub async fn agent_commitments(
             "commitment": commitment.to_base64(),
         })).collect::<Vec<_>>(),
         "samples_without_commitment": missing,
+        // The energy proof's per-reading bound: the GPU's registered limit at assignment.
+        "power_limit_mw": job.gpu_power_limit_mw,
     })))
 }
 

@@ -5,10 +5,12 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use gp4u_core::chambers::uptime_score;
+use gp4u_core::energy::mw_to_watts;
 use gp4u_core::events::{NodeRegistered, RegisteredGpu, TOPIC_NODE_REGISTERED};
 use gp4u_core::ids::{GpuId, NodeId};
 use gp4u_core::manifest::{
-    FieldError, ValidationCode, validate_credit_amount, validate_registration,
+    FieldError, ValidationCode, validate_credit_amount, validate_power_limits,
+    validate_registration,
 };
 use gp4u_proto::{
     ErrorCode, GpuList, NodeRecordView, ProviderNodeView, Registered, RegisteredGpuView, SlashView,
@@ -70,6 +72,7 @@ pub async fn register(
                 name: spec.name.clone(),
                 vram_gb: spec.vram_gb,
                 price_per_hour_micros: spec.price_per_hour.micros(),
+                power_limit_watts: Some(mw_to_watts(spec.power_limit_mw)),
             })
             .collect(),
     };
@@ -111,6 +114,7 @@ fn registered_gpu_view(gpu: &GpuRecord) -> RegisteredGpuView {
         status: gpu.status.as_str().to_string(),
         emulated: gpu.emulated,
         driver_version: gpu.driver_version.clone(),
+        power_limit_watts: gpu.power_limit_mw.map(mw_to_watts),
     }
 }
 
@@ -339,5 +343,58 @@ pub async fn set_energy(
     })?;
     state.store.set_node_renewable(&node.id, pct).await?;
     tracing::info!(node_id = %node.id, renewable_pct = pct, "declared renewable share set");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Sets the enforced power limits of the node's GPUs
+/// (`{"gpus": [{"id": "gpu_…", "power_limit_watts": 450}]}`). The agent sends NVML's limits
+/// (or its emulated GPUs' declared ones) at every start, so that a GPU registered before power
+/// limits were recorded gets one without registering again, and a limit changed on the host
+/// (`nvidia-smi -pl`) is followed. A change applies to jobs assigned from then on: each job's
+/// energy proof is bound by the limit sealed with its assignment.
+#[utoipa::path(
+    put, path = "/api/providers/{nodeId}/power-limits", tag = "providers", params(("nodeId" = String, Path)),
+    request_body = gp4u_proto::PowerLimitsBody,
+    responses((status = 204), (status = 400, body = gp4u_proto::ErrorBody), (status = 404, body = gp4u_proto::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn set_power_limits(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(node_id): Path<String>,
+    body: JsonBody,
+) -> ApiResult<StatusCode> {
+    let node = crate::routes::agent::owned_node(&state, &caller, &node_id).await?;
+    let limits = validate_power_limits(&body.value)?;
+    let gpus = state.store.list_node_gpus(&node.id).await?;
+    for (index, (gpu, _)) in limits.iter().enumerate() {
+        if !gpus.iter().any(|known| known.id == *gpu) {
+            let field = format!("gpus[{index}].id");
+            return Err(FieldError::new(
+                ValidationCode::InvalidGpu,
+                &field,
+                format!(
+                    "`{field}`: {gpu} is not a GPU of node {}; its GPUs are {}",
+                    node.id,
+                    gpus.iter()
+                        .map(|gpu| gpu.id.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+            .into());
+        }
+    }
+    state.store.set_gpu_power_limits(&node.id, &limits).await?;
+    for (gpu, milliwatts) in &limits {
+        let before = gpus
+            .iter()
+            .find(|known| known.id == *gpu)
+            .and_then(|known| known.power_limit_mw);
+        if before != Some(*milliwatts) {
+            tracing::info!(node_id = %node.id, gpu_id = %gpu, before_mw = ?before, power_limit_mw = milliwatts,
+                "gpu power limit declared");
+        }
+    }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -293,7 +293,7 @@ impl TestApp {
                 "/api/providers/register",
                 Some(&provider),
                 Some(json!({"region": "us-east-1", "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-                            "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": price, "uuid": "GPU-1"}]})),
+                            "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": price, "power_limit_watts": 450, "uuid": "GPU-1"}]})),
             )
             .await;
         assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
@@ -313,7 +313,7 @@ impl TestApp {
     pub async fn node(&self, count: usize, price: f64, region: &str) -> Node {
         let (_, token) = self.user("provider", None).await;
         let gpus: Vec<Value> = (0..count)
-            .map(|n| json!({"name": "RTX 4090", "vram_gb": 24, "price_per_hour": price, "uuid": format!("GPU-{n}")}))
+            .map(|n| json!({"name": "RTX 4090", "vram_gb": 24, "price_per_hour": price, "power_limit_watts": 450, "uuid": format!("GPU-{n}")}))
             .collect();
         self.register(&token, json!({"region": region, "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "gpus": gpus}))
             .await
@@ -342,6 +342,25 @@ impl TestApp {
                 .collect(),
         };
         (node, reply.body)
+    }
+
+    /// Runs one statement on the app's database itself, bypassing the store (rows as an older
+    /// version left them, or tampering), with text binds; the rows it changed.
+    pub async fn execute_sql(&self, sql: &str, binds: &[&str]) -> u64 {
+        use sqlx::Connection as _;
+        sqlx::any::install_default_drivers();
+        let mut connection = sqlx::AnyConnection::connect(&self.db.url).await.unwrap();
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
+        for bind in binds {
+            query = query.bind(*bind);
+        }
+        let changed = query
+            .execute(&mut connection)
+            .await
+            .unwrap_or_else(|error| panic!("{sql}: {error}"))
+            .rows_affected();
+        let _ = connection.close().await;
+        changed
     }
 
     /// Submits a job and returns its id.
@@ -560,7 +579,7 @@ pub async fn keyed_node(app: &TestApp, key: &ed25519_dalek::SigningKey) -> Node 
             "/api/providers/register",
             Some(&token),
             Some(json!({"region": "us-east-1", "public_key": gp4u_attest::key::public_key_base64(key),
-                "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "uuid": "GPU-0"}]})),
+                "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "power_limit_watts": 450, "uuid": "GPU-0"}]})),
         )
         .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
