@@ -496,7 +496,7 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
 
 /// [`run`], with the telemetry coalescing given (see [`crate::coalescer`]).
 pub async fn run_with(
-    config: AgentConfig,
+    mut config: AgentConfig,
     batching: Batching,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
@@ -511,6 +511,10 @@ pub async fn run_with(
         RuntimeKind::Process => return Err(AgentError::UnisolatedRefused),
     };
     std::fs::create_dir_all(&config.data_dir).map_err(io_error(&config.data_dir))?;
+    // Absolute from here on: the engine takes bind mounts by absolute path only (a relative
+    // one, like the default `./gp4u-agent`, is taken for a volume name and refused).
+    config.data_dir =
+        std::fs::canonicalize(&config.data_dir).map_err(io_error(&config.data_dir))?;
     let (scratch_mode, egress) = prepare_host(&config, &runtime).await;
     let client = PlatformClient::new(&config.server, &config.token)?;
     let gpu_count = match discover_gpus(&config.emulated) {
@@ -617,6 +621,22 @@ pub async fn run_with(
             }
             Err(error) => return Err(error.into()),
         }
+    }
+}
+
+/// The exit code `docker run` gives when the engine could not start the image's command
+/// (126: not executable, 127: not found): the customer's image. `None` for anything else
+/// the engine refused (mounts, devices, limits): the node's.
+pub fn customer_start_failure(message: &str) -> Option<i32> {
+    let message = message.to_ascii_lowercase();
+    if message.contains("executable file not found")
+        || (message.contains("no such file or directory") && message.contains("exec"))
+    {
+        Some(127)
+    } else if message.contains("permission denied") && message.contains("exec") {
+        Some(126)
+    } else {
+        None
     }
 }
 
@@ -853,15 +873,9 @@ impl Agent {
             });
             if let Err(error) = made {
                 tracing::error!(job_id, path = %path.display(), %error, "cannot prepare the job's directories");
-                self.report(
+                self.setup_failed(
                     &job_id,
-                    "exited",
-                    Some(125),
-                    None,
-                    Some(format!(
-                        "agent could not prepare {}: {error}",
-                        path.display()
-                    )),
+                    format!("agent could not prepare {}: {error}", path.display()),
                 )
                 .await;
                 return;
@@ -869,8 +883,7 @@ impl Agent {
         }
         if let Some(refusal) = self.refusal(&manifest) {
             tracing::error!(job_id, %refusal, "job refused");
-            self.report(&job_id, "exited", Some(125), None, Some(refusal))
-                .await;
+            self.setup_failed(&job_id, refusal).await;
             let _ = std::fs::remove_dir_all(&dir);
             return;
         }
@@ -893,14 +906,7 @@ impl Agent {
                             )
                             .await;
                         } else {
-                            self.report(
-                                &job_id,
-                                "exited",
-                                Some(125),
-                                None,
-                                Some(error.to_string()),
-                            )
-                            .await;
+                            self.setup_failed(&job_id, error.to_string()).await;
                         }
                         let _ = std::fs::remove_dir_all(&dir);
                         return;
@@ -931,12 +937,9 @@ impl Agent {
             Ok(scratch) => scratch,
             Err(error) => {
                 tracing::error!(job_id, %error, "cannot prepare the job's /scratch");
-                self.report(
+                self.setup_failed(
                     &job_id,
-                    "exited",
-                    Some(125),
-                    None,
-                    Some(format!("agent could not prepare /scratch: {error}")),
+                    format!("agent could not prepare /scratch: {error}"),
                 )
                 .await;
                 self.discard(&job_id).await;
@@ -949,8 +952,7 @@ impl Agent {
                     Ok(network) => network,
                     Err(message) => {
                         tracing::error!(job_id, %message, "the job's network could not be prepared");
-                        self.report(&job_id, "exited", Some(125), None, Some(message))
-                            .await;
+                        self.setup_failed(&job_id, message).await;
                         self.discard(&job_id).await;
                         return;
                     }
@@ -981,8 +983,16 @@ impl Agent {
                     Ok(id) => (Launched::Container(id), None),
                     Err(error) => {
                         tracing::warn!(job_id, %error, "container did not start");
-                        self.report(&job_id, "exited", Some(125), None, Some(error.to_string()))
-                            .await;
+                        let message = error.to_string();
+                        match customer_start_failure(&message) {
+                            // The image's command cannot run: the customer's, as `docker run`
+                            // says it (126 not executable, 127 not found).
+                            Some(code) => {
+                                self.report(&job_id, "exited", Some(code), None, Some(message))
+                                    .await;
+                            }
+                            None => self.setup_failed(&job_id, message).await,
+                        }
                         self.discard(&job_id).await;
                         return;
                     }
@@ -1038,6 +1048,19 @@ impl Agent {
         };
         self.watch(job_id, launched, deadline_ms, pieces, telemetry)
             .await;
+    }
+
+    /// Reports that this node could not set the job up (`NODE_SETUP_FAILED`: the provider's;
+    /// the platform places it elsewhere, and the customer pays nothing for it).
+    async fn setup_failed(&self, job_id: &str, message: String) {
+        self.report(
+            job_id,
+            "failed",
+            None,
+            Some("NODE_SETUP_FAILED"),
+            Some(message),
+        )
+        .await;
     }
 
     /// Why this node cannot run the job as asked, if it cannot: more scratch than the node
@@ -1609,6 +1632,21 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_the_image_cannot_run_is_the_customers_and_the_rest_the_nodes() {
+        let not_found = "docker engine: Docker responded with status code 400: failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: exec: \"python\": executable file not found in $PATH: unknown";
+        assert_eq!(customer_start_failure(not_found), Some(127));
+        let denied = "OCI runtime create failed: unable to start container process: exec: \"/run.sh\": permission denied: unknown";
+        assert_eq!(customer_start_failure(denied), Some(126));
+        for node in [
+            "docker engine: Docker responded with status code 400: create ./gp4u-agent/jobs/j/input: \"./gp4u-agent/jobs/j/input\" includes invalid characters for a local volume name",
+            "OCI runtime create failed: error setting rlimits for ready process: error setting rlimit type 7: operation not permitted",
+            "could not select device driver \"nvidia\" with capabilities: [[gpu]]",
+        ] {
+            assert_eq!(customer_start_failure(node), None, "{node}");
+        }
+    }
 
     #[test]
     fn only_plain_driver_versions_are_declared() {

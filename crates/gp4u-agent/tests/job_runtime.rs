@@ -509,3 +509,53 @@ async fn jobs_reach_neither_each_other_nor_the_host() {
     let _ = stop.send(true);
     agent.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_node_cannot_set_up_is_the_nodes_and_a_missing_command_the_customers() {
+    let Some(image) = test_image("what_the_node_cannot_set_up_is_the_nodes") else {
+        return;
+    };
+    let (server, platform) = fake_platform().await;
+    let prefix = format!("job_u{}", std::process::id());
+    let job = |name: &str| format!("{prefix}{name}");
+    // More scratch than the node offers (placement never sends it; an agent restarted with a
+    // smaller --max-scratch-gb could still hold one), and a command the image does not have.
+    let mut big = docker_manifest(&image, &job("big"), "true");
+    big.scratch_gb = 2.0;
+    let mut missing = docker_manifest(&image, &job("missing"), "true");
+    missing.command = vec!["/no/such/program".into()];
+    platform.lock().unwrap().queue = vec![big, missing];
+    let data_dir = tempfile::tempdir().unwrap();
+    let _unmount = support::Unmount(data_dir.path().to_path_buf());
+    let mut config = docker_config(&server, data_dir.path());
+    config.job_runtime.max_scratch_gb = 1.0;
+    let (stop, agent) = start_agent(config);
+    let (big_id, missing_id) = (job("big"), job("missing"));
+    let done = finals(&platform, &[&big_id, &missing_id], Duration::from_secs(60)).await;
+    let big = &done[&big_id];
+    assert_eq!(
+        (big.status.as_str(), big.reason.as_deref()),
+        ("failed", Some("NODE_SETUP_FAILED")),
+        "{big:?}"
+    );
+    assert!(
+        big.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("--max-scratch-gb"),
+        "{big:?}"
+    );
+    let missing = &done[&missing_id];
+    assert_eq!(
+        (missing.status.as_str(), missing.exit_code),
+        ("exited", Some(127)),
+        "{missing:?}"
+    );
+    support::cleaned_up(data_dir.path()).await;
+    assert!(
+        !docker(&["network", "inspect", &format!("gp4u-{missing_id}")]).0,
+        "the network of a job that never started was left behind"
+    );
+    let _ = stop.send(true);
+    agent.await.unwrap().unwrap();
+}

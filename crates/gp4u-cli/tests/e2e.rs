@@ -265,8 +265,10 @@ async fn an_agent_runs_a_digest_pinned_job_end_to_end() {
         ])
         .arg("--token-file")
         .arg(&token_file)
-        .arg("--data-dir")
-        .arg(agent_dir.path())
+        // The README's default data dir, relative to where the provider starts the agent
+        // (the engine takes only absolute bind mounts: this failed every job before).
+        .current_dir(agent_dir.path())
+        .args(["--data-dir", "./gp4u-agent"])
         .args(["--gpu", "emulated:RTX 4090:24:450"])
         .env("GP4U_LOG", "warn")
         .stdout(Stdio::null())

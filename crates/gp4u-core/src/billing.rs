@@ -451,6 +451,8 @@ impl Outcome {
             FailureReason::CryptoMiningDuringMlJob => Outcome::FailedProviderFault,
             // The provider was ejected (slashed out) while the job was on its node.
             FailureReason::ProviderEjected => Outcome::FailedProviderFault,
+            // The node could not set the job up: nothing of the customer's ran, the node failed.
+            FailureReason::NodeSetupFailed => Outcome::FailedProviderFault,
             // Fails before the container starts: the customer's image never ran.
             FailureReason::ImagePullFailed => Outcome::NeverRan,
             // Inputs could not be fetched or verified before start (blamed on no one,
@@ -1177,6 +1179,7 @@ mod tests {
             Outcome::FailedProviderFault
         );
         assert_eq!(outcome(R::ProviderEjected), Outcome::FailedProviderFault);
+        assert_eq!(outcome(R::NodeSetupFailed), Outcome::FailedProviderFault);
         assert_eq!(outcome(R::ImagePullFailed), Outcome::NeverRan);
         assert_eq!(outcome(R::InputFailed), Outcome::NeverRan);
         assert_eq!(outcome(R::PickupTimeout), Outcome::NeverRan);

@@ -92,10 +92,13 @@ pub enum FailureReason {
     ProviderEjected,
     /// The job wrote more than its `/scratch` allows (`scratch_gb`): the customer's workload.
     ScratchExceeded,
+    /// The node could not set the job up (its network, its scratch, the egress filter, the
+    /// engine refusing the container for a reason not in the image): the provider's node.
+    NodeSetupFailed,
 }
 
 impl FailureReason {
-    pub const ALL: [FailureReason; 13] = [
+    pub const ALL: [FailureReason; 14] = [
         FailureReason::NonzeroExit,
         FailureReason::KilledAnomaly,
         FailureReason::DurationExceeded,
@@ -109,6 +112,7 @@ impl FailureReason {
         FailureReason::CryptoMiningDuringMlJob,
         FailureReason::ProviderEjected,
         FailureReason::ScratchExceeded,
+        FailureReason::NodeSetupFailed,
     ];
 
     pub const fn as_str(&self) -> &'static str {
@@ -126,6 +130,7 @@ impl FailureReason {
             FailureReason::CryptoMiningDuringMlJob => "CRYPTO_MINING_DURING_ML_JOB",
             FailureReason::ProviderEjected => "PROVIDER_EJECTED",
             FailureReason::ScratchExceeded => "SCRATCH_EXCEEDED",
+            FailureReason::NodeSetupFailed => "NODE_SETUP_FAILED",
         }
     }
 
@@ -147,6 +152,7 @@ impl FailureReason {
                 | FailureReason::VisibilityBlocked
                 | FailureReason::CryptoMiningDuringMlJob
                 | FailureReason::ProviderEjected
+                | FailureReason::NodeSetupFailed
         )
     }
 }

@@ -492,7 +492,46 @@ async fn the_job_runtime_reaches_the_job_and_its_agent(app: TestApp) {
     );
 }
 
+/// A node that could not set a job up (`NODE_SETUP_FAILED`) failed the attempt, not the job:
+/// a job that may move goes back to the queue without that node; a pinned one fails, ended by
+/// the provider, and costs its customer nothing.
+async fn a_node_that_cannot_set_a_job_up_loses_the_attempt(app: TestApp) {
+    let node = app.node(1, 3.1, "us-east-1").await;
+    let (_, customer) = app.user("customer", None).await;
+    let mut movable = any_gpu_body();
+    movable["max_retries"] = json!(1);
+    let movable = app.submit(&customer, movable).await;
+    assert_eq!(place(&app).await, 1);
+    let failed = json!({"status": "failed", "reason": "NODE_SETUP_FAILED",
+        "message": "the egress filter could not be installed"});
+    let (status, body) = report(&app, &node, &movable, failed.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    let view = app.job(&movable).await;
+    assert_eq!(view["status"], "PENDING", "{view}");
+    let job = app
+        .store()
+        .get_job(&gp4u_core::ids::JobId::parse(&movable).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.excluded_nodes[0].as_str(), node.node_id);
+    let pinned = app.submit(&customer, job_body(&node.gpus[0])).await;
+    assert_eq!(place(&app).await, 1);
+    let (status, body) = report(&app, &node, &pinned, failed).await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    let view = app.job(&pinned).await;
+    assert_eq!(
+        (
+            view["status"].as_str(),
+            view["failure_reason"].as_str(),
+            view["ended_by"].as_str()
+        ),
+        (Some("FAILED"), Some("NODE_SETUP_FAILED"), Some("provider"))
+    );
+}
+
 on_both_engines!(
     two_instances_never_double_book,
-    the_job_runtime_reaches_the_job_and_its_agent
+    the_job_runtime_reaches_the_job_and_its_agent,
+    a_node_that_cannot_set_a_job_up_loses_the_attempt
 );

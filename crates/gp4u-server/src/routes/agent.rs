@@ -247,8 +247,14 @@ fn report_input(report: &AgentStatusReport) -> ApiResult<Option<JobInput>> {
                 reason: FailureReason::ScratchExceeded,
                 ended_by: EndedBy::Customer,
             })),
+            // The node could not set the job up: the provider's; placed elsewhere while the
+            // job has retries left (see `report_status`), never charged to the customer.
+            Some("NODE_SETUP_FAILED") => Ok(Some(JobInput::Fail {
+                reason: FailureReason::NodeSetupFailed,
+                ended_by: EndedBy::Provider,
+            })),
             other => Err(invalid(format!(
-                "`failed` needs `reason` IMAGE_PULL_FAILED, INPUT_FAILED, DURATION_EXCEEDED or SCRATCH_EXCEEDED, got {other:?}"
+                "`failed` needs `reason` IMAGE_PULL_FAILED, INPUT_FAILED, DURATION_EXCEEDED, SCRATCH_EXCEEDED or NODE_SETUP_FAILED, got {other:?}"
             ))),
         },
         other => Err(invalid(format!(
@@ -286,6 +292,23 @@ pub async fn report_status(
         )
     };
     let job_id = JobId::parse(&id).map_err(|_| not_found())?;
+    // A provider-fault failure ends the attempt, not necessarily the job: retried elsewhere.
+    if let Some(JobInput::Fail { reason, ended_by }) = &input
+        && reason.is_provider_fault()
+    {
+        let job = state.store.get_job(&job_id).await?.ok_or_else(not_found)?;
+        if job.state.node_id.as_ref() != Some(&node.id) {
+            return Ok(Json(reply(&job, true)));
+        }
+        tracing::warn!(job_id = %job_id, node_id = %node.id, reason = reason.as_str(), message = ?report.message, "the node could not run the job");
+        let ended =
+            crate::tutela::end_attempt(&state, &job_id, &node.id, *reason, *ended_by).await?;
+        let job = match ended {
+            Some(job) => job,
+            None => state.store.get_job(&job_id).await?.ok_or_else(not_found)?,
+        };
+        return Ok(Json(reply(&job, false)));
+    }
     for _attempt in 0..5 {
         let job = state.store.get_job(&job_id).await?.ok_or_else(not_found)?;
         if job.state.node_id.as_ref() != Some(&node.id) {
