@@ -53,6 +53,24 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// The job's view once it ended (COMPLETE or FAILED), polled every 50 ms.
+async fn ended(client: &reqwest::Client, base: &str, admin: &str, job: &str) -> Value {
+    loop {
+        let (_, view) = call(
+            client,
+            reqwest::Method::GET,
+            format!("{base}/api/jobs/{job}"),
+            admin,
+            None,
+        )
+        .await;
+        if matches!(view["status"].as_str(), Some("COMPLETE" | "FAILED")) {
+            return view;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A fresh customer's token: 30 submissions per customer per minute, so long runs rotate.
 async fn new_customer(
     client: &reqwest::Client,
@@ -347,20 +365,7 @@ async fn main() {
         .await;
         assert_eq!(status, 201, "{accepted}");
         let job = accepted["id"].as_str().unwrap().to_string();
-        let finished = loop {
-            let (_, view) = call(
-                &client,
-                Method::GET,
-                format!("{base}/api/jobs/{job}"),
-                &admin,
-                None,
-            )
-            .await;
-            if matches!(view["status"].as_str(), Some("COMPLETE" | "FAILED")) {
-                break view;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let finished = ended(&client, &base, &admin, &job).await;
         assert_eq!(finished["status"], "COMPLETE", "{finished}");
         // Server-side timestamps: accepted at created_at, RUNNING at the agent's start report.
         let started = rfc3339_ms(finished["started_at"].as_str().unwrap())
@@ -534,20 +539,7 @@ async fn main() {
         .await;
         assert_eq!(status, 201, "{accepted}");
         let job = accepted["id"].as_str().unwrap().to_string();
-        let finished = loop {
-            let (_, view) = call(
-                &client,
-                Method::GET,
-                format!("{base}/api/jobs/{job}"),
-                &admin,
-                None,
-            )
-            .await;
-            if matches!(view["status"].as_str(), Some("COMPLETE" | "FAILED")) {
-                break view;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let finished = ended(&client, &base, &admin, &job).await;
         let gp4u_ms = submitted.elapsed().as_secs_f64() * 1000.0;
         assert_eq!(finished["status"], "COMPLETE", "{finished}");
         let ran = rfc3339_ms(finished["ended_at"].as_str().unwrap())

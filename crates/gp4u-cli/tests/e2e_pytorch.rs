@@ -13,7 +13,7 @@ mod common;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
-use common::{assert_verifies_within, call, mint, sha256_hex, start_agent, start_server_with};
+use common::{assert_verifies_within, call, sha256_hex, start_agent, start_server_with};
 use gp4u_store::Engine;
 use gp4u_store::testing::TestDatabase;
 use reqwest::Method;
@@ -59,32 +59,10 @@ async fn a_pytorch_training_job_runs_unchanged() {
     let server = start_server_with(data_dir.path(), &db.url, &["--telemetry-interval-s", "1"]);
     let base = server.base.clone();
     let client = reqwest::Client::new();
-    let admin = mint(data_dir.path(), "usr_admin", 3);
-    let (_, provider) = call(
-        &client,
-        Method::POST,
-        format!("{base}/api/admin/users"),
-        &admin,
-        Some(json!({"name": "Ada's GPUs", "role": "provider"})),
-    )
-    .await;
-    let (_, customer) = call(
-        &client,
-        Method::POST,
-        format!("{base}/api/admin/users"),
-        &admin,
-        Some(json!({"name": "Grace", "role": "customer", "credit": 1000})),
-    )
-    .await;
-    let token_file = data_dir.path().join("provider.token");
-    std::fs::write(
-        &token_file,
-        mint(data_dir.path(), provider["id"].as_str().unwrap(), 2),
-    )
-    .unwrap();
-    let customer_token = mint(data_dir.path(), customer["id"].as_str().unwrap(), 1);
+    let people = common::people(&client, &base, data_dir.path(), 1000.0).await;
+    let customer_token = people.customer.clone();
     let agent_dir = tempfile::tempdir().unwrap();
-    let _agent = start_agent(&base, &token_file, agent_dir.path());
+    let _agent = start_agent(&base, &people.token_file, agent_dir.path());
     let deadline = Instant::now() + Duration::from_secs(60);
     let gpu_id = loop {
         let listing = get(&client, format!("{base}/api/gpus"), &customer_token).await;

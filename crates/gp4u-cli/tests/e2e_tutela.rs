@@ -18,7 +18,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_verifies_within, call, docker, docker_image, job_containers, mint, start_agent_with,
+    assert_verifies_within, call, docker, docker_image, job_containers, start_agent_with,
     start_server_with,
 };
 use gp4u_store::Engine;
@@ -58,36 +58,14 @@ async fn platform(test: &str, flags: &[&str], config: Option<&str>) -> Option<Pl
     let server = start_server_with(data_dir.path(), &db.url, &flags);
     let base = server.base.clone();
     let client = reqwest::Client::new();
-    let admin = mint(data_dir.path(), "usr_admin", 3);
-    let (_, provider) = call(
-        &client,
-        Method::POST,
-        format!("{base}/api/admin/users"),
-        &admin,
-        Some(json!({"name": "Ada's GPUs", "role": "provider"})),
-    )
-    .await;
-    let (_, customer) = call(
-        &client,
-        Method::POST,
-        format!("{base}/api/admin/users"),
-        &admin,
-        Some(json!({"name": "Grace", "role": "customer", "credit": 100000})),
-    )
-    .await;
-    let token_file = data_dir.path().join("provider.token");
-    std::fs::write(
-        &token_file,
-        mint(data_dir.path(), provider["id"].as_str().unwrap(), 2),
-    )
-    .unwrap();
+    let people = common::people(&client, &base, data_dir.path(), 100_000.0).await;
     Some(Platform {
         _server: server,
-        customer: mint(data_dir.path(), customer["id"].as_str().unwrap(), 1),
-        admin,
+        customer: people.customer,
+        admin: people.admin,
         base,
         client,
-        token_file,
+        token_file: people.token_file,
         image,
         digest,
         agent_dir: tempfile::tempdir().unwrap(),

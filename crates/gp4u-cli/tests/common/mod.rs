@@ -242,3 +242,47 @@ pub async fn assert_verifies_within(job: &str, base: &str, token: &str, seconds:
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
+
+/// The people of a test marketplace on a started server: the bootstrap admin, a provider
+/// whose token is in a file for its agent, and a customer with `credit`.
+pub struct People {
+    pub admin: String,
+    pub customer: String,
+    /// `<data_dir>/provider.token`, for `gp4u agent --token-file`.
+    pub token_file: std::path::PathBuf,
+}
+
+/// Creates [`People`] through the admin API (tokens minted with the server's secret in
+/// `data_dir`).
+pub async fn people(client: &reqwest::Client, base: &str, data_dir: &Path, credit: f64) -> People {
+    let admin = mint(data_dir, "usr_admin", 3);
+    let (status, provider) = call(
+        client,
+        reqwest::Method::POST,
+        format!("{base}/api/admin/users"),
+        &admin,
+        Some(serde_json::json!({"name": "Ada's GPUs", "role": "provider"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{provider}");
+    let (status, customer) = call(
+        client,
+        reqwest::Method::POST,
+        format!("{base}/api/admin/users"),
+        &admin,
+        Some(serde_json::json!({"name": "Grace", "role": "customer", "credit": credit})),
+    )
+    .await;
+    assert_eq!(status, 201, "{customer}");
+    let token_file = data_dir.join("provider.token");
+    std::fs::write(
+        &token_file,
+        mint(data_dir, provider["id"].as_str().unwrap(), 2),
+    )
+    .unwrap();
+    People {
+        customer: mint(data_dir, customer["id"].as_str().unwrap(), 1),
+        admin,
+        token_file,
+    }
+}
