@@ -708,3 +708,18 @@ pub struct NodeRecordView {
 pub struct StakeBody {
     pub amount: f64,
 }
+
+/// `POST /api/admin/users/{id}/tokens`: the token's lifetime (optional; 60 s to a year,
+/// default 30 days).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TokenRequest {
+    pub ttl_s: Option<i64>,
+}
+
+/// A token the platform issued (201): send it as `Authorization: Bearer <token>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct IssuedToken {
+    pub token: String,
+    /// RFC 3339.
+    pub expires_at: String,
+}

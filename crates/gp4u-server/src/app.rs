@@ -78,6 +78,7 @@ pub fn build_router(state: AppState) -> Router {
         .route("/users/{id}/suspend", post(admin::suspend_user))
         .route("/users/{id}/activate", post(admin::activate_user))
         .route("/users/{id}/credits", post(admin::add_credits))
+        .route("/users/{id}/tokens", post(admin::issue_token))
         .route("/chambers", get(admin::chambers))
         .route("/grid-factors/{region}", put(billing::set_grid_factor))
         .layer(from_fn(require_admin_token));

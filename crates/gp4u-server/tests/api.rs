@@ -767,7 +767,92 @@ async fn cancel_moves_to_cancelled_once(app: TestApp) {
     );
 }
 
+/// SPEC §11: an admin issues tokens without shell access to the secret; the token carries the
+/// user's stored clearance and works at once; bounds and refusals say what to do.
+async fn admins_issue_tokens_at_the_users_clearance(app: TestApp) {
+    let (customer_id, _) = app.user("customer", None).await;
+    let path = format!("/api/admin/users/{customer_id}/tokens");
+    let reply = app
+        .call(
+            Method::POST,
+            &path,
+            Some(&app.admin),
+            Some(json!({"ttl_s": 3600})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let token = reply.body["token"].as_str().unwrap().to_string();
+    let expires = time::OffsetDateTime::parse(
+        reply.body["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap()
+    .unix_timestamp();
+    assert_eq!(expires, app.clock_seconds() + 3600);
+    let claims = gp4u_core::token::verify(&token, &keys(), app.clock_seconds()).unwrap();
+    assert_eq!((claims.sub.as_str(), claims.clr), (customer_id.as_str(), 1));
+    let mine = app.call(Method::GET, "/api/jobs", Some(&token), None).await;
+    assert_eq!(mine.status, StatusCode::OK, "{:?}", mine.body);
+    // No body: 30 days.
+    let reply = app.call(Method::POST, &path, Some(&app.admin), None).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let claims = gp4u_core::token::verify(
+        reply.body["token"].as_str().unwrap(),
+        &keys(),
+        app.clock_seconds(),
+    )
+    .unwrap();
+    assert_eq!(claims.exp, app.clock_seconds() + 30 * 24 * 3600);
+    for (ttl, code) in [
+        (json!(59), "INVALID_TYPE"),
+        (json!(366 * 24 * 3600), "INVALID_TYPE"),
+        (json!("1h"), "INVALID_TYPE"),
+    ] {
+        let reply = app
+            .call(
+                Method::POST,
+                &path,
+                Some(&app.admin),
+                Some(json!({"ttl_s": ttl})),
+            )
+            .await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (StatusCode::BAD_REQUEST, code),
+            "{ttl}"
+        );
+        assert_eq!(reply.body["error"]["field"], "ttl_s");
+    }
+    let reply = app
+        .call(
+            Method::POST,
+            "/api/admin/users/usr_nobody/tokens",
+            Some(&app.admin),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    // Only admins; and not for a suspended user.
+    let reply = app.call(Method::POST, &path, Some(&token), None).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    let suspended = app
+        .call(
+            Method::POST,
+            &format!("/api/admin/users/{customer_id}/suspend"),
+            Some(&app.admin),
+            None,
+        )
+        .await;
+    assert_eq!(suspended.status, StatusCode::OK);
+    let reply = app.call(Method::POST, &path, Some(&app.admin), None).await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::FORBIDDEN, "USER_SUSPENDED")
+    );
+}
+
 on_both_engines!(
+    admins_issue_tokens_at_the_users_clearance,
     two_instances_share_the_rate_limit,
     idempotency_key_replays_once_even_when_racing,
     cancel_moves_to_cancelled_once

@@ -89,6 +89,89 @@ fn user_not_found(error: StoreError) -> ApiError {
     }
 }
 
+/// Token lifetimes an admin may give: a minute to a year (default 30 days).
+pub const MIN_TOKEN_TTL_S: i64 = 60;
+pub const MAX_TOKEN_TTL_S: i64 = 365 * 24 * 3600;
+pub const DEFAULT_TOKEN_TTL_S: i64 = 30 * 24 * 3600;
+/// The trust score written into tokens the platform issues (SPEC §2's `trs`; nothing on the
+/// platform reads it from tokens: a provider's trust is its node's, in the database).
+const ISSUED_TRUST_SCORE: f64 = 50.0;
+
+/// Issue a bearer token for a user, signed with the platform's current secret, at the user's
+/// stored clearance: an admin gives a customer or provider access without shell access to the
+/// server. `{"ttl_s": 2592000}` (optional; 60 s to a year, default 30 days).
+#[utoipa::path(
+    post, path = "/api/admin/users/{id}/tokens", tag = "admin", params(("id" = String, Path)),
+    request_body = gp4u_proto::TokenRequest,
+    responses((status = 201, body = gp4u_proto::IssuedToken), (status = 400, body = gp4u_proto::ErrorBody),
+        (status = 403, body = gp4u_proto::ErrorBody), (status = 404, body = gp4u_proto::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn issue_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<gp4u_proto::IssuedToken>)> {
+    // The body is optional: none (or `{}`) gives the default lifetime.
+    let body: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&body).map_err(|error| {
+            ApiError::new(
+                ErrorCode::InvalidJson,
+                format!("the body must be JSON like {{\"ttl_s\": 2592000}}: {error}"),
+            )
+        })?
+    };
+    let ttl_s = match body.get("ttl_s") {
+        None | Some(serde_json::Value::Null) => DEFAULT_TOKEN_TTL_S,
+        Some(value) => value
+            .as_i64()
+            .filter(|ttl| (MIN_TOKEN_TTL_S..=MAX_TOKEN_TTL_S).contains(ttl))
+            .ok_or_else(|| {
+                ApiError::from(gp4u_core::manifest::FieldError::new(
+                    gp4u_core::manifest::ValidationCode::InvalidType,
+                    "ttl_s",
+                    format!(
+                        "`ttl_s` must be a whole number of seconds from {MIN_TOKEN_TTL_S} to {MAX_TOKEN_TTL_S} (a year), got {value}"
+                    ),
+                ))
+            })?,
+    };
+    let id = user_id(&id)?;
+    let user = state
+        .store
+        .get_user(&id)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::UserNotFound, format!("no user {id}")))?;
+    if !user.active {
+        return Err(ApiError::new(
+            ErrorCode::UserSuspended,
+            format!(
+                "user {id} is suspended: activate them first (POST /api/admin/users/{id}/activate)"
+            ),
+        ));
+    }
+    let exp = state.now_ms() / 1000 + ttl_s;
+    let claims = gp4u_core::token::Claims {
+        sub: user.id.to_string(),
+        clr: user.clearance,
+        trs: ISSUED_TRUST_SCORE,
+        exp,
+    };
+    let token = gp4u_core::token::mint(&claims, &state.keys.current);
+    // The token itself is never logged.
+    tracing::info!(user_id = %user.id, clearance = user.clearance, ttl_s, by = %caller.id(), "token issued");
+    Ok((
+        StatusCode::CREATED,
+        Json(gp4u_proto::IssuedToken {
+            token,
+            expires_at: rfc3339(exp * 1000),
+        }),
+    ))
+}
+
 /// Suspend a user: their next request is refused, whatever their token says.
 #[utoipa::path(
     post, path = "/api/admin/users/{id}/suspend", tag = "admin", params(("id" = String, Path)),
