@@ -9,6 +9,12 @@ use gp4u_core::token::{Claims, MAX_CLEARANCE, mint};
 use gp4u_server::config::DEFAULT_DATA_DIR;
 use gp4u_server::{Server, ServerArgs, ServerSettings, secret};
 
+mod account;
+mod admin;
+mod jobs;
+mod render;
+mod run;
+mod session;
 mod verify;
 
 #[derive(Debug, Parser)]
@@ -34,6 +40,72 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Save the server and your token (from --token-file or standard input) for the commands
+    /// below, in ~/.config/gp4u/config.toml (0600), after checking them with the server.
+    Login(session::LoginArgs),
+    /// Submit a job and follow it: live state, logs, outputs, verification.
+    Run {
+        #[command(flatten)]
+        args: run::RunArgs,
+        #[command(flatten)]
+        connect: session::ConnectArgs,
+    },
+    /// Your jobs: list, show, logs, cancel, outputs, telemetry.
+    Jobs {
+        #[command(subcommand)]
+        command: jobs::JobsCommand,
+        #[command(flatten)]
+        connect: session::ConnectArgs,
+    },
+    /// The GPUs available on the marketplace.
+    Gpus {
+        #[command(flatten)]
+        connect: session::ConnectArgs,
+    },
+    /// Your credit: available and held.
+    Balance {
+        #[command(flatten)]
+        connect: session::ConnectArgs,
+    },
+    /// Your transfers, newest first, and your earnings.
+    Statement {
+        #[command(flatten)]
+        connect: session::ConnectArgs,
+    },
+    /// Energy and carbon of your jobs (--scope provider: your nodes'; platform: admins).
+    Energy {
+        #[arg(long)]
+        scope: Option<String>,
+        #[command(flatten)]
+        connect: session::ConnectArgs,
+    },
+    /// Job inputs.
+    Artifacts {
+        #[command(subcommand)]
+        command: ArtifactsCommand,
+        #[command(flatten)]
+        connect: session::ConnectArgs,
+    },
+    /// Your provider nodes: standing, stake.
+    Provider {
+        #[command(subcommand)]
+        command: account::ProviderCommand,
+        #[command(flatten)]
+        connect: session::ConnectArgs,
+    },
+    /// Operators: users, tokens, credit, chambers, grid factors.
+    Admin {
+        #[command(subcommand)]
+        command: admin::AdminCommand,
+        #[command(flatten)]
+        connect: session::ConnectArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ArtifactsCommand {
+    /// Upload a file as a job input (progress on stderr); prints its id.
+    Upload { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -306,6 +378,74 @@ fn mint_token(args: MintArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs a customer command; the error's exit code (SPEC §11) and what to do about it.
+async fn customer(command: Command) -> i32 {
+    let json = match &command {
+        Command::Run { connect, .. }
+        | Command::Jobs { connect, .. }
+        | Command::Gpus { connect }
+        | Command::Balance { connect }
+        | Command::Statement { connect }
+        | Command::Energy { connect, .. }
+        | Command::Artifacts { connect, .. }
+        | Command::Provider { connect, .. }
+        | Command::Admin { connect, .. } => connect.json,
+        _ => false,
+    };
+    match customer_command(command, json).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            if let Some(advice) = session::advice(&error) {
+                eprintln!("hint: {advice}");
+            }
+            session::exit_code(&error)
+        }
+    }
+}
+
+async fn customer_command(command: Command, json: bool) -> anyhow::Result<i32> {
+    match command {
+        Command::Login(args) => session::login(args, false).await,
+        Command::Run { args, connect } => {
+            let (server, token) = session::resolve(&connect)?;
+            let client = session::client(&connect)?;
+            run::run(
+                &client,
+                &server,
+                token.as_deref().unwrap_or_default(),
+                args,
+                json,
+            )
+            .await
+        }
+        Command::Jobs { command, connect } => {
+            jobs::run(&session::client(&connect)?, command, json).await
+        }
+        Command::Gpus { connect } => account::gpus(&session::client(&connect)?, json).await,
+        Command::Balance { connect } => account::balance(&session::client(&connect)?, json).await,
+        Command::Statement { connect } => {
+            account::statement(&session::client(&connect)?, json).await
+        }
+        Command::Energy { scope, connect } => {
+            account::energy(&session::client(&connect)?, scope.as_deref(), json).await
+        }
+        Command::Artifacts {
+            command: ArtifactsCommand::Upload { file },
+            connect,
+        } => account::upload(&session::client(&connect)?, file, json).await,
+        Command::Provider { command, connect } => {
+            account::provider(&session::client(&connect)?, command, json).await
+        }
+        Command::Admin { command, connect } => {
+            admin::run(&session::client(&connect)?, command, json).await
+        }
+        other => Err(session::Exit::usage(format!(
+            "not a customer command: {other:?}"
+        ))),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -313,7 +453,19 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => run_server(args).await,
         Command::Agent(args) => run_agent(args).await,
-        Command::Verify(args) => {
+        Command::Verify(mut args) => {
+            // The saved login fills in what the flags and environment leave out.
+            if (args.server.is_none() || args.token.is_none())
+                && args.offline.is_none()
+                && let Ok(Some(saved)) = session::load_login()
+            {
+                if args.server.is_none() {
+                    args.server = Some(saved.server);
+                }
+                if args.token.is_none() && args.job.is_some() {
+                    args.token = Some(saved.token);
+                }
+            }
             if !verify::run(args).await? {
                 std::process::exit(1);
             }
@@ -322,5 +474,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Token {
             command: TokenCommand::Mint(args),
         } => mint_token(args),
+        command => std::process::exit(customer(command).await),
     }
 }

@@ -1617,6 +1617,39 @@ fn client(server: &str, token: Option<&str>) -> anyhow::Result<Client> {
 
 /// The command: fetch (or load), verify, print, save. `Ok(true)` when everything held.
 pub async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
+    run_to(args, &mut std::io::stdout()).await
+}
+
+/// [`run`], the report written to `out` (`gp4u run` keeps standard output for the job's own).
+pub async fn run_to(args: VerifyArgs, out: &mut dyn std::io::Write) -> anyhow::Result<bool> {
+    match &args.job {
+        Some(job) => writeln!(out, "gp4u verify {job}{}", offline_mark(&args))?,
+        None => writeln!(out, "gp4u verify: the public log{}", offline_mark(&args))?,
+    }
+    let report = evaluate(&args).await?;
+    for check in &report.checks {
+        writeln!(out, "{check}")?;
+    }
+    if let (Some(path), Some(_)) = (&args.checkpoint, &report.new_checkpoint) {
+        writeln!(out, "checkpoint saved to {}", path.display())?;
+    }
+    if report.ok() {
+        writeln!(out, "all checks passed")?;
+        return Ok(true);
+    }
+    for failure in report.failures() {
+        eprintln!("FAILED {}: {}", failure.name, failure.detail);
+    }
+    Ok(false)
+}
+
+/// [`run`] without printing (for `gp4u run --json`): whether every check passed.
+pub async fn check(args: VerifyArgs) -> anyhow::Result<bool> {
+    Ok(evaluate(&args).await?.ok())
+}
+
+/// Runs the checks and keeps the new checkpoint (`--checkpoint`).
+async fn evaluate(args: &VerifyArgs) -> anyhow::Result<Report> {
     let previous: Option<SavedCheckpoint> = match &args.checkpoint {
         Some(path) => read_optional(path)?
             .map(|text| {
@@ -1631,25 +1664,14 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
         None => None,
     };
     let report = match &args.job {
-        Some(job) => verify_job(&args, job, previous.as_ref()).await?,
-        None => witness_log(&args, previous.as_ref()).await?,
+        Some(job) => verify_job(args, job, previous.as_ref()).await?,
+        None => witness_log(args, previous.as_ref()).await?,
     };
-    for check in &report.checks {
-        println!("{check}");
-    }
     if let (Some(path), Some(new)) = (&args.checkpoint, &report.new_checkpoint) {
         let text = serde_json::to_string_pretty(new)?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
-        println!("checkpoint saved to {}", path.display());
     }
-    if report.ok() {
-        println!("all checks passed");
-        return Ok(true);
-    }
-    for failure in report.failures() {
-        eprintln!("FAILED {}: {}", failure.name, failure.detail);
-    }
-    Ok(false)
+    Ok(report)
 }
 
 fn offline_mark(args: &VerifyArgs) -> &'static str {
@@ -1686,7 +1708,6 @@ async fn verify_job(
         save(dir, &fetched)?;
     }
     let trust = trusted_key(args, previous, &fetched.public_key)?;
-    println!("gp4u verify {job}{}", offline_mark(args));
     Ok(verify_documents(
         &fetched.documents,
         &trust,
@@ -1714,7 +1735,6 @@ async fn witness_log(
         save_log(dir, &fetched)?;
     }
     let trust = trusted_key(args, previous, &fetched.public_key)?;
-    println!("gp4u verify: the public log{}", offline_mark(args));
     Ok(verify_log(
         &fetched.checkpoint,
         &fetched.public_key,
