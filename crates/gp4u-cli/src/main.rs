@@ -11,6 +11,7 @@ use gp4u_server::{Server, ServerArgs, ServerSettings, secret};
 
 mod account;
 mod admin;
+mod demo;
 mod jobs;
 mod render;
 mod run;
@@ -27,8 +28,18 @@ struct Cli {
     command: Command,
 }
 
+/// `gp4u server`'s flags on their own, for the demo's embedded server.
+#[derive(Debug, Parser)]
+struct ServerFlags {
+    #[command(flatten)]
+    args: ServerArgs,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The whole pipeline on this machine, no setup: an embedded server, a local agent and two
+    /// sample jobs (one completes, one is killed for mining), each stage printed as it happens.
+    Demo(demo::DemoArgs),
     /// Run the control plane (HTTP API, chambers, outbox relay).
     Server(ServerArgs),
     /// Run the provider agent on this GPU host: register its GPUs, take jobs, run them.
@@ -292,10 +303,10 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(format: &str) -> anyhow::Result<()> {
+fn init_logging(format: &str, default_filter: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GP4U_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -449,7 +460,13 @@ async fn customer_command(command: Command, json: bool) -> anyhow::Result<i32> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(&cli.log_format)?;
+    // The demo and the customer commands print what people read; their components' logs
+    // would drown it (GP4U_LOG brings them back).
+    let default_filter = match cli.command {
+        Command::Server(_) | Command::Agent(_) => "info,sqlx=warn,tower_http=info",
+        _ => "error",
+    };
+    init_logging(&cli.log_format, default_filter)?;
     match cli.command {
         Command::Server(args) => run_server(args).await,
         Command::Agent(args) => run_agent(args).await,
@@ -474,6 +491,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Token {
             command: TokenCommand::Mint(args),
         } => mint_token(args),
+        Command::Demo(args) => match demo::run(args).await {
+            Ok(code) => std::process::exit(code),
+            Err(error) => {
+                eprintln!("error: the demo stopped: {error:#}");
+                std::process::exit(1)
+            }
+        },
         command => std::process::exit(customer(command).await),
     }
 }

@@ -44,6 +44,14 @@ pub fn money(amount: f64) -> String {
     format!("{amount:.2}")
 }
 
+/// A JSON number rounded to `decimals`, other values as [`value`] shows them.
+pub fn number(value: &serde_json::Value, decimals: usize) -> String {
+    match value.as_f64() {
+        Some(number) => format!("{number:.decimals$}"),
+        None => self::value(value),
+    }
+}
+
 /// A JSON number or string as text, `-` for null.
 pub fn value(value: &serde_json::Value) -> String {
     match value {
@@ -71,5 +79,7 @@ mod tests {
         assert_eq!(or_dash(None::<i32>), "-");
         assert_eq!(money(12.4), "12.40");
         assert_eq!(value(&serde_json::json!(null)), "-");
+        assert_eq!(number(&serde_json::json!(84.652_145), 0), "85");
+        assert_eq!(number(&serde_json::json!("x"), 1), "x");
     }
 }

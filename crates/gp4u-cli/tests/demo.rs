@@ -1,0 +1,106 @@
+//! `gp4u demo --once` as a newcomer runs it (SPEC §11): one command, no setup, every stage of
+//! the pipeline printed as it happens, in order, and exit code 0 when every stage held. In CI
+//! the demo must use Docker (its own image and registry): the process fallback is for machines
+//! without it. Network: loopback and the demo's own containers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+
+/// The stage lines of one job (`[  1.9s] training  telemetry  …`), in the order printed.
+fn stages(stdout: &str, job: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter_map(|line| {
+            let rest = line.split_once("] ")?.1;
+            let mut words = rest.split_whitespace();
+            (words.next()? == job).then(|| {
+                let stage = words.next().unwrap_or_default();
+                if stage == "ledger" {
+                    "ledger verified".to_string()
+                } else {
+                    stage.to_string()
+                }
+            })
+        })
+        .collect()
+}
+
+fn position(stages: &[String], name: &str) -> usize {
+    stages
+        .iter()
+        .position(|stage| stage == name)
+        .unwrap_or_else(|| panic!("no {name} stage in {stages:?}"))
+}
+
+#[test]
+fn the_demo_runs_the_whole_pipeline_in_one_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let output = Command::new(common::BIN)
+        .args(["demo", "--once", "--timeout-s", "240"])
+        .current_dir(dir.path())
+        .env_remove("GP4U_LOG")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("{stdout}");
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("every stage held"), "{stdout}");
+    assert!(stdout.contains("sign in as the demo customer with this token"));
+    eprintln!("gp4u demo --once took {:?}", started.elapsed());
+    let docker = stdout.contains("agent: Docker");
+    if std::env::var("CI").is_ok_and(|value| value == "true") {
+        assert!(docker, "CI must run the demo on Docker: {stdout}");
+    }
+    let training = stages(&stdout, "training");
+    let order = [
+        "submitted",
+        "placed",
+        "running",
+        "telemetry",
+        "completed",
+        "ledger verified",
+    ];
+    for pair in order.windows(2) {
+        assert!(
+            position(&training, pair[0]) < position(&training, pair[1]),
+            "{pair:?} out of order in {training:?}"
+        );
+    }
+    for after_the_end in ["energy", "proofs", "settled"] {
+        let at = position(&training, after_the_end);
+        assert!(
+            position(&training, "completed") < at && at < position(&training, "ledger verified"),
+            "{after_the_end} in {training:?}"
+        );
+    }
+    if docker {
+        let miner = stages(&stdout, "miner");
+        for pair in [
+            "submitted",
+            "placed",
+            "running",
+            "telemetry",
+            "killed",
+            "ledger verified",
+        ]
+        .windows(2)
+        {
+            assert!(
+                position(&miner, pair[0]) < position(&miner, pair[1]),
+                "{pair:?} out of order in {miner:?}"
+            );
+        }
+        assert!(stdout.contains("CRYPTO_MINING_PATTERN"), "{stdout}");
+    }
+    // Nothing is left behind: no container of the demo, no mount under its data dir.
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(
+        !mounts.contains("/gp4u-demo") && !mounts.lines().any(|line| line.contains("/agent/jobs/")),
+        "{mounts}"
+    );
+}
