@@ -10,7 +10,6 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::HeaderName;
 use axum::middleware::{from_fn, from_fn_with_state};
-use axum::routing::{get, post, put};
 use gp4u_bus::{EventBus, InProcessBus, SystemClock, run_chamber};
 use gp4u_core::chambers::{Aetherion, Energy, Mnemo, Outerim};
 use gp4u_core::clock::Clock;
@@ -34,12 +33,8 @@ use crate::auth::{authenticate, authenticate_if_present, require_admin_token};
 use crate::config::ServerSettings;
 use crate::error::ApiError;
 use crate::placement::run_atlas;
-use crate::routes::{
-    admin, agent, artifacts, billing, energy, health, jobs, ledger, logs, outputs, proofs,
-    providers, telemetry, visibility,
-};
 use crate::state::{AppState, Limits, os_random_ids};
-use crate::{openapi, secret};
+use crate::{route_table, secret};
 
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 /// How often chambers look at the outbox for events relayed by other replicas.
@@ -73,92 +68,21 @@ async fn route_not_found(request: Request) -> ApiError {
 
 /// The HTTP API with its middleware.
 pub fn build_router(state: AppState) -> Router {
-    let admin_routes = Router::new()
-        .route("/users", post(admin::create_user))
-        .route("/users/{id}/suspend", post(admin::suspend_user))
-        .route("/users/{id}/activate", post(admin::activate_user))
-        .route("/users/{id}/credits", post(admin::add_credits))
-        .route("/users/{id}/tokens", post(admin::issue_token))
-        .route("/chambers", get(admin::chambers))
-        .route("/grid-factors/{region}", put(billing::set_grid_factor))
-        .layer(from_fn(require_admin_token));
-    // The log is public to read (SPEC §8): anyone may witness it; a token, when sent, is
-    // verified as everywhere and lets its owner (or an admin) read entry bodies.
-    let public_log = Router::new()
-        .route("/ledger/checkpoint", get(ledger::checkpoint))
-        .route("/ledger/public-key", get(ledger::public_key))
-        .route("/ledger/entries", get(ledger::entries))
-        .route("/ledger/proof/inclusion", get(ledger::inclusion))
-        .route("/ledger/proof/consistency", get(ledger::consistency))
+    let admin = route_table::admin_routes()
+        .into_router()
+        .route_layer(from_fn(require_admin_token));
+    let public_log = route_table::public_log_routes()
+        .into_router()
         .route_layer(from_fn_with_state(state.clone(), authenticate_if_present));
-    let api = Router::new()
-        .route("/jobs", post(jobs::submit_job).get(jobs::list_jobs))
-        .route("/jobs/{id}", get(jobs::get_job))
-        .route("/jobs/{id}/cancel", post(jobs::cancel_job))
-        .route("/jobs/{id}/outputs", get(outputs::download_output))
-        .route("/jobs/{id}/logs", get(logs::get_logs))
-        .route("/jobs/{id}/telemetry", get(telemetry::job_telemetry))
-        .route("/jobs/{id}/settlement", get(billing::job_settlement))
-        .route("/jobs/{id}/veritas", get(billing::job_veritas))
-        .route("/jobs/{id}/ledger", get(ledger::job_ledger))
-        .route("/jobs/{id}/proofs", get(proofs::job_proofs))
-        // An energy proof grows with the job (about 320 KB for a week of readings).
-        .route(
-            "/providers/{node_id}/zk-proofs",
-            post(proofs::submit).layer(DefaultBodyLimit::max(
-                gp4u_attest::proofs::MAX_SUBMISSION_BYTES,
-            )),
-        )
-        .route("/providers/{node_id}/energy", put(providers::set_energy))
-        .route(
-            "/providers/{node_id}/power-limits",
-            put(providers::set_power_limits),
-        )
-        .route("/billing/balance", get(billing::balance))
-        .route("/billing/statement", get(billing::statement))
-        .route("/grid-factors", get(billing::grid_factors))
-        .route("/energy", get(energy::summary))
-        // Uploads stream with caps of their own, not the JSON body limit.
-        .route(
-            "/artifacts",
-            post(artifacts::upload_artifact).layer(DefaultBodyLimit::disable()),
-        )
-        .route("/providers/register", post(providers::register))
-        .route("/gpus", get(providers::list_gpus))
-        .route("/providers/{node_id}", get(providers::get_node))
-        .route("/providers/{node_id}/stake", post(providers::add_stake))
-        .route("/providers/{node_id}/posture", put(providers::set_posture))
-        // A node's packets together: up to 256 of about 0.5 KiB each (with a commitment).
-        .route(
-            "/telemetry/russian-doll",
-            post(telemetry::ingest)
-                .layer(DefaultBodyLimit::max(telemetry::MAX_TELEMETRY_BODY_BYTES)),
-        )
-        .route("/agent/assignments", get(agent::next_assignment))
-        .route("/agent/jobs/{id}/status", post(agent::report_status))
-        .route("/agent/visibility", post(visibility::answer))
-        .route(
-            "/agent/jobs/{id}/inputs/{art_id}",
-            get(artifacts::agent_input),
-        )
-        .route(
-            "/agent/jobs/{id}/outputs",
-            put(outputs::upload_output).layer(DefaultBodyLimit::disable()),
-        )
-        .route("/agent/jobs/{id}/logs", post(logs::append_log))
-        .route(
-            "/agent/jobs/{id}/commitments",
-            get(proofs::agent_commitments),
-        )
-        .nest("/admin", admin_routes)
-        // Everything above needs a valid token; the log and the document below are public.
-        .route_layer(from_fn_with_state(state.clone(), authenticate))
-        .merge(public_log)
-        .route("/openapi.json", get(openapi::openapi_json));
+    // Everything but the log, the probes and the document needs a valid token.
+    let authenticated = route_table::authenticated_routes()
+        .into_router()
+        .merge(admin)
+        .route_layer(from_fn_with_state(state.clone(), authenticate));
     Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .nest("/api", api)
+        .merge(authenticated)
+        .merge(public_log)
+        .merge(route_table::public_routes().into_router())
         .fallback(route_not_found)
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))

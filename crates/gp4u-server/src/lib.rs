@@ -13,6 +13,7 @@ pub mod extract;
 pub mod obsidian;
 pub mod openapi;
 pub mod placement;
+pub mod route_table;
 pub mod routes;
 pub mod secret;
 pub mod settlement;

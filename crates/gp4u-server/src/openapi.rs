@@ -32,7 +32,7 @@ impl Modify for BearerAuth {
 #[openapi(
     info(title = "GP4U control plane", description = "GPU compute marketplace: submit, place, run, watch, settle and verify GPU jobs."),
     paths(
-        health::healthz, health::readyz,
+        health::healthz, health::readyz, openapi_json,
         jobs::submit_job, jobs::list_jobs, jobs::get_job, jobs::cancel_job,
         outputs::download_output, logs::get_logs, artifacts::upload_artifact,
         providers::register, providers::list_gpus, providers::get_node, providers::add_stake,
@@ -66,7 +66,8 @@ pub struct ApiDoc;
 static DOCUMENT: LazyLock<serde_json::Value> =
     LazyLock::new(|| serde_json::to_value(ApiDoc::openapi()).unwrap_or_default());
 
-/// `GET /api/openapi.json`.
+/// This document (OpenAPI 3.1), generated from the handlers' annotations and the wire types.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "health", responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")))]
 pub async fn openapi_json() -> Json<serde_json::Value> {
     Json(DOCUMENT.clone())
 }

@@ -913,6 +913,55 @@ async fn credits_and_user_admin() {
     );
 }
 
+/// A path with its parameters unnamed: `/api/providers/{nodeId}` and `/api/providers/{node_id}`
+/// are the same route.
+fn route_shape(path: &str) -> String {
+    let mut shape = String::new();
+    let mut in_parameter = false;
+    for c in path.chars() {
+        match c {
+            '{' => {
+                in_parameter = true;
+                shape.push_str("{}");
+            }
+            '}' => in_parameter = false,
+            _ if in_parameter => {}
+            _ => shape.push(c),
+        }
+    }
+    shape
+}
+
+/// The document and the router list the same routes: a handler added without its `#[utoipa::path]`
+/// (or documented but never routed) fails here.
+#[test]
+fn openapi_documents_exactly_the_routed_api() {
+    use std::collections::BTreeSet;
+    use utoipa::OpenApi as _;
+    let document = serde_json::to_value(gp4u_server::openapi::ApiDoc::openapi()).unwrap();
+    let mut documented = BTreeSet::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, _) in item.as_object().unwrap() {
+            if ["get", "put", "post", "delete", "patch", "head", "options"]
+                .contains(&method.as_str())
+            {
+                documented.insert((method.to_uppercase(), route_shape(path)));
+            }
+        }
+    }
+    let routed: BTreeSet<(String, String)> = gp4u_server::route_table::api_routes()
+        .into_iter()
+        .map(|(method, path)| (method.to_string(), route_shape(path)))
+        .collect();
+    let undocumented: Vec<_> = routed.difference(&documented).collect();
+    let unrouted: Vec<_> = documented.difference(&routed).collect();
+    assert!(
+        undocumented.is_empty() && unrouted.is_empty(),
+        "routed but not in the OpenAPI document: {undocumented:?}; documented but not routed: {unrouted:?}"
+    );
+    assert!(routed.len() >= 40, "{} routes", routed.len());
+}
+
 #[tokio::test]
 async fn openapi_health_and_unknown_routes() {
     let app = sqlite("openapi").await;

@@ -1,0 +1,251 @@
+//! The API's routes, declared once: each group registers its handlers and remembers every
+//! (method, path) it registered, so that [`api_routes`] can be held against the OpenAPI
+//! document by a test — a route missing from the document (or documented but not routed)
+//! fails it.
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler;
+use axum::http::Method;
+use axum::routing::{MethodFilter, on};
+
+use crate::openapi;
+use crate::routes::{
+    admin, agent, artifacts, billing, energy, health, jobs, ledger, logs, outputs, proofs,
+    providers, telemetry, visibility,
+};
+use crate::state::AppState;
+
+/// A group of routes under one set of layers, and the (method, full path) of each.
+pub struct Routes {
+    router: Router<AppState>,
+    table: Vec<(Method, &'static str)>,
+}
+
+impl Routes {
+    fn new() -> Self {
+        Routes {
+            router: Router::new(),
+            table: Vec::new(),
+        }
+    }
+
+    fn add<H, T>(self, method: Method, path: &'static str, handler: H) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        self.add_limited(method, path, handler, None)
+    }
+
+    /// A route whose body limit differs from the router's default (uploads, telemetry batches).
+    fn add_limited<H, T>(
+        mut self,
+        method: Method,
+        path: &'static str,
+        handler: H,
+        limit: Option<DefaultBodyLimit>,
+    ) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone())
+            .unwrap_or_else(|_| panic!("route {method} {path}: no method filter for {method}"));
+        let mut route = on(filter, handler);
+        if let Some(limit) = limit {
+            route = route.layer(limit);
+        }
+        self.router = self.router.route(path, route);
+        self.table.push((method, path));
+        self
+    }
+
+    /// The routes' router, for layering and merging.
+    pub fn into_router(self) -> Router<AppState> {
+        self.router
+    }
+
+    /// Every (method, path) the group routes.
+    pub fn table(&self) -> &[(Method, &'static str)] {
+        &self.table
+    }
+}
+
+/// Operators' routes: behind a valid token whose clearance is an admin's.
+pub fn admin_routes() -> Routes {
+    Routes::new()
+        .add(Method::POST, "/api/admin/users", admin::create_user)
+        .add(
+            Method::POST,
+            "/api/admin/users/{id}/suspend",
+            admin::suspend_user,
+        )
+        .add(
+            Method::POST,
+            "/api/admin/users/{id}/activate",
+            admin::activate_user,
+        )
+        .add(
+            Method::POST,
+            "/api/admin/users/{id}/credits",
+            admin::add_credits,
+        )
+        .add(
+            Method::POST,
+            "/api/admin/users/{id}/tokens",
+            admin::issue_token,
+        )
+        .add(Method::GET, "/api/admin/chambers", admin::chambers)
+        .add(
+            Method::PUT,
+            "/api/admin/grid-factors/{region}",
+            billing::set_grid_factor,
+        )
+}
+
+/// The log (SPEC §8): public to read — anyone may witness it; a token, when sent, is verified as
+/// everywhere and lets its owner (or an admin) read entry bodies.
+pub fn public_log_routes() -> Routes {
+    Routes::new()
+        .add(Method::GET, "/api/ledger/checkpoint", ledger::checkpoint)
+        .add(Method::GET, "/api/ledger/public-key", ledger::public_key)
+        .add(Method::GET, "/api/ledger/entries", ledger::entries)
+        .add(
+            Method::GET,
+            "/api/ledger/proof/inclusion",
+            ledger::inclusion,
+        )
+        .add(
+            Method::GET,
+            "/api/ledger/proof/consistency",
+            ledger::consistency,
+        )
+}
+
+/// Everything a customer, provider or agent calls with a valid token.
+pub fn authenticated_routes() -> Routes {
+    Routes::new()
+        .add(Method::POST, "/api/jobs", jobs::submit_job)
+        .add(Method::GET, "/api/jobs", jobs::list_jobs)
+        .add(Method::GET, "/api/jobs/{id}", jobs::get_job)
+        .add(Method::POST, "/api/jobs/{id}/cancel", jobs::cancel_job)
+        .add(
+            Method::GET,
+            "/api/jobs/{id}/outputs",
+            outputs::download_output,
+        )
+        .add(Method::GET, "/api/jobs/{id}/logs", logs::get_logs)
+        .add(
+            Method::GET,
+            "/api/jobs/{id}/telemetry",
+            telemetry::job_telemetry,
+        )
+        .add(
+            Method::GET,
+            "/api/jobs/{id}/settlement",
+            billing::job_settlement,
+        )
+        .add(Method::GET, "/api/jobs/{id}/veritas", billing::job_veritas)
+        .add(Method::GET, "/api/jobs/{id}/ledger", ledger::job_ledger)
+        .add(Method::GET, "/api/jobs/{id}/proofs", proofs::job_proofs)
+        // An energy proof grows with the job (about 320 KB for a week of readings).
+        .add_limited(
+            Method::POST,
+            "/api/providers/{node_id}/zk-proofs",
+            proofs::submit,
+            Some(DefaultBodyLimit::max(
+                gp4u_attest::proofs::MAX_SUBMISSION_BYTES,
+            )),
+        )
+        .add(
+            Method::PUT,
+            "/api/providers/{node_id}/energy",
+            providers::set_energy,
+        )
+        .add(
+            Method::PUT,
+            "/api/providers/{node_id}/power-limits",
+            providers::set_power_limits,
+        )
+        .add(Method::GET, "/api/billing/balance", billing::balance)
+        .add(Method::GET, "/api/billing/statement", billing::statement)
+        .add(Method::GET, "/api/grid-factors", billing::grid_factors)
+        .add(Method::GET, "/api/energy", energy::summary)
+        // Uploads stream with caps of their own, not the JSON body limit.
+        .add_limited(
+            Method::POST,
+            "/api/artifacts",
+            artifacts::upload_artifact,
+            Some(DefaultBodyLimit::disable()),
+        )
+        .add(Method::POST, "/api/providers/register", providers::register)
+        .add(Method::GET, "/api/gpus", providers::list_gpus)
+        .add(Method::GET, "/api/providers/{node_id}", providers::get_node)
+        .add(
+            Method::POST,
+            "/api/providers/{node_id}/stake",
+            providers::add_stake,
+        )
+        .add(
+            Method::PUT,
+            "/api/providers/{node_id}/posture",
+            providers::set_posture,
+        )
+        // A node's packets together: up to 256 of about 0.5 KiB each (with a commitment).
+        .add_limited(
+            Method::POST,
+            "/api/telemetry/russian-doll",
+            telemetry::ingest,
+            Some(DefaultBodyLimit::max(telemetry::MAX_TELEMETRY_BODY_BYTES)),
+        )
+        .add(
+            Method::GET,
+            "/api/agent/assignments",
+            agent::next_assignment,
+        )
+        .add(
+            Method::POST,
+            "/api/agent/jobs/{id}/status",
+            agent::report_status,
+        )
+        .add(Method::POST, "/api/agent/visibility", visibility::answer)
+        .add(
+            Method::GET,
+            "/api/agent/jobs/{id}/inputs/{art_id}",
+            artifacts::agent_input,
+        )
+        .add_limited(
+            Method::PUT,
+            "/api/agent/jobs/{id}/outputs",
+            outputs::upload_output,
+            Some(DefaultBodyLimit::disable()),
+        )
+        .add(Method::POST, "/api/agent/jobs/{id}/logs", logs::append_log)
+        .add(
+            Method::GET,
+            "/api/agent/jobs/{id}/commitments",
+            proofs::agent_commitments,
+        )
+}
+
+/// Routes anyone may call: the probes and the document.
+pub fn public_routes() -> Routes {
+    Routes::new()
+        .add(Method::GET, "/healthz", health::healthz)
+        .add(Method::GET, "/readyz", health::readyz)
+        .add(Method::GET, "/api/openapi.json", openapi::openapi_json)
+}
+
+/// Every (method, path) of the API, as routed (path parameters as the router names them).
+pub fn api_routes() -> Vec<(Method, &'static str)> {
+    [
+        admin_routes(),
+        public_log_routes(),
+        authenticated_routes(),
+        public_routes(),
+    ]
+    .iter()
+    .flat_map(|group| group.table().iter().cloned())
+    .collect()
+}
