@@ -5,7 +5,7 @@ use gp4u_client::Client;
 use gp4u_proto::UserView;
 
 use crate::render;
-use crate::session::exit;
+use crate::session::{Exit, exit};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AdminCommand {
@@ -24,10 +24,10 @@ pub enum AdminCommand {
         /// g CO2e per kWh.
         #[arg(long, requires = "region")]
         g_per_kwh: Option<f64>,
-        /// Where the figure comes from.
+        /// Where the figure comes from (required with --g-per-kwh).
         #[arg(long, requires = "g_per_kwh")]
         source: Option<String>,
-        /// The date the figure is for (YYYY-MM-DD).
+        /// The date the figure is for, YYYY-MM-DD (required with --g-per-kwh).
         #[arg(long, requires = "g_per_kwh")]
         as_of: Option<String>,
     },
@@ -35,7 +35,7 @@ pub enum AdminCommand {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum UsersCommand {
-    /// Create a user; prints its id.
+    /// Create a user; prints it (its id first; --json for the API's body).
     Create {
         name: String,
         /// customer, provider or admin.
@@ -117,6 +117,12 @@ pub async fn run(client: &Client, command: AdminCommand, json: bool) -> anyhow::
         } => {
             let answer = match (region, g_per_kwh) {
                 (Some(region), Some(grams)) => {
+                    if source.is_none() || as_of.is_none() {
+                        return Err(Exit::usage(format!(
+                            "setting {region}'s factor needs --source (where {grams} g/kWh comes \
+                             from) and --as-of (the date it is for, YYYY-MM-DD)"
+                        )));
+                    }
                     let body = serde_json::json!({"g_co2e_per_kwh": grams, "source": source,
                         "as_of": as_of});
                     client.set_grid_factor(&region, &body).await?

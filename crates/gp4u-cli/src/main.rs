@@ -83,7 +83,9 @@ enum Command {
         #[command(flatten)]
         connect: session::ConnectArgs,
     },
-    /// Energy and carbon of your jobs (--scope provider: your nodes'; platform: admins).
+    /// Energy and carbon: by default the widest scope your account allows (platform for admins,
+    /// your nodes' for providers, your jobs' for customers); --scope customer|provider|platform
+    /// picks one.
     Energy {
         #[arg(long)]
         scope: Option<String>,
@@ -152,7 +154,8 @@ struct AgentArgs {
     /// The control plane, e.g. http://127.0.0.1:8080.
     #[arg(long, env = "GP4U_SERVER")]
     server: String,
-    /// File holding the provider's bearer token (`gp4u token mint --clr 2`).
+    /// File holding the provider's bearer token (`gp4u admin token PROVIDER_ID --ttl-s 31536000`
+    /// issues one for a year; the agent stops when it expires).
     #[arg(long, env = "GP4U_TOKEN_FILE")]
     token_file: PathBuf,
     /// Where the node key, the registration and job files live.

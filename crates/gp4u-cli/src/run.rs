@@ -407,10 +407,13 @@ pub async fn run(
         summary["outputs"] = json!({"archive": archive, "sha256": sha256, "bytes": bytes,
             "unpacked": unpacked});
     }
+    // Not verified only when the check ran and failed: a job not settled within the wait is
+    // reported as such (`"verified": null`), never as verified.
     let mut verified = true;
     if !args.no_verify {
-        verified = verify(client, server, token, &job_id, json_output).await?;
-        summary["verified"] = json!(verified);
+        let outcome = verify(client, server, token, &job_id, json_output, SETTLEMENT_WAIT).await?;
+        summary["verified"] = json!(outcome);
+        verified = outcome != Some(false);
     }
     if json_output {
         render::json(&summary)?;
@@ -427,14 +430,16 @@ pub async fn run(
 
 /// Waits for the job's settlement, then checks the job against the ledger (`gp4u verify`),
 /// keeping the checkpoint it saw beside the login, so that the next run checks the log only grew.
+/// `None` when the job was not settled within `wait`: nothing was checked.
 async fn verify(
     client: &Client,
     server: &str,
     token: &str,
     job: &str,
     quiet: bool,
-) -> anyhow::Result<bool> {
-    let deadline = Instant::now() + SETTLEMENT_WAIT;
+    wait: Duration,
+) -> anyhow::Result<Option<bool>> {
+    let deadline = Instant::now() + wait;
     loop {
         match client.settlement(job).await {
             Ok(_) => break,
@@ -442,8 +447,12 @@ async fn verify(
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(error) if error.status() == Some(409) => {
-                eprintln!("{job} is not settled yet: verify it later with `gp4u verify {job}`");
-                return Ok(true);
+                eprintln!(
+                    "{job} is not settled after {} s, so it was not verified: verify it later \
+                     with `gp4u verify {job}`",
+                    wait.as_secs()
+                );
+                return Ok(None);
             }
             Err(error) => return Err(error.into()),
         }
@@ -464,10 +473,12 @@ async fn verify(
     };
     if quiet {
         // With --json the verifier's lines would break the JSON on stdout: run it silently.
-        return crate::verify::check(args).await;
+        return crate::verify::check(args).await.map(Some);
     }
     eprintln!("verifying {job} against the ledger:");
-    crate::verify::run_to(args, &mut std::io::stderr()).await
+    crate::verify::run_to(args, &mut std::io::stderr())
+        .await
+        .map(Some)
 }
 
 #[cfg(test)]
@@ -577,5 +588,30 @@ mod tests {
         );
         job.latest_metrics = None;
         assert!(!status_line(&job).contains("GPU"));
+    }
+
+    /// A job that completes but is not settled within the wait is reported unverified, not
+    /// verified (it used to count as verified).
+    #[tokio::test]
+    async fn an_unsettled_job_is_not_reported_verified() {
+        use axum::http::StatusCode;
+        let router = axum::Router::new().route(
+            "/api/jobs/{id}/settlement",
+            axum::routing::get(|| async {
+                (
+                    StatusCode::CONFLICT,
+                    axum::Json(serde_json::json!({"error": {"code": "NOT_SETTLED",
+                        "message": "not settled yet"}})),
+                )
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let client = Client::new(&server, Some("t.t")).unwrap();
+        let outcome = verify(&client, &server, "t.t", "job_x", true, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(outcome, None);
     }
 }

@@ -95,6 +95,38 @@ async fn the_cli_runs_a_job_end_to_end_without_curl() {
             .count(),
         2
     );
+    // A region's carbon factor: without its source and date it is refused before any request
+    // (exit 2, naming both flags); with them it is set and listed.
+    let half = admin(&["admin", "grid-factor", "xx-test-1", "--g-per-kwh", "123.5"]);
+    assert_eq!(half.status.code(), Some(2), "{}", text(&half));
+    let said = String::from_utf8_lossy(&half.stderr);
+    assert!(
+        said.contains("--source") && said.contains("--as-of"),
+        "{said}"
+    );
+    let set = admin(&[
+        "admin",
+        "grid-factor",
+        "xx-test-1",
+        "--g-per-kwh",
+        "123.5",
+        "--source",
+        "test table",
+        "--as-of",
+        "2026-01-01",
+        "--json",
+    ]);
+    let set: Value = json_of(&set);
+    assert_eq!(set["g_co2e_per_kwh"], 123.5, "{set}");
+    let listed: Value = json_of(&admin(&["admin", "grid-factor", "--json"]));
+    assert!(
+        listed["factors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|factor| factor["region"] == "xx-test-1" && factor["source"] == "test table"),
+        "{listed}"
+    );
 
     // The customer logs in once (token on stdin); the config is theirs alone.
     let home = tempfile::tempdir().unwrap();
