@@ -56,9 +56,9 @@ pub async fn balance(client: &Client, json: bool) -> anyhow::Result<i32> {
         println!(
             "{}",
             render::fields(&[
-                ("available", render::value(&balance["balance"])),
-                ("held", render::value(&balance["held"])),
-                ("currency", render::value(&balance["currency"])),
+                ("available", render::money(balance.balance)),
+                ("held", render::money(balance.held)),
+                ("currency", balance.currency.clone()),
             ])
         );
     }
@@ -72,29 +72,20 @@ pub async fn statement(client: &Client, json: bool) -> anyhow::Result<i32> {
         render::json(&statement)?;
         return Ok(exit::OK);
     }
-    let lines = statement["transfers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let rows = lines
+    let rows = statement
+        .transfers
         .iter()
         .map(|line| {
             vec![
-                line["at_ms"]
-                    .as_i64()
-                    .map_or_else(|| "-".into(), gp4u_server::views::rfc3339),
-                render::value(&line["kind"]),
-                render::value(&line["amount"]),
-                render::value(&line["job_id"]),
+                gp4u_server::views::rfc3339(line.at_ms),
+                render::label(&line.kind),
+                line.amount.to_string(),
+                line.job_id.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
     println!("{}", render::table(&["at", "kind", "amount", "job"], rows));
-    println!(
-        "earnings {} {}",
-        render::value(&statement["earnings"]),
-        render::value(&statement["currency"])
-    );
+    println!("earnings {} {}", statement.earnings, statement.currency);
     Ok(exit::OK)
 }
 

@@ -115,43 +115,50 @@ pub async fn run(client: &Client, command: AdminCommand, json: bool) -> anyhow::
             source,
             as_of,
         } => {
-            let answer = match (region, g_per_kwh) {
+            let factors = match (region, g_per_kwh) {
                 (Some(region), Some(grams)) => {
-                    if source.is_none() || as_of.is_none() {
+                    let (Some(source), Some(as_of)) = (source, as_of) else {
                         return Err(Exit::usage(format!(
                             "setting {region}'s factor needs --source (where {grams} g/kWh comes \
                              from) and --as-of (the date it is for, YYYY-MM-DD)"
                         )));
+                    };
+                    let body = gp4u_proto::GridFactorBody {
+                        g_co2e_per_kwh: grams,
+                        source,
+                        as_of,
+                    };
+                    let set = client.set_grid_factor(&region, &body).await?;
+                    if json {
+                        render::json(&set)?;
+                        return Ok(exit::OK);
                     }
-                    let body = serde_json::json!({"g_co2e_per_kwh": grams, "source": source,
-                        "as_of": as_of});
-                    client.set_grid_factor(&region, &body).await?
+                    vec![set]
                 }
-                _ => client.grid_factors().await?,
+                _ => {
+                    let table = client.grid_factors().await?;
+                    if json {
+                        render::json(&table)?;
+                        return Ok(exit::OK);
+                    }
+                    table.factors
+                }
             };
-            if json {
-                render::json(&answer)?;
-            } else {
-                let factors = answer["factors"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_else(|| vec![answer.clone()]);
-                let rows = factors
-                    .iter()
-                    .map(|factor| {
-                        vec![
-                            render::value(&factor["region"]),
-                            render::value(&factor["g_co2e_per_kwh"]),
-                            render::value(&factor["source"]),
-                            render::value(&factor["as_of"]),
-                        ]
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    render::table(&["region", "g CO2e/kWh", "source", "as of"], rows)
-                );
-            }
+            let rows = factors
+                .iter()
+                .map(|factor| {
+                    vec![
+                        factor.region.clone(),
+                        factor.g_co2e_per_kwh.to_string(),
+                        factor.source.clone(),
+                        factor.as_of.clone(),
+                    ]
+                })
+                .collect();
+            println!(
+                "{}",
+                render::table(&["region", "g CO2e/kWh", "source", "as of"], rows)
+            );
             Ok(exit::OK)
         }
     }

@@ -52,6 +52,11 @@ pub fn number(value: &serde_json::Value, decimals: usize) -> String {
     }
 }
 
+/// A wire enum as its JSON name (`top_up`, `COMPLETE`).
+pub fn label(value: &impl serde::Serialize) -> String {
+    self::value(&serde_json::to_value(value).unwrap_or_default())
+}
+
 /// A JSON number or string as text, `-` for null.
 pub fn value(value: &serde_json::Value) -> String {
     match value {

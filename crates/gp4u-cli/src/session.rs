@@ -215,8 +215,8 @@ pub async fn login(args: LoginArgs, json: bool) -> anyhow::Result<i32> {
         println!(
             "logged in to {} (balance {} {}); saved in {}",
             client.base(),
-            balance["balance"],
-            balance["currency"].as_str().unwrap_or(""),
+            balance.balance,
+            balance.currency,
             path.display()
         );
     }

@@ -1308,55 +1308,55 @@ pub struct FetchedLog {
     pub consistency: Option<Value>,
 }
 
-/// Whether a request carries the token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Access {
-    /// The public log: never with the token, so that it is checked from what every witness sees.
-    Public,
-    /// The job's own documents: with the token of its owner (or an admin).
-    Token,
+/// Who the verifier talks to: the public log is read without the token, so that it is checked
+/// from what every witness sees; the job's own documents with the token of its owner (or an
+/// admin).
+struct Sources {
+    public: gp4u_client::Client,
+    owner: Option<gp4u_client::Client>,
 }
 
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    token: Option<String>,
-}
-
-impl Client {
-    async fn get(&self, access: Access, path: &str) -> anyhow::Result<(u16, String)> {
-        let url = format!("{}{path}", self.base.trim_end_matches('/'));
-        let mut request = self.http.get(&url);
-        if access == Access::Token {
-            let Some(token) = &self.token else {
-                bail!("GET {path} needs --token (or GP4U_TOKEN): the job's owner's or an admin's");
-            };
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.with_context(|| format!("GET {url}"))?;
-        let status = response.status().as_u16();
-        let text = response
-            .text()
-            .await
-            .with_context(|| format!("reading {url}"))?;
-        Ok((status, text))
+impl Sources {
+    fn new(server: &str, token: Option<&str>) -> anyhow::Result<Sources> {
+        Ok(Sources {
+            public: gp4u_client::Client::new(server, None)?,
+            owner: token
+                .map(|token| gp4u_client::Client::new(server, Some(token)))
+                .transpose()?,
+        })
     }
 
-    async fn text(&self, access: Access, path: &str) -> anyhow::Result<String> {
-        match self.get(access, path).await? {
-            (200, text) => Ok(text),
-            (401, text) if access == Access::Public => bail!(
-                "GET {path}: 401: {}: this server does not let its log be read without a token \
-                 (SPEC §8 says it must)",
-                text.trim()
+    fn owner(&self) -> anyhow::Result<&gp4u_client::Client> {
+        self.owner.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "the job's documents need --token (or GP4U_TOKEN): the job's owner's or an admin's"
+            )
+        })
+    }
+
+    /// A public read, refused with 401 only by a server that breaks SPEC §8.
+    fn public_refusal(what: &str, error: gp4u_client::ClientError) -> anyhow::Error {
+        match error.status() {
+            Some(401) => anyhow::anyhow!(
+                "{what}: {error}: this server does not let its log be read without a token \
+                 (SPEC §8 says it must)"
             ),
-            (status, text) => bail!("GET {path}: {status}: {}", text.trim()),
+            _ => anyhow::anyhow!("{what}: {error}"),
         }
     }
 
-    async fn json(&self, access: Access, path: &str) -> anyhow::Result<Value> {
-        let text = self.text(access, path).await?;
-        serde_json::from_str(&text).with_context(|| format!("GET {path}: not JSON"))
+    async fn public_key(&self) -> anyhow::Result<String> {
+        self.public
+            .ledger_public_key()
+            .await
+            .map_err(|error| Self::public_refusal("GET /api/ledger/public-key", error))
+    }
+
+    async fn checkpoint(&self) -> anyhow::Result<String> {
+        self.public
+            .checkpoint()
+            .await
+            .map_err(|error| Self::public_refusal("GET /api/ledger/checkpoint", error))
     }
 
     /// `GET /api/ledger/proof/consistency?from=&to=`, when a proof is needed between them.
@@ -1366,51 +1366,42 @@ impl Client {
         to: Option<u64>,
     ) -> anyhow::Result<Option<Value>> {
         match (from, to) {
-            (Some(from), Some(to)) if 0 < from && from < to => Ok(Some(
-                self.json(
-                    Access::Public,
-                    &format!("/api/ledger/proof/consistency?from={from}&to={to}"),
-                )
-                .await?,
-            )),
+            (Some(from), Some(to)) if 0 < from && from < to => {
+                let proof = self
+                    .public
+                    .consistency_proof(from, to)
+                    .await
+                    .map_err(|error| {
+                        Self::public_refusal("GET /api/ledger/proof/consistency", error)
+                    })?;
+                Ok(Some(serde_json::to_value(proof)?))
+            }
             _ => Ok(None),
         }
     }
 }
 
 async fn fetch(
-    client: &Client,
+    sources: &Sources,
     job: &str,
     previous: Option<&SavedCheckpoint>,
 ) -> anyhow::Result<Fetched> {
-    let public_key = client
-        .text(Access::Public, "/api/ledger/public-key")
-        .await?
-        .trim()
-        .to_owned();
-    let ledger = client
-        .json(Access::Token, &format!("/api/jobs/{job}/ledger"))
-        .await?;
-    let proofs = client
-        .json(Access::Token, &format!("/api/jobs/{job}/proofs"))
-        .await?;
-    let settlement: Option<Value> = match client
-        .get(Access::Token, &format!("/api/jobs/{job}/settlement"))
-        .await?
-    {
-        (200, text) => Some(serde_json::from_str(&text).context("the settlement is not JSON")?),
+    let public_key = sources.public_key().await?;
+    let owner = sources.owner()?;
+    let ledger = serde_json::to_value(owner.job_ledger(job).await?)?;
+    let proofs = owner.proofs(job).await?;
+    let settlement = match owner.settlement(job).await {
+        Ok(settlement) => Some(serde_json::to_value(settlement)?),
         // 409 NOT_SETTLED: the job has not ended (or settles in a second).
-        (404 | 409, _) => None,
-        (status, text) => bail!("GET /api/jobs/{job}/settlement: {status}: {}", text.trim()),
+        Err(error) if matches!(error.status(), Some(404 | 409)) => None,
+        Err(error) => return Err(error.into()),
     };
     // After the job's ledger, so that the public log has had the time to reach its checkpoint.
-    let latest = client
-        .text(Access::Public, "/api/ledger/checkpoint")
-        .await?;
+    let latest = sources.checkpoint().await?;
     let job_size = ledger["checkpoint"].as_str().and_then(claimed_size);
     let old_size = previous.and_then(|saved| claimed_size(&saved.checkpoint));
-    let consistency = client.consistency(old_size, job_size).await?;
-    let latest_consistency = client.consistency(job_size, claimed_size(&latest)).await?;
+    let consistency = sources.consistency(old_size, job_size).await?;
+    let latest_consistency = sources.consistency(job_size, claimed_size(&latest)).await?;
     Ok(Fetched {
         public_key,
         documents: Documents {
@@ -1426,19 +1417,13 @@ async fn fetch(
 }
 
 async fn fetch_log(
-    client: &Client,
+    sources: &Sources,
     previous: Option<&SavedCheckpoint>,
 ) -> anyhow::Result<FetchedLog> {
-    let public_key = client
-        .text(Access::Public, "/api/ledger/public-key")
-        .await?
-        .trim()
-        .to_owned();
-    let checkpoint = client
-        .text(Access::Public, "/api/ledger/checkpoint")
-        .await?;
+    let public_key = sources.public_key().await?;
+    let checkpoint = sources.checkpoint().await?;
     let old_size = previous.and_then(|saved| claimed_size(&saved.checkpoint));
-    let consistency = client
+    let consistency = sources
         .consistency(old_size, claimed_size(&checkpoint))
         .await?;
     Ok(FetchedLog {
@@ -1605,16 +1590,6 @@ fn trusted_key(
     })
 }
 
-fn client(server: &str, token: Option<&str>) -> anyhow::Result<Client> {
-    Ok(Client {
-        http: reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(60))
-            .build()?,
-        base: server.to_owned(),
-        token: token.map(|token| token.trim().to_owned()),
-    })
-}
-
 /// The command: fetch (or load), verify, print, save. `Ok(true)` when everything held.
 pub async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
     run_to(args, &mut std::io::stdout()).await
@@ -1701,7 +1676,7 @@ async fn verify_job(
                      alone, no token needed"
                 );
             };
-            fetch(&client(server, Some(token))?, job, previous).await?
+            fetch(&Sources::new(server, Some(token))?, job, previous).await?
         }
     };
     if let Some(dir) = &args.save {
@@ -1728,7 +1703,7 @@ async fn witness_log(
                 bail!("--server is needed unless --offline DIR is given");
             };
             // No token, even when one is configured: the log is checked as any witness sees it.
-            fetch_log(&client(server, None)?, previous).await?
+            fetch_log(&Sources::new(server, None)?, previous).await?
         }
     };
     if let Some(dir) = &args.save {

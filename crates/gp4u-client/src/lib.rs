@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use gp4u_proto::{
-    ArtifactCreated, ChambersView, GpuList, IssuedToken, JobAccepted, JobList, JobView,
-    ProviderNodeView, UserView,
+    ArtifactCreated, Balance, ChambersView, ConsistencyProof, GpuList, GridFactorBody,
+    GridFactorView, GridFactors, InclusionProof, IssuedToken, JobAccepted, JobLedger, JobList,
+    JobView, LedgerEntries, ProviderNodeView, SettlementView, Statement, UserView,
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -240,6 +241,23 @@ impl Client {
         .await
     }
 
+    /// A GET whose answer is text (the checkpoint, the public key).
+    async fn text(&self, what: &str, path: &str) -> ClientResult<String> {
+        let url = self.url(path);
+        let response = self
+            .send(what, Resend::Safe, || {
+                self.http.get(&url).timeout(DEFAULT_TIMEOUT)
+            })
+            .await?;
+        response
+            .text()
+            .await
+            .map_err(|error| ClientError::Unreachable {
+                url: self.base.clone(),
+                detail: format!("{what}: {error}"),
+            })
+    }
+
     async fn post<T: DeserializeOwned>(
         &self,
         what: &str,
@@ -262,12 +280,12 @@ impl Client {
     }
 
     /// `GET /api/billing/balance`: the caller's credit (also how `login` checks a token).
-    pub async fn balance(&self) -> ClientResult<Value> {
+    pub async fn balance(&self) -> ClientResult<Balance> {
         self.get("the balance", "/api/billing/balance").await
     }
 
     /// `GET /api/billing/statement`: the caller's transfers, newest first.
-    pub async fn statement(&self) -> ClientResult<Value> {
+    pub async fn statement(&self) -> ClientResult<Statement> {
         self.get("the statement", "/api/billing/statement").await
     }
 
@@ -383,7 +401,8 @@ impl Client {
         self.get(&format!("the telemetry of {id}"), &path).await
     }
 
-    pub async fn settlement(&self, id: &str) -> ClientResult<Value> {
+    /// `GET /api/jobs/{id}/settlement`: what the job cost (409 `NOT_SETTLED` until it settles).
+    pub async fn settlement(&self, id: &str) -> ClientResult<SettlementView> {
         self.get(
             &format!("the settlement of {id}"),
             &format!("/api/jobs/{id}/settlement"),
@@ -567,15 +586,71 @@ impl Client {
         .await
     }
 
+    // -------------------------------------------------------------------------------------
+    // The ledger (public: a client without a token reads it as a witness)
+
+    /// `GET /api/ledger/checkpoint`: the latest signed note (C2SP tlog-checkpoint).
+    pub async fn checkpoint(&self) -> ClientResult<String> {
+        self.text("the checkpoint", "/api/ledger/checkpoint").await
+    }
+
+    /// `GET /api/ledger/public-key`: the note verifier key the checkpoints are signed with.
+    pub async fn ledger_public_key(&self) -> ClientResult<String> {
+        self.text("the ledger's public key", "/api/ledger/public-key")
+            .await
+            .map(|key| key.trim().to_string())
+    }
+
+    /// `GET /api/ledger/entries?start=&end=`: entries `start <= index < end` (at most 1000).
+    pub async fn ledger_entries(&self, start: u64, end: u64) -> ClientResult<LedgerEntries> {
+        self.get(
+            &format!("the ledger's entries {start}..{end}"),
+            &format!("/api/ledger/entries?start={start}&end={end}"),
+        )
+        .await
+    }
+
+    /// `GET /api/ledger/proof/inclusion?index=&size=`.
+    pub async fn inclusion_proof(&self, index: u64, size: u64) -> ClientResult<InclusionProof> {
+        self.get(
+            &format!("the inclusion proof of entry {index} in {size}"),
+            &format!("/api/ledger/proof/inclusion?index={index}&size={size}"),
+        )
+        .await
+    }
+
+    /// `GET /api/ledger/proof/consistency?from=&to=`.
+    pub async fn consistency_proof(&self, from: u64, to: u64) -> ClientResult<ConsistencyProof> {
+        self.get(
+            &format!("the consistency proof from {from} to {to}"),
+            &format!("/api/ledger/proof/consistency?from={from}&to={to}"),
+        )
+        .await
+    }
+
+    /// `GET /api/jobs/{id}/ledger`: the job's entries with inclusion proofs against the
+    /// checkpoint the answer carries.
+    pub async fn job_ledger(&self, id: &str) -> ClientResult<JobLedger> {
+        self.get(
+            &format!("the ledger entries of {id}"),
+            &format!("/api/jobs/{id}/ledger"),
+        )
+        .await
+    }
+
     pub async fn chambers(&self) -> ClientResult<ChambersView> {
         self.get("the chambers", "/api/admin/chambers").await
     }
 
-    pub async fn grid_factors(&self) -> ClientResult<Value> {
+    pub async fn grid_factors(&self) -> ClientResult<GridFactors> {
         self.get("the grid factors", "/api/grid-factors").await
     }
 
-    pub async fn set_grid_factor(&self, region: &str, body: &Value) -> ClientResult<Value> {
+    pub async fn set_grid_factor(
+        &self,
+        region: &str,
+        body: &GridFactorBody,
+    ) -> ClientResult<GridFactorView> {
         let url = self.url(&format!("/api/admin/grid-factors/{region}"));
         self.json(
             &format!("the grid factor of {region}"),

@@ -4,14 +4,24 @@
 //! exactly, including its mixed casing (`costEstimate`, `expectedDurationHours`). Change by
 //! adding, never by renaming. The OpenAPI document is generated from these types.
 
+mod billing;
 mod errors;
+mod ledger;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+pub use billing::{
+    Balance, GridFactorBody, GridFactorView, GridFactors, SettlementOutcome, SettlementTransfer,
+    SettlementView, Statement, StatementLine, TransferKind,
+};
 pub use errors::{ErrorBody, ErrorCode, ErrorDetail};
+pub use ledger::{
+    ConsistencyProof, InclusionProof, JobLedger, LedgerEntries, LedgerEntry, ProvenEntry,
+    ReadableEntry, WitnessedEntry,
+};
 
 /// `gpu` in job responses: where the job runs (or will).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

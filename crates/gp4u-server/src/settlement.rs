@@ -387,42 +387,35 @@ async fn settle_job(state: &AppState, job: &JobRecord) -> Result<(), StoreError>
     Ok(())
 }
 
-/// The settlement route's view: SPEC §8's fields in currency units, and the exact settlement.
-pub fn settlement_view(settlement: &Value) -> Value {
-    let units = |field: &str| {
-        settlement[field]
-            .as_i64()
-            .map(|micros| micros as f64 / 1_000_000.0)
-    };
-    let transfers: Vec<Value> = settlement["transfers"]
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .map(|transfer| {
-                    json!({
-                        "id": transfer["id"],
-                        "debit": transfer["debit"],
-                        "credit": transfer["credit"],
-                        "amount": transfer["amount"].as_i64().map(|micros| micros as f64 / 1_000_000.0),
-                        "amount_micros": transfer["amount"],
-                        "kind": transfer["kind"],
-                    })
-                })
-                .collect()
+/// The settlement route's view: SPEC §8's fields in currency units, and the exact settlement
+/// as stored (and sealed). `None` when the stored settlement does not parse (never written so).
+pub fn settlement_view(stored: &Value) -> Option<gp4u_proto::SettlementView> {
+    let settlement: gp4u_core::billing::Settlement = serde_json::from_value(stored.clone()).ok()?;
+    let units = |micros: i64| micros as f64 / 1_000_000.0;
+    let transfers = settlement
+        .transfers
+        .iter()
+        .map(|transfer| gp4u_proto::SettlementTransfer {
+            id: transfer.id.clone(),
+            debit: transfer.debit.to_string(),
+            credit: transfer.credit.to_string(),
+            amount: units(transfer.amount.micros()),
+            amount_micros: transfer.amount.micros(),
+            kind: transfer.kind.into(),
         })
-        .unwrap_or_default();
-    json!({
-        "job_id": settlement["job_id"],
-        "gpu_hours": settlement["gpu_hours"].as_i64().map(|micros| micros as f64 / 1_000_000.0),
-        "customer_charged": units("customer_charged"),
-        "platform_fee": units("platform_fee"),
-        "provider_earnings": units("provider_earnings"),
-        "student_program": units("student_program"),
-        "refunded": units("refunded"),
-        "held": units("held"),
-        "outcome": settlement["outcome"],
-        "currency": "USD",
-        "transfers": transfers,
-        "exact": settlement,
+        .collect();
+    Some(gp4u_proto::SettlementView {
+        job_id: settlement.input.job_id.to_string(),
+        gpu_hours: units(settlement.gpu_hours.micro_hours()),
+        customer_charged: units(settlement.customer_charged.micros()),
+        platform_fee: units(settlement.platform_fee.micros()),
+        provider_earnings: units(settlement.provider_earnings.micros()),
+        student_program: units(settlement.student_program.micros()),
+        refunded: units(settlement.refunded.micros()),
+        held: units(settlement.input.held.micros()),
+        outcome: settlement.input.outcome.into(),
+        currency: "USD".into(),
+        transfers,
+        exact: stored.clone(),
     })
 }

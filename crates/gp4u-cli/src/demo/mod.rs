@@ -534,11 +534,11 @@ async fn follow(
             Ok(settlement) => once(
                 "settled",
                 format!(
-                    "charged {}, provider {}, fee {}, refunded {}",
-                    render::number(&settlement["customer_charged"], 4),
-                    render::number(&settlement["provider_earnings"], 4),
-                    render::number(&settlement["platform_fee"], 4),
-                    render::number(&settlement["refunded"], 4)
+                    "charged {:.4}, provider {:.4}, fee {:.4}, refunded {:.4}",
+                    settlement.customer_charged,
+                    settlement.provider_earnings,
+                    settlement.platform_fee,
+                    settlement.refunded
                 ),
                 &mut seen,
             ),

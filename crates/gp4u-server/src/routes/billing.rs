@@ -3,9 +3,12 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use gp4u_proto::ErrorCode;
+use gp4u_proto::{
+    Balance, ErrorCode, GridFactorBody, GridFactorView, GridFactors, SettlementView, Statement,
+    StatementLine, TransferKind,
+};
 use gp4u_store::GridFactorRecord;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -20,17 +23,22 @@ fn units(micros: i64) -> f64 {
 /// `GET /api/jobs/{id}/settlement` (owner or admin).
 #[utoipa::path(
     get, path = "/api/jobs/{id}/settlement", tag = "billing", params(("id" = String, Path)),
-    responses((status = 200, description = "SPEC §8: job_id, gpu_hours, customer_charged, platform_fee, provider_earnings, student_program, refunded, transfers; `exact` = the sealed settlement in micros"), (status = 404, body = gp4u_proto::ErrorBody), (status = 409, description = "NOT_SETTLED: the job has not ended", body = gp4u_proto::ErrorBody)),
+    responses((status = 200, description = "SPEC §8: what the job cost and where the money went; `exact` = the sealed settlement in micros", body = SettlementView), (status = 404, body = gp4u_proto::ErrorBody), (status = 409, description = "NOT_SETTLED: the job has not ended", body = gp4u_proto::ErrorBody)),
     security(("bearer" = []))
 )]
 pub async fn job_settlement(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<SettlementView>> {
     let job = crate::routes::jobs::visible_job(&state, &caller, &id).await?;
     match state.store.get_settlement(&job.id).await? {
-        Some(settlement) => Ok(Json(settlement_view(&settlement))),
+        Some(settlement) => settlement_view(&settlement).map(Json).ok_or_else(|| {
+            ApiError::internal(
+                "settlement",
+                format!("the stored settlement of {} does not parse", job.id),
+            )
+        }),
         None => Err(ApiError::new(
             ErrorCode::NotSettled,
             format!(
@@ -71,93 +79,105 @@ pub async fn job_veritas(
 /// `GET /api/billing/balance`: `{"balance", "held", "currency"}` of the caller.
 #[utoipa::path(
     get, path = "/api/billing/balance", tag = "billing",
-    responses((status = 200, description = "{\"balance\", \"held\", \"currency\"} of the caller")),
+    responses((status = 200, description = "the caller's credit", body = Balance)),
     security(("bearer" = []))
 )]
-pub async fn balance(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+pub async fn balance(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Balance>> {
     let balance = state.store.balance(caller.id()).await?;
-    Ok(Json(json!({
-        "balance": units(balance.available.micros()),
-        "held": units(balance.held.micros()),
-        "currency": "USD",
-        "balance_micros": balance.available.micros(),
-        "held_micros": balance.held.micros(),
-    })))
+    Ok(Json(Balance {
+        balance: units(balance.available.micros()),
+        held: units(balance.held.micros()),
+        currency: "USD".into(),
+        balance_micros: balance.available.micros(),
+        held_micros: balance.held.micros(),
+    }))
 }
 
 /// `GET /api/billing/statement`: the caller's transfers (earnings for providers), newest
 /// first, with totals per kind.
 #[utoipa::path(
     get, path = "/api/billing/statement", tag = "billing",
-    responses((status = 200, description = "the caller's transfers, newest first, with earnings and totals per kind")),
+    responses((status = 200, description = "the caller's transfers, newest first, with earnings and totals per kind", body = Statement)),
     security(("bearer" = []))
 )]
-pub async fn statement(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+pub async fn statement(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Statement>> {
     let account = format!("user:{}:available", caller.id());
     let transfers = state.store.account_transfers(&account, 500).await?;
-    let mut totals = serde_json::Map::new();
+    let mut totals = std::collections::BTreeMap::new();
     let mut lines = Vec::with_capacity(transfers.len());
     for transfer in &transfers {
+        let kind = TransferKind::parse(&transfer.kind).ok_or_else(|| {
+            ApiError::internal(
+                "statement",
+                format!(
+                    "transfer {} has an unknown kind {:?}",
+                    transfer.id, transfer.kind
+                ),
+            )
+        })?;
         let signed = if transfer.credit == account {
             transfer.amount.micros()
         } else {
             -transfer.amount.micros()
         };
-        let entry = totals.entry(transfer.kind.clone()).or_insert(json!(0));
-        *entry = json!(entry.as_i64().unwrap_or(0) + signed);
-        lines.push(json!({
-            "id": transfer.id,
-            "kind": transfer.kind,
-            "job_id": transfer.job_id,
-            "amount": units(signed),
-            "amount_micros": signed,
-            "debit": transfer.debit,
-            "credit": transfer.credit,
-            "at_ms": transfer.created_at_ms,
-        }));
+        *totals.entry(kind).or_insert(0) += signed;
+        lines.push(StatementLine {
+            id: transfer.id.clone(),
+            kind,
+            job_id: transfer.job_id.clone(),
+            amount: units(signed),
+            amount_micros: signed,
+            debit: transfer.debit.clone(),
+            credit: transfer.credit.clone(),
+            at_ms: transfer.created_at_ms,
+        });
     }
-    let earnings = totals.get("earnings").and_then(Value::as_i64).unwrap_or(0);
-    Ok(Json(json!({
-        "user_id": caller.id(),
-        "account": account,
-        "currency": "USD",
-        "earnings": units(earnings),
-        "earnings_micros": earnings,
-        "totals_micros": totals,
-        "transfers": lines,
-    })))
+    let earnings = totals.get(&TransferKind::Earnings).copied().unwrap_or(0);
+    Ok(Json(Statement {
+        user_id: caller.id().to_string(),
+        account,
+        currency: "USD".into(),
+        earnings: units(earnings),
+        earnings_micros: earnings,
+        totals_micros: totals,
+        transfers: lines,
+    }))
 }
 
-fn factor_view(record: &GridFactorRecord) -> Value {
-    json!({
-        "region": record.region,
-        "g_co2e_per_kwh": record.g_co2e_per_kwh,
-        "source": record.source,
-        "as_of": record.as_of,
-        "updated_at_ms": record.updated_at_ms,
-    })
+fn factor_view(record: &GridFactorRecord) -> GridFactorView {
+    GridFactorView {
+        region: record.region.clone(),
+        g_co2e_per_kwh: record.g_co2e_per_kwh,
+        source: record.source.clone(),
+        as_of: record.as_of.clone(),
+        updated_at_ms: record.updated_at_ms,
+    }
 }
 
 /// `GET /api/grid-factors`: the carbon table, with sources and dates.
 #[utoipa::path(
     get, path = "/api/grid-factors", tag = "billing",
-    responses((status = 200, description = "grid carbon intensity per region (g CO2e/kWh) with source and date")),
+    responses((status = 200, description = "grid carbon intensity per region (g CO2e/kWh) with source and date", body = GridFactors)),
     security(("bearer" = []))
 )]
 pub async fn grid_factors(
     State(state): State<AppState>,
     _caller: Caller,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<GridFactors>> {
     let records = state.store.list_grid_factors().await?;
-    Ok(Json(json!({
-        "factors": records.iter().map(factor_view).collect::<Vec<_>>(),
-    })))
+    Ok(Json(GridFactors {
+        factors: records.iter().map(factor_view).collect(),
+    }))
 }
 
 /// `PUT /api/admin/grid-factors/{region}` `{"g_co2e_per_kwh", "source", "as_of"}` (admins).
 #[utoipa::path(
     put, path = "/api/admin/grid-factors/{region}", tag = "admin", params(("region" = String, Path)),
-    responses((status = 200, description = "the factor as stored"), (status = 400, body = gp4u_proto::ErrorBody), (status = 403, body = gp4u_proto::ErrorBody)),
+    request_body = GridFactorBody,
+    responses((status = 200, description = "the factor as stored", body = GridFactorView), (status = 400, body = gp4u_proto::ErrorBody), (status = 403, body = gp4u_proto::ErrorBody)),
     security(("bearer" = []))
 )]
 pub async fn set_grid_factor(
@@ -165,7 +185,7 @@ pub async fn set_grid_factor(
     caller: Caller,
     Path(region): Path<String>,
     body: JsonBody,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<GridFactorView>> {
     let field = |name: &str, message: String| {
         ApiError::from(gp4u_core::manifest::FieldError::new(
             gp4u_core::manifest::ValidationCode::InvalidType,

@@ -13,10 +13,12 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use gp4u_ledger::hash::{Hash, empty_root, to_hex};
 use gp4u_ledger::tree::{consistency_proof_plan, inclusion_proof_plan};
-use gp4u_proto::ErrorCode;
+use gp4u_proto::{
+    ConsistencyProof, ErrorCode, InclusionProof, JobLedger, LedgerEntries, LedgerEntry,
+    ProvenEntry, ReadableEntry, WitnessedEntry,
+};
 use gp4u_store::{CheckpointRecord, LedgerBodies, LedgerEntryRecord, LedgerLeafRecord};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -128,33 +130,15 @@ pub async fn public_key(
 }
 
 /// An entry its reader may read: everything, the body included.
-fn readable_view(
-    index: u64,
-    kind: &str,
-    job_id: Option<&str>,
-    leaf_hash: &Hash,
-    body: &str,
-    sealed_at_ms: i64,
-) -> Value {
-    json!({
-        "index": index,
-        "kind": kind,
-        "job_id": job_id,
-        "leaf_hash": to_hex(leaf_hash),
-        "body": body,
-        "sealed_at_ms": sealed_at_ms,
-    })
-}
-
-fn entry_view(entry: &LedgerEntryRecord) -> Value {
-    readable_view(
-        entry.index,
-        &entry.kind,
-        entry.job_id.as_deref(),
-        &entry.leaf_hash,
-        &entry.body,
-        entry.created_at_ms,
-    )
+fn readable(entry: &LedgerEntryRecord) -> ReadableEntry {
+    ReadableEntry {
+        index: entry.index,
+        kind: entry.kind.clone(),
+        job_id: entry.job_id.clone(),
+        leaf_hash: to_hex(&entry.leaf_hash),
+        body: entry.body.clone(),
+        sealed_at_ms: entry.created_at_ms,
+    }
 }
 
 /// An entry of a range as its reader may see it. The log is public, what happened in other
@@ -164,22 +148,26 @@ fn entry_view(entry: &LedgerEntryRecord) -> Value {
 /// ran, for how long, whether it was killed or slashed, what it cost) and tie them to anyone
 /// who knows the id; its sealing time is not part of the leaf, so it proves nothing and only
 /// dates the activity. Both stay with the body. See ARCHITECTURE.md, "The public log".
-fn leaf_view(leaf: &LedgerLeafRecord) -> Value {
+fn leaf_view(leaf: &LedgerLeafRecord) -> LedgerEntry {
     match &leaf.body {
-        Some(body) => readable_view(
-            leaf.index,
-            &leaf.kind,
-            leaf.job_id.as_deref(),
-            &leaf.leaf_hash,
-            body,
-            leaf.created_at_ms,
-        ),
-        None => json!({
-            "index": leaf.index,
-            "kind": leaf.kind,
-            "leaf_hash": to_hex(&leaf.leaf_hash),
+        Some(body) => LedgerEntry::Readable(ReadableEntry {
+            index: leaf.index,
+            kind: leaf.kind.clone(),
+            job_id: leaf.job_id.clone(),
+            leaf_hash: to_hex(&leaf.leaf_hash),
+            body: body.clone(),
+            sealed_at_ms: leaf.created_at_ms,
+        }),
+        None => LedgerEntry::Witnessed(WitnessedEntry {
+            index: leaf.index,
+            kind: leaf.kind.clone(),
+            leaf_hash: to_hex(&leaf.leaf_hash),
         }),
     }
+}
+
+fn hex_path(proof: &[Hash]) -> Vec<String> {
+    proof.iter().map(|hash| to_hex(hash)).collect()
 }
 
 /// `GET /api/ledger/entries?start=&end=`: entries `start <= index < end` (at most 1000), with
@@ -189,14 +177,14 @@ fn leaf_view(leaf: &LedgerLeafRecord) -> Value {
         ("start" = Option<u64>, Query, description = "first index (default 0); at most 9223372036854775807"),
         ("end" = Option<u64>, Query, description = "one past the last index (default start + 100); end - start at most 1000"),
     ),
-    responses((status = 200, description = "{start, end, entries}: entries start <= index < end (at most 1000), each with index, kind and leaf_hash; entries the caller may read (a token of the job's owner, or an admin's) also carry job_id, body (the leaf's data) and sealed_at_ms"), (status = 400, body = gp4u_proto::ErrorBody), (status = 401, description = "only when a token is sent: it is missing its Bearer scheme, malformed, badly signed or expired (without a token the route answers anonymously)", body = gp4u_proto::ErrorBody), (status = 403, description = "only when a token is sent: its user is suspended or unknown, or it claims more clearance than stored", body = gp4u_proto::ErrorBody)),
+    responses((status = 200, description = "entries start <= index < end (at most 1000), each with index, kind and leaf_hash; entries the caller may read (a token of the job's owner, or an admin's) also carry job_id, body (the leaf's data) and sealed_at_ms", body = LedgerEntries), (status = 400, body = gp4u_proto::ErrorBody), (status = 401, description = "only when a token is sent: it is missing its Bearer scheme, malformed, badly signed or expired (without a token the route answers anonymously)", body = gp4u_proto::ErrorBody), (status = 403, description = "only when a token is sent: its user is suspended or unknown, or it claims more clearance than stored", body = gp4u_proto::ErrorBody)),
     security((), ("bearer" = []))
 )]
 pub async fn entries(
     State(state): State<AppState>,
     caller: Option<Caller>,
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<LedgerEntries>> {
     let query = query_text(query)?;
     let start = log_number("start", query.start.as_deref())?.unwrap_or(0);
     let end = log_number("end", query.end.as_deref())?
@@ -219,8 +207,11 @@ pub async fn entries(
         Some(caller) => LedgerBodies::JobsOf(caller.id()),
     };
     let leaves = state.store.ledger_leaves(start, end, bodies).await?;
-    let views: Vec<Value> = leaves.iter().map(leaf_view).collect();
-    Ok(Json(json!({"start": start, "end": end, "entries": views})))
+    Ok(Json(LedgerEntries {
+        start,
+        end,
+        entries: leaves.iter().map(leaf_view).collect(),
+    }))
 }
 
 /// `GET /api/ledger/proof/inclusion?index=&size=`: the audit path of entry `index` in the tree
@@ -230,14 +221,14 @@ pub async fn entries(
         ("index" = u64, Query, description = "the entry's index, below size"),
         ("size" = Option<u64>, Query, description = "the tree size (default: the latest checkpoint's); at most the latest checkpoint's"),
     ),
-    responses((status = 200, description = "{index, size, proof: [hex]} (RFC 9162 audit path)"), (status = 400, body = gp4u_proto::ErrorBody), (status = 401, description = "only when a token is sent: it is missing its Bearer scheme, malformed, badly signed or expired (without a token the route answers anonymously)", body = gp4u_proto::ErrorBody), (status = 403, description = "only when a token is sent: its user is suspended or unknown, or it claims more clearance than stored", body = gp4u_proto::ErrorBody)),
+    responses((status = 200, description = "the RFC 9162 audit path", body = InclusionProof), (status = 400, body = gp4u_proto::ErrorBody), (status = 401, description = "only when a token is sent: it is missing its Bearer scheme, malformed, badly signed or expired (without a token the route answers anonymously)", body = gp4u_proto::ErrorBody), (status = 403, description = "only when a token is sent: its user is suspended or unknown, or it claims more clearance than stored", body = gp4u_proto::ErrorBody)),
     security((), ("bearer" = []))
 )]
 pub async fn inclusion(
     State(state): State<AppState>,
     _caller: Option<Caller>,
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<InclusionProof>> {
     let query = query_text(query)?;
     let index = required_log_number("index", query.index.as_deref(), "?index=0&size=10")?;
     let size = log_number("size", query.size.as_deref())?;
@@ -252,11 +243,11 @@ pub async fn inclusion(
     let plan = inclusion_proof_plan(index, size)
         .map_err(|error| bad_query(format!("index={index} in a tree of size {size}: {error}")))?;
     let proof = proof_from_plan(&state, &plan).await?;
-    Ok(Json(json!({
-        "index": index,
-        "size": size,
-        "proof": proof.iter().map(|hash| to_hex(hash)).collect::<Vec<_>>(),
-    })))
+    Ok(Json(InclusionProof {
+        index,
+        size,
+        proof: hex_path(&proof),
+    }))
 }
 
 /// `GET /api/ledger/proof/consistency?from=&to=`: proof that the tree of `from` entries is a
@@ -266,14 +257,14 @@ pub async fn inclusion(
         ("from" = u64, Query, description = "the older tree size, at most to"),
         ("to" = Option<u64>, Query, description = "the newer tree size (default: the latest checkpoint's); at most the latest checkpoint's"),
     ),
-    responses((status = 200, description = "{from, to, proof: [hex]} (RFC 9162 consistency proof)"), (status = 400, body = gp4u_proto::ErrorBody), (status = 401, description = "only when a token is sent: it is missing its Bearer scheme, malformed, badly signed or expired (without a token the route answers anonymously)", body = gp4u_proto::ErrorBody), (status = 403, description = "only when a token is sent: its user is suspended or unknown, or it claims more clearance than stored", body = gp4u_proto::ErrorBody)),
+    responses((status = 200, description = "the RFC 9162 consistency proof", body = ConsistencyProof), (status = 400, body = gp4u_proto::ErrorBody), (status = 401, description = "only when a token is sent: it is missing its Bearer scheme, malformed, badly signed or expired (without a token the route answers anonymously)", body = gp4u_proto::ErrorBody), (status = 403, description = "only when a token is sent: its user is suspended or unknown, or it claims more clearance than stored", body = gp4u_proto::ErrorBody)),
     security((), ("bearer" = []))
 )]
 pub async fn consistency(
     State(state): State<AppState>,
     _caller: Option<Caller>,
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ConsistencyProof>> {
     let query = query_text(query)?;
     let from = required_log_number("from", query.from.as_deref(), "?from=10&to=20")?;
     let to = log_number("to", query.to.as_deref())?;
@@ -288,25 +279,25 @@ pub async fn consistency(
     let plan = consistency_proof_plan(from, to)
         .map_err(|error| bad_query(format!("from={from} to={to}: {error}")))?;
     let proof = proof_from_plan(&state, &plan).await?;
-    Ok(Json(json!({
-        "from": from,
-        "to": to,
-        "proof": proof.iter().map(|hash| to_hex(hash)).collect::<Vec<_>>(),
-    })))
+    Ok(Json(ConsistencyProof {
+        from,
+        to,
+        proof: hex_path(&proof),
+    }))
 }
 
 /// `GET /api/jobs/{id}/ledger`: the job's entries with their inclusion proofs against the
 /// latest checkpoint (included, so that one answer verifies on its own).
 #[utoipa::path(
     get, path = "/api/jobs/{id}/ledger", tag = "ledger", params(("id" = String, Path)),
-    responses((status = 200, description = "the job's entries with inclusion proofs against the included checkpoint"), (status = 404, body = gp4u_proto::ErrorBody)),
+    responses((status = 200, description = "the job's entries with inclusion proofs against the included checkpoint", body = JobLedger), (status = 404, body = gp4u_proto::ErrorBody)),
     security(("bearer" = []))
 )]
 pub async fn job_ledger(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<JobLedger>> {
     let job = crate::routes::jobs::visible_job(&state, &caller, &id).await?;
     let checkpoint = latest(&state).await?;
     let entries = state.store.ledger_job_entries(job.id.as_str()).await?;
@@ -320,16 +311,17 @@ pub async fn job_ledger(
         let plan = inclusion_proof_plan(entry.index, checkpoint.tree_size)
             .map_err(|error| ApiError::internal("inclusion plan", error))?;
         let proof = proof_from_plan(&state, &plan).await?;
-        let mut view = entry_view(entry);
-        view["inclusion_proof"] = json!(proof.iter().map(|hash| to_hex(hash)).collect::<Vec<_>>());
-        views.push(view);
+        views.push(ProvenEntry {
+            entry: readable(entry),
+            inclusion_proof: hex_path(&proof),
+        });
     }
-    Ok(Json(json!({
-        "job_id": job.id,
-        "checkpoint": checkpoint.note,
-        "tree_size": checkpoint.tree_size,
-        "public_key": state.obsidian.verifier_key,
-        "entries": views,
-        "pending": unsealed,
-    })))
+    Ok(Json(JobLedger {
+        job_id: job.id.to_string(),
+        checkpoint: checkpoint.note,
+        tree_size: checkpoint.tree_size,
+        public_key: state.obsidian.verifier_key.clone(),
+        entries: views,
+        pending: unsealed,
+    }))
 }
