@@ -186,7 +186,7 @@ pub async fn provider(
         "{}",
         render::fields(&[
             ("node", view.node_id.clone()),
-            ("status", view.status.clone()),
+            ("status", view.status.to_string()),
             ("region", view.region.clone()),
             ("stake", render::money(view.stake)),
             ("trust", format!("{:.1}", view.trust_score)),
@@ -205,7 +205,7 @@ pub async fn provider(
             vec![
                 gpu.id.clone(),
                 gpu.name.clone(),
-                gpu.status.clone(),
+                gpu.status.to_string(),
                 render::money(gpu.price_per_hour),
             ]
         })

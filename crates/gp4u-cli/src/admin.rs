@@ -77,7 +77,7 @@ fn print_user(user: &UserView, json: bool) -> anyhow::Result<()> {
         render::fields(&[
             ("id", user.id.clone()),
             ("name", user.name.clone()),
-            ("role", user.role.clone()),
+            ("role", user.role.to_string()),
             ("clearance", user.clearance.to_string()),
             ("active", user.active.to_string()),
         ])

@@ -91,7 +91,7 @@ pub async fn run(client: &Client, command: JobsCommand, json: bool) -> anyhow::R
                     "{} {} ({})",
                     view.id,
                     view.status,
-                    render::or_dash(view.failure_reason.as_deref())
+                    render::or_dash(view.failure_reason)
                 );
             }
         }
@@ -144,8 +144,8 @@ fn row(job: &JobView) -> Vec<String> {
     vec![
         job.id.clone(),
         job.name.clone(),
-        job.status.clone(),
-        render::or_dash(job.failure_reason.as_deref()),
+        job.status.to_string(),
+        render::or_dash(job.failure_reason),
         job.gpu.as_ref().map_or_else(
             || "-".into(),
             |gpu| format!("{} ({})", gpu.name, gpu.region),
@@ -182,7 +182,7 @@ pub fn describe(job: &JobView) -> String {
             match (&job.failure_reason, &job.ended_by) {
                 (Some(reason), Some(by)) => format!("{} {reason} (ended by {by})", job.status),
                 (Some(reason), None) => format!("{} {reason}", job.status),
-                _ => job.status.clone(),
+                _ => job.status.to_string(),
             },
         ),
         (

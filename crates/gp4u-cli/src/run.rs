@@ -232,10 +232,6 @@ fn idempotency_key() -> String {
     format!("gp4u-run-{}", gp4u_core::hex::encode(&bytes))
 }
 
-fn terminal(status: &str) -> bool {
-    matches!(status, "COMPLETE" | "FAILED" | "CANCELLED")
-}
-
 fn elapsed_s(job: &JobView) -> f64 {
     let started = job.started_at.as_deref().and_then(|text| {
         time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
@@ -347,7 +343,7 @@ pub async fn run(
                 .await
         })
     });
-    let mut last_status = String::new();
+    let mut last_status = None;
     let mut placed = false;
     let job = loop {
         let job = tokio::select! {
@@ -358,16 +354,16 @@ pub async fn run(
                 return Ok(exit::JOB_FAILED);
             }
         };
-        if job.status != last_status {
+        if Some(job.status) != last_status {
             say(format!("{} {}", job.status, job.id));
-            last_status = job.status.clone();
+            last_status = Some(job.status);
         }
         if !placed && let Some(line) = placement_line(&job) {
             say(line);
             placed = true;
         }
         bar.set_message(status_line(&job));
-        if terminal(&job.status) {
+        if job.status.is_terminal() {
             break job;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -383,9 +379,7 @@ pub async fn run(
             "{} {} {reason}{} after {}",
             job.status,
             job.id,
-            by.as_deref()
-                .map(|by| format!(" (ended by {by})"))
-                .unwrap_or_default(),
+            by.map(|by| format!(" (ended by {by})")).unwrap_or_default(),
             clock(elapsed_s(&job))
         ),
         (None, _) => eprintln!(

@@ -13,7 +13,9 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::{BIN, docker_image, people, start_agent, start_server};
-use gp4u_proto::{ArtifactCreated, GpuList, IssuedToken, JobList, JobView, UserView};
+use gp4u_proto::{
+    ArtifactCreated, FailureReason, GpuList, IssuedToken, JobList, JobStatus, JobView, UserView,
+};
 use gp4u_store::Engine;
 use gp4u_store::testing::TestDatabase;
 use serde_json::Value;
@@ -207,7 +209,7 @@ async fn the_cli_runs_a_job_end_to_end_without_curl() {
     assert!(stderr.contains("all checks passed"), "{}", text(&done));
     let list: JobList = json_of(&gp4u(home.path(), &["jobs", "list", "--json"], None));
     let job = &list.jobs[0];
-    assert_eq!(job.status, "COMPLETE");
+    assert_eq!(job.status, JobStatus::Complete);
     assert_eq!(
         std::fs::read_to_string(outputs.join(&job.id).join("accuracy.txt")).unwrap(),
         "0.97\n"
@@ -218,12 +220,8 @@ async fn the_cli_runs_a_job_end_to_end_without_curl() {
     let summary: Value = serde_json::from_slice(&failed.stdout).unwrap();
     let view: JobView = serde_json::from_value(summary["job"].clone()).unwrap();
     assert_eq!(
-        (
-            view.status.as_str(),
-            view.failure_reason.as_deref(),
-            view.exit_code
-        ),
-        ("FAILED", Some("NONZERO_EXIT"), Some(3))
+        (view.status, view.failure_reason, view.exit_code),
+        (JobStatus::Failed, Some(FailureReason::NonzeroExit), Some(3))
     );
 
     // Detached: the id, then logs, show and cancel.
@@ -242,9 +240,9 @@ async fn the_cli_runs_a_job_end_to_end_without_curl() {
     }
     assert!(started, "the detached job's log never showed");
     let shown: JobView = json_of(&gp4u(home.path(), &["jobs", "show", &id, "--json"], None));
-    assert_eq!(shown.status, "RUNNING");
+    assert_eq!(shown.status, JobStatus::Running);
     let cancelled: JobView = json_of(&gp4u(home.path(), &["jobs", "cancel", &id, "--json"], None));
-    assert_eq!(cancelled.status, "CANCELLED");
+    assert_eq!(cancelled.status, JobStatus::Cancelled);
     let human = gp4u(home.path(), &["jobs", "show", &id], None);
     assert!(
         String::from_utf8_lossy(&human.stdout).contains("CANCELLED_BY_CUSTOMER"),

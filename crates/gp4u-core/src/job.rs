@@ -19,6 +19,7 @@ use crate::ids::{GpuId, NodeId};
 
 /// Where a job is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum JobStatus {
     Pending,
@@ -75,6 +76,7 @@ impl fmt::Display for JobStatus {
 /// Why a job left the happy path. Every FAILED or CANCELLED job carries one, and so does
 /// an assignment that was withdrawn (`PickupTimeout`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum FailureReason {
     NonzeroExit,
@@ -165,6 +167,7 @@ impl fmt::Display for FailureReason {
 
 /// Who ended a FAILED or CANCELLED job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum EndedBy {
     Customer,

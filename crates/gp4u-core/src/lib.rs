@@ -11,6 +11,7 @@ pub mod chambers;
 pub mod clock;
 pub mod energy;
 pub mod events;
+pub mod fleet;
 pub mod hex;
 pub mod ids;
 pub mod job;
@@ -21,13 +22,14 @@ pub mod pricing;
 pub mod token;
 pub mod tutela;
 
+pub use fleet::{GpuStatus, NodeStatus};
 pub use ids::{ArtifactId, GpuId, IdError, JobId, NodeId, UserId};
 pub use job::{
     EndedBy, FailureReason, JobEvent, JobInput, JobState, JobStatus, TransitionError, transition,
 };
 pub use manifest::{
-    FieldError, GpuRequirement, GpuSpec, GpuTarget, JobManifest, NewUser, Registration, Role,
-    ValidationCode, WorkloadType,
+    FieldError, GpuRequirement, GpuSpec, GpuTarget, JobManifest, JobNetwork, NewUser, Registration,
+    Role, ValidationCode, WorkloadType,
 };
 pub use money::{Hours, Money, MoneyError};
 pub use token::{Claims, TokenError, TokenKeys, TokenSecret};

@@ -198,6 +198,7 @@ impl FieldError {
 
 /// The kind of work, used by placement and by the anomaly rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum WorkloadType {
     Training,
@@ -302,6 +303,7 @@ impl JobManifest {
 
 /// What network a job's container gets (SPEC §10).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum JobNetwork {
     /// A network of the job's own with public egress only.
@@ -337,6 +339,7 @@ impl fmt::Display for JobNetwork {
 
 /// A user's role; its clearance is what tokens and route guards compare against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Customer,

@@ -10,6 +10,9 @@ mod ledger;
 
 use std::collections::BTreeMap;
 
+pub use gp4u_core::{
+    EndedBy, FailureReason, GpuStatus, JobNetwork, JobStatus, NodeStatus, Role, WorkloadType,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -81,7 +84,7 @@ pub struct GpuRequirementBody {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobAccepted {
     pub id: String,
-    pub status: String,
+    pub status: JobStatus,
     /// Server-computed: price per hour × expected hours, in currency units rounded to the cent.
     #[serde(rename = "costEstimate")]
     pub cost_estimate: f64,
@@ -94,10 +97,10 @@ pub struct JobView {
     pub id: String,
     pub name: String,
     pub owner_id: String,
-    pub status: String,
-    pub failure_reason: Option<String>,
-    /// customer | provider | platform, for FAILED and CANCELLED jobs.
-    pub ended_by: Option<String>,
+    pub status: JobStatus,
+    pub failure_reason: Option<FailureReason>,
+    /// Who ended a FAILED or CANCELLED job.
+    pub ended_by: Option<EndedBy>,
     #[serde(rename = "costEstimate")]
     pub cost_estimate: f64,
     pub price_per_hour: f64,
@@ -107,7 +110,7 @@ pub struct JobView {
     /// `{score, reasons}` once Atlas has placed the job.
     #[schema(value_type = Option<Object>)]
     pub placement: Option<serde_json::Value>,
-    pub workload_type: String,
+    pub workload_type: WorkloadType,
     #[serde(rename = "expectedDurationHours")]
     pub expected_duration_hours: f64,
     pub docker_image: String,
@@ -119,8 +122,8 @@ pub struct JobView {
     pub shm_gb: f64,
     /// The size cap of its `/scratch`, GB.
     pub scratch_gb: f64,
-    /// `public` or `none` (SPEC §10).
-    pub network: String,
+    /// SPEC §10.
+    pub network: JobNetwork,
     /// RFC 3339 timestamps.
     pub created_at: String,
     pub started_at: Option<String>,
@@ -161,7 +164,7 @@ pub struct GpuView {
     pub vram_gb: f64,
     pub price_per_hour: f64,
     pub region: String,
-    pub status: String,
+    pub status: GpuStatus,
     pub node_id: String,
     /// The provider node's trust score, 0–100.
     pub trust_score: f64,
@@ -201,7 +204,7 @@ pub struct NewUserBody {
 pub struct UserView {
     pub id: String,
     pub name: String,
-    pub role: String,
+    pub role: Role,
     pub clearance: u8,
     pub active: bool,
     pub university: bool,
@@ -285,7 +288,7 @@ pub struct RegisteredGpuView {
     pub vram_gb: f64,
     pub price_per_hour: f64,
     pub region: String,
-    pub status: String,
+    pub status: GpuStatus,
     /// Added after the first release: absent from older servers' answers, hence the default.
     #[serde(default)]
     pub emulated: bool,
@@ -666,8 +669,7 @@ pub struct ProviderNodeView {
     pub node_id: String,
     pub owner_id: String,
     pub region: String,
-    /// `ACTIVE` or `EJECTED`.
-    pub status: String,
+    pub status: NodeStatus,
     pub stake: f64,
     pub trust_score: f64,
     pub ejected_at: Option<String>,

@@ -962,6 +962,85 @@ fn openapi_documents_exactly_the_routed_api() {
     assert!(routed.len() >= 40, "{} routes", routed.len());
 }
 
+/// The closed wire enums are closed in the document too: a client generated from it gets the
+/// exact values the server sends (SPEC §4 states, §5 failure reasons, roles, GPU and node
+/// states), not a free string.
+#[test]
+fn openapi_states_and_reasons_are_closed_enums() {
+    use utoipa::OpenApi as _;
+    let document = serde_json::to_value(gp4u_server::openapi::ApiDoc::openapi()).unwrap();
+    let schemas = &document["components"]["schemas"];
+    let values = |name: &str| -> Vec<String> {
+        let list = schemas[name]["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name} is not an enum schema: {}", schemas[name]));
+        list.iter()
+            .map(|value| value.as_str().unwrap().to_string())
+            .collect()
+    };
+    let expected: [(&str, Vec<&str>); 8] = [
+        (
+            "JobStatus",
+            gp4u_core::JobStatus::ALL.map(|v| v.as_str()).to_vec(),
+        ),
+        (
+            "FailureReason",
+            gp4u_core::FailureReason::ALL.map(|v| v.as_str()).to_vec(),
+        ),
+        (
+            "EndedBy",
+            gp4u_core::EndedBy::ALL.map(|v| v.as_str()).to_vec(),
+        ),
+        (
+            "WorkloadType",
+            gp4u_core::WorkloadType::ALL.map(|v| v.as_str()).to_vec(),
+        ),
+        (
+            "JobNetwork",
+            gp4u_core::JobNetwork::ALL.map(|v| v.as_str()).to_vec(),
+        ),
+        ("Role", gp4u_core::Role::ALL.map(|v| v.as_str()).to_vec()),
+        (
+            "GpuStatus",
+            gp4u_core::GpuStatus::ALL.map(|v| v.as_str()).to_vec(),
+        ),
+        (
+            "NodeStatus",
+            gp4u_core::NodeStatus::ALL.map(|v| v.as_str()).to_vec(),
+        ),
+    ];
+    for (name, wire) in expected {
+        assert_eq!(values(name), wire, "{name}");
+    }
+    // And the views use them.
+    let job = &schemas["JobView"]["properties"];
+    for (field, schema) in [
+        ("status", "JobStatus"),
+        ("workload_type", "WorkloadType"),
+        ("network", "JobNetwork"),
+    ] {
+        assert_eq!(
+            job[field]["$ref"],
+            format!("#/components/schemas/{schema}"),
+            "JobView.{field}: {}",
+            job[field]
+        );
+    }
+    assert!(
+        job["failure_reason"].to_string().contains("FailureReason"),
+        "{}",
+        job["failure_reason"]
+    );
+    assert_eq!(
+        schemas["UserView"]["properties"]["role"]["$ref"],
+        "#/components/schemas/Role"
+    );
+    assert_eq!(
+        schemas["GpuView"]["properties"]["status"]["$ref"],
+        "#/components/schemas/GpuStatus"
+    );
+}
+
 #[tokio::test]
 async fn openapi_health_and_unknown_routes() {
     let app = sqlite("openapi").await;

@@ -82,7 +82,7 @@ pub use limits::RateDecision;
 pub use migrate::SCHEMA_VERSION;
 pub use outbox::{Envelope, OutboxEvent, SubscriberState};
 pub use placement::Assignment;
-pub use records::{GpuRecord, GpuStatus, JobBlobs, JobRecord, NodeRecord, UserRecord};
+pub use records::{GpuRecord, GpuStatus, JobBlobs, JobRecord, NodeRecord, NodeStatus, UserRecord};
 pub use tutela::{
     Attempt, EnergySample, NewAnomaly, SlashRecord, TOPIC_TELEMETRY_COMMITTED, TelemetryRow,
 };

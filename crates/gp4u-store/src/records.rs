@@ -1,6 +1,7 @@
 //! Rows as the rest of GP4U sees them, and their decoding from database rows.
 
 use gp4u_core::chambers::Presence;
+pub use gp4u_core::fleet::{GpuStatus, NodeStatus};
 use gp4u_core::ids::{GpuId, JobId, NodeId, UserId};
 use gp4u_core::job::{EndedBy, FailureReason, JobState, JobStatus};
 use gp4u_core::manifest::{JobManifest, Role};
@@ -31,7 +32,7 @@ pub struct NodeRecord {
     pub region: String,
     pub public_key: String,
     /// `ACTIVE` or `EJECTED`.
-    pub status: String,
+    pub status: NodeStatus,
     pub created_at_ms: i64,
     /// 0–100: Atlas weighs it; slashes lower it.
     pub trust_score: f64,
@@ -50,35 +51,8 @@ pub struct NodeRecord {
 }
 
 /// `provider_nodes.status` values.
-pub const NODE_ACTIVE: &str = "ACTIVE";
-pub const NODE_EJECTED: &str = "EJECTED";
-
-/// Whether a GPU can take a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GpuStatus {
-    Available,
-    Busy,
-    Offline,
-}
-
-impl GpuStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GpuStatus::Available => "AVAILABLE",
-            GpuStatus::Busy => "BUSY",
-            GpuStatus::Offline => "OFFLINE",
-        }
-    }
-
-    pub fn parse(value: &str) -> Option<GpuStatus> {
-        match value {
-            "AVAILABLE" => Some(GpuStatus::Available),
-            "BUSY" => Some(GpuStatus::Busy),
-            "OFFLINE" => Some(GpuStatus::Offline),
-            _ => None,
-        }
-    }
-}
+pub const NODE_ACTIVE: &str = NodeStatus::Active.as_str();
+pub const NODE_EJECTED: &str = NodeStatus::Ejected.as_str();
 
 /// A GPU with the facts of its node that listings and pricing need.
 #[derive(Debug, Clone, PartialEq)]
@@ -203,7 +177,11 @@ pub(crate) fn node_from_row(row: &AnyRow) -> StoreResult<NodeRecord> {
         owner_id: UserId::parse(&owner).map_err(StoreError::corrupt)?,
         region: row.try_get("region")?,
         public_key: row.try_get("public_key")?,
-        status: row.try_get("status")?,
+        status: {
+            let status: String = row.try_get("status")?;
+            NodeStatus::parse(&status)
+                .ok_or_else(|| StoreError::corrupt(format!("node status {status:?}")))?
+        },
         created_at_ms: row.try_get("created_at")?,
         trust_score: row.try_get("trust_score")?,
         stake: Money::from_micros(row.try_get("stake_micros")?),

@@ -211,7 +211,7 @@ impl Store {
             owner_id: node.owner_id.clone(),
             region: node.region.clone(),
             public_key: node.public_key.clone(),
-            status: crate::records::NODE_ACTIVE.into(),
+            status: crate::records::NodeStatus::Active,
             created_at_ms: now_ms,
             trust_score: NEW_NODE_TRUST_SCORE,
             stake: Money::ZERO,

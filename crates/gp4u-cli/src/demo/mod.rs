@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Parser as _;
 use gp4u_client::Client;
-use gp4u_proto::JobView;
+use gp4u_proto::{FailureReason, JobStatus, JobView};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -442,7 +442,7 @@ async fn follow(
             );
         }
         if view.started_at.is_some() {
-            once("running", view.status.clone(), &mut seen);
+            once("running", view.status.to_string(), &mut seen);
         }
         if let Some(metrics) = &view.latest_metrics {
             once(
@@ -460,7 +460,7 @@ async fn follow(
                 &mut seen,
             );
         }
-        if matches!(view.status.as_str(), "COMPLETE" | "FAILED" | "CANCELLED") {
+        if view.status.is_terminal() {
             break;
         }
         if Instant::now() > deadline {
@@ -468,13 +468,13 @@ async fn follow(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    match (view.status.as_str(), view.failure_reason.as_deref()) {
-        ("COMPLETE", _) => once(
+    match (view.status, view.failure_reason) {
+        (JobStatus::Complete, _) => once(
             "completed",
             format!("exit code {}", render::or_dash(view.exit_code)),
             &mut seen,
         ),
-        ("FAILED", Some("KILLED_ANOMALY")) => {
+        (JobStatus::Failed, Some(FailureReason::KilledAnomaly)) => {
             let rules: Vec<String> = view
                 .anomalies
                 .as_array()

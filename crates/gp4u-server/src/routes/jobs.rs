@@ -106,7 +106,7 @@ pub async fn submit_job(
     let gpu = target.gpu.as_ref();
     let accepted = JobAccepted {
         id: job_id.to_string(),
-        status: JobState::new_pending().status.as_str().to_string(),
+        status: JobState::new_pending().status,
         cost_estimate: money(cost_estimate),
         gpu: gpu.map(|gpu| GpuBrief {
             name: gpu.name.clone(),
