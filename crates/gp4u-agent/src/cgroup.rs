@@ -279,10 +279,110 @@ pub fn process_tree(root: u32) -> Option<(HashSet<u32>, u64)> {
     Some((tree, ticks.saturating_mul(NS_PER_TICK)))
 }
 
+/// `/proc/<pid>/task/<tid>/schedstat`: nanoseconds on a CPU, nanoseconds runnable but waiting
+/// for one (on a run queue, or throttled by the container's CPU quota), timeslices. `None` for
+/// anything else.
+pub fn parse_schedstat(text: &str) -> Option<(u64, u64)> {
+    let mut fields = text.split_whitespace();
+    let on_cpu = fields.next()?.parse().ok()?;
+    let waiting = fields.next()?.parse().ok()?;
+    fields.next()?.parse::<u64>().ok()?;
+    Some((on_cpu, waiting))
+}
+
+/// How long each thread of `pids` has waited for a CPU so far (nanoseconds), by thread id.
+/// Threads that end between the listing and the read are skipped.
+pub fn run_queue_waits(pids: &HashSet<u32>) -> HashMap<u32, u64> {
+    let mut waits = HashMap::new();
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Some(tid) = task.file_name().to_str().and_then(|name| name.parse().ok()) else {
+                continue;
+            };
+            if let Some((_, waiting)) = std::fs::read_to_string(task.path().join("schedstat"))
+                .ok()
+                .as_deref()
+                .and_then(parse_schedstat)
+            {
+                waits.insert(tid, waiting);
+            }
+        }
+    }
+    waits
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn schedstat_gives_time_on_cpu_and_time_waiting() {
+        assert_eq!(
+            parse_schedstat("1495558009 1509531733 346\n"),
+            Some((1_495_558_009, 1_509_531_733))
+        );
+        assert_eq!(parse_schedstat("0 81562 1"), Some((0, 81_562)));
+        assert_eq!(parse_schedstat("12 34"), None);
+        assert_eq!(parse_schedstat("a b c"), None);
+        assert_eq!(parse_schedstat(""), None);
+    }
+
+    /// A thread that only burns CPU is on a CPU or waiting for one the whole time, however
+    /// busy the host: that sum, not the CPU time it got, is what an emulated GPU's utilization
+    /// follows. (Not a speed threshold: on-CPU plus waiting can only fall short of the wall
+    /// time by the moments the thread was not runnable, and a spinning thread has none but
+    /// page faults.)
+    #[test]
+    fn a_busy_thread_runs_or_waits_all_the_time() {
+        use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+        let pid = std::process::id();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let tid = std::sync::Arc::new(AtomicU32::new(0));
+        let spinning = {
+            let (stop, tid) = (stop.clone(), tid.clone());
+            std::thread::spawn(move || {
+                let own = std::fs::read_link("/proc/thread-self")
+                    .ok()
+                    .and_then(|link| link.file_name()?.to_str()?.parse::<u32>().ok())
+                    .unwrap();
+                tid.store(own, Ordering::SeqCst);
+                let mut spins = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    spins = std::hint::black_box(spins.wrapping_add(1));
+                }
+            })
+        };
+        while tid.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        let tid = tid.load(Ordering::SeqCst);
+        let sample = || {
+            let on_cpu = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat"))
+                .ok()
+                .as_deref()
+                .and_then(parse_schedstat)
+                .unwrap()
+                .0;
+            let waiting = run_queue_waits(&HashSet::from([pid]))[&tid];
+            (on_cpu + waiting, std::time::Instant::now())
+        };
+        let (before, started) = sample();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let (after, ended) = sample();
+        stop.store(true, Ordering::Relaxed);
+        spinning.join().unwrap();
+        let wall = ended.duration_since(started).as_nanos() as f64;
+        let demand = (after - before) as f64 / wall;
+        assert!(
+            (0.5..=1.05).contains(&demand),
+            "a spinning thread ran or waited {demand:.2} of the time"
+        );
+        assert!(!run_queue_waits(&HashSet::from([pid])).contains_key(&tid));
+    }
 
     // Docker 20.10 on cgroup v1 (this project's CI host), with the systemd and unified lines.
     const V1_PROC: &str = "\

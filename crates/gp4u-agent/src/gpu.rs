@@ -6,8 +6,10 @@
 //!   reports an empty inventory with a note saying why.
 //! - [`EmulatedSource`] serves GPUs declared with
 //!   `--gpu emulated:<name>:<vram_gb>[:<power_limit_w>]`; their readings are derived from a
-//!   CPU-usage fraction fed in by the caller (the container's cgroup CPU use), stay within the
-//!   declared power limit, and everything they produce is marked `emulated`.
+//!   CPU fraction fed in by the caller (the job's CPU demand: the time its threads ran, from
+//!   the cgroup, plus the time they waited for a CPU, from `schedstat`, so a host busy with
+//!   other work does not make a pinned job look idle), stay within the declared power limit,
+//!   and everything they produce is marked `emulated`.
 
 use std::ffi::OsStr;
 use std::fmt;

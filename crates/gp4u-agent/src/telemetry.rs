@@ -51,7 +51,7 @@
 //! the agent ships the last logs and uploads `/output`, so that a long upload does not look
 //! like a dropped job; the job's watch loop then stops it and sends the final packet itself.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -291,6 +291,8 @@ struct Probe {
     cgroup: Option<CgroupFiles>,
     net: Option<NetSampler>,
     cpu_last: Option<(u64, Instant)>,
+    /// Each thread's run-queue wait at the last reading (nanoseconds, by thread id).
+    waits_last: HashMap<u32, u64>,
     warned: HashSet<&'static str>,
 }
 
@@ -313,6 +315,7 @@ impl Probe {
             cgroup: None,
             net: None,
             cpu_last: None,
+            waits_last: HashMap::new(),
             warned: HashSet::new(),
         };
         if let (Subject::Container { .. }, Some(pid)) = (&probe.subject, pid) {
@@ -349,6 +352,7 @@ impl Probe {
         self.pid = None;
         self.net = None;
         self.cpu_last = None;
+        self.waits_last.clear();
     }
 
     /// The job's CPU time so far, nanoseconds.
@@ -366,14 +370,35 @@ impl Probe {
     }
 
     /// CPU-seconds per wall second since the last call (`None` the first time or without
-    /// a reading).
-    async fn cpu_fraction(&mut self) -> Option<f64> {
+    /// a reading). With `count_waiting`, the seconds its threads spent waiting for a CPU count
+    /// too: the job's demand, which a busy host does not lower (what an emulated GPU's
+    /// utilization follows, so that a miner pinned at 100 % looks pinned on a loaded laptop).
+    async fn cpu_fraction(&mut self, count_waiting: bool) -> Option<f64> {
         let ns = self.cpu_ns().await?;
+        let waited = if count_waiting {
+            let waits = match self.pids().await {
+                Some(pids) => cgroup::run_queue_waits(&pids),
+                None => HashMap::new(),
+            };
+            // Threads seen at both readings; a new one counts from its first reading.
+            let waited: u64 = waits
+                .iter()
+                .filter_map(|(tid, now)| {
+                    self.waits_last
+                        .get(tid)
+                        .map(|before| now.saturating_sub(*before))
+                })
+                .sum();
+            self.waits_last = waits;
+            waited
+        } else {
+            0
+        };
         let now = Instant::now();
         let fraction = self.cpu_last.map(|(before, at)| {
             let wall = now.saturating_duration_since(at).as_nanos() as f64;
             if wall > 0.0 {
-                ns.saturating_sub(before) as f64 / wall
+                ns.saturating_sub(before).saturating_add(waited) as f64 / wall
             } else {
                 0.0
             }
@@ -575,7 +600,9 @@ async fn run(
             continue; // told the watch loop; wait to be stopped
         }
         // Measure.
-        let cpu_fraction = probe.cpu_fraction().await;
+        let cpu_fraction = probe
+            .cpu_fraction(matches!(gpu, GpuTelemetry::Emulated(_)))
+            .await;
         let reading = match read_gpu(&gpu, config.gpu_uuid.as_deref(), cpu_fraction).await {
             Ok(reading) => reading,
             Err(error) => {
