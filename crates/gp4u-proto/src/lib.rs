@@ -200,6 +200,12 @@ pub struct UserView {
     pub credit: f64,
 }
 
+/// `GET /api/admin/users`: every user, oldest first (at most 1000).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UserList {
+    pub users: Vec<UserView>,
+}
+
 /// Request body of `POST /api/admin/users/{id}/credits`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreditsBody {

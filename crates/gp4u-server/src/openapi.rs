@@ -40,7 +40,7 @@ impl Modify for BearerAuth {
         telemetry::ingest, telemetry::job_telemetry,
         agent::next_assignment, agent::report_status, visibility::answer,
         artifacts::agent_input, outputs::upload_output, logs::append_log,
-        admin::create_user, admin::suspend_user, admin::activate_user, admin::add_credits, admin::issue_token, admin::chambers,
+        admin::create_user, admin::list_users, admin::suspend_user, admin::activate_user, admin::add_credits, admin::issue_token, admin::chambers,
         billing::job_settlement, billing::balance, billing::statement, billing::grid_factors,
         billing::set_grid_factor, billing::job_veritas, energy::summary, proofs::submit, proofs::job_proofs, proofs::agent_commitments,
         ledger::checkpoint, ledger::public_key, ledger::entries, ledger::inclusion,
