@@ -15,9 +15,10 @@
   window.gp4uConsole = record;
 
   function points(values, max) {
+    const steps = Math.max(values.length - 1, 1);
     return values
       .map((value, index) => {
-        const x = (index / (POINTS - 1)) * WIDTH;
+        const x = (index / steps) * WIDTH;
         const y = HEIGHT - Math.min(Math.max(value / max, 0), 1) * HEIGHT;
         return x.toFixed(1) + ',' + y.toFixed(1);
       })
@@ -217,7 +218,15 @@
 
   // A verifier key `<name>+<hex id>+<base64(0x01 ‖ public key)>`, its id checked.
   async function parseVerifierKey(key) {
-    const [name, id, b64] = key.split('+');
+    // Split at the first two '+' only: the base64 key may hold '+' itself.
+    const first = key.indexOf('+');
+    const second = key.indexOf('+', first + 1);
+    if (first < 0 || second < 0) {
+      throw new Error('the verifier key is malformed');
+    }
+    const name = key.slice(0, first);
+    const id = key.slice(first + 1, second);
+    const b64 = key.slice(second + 1);
     const raw = fromBase64(b64);
     if (raw.length !== 33 || raw[0] !== 1) {
       throw new Error('the verifier key is not an Ed25519 key');
@@ -340,14 +349,16 @@
     }
   }
 
-  function start() {
-    startLive();
+  // The ledger check as soon as the page is parsed; the live stream once it has loaded, so
+  // that the open stream never holds up the page's load.
+  if (document.readyState === 'loading') {
+    document.addEventListener('DOMContentLoaded', checkLedger);
+  } else {
     checkLedger();
   }
-
-  if (document.readyState === 'loading') {
-    document.addEventListener('DOMContentLoaded', start);
+  if (document.readyState === 'complete') {
+    startLive();
   } else {
-    start();
+    window.addEventListener('load', startLive);
   }
 })();

@@ -204,10 +204,12 @@ pub const CHART_POINTS: usize = 300;
 pub const CHART_WIDTH: f64 = 480.0;
 pub const CHART_HEIGHT: f64 = 160.0;
 
-/// The polyline points of `values` (oldest first) in a chart of [`CHART_WIDTH`] ×
-/// [`CHART_HEIGHT`], x by position, y from 0 to `max`. `console.js` computes the same.
+/// The polyline points of `values` (oldest first) across a chart of [`CHART_WIDTH`] ×
+/// [`CHART_HEIGHT`], x by position (the values span the width), y from 0 to `max`.
+/// `console.js` computes the same.
 pub fn polyline_points(values: &[f64], max: f64) -> String {
-    let steps = (CHART_POINTS - 1) as f64;
+    #[allow(clippy::cast_precision_loss)] // at most CHART_POINTS
+    let steps = values.len().saturating_sub(1).max(1) as f64;
     let mut out = Vec::with_capacity(values.len());
     for (index, value) in values.iter().enumerate() {
         #[allow(clippy::cast_precision_loss)] // at most CHART_POINTS
@@ -272,9 +274,10 @@ mod tests {
 
     #[test]
     fn polyline_scales_and_clamps() {
-        assert_eq!(polyline_points(&[0.0, 50.0, 200.0], 100.0), {
-            let step = CHART_WIDTH / (CHART_POINTS - 1) as f64;
-            format!("0.0,160.0 {:.1},80.0 {:.1},0.0", step, 2.0 * step)
-        });
+        assert_eq!(
+            polyline_points(&[0.0, 50.0, 200.0], 100.0),
+            "0.0,160.0 240.0,80.0 480.0,0.0"
+        );
+        assert_eq!(polyline_points(&[-5.0], 100.0), "0.0,160.0");
     }
 }
