@@ -499,7 +499,7 @@ async fn drive(
         .as_f64()
         .unwrap();
     let navigation = driver
-        .script("const n = performance.getEntriesByType('navigation')[0]; return [n.responseStart, n.domContentLoadedEventEnd, n.loadEventEnd]")
+        .script("const n = performance.getEntriesByType('navigation')[0]; return [n.responseStart, n.domContentLoadedEventEnd, n.loadEventEnd, n.encodedBodySize]")
         .await;
     let status = driver
         .script("return document.querySelector('#job-status').textContent")
@@ -629,7 +629,7 @@ async fn drive(
     assert!(!source.contains(other_job), "{source}");
 
     println!(
-        "GP4U-CONSOLE-PERF first_contentful_paint_ms={fcp:.0} navigation[responseStart,domContentLoaded,load]_ms={navigation} \
+        "GP4U-CONSOLE-PERF first_contentful_paint_ms={fcp:.0} navigation[responseStart,domContentLoaded,load]_ms,html_bytes={navigation} \
          telemetry_to_dom_ms median={:.0} p95={:.0} max={:.0} telemetry_to_next_frame_ms median={:.0} p95={:.0} max={:.0} samples={} screenshot={} ({width}x{height}, {} colours) ledger=\"{verdict}\"",
         percentile(&to_dom, 0.5),
         percentile(&to_dom, 0.95),

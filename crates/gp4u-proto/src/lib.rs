@@ -684,6 +684,12 @@ pub struct ProviderNodeView {
     pub record: Option<NodeRecordView>,
 }
 
+/// `GET /api/providers`: the caller's nodes, each as `GET /api/providers/{nodeId}` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProviderNodeList {
+    pub nodes: Vec<ProviderNodeView>,
+}
+
 /// What Mnemo knows of a provider node, as Atlas weighs it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct NodeRecordView {

@@ -35,7 +35,7 @@ impl Modify for BearerAuth {
         health::healthz, health::readyz, openapi_json,
         jobs::submit_job, jobs::list_jobs, jobs::get_job, jobs::cancel_job,
         outputs::download_output, logs::get_logs, artifacts::upload_artifact,
-        providers::register, providers::list_gpus, providers::get_node, providers::add_stake,
+        providers::register, providers::list_gpus, providers::list_nodes, providers::get_node, providers::add_stake,
         providers::set_posture, providers::set_energy, providers::set_power_limits,
         telemetry::ingest, telemetry::job_telemetry,
         agent::next_assignment, agent::report_status, visibility::answer,

@@ -182,6 +182,7 @@ pub fn authenticated_routes() -> Routes {
         )
         .add(Method::POST, "/api/providers/register", providers::register)
         .add(Method::GET, "/api/gpus", providers::list_gpus)
+        .add(Method::GET, "/api/providers", providers::list_nodes)
         .add(Method::GET, "/api/providers/{node_id}", providers::get_node)
         .add(
             Method::POST,

@@ -456,6 +456,20 @@ async fn provider_and_admin_pages_read_the_api_for_their_roles() {
             "{name}: {page}"
         );
     }
+    // GET /api/providers: the caller's own nodes, providers only.
+    let reply = app
+        .call(Method::GET, "/api/providers", Some(&node.token), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let nodes = reply.body["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    assert_eq!(nodes[0]["node_id"], node.node_id.as_str());
+    assert_eq!(nodes[0]["gpus"].as_array().unwrap().len(), 2);
+    let (_, customer) = app.user("customer", None).await;
+    let reply = app
+        .call(Method::GET, "/api/providers", Some(&customer), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
     // GET /api/admin/users: the operator's list, admins only.
     let reply = app
         .call(Method::GET, "/api/admin/users", Some(&app.admin), None)

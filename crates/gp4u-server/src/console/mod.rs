@@ -607,30 +607,13 @@ pub async fn provider_page(
             "This page is for providers: your account is not one.",
         );
     }
-    let gpus = match api_get::<gp4u_proto::GpuList>(&api, &session, "/api/gpus").await {
-        ApiAnswer::Ok(list) => list.gpus,
-        ApiAnswer::Refused(status, message) => {
-            return error_page(&session, status, "GPUs unavailable", &message);
-        }
-    };
-    // The marketplace lists every node's GPUs; the API shows a node only to its owner (or an
-    // admin), so the nodes it answers for are the caller's.
-    let mut node_ids: Vec<&str> = gpus.iter().map(|gpu| gpu.node_id.as_str()).collect();
-    node_ids.sort_unstable();
-    node_ids.dedup();
-    let mut nodes = Vec::new();
-    for node_id in node_ids {
-        if let ApiAnswer::Ok(node) = api_get::<gp4u_proto::ProviderNodeView>(
-            &api,
-            &session,
-            &format!("/api/providers/{node_id}"),
-        )
-        .await
-            && node.owner_id == session.caller.user.id.as_str()
-        {
-            nodes.push(node);
-        }
-    }
+    let nodes =
+        match api_get::<gp4u_proto::ProviderNodeList>(&api, &session, "/api/providers").await {
+            ApiAnswer::Ok(list) => list.nodes,
+            ApiAnswer::Refused(status, message) => {
+                return error_page(&session, status, "Nodes unavailable", &message);
+            }
+        };
     let balance = answer_value(api_get(&api, &session, "/api/billing/balance").await);
     html_response(
         StatusCode::OK,

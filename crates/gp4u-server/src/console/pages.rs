@@ -349,9 +349,7 @@ pub fn provider(nodes: &[ProviderNodeView], balance: &Result<Value, String>) -> 
         out.push_str("</section>");
     }
     if nodes.is_empty() {
-        out.push_str(
-            "<p>No nodes with GPUs on the marketplace yet: start <code>gp4u agent</code>.</p>",
-        );
+        out.push_str("<p>No nodes registered yet: start <code>gp4u agent</code>.</p>");
         return out;
     }
     for node in nodes {
