@@ -499,3 +499,74 @@ async fn provider_and_admin_pages_read_the_api_for_their_roles() {
     );
     assert!(script.contains("crypto.subtle"));
 }
+
+/// Without JavaScript the job page still shows the current values: the server renders the
+/// charts' points and each live value from the stored series, and the stream's URL starts
+/// after the last sample it rendered.
+#[tokio::test]
+async fn the_job_page_renders_its_telemetry_without_javascript() {
+    let app = sqlite("console_no_js").await;
+    let run = picked_up(&app, pinned()).await;
+    for (util, watts) in [(20.0, 150.0), (60.0, 300.0), (85.5, 410.0)] {
+        app.clock.advance_ms(1000);
+        let reply = send(
+            &app,
+            &run,
+            json!({"gpu_utilization_pct": util, "power_draw_watts": watts}),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    }
+    let (status, _, page) = browse(
+        &app,
+        Method::GET,
+        &format!("/console/jobs/{}", run.job),
+        Some(&run.customer),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("aria-live=\"polite\">RUNNING</output>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<output id=\"now-gpu_utilization_pct\" aria-live=\"polite\">85.5</output>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<output id=\"now-power_draw_watts\" aria-live=\"polite\">410.0</output>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<output id=\"sample-count\" aria-live=\"polite\">3</output>"),
+        "{page}"
+    );
+    assert_eq!(
+        page.matches("data-points=\"3\"").count(),
+        4,
+        "four charts of three points"
+    );
+    // The power chart's scale grew to its largest value; its line spans the width.
+    assert!(
+        page.contains("<span id=\"max-power_draw_watts\">410</span>"),
+        "{page}"
+    );
+    assert!(page.contains("points=\"0.0,"), "{page}");
+    assert!(
+        page.contains(",0.0\"/></svg>"),
+        "the largest value at the top: {page}"
+    );
+    // The last sample was received at the (manual) clock's now.
+    let after_ms = {
+        use gp4u_core::clock::Clock as _;
+        app.clock.now_ms()
+    };
+    assert!(
+        page.contains(&format!("data-after-ms=\"{after_ms}\"")),
+        "{page}"
+    );
+    // Placement reasons rendered as a table with headers.
+    assert!(page.contains("<th scope=\"col\">factor</th>"), "{page}");
+}
