@@ -605,6 +605,49 @@ async fn drive(
     let cells = cells.as_array().unwrap();
     assert!(cells.len() >= 3, "{cells:?}");
     assert!(cells.iter().all(|cell| cell == "pass"), "{cells:?}");
+    // The check is not a rubber stamp: a body changed by one byte, a signature changed by one
+    // character, a proof hash changed by one digit — each is a FAIL; the original passes again.
+    let recheck = |tamper: &str| {
+        format!(
+            "const block = document.getElementById('ledger-data'); \
+             if (!window.original) {{ window.original = block.textContent; }} \
+             const d = JSON.parse(window.original); {tamper}; \
+             block.textContent = JSON.stringify(d); window.gp4uConsole.ledger = null; \
+             window.gp4uConsole.checkLedger(); return true"
+        )
+    };
+    let outcome = "const l = window.gp4uConsole.ledger; \
+        return l && l.result !== 'checking' ? l.result + ': ' + l.text : null";
+    for (what, tamper, says) in [
+        ("a body", "d.entries[0].body += ' '", "did not check"),
+        (
+            "the signature",
+            "const cut = d.checkpoint.length - 6; \
+             d.checkpoint = d.checkpoint.slice(0, cut) + \
+             (d.checkpoint[cut] === 'A' ? 'B' : 'A') + d.checkpoint.slice(cut + 1)",
+            "not validly signed",
+        ),
+        (
+            "a proof",
+            "const e = d.entries.find(x => x.inclusion_proof.length > 0); \
+             const h = e.inclusion_proof[0]; \
+             e.inclusion_proof[0] = (h[0] === '0' ? '1' : '0') + h.slice(1)",
+            "did not check",
+        ),
+        ("nothing", "", "PASS"),
+    ] {
+        driver.script(&recheck(tamper)).await;
+        let verdict = driver.wait_for("the re-check", outcome, 10).await;
+        let verdict = verdict.as_str().unwrap();
+        let expected = if what == "nothing" {
+            "pass: "
+        } else {
+            "fail: "
+        };
+        if !verdict.starts_with(expected) || !verdict.contains(says) {
+            return Err(format!("tampering with {what}: {verdict}"));
+        }
+    }
     let settled = driver
         .script("return document.querySelector('#h-settlement').parentElement.innerText")
         .await;
