@@ -299,6 +299,25 @@ async fn the_console_in_headless_chromium() {
         assert!(Instant::now() < deadline, "the agent did not register");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    // The typed client over the routes the console added: the operator's user list, the
+    // provider's own nodes.
+    let users = gp4u_client::Client::new(&base, Some(&folks.admin))
+        .unwrap()
+        .users()
+        .await
+        .unwrap();
+    assert!(
+        users.users.iter().any(|user| user.name == "Mallory"),
+        "{users:?}"
+    );
+    let provider_token = std::fs::read_to_string(&folks.token_file).unwrap();
+    let nodes = gp4u_client::Client::new(&base, Some(provider_token.trim()))
+        .unwrap()
+        .nodes()
+        .await
+        .unwrap();
+    assert_eq!(nodes.nodes.len(), 1, "{nodes:?}");
+    assert_eq!(nodes.nodes[0].gpus.len(), 1, "{nodes:?}");
     // About 25 s of busy work, so that the emulated GPU's values move.
     let submit = |name: &str| {
         json!({"name": name, "gpuId": gpu_id, "workload_type": "BATCH", "expectedDurationHours": 0.1,
