@@ -618,6 +618,17 @@ async fn drive(
             "the browser's ledger check did not pass: {verdict}"
         ));
     }
+    driver
+        .script("document.getElementById('h-ledger').scrollIntoView(); return true")
+        .await;
+    let ledger_png = driver.screenshot().await;
+    let (ledger_width, _, _) = decode_png(&ledger_png);
+    assert!(ledger_width >= 1000);
+    std::fs::write(
+        std::env::temp_dir().join("gp4u-console-ledger.png"),
+        &ledger_png,
+    )
+    .unwrap();
     let cells = driver
         .script("return Array.from(document.querySelectorAll('[id^=entry-check-]')).map(c => c.dataset.result)")
         .await;

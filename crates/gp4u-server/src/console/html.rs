@@ -110,7 +110,7 @@ pub fn json_block(value: &Value) -> String {
 }
 
 /// Characters of a string value shown in full; longer ones (proof bytes, signatures) are cut.
-const SHOWN_CHARS: usize = 160;
+const SHOWN_CHARS: usize = 400;
 
 fn short_text(text: &str) -> String {
     let length = text.chars().count();
