@@ -146,7 +146,9 @@ fn clear_cookie(secure: bool) -> String {
 }
 
 /// A state-changing request must come from this origin: a browser's `Origin` (when sent) names
-/// this host, and its `Sec-Fetch-Site` (when sent) is `same-origin`.
+/// this host — the `Host` header, or the `X-Forwarded-Host` a reverse proxy sets (a page on
+/// another site cannot set either on a form post) — and its `Sec-Fetch-Site` (when sent) is
+/// `same-origin`.
 fn from_this_origin(headers: &HeaderMap) -> bool {
     if let Some(site) = headers.get("sec-fetch-site")
         && !matches!(site.to_str(), Ok("same-origin"))
@@ -156,13 +158,13 @@ fn from_this_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
     };
-    let (Ok(origin), Some(Ok(host))) = (
-        origin.to_str(),
-        headers.get(header::HOST).map(HeaderValue::to_str),
-    ) else {
+    let Ok(origin) = origin.to_str() else {
         return false;
     };
-    origin == format!("http://{host}") || origin == format!("https://{host}")
+    [header::HOST.as_str(), "x-forwarded-host"]
+        .into_iter()
+        .filter_map(|name| headers.get(name).and_then(|value| value.to_str().ok()))
+        .any(|host| origin == format!("http://{host}") || origin == format!("https://{host}"))
 }
 
 /// An HTML answer with the console's headers.
@@ -714,6 +716,14 @@ mod tests {
         assert!(!from_this_origin(&headers));
         headers.insert(header::ORIGIN, HeaderValue::from_static("null"));
         assert!(!from_this_origin(&headers));
+        // Behind a proxy that passes the public host on.
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://gp4u.example"),
+        );
+        assert!(!from_this_origin(&headers));
+        headers.insert("x-forwarded-host", HeaderValue::from_static("gp4u.example"));
+        assert!(from_this_origin(&headers));
         headers.remove(header::ORIGIN);
         headers.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
         assert!(!from_this_origin(&headers));
