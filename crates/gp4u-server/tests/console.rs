@@ -570,3 +570,42 @@ async fn the_job_page_renders_its_telemetry_without_javascript() {
     // Placement reasons rendered as a table with headers.
     assert!(page.contains("<th scope=\"col\">factor</th>"), "{page}");
 }
+
+/// The two API routes the console added, on both engines: `GET /api/admin/users` (admins
+/// only, oldest first) and `GET /api/providers` (the caller's own nodes, providers only).
+async fn the_routes_the_console_reads(app: TestApp) {
+    let (first, _) = app.user("customer", None).await;
+    let node = app.node(1, 2.0, "us-east-1").await;
+    let other = app.node(2, 2.0, "us-east-1").await;
+    let reply = app
+        .call(Method::GET, "/api/admin/users", Some(&app.admin), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let ids: Vec<&str> = reply.body["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|user| user["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    assert!(
+        ids.contains(&"usr_admin") && ids.contains(&first.as_str()),
+        "{ids:?}"
+    );
+    let refused = app
+        .call(Method::GET, "/api/admin/users", Some(&node.token), None)
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    for (provider, count) in [(&node, 1), (&other, 2)] {
+        let reply = app
+            .call(Method::GET, "/api/providers", Some(&provider.token), None)
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        let nodes = reply.body["nodes"].as_array().unwrap();
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0]["node_id"], provider.node_id.as_str());
+        assert_eq!(nodes[0]["gpus"].as_array().unwrap().len(), count);
+    }
+}
+
+on_both_engines!(the_routes_the_console_reads);
