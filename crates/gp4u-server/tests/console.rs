@@ -146,6 +146,52 @@ async fn sign_in_sets_a_strict_http_only_cookie_and_a_refused_token_sets_none() 
     .await;
     assert!(set_cookie(&headers).unwrap().contains("; Secure"));
 
+    // A page opened before signing in is where sign-in goes back to — a console path only.
+    let (status, headers, _) =
+        browse(&app, Method::GET, "/console/jobs/job_abc", None, None, &[]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        headers["location"],
+        "/console/sign-in?next=/console/jobs/job_abc"
+    );
+    let (_, _, page) = browse(
+        &app,
+        Method::GET,
+        "/console/sign-in?next=/console/jobs/job_abc",
+        None,
+        None,
+        &[],
+    )
+    .await;
+    assert!(
+        page.contains("name=\"next\" value=\"/console/jobs/job_abc\""),
+        "{page}"
+    );
+    for (next, location) in [
+        ("/console/jobs/job_abc", "/console/jobs/job_abc"),
+        ("//evil.test/x", "/"),
+        ("https://evil.test/", "/"),
+        ("/\\evil.test", "/"),
+        ("/console/jobs/\"><script>", "/"),
+    ] {
+        let form = format!(
+            "token={}&next={}",
+            form_encode(&customer),
+            form_encode(next)
+        );
+        let (status, headers, _) = browse(
+            &app,
+            Method::POST,
+            "/console/sign-in",
+            None,
+            Some(&form),
+            &origin,
+        )
+        .await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{next}");
+        assert_eq!(headers["location"], location, "{next}");
+    }
+
     // Signed in: the jobs page.
     let (status, _, page) = browse(&app, Method::GET, "/", Some(&customer), None, &[]).await;
     assert_eq!(status, StatusCode::OK);

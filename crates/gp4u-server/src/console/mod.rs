@@ -211,17 +211,37 @@ fn see_other(location: &str, cookie: Option<String>) -> Response {
     response
 }
 
-/// The page for a request without a usable session: to the sign-in page (clearing a cookie
-/// the API now refuses, and saying why).
-fn to_sign_in(session: SessionState, headers: &HeaderMap) -> Response {
+/// Where sign-in may send the browser next: a path of this console, never another site (no
+/// `//host`, no scheme, no backslash), in the characters its URLs use; else `/`.
+fn safe_next(next: Option<&str>) -> &str {
+    match next {
+        Some(path)
+            if path.starts_with('/')
+                && !path.starts_with("//")
+                && path.len() <= 200
+                && path.bytes().all(|byte| {
+                    byte.is_ascii_alphanumeric() || matches!(byte, b'/' | b'_' | b'-')
+                }) =>
+        {
+            path
+        }
+        _ => "/",
+    }
+}
+
+/// The page for a request without a usable session: to the sign-in page, which comes back to
+/// `here` (clearing a cookie the API now refuses, and saying why).
+fn to_sign_in(session: SessionState, headers: &HeaderMap, here: &str) -> Response {
+    let here = safe_next(Some(here));
     match session {
         SessionState::Refused(reason) => {
             let body = html::page(
                 "Sign in",
                 None,
-                &pages::sign_in(Some(&format!(
-                    "Your session ended: {reason}. Sign in again."
-                ))),
+                &pages::sign_in(
+                    Some(&format!("Your session ended: {reason}. Sign in again.")),
+                    here,
+                ),
             );
             let mut response = html_response(StatusCode::UNAUTHORIZED, body);
             if let Ok(value) = HeaderValue::from_str(&clear_cookie(over_https(headers))) {
@@ -229,7 +249,8 @@ fn to_sign_in(session: SessionState, headers: &HeaderMap) -> Response {
             }
             response
         }
-        _ => see_other("/console/sign-in", None),
+        _ if here == "/" => see_other("/console/sign-in", None),
+        _ => see_other(&format!("/console/sign-in?next={here}"), None),
     }
 }
 
@@ -331,7 +352,7 @@ pub async fn jobs_page(
 ) -> Response {
     let session = match session_of(&state, &headers).await {
         SessionState::Valid(session) => session,
-        other => return to_sign_in(other, &headers),
+        other => return to_sign_in(other, &headers, "/"),
     };
     match api_get::<gp4u_proto::JobList>(&api, &session, "/api/jobs?limit=200").await {
         ApiAnswer::Ok(list) => html_response(
@@ -344,19 +365,32 @@ pub async fn jobs_page(
     }
 }
 
-pub async fn sign_in_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+#[derive(Debug, Deserialize)]
+pub struct NextQuery {
+    /// Where to go after signing in (a console path; anything else is `/`).
+    pub next: Option<String>,
+}
+
+pub async fn sign_in_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<NextQuery>,
+) -> Response {
+    let next = safe_next(query.next.as_deref());
     if let SessionState::Valid(_) = session_of(&state, &headers).await {
-        return see_other("/", None);
+        return see_other(next, None);
     }
     html_response(
         StatusCode::OK,
-        html::page("Sign in", None, &pages::sign_in(None)),
+        html::page("Sign in", None, &pages::sign_in(None, next)),
     )
 }
 
 #[derive(Debug, Deserialize)]
 pub struct SignInForm {
     pub token: String,
+    /// Where to go after signing in (see [`NextQuery`]).
+    pub next: Option<String>,
 }
 
 pub async fn sign_in(
@@ -367,14 +401,22 @@ pub async fn sign_in(
     if !from_this_origin(&headers) {
         return forbidden_cross_origin();
     }
+    let Ok(Form(form)) = form else {
+        return html_response(
+            StatusCode::UNAUTHORIZED,
+            html::page(
+                "Sign in",
+                None,
+                &pages::sign_in(Some("Paste a token to sign in."), "/"),
+            ),
+        );
+    };
+    let next = safe_next(form.next.as_deref());
     let refused = |message: String| {
         html_response(
             StatusCode::UNAUTHORIZED,
-            html::page("Sign in", None, &pages::sign_in(Some(&message))),
+            html::page("Sign in", None, &pages::sign_in(Some(&message), next)),
         )
-    };
-    let Ok(Form(form)) = form else {
-        return refused("Paste a token to sign in.".into());
     };
     let token = form.token.trim();
     if token.is_empty() {
@@ -392,7 +434,7 @@ pub async fn sign_in(
             let max_age = caller.claims.exp - state.clock.now_unix_seconds();
             tracing::info!(user_id = %caller.id(), "console sign-in");
             see_other(
-                "/",
+                next,
                 Some(session_cookie(token, max_age, over_https(&headers))),
             )
         }
@@ -463,7 +505,7 @@ pub async fn job_page(
 ) -> Response {
     let session = match session_of(&state, &headers).await {
         SessionState::Valid(session) => session,
-        other => return to_sign_in(other, &headers),
+        other => return to_sign_in(other, &headers, &format!("/console/jobs/{id}")),
     };
     let Some(id) = job_path(&id) else {
         return job_not_found(&session);
@@ -521,7 +563,7 @@ pub async fn cancel_job(
 ) -> Response {
     let session = match session_of(&state, &headers).await {
         SessionState::Valid(session) => session,
-        other => return to_sign_in(other, &headers),
+        other => return to_sign_in(other, &headers, &format!("/console/jobs/{id}")),
     };
     if !csrf_ok(&headers, &session, form) {
         return forbidden_cross_origin();
@@ -599,7 +641,7 @@ pub async fn provider_page(
 ) -> Response {
     let session = match session_of(&state, &headers).await {
         SessionState::Valid(session) => session,
-        other => return to_sign_in(other, &headers),
+        other => return to_sign_in(other, &headers, "/console/provider"),
     };
     if session.caller.clearance() < crate::auth::CLEARANCE_PROVIDER {
         return error_page(
@@ -634,7 +676,7 @@ pub async fn admin_page(
 ) -> Response {
     let session = match session_of(&state, &headers).await {
         SessionState::Valid(session) => session,
-        other => return to_sign_in(other, &headers),
+        other => return to_sign_in(other, &headers, "/console/admin"),
     };
     if !session.caller.is_admin() {
         return error_page(

@@ -7,7 +7,8 @@ use serde_json::Value;
 
 use super::html::{self, CHART_POINTS, SERIES, escape, json_block};
 
-pub fn sign_in(message: Option<&str>) -> String {
+/// The sign-in form; `next` is where it goes after (a path [`super::safe_next`] allowed).
+pub fn sign_in(message: Option<&str>, next: &str) -> String {
     let alert = message.map_or_else(String::new, |message| {
         format!("<p class=\"error\" role=\"alert\">{}</p>", escape(message))
     });
@@ -20,7 +21,9 @@ pub fn sign_in(message: Option<&str>) -> String {
          <p id=\"token-help\" class=\"muted\">The token <code>gp4u demo</code> printed, or one an \
          operator issued with <code>gp4u admin token</code>. It is kept in an HttpOnly cookie \
          for this site only, never in the page.</p>\
-         <button type=\"submit\">Sign in</button></form>"
+         <input type=\"hidden\" name=\"next\" value=\"{next}\">\
+         <button type=\"submit\">Sign in</button></form>",
+        next = escape(next),
     )
 }
 
