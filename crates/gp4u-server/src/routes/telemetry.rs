@@ -769,7 +769,9 @@ async fn send_stored(
 /// Feeds a telemetry follower: the stored samples after `last_ms`, then each sample as this
 /// replica stores it (the database again when it fell behind, and every ten seconds for other
 /// replicas' samples), then `end` (`{"status"}`) once the job has ended. Samples go out in
-/// order of receipt, each once.
+/// order of receipt, each once: a sample is known by its receipt time, so a second sample of
+/// the same job received in the same millisecond is not sent (an agent sends one per job per
+/// telemetry period, at least a second apart; the stored series has both).
 async fn follow_telemetry(
     state: AppState,
     job_id: JobId,
