@@ -51,6 +51,7 @@ fn the_demo_runs_the_whole_pipeline_in_one_command() {
     assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(stdout.contains("every stage held"), "{stdout}");
     assert!(stdout.contains("sign in as the demo customer with this token"));
+    assert!(stdout.contains("the console: http://"), "{stdout}");
     eprintln!("gp4u demo --once took {:?}", started.elapsed());
     let docker = stdout.contains("agent: Docker");
     if std::env::var("CI").is_ok_and(|value| value == "true") {

@@ -542,6 +542,11 @@ impl Client {
         .await
     }
 
+    /// The caller's nodes (`GET /api/providers`).
+    pub async fn nodes(&self) -> ClientResult<gp4u_proto::ProviderNodeList> {
+        self.get("your nodes", "/api/providers").await
+    }
+
     pub async fn stake(&self, node_id: &str, amount: f64) -> ClientResult<ProviderNodeView> {
         self.post(
             &format!("the stake of {node_id}"),
@@ -636,6 +641,11 @@ impl Client {
             &format!("/api/jobs/{id}/ledger"),
         )
         .await
+    }
+
+    /// Every user, oldest first (`GET /api/admin/users`).
+    pub async fn users(&self) -> ClientResult<gp4u_proto::UserList> {
+        self.get("the users", "/api/admin/users").await
     }
 
     pub async fn chambers(&self) -> ClientResult<ChambersView> {

@@ -213,6 +213,12 @@ pub struct UserView {
     pub credit: f64,
 }
 
+/// `GET /api/admin/users`: every user, oldest first (at most 1000).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UserList {
+    pub users: Vec<UserView>,
+}
+
 /// Request body of `POST /api/admin/users/{id}/credits`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreditsBody {
@@ -688,6 +694,12 @@ pub struct ProviderNodeView {
     /// Mnemo's record of the node: presence, jobs kept, provenance (stage 5).
     #[serde(default)]
     pub record: Option<NodeRecordView>,
+}
+
+/// `GET /api/providers`: the caller's nodes, each as `GET /api/providers/{nodeId}` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProviderNodeList {
+    pub nodes: Vec<ProviderNodeView>,
 }
 
 /// What Mnemo knows of a provider node, as Atlas weighs it.

@@ -6,10 +6,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::HeaderName;
 use axum::middleware::{from_fn, from_fn_with_state};
+use axum::{Extension, Router};
 use gp4u_bus::{EventBus, InProcessBus, SystemClock, run_chamber};
 use gp4u_core::chambers::{Aetherion, Energy, Mnemo, Outerim};
 use gp4u_core::clock::Clock;
@@ -31,6 +31,7 @@ use tracing::Level;
 
 use crate::auth::{authenticate, authenticate_if_present, require_admin_token};
 use crate::config::ServerSettings;
+use crate::console::ConsoleApi;
 use crate::error::ApiError;
 use crate::placement::run_atlas;
 use crate::state::{AppState, Limits, os_random_ids};
@@ -66,7 +67,7 @@ async fn route_not_found(request: Request) -> ApiError {
     )
 }
 
-/// The HTTP API with its middleware.
+/// The HTTP API and the web console, with their middleware.
 pub fn build_router(state: AppState) -> Router {
     let admin = route_table::admin_routes()
         .into_router()
@@ -79,10 +80,22 @@ pub fn build_router(state: AppState) -> Router {
         .into_router()
         .merge(admin)
         .route_layer(from_fn_with_state(state.clone(), authenticate));
-    Router::new()
+    let api_routes = Router::new()
         .merge(authenticated)
         .merge(public_log)
-        .merge(route_table::public_routes().into_router())
+        .merge(route_table::public_routes().into_router());
+    // The console reads this same API in process, as the signed-in user (`console` docs).
+    let api = api_routes
+        .clone()
+        .fallback(route_not_found)
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .with_state(state.clone());
+    let console = route_table::console_routes()
+        .into_router()
+        .layer(Extension(ConsoleApi(api)));
+    Router::new()
+        .merge(api_routes)
+        .merge(console)
         .fallback(route_not_found)
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))

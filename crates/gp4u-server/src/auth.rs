@@ -191,6 +191,16 @@ fn unknown_user() -> ApiError {
 }
 
 impl Caller {
+    /// The caller a raw token names, judged exactly as on the API: signature and expiry
+    /// ([`authenticate`]), then the stored user ([`Caller`]). The console uses it for its
+    /// session cookie, which carries the token.
+    pub async fn from_token(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+        let claims = token::verify(token, &state.keys, state.clock.now_unix_seconds())?;
+        Caller::load(claims, state).await
+    }
+}
+
+impl Caller {
     async fn load(claims: Claims, state: &AppState) -> Result<Caller, ApiError> {
         let user_id = UserId::parse(&claims.sub).map_err(|_| unknown_user())?;
         let user = state

@@ -9,12 +9,12 @@ use axum::handler::Handler;
 use axum::http::Method;
 use axum::routing::{MethodFilter, on};
 
-use crate::openapi;
 use crate::routes::{
     admin, agent, artifacts, billing, energy, health, jobs, ledger, logs, outputs, proofs,
     providers, telemetry, visibility,
 };
 use crate::state::AppState;
+use crate::{console, openapi};
 
 /// A group of routes under one set of layers, and the (method, full path) of each.
 pub struct Routes {
@@ -76,6 +76,7 @@ impl Routes {
 pub fn admin_routes() -> Routes {
     Routes::new()
         .add(Method::POST, "/api/admin/users", admin::create_user)
+        .add(Method::GET, "/api/admin/users", admin::list_users)
         .add(
             Method::POST,
             "/api/admin/users/{id}/suspend",
@@ -181,6 +182,7 @@ pub fn authenticated_routes() -> Routes {
         )
         .add(Method::POST, "/api/providers/register", providers::register)
         .add(Method::GET, "/api/gpus", providers::list_gpus)
+        .add(Method::GET, "/api/providers", providers::list_nodes)
         .add(Method::GET, "/api/providers/{node_id}", providers::get_node)
         .add(
             Method::POST,
@@ -235,6 +237,36 @@ pub fn public_routes() -> Routes {
         .add(Method::GET, "/healthz", health::healthz)
         .add(Method::GET, "/readyz", health::readyz)
         .add(Method::GET, "/api/openapi.json", openapi::openapi_json)
+}
+
+/// The web console: HTML pages for browsers, their event stream and assets. Not the API (not in
+/// the OpenAPI document); each handler checks the session cookie itself and reads the API in
+/// process (`console` module docs).
+pub fn console_routes() -> Routes {
+    Routes::new()
+        .add(Method::GET, "/", console::jobs_page)
+        .add(Method::GET, "/console/sign-in", console::sign_in_page)
+        .add(Method::POST, "/console/sign-in", console::sign_in)
+        .add(Method::POST, "/console/sign-out", console::sign_out)
+        .add(Method::GET, "/console/jobs/{id}", console::job_page)
+        .add(
+            Method::POST,
+            "/console/jobs/{id}/cancel",
+            console::cancel_job,
+        )
+        .add(
+            Method::GET,
+            "/console/jobs/{id}/telemetry",
+            console::job_telemetry_stream,
+        )
+        .add(Method::GET, "/console/provider", console::provider_page)
+        .add(Method::GET, "/console/admin", console::admin_page)
+        .add(Method::GET, "/console/assets/console.js", console::script)
+        .add(
+            Method::GET,
+            "/console/assets/console.css",
+            console::stylesheet,
+        )
 }
 
 /// Every (method, path) of the API, as routed (path parameters as the router names them).

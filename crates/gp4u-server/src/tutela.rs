@@ -30,7 +30,7 @@ use gp4u_store::{
 };
 use serde_json::json;
 use tokio::sync::watch;
-use tokio::sync::{OnceCell, mpsc, oneshot};
+use tokio::sync::{OnceCell, broadcast, mpsc, oneshot};
 
 use crate::config::TutelaSettings;
 use crate::placement::job_events;
@@ -101,7 +101,22 @@ pub struct Tutela {
     breaker_open: AtomicBool,
     /// The open visibility challenges, handed to agents in telemetry replies.
     pub challenges: crate::visibility::ChallengeBook,
+    /// Each sample this replica stored, as it is stored: what `GET /api/jobs/{id}/telemetry
+    /// ?follow=1` (and so the console's live charts) sends on at once. A follower that falls
+    /// behind, or a sample stored by another replica, is caught up from the database.
+    pub live: broadcast::Sender<LiveSample>,
 }
+
+/// A sample just stored, for live followers.
+#[derive(Debug, Clone)]
+pub struct LiveSample {
+    pub job_id: JobId,
+    pub sample: TelemetrySample,
+    pub emulated: bool,
+}
+
+/// Samples a live follower may fall behind by before it is caught up from the database.
+const LIVE_CAPACITY: usize = 1024;
 
 impl std::fmt::Debug for Tutela {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -124,6 +139,7 @@ impl Tutela {
             buckets: Mutex::new(HashMap::new()),
             writer: OnceCell::new(),
             breaker_open: AtomicBool::new(false),
+            live: broadcast::channel(LIVE_CAPACITY).0,
             challenges: Default::default(),
         }
     }

@@ -424,6 +424,82 @@ async fn the_series_is_the_owners_as_json_and_as_a_chart(app: TestApp) {
     assert_eq!(refused.status, StatusCode::BAD_REQUEST);
 }
 
+/// `?follow=1`: the stored samples, then each one as it is stored, then `end` — for the
+/// owner only; `after_ms` skips what a page already shows.
+async fn the_series_can_be_followed_live(app: TestApp) {
+    use http_body_util::BodyExt as _;
+    let run = picked_up(&app, pinned()).await;
+    send(&app, &run, json!({"gpu_utilization_pct": 10.0})).await;
+    let path = format!("/api/jobs/{}/telemetry?follow=1", run.job);
+    let (_, stranger) = app.user("customer", None).await;
+    let refused = app.call(Method::GET, &path, Some(&stranger), None).await;
+    assert_eq!(refused.status, StatusCode::NOT_FOUND);
+    let response = app
+        .response(Method::GET, &path, Some(&run.customer), &[])
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.into_body();
+    for (util, extra) in [
+        (50.0, json!({})),
+        (90.0, json!({"final": true, "exit_code": 0})),
+    ] {
+        app.clock.advance_ms(1000);
+        let mut packet = extra;
+        packet["gpu_utilization_pct"] = json!(util);
+        let reply = send(&app, &run, packet).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    }
+    let mut text = String::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while !text.contains("event: end") {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        text.push_str(&String::from_utf8_lossy(&data));
+                    }
+                }
+                _ => break,
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no end event: {text}");
+    let samples: Vec<Value> = text
+        .split("\n\n")
+        .filter(|event| event.contains("event: sample"))
+        .map(|event| {
+            let data = event
+                .lines()
+                .find_map(|line| line.strip_prefix("data: "))
+                .unwrap();
+            serde_json::from_str(data).unwrap()
+        })
+        .collect();
+    let utils: Vec<f64> = samples
+        .iter()
+        .map(|sample| sample["gpu_utilization_pct"].as_f64().unwrap())
+        .collect();
+    assert_eq!(utils, [10.0, 50.0, 90.0], "each once, in order: {text}");
+    let first_ms = samples[0]["at_ms"].as_i64().unwrap();
+    assert!(samples[1]["at_ms"].as_i64().unwrap() > first_ms, "{text}");
+    assert!(text.contains("\"status\":\"COMPLETE\""), "{text}");
+    // From after the first sample: the rest, then the end at once (the job has ended).
+    let (status, _, later) = app
+        .raw(
+            Method::GET,
+            &format!("{path}&after_ms={first_ms}"),
+            Some(&run.customer),
+            Vec::new(),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let later = String::from_utf8(later).unwrap();
+    assert_eq!(later.matches("event: sample").count(), 2, "{later}");
+    assert!(later.contains("event: end"), "{later}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Heartbeats, duration, visibility
 // ---------------------------------------------------------------------------------------
@@ -653,6 +729,7 @@ on_both_engines!(
     port_scans_are_killed_and_near_misses_are_not,
     the_final_packet_ends_the_job,
     the_series_is_the_owners_as_json_and_as_a_chart,
+    the_series_can_be_followed_live,
     a_silent_job_is_dropped_after_the_timeout_with_one_slash,
     a_dropped_job_with_retries_left_moves_to_another_node,
     nothing_is_dropped_during_the_restart_grace_or_when_the_breaker_opens,

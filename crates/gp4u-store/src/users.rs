@@ -90,6 +90,20 @@ impl Store {
         row.as_ref().map(user_from_row).transpose()
     }
 
+    /// Users in the order they were created, at most `limit` of them (the operator's list).
+    pub async fn list_users(&self, limit: i64) -> StoreResult<Vec<UserRecord>> {
+        self.count_op();
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users ORDER BY created_at, id LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(user_from_row).collect()
+    }
+
     /// Activates or suspends a user. Suspension takes effect on the user's next request.
     pub async fn set_user_active(&self, id: &UserId, active: bool) -> StoreResult<UserRecord> {
         self.count_op();

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use gp4u_core::chambers::{Aetherion, Chamber, Energy, Mnemo, Outerim};
 use gp4u_core::ids::UserId;
 use gp4u_core::manifest::{validate_credit_amount, validate_new_user};
-use gp4u_proto::{ChamberView, ChambersView, ErrorCode, UserView};
+use gp4u_proto::{ChamberView, ChambersView, ErrorCode, UserList, UserView};
 use gp4u_store::{NewUser, StoreError, SubscriberState};
 
 use crate::auth::Caller;
@@ -244,6 +244,25 @@ pub async fn add_credits(
         .map_err(user_not_found)?;
     tracing::info!(user_id = %record.id, amount_micros = amount.micros(), by = %caller.id(), "credit changed");
     Ok(Json(user_view(&record)))
+}
+
+/// Users the platform lists at most in one answer.
+pub const MAX_USERS_LISTED: i64 = 1000;
+
+/// Every user (oldest first, at most 1000), for the operator's console page.
+#[utoipa::path(
+    get, path = "/api/admin/users", tag = "admin",
+    responses((status = 200, body = UserList), (status = 403, body = gp4u_proto::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn list_users(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> ApiResult<Json<UserList>> {
+    let users = state.store.list_users(MAX_USERS_LISTED).await?;
+    Ok(Json(UserList {
+        users: users.iter().map(user_view).collect(),
+    }))
 }
 
 /// Each chamber's cursor, lag and a summary of its read model.

@@ -213,6 +213,27 @@ pub async fn get_node(
     Ok(Json(node_view(&state, &node).await?))
 }
 
+/// The caller's nodes (a provider's own; an admin's own too), each with its standing as
+/// `GET /api/providers/{nodeId}` shows it, in id order.
+#[utoipa::path(
+    get, path = "/api/providers", tag = "providers",
+    responses((status = 200, body = gp4u_proto::ProviderNodeList), (status = 403, body = gp4u_proto::ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn list_nodes(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<gp4u_proto::ProviderNodeList>> {
+    caller.require(CLEARANCE_PROVIDER, ErrorCode::ProviderRequired, "provider")?;
+    let mut nodes = Vec::new();
+    for node_id in state.store.owner_node_ids(caller.id()).await? {
+        if let Some(node) = state.store.get_node(&node_id).await? {
+            nodes.push(node_view(&state, &node).await?);
+        }
+    }
+    Ok(Json(gp4u_proto::ProviderNodeList { nodes }))
+}
+
 /// Moves `amount` of the owner's credit into the node's stake (what slashes take from).
 #[utoipa::path(
     post, path = "/api/providers/{nodeId}/stake", tag = "providers", params(("nodeId" = String, Path)),

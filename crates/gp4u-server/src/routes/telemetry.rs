@@ -373,6 +373,8 @@ async fn ingest_one(state: &AppState, caller: &Caller, body: Value) -> ApiResult
     };
     let verdicts = evaluate(&window, &state.tutela.settings.rules);
     let clamped_fields: Vec<String> = clamped.iter().map(|change| change.field.clone()).collect();
+    // Cloned for live followers only when someone follows.
+    let live_sample = (state.tutela.live.receiver_count() > 0).then(|| sample.clone());
     let row = TelemetryRow {
         job_id: job_id.clone(),
         node_id: node_id.clone(),
@@ -401,6 +403,14 @@ async fn ingest_one(state: &AppState, caller: &Caller, body: Value) -> ApiResult
             format!("job {job_id} changed while its packet was stored; send it again"),
         )
         .with_retry_after(1));
+    }
+    if let Some(sample) = live_sample {
+        // No follower left is fine: the send only fails then.
+        let _ = state.tutela.live.send(crate::tutela::LiveSample {
+            job_id: job_id.clone(),
+            sample,
+            emulated: facts.emulated,
+        });
     }
 
     let mut kill: Option<String> = None;
@@ -613,6 +623,13 @@ pub struct SeriesQuery {
     pub format: Option<String>,
     /// At most this many samples from the start of the run (1–10000, default 10000).
     pub limit: Option<i64>,
+    /// `1` (or `true`): a `text/event-stream` of `sample` events (the stored samples after
+    /// `after_ms`, then each new one as it is stored), ending with an `end` event once the job
+    /// has ended.
+    pub follow: Option<String>,
+    /// With `follow`: only samples received after this time (milliseconds since the epoch),
+    /// e.g. the last one a page already shows.
+    pub after_ms: Option<i64>,
 }
 
 /// Samples a series returns at most.
@@ -641,24 +658,37 @@ pub async fn job_telemetry(
             format!("limit must be 1–{MAX_SERIES}, got {limit}"),
         ));
     }
+    let follow = match query.follow.as_deref() {
+        None | Some("0" | "false") => false,
+        Some("1" | "true") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidQuery,
+                format!("follow must be 1 or 0, got {other:?}"),
+            ));
+        }
+    };
     let job = crate::routes::jobs::visible_job(&state, &caller, &id).await?;
+    if follow {
+        // Subscribed before the stored samples are read, so that none falls between.
+        let live = state.tutela.live.subscribe();
+        let (sender, receiver) = tokio::sync::mpsc::channel(64);
+        let after_ms = query.after_ms.unwrap_or(i64::MIN);
+        tokio::spawn(follow_telemetry(state, job.id, after_ms, live, sender));
+        let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|item| (item, receiver))
+        });
+        return Ok(axum::response::sse::Sse::new(stream)
+            .keep_alive(axum::response::sse::KeepAlive::default())
+            .into_response());
+    }
     let samples = state.store.telemetry_series(&job.id, limit).await?;
     let emulated = job.ran_emulated();
     match query.format.as_deref().unwrap_or("json") {
         "json" => Ok(Json(json!({
             "job_id": job.id.as_str(),
             "emulated": emulated,
-            "samples": samples.iter().map(|sample| json!({
-                "at": rfc3339(sample.at_ms),
-                "gpu_utilization_pct": sample.gpu_utilization_pct,
-                "vram_used_gb": sample.vram_used_gb,
-                "vram_allocated_gb": sample.vram_allocated_gb,
-                "power_draw_watts": sample.power_draw_watts,
-                "temperature_c": sample.temperature_c,
-                "outbound_bytes_per_sec": sample.outbound_bytes_per_sec,
-                "unique_dest_ips": sample.unique_dest_ips,
-                "inferred_pattern": sample.inferred_pattern.map(|pattern| pattern.as_str()),
-            })).collect::<Vec<_>>(),
+            "samples": samples.iter().map(sample_json).collect::<Vec<_>>(),
         }))
         .into_response()),
         "svg" => Ok((
@@ -670,6 +700,141 @@ pub async fn job_telemetry(
             ErrorCode::InvalidQuery,
             format!("format must be json or svg, got {other:?}"),
         )),
+    }
+}
+
+/// One stored sample on the wire (the series route's `samples`).
+fn sample_json(sample: &TelemetrySample) -> Value {
+    json!({
+        "at": rfc3339(sample.at_ms),
+        "gpu_utilization_pct": sample.gpu_utilization_pct,
+        "vram_used_gb": sample.vram_used_gb,
+        "vram_allocated_gb": sample.vram_allocated_gb,
+        "power_draw_watts": sample.power_draw_watts,
+        "temperature_c": sample.temperature_c,
+        "outbound_bytes_per_sec": sample.outbound_bytes_per_sec,
+        "unique_dest_ips": sample.unique_dest_ips,
+        "inferred_pattern": sample.inferred_pattern.map(|pattern| pattern.as_str()),
+    })
+}
+
+/// How often a telemetry follower looks at the job (has it ended?).
+const FOLLOW_JOB_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+/// Every this many looks, a follower also reads the stored series: samples another replica
+/// stored reach it this way.
+const FOLLOW_SERIES_EVERY: u32 = 5;
+
+/// A `sample` event: the series' sample with `at_ms` (when the server received it).
+fn sample_event(sample: &TelemetrySample) -> Option<axum::response::sse::Event> {
+    let mut value = sample_json(sample);
+    value["at_ms"] = json!(sample.at_ms);
+    axum::response::sse::Event::default()
+        .event("sample")
+        .id(sample.at_ms.to_string())
+        .json_data(value)
+        .ok()
+}
+
+type EventSender =
+    tokio::sync::mpsc::Sender<Result<axum::response::sse::Event, std::convert::Infallible>>;
+
+/// Sends the stored samples after `*last_ms`, moving it on. `false` when the client is gone.
+async fn send_stored(
+    state: &AppState,
+    job_id: &JobId,
+    last_ms: &mut i64,
+    sender: &EventSender,
+) -> bool {
+    let samples = match state.store.telemetry_series(job_id, MAX_SERIES).await {
+        Ok(samples) => samples,
+        Err(error) => {
+            tracing::warn!(job_id = %job_id, %error, "following telemetry: reading the series failed");
+            return true;
+        }
+    };
+    for sample in &samples {
+        if sample.at_ms <= *last_ms {
+            continue;
+        }
+        *last_ms = sample.at_ms;
+        if let Some(event) = sample_event(sample)
+            && sender.send(Ok(event)).await.is_err()
+        {
+            return false;
+        }
+    }
+    true
+}
+
+/// Feeds a telemetry follower: the stored samples after `last_ms`, then each sample as this
+/// replica stores it (the database again when it fell behind, and every ten seconds for other
+/// replicas' samples), then `end` (`{"status"}`) once the job has ended. Samples go out in
+/// order of receipt, each once: a sample is known by its receipt time, so a second sample of
+/// the same job received in the same millisecond is not sent (an agent sends one per job per
+/// telemetry period, at least a second apart; the stored series has both).
+async fn follow_telemetry(
+    state: AppState,
+    job_id: JobId,
+    mut last_ms: i64,
+    mut live: tokio::sync::broadcast::Receiver<crate::tutela::LiveSample>,
+    sender: EventSender,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    if !send_stored(&state, &job_id, &mut last_ms, &sender).await {
+        return;
+    }
+    let mut poll = tokio::time::interval(FOLLOW_JOB_POLL);
+    let mut polls: u32 = 0;
+    loop {
+        tokio::select! {
+            received = live.recv() => match received {
+                Ok(live) => {
+                    if live.job_id == job_id && live.sample.at_ms > last_ms {
+                        last_ms = live.sample.at_ms;
+                        if let Some(event) = sample_event(&live.sample)
+                            && sender.send(Ok(event)).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {
+                    if !send_stored(&state, &job_id, &mut last_ms, &sender).await {
+                        return;
+                    }
+                }
+                Err(RecvError::Closed) => return,
+            },
+            _ = poll.tick() => {
+                if state.is_draining() {
+                    return;
+                }
+                polls = polls.wrapping_add(1);
+                let ended = match state.store.get_job(&job_id).await {
+                    Ok(Some(job)) => job.state.status.is_terminal().then_some(job),
+                    Ok(None) => return,
+                    Err(error) => {
+                        tracing::warn!(job_id = %job_id, %error, "following telemetry: reading the job failed");
+                        None
+                    }
+                };
+                if (ended.is_some() || polls.is_multiple_of(FOLLOW_SERIES_EVERY))
+                    && !send_stored(&state, &job_id, &mut last_ms, &sender).await
+                {
+                    return;
+                }
+                if let Some(job) = ended {
+                    if let Ok(event) = axum::response::sse::Event::default()
+                        .event("end")
+                        .json_data(json!({"status": job.state.status.as_str()}))
+                    {
+                        let _ = sender.send(Ok(event)).await;
+                    }
+                    return;
+                }
+            }
+            _ = sender.closed() => return,
+        }
     }
 }
 
