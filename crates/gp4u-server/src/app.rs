@@ -57,6 +57,17 @@ impl MakeRequestId for RandomRequestId {
 }
 
 async fn route_not_found(request: Request) -> ApiError {
+    api_route_not_found(request)
+}
+
+/// What a browser gets for an unknown page: the console's page; anything else the API's error.
+async fn page_or_route_not_found(request: Request) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    crate::console::page_not_found(request.method(), request.uri().path(), request.headers())
+        .unwrap_or_else(|| api_route_not_found(request).into_response())
+}
+
+fn api_route_not_found(request: Request) -> ApiError {
     ApiError::new(
         ErrorCode::NotFound,
         format!(
@@ -96,7 +107,7 @@ pub fn build_router(state: AppState) -> Router {
     Router::new()
         .merge(api_routes)
         .merge(console)
-        .fallback(route_not_found)
+        .fallback(page_or_route_not_found)
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {

@@ -655,3 +655,61 @@ async fn the_routes_the_console_reads(app: TestApp) {
 }
 
 on_both_engines!(the_routes_the_console_reads);
+
+/// A browser that mistypes a console address gets a page with a way back, not the API's JSON;
+/// API clients keep the JSON error everywhere, and so does anything under /api/.
+#[tokio::test]
+async fn an_unknown_page_is_a_page_for_browsers_and_json_for_clients() {
+    let app = sqlite("console-unknown-page").await;
+    let html = [("accept", "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8")];
+    let (status, headers, body) =
+        browse(&app, Method::GET, "/console/jobs", None, None, &html).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"),
+        "{headers:?}"
+    );
+    assert!(
+        body.contains("Page not found") && body.contains("href=\"/\""),
+        "{body}"
+    );
+    assert!(headers.contains_key("content-security-policy"));
+
+    for (path, accept) in [
+        ("/console/jobs", "application/json"),
+        ("/api/nothing-here", "text/html"),
+    ] {
+        let (status, headers, body) =
+            browse(&app, Method::GET, path, None, None, &[("accept", accept)]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert!(
+            headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json"),
+            "{path} {accept}: {headers:?}"
+        );
+        let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(error["error"]["code"], "NOT_FOUND", "{path}");
+    }
+    // A form posted to a page that does not exist is not a page either.
+    let (status, headers, _) = browse(
+        &app,
+        Method::POST,
+        "/console/nothing",
+        None,
+        Some("a=b"),
+        &html,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+}

@@ -335,6 +335,27 @@ fn error_page(session: &Session, status: StatusCode, title: &str, message: &str)
     )
 }
 
+/// A browser asking for a page that does not exist (not under `/api/`, and accepting HTML)
+/// gets a page saying so with a way back, not the API's JSON error; `None` for anything else.
+pub fn page_not_found(method: &Method, path: &str, headers: &HeaderMap) -> Option<Response> {
+    let wants_html = headers
+        .get(header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    if path.starts_with("/api/") || !wants_html || !matches!(*method, Method::GET | Method::HEAD) {
+        return None;
+    }
+    Some(html_response(
+        StatusCode::NOT_FOUND,
+        html::page(
+            "Page not found",
+            None,
+            "<h1>Page not found</h1><p role=\"alert\">There is no page at this address.</p>\
+             <p><a href=\"/\">Your jobs</a> · <a href=\"/console/sign-in\">Sign in</a></p>",
+        ),
+    ))
+}
+
 /// The page for a job the API does not show this user: nothing of it, whatever the reason.
 fn job_not_found(session: &Session) -> Response {
     error_page(
