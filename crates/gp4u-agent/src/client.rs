@@ -224,7 +224,7 @@ impl PlatformClient {
         &self,
         job_id: &str,
         node_id: &str,
-    ) -> Result<Value, ClientError> {
+    ) -> Result<gp4u_proto::JobCommitments, ClientError> {
         let request = self
             .http
             .get(format!("{}/api/agent/jobs/{job_id}/commitments", self.base))

@@ -439,22 +439,21 @@ struct Stored {
     power_limit_mw: Option<u64>,
 }
 
-/// The platform's list of what it stored for the job, parsed.
-fn parse_stored(answer: &serde_json::Value) -> Option<Stored> {
-    let max_gap_ms = answer["max_gap_ms"].as_i64()?;
-    let commitments = answer["commitments"]
-        .as_array()?
+/// The platform's list of what it stored for the job, its commitments decoded (`None` when one
+/// does not decode).
+fn parse_stored(answer: &gp4u_proto::JobCommitments) -> Option<Stored> {
+    let commitments = answer
+        .commitments
         .iter()
         .map(|item| {
-            let at = item["at_ms"].as_i64()?;
-            let commitment = ReadingCommitment::from_base64(item["commitment"].as_str()?).ok()?;
-            Some((at, commitment))
+            let commitment = ReadingCommitment::from_base64(&item.commitment).ok()?;
+            Some((item.at_ms, commitment))
         })
         .collect::<Option<Vec<_>>>()?;
     Some(Stored {
         commitments,
-        max_gap_ms,
-        power_limit_mw: answer["power_limit_mw"].as_u64(),
+        max_gap_ms: answer.max_gap_ms,
+        power_limit_mw: answer.power_limit_mw,
     })
 }
 
@@ -629,7 +628,7 @@ pub async fn submit_proofs(client: &PlatformClient, job: ProofJob) {
             }
             None => tracing::warn!(
                 job_id,
-                "the platform's list of stored commitments does not parse; proving the acknowledged readings"
+                "a commitment in the platform's list of stored commitments does not decode; proving the acknowledged readings"
             ),
         },
         Err(error) => {
@@ -711,7 +710,7 @@ async fn stored_commitments(
     client: &PlatformClient,
     job_id: &str,
     node_id: &str,
-) -> Result<serde_json::Value, crate::client::ClientError> {
+) -> Result<gp4u_proto::JobCommitments, crate::client::ClientError> {
     let started = Instant::now();
     loop {
         match client.stored_commitments(job_id, node_id).await {

@@ -1389,7 +1389,7 @@ async fn fetch(
     let public_key = sources.public_key().await?;
     let owner = sources.owner()?;
     let ledger = serde_json::to_value(owner.job_ledger(job).await?)?;
-    let proofs = owner.proofs(job).await?;
+    let proofs = serde_json::to_value(owner.proofs(job).await?)?;
     let settlement = match owner.settlement(job).await {
         Ok(settlement) => Some(serde_json::to_value(settlement)?),
         // 409 NOT_SETTLED: the job has not ended (or settles in a second).

@@ -410,7 +410,7 @@ impl Client {
         .await
     }
 
-    pub async fn proofs(&self, id: &str) -> ClientResult<Value> {
+    pub async fn proofs(&self, id: &str) -> ClientResult<gp4u_proto::JobProofs> {
         self.get(
             &format!("the proofs of {id}"),
             &format!("/api/jobs/{id}/proofs"),

@@ -7,6 +7,7 @@
 mod billing;
 mod errors;
 mod ledger;
+mod proofs;
 
 use std::collections::BTreeMap;
 
@@ -24,6 +25,10 @@ pub use errors::{ErrorBody, ErrorCode, ErrorDetail};
 pub use ledger::{
     ConsistencyProof, InclusionProof, JobLedger, LedgerEntries, LedgerEntry, ProvenEntry,
     ReadableEntry, WitnessedEntry,
+};
+pub use proofs::{
+    JobCommitments, JobProofs, ProofAccepted, ProofAssurance, ProofKind, SealedCommitment,
+    StoredProof,
 };
 
 /// `gpu` in job responses: where the job runs (or will).

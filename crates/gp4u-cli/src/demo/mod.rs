@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Parser as _;
 use gp4u_client::Client;
-use gp4u_proto::{FailureReason, JobStatus, JobView};
+use gp4u_proto::{FailureReason, JobStatus, JobView, ProofKind};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -515,16 +515,8 @@ async fn follow(
             );
         }
         let proofs = client.proofs(&job).await?;
-        let kinds: Vec<String> = proofs["proofs"]
-            .as_array()
-            .map(|list| {
-                list.iter()
-                    .filter_map(|proof| proof["kind"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if kinds.iter().any(|kind| kind == "energy") && kinds.iter().any(|kind| kind == "hardware")
-        {
+        let has = |kind| proofs.proofs.iter().any(|proof| proof.kind == kind);
+        if has(ProofKind::Energy) && has(ProofKind::Hardware) {
             once(
                 "proofs",
                 "energy (Bulletproofs over the sealed commitments) and hardware attestation verified on receipt".into(),

@@ -10,7 +10,10 @@ use gp4u_attest::hardware::{AssignedGpu, Assurance, gpu_mismatches, verify_hardw
 use gp4u_attest::proofs::{EnergySubmission, ProofSubmission};
 use gp4u_core::energy::{interval_weights, mw_to_watts};
 use gp4u_core::ids::JobId;
-use gp4u_proto::ErrorCode;
+use gp4u_proto::{
+    ErrorCode, JobCommitments, JobProofs, ProofAccepted, ProofAssurance, ProofKind,
+    SealedCommitment, StoredProof,
+};
 use gp4u_store::{JobRecord, OutboxEvent, ProofOutcome, ProofRecord, StoreError};
 use serde_json::{Value, json};
 
@@ -54,7 +57,7 @@ pub async fn job_commitments(
 /// another provider's node 404, a customer 403.
 #[utoipa::path(
     post, path = "/api/providers/{nodeId}/zk-proofs", tag = "providers", params(("nodeId" = String, Path)),
-    responses((status = 201, description = "verified and stored"), (status = 200, description = "the same proof again"), (status = 400, description = "INVALID_PROOF", body = gp4u_proto::ErrorBody), (status = 403, body = gp4u_proto::ErrorBody), (status = 404, body = gp4u_proto::ErrorBody), (status = 409, body = gp4u_proto::ErrorBody), (status = 503, description = "the job's energy is being accounted; retry", body = gp4u_proto::ErrorBody)),
+    responses((status = 201, description = "verified and stored", body = ProofAccepted), (status = 200, description = "the same proof again", body = ProofAccepted), (status = 400, description = "INVALID_PROOF", body = gp4u_proto::ErrorBody), (status = 403, body = gp4u_proto::ErrorBody), (status = 404, body = gp4u_proto::ErrorBody), (status = 409, body = gp4u_proto::ErrorBody), (status = 503, description = "the job's energy is being accounted; retry", body = gp4u_proto::ErrorBody)),
     security(("bearer" = []))
 )]
 pub async fn submit(
@@ -62,7 +65,7 @@ pub async fn submit(
     caller: Caller,
     Path(node_id): Path<String>,
     body: axum::body::Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<ProofAccepted>)> {
     let node = crate::routes::agent::owned_node(&state, &caller, &node_id).await?;
     let text =
         std::str::from_utf8(&body).map_err(|_| invalid("the proof must be UTF-8 JSON".into()))?;
@@ -117,19 +120,22 @@ pub async fn submit(
                     commitments.len()
                 )));
             }
-            ("hardware", Some(assurance_name(attestation.assurance)))
+            (
+                ProofKind::Hardware,
+                Some(wire_assurance(attestation.assurance)),
+            )
         }
         ProofSubmission::Energy(energy) => {
             check_energy(&state, &job, energy, &commitments, missing).await?;
-            ("energy", None)
+            (ProofKind::Energy, None)
         }
     };
     let body: Value = serde_json::from_str(text).map_err(|error| invalid(error.to_string()))?;
     let record = ProofRecord {
         job_id: job_id.clone(),
-        kind: kind.to_owned(),
+        kind: kind.as_str().to_owned(),
         node_id: node.id.clone(),
-        assurance: assurance.map(str::to_owned),
+        assurance: assurance.map(|assurance| assurance_name(assurance).to_owned()),
         body: body.clone(),
         verified_at_ms: state.now_ms(),
     };
@@ -154,19 +160,65 @@ pub async fn submit(
         Err(error) => return Err(error.into()),
     };
     state.relay.nudge();
-    tracing::info!(job_id = %job_id, node_id = %node.id, kind, "proof verified and stored");
+    tracing::info!(job_id = %job_id, node_id = %node.id, kind = kind.as_str(), "proof verified and stored");
     Ok((
         status,
-        Json(json!({"job_id": job_id, "kind": kind, "assurance": assurance, "verified": true})),
+        Json(ProofAccepted {
+            job_id: job_id.to_string(),
+            kind,
+            assurance,
+            verified: true,
+        }),
     ))
 }
 
-fn assurance_name(assurance: Assurance) -> &'static str {
+fn wire_assurance(assurance: Assurance) -> ProofAssurance {
     match assurance {
-        Assurance::Emulated => "emulated",
-        Assurance::ProviderSigned => "provider_signed",
-        Assurance::HardwareAttested => "hardware_attested",
+        Assurance::Emulated => ProofAssurance::Emulated,
+        Assurance::ProviderSigned => ProofAssurance::ProviderSigned,
+        Assurance::HardwareAttested => ProofAssurance::HardwareAttested,
     }
+}
+
+fn assurance_name(assurance: ProofAssurance) -> &'static str {
+    match assurance {
+        ProofAssurance::Emulated => "emulated",
+        ProofAssurance::ProviderSigned => "provider_signed",
+        ProofAssurance::HardwareAttested => "hardware_attested",
+    }
+}
+
+fn sealed(commitments: &[(i64, ReadingCommitment)]) -> Vec<SealedCommitment> {
+    commitments
+        .iter()
+        .map(|(at_ms, commitment)| SealedCommitment {
+            at_ms: *at_ms,
+            commitment: commitment.to_base64(),
+        })
+        .collect()
+}
+
+/// A proof as stored, in wire terms; a kind or assurance the contract does not know is corrupt.
+fn stored_proof(proof: &ProofRecord) -> ApiResult<StoredProof> {
+    let kind = ProofKind::parse(&proof.kind).ok_or_else(|| {
+        ApiError::internal(
+            "stored proof",
+            format!("unknown proof kind {:?}", proof.kind),
+        )
+    })?;
+    let assurance = match &proof.assurance {
+        Some(name) => Some(ProofAssurance::parse(name).ok_or_else(|| {
+            ApiError::internal("stored proof", format!("unknown assurance {name:?}"))
+        })?),
+        None => None,
+    };
+    Ok(StoredProof {
+        kind,
+        node_id: proof.node_id.to_string(),
+        assurance,
+        verified_at_ms: proof.verified_at_ms,
+        submission: proof.body.clone(),
+    })
 }
 
 /// The GPU the job was assigned (its final run's), as registered: the power limit is the one
@@ -326,7 +378,7 @@ async fn check_energy(
 /// energy proof must cover, also for packets whose reply it never received.
 #[utoipa::path(
     get, path = "/api/agent/jobs/{id}/commitments", tag = "agent", params(("id" = String, Path), ("node_id" = String, Query)),
-    responses((status = 200, description = "{job_id, max_gap_ms, commitments: [{at_ms, commitment}], samples_without_commitment, power_limit_mw}: power_limit_mw is the energy proof's per-reading bound, the GPU's registered limit when the job was assigned (null: none registered)"), (status = 404, body = gp4u_proto::ErrorBody)),
+    responses((status = 200, description = "the sealed commitments the energy proof must cover; power_limit_mw is its per-reading bound, the GPU's registered limit when the job was assigned (null: none registered)", body = JobCommitments), (status = 404, body = gp4u_proto::ErrorBody)),
     security(("bearer" = []))
 )]
 pub async fn agent_commitments(
@@ -337,33 +389,30 @@ pub async fn agent_commitments(
         axum::extract::Query<crate::routes::agent::NodeQuery>,
         axum::extract::rejection::QueryRejection,
     >,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<JobCommitments>> {
     let (_node, job) = crate::routes::agent::node_job(&state, &caller, &id, query).await?;
     let (commitments, missing) = job_commitments(&state, &job).await?;
-    Ok(Json(json!({
-        "job_id": job.id,
-        "max_gap_ms": state.tutela.settings.energy_max_gap_ms(),
-        "commitments": commitments.iter().map(|(at, commitment)| json!({
-            "at_ms": at,
-            "commitment": commitment.to_base64(),
-        })).collect::<Vec<_>>(),
-        "samples_without_commitment": missing,
+    Ok(Json(JobCommitments {
+        job_id: job.id.to_string(),
+        max_gap_ms: state.tutela.settings.energy_max_gap_ms(),
+        commitments: sealed(&commitments),
+        samples_without_commitment: missing as u64,
         // The energy proof's per-reading bound: the GPU's registered limit at assignment.
-        "power_limit_mw": job.gpu_power_limit_mw,
-    })))
+        power_limit_mw: job.gpu_power_limit_mw,
+    }))
 }
 
 /// `GET /api/jobs/{id}/proofs` (owner or admin).
 #[utoipa::path(
     get, path = "/api/jobs/{id}/proofs", tag = "ledger", params(("id" = String, Path)),
-    responses((status = 200, description = "the job's proofs, sealed commitments, node key and weights rule"), (status = 404, body = gp4u_proto::ErrorBody)),
+    responses((status = 200, description = "the job's proofs, sealed commitments, node key and weights rule", body = JobProofs), (status = 404, body = gp4u_proto::ErrorBody)),
     security(("bearer" = []))
 )]
 pub async fn job_proofs(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<JobProofs>> {
     let job = crate::routes::jobs::visible_job(&state, &caller, &id).await?;
     let proofs = state.store.job_proofs(&job.id).await?;
     let (commitments, missing) = job_commitments(&state, &job).await?;
@@ -375,24 +424,15 @@ pub async fn job_proofs(
             .map(|node| node.public_key),
         None => None,
     };
-    Ok(Json(json!({
-        "job_id": job.id,
-        "node_id": job.state.node_id,
-        "node_public_key": node_key,
-        "energy_mwms": state.store.job_energy_mwms(&job.id).await?,
-        "max_gap_ms": state.tutela.settings.energy_max_gap_ms(),
-        "weights_rule": "w_0 = 0; w_i = min(t_i − t_(i−1), max_gap_ms)",
-        "commitments": commitments.iter().map(|(at, commitment)| json!({
-            "at_ms": at,
-            "commitment": commitment.to_base64(),
-        })).collect::<Vec<_>>(),
-        "samples_without_commitment": missing,
-        "proofs": proofs.iter().map(|proof| json!({
-            "kind": proof.kind,
-            "node_id": proof.node_id,
-            "assurance": proof.assurance,
-            "verified_at_ms": proof.verified_at_ms,
-            "submission": proof.body,
-        })).collect::<Vec<_>>(),
-    })))
+    Ok(Json(JobProofs {
+        job_id: job.id.to_string(),
+        node_id: job.state.node_id.as_ref().map(ToString::to_string),
+        node_public_key: node_key,
+        energy_mwms: state.store.job_energy_mwms(&job.id).await?,
+        max_gap_ms: state.tutela.settings.energy_max_gap_ms(),
+        weights_rule: "w_0 = 0; w_i = min(t_i − t_(i−1), max_gap_ms)".into(),
+        commitments: sealed(&commitments),
+        samples_without_commitment: missing as u64,
+        proofs: proofs.iter().map(stored_proof).collect::<ApiResult<_>>()?,
+    }))
 }
