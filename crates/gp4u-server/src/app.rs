@@ -79,10 +79,21 @@ pub fn build_router(state: AppState) -> Router {
         .into_router()
         .merge(admin)
         .route_layer(from_fn_with_state(state.clone(), authenticate));
-    Router::new()
+    let mut router = Router::new()
         .merge(authenticated)
         .merge(public_log)
-        .merge(route_table::public_routes().into_router())
+        .merge(route_table::public_routes().into_router());
+    if state.metrics.enabled() {
+        // A route layer, so that each request is timed under its route's template; requests
+        // that match no route are not timed (their paths are not bounded).
+        router = router
+            .merge(route_table::metrics_routes().into_router())
+            .route_layer(from_fn_with_state(
+                state.metrics.clone(),
+                crate::metrics::track_requests,
+            ));
+    }
+    router
         .fallback(route_not_found)
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
@@ -269,7 +280,18 @@ impl Server {
             .with_blobs(blobs)
             .with_atlas(settings.atlas.clone())
             .with_tutela(settings.tutela.clone(), platform_key)
-            .with_billing(settings.billing.clone())?;
+            .with_billing(settings.billing.clone())?
+            .with_metrics(if settings.metrics {
+                crate::metrics::Metrics::new(settings.metrics_token.as_deref())
+            } else {
+                crate::metrics::Metrics::disabled()
+            });
+        if settings.metrics {
+            tracing::info!(
+                token_required = settings.metrics_token.is_some(),
+                "serving Prometheus metrics at GET /metrics"
+            );
+        }
         Ok(Server { state, listener })
     }
 

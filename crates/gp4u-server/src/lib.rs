@@ -10,6 +10,7 @@ pub mod blobs;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod obsidian;
 pub mod openapi;
 pub mod placement;
