@@ -59,6 +59,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Exited,
+        Outcome::Failed,
+        Outcome::OomKilled,
+        Outcome::KilledByPlatform,
+        Outcome::DurationExceeded,
+        Outcome::ScratchExceeded,
+    ];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Outcome::Exited => "exited",
@@ -155,6 +164,21 @@ impl AgentMetrics {
             "Assignment long-polls, by result (assignment, empty or error)",
             polls.clone(),
         );
+        // Every known label value starts at zero, so that its series exists before the first
+        // event (and `rate()` sees that one).
+        for outcome in Outcome::ALL {
+            containers_ended
+                .get_or_create(&OutcomeLabel {
+                    outcome: outcome.as_str(),
+                })
+                .get();
+        }
+        for result in ["ok", "failed"] {
+            AgentMetrics::touch(&image_pulls, result);
+        }
+        for result in ["assignment", "empty", "error"] {
+            AgentMetrics::touch(&polls, result);
+        }
         AgentMetrics {
             registry,
             containers_running,
@@ -167,6 +191,10 @@ impl AgentMetrics {
             commitments_sent,
             polls,
         }
+    }
+
+    fn touch(family: &Family<ResultLabel, Counter>, result: &'static str) {
+        family.get_or_create(&ResultLabel { result }).get();
     }
 
     /// Counts one more of `result` in `family` (a family of [`ResultLabel`]).

@@ -29,7 +29,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use gp4u_core::chambers::{Aetherion, Chamber, Energy, Mnemo, Outerim};
-use gp4u_core::job::JobStatus;
+use gp4u_core::job::{FailureReason, JobStatus};
+use gp4u_core::tutela::{Rule, SlashKind};
 use gp4u_proto::ErrorCode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -245,6 +246,32 @@ impl Metrics {
             "Scrapes whose store-backed levels could not be read (the previous values were served)",
             refresh_failures.clone(),
         );
+        // Every known label value starts at zero, so that its series exists (and `rate()` and
+        // `increase()` see the first event) before anything happened.
+        for rule in Rule::ALL {
+            anomalies
+                .get_or_create(&RuleLabel {
+                    rule: rule.as_str(),
+                })
+                .get();
+            kills
+                .get_or_create(&ReasonLabel {
+                    reason: rule.as_str(),
+                })
+                .get();
+        }
+        kills
+            .get_or_create(&ReasonLabel {
+                reason: FailureReason::DurationExceeded.as_str(),
+            })
+            .get();
+        for kind in SlashKind::ALL {
+            slashes
+                .get_or_create(&KindLabel {
+                    kind: kind.as_str(),
+                })
+                .get();
+        }
         let build = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
         build
             .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))])
