@@ -486,3 +486,43 @@ async fn prometheus_scrapes_the_server_and_the_agent_and_sees_submissions() {
     }
     drop(server);
 }
+
+/// A taken `--metrics-listen` address stops the agent at start, naming the flag and the
+/// address (before it registers: no server is needed to see it).
+#[test]
+fn a_taken_metrics_address_stops_the_agent_saying_which() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "t").unwrap();
+    let output = Command::new(common::BIN)
+        .args([
+            "agent",
+            "--server",
+            "http://127.0.0.1:9",
+            "--region",
+            "us-east-1",
+            "--price",
+            "1",
+            "--runtime",
+            "process",
+            "--allow-unisolated",
+            "--metrics-listen",
+            &address,
+        ])
+        .arg("--token-file")
+        .arg(&token_file)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--gpu", "emulated:Dev:8"])
+        .env("GP4U_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("--metrics-listen {address}: cannot listen there")),
+        "{stderr}"
+    );
+}
