@@ -96,7 +96,7 @@ echo "kernel:     $(uname -sr)"
 echo "rustc:      $(rustc --version 2>/dev/null || echo '?')"
 echo "commit:     $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
 echo "loadavg:    $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "settings:   --seconds $SECONDS_PER_RUN --concurrency $CONCURRENCY --warmup-seconds $WARMUP"
+echo "settings:   --seconds $SECONDS_PER_RUN --concurrency $CONCURRENCY --warmup-seconds $WARMUP --gpus 20000 (pinned jobs: Atlas places them while the load runs, so each needs a GPU of its own)"
 echo
 
 echo "== build (cargo bench --no-run -p gp4u-server --bench submit) =="
@@ -148,7 +148,7 @@ run_bench() {
   echo "== submit bench: $engine =="
   check_quiet "the $engine bench"
   "$EXE" --bench --engine "$engine" --seconds "$SECONDS_PER_RUN" \
-    --concurrency "$CONCURRENCY" --warmup-seconds "$WARMUP" | tee "$WORK/$engine.out" || rc=$?
+    --concurrency "$CONCURRENCY" --warmup-seconds "$WARMUP" --gpus 20000 | tee "$WORK/$engine.out" || rc=$?
   case "$rc" in
     0) ;;
     2) STATUS=2 ;;

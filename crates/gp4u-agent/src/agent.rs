@@ -23,6 +23,7 @@ use crate::docker::{
 use crate::files::{fetch_inputs, pack_output};
 use crate::gpu::{EmulatedGpu, EmulatedSource, GpuInfo, GpuSource, NvmlSource};
 use crate::logs::{self, LogPiece, Shipper};
+use crate::metrics::{AgentMetrics, Outcome};
 use crate::process::{self, ChildJob};
 use crate::proofs::{JobReadings, ProofJob};
 use crate::scratch::{QuotaMode, Scratch};
@@ -90,6 +91,8 @@ pub struct AgentConfig {
     pub renewable_pct: f64,
     /// What jobs' containers get beyond the manifest (SPEC §10).
     pub job_runtime: JobRuntimeOptions,
+    /// Where to serve Prometheus metrics (`--metrics-listen`); `None`: not served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The node's side of the job runtime (SPEC §10): flags of `gp4u agent`.
@@ -179,6 +182,13 @@ pub enum AgentError {
         name: String,
         uuid: String,
         watts: f64,
+    },
+    #[error(
+        "--metrics-listen {address}: cannot listen there ({source}); pick a free address and port, or leave the flag out"
+    )]
+    MetricsListen {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
     },
     #[error("{path}: {source}")]
     Io {
@@ -517,6 +527,17 @@ pub async fn run_with(
         std::fs::canonicalize(&config.data_dir).map_err(io_error(&config.data_dir))?;
     let (scratch_mode, egress) = prepare_host(&config, &runtime).await;
     let client = PlatformClient::new(&config.server, &config.token)?;
+    if let Some(address) = config.metrics_listen {
+        // Bound before registering, so that a taken port stops the agent at once.
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|source| AgentError::MetricsListen { address, source })?;
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            client.metrics().clone(),
+            shutdown.clone(),
+        ));
+    }
     let gpu_count = match discover_gpus(&config.emulated) {
         Ok((gpus, _)) => gpus.len(),
         Err(_) => 1,
@@ -889,10 +910,19 @@ impl Agent {
         }
         let reference = match &self.runtime {
             Runtime::Docker(docker) => {
-                match docker
+                let pull_started = std::time::Instant::now();
+                let pulled = docker
                     .pull(&manifest.docker_image, &manifest.docker_image_sha256)
-                    .await
-                {
+                    .await;
+                let metrics = self.client.metrics();
+                metrics
+                    .image_pull_seconds
+                    .observe(pull_started.elapsed().as_secs_f64());
+                AgentMetrics::count(
+                    &metrics.image_pulls,
+                    if pulled.is_ok() { "ok" } else { "failed" },
+                );
+                match pulled {
                     Ok(reference) => Some(reference),
                     Err(error) => {
                         tracing::warn!(job_id, %error, "image pull failed");
@@ -1024,6 +1054,7 @@ impl Agent {
             }
         };
         let (launched, pieces) = launched;
+        self.client.metrics().containers_started.inc();
         let gpu_uuid = self.job_gpu_uuid(manifest.gpu_uuid.as_deref(), Some(&manifest.gpu_id));
         let declared = gpu_uuid
             .as_ref()
@@ -1373,6 +1404,8 @@ impl Agent {
         let (mut shipping, log_source, stop_shipping) =
             self.start_log_shipping(&job_id, &launched, pieces);
         let launched = Arc::new(launched);
+        let metrics = self.client.metrics().clone();
+        metrics.containers_running.inc();
         let mut killed_by_platform = self.report(&job_id, "running", None, None, None).await;
         if killed_by_platform {
             self.kill(&launched).await;
@@ -1459,6 +1492,20 @@ impl Agent {
         if let Some(watchdog) = &watchdog {
             watchdog.exited();
         }
+        metrics.containers_running.dec();
+        metrics.ended(if duration_exceeded {
+            Outcome::DurationExceeded
+        } else if scratch_exceeded {
+            Outcome::ScratchExceeded
+        } else if killed_by_platform {
+            Outcome::KilledByPlatform
+        } else if exit.oom_killed {
+            Outcome::OomKilled
+        } else if exit.code == 0 {
+            Outcome::Exited
+        } else {
+            Outcome::Failed
+        });
         // The rest of the output: the container's log stream ends when it stops, a child's
         // pipes when it exits; a straggler (a grandchild holding a pipe) gets a grace period.
         if tokio::time::timeout(LOG_DRAIN_GRACE, &mut shipping.0)

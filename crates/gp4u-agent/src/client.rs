@@ -13,6 +13,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use crate::metrics::AgentMetrics;
+
 /// The header that carries a blob's hex SHA-256.
 pub const SHA256_HEADER: &str = "x-gp4u-sha256";
 
@@ -121,6 +123,8 @@ pub struct PlatformClient {
     http: reqwest::Client,
     base: String,
     token: String,
+    /// Polls and telemetry are counted here, where they are sent.
+    metrics: Arc<AgentMetrics>,
 }
 
 impl PlatformClient {
@@ -136,7 +140,37 @@ impl PlatformClient {
             http,
             base: base.trim_end_matches('/').to_string(),
             token: token.to_string(),
+            metrics: Arc::new(AgentMetrics::new()),
         })
+    }
+
+    /// The same client counting into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<AgentMetrics>) -> PlatformClient {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The agent's metrics (shared by every clone of this client).
+    pub fn metrics(&self) -> &Arc<AgentMetrics> {
+        &self.metrics
+    }
+
+    /// Counts `packets` posted (or failed), and the commitments delivered with them.
+    fn count_telemetry<'p, T>(
+        &self,
+        packets: impl IntoIterator<Item = &'p TelemetryPacket>,
+        result: &Result<T, ClientError>,
+    ) {
+        for packet in packets {
+            if result.is_ok() {
+                self.metrics.telemetry_posted.inc();
+                if packet.power_commitment.is_some() {
+                    self.metrics.commitments_sent.inc();
+                }
+            } else {
+                self.metrics.telemetry_failed.inc();
+            }
+        }
     }
 
     async fn send(
@@ -283,7 +317,9 @@ impl PlatformClient {
             .post(format!("{}/api/telemetry/russian-doll", self.base))
             .json(packet)
             .timeout(timeout);
-        self.send_json(what, request).await
+        let result = self.send_json(what, request).await;
+        self.count_telemetry([packet], &result);
+        result
     }
 
     /// Submits a proof (`POST /api/providers/{node_id}/zk-proofs`, the JSON `body`): the
@@ -347,7 +383,9 @@ impl PlatformClient {
             .post(format!("{}/api/telemetry/russian-doll", self.base))
             .json(packets)
             .timeout(timeout);
-        self.send_json(what, request).await
+        let result = self.send_json(what, request).await;
+        self.count_telemetry(packets.iter().copied(), &result);
+        result
     }
 
     /// Long-polls for the node's next assignment; `None` when `wait_s` passed without one.
@@ -362,18 +400,28 @@ impl PlatformClient {
             .get(format!("{}/api/agent/assignments", self.base))
             .query(&[("node_id", node_id), ("wait", &wait_s.to_string())])
             .timeout(Duration::from_secs(wait_s + 30));
-        let response = self.send(what, request).await?;
-        if response.status() == StatusCode::NO_CONTENT {
-            return Ok(None);
+        let polled = async {
+            let response = self.send(what, request).await?;
+            if response.status() == StatusCode::NO_CONTENT {
+                return Ok(None);
+            }
+            response
+                .json()
+                .await
+                .map(Some)
+                .map_err(|source| ClientError::BadAnswer {
+                    what: what.into(),
+                    source,
+                })
         }
-        response
-            .json()
-            .await
-            .map(Some)
-            .map_err(|source| ClientError::BadAnswer {
-                what: what.into(),
-                source,
-            })
+        .await;
+        let result = match &polled {
+            Ok(Some(_)) => "assignment",
+            Ok(None) => "empty",
+            Err(_) => "error",
+        };
+        AgentMetrics::count(&self.metrics.polls, result);
+        polled
     }
 
     pub async fn report(

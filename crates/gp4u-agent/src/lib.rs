@@ -10,7 +10,7 @@
 //! [`netns`] (a container's network namespace: outbound bytes, destinations), [`cgroup`] (a
 //! job's processes and CPU use), [`telemetry`] (the Russian-Doll watchdog), [`coalescer`] (a
 //! node's packets of one period posted together), [`proofs`] (commitments to the power
-//! readings, energy and hardware proofs after a job), [`visibility`]
+//! readings, energy and hardware proofs after a job), [`metrics`] (`--metrics-listen`), [`visibility`]
 //! (the endpoint answering the platform's visibility challenges), [`agent`] (the loop).
 
 pub mod agent;
@@ -24,6 +24,7 @@ pub mod gpu;
 pub use gp4u_attest::key;
 pub mod jobenv;
 pub mod logs;
+pub mod metrics;
 pub mod netns;
 pub mod process;
 pub mod proofs;

@@ -238,6 +238,7 @@ async fn the_watchdog_reports_containers_and_kills_them_on_order() {
         net_sample_interval: Duration::from_millis(500),
         renewable_pct: 0.0,
         job_runtime: Default::default(),
+        metrics_listen: None,
     };
     let agent = tokio::spawn(gp4u_agent::agent::run(config, stopping));
 

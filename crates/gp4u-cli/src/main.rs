@@ -222,6 +222,11 @@ struct AgentArgs {
     /// `telemetry_interval_seconds` of their manifest.
     #[arg(long, hide = true)]
     keepalive: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (containers, image pulls, telemetry
+    /// posted, commitments, polls), e.g. 127.0.0.1:9464. No token: bind it where only your
+    /// Prometheus reaches [default: not served].
+    #[arg(long, env = "GP4U_AGENT_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// A positive finite number (GB, CPUs).
@@ -285,6 +290,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
                 }
             }),
         },
+        metrics_listen: args.metrics_listen,
     };
     if args.listen.is_some() || args.advertise.is_some() {
         tracing::warn!(

@@ -593,6 +593,16 @@ pub enum Rule {
 }
 
 impl Rule {
+    /// Every rule (for counters that start at zero for each).
+    pub const ALL: [Rule; 6] = [
+        Rule::VramOverclaim,
+        Rule::HighOutboundBandwidth,
+        Rule::OutboundPortScan,
+        Rule::ThermalThrottleSustained,
+        Rule::CryptoMiningPattern,
+        Rule::CryptoMiningDuringMlJob,
+    ];
+
     pub const fn as_str(&self) -> &'static str {
         match self {
             Rule::VramOverclaim => "VRAM_OVERCLAIM",
@@ -843,6 +853,14 @@ pub enum SlashKind {
 }
 
 impl SlashKind {
+    /// Every kind of slash (for counters that start at zero for each).
+    pub const ALL: [SlashKind; 4] = [
+        SlashKind::VramOverclaim,
+        SlashKind::JobDroppedUnexpectedly,
+        SlashKind::CryptoMiningDuringMlJob,
+        SlashKind::VisibilityBlocked,
+    ];
+
     pub const fn as_str(&self) -> &'static str {
         match self {
             SlashKind::VramOverclaim => "VRAM_OVERCLAIM",

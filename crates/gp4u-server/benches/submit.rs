@@ -19,6 +19,14 @@
 //!
 //! No tracing subscriber is installed, so the server's per-request log lines cost nothing here
 //! (a deployed server formats and writes them).
+//!
+//! Metrics (`--metrics on|off|both`, default on, as `gp4u server` runs): on, `GET /metrics` is
+//! routed, every request is timed into its route's histogram, and a scraper in the client
+//! runtime fetches `/metrics` every `--scrape-ms` (1000, fifteen times Prometheus's default
+//! rate) for the whole run; off, the server runs with metrics disabled and nobody scrapes.
+//! `both` runs `--rounds` pairs in one process, alternating which goes first, each run on a
+//! fresh database, and compares the medians: SPEC's goal is that metrics cost at most 3 % of
+//! the accepted submissions per second.
 
 use std::collections::BTreeMap;
 mod support;
@@ -41,6 +49,7 @@ use gp4u_core::manifest::{GpuSpec, Role};
 use gp4u_core::money::Money;
 use gp4u_core::token::{Claims, TokenKeys, TokenSecret, mint};
 use gp4u_server::AppState;
+use gp4u_server::metrics::{Metrics, RequestLabels};
 use gp4u_server::state::{Limits, os_random_ids};
 use gp4u_store::testing::{PG_URL_ENV, TestDatabase};
 use gp4u_store::{Engine, NewNode, NewUser, Store};
@@ -57,7 +66,16 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 const USAGE: &str = "usage: cargo bench -p gp4u-server --bench submit -- \
     [--engine sqlite|postgres] [--seconds N (10)] [--concurrency N (32)] \
-    [--warmup-seconds N (2)] [--max-rate N (5000)] [--gpus N (200)]";
+    [--warmup-seconds N (2)] [--max-rate N (5000)] [--gpus N (200)] \
+    [--metrics on|off|both (on)] [--rounds N (3, with both)] [--scrape-ms N (1000)]";
+
+/// Whether the server counts, times and serves metrics (and is scraped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MetricsMode {
+    On,
+    Off,
+    Both,
+}
 
 #[derive(Debug, Clone)]
 struct Config {
@@ -68,6 +86,11 @@ struct Config {
     /// Upper bound on submissions per second, used only to size the customer pool.
     max_rate: u64,
     gpus: usize,
+    metrics: MetricsMode,
+    /// With `--metrics both`: how many (off, on) pairs.
+    rounds: u64,
+    /// How often the scraper fetches `/metrics` when metrics are on.
+    scrape_every: Duration,
 }
 
 impl Config {
@@ -79,6 +102,9 @@ impl Config {
             warmup_seconds: 2,
             max_rate: 5000,
             gpus: 200,
+            metrics: MetricsMode::On,
+            rounds: 3,
+            scrape_every: Duration::from_millis(1000),
         };
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
@@ -120,7 +146,17 @@ impl Config {
                 "--concurrency" => config.concurrency = usize::try_from(number(1, 1024)?)?,
                 "--warmup-seconds" => config.warmup_seconds = number(0, 60)?,
                 "--max-rate" => config.max_rate = number(1, 1_000_000)?,
-                "--gpus" => config.gpus = usize::try_from(number(1, 10_000)?)?,
+                "--gpus" => config.gpus = usize::try_from(number(1, 100_000)?)?,
+                "--metrics" => {
+                    config.metrics = match value.as_str() {
+                        "on" => MetricsMode::On,
+                        "off" => MetricsMode::Off,
+                        "both" => MetricsMode::Both,
+                        other => bail!("--metrics {other:?}: expected on, off or both"),
+                    }
+                }
+                "--rounds" => config.rounds = number(1, 50)?,
+                "--scrape-ms" => config.scrape_every = Duration::from_millis(number(10, 60_000)?),
                 other => bail!("unknown argument {other:?}\n{USAGE}"),
             }
         }
@@ -280,6 +316,8 @@ struct Tally {
     first_transport_error: Option<String>,
     /// Every request sent, warmup and tail included (for the rate-limit budget).
     sent: u64,
+    /// `/metrics` fetched over the run, and the size of the last exposition.
+    scrapes: (u64, usize),
 }
 
 impl Tally {
@@ -477,6 +515,33 @@ fn cpu_split(before: &CpuSample, after: &CpuSample) -> Vec<(String, f64)> {
     split
 }
 
+/// Fetches `url` every `every` until `end`, as Prometheus would; how many scrapes, and how many
+/// bytes the last one had. A scrape that fails fails the run.
+async fn scrape(
+    client: reqwest::Client,
+    url: String,
+    every: Duration,
+    end: Instant,
+) -> anyhow::Result<(u64, usize)> {
+    let mut ticks = tokio::time::interval(every);
+    let (mut scrapes, mut bytes) = (0, 0);
+    while Instant::now() < end {
+        ticks.tick().await;
+        let response = client
+            .get(&url)
+            .header("accept", "application/openmetrics-text;version=1.0.0")
+            .send()
+            .await
+            .with_context(|| format!("scraping {url}"))?;
+        if !response.status().is_success() {
+            bail!("scraping {url}: HTTP {}", response.status());
+        }
+        bytes = response.bytes().await.context("reading a scrape")?.len();
+        scrapes += 1;
+    }
+    Ok((scrapes, bytes))
+}
+
 /// What the server side looked like over the window.
 struct ServerProbe {
     ops_before: u64,
@@ -503,6 +568,14 @@ async fn run_load(
         end: begin + Duration::from_secs(config.warmup_seconds + config.seconds),
     });
     let next = Arc::new(AtomicU64::new(0));
+    let scraper = (config.metrics == MetricsMode::On).then(|| {
+        tokio::spawn(scrape(
+            client.clone(),
+            format!("http://{}/metrics", fixture.addr),
+            config.scrape_every,
+            window.end,
+        ))
+    });
     let tasks: Vec<_> = (0..config.concurrency)
         .map(|_| {
             tokio::spawn(client_task(
@@ -528,6 +601,9 @@ async fn run_load(
     for task in tasks {
         tally.merge(task.await.context("a client task panicked")?);
     }
+    if let Some(scraper) = scraper {
+        tally.scrapes = scraper.await.context("the scraper panicked")??;
+    }
     Ok((
         tally,
         ServerProbe {
@@ -540,7 +616,20 @@ async fn run_load(
     ))
 }
 
-fn run(config: &Config) -> anyhow::Result<bool> {
+/// One run's figures.
+struct Outcome {
+    clean: bool,
+    accepted_per_s: f64,
+    p50: f64,
+    p99: f64,
+    /// CPU time of the server's threads (not the database's) per accepted submission, µs.
+    server_cpu_us: Option<f64>,
+}
+
+/// Clock ticks per second in `/proc` (`USER_HZ`, 100 on Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+fn run(config: &Config) -> anyhow::Result<Outcome> {
     let server_rt = support::runtime("bench-server")?;
     let client_rt = support::runtime("bench-client")?;
     let engine = config.engine.as_str();
@@ -566,7 +655,11 @@ fn run(config: &Config) -> anyhow::Result<bool> {
             Limits::default(),
             os_random_ids(),
             bus,
-        );
+        )
+        .with_metrics(match config.metrics {
+            MetricsMode::Off => Metrics::disabled(),
+            MetricsMode::On | MetricsMode::Both => Metrics::new(None),
+        });
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding 127.0.0.1")?;
@@ -635,12 +728,22 @@ fn run(config: &Config) -> anyhow::Result<bool> {
     );
     let errors = tally.refused_total() + tally.transport_errors;
     let ops = probe.ops_after.saturating_sub(probe.ops_before);
+    let server_cpu_us = match (&probe.cpu_before, &probe.cpu_after) {
+        (Some(before), Some(after)) if accepted > 0 => {
+            let ticks = |sample: &CpuSample| sample.threads.get("server").copied().unwrap_or(0);
+            let used = ticks(after).saturating_sub(ticks(before));
+            Some(used as f64 / TICKS_PER_SECOND * 1e6 / accepted as f64)
+        }
+        _ => None,
+    };
 
     println!();
     println!(
-        "== submit bench: engine={engine}, {seconds:.2} s measured after {} s warmup, \
+        "== submit bench: engine={engine}, metrics {}, {seconds:.2} s measured after {} s warmup, \
          concurrency {}, {RUNTIME_THREADS} server + {RUNTIME_THREADS} client threads ==",
-        config.warmup_seconds, config.concurrency
+        metrics_label(config.metrics),
+        config.warmup_seconds,
+        config.concurrency
     );
     println!(
         "setup: {customers} customers, {gpus} GPUs on {} nodes, in {:.1} s",
@@ -667,12 +770,24 @@ fn run(config: &Config) -> anyhow::Result<bool> {
         "requests sent (warmup + tail too)", tally.sent
     );
     println!("  {:<34} {:>12}", "jobs in the database", jobs_in_db);
+    if config.metrics == MetricsMode::On {
+        println!(
+            "  {:<34} {:>12}   (every {} ms; the last {} bytes)",
+            "/metrics scrapes",
+            tally.scrapes.0,
+            config.scrape_every.as_millis(),
+            tally.scrapes.1
+        );
+    }
     if accepted > 0 {
         println!(
             "  {:<34} {:>12.2}",
             "store calls / accepted (all tasks)",
             ops as f64 / accepted as f64
         );
+    }
+    if let Some(us) = server_cpu_us {
+        println!("  {:<34} {:>12.1}", "server-thread CPU µs / accepted", us);
     }
     match drain {
         Some(drain) => println!(
@@ -730,9 +845,10 @@ fn run(config: &Config) -> anyhow::Result<bool> {
         .map(|(status, (count, _))| format!("{status}:{count}"))
         .collect();
     println!(
-        "RESULT engine={engine} accepted_per_s={accepted_per_s:.1} p50_ms={p50:.2} \
+        "RESULT engine={engine} metrics={} accepted_per_s={accepted_per_s:.1} p50_ms={p50:.2} \
          p90_ms={p90:.2} p99_ms={p99:.2} max_ms={max:.2} accepted={accepted} errors={errors} \
          non201={} transport_errors={} seconds={seconds:.2} concurrency={} warmup_s={}",
+        metrics_label(config.metrics),
         if by_status.is_empty() {
             "none".to_string()
         } else {
@@ -742,7 +858,139 @@ fn run(config: &Config) -> anyhow::Result<bool> {
         config.concurrency,
         config.warmup_seconds
     );
-    Ok(errors == 0)
+    Ok(Outcome {
+        clean: errors == 0,
+        accepted_per_s,
+        p50,
+        p99,
+        server_cpu_us,
+    })
+}
+
+fn metrics_label(mode: MetricsMode) -> &'static str {
+    match mode {
+        MetricsMode::On => "on",
+        MetricsMode::Off => "off",
+        MetricsMode::Both => "both",
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    if values.len().is_multiple_of(2) {
+        (values[middle - 1] + values[middle]) / 2.0
+    } else {
+        values[middle]
+    }
+}
+
+/// `--metrics both`: `rounds` pairs, alternating which of off and on goes first; the medians
+/// and their ratio against SPEC's 3 % goal.
+fn compare(config: &Config) -> anyhow::Result<bool> {
+    let mut off = Vec::new();
+    let mut on = Vec::new();
+    let mut clean = true;
+    for round in 0..config.rounds {
+        let order = if round % 2 == 0 {
+            [MetricsMode::Off, MetricsMode::On]
+        } else {
+            [MetricsMode::On, MetricsMode::Off]
+        };
+        for mode in order {
+            let outcome = run(&Config {
+                metrics: mode,
+                ..config.clone()
+            })?;
+            clean &= outcome.clean;
+            match mode {
+                MetricsMode::Off => off.push(outcome),
+                _ => on.push(outcome),
+            }
+        }
+    }
+    let rates = |runs: &[Outcome]| {
+        runs.iter()
+            .map(|run| run.accepted_per_s)
+            .collect::<Vec<_>>()
+    };
+    let show = |values: &[f64]| {
+        values
+            .iter()
+            .map(|value| format!("{value:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (off_rates, on_rates) = (rates(&off), rates(&on));
+    let off_median = median(&mut off_rates.clone());
+    let on_median = median(&mut on_rates.clone());
+    let ratio = on_median / off_median;
+    let p99 = |runs: &[Outcome]| median(&mut runs.iter().map(|run| run.p99).collect::<Vec<_>>());
+    let p50 = |runs: &[Outcome]| median(&mut runs.iter().map(|run| run.p50).collect::<Vec<_>>());
+    println!();
+    println!(
+        "== metrics cost: engine={}, {} rounds of off and on, alternating ==",
+        config.engine.as_str(),
+        config.rounds
+    );
+    println!("  off accepted/s: {}", show(&off_rates));
+    println!("  on  accepted/s: {}", show(&on_rates));
+    println!(
+        "  median off {off_median:.1}/s (p50 {:.2} ms, p99 {:.2} ms); median on {on_median:.1}/s \
+         (p50 {:.2} ms, p99 {:.2} ms)",
+        p50(&off),
+        p99(&off),
+        p50(&on),
+        p99(&on)
+    );
+    let pairs: Vec<String> = off
+        .iter()
+        .zip(&on)
+        .map(|(off, on)| format!("{:.3}", on.accepted_per_s / off.accepted_per_s))
+        .collect();
+    println!("  on / off, round by round: {}", pairs.join(", "));
+    let cpu = |runs: &[Outcome]| {
+        let mut values: Vec<f64> = runs.iter().filter_map(|run| run.server_cpu_us).collect();
+        (!values.is_empty()).then(|| median(&mut values))
+    };
+    if let (Some(cpu_off), Some(cpu_on)) = (cpu(&off), cpu(&on)) {
+        println!(
+            "  server-thread CPU per accepted submission: median off {cpu_off:.1} µs, on \
+             {cpu_on:.1} µs ({:+.2} %)",
+            (cpu_on / cpu_off - 1.0) * 100.0
+        );
+    }
+    // What counting costs per request in isolation: the request histogram (labels built as
+    // the middleware builds them) and one counter, on one thread.
+    let metrics = Metrics::new(None);
+    let counted = 200_000u32;
+    let started = Instant::now();
+    for _ in 0..counted {
+        let since = Instant::now();
+        metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                route: "/api/jobs".to_string(),
+                method: "POST".to_string(),
+                status: "2xx",
+            })
+            .observe(since.elapsed().as_secs_f64());
+        metrics.submissions.inc();
+    }
+    let per_request = started.elapsed() / counted;
+    println!("  counting one request in isolation: {per_request:?}");
+    let cost_pct = (1.0 - ratio) * 100.0;
+    println!(
+        "  on / off = {ratio:.4} (metrics cost {cost_pct:.2} % of throughput): goal ≤ 3 % {}",
+        if cost_pct <= 3.0 { "MET" } else { "MISSED" }
+    );
+    println!(
+        "METRICS_COST engine={} rounds={} off_median={off_median:.1} on_median={on_median:.1} \
+         ratio={ratio:.4} cost_pct={cost_pct:.2}",
+        config.engine.as_str(),
+        config.rounds
+    );
+    Ok(clean)
 }
 
 fn main() -> ExitCode {
@@ -753,7 +1001,12 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    match run(&config) {
+    let result = if config.metrics == MetricsMode::Both {
+        compare(&config)
+    } else {
+        run(&config).map(|outcome| outcome.clean)
+    };
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         // Non-201 responses: the figures are printed, but the run is not clean.
         Ok(false) => ExitCode::from(2),

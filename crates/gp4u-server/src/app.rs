@@ -91,10 +91,20 @@ pub fn build_router(state: AppState) -> Router {
         .into_router()
         .merge(admin)
         .route_layer(from_fn_with_state(state.clone(), authenticate));
-    let api_routes = Router::new()
+    let mut api_routes = Router::new()
         .merge(authenticated)
         .merge(public_log)
         .merge(route_table::public_routes().into_router());
+    if state.metrics.enabled() {
+        // A route layer, so that each request is timed under its route's template; requests
+        // that match no route are not timed (their paths are not bounded).
+        api_routes = api_routes
+            .merge(route_table::metrics_routes().into_router())
+            .route_layer(from_fn_with_state(
+                state.metrics.clone(),
+                crate::metrics::track_requests,
+            ));
+    }
     // The console reads this same API in process, as the signed-in user (`console` docs).
     let api = api_routes
         .clone()
@@ -293,7 +303,18 @@ impl Server {
             .with_blobs(blobs)
             .with_atlas(settings.atlas.clone())
             .with_tutela(settings.tutela.clone(), platform_key)
-            .with_billing(settings.billing.clone())?;
+            .with_billing(settings.billing.clone())?
+            .with_metrics(if settings.metrics {
+                crate::metrics::Metrics::new(settings.metrics_token.as_deref())
+            } else {
+                crate::metrics::Metrics::disabled()
+            });
+        if settings.metrics {
+            tracing::info!(
+                token_required = settings.metrics_token.is_some(),
+                "serving Prometheus metrics at GET /metrics"
+            );
+        }
         Ok(Server { state, listener })
     }
 

@@ -73,6 +73,12 @@ pub struct ServerArgs {
     /// Stdout/stderr kept per job, in bytes; beyond it the log is truncated [default: 10485760].
     #[arg(long, env = "GP4U_MAX_LOG_BYTES")]
     pub max_log_bytes: Option<u64>,
+    /// Serve Prometheus metrics at GET /metrics and time every request [default: true].
+    #[arg(long, env = "GP4U_METRICS")]
+    pub metrics: Option<bool>,
+    /// When set, GET /metrics wants `Authorization: Bearer <this token>` [default: open].
+    #[arg(long, env = "GP4U_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
 }
 
 /// The TOML file's shape: the same names as the flags.
@@ -98,6 +104,8 @@ struct FileSettings {
     max_artifact_bytes: Option<u64>,
     max_output_bytes: Option<u64>,
     max_log_bytes: Option<u64>,
+    metrics: Option<bool>,
+    metrics_token: Option<String>,
     /// Atlas's weights, region latency table and grid carbon table (`[atlas]`, with
     /// `[atlas.weights]`, `[atlas.latency]` and `[atlas.carbon.<region>]`); defaults fill gaps.
     atlas: Option<AtlasConfig>,
@@ -279,6 +287,10 @@ pub struct ServerSettings {
     pub max_artifact_bytes: u64,
     pub max_output_bytes: u64,
     pub max_log_bytes: u64,
+    /// `GET /metrics` and request timing on.
+    pub metrics: bool,
+    /// The bearer token `GET /metrics` wants; `None`: open.
+    pub metrics_token: Option<String>,
     pub atlas: AtlasConfig,
     pub tutela: TutelaSettings,
     pub billing: BillingSettings,
@@ -309,6 +321,8 @@ impl ServerSettings {
             max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             max_log_bytes: DEFAULT_MAX_LOG_BYTES,
+            metrics: true,
+            metrics_token: None,
             atlas: AtlasConfig::default(),
             tutela: TutelaSettings::default(),
             billing: BillingSettings::default(),
@@ -402,6 +416,16 @@ impl ServerSettings {
         tutela.validate()?;
         let billing = file.billing.unwrap_or_default();
         billing.validate()?;
+        let metrics_token = args.metrics_token.or(file.metrics_token);
+        if let Some(token) = &metrics_token
+            && (token.trim() != token || token.len() < 16)
+        {
+            // The token's value is never printed, here or anywhere.
+            bail!(
+                "GP4U_METRICS_TOKEN must be at least 16 characters without surrounding spaces \
+                 (e.g. `openssl rand -hex 32`)"
+            );
+        }
         Ok(ServerSettings {
             billing,
             listen,
@@ -427,6 +451,8 @@ impl ServerSettings {
             max_artifact_bytes,
             max_output_bytes,
             max_log_bytes,
+            metrics: args.metrics.or(file.metrics).unwrap_or(true),
+            metrics_token,
             atlas,
             tutela,
         })
@@ -584,6 +610,48 @@ mod tests {
         })
         .unwrap_err();
         assert!(error.to_string().contains("tutela.slashes"), "{error}");
+    }
+
+    #[test]
+    fn metrics_settings_come_from_flags_and_the_file_and_short_tokens_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gp4u.toml");
+        std::fs::write(
+            &path,
+            "metrics = false\nmetrics_token = \"file-token-0123456789\"\n",
+        )
+        .unwrap();
+        let settings = ServerSettings::resolve(ServerArgs::default()).unwrap();
+        assert!(settings.metrics && settings.metrics_token.is_none());
+        let settings = ServerSettings::resolve(ServerArgs {
+            config: Some(path.clone()),
+            ..ServerArgs::default()
+        })
+        .unwrap();
+        assert!(!settings.metrics);
+        assert_eq!(
+            settings.metrics_token.as_deref(),
+            Some("file-token-0123456789")
+        );
+        let settings = ServerSettings::resolve(ServerArgs {
+            config: Some(path),
+            metrics: Some(true),
+            metrics_token: Some("flag-token-0123456789".into()),
+            ..ServerArgs::default()
+        })
+        .unwrap();
+        assert!(settings.metrics);
+        assert_eq!(
+            settings.metrics_token.as_deref(),
+            Some("flag-token-0123456789")
+        );
+        let error = ServerSettings::resolve(ServerArgs {
+            metrics_token: Some("short-secret".into()),
+            ..ServerArgs::default()
+        })
+        .unwrap_err();
+        assert!(error.to_string().contains("GP4U_METRICS_TOKEN"), "{error}");
+        assert!(!error.to_string().contains("short-secret"), "{error}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod config;
 pub mod console;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod obsidian;
 pub mod openapi;
 pub mod placement;

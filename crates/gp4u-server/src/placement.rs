@@ -243,6 +243,7 @@ pub async fn place_pending(state: &AppState, config: &AtlasConfig) -> StoreResul
         {
             Ok(assigned) => {
                 placed += 1;
+                state.metrics.placements.inc();
                 tracing::info!(job_id = %assigned.id, node_id = %chosen.node_id, gpu_id = %chosen.gpu_id,
                     score = assignment.scored.score, "job assigned");
                 state.dispatch.notify(&chosen.node_id);

@@ -269,6 +269,13 @@ pub fn console_routes() -> Routes {
         )
 }
 
+/// Outside the API (and so outside its OpenAPI document, like the probes' purpose but not their
+/// audience): Prometheus's scrape, behind its own optional token (`GP4U_METRICS_TOKEN`),
+/// routed only when metrics are on.
+pub fn metrics_routes() -> Routes {
+    Routes::new().add(Method::GET, "/metrics", crate::metrics::metrics)
+}
+
 /// Every (method, path) of the API, as routed (path parameters as the router names them).
 pub fn api_routes() -> Vec<(Method, &'static str)> {
     [

@@ -13,6 +13,7 @@ use object_store::memory::InMemory;
 use tokio::sync::Notify;
 
 use crate::config::{BillingSettings, TutelaSettings};
+use crate::metrics::Metrics;
 use crate::obsidian::Obsidian;
 use crate::placement::Dispatch;
 use crate::tutela::Tutela;
@@ -74,6 +75,8 @@ pub struct AppState {
     pub billing: Arc<BillingSettings>,
     /// The ledger's name and signing key (the platform key).
     pub obsidian: Arc<Obsidian>,
+    /// What `GET /metrics` serves: counted by the handlers and loops, levels read at scrape.
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -100,6 +103,7 @@ impl AppState {
         AppState {
             billing: Arc::new(billing),
             obsidian: Arc::new(obsidian),
+            metrics: Arc::new(Metrics::default()),
             store,
             clock,
             keys: Arc::new(keys),
@@ -153,6 +157,12 @@ impl AppState {
     /// The same state over another blob store.
     pub fn with_atlas(mut self, atlas: AtlasConfig) -> AppState {
         self.atlas = Arc::new(atlas);
+        self
+    }
+
+    /// The same state with these metrics (a token, or metrics off).
+    pub fn with_metrics(mut self, metrics: Metrics) -> AppState {
+        self.metrics = Arc::new(metrics);
         self
     }
 

@@ -536,6 +536,13 @@ pub async fn slash(
         )
         .await?;
     if let Some(record) = &record {
+        state
+            .metrics
+            .slashes
+            .get_or_create(&crate::metrics::KindLabel {
+                kind: kind.as_str(),
+            })
+            .inc();
         state.relay.nudge();
         tracing::warn!(node_id = %node, job_id = ?job.map(JobId::as_str), kind = kind.as_str(),
             stake_taken = %record.stake_taken, trust = record.trust_after, "provider slashed");

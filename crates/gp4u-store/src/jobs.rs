@@ -220,6 +220,18 @@ impl Store {
         rows.iter().map(job_from_row).collect()
     }
 
+    /// How many jobs are in each status (wire form, "PENDING", …); statuses with none are absent.
+    /// One indexed `GROUP BY` (for the metrics endpoint, which caches it between scrapes).
+    pub async fn count_jobs_by_status(&self) -> StoreResult<Vec<(String, i64)>> {
+        self.count_op();
+        let rows = sqlx::query("SELECT status, COUNT(*) AS jobs FROM jobs GROUP BY status")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("status")?, row.try_get("jobs")?)))
+            .collect()
+    }
+
     pub async fn count_jobs(&self) -> StoreResult<i64> {
         self.count_op();
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM jobs")

@@ -140,6 +140,15 @@ pub(crate) const LOCK_MIGRATIONS: i32 = 1;
 pub(crate) const LOCK_OUTBOX_SEQUENCER: i32 = 2;
 pub(crate) const LOCK_LEDGER: i32 = 3;
 
+/// The connection pool's size: `open` connections, of which `idle` are not checked out; at
+/// most `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    pub max: u32,
+    pub open: u32,
+    pub idle: u32,
+}
+
 /// The storage interface. Cheap to clone; all clones share one pool.
 #[derive(Clone)]
 pub struct Store {
@@ -232,6 +241,17 @@ impl Store {
     /// How many store operations have been issued since this store was opened.
     pub fn operations(&self) -> u64 {
         self.inner.operations.load(Ordering::Relaxed)
+    }
+
+    /// The connection pool right now, without touching the database (for `/metrics`).
+    pub fn pool_stats(&self) -> PoolStats {
+        let open = self.inner.pool.size();
+        let idle = u32::try_from(self.inner.pool.num_idle()).unwrap_or(u32::MAX);
+        PoolStats {
+            max: self.inner.pool.options().get_max_connections(),
+            open,
+            idle: idle.min(open),
+        }
     }
 
     /// Checks that the database answers (for `/readyz`).

@@ -563,6 +563,7 @@ pub fn process_config(server: &str, data_dir: &std::path::Path) -> AgentConfig {
         net_sample_interval: AgentConfig::DEFAULT_NET_SAMPLE_INTERVAL,
         renewable_pct: 0.0,
         job_runtime: Default::default(),
+        metrics_listen: None,
     }
 }
 
@@ -650,6 +651,7 @@ pub fn docker_config(server: &str, data_dir: &std::path::Path) -> AgentConfig {
         net_sample_interval: AgentConfig::DEFAULT_NET_SAMPLE_INTERVAL,
         renewable_pct: 0.0,
         job_runtime: Default::default(),
+        metrics_listen: None,
     }
 }
 

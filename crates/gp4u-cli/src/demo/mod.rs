@@ -247,6 +247,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
             allow_unfiltered_egress: false,
             ..Default::default()
         },
+        metrics_listen: None,
     };
     let (stop_agent, agent_stopping) = tokio::sync::watch::channel(false);
     let agent = tokio::spawn(gp4u_agent::agent::run(agent_config, agent_stopping));

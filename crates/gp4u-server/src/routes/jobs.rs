@@ -197,6 +197,7 @@ pub async fn submit_job(
         .await
     {
         Ok(CreateJobOutcome::Created(job)) => {
+            state.metrics.submissions.inc();
             state.relay.nudge();
             state.atlas_nudge.notify_one();
             tracing::info!(job_id = %job.id, owner = %job.owner_id, cost_micros = cost_estimate.micros(), "job accepted");

@@ -290,6 +290,7 @@ pub const MAX_TELEMETRY_BODY_BYTES: usize = MAX_PACKETS_PER_REQUEST * 1024;
 
 /// One packet: everything [`ingest`] does for it.
 async fn ingest_one(state: &AppState, caller: &Caller, body: Value) -> ApiResult<TelemetryReply> {
+    let arrived = std::time::Instant::now();
     if !body.is_object() {
         return Err(ApiError::new(
             ErrorCode::InvalidJson,
@@ -413,6 +414,7 @@ async fn ingest_one(state: &AppState, caller: &Caller, body: Value) -> ApiResult
         });
     }
 
+    state.metrics.telemetry_packets.inc();
     let mut kill: Option<String> = None;
     let anomalies: Vec<AnomalyView> = verdicts
         .iter()
@@ -421,6 +423,15 @@ async fn ingest_one(state: &AppState, caller: &Caller, body: Value) -> ApiResult
     if !verdicts.is_empty() {
         let job = state.store.get_job(&job_id).await?.ok_or_else(not_found)?;
         record_verdicts(state, &job, &verdicts, now_ms).await?;
+        for verdict in &verdicts {
+            state
+                .metrics
+                .anomalies
+                .get_or_create(&crate::metrics::RuleLabel {
+                    rule: verdict.rule.as_str(),
+                })
+                .inc();
+        }
         for verdict in &verdicts {
             if let Some(kind) = verdict.rule.slash_kind() {
                 slash(state, &node_id, Some(&job_id), kind, &verdict.evidence).await?;
@@ -448,6 +459,7 @@ async fn ingest_one(state: &AppState, caller: &Caller, body: Value) -> ApiResult
                     .await?;
             }
             end_attempt(state, &job_id, &node_id, reason, ended_by).await?;
+            state.metrics.kill_ordered(verdict.rule.as_str(), arrived);
             tracing::warn!(job_id = %job_id, node_id = %node_id, rule = verdict.rule.as_str(),
                 "kill order: {}", verdict.evidence);
         }
@@ -468,6 +480,9 @@ async fn ingest_one(state: &AppState, caller: &Caller, body: Value) -> ApiResult
             EndedBy::Platform,
         )
         .await?;
+        state
+            .metrics
+            .kill_ordered(FailureReason::DurationExceeded.as_str(), arrived);
     }
 
     let mut status = facts.status;
