@@ -252,136 +252,198 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
     let (stop_agent, agent_stopping) = tokio::sync::watch::channel(false);
     let agent = tokio::spawn(gp4u_agent::agent::run(agent_config, agent_stopping));
 
-    // The jobs, each followed by a task that reports its stages as they hold, once the
-    // agent's GPUs are on the marketplace.
-    let deadline = started + Duration::from_secs(args.timeout_s);
-    loop {
-        let listed = customer_client.gpus().await?;
-        if !listed.gpus.is_empty() {
-            say(format!(
-                "marketplace: {} GPU(s) listed, e.g. {} at {}/h in {}",
-                listed.gpus.len(),
-                listed.gpus[0].name,
-                render::money(listed.gpus[0].price_per_hour),
-                listed.gpus[0].region
-            ));
-            break;
+    // Whatever happens from here (a stage that does not hold, a job that cannot be followed),
+    // the demo's jobs are wound down before the agent stops: nothing of it outlives it.
+    let outcome: anyhow::Result<bool> = async {
+        // The jobs, each followed by a task that reports its stages as they hold, once the
+        // agent's GPUs are on the marketplace.
+        let deadline = started + Duration::from_secs(args.timeout_s);
+        loop {
+            let listed = customer_client.gpus().await?;
+            if !listed.gpus.is_empty() {
+                say(format!(
+                    "marketplace: {} GPU(s) listed, e.g. {} at {}/h in {}",
+                    listed.gpus.len(),
+                    listed.gpus[0].name,
+                    render::money(listed.gpus[0].price_per_hour),
+                    listed.gpus[0].region
+                ));
+                break;
+            }
+            if agent.is_finished() || Instant::now() > deadline {
+                anyhow::bail!("the demo's agent did not register its GPUs (see the log above)");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        if agent.is_finished() || Instant::now() > deadline {
-            anyhow::bail!("the demo's agent did not register its GPUs (see the log above)");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let samples: Vec<&Sample> = match &runtime {
-        Runtime::Docker { .. } => vec![&TRAINING, &MINER],
-        Runtime::Process { .. } => {
-            say("miner: skipped — without containers the agent cannot see a job's own network, so the miner's pool connection cannot be judged".into());
-            vec![&TRAINING]
-        }
-    };
-    let (events, mut stages) = mpsc::unbounded_channel::<Stage>();
-    let mut followers = Vec::new();
-    for sample in &samples {
-        let (image_name, digest, command) = match &runtime {
-            Runtime::Docker { image, digest } => (
-                image.clone(),
-                digest.clone(),
-                vec!["sh".to_string(), format!("/demo/{}", sample.script)],
-            ),
-            Runtime::Process { dir, .. } => (
-                "gp4u/demo-process".to_string(),
-                format!("sha256:{}", "0".repeat(64)),
-                vec![
-                    "sh".to_string(),
-                    dir.path().join(sample.script).display().to_string(),
-                ],
-            ),
+        let samples: Vec<&Sample> = match &runtime {
+            Runtime::Docker { .. } => vec![&TRAINING, &MINER],
+            Runtime::Process { .. } => {
+                say("miner: skipped — without containers the agent cannot see a job's own network, so the miner's pool connection cannot be judged".into());
+                vec![&TRAINING]
+            }
         };
-        let body = json!({
-            "name": format!("demo {}", sample.label), "workload_type": "TRAINING",
-            "expectedDurationHours": 0.1, "docker_image": image_name,
-            "docker_image_sha256": digest, "command": command, "ram_limit_gb": 1,
-            "scratch_gb": 1, "network": "none", "gpu": {},
-            "reproducibility_sensitive": sample.label == "training",
-        });
-        let client = customer_client.clone();
-        let events = events.clone();
-        let server = base.clone();
-        let token = customer_token.clone();
-        let label = sample.label;
-        followers.push(tokio::spawn(async move {
-            follow(
-                client, server, token, label, body, started, deadline, events,
-            )
-            .await
-        }));
-    }
-    drop(events);
-    let mut held: BTreeMap<(&'static str, &'static str), Stage> = BTreeMap::new();
-    while let Some(stage) = stages.recv().await {
-        println!(
-            "[{:>5.1}s] {:<9} {:<15} {}",
-            stage.at.as_secs_f64(),
-            stage.job,
-            stage.name,
-            stage.detail
-        );
-        held.insert((stage.job, stage.name), stage);
-    }
-    for follower in followers {
-        if let Ok(Err(error)) = follower.await {
-            say(format!("a job could not be followed: {error:#}"));
-        }
-    }
-
-    // The summary: every stage of every sample, in order, held or not.
-    println!();
-    let mut rows = Vec::new();
-    let mut all_held = true;
-    for sample in &samples {
-        for name in sample.stages {
-            let stage = held.get(&(sample.label, *name));
-            all_held &= stage.is_some();
-            rows.push(vec![
-                sample.label.to_string(),
-                (*name).to_string(),
-                stage.map_or_else(|| "✗ did not hold".into(), |_| "✓".to_string()),
-                stage.map_or_else(
-                    || "-".into(),
-                    |stage| format!("{:.1}s", stage.at.as_secs_f64()),
+        let (events, mut stages) = mpsc::unbounded_channel::<Stage>();
+        let mut followers = Vec::new();
+        for sample in &samples {
+            let (image_name, digest, command) = match &runtime {
+                Runtime::Docker { image, digest } => (
+                    image.clone(),
+                    digest.clone(),
+                    vec!["sh".to_string(), format!("/demo/{}", sample.script)],
                 ),
-            ]);
+                Runtime::Process { dir, .. } => (
+                    "gp4u/demo-process".to_string(),
+                    format!("sha256:{}", "0".repeat(64)),
+                    vec![
+                        "sh".to_string(),
+                        dir.path().join(sample.script).display().to_string(),
+                    ],
+                ),
+            };
+            let body = json!({
+                "name": format!("demo {}", sample.label), "workload_type": "TRAINING",
+                "expectedDurationHours": 0.1, "docker_image": image_name,
+                "docker_image_sha256": digest, "command": command, "ram_limit_gb": 1,
+                "scratch_gb": 1, "network": "none", "gpu": {},
+                "reproducibility_sensitive": sample.label == "training",
+            });
+            let client = customer_client.clone();
+            let events = events.clone();
+            let server = base.clone();
+            let token = customer_token.clone();
+            let label = sample.label;
+            followers.push(tokio::spawn(async move {
+                follow(
+                    client, server, token, label, body, started, deadline, events,
+                )
+                .await
+            }));
         }
-    }
-    println!("{}", render::table(&["job", "stage", "held", "at"], rows));
-    println!(
-        "the whole pipeline in {:.1}s: {}",
-        started.elapsed().as_secs_f64(),
-        if all_held {
-            "every stage held"
-        } else {
-            "SOME STAGES DID NOT HOLD"
+        drop(events);
+        let mut held: BTreeMap<(&'static str, &'static str), Stage> = BTreeMap::new();
+        while let Some(stage) = stages.recv().await {
+            println!(
+                "[{:>5.1}s] {:<9} {:<15} {}",
+                stage.at.as_secs_f64(),
+                stage.job,
+                stage.name,
+                stage.detail
+            );
+            held.insert((stage.job, stage.name), stage);
         }
-    );
-    println!();
-    println!("the server: {base}   (its API: {base}/api/openapi.json)");
-    println!("the console: {base}/   (open it in a browser)");
-    println!("sign in as the demo customer with this token:\n{customer_token}");
-    println!("or the CLI: `gp4u login --server {base}` (paste the token), then `gp4u jobs list`");
-    if !args.once {
-        println!("serving until Ctrl-C …");
-        let _ = tokio::signal::ctrl_c().await;
+        for follower in followers {
+            if let Ok(Err(error)) = follower.await {
+                say(format!("a job could not be followed: {error:#}"));
+            }
+        }
+
+        // The summary: every stage of every sample, in order, held or not.
+        println!();
+        let mut rows = Vec::new();
+        let mut all_held = true;
+        for sample in &samples {
+            for name in sample.stages {
+                let stage = held.get(&(sample.label, *name));
+                all_held &= stage.is_some();
+                rows.push(vec![
+                    sample.label.to_string(),
+                    (*name).to_string(),
+                    stage.map_or_else(|| "✗ did not hold".into(), |_| "✓".to_string()),
+                    stage.map_or_else(
+                        || "-".into(),
+                        |stage| format!("{:.1}s", stage.at.as_secs_f64()),
+                    ),
+                ]);
+            }
+        }
+        println!("{}", render::table(&["job", "stage", "held", "at"], rows));
+        println!(
+            "the whole pipeline in {:.1}s: {}",
+            started.elapsed().as_secs_f64(),
+            if all_held {
+                "every stage held"
+            } else {
+                "SOME STAGES DID NOT HOLD"
+            }
+        );
+        println!();
+        println!("the server: {base}   (its API: {base}/api/openapi.json)");
+        println!("the console: {base}/   (open it in a browser)");
+        println!("sign in as the demo customer with this token:\n{customer_token}");
+        println!("or the CLI: `gp4u login --server {base}` (paste the token), then `gp4u jobs list`");
+        if !args.once {
+            println!("serving until Ctrl-C …");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        Ok(all_held)
     }
+    .await;
+    wind_down(&customer_client, data.path(), &say).await;
     let _ = stop_agent.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(20), agent).await;
     let _ = stop_server.send(());
     let _ = tokio::time::timeout(Duration::from_secs(15), serving).await;
     drop(runtime);
-    Ok(if all_held {
+    Ok(if outcome? {
         crate::session::exit::OK
     } else {
         crate::session::exit::JOB_FAILED
     })
+}
+
+/// Cancels the demo's jobs that have not ended (a stage that did not hold, a follower that gave
+/// up, Ctrl-C while serving) and waits for the agent to tear them down — container, network,
+/// scratch — before it is stopped: a demo that fails must not leave a miner running.
+async fn wind_down(client: &Client, data_dir: &std::path::Path, say: &impl Fn(String)) {
+    let open: Vec<String> = match client.jobs(Some(200)).await {
+        Ok(list) => list
+            .jobs
+            .into_iter()
+            .filter(|job| !job.status.is_terminal())
+            .map(|job| job.id)
+            .collect(),
+        Err(error) => {
+            say(format!(
+                "could not list the demo's jobs to wind them down: {error}"
+            ));
+            Vec::new()
+        }
+    };
+    for job in &open {
+        match client.cancel(job).await {
+            Ok(_) => say(format!("{job} cancelled: the demo is ending")),
+            Err(error) => say(format!("could not cancel {job}: {error}")),
+        }
+    }
+    // The agent unmounts a job's scratch last, once its container and network are gone.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = mounts_under(data_dir);
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            say(format!(
+                "the agent did not tear its jobs down within 30 s; still mounted: {} \
+                 (`docker ps --filter name=gp4u-job_` lists their containers)",
+                left.join(", ")
+            ));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The mount points under `dir` (`/proc/mounts`).
+fn mounts_under(dir: &std::path::Path) -> Vec<String> {
+    let prefix = format!("{}/", dir.display());
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split(' ').nth(1))
+        .filter(|mount| mount.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Submits one sample and reports its stages as they hold, until it is verified or the
