@@ -34,6 +34,25 @@ fn position(stages: &[String], name: &str) -> usize {
         .unwrap_or_else(|| panic!("no {name} stage in {stages:?}"))
 }
 
+/// No mount left under the data dir the demo printed, and the dir itself gone.
+fn assert_left_nothing(stdout: &str) {
+    let data_dir = stdout
+        .split_once("(SQLite in ")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(dir, _)| dir.to_string())
+        .unwrap_or_else(|| panic!("the demo did not say where its data is: {stdout}"));
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let left: Vec<&str> = mounts
+        .lines()
+        .filter(|line| line.contains(&format!("{data_dir}/")))
+        .collect();
+    assert!(left.is_empty(), "the demo left mounts behind: {left:?}");
+    assert!(
+        !std::path::Path::new(&data_dir).exists(),
+        "the demo left its data dir {data_dir} behind"
+    );
+}
+
 #[test]
 fn the_demo_runs_the_whole_pipeline_in_one_command() {
     let dir = tempfile::tempdir().unwrap();
@@ -101,21 +120,7 @@ fn the_demo_runs_the_whole_pipeline_in_one_command() {
     // Nothing is left behind: no mount under the demo's data dir (its jobs' scratch), and the
     // dir itself removed. Only the demo's own dir counts: other suites on this machine may
     // hold scratch mounts of their own while this runs.
-    let data_dir = stdout
-        .split_once("(SQLite in ")
-        .and_then(|(_, rest)| rest.split_once(')'))
-        .map(|(dir, _)| dir.to_string())
-        .unwrap_or_else(|| panic!("the demo did not say where its data is: {stdout}"));
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    let left: Vec<&str> = mounts
-        .lines()
-        .filter(|line| line.contains(&format!("{data_dir}/")))
-        .collect();
-    assert!(left.is_empty(), "the demo left mounts behind: {left:?}");
-    assert!(
-        !std::path::Path::new(&data_dir).exists(),
-        "the demo left its data dir {data_dir} behind"
-    );
+    assert_left_nothing(&stdout);
 }
 
 /// A demo whose stages do not all hold in time still ends clean: its running jobs are
@@ -143,21 +148,7 @@ fn a_demo_that_gives_up_leaves_nothing_running() {
         stdout.contains("cancelled: the demo is ending"),
         "no job was still running when the demo gave up, so nothing was tested: {stdout}"
     );
-    let data_dir = stdout
-        .split_once("(SQLite in ")
-        .and_then(|(_, rest)| rest.split_once(')'))
-        .map(|(dir, _)| dir.to_string())
-        .unwrap();
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    let left: Vec<&str> = mounts
-        .lines()
-        .filter(|line| line.contains(&format!("{data_dir}/")))
-        .collect();
-    assert!(left.is_empty(), "the demo left mounts behind: {left:?}");
-    assert!(
-        !std::path::Path::new(&data_dir).exists(),
-        "{data_dir} left behind"
-    );
+    assert_left_nothing(&stdout);
     if stdout.contains("agent: Docker") {
         let jobs: Vec<&str> = stdout
             .lines()
