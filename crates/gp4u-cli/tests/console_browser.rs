@@ -17,7 +17,6 @@
 mod common;
 
 use std::io::Read as _;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -42,30 +41,17 @@ fn on_path(name: &str) -> Option<PathBuf> {
 /// Chromium and its driver, or `None` after saying loudly that `test` is skipped (a failure in
 /// CI).
 fn browser(test: &str) -> Option<(PathBuf, PathBuf)> {
-    use std::io::Write as _;
     match (on_path("chromium"), on_path("chromedriver")) {
         (Some(chromium), Some(driver)) => Some((chromium, driver)),
         _ => {
-            if std::env::var("CI").is_ok_and(|value| value == "true") {
-                panic!(
-                    "chromium or chromedriver is missing in CI: the browser test must run ({test})"
-                );
-            }
-            let _ = writeln!(
-                std::io::stderr(),
-                "GP4U-BROWSER-SKIPPED: {test}: install Debian's chromium and chromium-driver"
+            common::skip_unless_ci(
+                "GP4U-BROWSER-SKIPPED",
+                test,
+                "chromium or chromedriver is missing (apt-get install chromium chromium-driver)",
             );
             None
         }
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A W3C WebDriver session over plain HTTP.
@@ -356,7 +342,7 @@ async fn the_console_in_headless_chromium() {
     let job_id = job["id"].as_str().unwrap().to_string();
 
     // chromedriver and a headless chromium that talks to nothing but loopback.
-    let driver_port = free_port();
+    let driver_port = common::free_port();
     let driver_child = Command::new(&chromedriver)
         .arg(format!("--port={driver_port}"))
         .stdout(Stdio::null())

@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use common::{assert_verifies_within, call, sha256_hex, start_agent, start_server_with};
@@ -28,14 +27,10 @@ fn pytorch_image() -> Option<(String, String)> {
     ) {
         (Ok(image), Ok(digest)) => Some((image, digest)),
         _ => {
-            if std::env::var("CI").is_ok_and(|value| value == "true") {
-                panic!(
-                    "GP4U_TEST_PYTORCH_IMAGE is unset in CI: the PyTorch job must run (GP4U_TEST_PYTORCH=1)"
-                );
-            }
-            let _ = writeln!(
-                std::io::stderr(),
-                "GP4U-DOCKER-SKIPPED: a_pytorch_training_job_runs_unchanged: GP4U_TEST_PYTORCH_IMAGE is unset (GP4U_TEST_PYTORCH=1 scripts/test.sh builds it)"
+            common::skip_unless_ci(
+                "GP4U-DOCKER-SKIPPED",
+                "a_pytorch_training_job_runs_unchanged",
+                "GP4U_TEST_PYTORCH_IMAGE is unset (GP4U_TEST_PYTORCH=1 scripts/test.sh builds it)",
             );
             None
         }

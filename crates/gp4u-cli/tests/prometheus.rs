@@ -31,26 +31,13 @@ fn have(tool: &str, test: &str) -> bool {
         .status()
         .is_ok_and(|status| status.success());
     if !found {
-        if std::env::var("CI").is_ok_and(|value| value == "true") {
-            panic!(
-                "{tool} is not installed in CI: .ci/run installs Debian's prometheus package ({test})"
-            );
-        }
-        let _ = writeln!(
-            std::io::stderr(),
-            "GP4U-PROMETHEUS-SKIPPED: {test}: `{tool}` is not on PATH (apt-get install prometheus)"
+        common::skip_unless_ci(
+            "GP4U-PROMETHEUS-SKIPPED",
+            test,
+            &format!("`{tool}` is not on PATH (apt-get install prometheus; .ci/run installs it)"),
         );
     }
     found
-}
-
-/// A free port on 127.0.0.1 (bound and released: the process given it binds it at once).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `promtool check metrics` on `exposition`: its complaints, if any.
@@ -146,7 +133,7 @@ async fn prometheus_scrapes_the_server_and_the_agent_and_sees_submissions() {
     let base = server.base.clone();
     let client = reqwest::Client::new();
     let operators = people(&client, &base, data_dir.path(), 100_000.0).await;
-    let agent_metrics = format!("127.0.0.1:{}", free_port());
+    let agent_metrics = format!("127.0.0.1:{}", common::free_port());
     let agent_dir = tempfile::tempdir().unwrap();
     let _agent = start_agent_with(
         &base,
@@ -244,7 +231,7 @@ async fn prometheus_scrapes_the_server_and_the_agent_and_sees_submissions() {
         )
     };
     assert!(checked, "promtool check config: {said}");
-    let prometheus_address = format!("127.0.0.1:{}", free_port());
+    let prometheus_address = format!("127.0.0.1:{}", common::free_port());
     let _prometheus = Running {
         child: Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))

@@ -130,22 +130,39 @@ pub async fn call(
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// A service `test` needs is missing (`why`): in CI (`CI=true`) that fails the test; elsewhere
+/// it says so loudly, on a line starting with `marker` (`.ci/run` looks for the markers), and
+/// the caller skips.
+pub fn skip_unless_ci(marker: &str, test: &str, why: &str) {
+    use std::io::Write as _;
+    if std::env::var("CI").is_ok_and(|value| value == "true") {
+        panic!("{why} in CI: {test} must run there");
+    }
+    let _ = writeln!(std::io::stderr(), "{marker}: {test}: {why}");
+}
+
+/// A free port on 127.0.0.1 (bound and released: the process given it binds it at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The test image (`GP4U_TEST_IMAGE`, `GP4U_TEST_IMAGE_DIGEST`) from `scripts/test-images.sh`,
 /// or `None` after saying loudly that `test` is skipped (a failure in CI).
 pub fn docker_image(test: &str) -> Option<(String, String)> {
-    use std::io::Write as _;
     match (
         std::env::var("GP4U_TEST_IMAGE"),
         std::env::var("GP4U_TEST_IMAGE_DIGEST"),
     ) {
         (Ok(image), Ok(digest)) => Some((image, digest)),
         _ => {
-            if std::env::var("CI").is_ok_and(|value| value == "true") {
-                panic!("GP4U_TEST_IMAGE is unset in CI: the Docker suite must run ({test})");
-            }
-            let _ = writeln!(
-                std::io::stderr(),
-                "GP4U-DOCKER-SKIPPED: {test}: GP4U_TEST_IMAGE is unset"
+            skip_unless_ci(
+                "GP4U-DOCKER-SKIPPED",
+                test,
+                "GP4U_TEST_IMAGE is unset (scripts/test-images.sh start)",
             );
             None
         }
