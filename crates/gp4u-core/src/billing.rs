@@ -395,6 +395,11 @@ fn job_transfer(
 
 /// Who pays for a finished job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "schema",
+    derive(utoipa::ToSchema),
+    schema(as = SettlementOutcome)
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Exited 0: the customer pays for the metered running time.

@@ -56,30 +56,9 @@ impl From<billing::TransferKind> for TransferKind {
     }
 }
 
-/// Who pays for a finished job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum SettlementOutcome {
-    /// Exited 0: the customer pays for the metered running time.
-    Completed,
-    /// Ended by the customer's workload or decision: the customer pays for the time used.
-    FailedCustomerFault,
-    /// Ended by the provider's failure or misconduct: the customer pays nothing.
-    FailedProviderFault,
-    /// Ended before RUNNING: nothing ran, nothing is charged.
-    NeverRan,
-}
-
-impl From<billing::Outcome> for SettlementOutcome {
-    fn from(outcome: billing::Outcome) -> Self {
-        match outcome {
-            billing::Outcome::Completed => SettlementOutcome::Completed,
-            billing::Outcome::FailedCustomerFault => SettlementOutcome::FailedCustomerFault,
-            billing::Outcome::FailedProviderFault => SettlementOutcome::FailedProviderFault,
-            billing::Outcome::NeverRan => SettlementOutcome::NeverRan,
-        }
-    }
-}
+/// Who pays for a finished job: the core's own outcome (its schema is named
+/// `SettlementOutcome`).
+pub use gp4u_core::billing::Outcome as SettlementOutcome;
 
 /// `GET /api/billing/balance`: the caller's credit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -23,7 +23,9 @@ impl ProofKind {
 
     /// The kind a stored proof names; `None` for a name the wire contract does not know.
     pub fn parse(name: &str) -> Option<ProofKind> {
-        serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
+        [ProofKind::Energy, ProofKind::Hardware]
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
     }
 }
 
@@ -40,9 +42,23 @@ pub enum ProofAssurance {
 }
 
 impl ProofAssurance {
+    pub const fn as_str(&self) -> &'static str {
+        match self {
+            ProofAssurance::Emulated => "emulated",
+            ProofAssurance::ProviderSigned => "provider_signed",
+            ProofAssurance::HardwareAttested => "hardware_attested",
+        }
+    }
+
     /// The assurance a stored proof names; `None` for a name the wire contract does not know.
     pub fn parse(name: &str) -> Option<ProofAssurance> {
-        serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
+        [
+            ProofAssurance::Emulated,
+            ProofAssurance::ProviderSigned,
+            ProofAssurance::HardwareAttested,
+        ]
+        .into_iter()
+        .find(|assurance| assurance.as_str() == name)
     }
 }
 
@@ -107,4 +123,27 @@ pub struct JobProofs {
     pub commitments: Vec<SealedCommitment>,
     pub samples_without_commitment: u64,
     pub proofs: Vec<StoredProof>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_serde_names_and_parse_back() {
+        for kind in [ProofKind::Energy, ProofKind::Hardware] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+            assert_eq!(ProofKind::parse(kind.as_str()), Some(kind));
+        }
+        for assurance in [
+            ProofAssurance::Emulated,
+            ProofAssurance::ProviderSigned,
+            ProofAssurance::HardwareAttested,
+        ] {
+            assert_eq!(serde_json::to_value(assurance).unwrap(), assurance.as_str());
+            assert_eq!(ProofAssurance::parse(assurance.as_str()), Some(assurance));
+        }
+        assert_eq!(ProofKind::parse("Energy"), None);
+        assert_eq!(ProofAssurance::parse("attested"), None);
+    }
 }

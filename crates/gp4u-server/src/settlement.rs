@@ -413,7 +413,7 @@ pub fn settlement_view(stored: &Value) -> Option<gp4u_proto::SettlementView> {
         student_program: units(settlement.student_program.micros()),
         refunded: units(settlement.refunded.micros()),
         held: units(settlement.input.held.micros()),
-        outcome: settlement.input.outcome.into(),
+        outcome: settlement.input.outcome,
         currency: "USD".into(),
         transfers,
         exact: stored.clone(),

@@ -1012,6 +1012,15 @@ fn openapi_states_and_reasons_are_closed_enums() {
     for (name, wire) in expected {
         assert_eq!(values(name), wire, "{name}");
     }
+    assert_eq!(
+        values("SettlementOutcome"),
+        [
+            "completed",
+            "failed_customer_fault",
+            "failed_provider_fault",
+            "never_ran"
+        ]
+    );
     // And the views use them.
     let job = &schemas["JobView"]["properties"];
     for (field, schema) in [

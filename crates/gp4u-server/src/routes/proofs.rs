@@ -135,7 +135,7 @@ pub async fn submit(
         job_id: job_id.clone(),
         kind: kind.as_str().to_owned(),
         node_id: node.id.clone(),
-        assurance: assurance.map(|assurance| assurance_name(assurance).to_owned()),
+        assurance: assurance.map(|assurance| assurance.as_str().to_owned()),
         body: body.clone(),
         verified_at_ms: state.now_ms(),
     };
@@ -177,14 +177,6 @@ fn wire_assurance(assurance: Assurance) -> ProofAssurance {
         Assurance::Emulated => ProofAssurance::Emulated,
         Assurance::ProviderSigned => ProofAssurance::ProviderSigned,
         Assurance::HardwareAttested => ProofAssurance::HardwareAttested,
-    }
-}
-
-fn assurance_name(assurance: ProofAssurance) -> &'static str {
-    match assurance {
-        ProofAssurance::Emulated => "emulated",
-        ProofAssurance::ProviderSigned => "provider_signed",
-        ProofAssurance::HardwareAttested => "hardware_attested",
     }
 }
 
