@@ -34,6 +34,23 @@ fn position(stages: &[String], name: &str) -> usize {
         .unwrap_or_else(|| panic!("no {name} stage in {stages:?}"))
 }
 
+/// `gp4u demo --once --timeout-s TIMEOUT_S` as a newcomer runs it (their log settings unset):
+/// its exit status, stdout (echoed) and stderr.
+fn demo_once(timeout_s: u64) -> (std::process::Output, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(common::BIN)
+        .args(["demo", "--once", "--timeout-s", &timeout_s.to_string()])
+        .current_dir(dir.path())
+        .env_remove("GP4U_LOG")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    eprintln!("{stdout}");
+    (output, stdout, stderr)
+}
+
 /// No mount left under the data dir the demo printed, and the dir itself gone.
 fn assert_left_nothing(stdout: &str) {
     let data_dir = stdout
@@ -55,18 +72,8 @@ fn assert_left_nothing(stdout: &str) {
 
 #[test]
 fn the_demo_runs_the_whole_pipeline_in_one_command() {
-    let dir = tempfile::tempdir().unwrap();
     let started = std::time::Instant::now();
-    let output = Command::new(common::BIN)
-        .args(["demo", "--once", "--timeout-s", "240"])
-        .current_dir(dir.path())
-        .env_remove("GP4U_LOG")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    eprintln!("{stdout}");
+    let (output, stdout, stderr) = demo_once(240);
     assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(stdout.contains("every stage held"), "{stdout}");
     assert!(stdout.contains("sign in as the demo customer with this token"));
@@ -128,17 +135,8 @@ fn the_demo_runs_the_whole_pipeline_in_one_command() {
 /// mounted, its data dir gone. (Before, a demo that timed out left the miner running for good.)
 #[test]
 fn a_demo_that_gives_up_leaves_nothing_running() {
-    let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(common::BIN)
-        .args(["demo", "--once", "--timeout-s", "5"])
-        .current_dir(dir.path())
-        .env_remove("GP4U_LOG")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    eprintln!("{stdout}\n{stderr}");
+    let (output, stdout, stderr) = demo_once(5);
+    eprintln!("{stderr}");
     assert_ne!(
         output.status.code(),
         Some(0),
