@@ -342,19 +342,19 @@ pub fn declared_power_limit(gpu: &GpuInfo) -> Result<u64, AgentError> {
 pub fn registration_gpus(
     gpus: &[GpuInfo],
     price_per_hour: f64,
-) -> Result<Vec<serde_json::Value>, AgentError> {
+) -> Result<Vec<gp4u_proto::RegisterGpuBody>, AgentError> {
     gpus.iter()
         .map(|gpu| {
             let milliwatts = declared_power_limit(gpu)?;
-            Ok(json!({
-                "name": gpu.registered_name(),
-                "vram_gb": gpu.vram_total_bytes as f64 / 1_073_741_824.0,
-                "price_per_hour": price_per_hour,
-                "uuid": gpu.uuid,
-                "driver_version": declared_driver(&gpu.driver_version),
-                "power_limit_watts": gp4u_core::energy::mw_to_watts(milliwatts),
-                "emulated": gpu.emulated,
-            }))
+            Ok(gp4u_proto::RegisterGpuBody {
+                name: gpu.registered_name(),
+                vram_gb: gpu.vram_total_bytes as f64 / 1_073_741_824.0,
+                price_per_hour,
+                uuid: Some(gpu.uuid.clone()),
+                driver_version: declared_driver(&gpu.driver_version).map(str::to_string),
+                power_limit_watts: gp4u_core::energy::mw_to_watts(milliwatts),
+                emulated: Some(gpu.emulated),
+            })
         })
         .collect()
 }
@@ -376,15 +376,14 @@ async fn register_or_load(
     }
     let key = crate::key::load_or_generate(&config.data_dir, rand::random::<[u8; 32]>)?;
     let (gpus, emulated) = discover_gpus(&config.emulated)?;
-    let mut body = json!({
-        "region": config.region,
-        "public_key": crate::key::public_key_base64(&key),
-        "gpus": registration_gpus(&gpus, config.price_per_hour)?,
-    });
-    body["posture"] = json!(posture);
-    if config.renewable_pct > 0.0 {
-        body["renewable_pct"] = json!(config.renewable_pct);
-    }
+    let body = gp4u_proto::RegisterBody {
+        region: config.region.clone(),
+        public_key: crate::key::public_key_base64(&key),
+        gpus: registration_gpus(&gpus, config.price_per_hour)?,
+        endpoint: None,
+        renewable_pct: (config.renewable_pct > 0.0).then_some(config.renewable_pct),
+        posture: Some(posture.clone()),
+    };
     let registered = client.register(&body).await?;
     let state = NodeState {
         node_id: registered.node_id.clone(),
@@ -1723,8 +1722,8 @@ mod tests {
         // NVML's enforced limit (H200: 700 W), to the milliwatt; the name as the platform
         // keeps it (trimmed).
         let body = registration_gpus(&[nvml_gpu(Some(699.999))], 2.5).unwrap();
-        assert_eq!(body[0]["power_limit_watts"], 699.999);
-        assert_eq!(body[0]["name"], "NVIDIA H200");
+        assert_eq!(body[0].power_limit_watts, 699.999);
+        assert_eq!(body[0].name, "NVIDIA H200");
         // A GPU whose limit NVML cannot read is refused, saying what to check.
         let refused = registration_gpus(&[nvml_gpu(Some(700.0)), nvml_gpu(None)], 2.5)
             .unwrap_err()
@@ -1751,14 +1750,11 @@ mod tests {
         .gpus;
         let body = registration_gpus(&emulated, 1.0).unwrap();
         assert_eq!(
-            (&body[0]["name"], &body[0]["power_limit_watts"]),
-            (
-                &serde_json::json!("RTX 4090 (emulated)"),
-                &serde_json::json!(300.0)
-            )
+            (body[0].name.as_str(), body[0].power_limit_watts),
+            ("RTX 4090 (emulated)", 300.0)
         );
-        assert_eq!(body[1]["power_limit_watts"], 72.0);
-        assert_eq!(body[1]["vram_gb"], 24.0);
+        assert_eq!(body[1].power_limit_watts, 72.0);
+        assert_eq!(body[1].vram_gb, 24.0);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use gp4u_proto::{TelemetryPacket, TelemetryReply};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::client::{ClientError, PlatformClient};
@@ -100,7 +100,7 @@ impl Coalescer {
         answer.await.unwrap_or_else(|_| {
             Err(ClientError::Unexpected {
                 what: "a telemetry packet".into(),
-                message: "the coalescer dropped it unanswered".into(),
+                detail: "the coalescer dropped it unanswered".into(),
             })
         })
     }
@@ -197,26 +197,25 @@ fn item_result(job_id: &str, item: Value) -> Result<TelemetryReply, ClientError>
     if item.get("kill_job").is_some() {
         return serde_json::from_value(item).map_err(|error| ClientError::Unexpected {
             what,
-            message: error.to_string(),
+            detail: error.to_string(),
         });
     }
-    let status = item
-        .get("status")
-        .and_then(Value::as_u64)
-        .and_then(|status| u16::try_from(status).ok());
-    match (status, item.get("error")) {
-        (Some(status), Some(error)) => Err(ClientError::Refused {
-            what,
+    #[derive(serde::Deserialize)]
+    struct Refusal {
+        status: u16,
+        error: gp4u_proto::ErrorDetail,
+    }
+    match serde_json::from_value::<Refusal>(item.clone()) {
+        Ok(Refusal { status, error }) => Err(ClientError::Refused {
             status,
-            body: json!({ "error": error })
-                .to_string()
-                .chars()
-                .take(500)
-                .collect(),
+            code: error.code,
+            message: error.message,
+            field: error.field,
+            retry_after: None,
         }),
-        _ => Err(ClientError::Unexpected {
+        Err(_) => Err(ClientError::Unexpected {
             what,
-            message: format!("neither a reply nor an error: {}", truncated(&item)),
+            detail: format!("neither a reply nor an error: {}", truncated(&item)),
         }),
     }
 }
@@ -225,6 +224,7 @@ fn item_result(job_id: &str, item: Value) -> Result<TelemetryReply, ClientError>
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn items_answer_as_single_posts_would() {
@@ -241,7 +241,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(fenced.is_fenced());
-        assert_eq!(fenced.code().as_deref(), Some("JOB_ALREADY_TERMINAL"));
+        assert_eq!(fenced.code(), Some("JOB_ALREADY_TERMINAL"));
         let gone = item_result(
             "job_a",
             json!({"status": 404, "error": {"code": "JOB_NOT_FOUND", "message": "no job", "field": null}}),

@@ -685,7 +685,7 @@ async fn run(
                 }
                 Err(error) if error.is_fenced() => Some(Fence::Gone {
                     status: error.status().unwrap_or(404),
-                    code: error.code(),
+                    code: error.code().map(str::to_string),
                 }),
                 Err(error) if error.is_rate_limited() => {
                     tracing::debug!(job_id, "telemetry rate-limited: skipping this tick");
@@ -720,7 +720,7 @@ async fn legacy_keepalive(client: &PlatformClient, config: &WatchdogConfig) -> O
         Ok(reply) => reply.kill.then_some(Fence::Kill { reason: None }),
         Err(error) if error.is_fenced() => Some(Fence::Gone {
             status: error.status().unwrap_or(404),
-            code: error.code(),
+            code: error.code().map(str::to_string),
         }),
         Err(error) => {
             tracing::warn!(job_id = %config.job_id, %error, "keep-alive not delivered");

@@ -174,12 +174,12 @@ pub async fn provider(
     let posture = view.posture.as_ref().map(|posture| {
         format!(
             "{} {}, egress filter {}, scratch {} (≤ {} GB), seccomp {}",
-            render::value(&posture["runtime"]),
-            render::value(&posture["engine_version"]),
-            render::value(&posture["egress_filter"]),
-            render::value(&posture["scratch_quota"]),
-            render::value(&posture["max_scratch_gb"]),
-            render::value(&posture["seccomp"]),
+            posture.runtime,
+            render::or_dash(posture.engine_version.as_ref()),
+            posture.egress_filter,
+            posture.scratch_quota,
+            posture.max_scratch_gb,
+            posture.seccomp,
         )
     });
     println!(

@@ -174,10 +174,13 @@ async fn users(client: &Client, command: UsersCommand, json: bool) -> anyhow::Re
             university,
         } => {
             client
-                .create_user(
-                    &serde_json::json!({"name": name, "role": role, "region": region,
-                    "credit": credit, "university": university}),
-                )
+                .create_user(&gp4u_proto::NewUserBody {
+                    name,
+                    role,
+                    region,
+                    credit,
+                    university: Some(university),
+                })
                 .await?
         }
         UsersCommand::Suspend { user } => client.set_user_active(&user, false).await?,

@@ -17,6 +17,7 @@ pub const MAX_TEXT_CHARS: usize = 64;
 
 /// What the agent reports.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct HostPosture {
     /// `docker`, or `process` (no isolation: development only).
     pub runtime: String,
@@ -49,6 +50,7 @@ pub struct HostPosture {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct PostureUlimits {
     pub nofile: Option<u64>,
     pub memlock: Option<u64>,

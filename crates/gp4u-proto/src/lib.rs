@@ -11,6 +11,7 @@ mod proofs;
 
 use std::collections::BTreeMap;
 
+pub use gp4u_core::posture::{HostPosture, PostureUlimits};
 pub use gp4u_core::{
     EndedBy, FailureReason, GpuStatus, JobNetwork, JobStatus, NodeStatus, Role, WorkloadType,
 };
@@ -30,6 +31,9 @@ pub use proofs::{
     JobCommitments, JobProofs, ProofAccepted, ProofAssurance, ProofKind, SealedCommitment,
     StoredProof,
 };
+
+/// The header that carries a blob's hex SHA-256 (artifacts, outputs).
+pub const SHA256_HEADER: &str = "x-gp4u-sha256";
 
 /// `gpu` in job responses: where the job runs (or will).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -247,6 +251,10 @@ pub struct RegisterBody {
     /// it (energy reports label it "declared"; carbon credits need ≥ 80). Default 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renewable_pct: Option<f64>,
+    /// What the agent reads of its host (SPEC §10); also sent at every start to
+    /// `PUT /api/providers/{nodeId}/posture`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub posture: Option<HostPosture>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -689,7 +697,7 @@ pub struct ProviderNodeView {
     /// AppArmor/SELinux, user-namespace remapping, rootless, cgroup version, egress filter,
     /// scratch quota and limits. `null` for an agent that never reported it.
     #[schema(value_type = Option<Object>)]
-    pub posture: Option<serde_json::Value>,
+    pub posture: Option<HostPosture>,
     /// The last visibility verdict: `ANSWERED`, `BAD_ANSWER`, `UNANSWERED`, `TIMEOUT`, or
     /// `UNCHECKED`.
     pub visibility: String,
@@ -736,6 +744,13 @@ pub struct NodeRecordView {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StakeBody {
     pub amount: f64,
+}
+
+/// `PUT /api/providers/{nodeId}/energy`: the share of the node's power its provider declares
+/// renewable, 0–100.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RenewableBody {
+    pub renewable_pct: f64,
 }
 
 /// `POST /api/admin/users/{id}/tokens`: the token's lifetime (optional; 60 s to a year,

@@ -1142,3 +1142,43 @@ async fn openapi_health_and_unknown_routes() {
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert!(reply.headers.contains_key("x-request-id"));
 }
+
+/// Every JSON request body the document describes is a named schema of `gp4u-proto` (what the
+/// client sends), not a bare object: the posture route and the registration's `posture` were
+/// once undocumented (`request_body = Object`, no `posture` in `RegisterBody`).
+#[test]
+fn openapi_request_bodies_are_named_types() {
+    use utoipa::OpenApi as _;
+    let document = serde_json::to_value(gp4u_server::openapi::ApiDoc::openapi()).unwrap();
+    let mut bare = Vec::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let schema = &operation["requestBody"]["content"]["application/json"]["schema"];
+            if schema.is_null() {
+                continue;
+            }
+            let named = schema.get("$ref").is_some()
+                || schema["items"].get("$ref").is_some()
+                || schema["oneOf"].as_array().is_some_and(|choices| {
+                    choices.iter().all(|choice| {
+                        choice.get("$ref").is_some() || choice["items"].get("$ref").is_some()
+                    })
+                });
+            if !named {
+                bare.push(format!("{method} {path}: {schema}"));
+            }
+        }
+    }
+    assert!(
+        bare.is_empty(),
+        "request bodies without a named schema: {bare:#?}"
+    );
+    let schemas = &document["components"]["schemas"];
+    assert!(
+        schemas["RegisterBody"]["properties"]["posture"].is_object(),
+        "{}",
+        schemas["RegisterBody"]
+    );
+    assert!(schemas["HostPosture"]["properties"]["egress_filter"].is_object());
+    assert!(schemas["RenewableBody"]["properties"]["renewable_pct"].is_object());
+}

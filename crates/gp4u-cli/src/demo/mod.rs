@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Parser as _;
 use gp4u_client::Client;
-use gp4u_proto::{FailureReason, JobStatus, JobView, ProofKind};
+use gp4u_proto::{FailureReason, JobStatus, JobView, NewUserBody, ProofKind};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -186,13 +186,22 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
     );
     let admin = Client::new(&base, Some(&admin_token))?;
     let provider = admin
-        .create_user(&json!({"name": "Demo provider", "role": "provider"}))
+        .create_user(&NewUserBody {
+            name: "Demo provider".into(),
+            role: "provider".into(),
+            university: None,
+            region: None,
+            credit: None,
+        })
         .await?;
     let customer = admin
-        .create_user(
-            &json!({"name": "Demo customer", "role": "customer", "credit": 100,
-            "region": "eu-west-1"}),
-        )
+        .create_user(&NewUserBody {
+            name: "Demo customer".into(),
+            role: "customer".into(),
+            university: None,
+            region: Some("eu-west-1".into()),
+            credit: Some(100.0),
+        })
         .await?;
     let provider_token = admin.issue_token(&provider.id, None).await?.token;
     let customer_token = admin.issue_token(&customer.id, None).await?.token;

@@ -19,7 +19,7 @@ use crate::routes::agent::{NodeQuery, node_job, require_live};
 use crate::state::AppState;
 
 /// The header that carries a blob's hex SHA-256, in both directions.
-pub const SHA256_HEADER: &str = "x-gp4u-sha256";
+pub use gp4u_proto::SHA256_HEADER;
 
 /// Upload an artifact (a job input): the raw request body, any content type.
 #[utoipa::path(

@@ -168,10 +168,7 @@ async fn node_view(state: &AppState, node: &NodeRecord) -> ApiResult<ProviderNod
         trust_score: node.trust_score,
         ejected_at: node.ejected_at_ms.map(rfc3339),
         ejected_reason: node.ejected_reason.clone(),
-        posture: node
-            .posture
-            .as_ref()
-            .and_then(|posture| serde_json::to_value(posture).ok()),
+        posture: node.posture.clone(),
         visibility: node.visibility.clone(),
         visibility_checked_at: node.visibility_checked_at_ms.map(rfc3339),
         gpus: gpus.iter().map(registered_gpu_view).collect(),
@@ -284,7 +281,7 @@ pub async fn add_stake(
 /// sends it at every start; placement goes by the latest.
 #[utoipa::path(
     put, path = "/api/providers/{nodeId}/posture", tag = "providers", params(("nodeId" = String, Path)),
-    request_body = Object,
+    request_body = gp4u_proto::HostPosture,
     responses((status = 200, body = ProviderNodeView), (status = 400, body = gp4u_proto::ErrorBody),
         (status = 404, body = gp4u_proto::ErrorBody)),
     security(("bearer" = []))
@@ -345,6 +342,7 @@ fn renewable_pct(body: &serde_json::Value) -> ApiResult<Option<f64>> {
 /// agent sends its `--renewable-pct` at every start.
 #[utoipa::path(
     put, path = "/api/providers/{nodeId}/energy", tag = "providers", params(("nodeId" = String, Path)),
+    request_body = gp4u_proto::RenewableBody,
     responses((status = 204), (status = 400, body = gp4u_proto::ErrorBody), (status = 404, body = gp4u_proto::ErrorBody)),
     security(("bearer" = []))
 )]

@@ -1,0 +1,78 @@
+//! The marketplace (the GPU listing) and job inputs (artifacts).
+
+use std::path::Path;
+
+use futures::StreamExt as _;
+use gp4u_proto::{ArtifactCreated, GpuList};
+
+use crate::error::{describe, io_error, refusal};
+use crate::{Client, ClientError, ClientResult};
+
+impl Client {
+    pub async fn gpus(&self) -> ClientResult<GpuList> {
+        self.get("the GPU listing", "/api/gpus").await
+    }
+
+    /// Uploads a job input (`POST /api/artifacts`), streaming the file; `progress` hears the
+    /// bytes sent so far and the total.
+    pub async fn upload_artifact(
+        &self,
+        path: &Path,
+        progress: impl Fn(u64, u64) + Send + Sync + 'static,
+    ) -> ClientResult<ArtifactCreated> {
+        let file = tokio::fs::File::open(path).await.map_err(io_error(path))?;
+        let total = file.metadata().await.map_err(io_error(path))?.len();
+        let progress = std::sync::Arc::new(progress);
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stream = tokio_util_free_stream(file).map(move |chunk| {
+            if let Ok(bytes) = &chunk {
+                let now = sent.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::SeqCst)
+                    + bytes.len() as u64;
+                progress(now, total);
+            }
+            chunk
+        });
+        let request = self
+            .http
+            .post(self.url("/api/artifacts"))
+            .header("content-length", total)
+            .body(reqwest::Body::wrap_stream(stream));
+        let response =
+            self.authorized(request)
+                .send()
+                .await
+                .map_err(|error| ClientError::Unreachable {
+                    url: self.base.clone(),
+                    detail: format!("uploading {}: {}", path.display(), describe(&error)),
+                })?;
+        if !response.status().is_success() {
+            return Err(refusal(response).await);
+        }
+        response
+            .json()
+            .await
+            .map_err(|error| ClientError::Unexpected {
+                what: "the upload".into(),
+                detail: error.to_string(),
+            })
+    }
+}
+
+/// The file as a stream of byte chunks (64 KiB), without pulling in tokio-util.
+fn tokio_util_free_stream(
+    file: tokio::fs::File,
+) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures::stream::unfold(Some(file), |file| async move {
+        use tokio::io::AsyncReadExt as _;
+        let mut file = file?;
+        let mut buffer = vec![0u8; 64 * 1024];
+        match file.read(&mut buffer).await {
+            Ok(0) => None,
+            Ok(read) => {
+                buffer.truncate(read);
+                Some((Ok(buffer), Some(file)))
+            }
+            Err(error) => Some((Err(error), None)),
+        }
+    })
+}
