@@ -8,6 +8,7 @@ mod billing;
 mod errors;
 mod ledger;
 mod proofs;
+mod telemetry;
 
 use std::collections::BTreeMap;
 
@@ -29,6 +30,10 @@ pub use ledger::{
 pub use proofs::{
     JobCommitments, JobProofs, ProofAccepted, ProofAssurance, ProofKind, SealedCommitment,
     StoredProof,
+};
+pub use telemetry::{
+    AnomalySummary, LatestMetrics, RefusedPacket, TelemetryAnswer, TelemetryBatchItem,
+    TelemetrySampleView, TelemetrySeries, TelemetryStreamEnd,
 };
 
 /// `gpu` in job responses: where the job runs (or will).
@@ -134,9 +139,14 @@ pub struct JobView {
     pub started_at: Option<String>,
     pub ended_at: Option<String>,
     pub exit_code: Option<i32>,
-    #[schema(value_type = Option<Object>)]
+    /// The last telemetry, clamped.
+    // A `LatestMetrics` held as the JSON stored with the job, shown as stored (what an older
+    // version stored is shown as it was); `JobView::metrics` reads it typed.
+    #[schema(value_type = Option<LatestMetrics>)]
     pub latest_metrics: Option<serde_json::Value>,
-    #[schema(value_type = Vec<Object>)]
+    /// One entry per rule that fired on the job.
+    // `AnomalySummary` entries held as stored; `JobView::anomaly_summary` reads them typed.
+    #[schema(value_type = Vec<AnomalySummary>)]
     pub anomalies: serde_json::Value,
     pub energy_kwh: Option<f64>,
     pub carbon_kg: Option<f64>,

@@ -96,6 +96,8 @@ async fn ingestion_checks_who_what_and_clamps(app: TestApp) {
         "{metrics:?}"
     );
     assert_eq!(metrics["throttling"], Value::Null, "{metrics:?}");
+    let typed: gp4u_proto::LatestMetrics = serde_json::from_value(metrics.clone()).unwrap();
+    assert_eq!(&serde_json::to_value(&typed).unwrap(), metrics);
     assert_eq!(metrics["gpu_utilization_pct"], json!(100.0));
     assert_eq!(metrics["power_draw_watts"], json!(0.0));
     assert_eq!(metrics["temperature_c"], json!(150.0));
@@ -200,6 +202,16 @@ async fn a_node_may_post_its_jobs_packets_together(app: TestApp) {
         );
     }
     assert_eq!(items[2]["error"]["field"], Value::Null);
+    // The answer is exactly its typed form (nothing more, nothing less).
+    let typed: gp4u_proto::TelemetryAnswer = serde_json::from_value(reply.body.clone()).unwrap();
+    let gp4u_proto::TelemetryAnswer::Batch(typed_items) = &typed else {
+        panic!("a batch is answered with an array: {typed:?}");
+    };
+    assert!(matches!(
+        &typed_items[2],
+        gp4u_proto::TelemetryBatchItem::Refused { status: 404, error } if error.code == "JOB_NOT_FOUND"
+    ));
+    assert_eq!(serde_json::to_value(&typed).unwrap(), reply.body);
     assert_eq!(app.job(&first.job).await["status"], "RUNNING");
     let killed = app.job(&second.job).await;
     assert_eq!(killed["failure_reason"], "KILLED_ANOMALY");
@@ -228,6 +240,9 @@ async fn a_node_may_post_its_jobs_packets_together(app: TestApp) {
         ),
         (Some("OUTBOUND_PORT_SCAN"), Some(1), Some(true))
     );
+    let typed: Vec<gp4u_proto::AnomalySummary> =
+        serde_json::from_value(killed["anomalies"].clone()).unwrap();
+    assert_eq!(serde_json::to_value(&typed).unwrap(), killed["anomalies"]);
     for bad in [json!([]), Value::Array(vec![json!({}); 257])] {
         let reply = app
             .call(
@@ -469,6 +484,8 @@ async fn the_series_is_the_owners_as_json_and_as_a_chart(app: TestApp) {
     );
     assert_eq!(series.body["job_id"], run.job.as_str());
     assert_eq!(series.body["emulated"], false);
+    let typed: gp4u_proto::TelemetrySeries = serde_json::from_value(series.body.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&typed).unwrap(), series.body);
     assert_eq!(
         field_names(&series.body["samples"][0]),
         SAMPLE_FIELDS,
@@ -584,6 +601,9 @@ async fn the_series_can_be_followed_live(app: TestApp) {
     event_fields.sort_unstable();
     for sample in &samples {
         assert_eq!(field_names(sample), event_fields, "{sample:?}");
+        let typed: gp4u_proto::TelemetrySampleView =
+            serde_json::from_value(sample.clone()).unwrap();
+        assert_eq!(&serde_json::to_value(&typed).unwrap(), sample);
     }
     let end = text
         .split("\n\n")
