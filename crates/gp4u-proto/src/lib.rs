@@ -5,6 +5,7 @@
 //! adding, never by renaming. The OpenAPI document is generated from these types.
 
 mod billing;
+mod energy;
 mod errors;
 mod ledger;
 mod proofs;
@@ -21,6 +22,9 @@ use utoipa::ToSchema;
 pub use billing::{
     Balance, GridFactorBody, GridFactorView, GridFactors, SettlementOutcome, SettlementTransfer,
     SettlementView, Statement, StatementLine, TransferKind,
+};
+pub use energy::{
+    CarbonTotals, EnergyReport, EnergyScope, GridFactorUsed, Intake, NodeEnergy, RegionEnergy,
 };
 pub use errors::{ErrorBody, ErrorCode, ErrorDetail};
 pub use ledger::{

@@ -1582,6 +1582,11 @@ async fn energy(app: &TestApp, token: &str, query: &str, status: StatusCode) -> 
         )
         .await;
     assert_eq!(reply.status, status, "{:?}", reply.body);
+    if status == StatusCode::OK {
+        // A report is exactly its typed form.
+        let typed: gp4u_proto::EnergyReport = serde_json::from_value(reply.body.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&typed).unwrap(), reply.body);
+    }
     reply.body
 }
 
