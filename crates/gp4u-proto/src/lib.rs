@@ -8,8 +8,10 @@ mod billing;
 mod energy;
 mod errors;
 mod ledger;
+mod logs;
 mod proofs;
 mod telemetry;
+mod veritas;
 
 use std::collections::BTreeMap;
 
@@ -31,6 +33,7 @@ pub use ledger::{
     ConsistencyProof, InclusionProof, JobLedger, LedgerEntries, LedgerEntry, ProvenEntry,
     ReadableEntry, WitnessedEntry,
 };
+pub use logs::LogStreamEnd;
 pub use proofs::{
     JobCommitments, JobProofs, ProofAccepted, ProofAssurance, ProofKind, SealedCommitment,
     StoredProof,
@@ -39,6 +42,7 @@ pub use telemetry::{
     AnomalySummary, LatestMetrics, RefusedPacket, TelemetryAnswer, TelemetryBatchItem,
     TelemetrySampleView, TelemetrySeries, TelemetryStreamEnd,
 };
+pub use veritas::{VeritasInput, VeritasRecord, VeritasRuntime};
 
 /// `gpu` in job responses: where the job runs (or will).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -672,6 +672,8 @@ async fn follow_streams_logs_as_events_and_ends_with_the_job() {
         (Some(0), Some(false)),
         "{end:?}"
     );
+    let typed: gp4u_proto::LogStreamEnd = serde_json::from_value(end.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&typed).unwrap(), end);
     let rest = tokio::time::timeout(Duration::from_secs(5), async {
         let mut rest = String::new();
         while let Some(frame) = body.frame().await {

@@ -1910,6 +1910,8 @@ async fn the_veritas_record_names_the_gpu_and_its_driver(app: TestApp) {
         ["network", "scratch_gb", "shm_gb"],
         "{record:?}"
     );
+    let typed: gp4u_proto::VeritasRecord = serde_json::from_value(record.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&typed).unwrap(), record);
     let (_, stranger) = app.user("customer", None).await;
     let hidden = app.call(Method::GET, &veritas, Some(&stranger), None).await;
     assert_eq!(hidden.status, StatusCode::NOT_FOUND);
