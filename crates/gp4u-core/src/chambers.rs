@@ -24,6 +24,7 @@ pub trait Chamber: Default + Serialize + DeserializeOwned + Send + Sync + 'stati
 
 /// Counters every chamber keeps about its own input.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Intake {
     pub applied: u64,
     pub ignored: u64,
@@ -267,16 +268,24 @@ pub const TOPIC_JOB_ENERGY: &str = "job.energy";
 /// Energy and carbon summed over jobs. kWh and kg are sums of each job's figures (each exact
 /// to the mW·ms in its `job.energy` event); renewable energy is *declared* by providers.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct CarbonTotals {
+    #[cfg_attr(feature = "schema", schema(required = true))]
     pub jobs: u64,
+    #[cfg_attr(feature = "schema", schema(required = true))]
     pub energy_kwh: f64,
+    #[cfg_attr(feature = "schema", schema(required = true))]
     pub carbon_kg: f64,
     /// Σ kWh × the node's declared renewable share.
+    #[cfg_attr(feature = "schema", schema(required = true))]
     pub renewable_kwh_declared: f64,
     /// Jobs on nodes declaring at least 80 % renewable power, and their energy and carbon.
+    #[cfg_attr(feature = "schema", schema(required = true))]
     pub credit_eligible_jobs: u64,
+    #[cfg_attr(feature = "schema", schema(required = true))]
     pub credit_eligible_kwh: f64,
+    #[cfg_attr(feature = "schema", schema(required = true))]
     pub credit_eligible_carbon_kg: f64,
 }
 
@@ -307,6 +316,7 @@ impl CarbonTotals {
 
 /// The grid factor a region's jobs were last accounted with.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct GridFactorUsed {
     pub g_co2e_per_kwh: f64,
     pub source: String,

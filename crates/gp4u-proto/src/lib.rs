@@ -5,9 +5,13 @@
 //! adding, never by renaming. The OpenAPI document is generated from these types.
 
 mod billing;
+mod energy;
 mod errors;
 mod ledger;
+mod logs;
 mod proofs;
+mod telemetry;
+mod veritas;
 
 use std::collections::BTreeMap;
 
@@ -22,15 +26,24 @@ pub use billing::{
     Balance, GridFactorBody, GridFactorView, GridFactors, SettlementOutcome, SettlementTransfer,
     SettlementView, Statement, StatementLine, TransferKind,
 };
+pub use energy::{
+    CarbonTotals, EnergyReport, EnergyScope, GridFactorUsed, Intake, NodeEnergy, RegionEnergy,
+};
 pub use errors::{ErrorBody, ErrorCode, ErrorDetail};
 pub use ledger::{
     ConsistencyProof, InclusionProof, JobLedger, LedgerEntries, LedgerEntry, ProvenEntry,
     ReadableEntry, WitnessedEntry,
 };
+pub use logs::LogStreamEnd;
 pub use proofs::{
     JobCommitments, JobProofs, ProofAccepted, ProofAssurance, ProofKind, SealedCommitment,
     StoredProof,
 };
+pub use telemetry::{
+    AnomalySummary, LatestMetrics, RefusedPacket, TelemetryAnswer, TelemetryBatchItem,
+    TelemetrySampleView, TelemetrySeries, TelemetryStreamEnd,
+};
+pub use veritas::{VeritasInput, VeritasRecord, VeritasRuntime};
 
 /// The header that carries a blob's hex SHA-256 (artifacts, outputs).
 pub const SHA256_HEADER: &str = "x-gp4u-sha256";
@@ -138,9 +151,14 @@ pub struct JobView {
     pub started_at: Option<String>,
     pub ended_at: Option<String>,
     pub exit_code: Option<i32>,
-    #[schema(value_type = Option<Object>)]
+    /// The last telemetry, clamped.
+    // A `LatestMetrics` held as the JSON stored with the job, shown as stored (what an older
+    // version stored is shown as it was); `JobView::metrics` reads it typed.
+    #[schema(value_type = Option<LatestMetrics>)]
     pub latest_metrics: Option<serde_json::Value>,
-    #[schema(value_type = Vec<Object>)]
+    /// One entry per rule that fired on the job.
+    // `AnomalySummary` entries held as stored; `JobView::anomaly_summary` reads them typed.
+    #[schema(value_type = Vec<AnomalySummary>)]
     pub anomalies: serde_json::Value,
     pub energy_kwh: Option<f64>,
     pub carbon_kg: Option<f64>,

@@ -48,7 +48,9 @@ impl Modify for BearerAuth {
     ),
     components(schemas(gp4u_proto::ErrorBody, gp4u_proto::ErrorDetail,
         gp4u_proto::VisibilityChallenge, gp4u_proto::VisibilityAnswer,
-        gp4u_proto::VisibilityEvidence, gp4u_proto::VisibilityVerdict)),
+        gp4u_proto::VisibilityEvidence, gp4u_proto::VisibilityVerdict,
+        // Event-stream payloads, named in the routes' descriptions (no body type carries them).
+        gp4u_proto::TelemetryStreamEnd, gp4u_proto::LogStreamEnd)),
     modifiers(&BearerAuth),
     tags(
         (name = "jobs", description = "Stage 1: submission and the customer's jobs"),

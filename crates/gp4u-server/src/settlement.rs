@@ -17,6 +17,7 @@ use gp4u_core::energy::{
     watts_to_mw,
 };
 use gp4u_core::job::JobStatus;
+use gp4u_proto::{VeritasInput, VeritasRecord, VeritasRuntime};
 use gp4u_store::{
     CompletionFacts, GridFactorRecord, JobRecord, NewTransfer, OutboxEvent, StoreError,
 };
@@ -235,7 +236,10 @@ async fn account_completion(state: &AppState, job: &JobRecord) -> Result<(), Sto
             .get_artifact(artifact)
             .await?
             .map(|record| record.sha256);
-        inputs.push(json!({"artifact_id": artifact, "sha256": sha}));
+        inputs.push(VeritasInput {
+            artifact_id: artifact.to_string(),
+            sha256: sha,
+        });
     }
     // The GPU as its agent registered it: the driver is part of what reproduces a run.
     let gpu = match &job.state.gpu_id {
@@ -255,30 +259,37 @@ async fn account_completion(state: &AppState, job: &JobRecord) -> Result<(), Sto
     let env: BTreeMap<&String, &String> = job.manifest.env.iter().collect();
     let env_hash =
         gp4u_core::hex::sha256(serde_json::to_string(&env).unwrap_or_default().as_bytes());
-    let veritas = json!({
-        "job_id": job.id,
-        "node_id": node,
-        "image": job.manifest.docker_image,
-        "image_digest": format!("sha256:{}", job.manifest.docker_image_sha256),
-        "command": job.manifest.command,
-        "env_sha256": env_hash,
-        "inputs": inputs,
-        "output_sha256": job.blobs.output_sha256,
-        "exit_code": job.state.exit_code,
-        "status": job.state.status.as_str(),
-        "gpu_model": job.gpu_name,
-        "gpu_driver": gpu.as_ref().and_then(|gpu| gpu.driver_version.clone()),
-        "gpu_uuid": gpu.as_ref().and_then(|gpu| gpu.uuid.clone()),
-        "host_posture": posture,
-        "runtime": {
-            "shm_gb": job.manifest.shm_gb(),
-            "scratch_gb": job.manifest.scratch_gb(),
-            "network": job.manifest.network.as_str(),
-        },
+    let veritas = VeritasRecord {
+        job_id: job.id.to_string(),
+        node_id: node.as_ref().map(ToString::to_string),
+        image: job.manifest.docker_image.clone(),
+        image_digest: format!("sha256:{}", job.manifest.docker_image_sha256),
+        command: job.manifest.command.clone(),
+        env_sha256: env_hash,
+        inputs,
+        output_sha256: job.blobs.output_sha256.clone(),
+        exit_code: job.state.exit_code,
+        status: job.state.status,
+        gpu_model: job.gpu_name.clone(),
+        gpu_driver: gpu.as_ref().and_then(|gpu| gpu.driver_version.clone()),
+        gpu_uuid: gpu.as_ref().and_then(|gpu| gpu.uuid.clone()),
+        host_posture: posture
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|error| StoreError::Corrupt(format!("the host posture: {error}")))?,
+        runtime: Some(VeritasRuntime {
+            shm_gb: job.manifest.shm_gb(),
+            scratch_gb: job.manifest.scratch_gb(),
+            network: job.manifest.network,
+        }),
         // The image is pinned by digest at submission, so a completed job with a recorded exit
         // code is reproducible in the sense Veritas scores: same image, inputs, env, command.
-        "reproducible": job.state.status == JobStatus::Complete && job.state.exit_code == Some(0),
-    });
+        reproducible: job.state.status == JobStatus::Complete && job.state.exit_code == Some(0),
+    };
+    // Stored, sealed and served as this JSON.
+    let veritas = serde_json::to_value(&veritas).map_err(|error| {
+        StoreError::Corrupt(format!("the Veritas record of job {}: {error}", job.id))
+    })?;
     let energy_event = json!({
         "job_id": job.id,
         "node_id": node,

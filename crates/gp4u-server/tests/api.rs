@@ -1050,6 +1050,140 @@ fn openapi_states_and_reasons_are_closed_enums() {
     );
 }
 
+/// The answers that used to be built by hand are documented by their types: the energy
+/// report, a job's telemetry series, the telemetry batch answer and its items, the Veritas
+/// record, and what a job view holds of its telemetry.
+#[test]
+fn openapi_names_the_typed_answers() {
+    use utoipa::OpenApi as _;
+    let document = serde_json::to_value(gp4u_server::openapi::ApiDoc::openapi()).unwrap();
+    let schemas = &document["components"]["schemas"];
+    let reference = |name: &str| json!(format!("#/components/schemas/{name}"));
+    let answer = |path: &str, method: &str, content: &str| {
+        document["paths"][path][method]["responses"]["200"]["content"][content]["schema"].clone()
+    };
+    assert_eq!(
+        answer("/api/energy", "get", "application/json")["$ref"],
+        reference("EnergyReport")
+    );
+    assert_eq!(
+        answer("/api/jobs/{id}/telemetry", "get", "application/json")["$ref"],
+        reference("TelemetrySeries")
+    );
+    assert_eq!(
+        answer("/api/jobs/{id}/veritas", "get", "application/json")["$ref"],
+        reference("VeritasRecord")
+    );
+    for (path, other) in [
+        ("/api/energy", "image/svg+xml"),
+        ("/api/jobs/{id}/telemetry", "image/svg+xml"),
+        ("/api/jobs/{id}/telemetry", "text/event-stream"),
+        ("/api/jobs/{id}/logs", "text/event-stream"),
+    ] {
+        assert!(
+            document["paths"][path]["get"]["responses"]["200"]["content"]
+                .get(other)
+                .is_some(),
+            "{path} {other}: {}",
+            document["paths"][path]["get"]["responses"]["200"]
+        );
+    }
+    // One packet gets a reply; an array of packets an array of items, each a reply or a refusal.
+    assert_eq!(
+        answer("/api/telemetry/russian-doll", "post", "application/json")["$ref"],
+        reference("TelemetryAnswer")
+    );
+    let one_of = |name: &str| schemas[name]["oneOf"].as_array().unwrap().clone();
+    let answers = one_of("TelemetryAnswer");
+    assert!(
+        answers.contains(
+            &json!({"type": "array", "items": {"$ref": reference("TelemetryBatchItem")}})
+        ),
+        "{answers:?}"
+    );
+    assert!(
+        answers.contains(&json!({"$ref": reference("TelemetryReply")})),
+        "{answers:?}"
+    );
+    let items = one_of("TelemetryBatchItem");
+    assert!(
+        items.contains(&json!({"$ref": reference("TelemetryReply")})),
+        "{items:?}"
+    );
+    let refused = items
+        .iter()
+        .find(|item| item["properties"].get("error").is_some())
+        .unwrap_or_else(|| panic!("no refusal among {items:?}"));
+    assert_eq!(
+        refused["properties"]["error"]["$ref"],
+        reference("RefusedPacket")
+    );
+    assert_eq!(refused["required"], json!(["status", "error"]));
+    assert!(
+        schemas["RefusedPacket"]["required"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("field")),
+        "`field` is always sent: {}",
+        schemas["RefusedPacket"]
+    );
+    // The series' samples, the energy scopes and rows, and the job view's telemetry.
+    assert_eq!(
+        schemas["TelemetrySeries"]["properties"]["samples"]["items"]["$ref"],
+        reference("TelemetrySampleView")
+    );
+    assert_eq!(
+        schemas["EnergyScope"]["enum"],
+        json!(["customer", "provider", "platform"])
+    );
+    assert_eq!(
+        schemas["EnergyReport"]["properties"]["scope"]["$ref"],
+        reference("EnergyScope")
+    );
+    assert_eq!(
+        schemas["EnergyReport"]["properties"]["total"]["$ref"],
+        reference("CarbonTotals")
+    );
+    for row in ["RegionEnergy", "NodeEnergy"] {
+        assert!(
+            schemas[row]
+                .to_string()
+                .contains("#/components/schemas/CarbonTotals"),
+            "{row}: {}",
+            schemas[row]
+        );
+    }
+    assert!(
+        schemas["RegionEnergy"]["allOf"][1]["properties"]["grid_factor"]
+            .to_string()
+            .contains("#/components/schemas/GridFactorUsed"),
+        "{}",
+        schemas["RegionEnergy"]
+    );
+    assert_eq!(
+        schemas["CarbonTotals"]["required"].as_array().map(Vec::len),
+        Some(7),
+        "every total is always sent: {}",
+        schemas["CarbonTotals"]
+    );
+    let job = &schemas["JobView"]["properties"];
+    assert!(
+        job["latest_metrics"]
+            .to_string()
+            .contains("#/components/schemas/LatestMetrics"),
+        "{}",
+        job["latest_metrics"]
+    );
+    assert_eq!(
+        job["anomalies"]["items"]["$ref"],
+        reference("AnomalySummary")
+    );
+    // The event-stream payloads are in the document too.
+    for name in ["TelemetryStreamEnd", "LogStreamEnd"] {
+        assert!(schemas.get(name).is_some(), "OpenAPI lacks {name}");
+    }
+}
+
 #[tokio::test]
 async fn openapi_health_and_unknown_routes() {
     let app = sqlite("openapi").await;

@@ -656,6 +656,24 @@ async fn follow_streams_logs_as_events_and_ends_with_the_job() {
     .await;
     read_until(&mut body, &mut text, "event: end").await;
     assert!(text.contains("\"status\":\"COMPLETE\""), "{text}");
+    let end = text
+        .split("\n\n")
+        .find(|event| event.contains("event: end"))
+        .and_then(|event| event.lines().find_map(|line| line.strip_prefix("data: ")))
+        .unwrap();
+    let end: Value = serde_json::from_str(end).unwrap();
+    assert_eq!(
+        field_names(&end),
+        ["exit_code", "log_bytes", "status", "truncated"],
+        "{end:?}"
+    );
+    assert_eq!(
+        (end["exit_code"].as_i64(), end["truncated"].as_bool()),
+        (Some(0), Some(false)),
+        "{end:?}"
+    );
+    let typed: gp4u_proto::LogStreamEnd = serde_json::from_value(end.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&typed).unwrap(), end);
     let rest = tokio::time::timeout(Duration::from_secs(5), async {
         let mut rest = String::new();
         while let Some(frame) = body.frame().await {

@@ -1582,6 +1582,11 @@ async fn energy(app: &TestApp, token: &str, query: &str, status: StatusCode) -> 
         )
         .await;
     assert_eq!(reply.status, status, "{:?}", reply.body);
+    if status == StatusCode::OK {
+        // A report is exactly its typed form.
+        let typed: gp4u_proto::EnergyReport = serde_json::from_value(reply.body.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&typed).unwrap(), reply.body);
+    }
     reply.body
 }
 
@@ -1630,6 +1635,32 @@ async fn the_energy_chamber_sums_carbon_for_customers_providers_and_the_platform
     );
     assert_eq!(mine["total"]["credit_eligible_jobs"], json!(1));
     assert_eq!(mine["regions"][0]["region"], "us-east-1");
+    // The shapes: totals, and rows of totals with their region (or node).
+    let totals = [
+        "carbon_kg",
+        "credit_eligible_carbon_kg",
+        "credit_eligible_jobs",
+        "credit_eligible_kwh",
+        "energy_kwh",
+        "jobs",
+        "renewable_kwh_declared",
+    ];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> {
+        let mut names: Vec<&str> = totals.iter().chain(extra).copied().collect();
+        names.sort_unstable();
+        names
+    };
+    assert_eq!(
+        field_names(&mine),
+        ["basis", "regions", "scope", "total"],
+        "{mine:?}"
+    );
+    assert_eq!(field_names(&mine["total"]), totals, "{mine:?}");
+    assert_eq!(
+        field_names(&mine["regions"][0]),
+        with(&["region"]),
+        "{mine:?}"
+    );
     let theirs = energy(&app, &plain.customer, "", StatusCode::OK).await;
     assert_eq!(
         theirs["total"]["credit_eligible_jobs"],
@@ -1653,6 +1684,17 @@ async fn the_energy_chamber_sums_carbon_for_customers_providers_and_the_platform
         "{provider:?}"
     );
     assert_eq!(provider["nodes"][0]["credit_eligible_jobs"], json!(1));
+    assert_eq!(
+        field_names(&provider),
+        ["as_of_position", "basis", "nodes", "scope", "total"],
+        "{provider:?}"
+    );
+    assert!(provider["as_of_position"].as_i64().unwrap() > 0);
+    assert_eq!(
+        field_names(&provider["nodes"][0]),
+        with(&["node_id"]),
+        "{provider:?}"
+    );
     assert!(
         close(&provider["total"]["credit_eligible_kwh"], kwh),
         "{provider:?}"
@@ -1675,6 +1717,39 @@ async fn the_energy_chamber_sums_carbon_for_customers_providers_and_the_platform
             .is_some_and(|source| !source.is_empty())
     );
     assert_eq!(platform["nodes"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        field_names(&platform),
+        [
+            "as_of_position",
+            "basis",
+            "intake",
+            "nodes",
+            "regions",
+            "scope",
+            "total"
+        ],
+        "{platform:?}"
+    );
+    assert_eq!(
+        field_names(region),
+        with(&["grid_factor", "region"]),
+        "{platform:?}"
+    );
+    assert_eq!(
+        field_names(&region["grid_factor"]),
+        ["as_of", "g_co2e_per_kwh", "source"],
+        "{platform:?}"
+    );
+    assert_eq!(
+        field_names(&platform["nodes"][0]),
+        with(&["node_id"]),
+        "{platform:?}"
+    );
+    assert_eq!(
+        field_names(&platform["intake"]),
+        ["applied", "ignored", "malformed"],
+        "{platform:?}"
+    );
 
     // The same as a chart: a bar per region, the credit-eligible part shaded.
     let (status, headers, body) = app
@@ -1808,6 +1883,35 @@ async fn the_veritas_record_names_the_gpu_and_its_driver(app: TestApp) {
         .await;
     assert_eq!(served.status, StatusCode::OK, "{:?}", served.body);
     assert_eq!(served.body, record);
+    assert_eq!(
+        field_names(&record),
+        [
+            "command",
+            "env_sha256",
+            "exit_code",
+            "gpu_driver",
+            "gpu_model",
+            "gpu_uuid",
+            "host_posture",
+            "image",
+            "image_digest",
+            "inputs",
+            "job_id",
+            "node_id",
+            "output_sha256",
+            "reproducible",
+            "runtime",
+            "status"
+        ],
+        "{record:?}"
+    );
+    assert_eq!(
+        field_names(&record["runtime"]),
+        ["network", "scratch_gb", "shm_gb"],
+        "{record:?}"
+    );
+    let typed: gp4u_proto::VeritasRecord = serde_json::from_value(record.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&typed).unwrap(), record);
     let (_, stranger) = app.user("customer", None).await;
     let hidden = app.call(Method::GET, &veritas, Some(&stranger), None).await;
     assert_eq!(hidden.status, StatusCode::NOT_FOUND);

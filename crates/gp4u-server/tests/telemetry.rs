@@ -76,6 +76,28 @@ async fn ingestion_checks_who_what_and_clamps(app: TestApp) {
     let view = app.job(&run.job).await;
     assert_eq!(view["status"], "RUNNING");
     let metrics = &view["latest_metrics"];
+    assert_eq!(
+        field_names(metrics),
+        [
+            "at",
+            "clamped",
+            "emulated",
+            "foreign_gpu_processes",
+            "gpu_utilization_pct",
+            "inferred_pattern",
+            "outbound_bytes_per_sec",
+            "power_draw_watts",
+            "temperature_c",
+            "throttling",
+            "unique_dest_ips",
+            "vram_allocated_gb",
+            "vram_used_gb"
+        ],
+        "{metrics:?}"
+    );
+    assert_eq!(metrics["throttling"], Value::Null, "{metrics:?}");
+    let typed: gp4u_proto::LatestMetrics = serde_json::from_value(metrics.clone()).unwrap();
+    assert_eq!(&serde_json::to_value(&typed).unwrap(), metrics);
     assert_eq!(metrics["gpu_utilization_pct"], json!(100.0));
     assert_eq!(metrics["power_draw_watts"], json!(0.0));
     assert_eq!(metrics["temperature_c"], json!(150.0));
@@ -156,11 +178,71 @@ async fn a_node_may_post_its_jobs_packets_together(app: TestApp) {
         ),
         (Some(400), Some("power_draw_watts"))
     );
-    assert_eq!(app.job(&first.job).await["status"], "RUNNING");
+    // The shapes on the wire: a reply, or `{"status", "error": {"code", "message", "field"}}`
+    // with `field` null when no field is at fault.
     assert_eq!(
-        app.job(&second.job).await["failure_reason"],
-        "KILLED_ANOMALY"
+        field_names(&items[0]),
+        [
+            "anomalies",
+            "at_ms",
+            "kill_job",
+            "max_gap_ms",
+            "reason",
+            "status"
+        ],
+        "{:?}",
+        items[0]
     );
+    for item in &items[2..] {
+        assert_eq!(field_names(item), ["error", "status"], "{item:?}");
+        assert_eq!(
+            field_names(&item["error"]),
+            ["code", "field", "message"],
+            "{item:?}"
+        );
+    }
+    assert_eq!(items[2]["error"]["field"], Value::Null);
+    // The answer is exactly its typed form (nothing more, nothing less).
+    let typed: gp4u_proto::TelemetryAnswer = serde_json::from_value(reply.body.clone()).unwrap();
+    let gp4u_proto::TelemetryAnswer::Batch(typed_items) = &typed else {
+        panic!("a batch is answered with an array: {typed:?}");
+    };
+    assert!(matches!(
+        &typed_items[2],
+        gp4u_proto::TelemetryBatchItem::Refused { status: 404, error } if error.code == "JOB_NOT_FOUND"
+    ));
+    assert_eq!(serde_json::to_value(&typed).unwrap(), reply.body);
+    assert_eq!(app.job(&first.job).await["status"], "RUNNING");
+    let killed = app.job(&second.job).await;
+    assert_eq!(killed["failure_reason"], "KILLED_ANOMALY");
+    // The job's `anomalies` summary: one entry per rule.
+    let summary = killed["anomalies"].as_array().unwrap();
+    assert_eq!(summary.len(), 1, "{summary:?}");
+    assert_eq!(
+        field_names(&summary[0]),
+        [
+            "attribution",
+            "count",
+            "evidence",
+            "first_at",
+            "kill",
+            "last_at",
+            "rule",
+            "severity"
+        ],
+        "{summary:?}"
+    );
+    assert_eq!(
+        (
+            summary[0]["rule"].as_str(),
+            summary[0]["count"].as_u64(),
+            summary[0]["kill"].as_bool()
+        ),
+        (Some("OUTBOUND_PORT_SCAN"), Some(1), Some(true))
+    );
+    let typed: Vec<gp4u_proto::AnomalySummary> =
+        serde_json::from_value(killed["anomalies"].clone()).unwrap();
+    assert_eq!(serde_json::to_value(&typed).unwrap(), killed["anomalies"]);
     for bad in [json!([]), Value::Array(vec![json!({}); 257])] {
         let reply = app
             .call(
@@ -394,6 +476,22 @@ async fn the_series_is_the_owners_as_json_and_as_a_chart(app: TestApp) {
         .map(|sample| sample["gpu_utilization_pct"].as_f64().unwrap())
         .collect();
     assert_eq!(utils, [10.0, 50.0, 90.0], "oldest first");
+    assert_eq!(
+        field_names(&series.body),
+        ["emulated", "job_id", "samples"],
+        "{:?}",
+        series.body
+    );
+    assert_eq!(series.body["job_id"], run.job.as_str());
+    assert_eq!(series.body["emulated"], false);
+    let typed: gp4u_proto::TelemetrySeries = serde_json::from_value(series.body.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&typed).unwrap(), series.body);
+    assert_eq!(
+        field_names(&series.body["samples"][0]),
+        SAMPLE_FIELDS,
+        "{:?}",
+        series.body
+    );
     let (status, headers, svg) = app
         .raw(
             Method::GET,
@@ -423,6 +521,19 @@ async fn the_series_is_the_owners_as_json_and_as_a_chart(app: TestApp) {
         .await;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST);
 }
+
+/// The fields of one sample of a job's series.
+const SAMPLE_FIELDS: [&str; 9] = [
+    "at",
+    "gpu_utilization_pct",
+    "inferred_pattern",
+    "outbound_bytes_per_sec",
+    "power_draw_watts",
+    "temperature_c",
+    "unique_dest_ips",
+    "vram_allocated_gb",
+    "vram_used_gb",
+];
 
 /// `?follow=1`: the stored samples, then each one as it is stored, then `end` — for the
 /// owner only; `after_ms` skips what a page already shows.
@@ -484,6 +595,25 @@ async fn the_series_can_be_followed_live(app: TestApp) {
     let first_ms = samples[0]["at_ms"].as_i64().unwrap();
     assert!(samples[1]["at_ms"].as_i64().unwrap() > first_ms, "{text}");
     assert!(text.contains("\"status\":\"COMPLETE\""), "{text}");
+    // A `sample` event is the series' sample with `at_ms`; `end` is `{"status"}`.
+    let mut event_fields: Vec<&str> = SAMPLE_FIELDS.to_vec();
+    event_fields.push("at_ms");
+    event_fields.sort_unstable();
+    for sample in &samples {
+        assert_eq!(field_names(sample), event_fields, "{sample:?}");
+        let typed: gp4u_proto::TelemetrySampleView =
+            serde_json::from_value(sample.clone()).unwrap();
+        assert_eq!(&serde_json::to_value(&typed).unwrap(), sample);
+    }
+    let end = text
+        .split("\n\n")
+        .find(|event| event.contains("event: end"))
+        .and_then(|event| event.lines().find_map(|line| line.strip_prefix("data: ")))
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(end).unwrap(),
+        json!({"status": "COMPLETE"})
+    );
     // From after the first sample: the rest, then the end at once (the job has ended).
     let (status, _, later) = app
         .raw(

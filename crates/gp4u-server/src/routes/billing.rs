@@ -5,7 +5,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use gp4u_proto::{
     Balance, ErrorCode, GridFactorBody, GridFactorView, GridFactors, SettlementView, Statement,
-    StatementLine, TransferKind,
+    StatementLine, TransferKind, VeritasRecord,
 };
 use gp4u_store::GridFactorRecord;
 use serde_json::Value;
@@ -54,7 +54,7 @@ pub async fn job_settlement(
 /// when it ended and sealed in the ledger as `veritas.recorded`.
 #[utoipa::path(
     get, path = "/api/jobs/{id}/veritas", tag = "billing", params(("id" = String, Path)),
-    responses((status = 200, description = "image and digest, command, env hash, inputs and output hashes, exit code, status, GPU model, UUID and driver, node, reproducible"), (status = 404, body = gp4u_proto::ErrorBody), (status = 409, description = "NOT_SETTLED: the job has not ended (or is being accounted)", body = gp4u_proto::ErrorBody)),
+    responses((status = 200, description = "The record exactly as sealed (records sealed before the host posture and runtime were recorded lack them)", body = VeritasRecord), (status = 404, body = gp4u_proto::ErrorBody), (status = 409, description = "NOT_SETTLED: the job has not ended (or is being accounted)", body = gp4u_proto::ErrorBody)),
     security(("bearer" = []))
 )]
 pub async fn job_veritas(
@@ -63,6 +63,9 @@ pub async fn job_veritas(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let job = crate::routes::jobs::visible_job(&state, &caller, &id).await?;
+    // Served exactly as stored and sealed (a `VeritasRecord`, built by the settlement), not
+    // re-serialized: `gp4u verify` and the ledger's readers compare it with the sealed entry,
+    // and a record sealed by an older version keeps the fields it was sealed with.
     match state.store.veritas_record(&job.id).await? {
         Some(record) => Ok(Json(record)),
         None => Err(ApiError::new(

@@ -9,9 +9,8 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use gp4u_core::chambers::{CarbonTotals, Chamber, Energy};
-use gp4u_proto::ErrorCode;
+use gp4u_proto::{EnergyReport, EnergyScope, ErrorCode, NodeEnergy, RegionEnergy};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use crate::auth::{CLEARANCE_ADMIN, CLEARANCE_PROVIDER, Caller};
 use crate::error::{ApiError, ApiResult};
@@ -36,7 +35,8 @@ pub struct EnergyQuery {
 /// `GET /api/energy`: energy, carbon and carbon-credit eligibility, summed.
 #[utoipa::path(
     get, path = "/api/energy", tag = "billing", params(EnergyQuery),
-    responses((status = 200, description = "{\"scope\", \"basis\", \"total\", \"regions\": [...], \"nodes\": [...]}: totals of jobs, energy_kwh, carbon_kg, renewable_kwh_declared, credit_eligible_jobs, credit_eligible_kwh, credit_eligible_carbon_kg"),
+    responses((status = 200, description = "The report (JSON), or with `?format=svg` a bar chart",
+            content((EnergyReport = "application/json"), ("image/svg+xml"))),
         (status = 400, body = gp4u_proto::ErrorBody), (status = 403, body = gp4u_proto::ErrorBody)),
     security(("bearer" = []))
 )]
@@ -58,52 +58,54 @@ pub async fn summary(
         }
     };
     let scope = match query.scope.as_deref() {
-        Some(scope) => scope,
-        None if caller.is_admin() => "platform",
-        None if caller.clearance() >= CLEARANCE_PROVIDER => "provider",
-        None => "customer",
+        Some(scope) => EnergyScope::parse(scope).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidQuery,
+                format!("scope must be customer, provider or platform, got {scope:?}"),
+            )
+        })?,
+        None if caller.is_admin() => EnergyScope::Platform,
+        None if caller.clearance() >= CLEARANCE_PROVIDER => EnergyScope::Provider,
+        None => EnergyScope::Customer,
     };
-    let Json(summary) = match scope {
-        "customer" => customer(&state, &caller).await?,
-        "provider" => {
+    let report = match scope {
+        EnergyScope::Customer => customer(&state, &caller).await?,
+        EnergyScope::Provider => {
             caller.require(CLEARANCE_PROVIDER, ErrorCode::ProviderRequired, "provider")?;
             provider(&state, &caller).await?
         }
-        "platform" => {
+        EnergyScope::Platform => {
             caller.require(CLEARANCE_ADMIN, ErrorCode::AdminRequired, "admin")?;
             platform(&state).await?
         }
-        other => {
-            return Err(ApiError::new(
-                ErrorCode::InvalidQuery,
-                format!("scope must be customer, provider or platform, got {other:?}"),
-            ));
-        }
     };
     if !svg {
-        return Ok(Json(summary).into_response());
+        return Ok(Json(report).into_response());
     }
     // Providers see their nodes; customers and admins the regions.
-    let (rows, key) = if scope == "provider" {
-        (&summary["nodes"], "node_id")
-    } else {
-        (&summary["regions"], "region")
+    let bar = |label: &str, totals: &CarbonTotals| Bar {
+        label: label.to_owned(),
+        kwh: totals.energy_kwh,
+        eligible_kwh: totals.credit_eligible_kwh,
+        carbon_kg: totals.carbon_kg,
+        jobs: totals.jobs,
     };
-    let bars: Vec<Bar> = rows
-        .as_array()
-        .map(|rows| {
-            rows.iter()
-                .map(|row| Bar {
-                    label: row[key].as_str().unwrap_or("?").to_owned(),
-                    kwh: row["energy_kwh"].as_f64().unwrap_or(0.0),
-                    eligible_kwh: row["credit_eligible_kwh"].as_f64().unwrap_or(0.0),
-                    carbon_kg: row["carbon_kg"].as_f64().unwrap_or(0.0),
-                    jobs: row["jobs"].as_u64().unwrap_or(0),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let title = format!("GP4U energy and carbon ({scope})");
+    let bars: Vec<Bar> = if scope == EnergyScope::Provider {
+        report
+            .nodes
+            .iter()
+            .flatten()
+            .map(|row| bar(&row.node_id, &row.totals))
+            .collect()
+    } else {
+        report
+            .regions
+            .iter()
+            .flatten()
+            .map(|row| bar(&row.region, &row.totals))
+            .collect()
+    };
+    let title = format!("GP4U energy and carbon ({})", scope.as_str());
     Ok((
         [(axum::http::header::CONTENT_TYPE, "image/svg+xml")],
         energy_chart_svg(&title, &bars),
@@ -194,67 +196,85 @@ pub fn energy_chart_svg(title: &str, bars: &[Bar]) -> String {
     svg
 }
 
-async fn customer(state: &AppState, caller: &Caller) -> ApiResult<Json<Value>> {
+async fn customer(state: &AppState, caller: &Caller) -> ApiResult<EnergyReport> {
     let rows = state.store.customer_carbon(caller.id()).await?;
     let mut total = CarbonTotals::default();
-    let regions: Vec<Value> = rows
-        .iter()
+    let regions = rows
+        .into_iter()
         .map(|(region, totals)| {
-            total.merge(totals);
-            with_key("region", region.as_deref().unwrap_or("unknown"), totals)
+            total.merge(&totals);
+            RegionEnergy {
+                region: region.unwrap_or_else(|| "unknown".to_owned()),
+                totals,
+                grid_factor: None,
+            }
         })
         .collect();
-    Ok(Json(json!({
-        "scope": "customer",
-        "basis": BASIS,
-        "total": total,
-        "regions": regions,
-    })))
+    Ok(EnergyReport {
+        scope: EnergyScope::Customer,
+        basis: BASIS.to_owned(),
+        as_of_position: None,
+        total,
+        regions: Some(regions),
+        nodes: None,
+        intake: None,
+    })
 }
 
-async fn provider(state: &AppState, caller: &Caller) -> ApiResult<Json<Value>> {
+async fn provider(state: &AppState, caller: &Caller) -> ApiResult<EnergyReport> {
     let (energy, as_of) = chamber(state).await?;
     let mut total = CarbonTotals::default();
     let mut nodes = Vec::new();
     for node in state.store.owner_node_ids(caller.id()).await? {
         let totals = energy.nodes.get(node.as_str()).cloned().unwrap_or_default();
         total.merge(&totals);
-        nodes.push(with_key("node_id", node.as_str(), &totals));
+        nodes.push(NodeEnergy {
+            node_id: node.to_string(),
+            totals,
+        });
     }
-    Ok(Json(json!({
-        "scope": "provider",
-        "basis": BASIS,
-        "as_of_position": as_of,
-        "total": total,
-        "nodes": nodes,
-    })))
+    Ok(EnergyReport {
+        scope: EnergyScope::Provider,
+        basis: BASIS.to_owned(),
+        as_of_position: Some(as_of),
+        total,
+        regions: None,
+        nodes: Some(nodes),
+        intake: None,
+    })
 }
 
-async fn platform(state: &AppState) -> ApiResult<Json<Value>> {
+async fn platform(state: &AppState) -> ApiResult<EnergyReport> {
     let (energy, as_of) = chamber(state).await?;
-    let regions: Vec<Value> = energy
-        .regions
-        .iter()
-        .map(|(region, totals)| {
-            let mut row = with_key("region", region, totals);
-            row["grid_factor"] = json!(energy.grid_factors.get(region));
-            row
+    let Energy {
+        intake,
+        total,
+        regions,
+        nodes,
+        grid_factors,
+    } = energy;
+    let regions = regions
+        .into_iter()
+        .map(|(region, totals)| RegionEnergy {
+            // Always named on the platform's regions: `null` when none was recorded.
+            grid_factor: Some(grid_factors.get(&region).cloned()),
+            region,
+            totals,
         })
         .collect();
-    let nodes: Vec<Value> = energy
-        .nodes
-        .iter()
-        .map(|(node, totals)| with_key("node_id", node, totals))
+    let nodes = nodes
+        .into_iter()
+        .map(|(node_id, totals)| NodeEnergy { node_id, totals })
         .collect();
-    Ok(Json(json!({
-        "scope": "platform",
-        "basis": BASIS,
-        "as_of_position": as_of,
-        "total": energy.total,
-        "regions": regions,
-        "nodes": nodes,
-        "intake": energy.intake,
-    })))
+    Ok(EnergyReport {
+        scope: EnergyScope::Platform,
+        basis: BASIS.to_owned(),
+        as_of_position: Some(as_of),
+        total,
+        regions: Some(regions),
+        nodes: Some(nodes),
+        intake: Some(intake),
+    })
 }
 
 /// The Energy chamber's model as last saved, with the outbox position it has applied.
@@ -269,12 +289,6 @@ async fn chamber(state: &AppState) -> ApiResult<(Energy, i64)> {
         )
     })?;
     Ok((energy, stored.position))
-}
-
-fn with_key(key: &str, value: &str, totals: &CarbonTotals) -> Value {
-    let mut row = json!(totals);
-    row[key] = json!(value);
-    row
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use gp4u_core::ids::JobId;
-use gp4u_proto::{ErrorCode, LogAppended};
+use gp4u_proto::{ErrorCode, LogAppended, LogStreamEnd};
 use gp4u_store::{JobRecord, LogReservation};
 use object_store::ObjectStoreExt;
 use object_store::PutPayload;
@@ -132,8 +132,8 @@ fn truncation_line(log_bytes: u64, last_byte: Option<u8>) -> String {
 #[utoipa::path(
     get, path = "/api/jobs/{id}/logs", tag = "jobs", params(("id" = String, Path), LogsQuery),
     responses(
-        (status = 200, body = String, content_type = "text/plain",
-            description = "The log; with ?follow=1 a text/event-stream"),
+        (status = 200, description = "The log; with ?follow=1 a text/event-stream of `log` events (a JSON string each) and a last `end` event (`LogStreamEnd`)",
+            content((String = "text/plain"), ("text/event-stream"))),
         (status = 404, body = gp4u_proto::ErrorBody),
     ),
     security(("bearer" = []))
@@ -234,12 +234,12 @@ fn log_event(text: String, seq: Option<u64>) -> Option<Event> {
 fn end_event(job: &JobRecord) -> Option<Event> {
     Event::default()
         .event("end")
-        .json_data(serde_json::json!({
-            "status": job.state.status.as_str(),
-            "exit_code": job.state.exit_code,
-            "log_bytes": job.blobs.log_bytes,
-            "truncated": job.blobs.log_truncated,
-        }))
+        .json_data(LogStreamEnd {
+            status: job.state.status,
+            exit_code: job.state.exit_code,
+            log_bytes: job.blobs.log_bytes,
+            truncated: job.blobs.log_truncated,
+        })
         .ok()
 }
 

@@ -16,8 +16,12 @@ use gp4u_core::manifest::{FieldError, ValidationCode};
 use gp4u_core::tutela::{
     Attribution, Rule, Severity, TelemetrySample, Verdict, evaluate, kill_reason, parse_sample,
 };
-use gp4u_proto::{AnomalyView, ErrorCode, TelemetryReply};
+use gp4u_proto::{
+    AnomalySummary, AnomalyView, ErrorCode, LatestMetrics, RefusedPacket, TelemetryAnswer,
+    TelemetryBatchItem, TelemetryReply, TelemetrySampleView, TelemetrySeries, TelemetryStreamEnd,
+};
 use gp4u_store::{JobRecord, NewAnomaly, OutboxEvent, StoreError, TelemetryRow};
+use serde::Deserialize as _;
 use serde_json::{Value, json};
 
 use crate::auth::{CLEARANCE_PROVIDER, Caller, HotCaller};
@@ -112,56 +116,77 @@ fn anomaly_view(verdict: &Verdict, at_ms: i64) -> AnomalyView {
     }
 }
 
-/// The job's `anomalies` summary: one entry per rule, with its count, first and last time
-/// and latest evidence.
-fn summarize(previous: &Value, verdicts: &[Verdict], at_ms: i64) -> Value {
+/// The job's `anomalies` summary ([`AnomalySummary`] entries): one entry per rule, with its
+/// count, first and last time and latest evidence. The summary is stored JSON: an entry this
+/// version cannot read is kept as it is, never rewritten.
+fn summarize(previous: &Value, verdicts: &[Verdict], at_ms: i64) -> ApiResult<Value> {
     let mut entries: Vec<Value> = previous.as_array().cloned().unwrap_or_default();
     for verdict in verdicts {
         let rule = verdict.rule.as_str();
         let room = entries.len() < SUMMARY_RULES;
-        match entries
+        let updated = match entries
             .iter_mut()
             .find(|entry| entry.get("rule").and_then(Value::as_str) == Some(rule))
         {
-            Some(entry) => {
-                let count = entry.get("count").and_then(Value::as_u64).unwrap_or(0) + 1;
-                entry["count"] = json!(count);
-                entry["last_at"] = json!(rfc3339(at_ms));
-                entry["evidence"] = json!(verdict.evidence);
-                entry["kill"] = json!(verdict.kill || entry["kill"].as_bool().unwrap_or(false));
+            Some(entry) => match AnomalySummary::deserialize(&*entry) {
+                Ok(mut summary) => {
+                    summary.count += 1;
+                    summary.last_at = rfc3339(at_ms);
+                    summary.evidence.clone_from(&verdict.evidence);
+                    summary.kill |= verdict.kill;
+                    Some((Some(entry), summary))
+                }
+                Err(error) => {
+                    tracing::warn!(rule, %error, "a stored anomaly summary entry does not read; kept as it is");
+                    None
+                }
+            },
+            None if room => Some((
+                None,
+                AnomalySummary {
+                    rule: rule.to_owned(),
+                    severity: severity_str(verdict.severity).to_owned(),
+                    attribution: attribution_str(verdict.attribution).to_owned(),
+                    kill: verdict.kill,
+                    count: 1,
+                    first_at: rfc3339(at_ms),
+                    last_at: rfc3339(at_ms),
+                    evidence: verdict.evidence.clone(),
+                },
+            )),
+            None => None,
+        };
+        if let Some((slot, summary)) = updated {
+            let value = serde_json::to_value(summary)
+                .map_err(|error| ApiError::internal("anomaly summary", error))?;
+            match slot {
+                Some(entry) => *entry = value,
+                None => entries.push(value),
             }
-            None if room => entries.push(json!({
-                "rule": rule,
-                "severity": severity_str(verdict.severity),
-                "attribution": attribution_str(verdict.attribution),
-                "kill": verdict.kill,
-                "count": 1,
-                "first_at": rfc3339(at_ms),
-                "last_at": rfc3339(at_ms),
-                "evidence": verdict.evidence,
-            })),
-            None => {}
         }
     }
-    Value::Array(entries)
+    Ok(Value::Array(entries))
 }
 
-fn metrics_json(sample: &TelemetrySample, emulated: bool, clamped: &[String]) -> Value {
-    json!({
-        "gpu_utilization_pct": sample.gpu_utilization_pct,
-        "vram_used_gb": sample.vram_used_gb,
-        "vram_allocated_gb": sample.vram_allocated_gb,
-        "power_draw_watts": sample.power_draw_watts,
-        "temperature_c": sample.temperature_c,
-        "outbound_bytes_per_sec": sample.outbound_bytes_per_sec,
-        "inferred_pattern": sample.inferred_pattern.map(|pattern| pattern.as_str()),
-        "unique_dest_ips": sample.unique_dest_ips,
-        "foreign_gpu_processes": sample.foreign_gpu_processes,
-        "throttling": sample.throttling,
-        "emulated": emulated,
-        "clamped": clamped,
-        "at": rfc3339(sample.at_ms),
-    })
+/// `latest_metrics`: the packet's values as clamped, stored with the job.
+fn latest_metrics(sample: &TelemetrySample, emulated: bool, clamped: Vec<String>) -> LatestMetrics {
+    LatestMetrics {
+        gpu_utilization_pct: sample.gpu_utilization_pct,
+        vram_used_gb: sample.vram_used_gb,
+        vram_allocated_gb: sample.vram_allocated_gb,
+        power_draw_watts: sample.power_draw_watts,
+        temperature_c: sample.temperature_c,
+        outbound_bytes_per_sec: sample.outbound_bytes_per_sec,
+        inferred_pattern: sample
+            .inferred_pattern
+            .map(|pattern| pattern.as_str().to_owned()),
+        unique_dest_ips: sample.unique_dest_ips,
+        foreign_gpu_processes: sample.foreign_gpu_processes,
+        throttling: sample.throttling,
+        emulated,
+        clamped,
+        at: rfc3339(sample.at_ms),
+    }
 }
 
 /// Applies `input` to a live job, re-reading on a version conflict; `None` when the job ended
@@ -233,7 +258,7 @@ fn fenced(job: &JobRecord) -> ApiError {
 /// `{"status", "error": {"code", "message", "field"}}`, with HTTP 200.
 #[utoipa::path(
     post, path = "/api/telemetry/russian-doll", tag = "agent", request_body = gp4u_proto::TelemetryPacket,
-    responses((status = 200, body = TelemetryReply), (status = 400, body = gp4u_proto::ErrorBody),
+    responses((status = 200, description = "A `TelemetryReply` for one packet; for an array of packets, an array of `TelemetryBatchItem` in the same order", body = TelemetryAnswer), (status = 400, body = gp4u_proto::ErrorBody),
         (status = 403, body = gp4u_proto::ErrorBody), (status = 404, body = gp4u_proto::ErrorBody),
         (status = 409, body = gp4u_proto::ErrorBody), (status = 429, body = gp4u_proto::ErrorBody)),
     security(("bearer" = []))
@@ -243,8 +268,7 @@ pub async fn ingest(
     HotCaller(caller): HotCaller,
     headers: axum::http::HeaderMap,
     body: axum::body::Body,
-) -> ApiResult<axum::response::Response> {
-    use axum::response::IntoResponse as _;
+) -> ApiResult<Json<TelemetryAnswer>> {
     // A node's packets together may exceed the general body limit: up to 256 packets of about
     // 0.5 KiB (with a commitment) each.
     let limit = state.limits.max_body_bytes.max(MAX_TELEMETRY_BODY_BYTES);
@@ -267,19 +291,25 @@ pub async fn ingest(
                     .map(|packet| ingest_one(&state, &caller, packet)),
             )
             .await;
-            let items: Vec<Value> = replies
+            let items = replies
                 .into_iter()
                 .map(|reply| match reply {
-                    Ok(reply) => serde_json::to_value(reply).unwrap_or(Value::Null),
-                    Err(error) => json!({
-                        "status": error.status.as_u16(),
-                        "error": {"code": error.code, "message": error.message, "field": error.field},
-                    }),
+                    Ok(reply) => TelemetryBatchItem::Reply(reply),
+                    Err(error) => TelemetryBatchItem::Refused {
+                        status: error.status.as_u16(),
+                        error: RefusedPacket {
+                            code: error.code.to_owned(),
+                            message: error.message,
+                            field: error.field,
+                        },
+                    },
                 })
                 .collect();
-            Ok(Json(Value::Array(items)).into_response())
+            Ok(Json(TelemetryAnswer::Batch(items)))
         }
-        packet => Ok(Json(ingest_one(&state, &caller, packet).await?).into_response()),
+        packet => Ok(Json(TelemetryAnswer::Single(
+            ingest_one(&state, &caller, packet).await?,
+        ))),
     }
 }
 
@@ -373,13 +403,18 @@ async fn ingest_one(state: &AppState, caller: &Caller, body: Value) -> ApiResult
         }
     };
     let verdicts = evaluate(&window, &state.tutela.settings.rules);
-    let clamped_fields: Vec<String> = clamped.iter().map(|change| change.field.clone()).collect();
+    let clamped_fields: Vec<String> = clamped.into_iter().map(|change| change.field).collect();
     // Cloned for live followers only when someone follows.
     let live_sample = (state.tutela.live.receiver_count() > 0).then(|| sample.clone());
     let row = TelemetryRow {
         job_id: job_id.clone(),
         node_id: node_id.clone(),
-        latest_metrics: metrics_json(&sample, facts.emulated, &clamped_fields),
+        latest_metrics: serde_json::to_value(latest_metrics(
+            &sample,
+            facts.emulated,
+            clamped_fields,
+        ))
+        .map_err(|error| ApiError::internal("latest metrics", error))?,
         sample,
         emulated: facts.emulated,
         commitment,
@@ -622,7 +657,7 @@ async fn record_verdicts(
             threshold: verdict.threshold,
         });
     }
-    let summary = summarize(&job.anomalies, verdicts, now_ms);
+    let summary = summarize(&job.anomalies, verdicts, now_ms)?;
     state
         .store
         .record_anomalies(&job.id, &node, &rows, &summary, &events, now_ms)
@@ -654,7 +689,9 @@ const MAX_SERIES: i64 = 10_000;
 /// `?format=svg`. Values are the clamped ones; `emulated` says whether they were measured.
 #[utoipa::path(
     get, path = "/api/jobs/{id}/telemetry", tag = "jobs", params(("id" = String, Path), SeriesQuery),
-    responses((status = 200, body = Object), (status = 400, body = gp4u_proto::ErrorBody), (status = 404, body = gp4u_proto::ErrorBody)),
+    responses((status = 200, description = "The series (JSON); with `?format=svg` a chart; with `?follow=1` a `text/event-stream` of `sample` events (`TelemetrySampleView` with `at_ms`) and a last `end` event (`TelemetryStreamEnd`)",
+            content((TelemetrySeries = "application/json"), ("image/svg+xml"), ("text/event-stream"))),
+        (status = 400, body = gp4u_proto::ErrorBody), (status = 404, body = gp4u_proto::ErrorBody)),
     security(("bearer" = []))
 )]
 pub async fn job_telemetry(
@@ -700,11 +737,11 @@ pub async fn job_telemetry(
     let samples = state.store.telemetry_series(&job.id, limit).await?;
     let emulated = job.ran_emulated();
     match query.format.as_deref().unwrap_or("json") {
-        "json" => Ok(Json(json!({
-            "job_id": job.id.as_str(),
-            "emulated": emulated,
-            "samples": samples.iter().map(sample_json).collect::<Vec<_>>(),
-        }))
+        "json" => Ok(Json(TelemetrySeries {
+            job_id: job.id.to_string(),
+            emulated,
+            samples: samples.iter().map(sample_view).collect(),
+        })
         .into_response()),
         "svg" => Ok((
             [(axum::http::header::CONTENT_TYPE, "image/svg+xml")],
@@ -719,18 +756,21 @@ pub async fn job_telemetry(
 }
 
 /// One stored sample on the wire (the series route's `samples`).
-fn sample_json(sample: &TelemetrySample) -> Value {
-    json!({
-        "at": rfc3339(sample.at_ms),
-        "gpu_utilization_pct": sample.gpu_utilization_pct,
-        "vram_used_gb": sample.vram_used_gb,
-        "vram_allocated_gb": sample.vram_allocated_gb,
-        "power_draw_watts": sample.power_draw_watts,
-        "temperature_c": sample.temperature_c,
-        "outbound_bytes_per_sec": sample.outbound_bytes_per_sec,
-        "unique_dest_ips": sample.unique_dest_ips,
-        "inferred_pattern": sample.inferred_pattern.map(|pattern| pattern.as_str()),
-    })
+fn sample_view(sample: &TelemetrySample) -> TelemetrySampleView {
+    TelemetrySampleView {
+        at: rfc3339(sample.at_ms),
+        gpu_utilization_pct: sample.gpu_utilization_pct,
+        vram_used_gb: sample.vram_used_gb,
+        vram_allocated_gb: sample.vram_allocated_gb,
+        power_draw_watts: sample.power_draw_watts,
+        temperature_c: sample.temperature_c,
+        outbound_bytes_per_sec: sample.outbound_bytes_per_sec,
+        unique_dest_ips: sample.unique_dest_ips,
+        inferred_pattern: sample
+            .inferred_pattern
+            .map(|pattern| pattern.as_str().to_owned()),
+        at_ms: None,
+    }
 }
 
 /// How often a telemetry follower looks at the job (has it ended?).
@@ -741,12 +781,14 @@ const FOLLOW_SERIES_EVERY: u32 = 5;
 
 /// A `sample` event: the series' sample with `at_ms` (when the server received it).
 fn sample_event(sample: &TelemetrySample) -> Option<axum::response::sse::Event> {
-    let mut value = sample_json(sample);
-    value["at_ms"] = json!(sample.at_ms);
+    let event = TelemetrySampleView {
+        at_ms: Some(sample.at_ms),
+        ..sample_view(sample)
+    };
     axum::response::sse::Event::default()
         .event("sample")
         .id(sample.at_ms.to_string())
-        .json_data(value)
+        .json_data(event)
         .ok()
 }
 
@@ -841,7 +883,7 @@ async fn follow_telemetry(
                 if let Some(job) = ended {
                     if let Ok(event) = axum::response::sse::Event::default()
                         .event("end")
-                        .json_data(json!({"status": job.state.status.as_str()}))
+                        .json_data(TelemetryStreamEnd { status: job.state.status })
                     {
                         let _ = sender.send(Ok(event)).await;
                     }

@@ -590,3 +590,15 @@ pub async fn keyed_node(app: &TestApp, key: &ed25519_dalek::SigningKey) -> Node 
         gpus: vec![reply.body["gpus"][0]["id"].as_str().unwrap().to_string()],
     }
 }
+
+/// The field names of a JSON object, sorted (empty for anything else): what the wire-shape
+/// assertions compare, so that a typed answer is known to carry exactly the fields the
+/// hand-built one did.
+pub fn field_names(value: &Value) -> Vec<String> {
+    let mut names: Vec<String> = value
+        .as_object()
+        .map(|object| object.keys().cloned().collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
