@@ -9,9 +9,9 @@ use std::time::Duration;
 pub use gp4u_client::ClientError;
 use gp4u_proto::{
     AgentStatusReply, AgentStatusReport, AssignmentManifest, LogAppended, OutputStored,
-    PowerLimitBody, PowerLimitsBody, RegisterBody, Registered, TelemetryPacket, TelemetryReply,
+    PowerLimitBody, PowerLimitsBody, RegisterBody, Registered, TelemetryBatchItem, TelemetryPacket,
+    TelemetryReply,
 };
-use serde_json::Value;
 
 use crate::metrics::AgentMetrics;
 
@@ -145,13 +145,13 @@ impl PlatformClient {
             })
     }
 
-    /// Posts several jobs' packets as one JSON array; the answer is returned as it came, to be
-    /// checked by the caller.
+    /// Posts several jobs' packets as one JSON array: one answer item per packet, to be
+    /// counted by the caller.
     pub async fn post_telemetry_batch(
         &self,
         packets: &[&TelemetryPacket],
         timeout: Duration,
-    ) -> Result<Value, ClientError> {
+    ) -> Result<Vec<TelemetryBatchItem>, ClientError> {
         let result = self.client.post_telemetry_batch(packets, timeout).await;
         self.count_telemetry(packets.iter().copied(), &result);
         result

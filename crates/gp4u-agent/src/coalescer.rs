@@ -21,8 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use gp4u_proto::{TelemetryPacket, TelemetryReply};
-use serde_json::Value;
+use gp4u_proto::{TelemetryBatchItem, TelemetryPacket, TelemetryReply};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::client::{ClientError, PlatformClient};
@@ -152,16 +151,24 @@ async fn deliver(client: PlatformClient, batch: Vec<Pending>, arrays: Arc<Atomic
     let packets: Vec<&TelemetryPacket> = batch.iter().map(|pending| &pending.packet).collect();
     let answer = client.post_telemetry_batch(&packets, timeout).await;
     match answer {
-        Ok(Value::Array(items)) if items.len() == batch.len() => {
+        Ok(items) if items.len() == batch.len() => {
             for (pending, item) in batch.into_iter().zip(items) {
-                let result = item_result(&pending.packet.job_id, item);
-                let _ = pending.reply.send(result);
+                let _ = pending.reply.send(item_result(item));
             }
         }
-        Ok(other) => {
+        Ok(items) => {
             tracing::warn!(
-                answer = %truncated(&other),
+                packets = batch.len(),
+                items = items.len(),
                 "the platform's answer to a telemetry array is not one item per packet: posting packets one by one from now on"
+            );
+            arrays.store(false, Ordering::Relaxed);
+            post_singly(&client, batch);
+        }
+        Err(error @ ClientError::Unexpected { .. }) => {
+            tracing::warn!(
+                %error,
+                "the platform's answer to a telemetry array is not an array of items: posting packets one by one from now on"
             );
             arrays.store(false, Ordering::Relaxed);
             post_singly(&client, batch);
@@ -187,35 +194,16 @@ async fn deliver(client: PlatformClient, batch: Vec<Pending>, arrays: Arc<Atomic
     }
 }
 
-fn truncated(value: &Value) -> String {
-    value.to_string().chars().take(200).collect()
-}
-
 /// One item of an array answer, as the answer to a single post of that packet would be.
-fn item_result(job_id: &str, item: Value) -> Result<TelemetryReply, ClientError> {
-    let what = format!("the telemetry of {job_id}");
-    if item.get("kill_job").is_some() {
-        return serde_json::from_value(item).map_err(|error| ClientError::Unexpected {
-            what,
-            detail: error.to_string(),
-        });
-    }
-    #[derive(serde::Deserialize)]
-    struct Refusal {
-        status: u16,
-        error: gp4u_proto::ErrorDetail,
-    }
-    match serde_json::from_value::<Refusal>(item.clone()) {
-        Ok(Refusal { status, error }) => Err(ClientError::Refused {
+fn item_result(item: TelemetryBatchItem) -> Result<TelemetryReply, ClientError> {
+    match item {
+        TelemetryBatchItem::Reply(reply) => Ok(reply),
+        TelemetryBatchItem::Refused { status, error } => Err(ClientError::Refused {
             status,
             code: error.code,
             message: error.message,
             field: error.field,
             retry_after: None,
-        }),
-        Err(_) => Err(ClientError::Unexpected {
-            what,
-            detail: format!("neither a reply nor an error: {}", truncated(&item)),
         }),
     }
 }
@@ -226,42 +214,34 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn item(value: serde_json::Value) -> TelemetryBatchItem {
+        serde_json::from_value(value).unwrap()
+    }
+
     #[test]
     fn items_answer_as_single_posts_would() {
-        let reply = item_result(
-            "job_a",
+        let reply = item_result(item(
             json!({"kill_job": true, "reason": "CANCELLED", "anomalies": [], "status": "FAILED"}),
-        )
+        ))
         .unwrap();
         assert!(reply.kill_job);
         assert_eq!(reply.reason.as_deref(), Some("CANCELLED"));
-        let fenced = item_result(
-            "job_a",
-            json!({"status": 409, "error": {"code": "JOB_ALREADY_TERMINAL", "message": "ended", "field": null}}),
-        )
+        let fenced = item_result(item(json!({"status": 409, "error": {"code": "JOB_ALREADY_TERMINAL", "message": "ended", "field": null}})))
         .unwrap_err();
         assert!(fenced.is_fenced());
         assert_eq!(fenced.code(), Some("JOB_ALREADY_TERMINAL"));
-        let gone = item_result(
-            "job_a",
-            json!({"status": 404, "error": {"code": "JOB_NOT_FOUND", "message": "no job", "field": null}}),
-        )
+        let gone = item_result(item(json!({"status": 404, "error": {"code": "JOB_NOT_FOUND", "message": "no job", "field": null}})))
         .unwrap_err();
         assert!(gone.is_fenced() && !gone.is_route_missing());
-        let limited = item_result(
-            "job_a",
-            json!({"status": 429, "error": {"code": "RATE_LIMITED", "message": "slow down", "field": null}}),
-        )
+        let limited = item_result(item(json!({"status": 429, "error": {"code": "RATE_LIMITED", "message": "slow down", "field": null}})))
         .unwrap_err();
         assert!(limited.is_rate_limited() && !limited.is_fenced());
-        let invalid = item_result(
-            "job_a",
-            json!({"status": 400, "error": {"code": "INVALID_TYPE", "message": "bad", "field": "temperature_c"}}),
-        )
+        let invalid = item_result(item(json!({"status": 400, "error": {"code": "INVALID_TYPE", "message": "bad", "field": "temperature_c"}})))
         .unwrap_err();
         assert_eq!(invalid.status(), Some(400));
         assert!(!invalid.is_fenced() && !invalid.is_transient());
-        let odd = item_result("job_a", json!({"hello": 1})).unwrap_err();
-        assert!(matches!(odd, ClientError::Unexpected { .. }));
+        // An item that is neither does not read: the whole answer is not understood, and the
+        // coalescer falls back to single posts.
+        assert!(serde_json::from_value::<Vec<TelemetryBatchItem>>(json!([{"hello": 1}])).is_err());
     }
 }

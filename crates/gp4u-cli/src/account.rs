@@ -96,27 +96,25 @@ pub async fn energy(client: &Client, scope: Option<&str>, json: bool) -> anyhow:
         render::json(&summary)?;
         return Ok(exit::OK);
     }
-    let total = &summary["total"];
+    let total = &summary.total;
     println!(
         "{}",
         render::fields(&[
-            ("scope", render::value(&summary["scope"])),
-            ("jobs", render::value(&total["jobs"])),
-            ("energy kWh", render::value(&total["energy_kwh"])),
-            ("carbon kg CO2e", render::value(&total["carbon_kg"])),
+            ("scope", summary.scope.as_str().to_string()),
+            ("jobs", total.jobs.to_string()),
+            ("energy kWh", total.energy_kwh.to_string()),
+            ("carbon kg CO2e", total.carbon_kg.to_string()),
             (
                 "renewable kWh (declared)",
-                render::value(&total["renewable_kwh_declared"])
+                total.renewable_kwh_declared.to_string()
             ),
             (
                 "credit-eligible jobs",
-                render::value(&total["credit_eligible_jobs"])
+                total.credit_eligible_jobs.to_string()
             ),
         ])
     );
-    if let Some(basis) = summary["basis"].as_str() {
-        println!("{basis}");
-    }
+    println!("{}", summary.basis);
     Ok(exit::OK)
 }
 

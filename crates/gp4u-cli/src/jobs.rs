@@ -113,17 +113,17 @@ pub async fn run(client: &Client, command: JobsCommand, json: bool) -> anyhow::R
             if json {
                 render::json(&telemetry)?;
             } else {
-                let samples = telemetry["samples"].as_array().cloned().unwrap_or_default();
-                let rows = samples
+                let rows = telemetry
+                    .samples
                     .iter()
                     .map(|sample| {
                         vec![
-                            render::value(&sample["at"]),
-                            render::value(&sample["gpu_utilization_pct"]),
-                            render::value(&sample["vram_used_gb"]),
-                            render::value(&sample["power_draw_watts"]),
-                            render::value(&sample["temperature_c"]),
-                            render::value(&sample["outbound_bytes_per_sec"]),
+                            sample.at.clone(),
+                            sample.gpu_utilization_pct.to_string(),
+                            sample.vram_used_gb.to_string(),
+                            sample.power_draw_watts.to_string(),
+                            sample.temperature_c.to_string(),
+                            sample.outbound_bytes_per_sec.to_string(),
                         ]
                     })
                     .collect();

@@ -1,13 +1,12 @@
 //! The caller's own account: health, balance, statement, energy.
 
-use gp4u_proto::{Balance, Statement};
-use serde_json::Value;
+use gp4u_proto::{Balance, EnergyReport, Health, Statement};
 
 use crate::{Client, ClientResult};
 
 impl Client {
     /// `GET /healthz`: whether the server answers at all.
-    pub async fn health(&self) -> ClientResult<Value> {
+    pub async fn health(&self) -> ClientResult<Health> {
         self.get("the health check", "/healthz").await
     }
 
@@ -22,7 +21,7 @@ impl Client {
     }
 
     /// `GET /api/energy?scope=`: energy and carbon over the caller's jobs, nodes or the platform.
-    pub async fn energy(&self, scope: Option<&str>) -> ClientResult<Value> {
+    pub async fn energy(&self, scope: Option<&str>) -> ClientResult<EnergyReport> {
         let path = match scope {
             Some(scope) => format!("/api/energy?scope={scope}"),
             None => "/api/energy".to_string(),

@@ -11,10 +11,9 @@ use std::time::Duration;
 use gp4u_core::posture::HostPosture;
 use gp4u_proto::{
     AgentStatusReply, AgentStatusReport, AssignmentManifest, JobCommitments, LogAppended,
-    OutputStored, PowerLimitsBody, RegisterBody, Registered, TelemetryPacket, TelemetryReply,
-    VisibilityAnswer, VisibilityVerdict,
+    OutputStored, PowerLimitsBody, RegisterBody, Registered, TelemetryBatchItem, TelemetryPacket,
+    TelemetryReply, VisibilityAnswer, VisibilityVerdict,
 };
-use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt as _;
 
@@ -121,14 +120,15 @@ impl Client {
         .await
     }
 
-    /// `POST /api/telemetry/russian-doll` with several jobs' packets as one array. The answer
-    /// is returned as it came, for the caller to check: a platform that takes arrays answers
-    /// one item per packet, in order (a [`TelemetryReply`] or `{"status", "error"}`).
+    /// `POST /api/telemetry/russian-doll` with several jobs' packets as one array: one item per
+    /// packet, in order (its reply, or the refusal a single post of it would have got). The
+    /// caller checks the count; an answer that is not an array of items (a platform older than
+    /// arrays) is [`ClientError::Unexpected`].
     pub async fn post_telemetry_batch(
         &self,
         packets: &[&TelemetryPacket],
         timeout: Duration,
-    ) -> ClientResult<Value> {
+    ) -> ClientResult<Vec<TelemetryBatchItem>> {
         let url = self.url("/api/telemetry/russian-doll");
         self.json(
             &format!("a telemetry batch of {} packets", packets.len()),

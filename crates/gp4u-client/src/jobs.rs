@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use futures::StreamExt as _;
-use gp4u_proto::{JobAccepted, JobLedger, JobList, JobProofs, JobView, SettlementView};
+use gp4u_proto::{
+    JobAccepted, JobLedger, JobList, JobProofs, JobView, SettlementView, TelemetrySeries,
+};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
@@ -105,7 +107,7 @@ impl Client {
     }
 
     /// `GET /api/jobs/{id}/telemetry`: the stored telemetry, oldest first.
-    pub async fn telemetry(&self, id: &str, limit: Option<u32>) -> ClientResult<Value> {
+    pub async fn telemetry(&self, id: &str, limit: Option<u32>) -> ClientResult<TelemetrySeries> {
         let path = match limit {
             Some(limit) => format!("/api/jobs/{id}/telemetry?limit={limit}"),
             None => format!("/api/jobs/{id}/telemetry"),
