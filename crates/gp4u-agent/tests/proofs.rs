@@ -32,11 +32,10 @@ fn gp4u_bin(test: &str) -> Option<PathBuf> {
         })
         .filter(|path| path.is_file());
     if candidate.is_none() {
-        if std::env::var("CI").is_ok_and(|value| value == "true") {
-            panic!("{test}: no gp4u binary (set GP4U_BIN or build gp4u-cli)");
-        }
-        eprintln!(
-            "GP4U-SERVER-SKIPPED: {test}: no gp4u binary (cargo build -p gp4u-cli, or GP4U_BIN)"
+        support::skip_unless_ci(
+            "GP4U-SERVER-SKIPPED",
+            test,
+            "no gp4u binary (cargo build -p gp4u-cli, or GP4U_BIN)",
         );
     }
     candidate

@@ -9,7 +9,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
@@ -32,22 +31,7 @@ const LOOPBACK_SCAN: &str = "for i in $(seq 1 60); do sleep 600 | nc -l -p $((20
      sleep 600";
 
 fn test_image(test: &str) -> Option<String> {
-    match (
-        std::env::var("GP4U_TEST_IMAGE"),
-        std::env::var("GP4U_TEST_IMAGE_DIGEST"),
-    ) {
-        (Ok(image), Ok(digest)) => Some(format!("{image}@{digest}")),
-        _ => {
-            if std::env::var("CI").is_ok_and(|value| value == "true") {
-                panic!("GP4U_TEST_IMAGE is unset in CI: the Docker suite must run ({test})");
-            }
-            let _ = writeln!(
-                std::io::stderr(),
-                "GP4U-DOCKER-SKIPPED: {test}: GP4U_TEST_IMAGE is unset (scripts/test.sh builds the test images)"
-            );
-            None
-        }
-    }
+    support::test_image(test).map(|image| image.pinned())
 }
 
 /// Containers this test started, removed when it ends (also on failure).

@@ -201,18 +201,9 @@ fn mint_without_a_secret_says_where_to_find_one() {
 /// hardened container and ends as it should; its outputs and logs reach the customer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_runs_a_digest_pinned_job_end_to_end() {
-    use std::io::Write as _;
-    let (Ok(image), Ok(digest)) = (
-        std::env::var("GP4U_TEST_IMAGE"),
-        std::env::var("GP4U_TEST_IMAGE_DIGEST"),
-    ) else {
-        if std::env::var("CI").is_ok_and(|value| value == "true") {
-            panic!("GP4U_TEST_IMAGE is unset in CI: the Docker suite must run");
-        }
-        let _ = writeln!(
-            std::io::stderr(),
-            "GP4U-DOCKER-SKIPPED: an_agent_runs_a_digest_pinned_job_end_to_end: GP4U_TEST_IMAGE is unset"
-        );
+    let Some((image, digest)) =
+        common::docker_image("an_agent_runs_a_digest_pinned_job_end_to_end")
+    else {
         return;
     };
     let db = TestDatabase::create(Engine::Sqlite, "e2e_agent")

@@ -28,8 +28,8 @@
 //! fresh database, and compares the medians: SPEC's goal is that metrics cost at most 3 % of
 //! the accepted submissions per second.
 
+use gp4u_testkit::bench as support;
 use std::collections::BTreeMap;
-mod support;
 
 use support::RUNTIME_THREADS;
 

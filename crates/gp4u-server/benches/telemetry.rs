@@ -24,7 +24,7 @@
 //! one connection into a scratch copy of the table with `COPY … FROM STDIN` and with 400-row
 //! `INSERT … VALUES` statements (one transaction per statement).
 
-mod support;
+use gp4u_testkit::bench as support;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;

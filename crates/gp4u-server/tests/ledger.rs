@@ -207,38 +207,42 @@ async fn anonymous_checkpoint(app: &TestApp) -> Checkpoint {
     open_checkpoint(note, key.trim(), "gp4u.local/obsidian").unwrap()
 }
 
-fn proof_of(reply: &Reply) -> Vec<Hash> {
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-    reply.body["proof"]
-        .as_array()
-        .unwrap()
+/// The hex hashes of a proof.
+fn hashes(proof: &[String]) -> Vec<Hash> {
+    proof
         .iter()
-        .map(|hash| hash_from_hex(hash.as_str().unwrap()).unwrap())
+        .map(|hash| hash_from_hex(hash).unwrap())
         .collect()
 }
 
-/// A witness without a token: the signed checkpoint and its key, every leaf (which rebuild the
-/// signed root), an inclusion proof, and a consistency proof between two checkpoints.
+/// The checkpoint, opened with the key, as a witness reads them: through `gp4u-client`, with
+/// no token.
+async fn witnessed_checkpoint(witness: &gp4u_client::Client) -> Checkpoint {
+    let key = witness.ledger_public_key().await.unwrap();
+    let note = witness.checkpoint().await.unwrap();
+    open_checkpoint(note.into_bytes(), key.trim(), "gp4u.local/obsidian").unwrap()
+}
+
+/// A witness without a token (the typed client over a real socket): the signed checkpoint and
+/// its key, every leaf (which rebuild the signed root), an inclusion proof, and a consistency
+/// proof between two checkpoints.
 async fn anyone_may_witness_the_log(app: TestApp) {
+    let served = app.serve().await;
+    let witness = served.anonymous();
     sealed_job(&app).await;
-    let before = anonymous_checkpoint(&app).await;
+    let before = witnessed_checkpoint(&witness).await;
+    assert_eq!(before, anonymous_checkpoint(&app).await);
     assert!(before.size > 3, "{before:?}");
-    let reply = app
-        .call(
-            Method::GET,
-            &format!("/api/ledger/entries?start=0&end={}", before.size),
-            None,
-            None,
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-    let leaves: Vec<Hash> = reply.body["entries"]
-        .as_array()
-        .unwrap()
+    let entries = witness.ledger_entries(0, before.size).await.unwrap();
+    let leaves: Vec<Hash> = entries
+        .entries
         .iter()
         .map(|entry| {
-            assert!(entry["kind"].as_str().is_some_and(|kind| !kind.is_empty()));
-            hash_from_hex(entry["leaf_hash"].as_str().unwrap()).unwrap()
+            assert!(
+                matches!(entry, gp4u_proto::LedgerEntry::Witnessed(witnessed) if !witnessed.kind.is_empty()),
+                "a witness sees leaves, not bodies: {entry:?}"
+            );
+            hash_from_hex(entry.leaf_hash()).unwrap()
         })
         .collect();
     assert_eq!(
@@ -247,46 +251,29 @@ async fn anyone_may_witness_the_log(app: TestApp) {
         "the served leaves are the signed tree"
     );
     let index = before.size / 2;
-    let reply = app
-        .call(
-            Method::GET,
-            &format!(
-                "/api/ledger/proof/inclusion?index={index}&size={}",
-                before.size
-            ),
-            None,
-            None,
-        )
-        .await;
+    let inclusion = witness.inclusion_proof(index, before.size).await.unwrap();
     let index_usize = usize::try_from(index).unwrap();
     verify_inclusion(
         &leaves[index_usize],
         index,
         before.size,
-        &proof_of(&reply),
+        &hashes(&inclusion.proof),
         &before.root,
     )
     .unwrap();
 
     // The log grows; the witness checks that it only grew.
     sealed_job(&app).await;
-    let after = anonymous_checkpoint(&app).await;
+    let after = witnessed_checkpoint(&witness).await;
     assert!(after.size > before.size);
-    let reply = app
-        .call(
-            Method::GET,
-            &format!(
-                "/api/ledger/proof/consistency?from={}&to={}",
-                before.size, after.size
-            ),
-            None,
-            None,
-        )
-        .await;
+    let consistency = witness
+        .consistency_proof(before.size, after.size)
+        .await
+        .unwrap();
     verify_consistency(
         before.size,
         after.size,
-        &proof_of(&reply),
+        &hashes(&consistency.proof),
         &before.root,
         &after.root,
     )
@@ -302,12 +289,10 @@ async fn anyone_may_witness_the_log(app: TestApp) {
         .await;
     assert_eq!(reply.body["to"], json!(after.size), "{:?}", reply.body);
     // The job's own documents still need a token.
-    let reply = app
-        .call(Method::GET, "/api/jobs/job_x/ledger", None, None)
-        .await;
+    let refused = witness.job_ledger("job_x").await.unwrap_err();
     assert_eq!(
-        (reply.status, reply.code()),
-        (StatusCode::UNAUTHORIZED, "TOKEN_MISSING")
+        (refused.status(), refused.code(), refused.exit_code()),
+        (Some(401), Some("TOKEN_MISSING"), 3)
     );
 }
 

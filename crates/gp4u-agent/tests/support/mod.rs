@@ -4,7 +4,6 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,8 +19,9 @@ use gp4u_proto::{
     AgentStatusReply, AgentStatusReport, AssignmentManifest, LogAppended, OutputStored,
     TelemetryPacket, TelemetryReply,
 };
+#[allow(unused_imports)]
+pub use gp4u_testkit::{TestImage, eventually, sha256_hex, skip_unless_ci, test_image};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 /// What the fake platform saw and what it hands out.
 #[derive(Default)]
@@ -102,13 +102,6 @@ impl Platform {
             .cloned()
             .collect()
     }
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
 }
 
 pub type Shared = Arc<Mutex<Platform>>;
@@ -490,20 +483,6 @@ pub fn container_running(job: &str) -> bool {
     String::from_utf8_lossy(&output.stdout).trim() == "true"
 }
 
-/// Waits until `check` holds, polling every 50 ms, up to `limit`; whether it held.
-pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    loop {
-        if check() {
-            return true;
-        }
-        if started.elapsed() > limit {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Waits until the platform has answered `job` with a stop order (within 30 s) and the job's
 /// process, found by `marker`, is gone (within 20 s more); returns how long after the order.
 pub async fn stopped_after_order(platform: &Shared, job: &str, marker: &str) -> Duration {
@@ -578,38 +557,6 @@ pub fn process_alive(marker: &str) -> bool {
                 .replace('\0', " ")
                 .contains(marker)
         })
-}
-
-/// The busybox test images of `scripts/test-images.sh`.
-pub struct TestImage {
-    pub image: String,
-    pub digest: String,
-    pub other_digest: String,
-}
-
-/// The test images, or `None` (said loudly; a failure in CI) when they are not there.
-pub fn test_image(test: &str) -> Option<TestImage> {
-    match (
-        std::env::var("GP4U_TEST_IMAGE"),
-        std::env::var("GP4U_TEST_IMAGE_DIGEST"),
-        std::env::var("GP4U_TEST_OTHER_DIGEST"),
-    ) {
-        (Ok(image), Ok(digest), Ok(other_digest)) => Some(TestImage {
-            image,
-            digest,
-            other_digest,
-        }),
-        _ => {
-            if std::env::var("CI").is_ok_and(|value| value == "true") {
-                panic!("GP4U_TEST_IMAGE is unset in CI: the Docker suite must run ({test})");
-            }
-            let _ = writeln!(
-                std::io::stderr(),
-                "GP4U-DOCKER-SKIPPED: {test}: GP4U_TEST_IMAGE is unset (scripts/test.sh builds the test images)"
-            );
-            None
-        }
-    }
 }
 
 /// A job running `sh -c command` in the busybox image.

@@ -6,17 +6,11 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+#[allow(unused_imports)]
+pub use gp4u_testkit::{free_port, sha256_hex, skip_unless_ci};
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_gp4u");
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
-}
 
 pub struct Running {
     pub child: Child,
@@ -130,43 +124,10 @@ pub async fn call(
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-/// A service `test` needs is missing (`why`): in CI (`CI=true`) that fails the test; elsewhere
-/// it says so loudly, on a line starting with `marker` (`.ci/run` looks for the markers), and
-/// the caller skips.
-pub fn skip_unless_ci(marker: &str, test: &str, why: &str) {
-    use std::io::Write as _;
-    if std::env::var("CI").is_ok_and(|value| value == "true") {
-        panic!("{why} in CI: {test} must run there");
-    }
-    let _ = writeln!(std::io::stderr(), "{marker}: {test}: {why}");
-}
-
-/// A free port on 127.0.0.1 (bound and released: the process given it binds it at once).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The test image (`GP4U_TEST_IMAGE`, `GP4U_TEST_IMAGE_DIGEST`) from `scripts/test-images.sh`,
 /// or `None` after saying loudly that `test` is skipped (a failure in CI).
 pub fn docker_image(test: &str) -> Option<(String, String)> {
-    match (
-        std::env::var("GP4U_TEST_IMAGE"),
-        std::env::var("GP4U_TEST_IMAGE_DIGEST"),
-    ) {
-        (Ok(image), Ok(digest)) => Some((image, digest)),
-        _ => {
-            skip_unless_ci(
-                "GP4U-DOCKER-SKIPPED",
-                test,
-                "GP4U_TEST_IMAGE is unset (scripts/test-images.sh start)",
-            );
-            None
-        }
-    }
+    gp4u_testkit::test_image(test).map(|image| (image.image, image.digest))
 }
 
 /// Runs the `docker` CLI; its trimmed stdout.

@@ -1,5 +1,4 @@
 //! Helpers shared by the server's load generators (`submit`, `telemetry`).
-#![allow(dead_code)]
 
 use anyhow::{Context, bail};
 use gp4u_store::testing::PG_URL_ENV;
