@@ -73,9 +73,8 @@ async fn the_cli_runs_a_job_end_to_end_without_curl() {
     let data_dir = tempfile::tempdir().unwrap();
     let server = start_server(data_dir.path(), &db.url);
     let base = server.base.clone();
-    let client = reqwest::Client::new();
     // The operator: the bootstrap admin's token (the only one minted from the secret here).
-    let operators = people(&client, &base, data_dir.path(), 1.0).await;
+    let operators = people(&base, data_dir.path(), 1.0).await;
     let admin_home = tempfile::tempdir().unwrap();
     let admin = |args: &[&str]| {
         let mut all = args.to_vec();

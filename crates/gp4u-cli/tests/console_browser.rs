@@ -241,7 +241,7 @@ async fn the_console_in_headless_chromium() {
     let server = start_server_with(data_dir.path(), &db.url, &["--telemetry-interval-s", "1"]);
     let base = server.base.clone();
     let client = reqwest::Client::new();
-    let folks = people(&client, &base, data_dir.path(), 100.0).await;
+    let folks = people(&base, data_dir.path(), 100.0).await;
     let agent_dir = tempfile::tempdir().unwrap();
     let _agent = start_agent(&base, &folks.token_file, agent_dir.path());
 

@@ -9,8 +9,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{BIN, Running, assert_verifies_within, call, mint, sha256_hex, start_server};
+use gp4u_client::Client;
+use gp4u_proto::{GpuBrief, JobStatus, NewUserBody, RegisterBody, RegisterGpuBody};
 use gp4u_store::Engine;
 use gp4u_store::testing::TestDatabase;
+use gp4u_testkit::eventually_async;
 use serde_json::{Value, json};
 
 async fn stage_0_to_1(engine: Engine) {
@@ -20,117 +23,135 @@ async fn stage_0_to_1(engine: Engine) {
     let data_dir = tempfile::tempdir().unwrap();
     let server = start_server(data_dir.path(), &db.url);
     let base = server.base.clone();
-    let client = reqwest::Client::new();
-    use reqwest::Method;
 
-    // The server generated its token secret (mode 0600); the CLI mints with it.
-    let admin = mint(data_dir.path(), "usr_admin", 3);
-    let (status, provider) = call(
-        &client,
-        Method::POST,
-        format!("{base}/api/admin/users"),
-        &admin,
-        Some(json!({"name": "Ada's GPUs", "role": "provider"})),
-    )
-    .await;
-    assert_eq!(status, 201, "{provider}");
-    let (status, customer) = call(
-        &client,
-        Method::POST,
-        format!("{base}/api/admin/users"),
-        &admin,
-        Some(json!({"name": "Grace", "role": "customer", "credit": 100000, "region": "eu-west-1"})),
-    )
-    .await;
-    assert_eq!(status, 201, "{customer}");
-    let provider_token = mint(data_dir.path(), provider["id"].as_str().unwrap(), 2);
-    let customer_token = mint(data_dir.path(), customer["id"].as_str().unwrap(), 1);
+    // The server generated its token secret (mode 0600); the CLI mints with it. Everything
+    // else goes through gp4u-client, as the CLI and the agent speak to the server.
+    let admin = Client::new(&base, Some(&mint(data_dir.path(), "usr_admin", 3))).unwrap();
+    let provider = admin
+        .create_user(&NewUserBody {
+            name: "Ada's GPUs".into(),
+            role: "provider".into(),
+            university: None,
+            region: None,
+            credit: None,
+        })
+        .await
+        .unwrap();
+    let customer = admin
+        .create_user(&NewUserBody {
+            name: "Grace".into(),
+            role: "customer".into(),
+            university: None,
+            region: Some("eu-west-1".into()),
+            credit: Some(100000.0),
+        })
+        .await
+        .unwrap();
+    assert_eq!((provider.clearance, customer.clearance), (2, 1));
+    // The provider's token minted with the secret, the customer's issued by the platform.
+    let provider = Client::new(&base, Some(&mint(data_dir.path(), &provider.id, 2))).unwrap();
+    let issued = admin.issue_token(&customer.id, Some(3600)).await.unwrap();
+    let customer = Client::new(&base, Some(&issued.token)).unwrap();
 
-    let (status, registered) = call(&client, Method::POST, format!("{base}/api/providers/register"), &provider_token,
-        Some(json!({"region": "us-east-1", "public_key": "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=",
-                    "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "power_limit_watts": 450, "uuid": "GPU-5e1c"}]}))).await;
-    assert_eq!(status, 201, "{registered}");
-    let gpu_id = registered["gpus"][0]["id"].as_str().unwrap().to_string();
-    let (status, listing) = call(
-        &client,
-        Method::GET,
-        format!("{base}/api/gpus"),
-        &customer_token,
-        None,
-    )
-    .await;
-    assert_eq!(
-        (status, listing["gpus"][0]["id"].as_str()),
-        (200, Some(gpu_id.as_str()))
-    );
+    let registered = provider
+        .register(&RegisterBody {
+            region: "us-east-1".into(),
+            public_key: "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=".into(),
+            gpus: vec![RegisterGpuBody {
+                name: "RTX 4090".into(),
+                vram_gb: 24.0,
+                price_per_hour: 3.1,
+                uuid: Some("GPU-5e1c".into()),
+                power_limit_watts: 450.0,
+                driver_version: None,
+                emulated: None,
+            }],
+            endpoint: None,
+            renewable_pct: None,
+            posture: None,
+        })
+        .await
+        .unwrap();
+    let gpu_id = registered.gpus[0].id.clone();
+    let listing = customer.gpus().await.unwrap();
+    assert_eq!(listing.gpus[0].id, gpu_id);
 
-    let (status, accepted) = call(&client, Method::POST, format!("{base}/api/jobs"), &customer_token,
-        Some(json!({"name": "BERT fine-tune — medical NLP", "gpuId": gpu_id, "workload_type": "TRAINING",
+    let accepted = customer
+        .submit(
+            &json!({"name": "BERT fine-tune — medical NLP", "gpuId": gpu_id, "workload_type": "TRAINING",
                     "expectedDurationHours": 4.0, "docker_image": "registry.example/org/bert",
                     "docker_image_sha256": format!("sha256:{}", "ab".repeat(32)), "command": ["python", "train.py"],
-                    "env": {"EPOCHS": "3"}, "costEstimate": 0.01}))).await;
-    assert_eq!(status, 201, "{accepted}");
-    assert_eq!(accepted["status"], "PENDING");
-    assert_eq!(accepted["costEstimate"], json!(12.4));
-    assert_eq!(
-        accepted["gpu"],
-        json!({"name": "RTX 4090", "region": "us-east-1"})
-    );
-    let job_id = accepted["id"].as_str().unwrap();
-    // Atlas places it on the only GPU at once.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let url = format!("{base}/api/jobs/{job_id}");
-        let (status, job) = call(&client, Method::GET, url, &customer_token, None).await;
-        assert_eq!(status, 200);
-        if job["status"] == "ASSIGNED" {
-            assert_eq!(job["gpu_id"].as_str(), Some(gpu_id.as_str()));
-            assert!(job["placement"]["score"].as_f64().is_some(), "{job}");
-            break;
-        }
-        assert_eq!(job["status"], "PENDING");
-        assert!(Instant::now() < deadline, "the job was not placed: {job}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    // The relay and the chambers run in the server: the events reach all three.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, chambers) = call(
-            &client,
-            Method::GET,
-            format!("{base}/api/admin/chambers"),
-            &admin,
-            None,
+                    "env": {"EPOCHS": "3"}, "costEstimate": 0.01}),
+            Some("e2e-stage-0-to-1"),
         )
-        .await;
-        assert_eq!(status, 200);
-        // node.registered, job.created, job.assigned.
-        let caught_up = chambers["head"].as_i64() == Some(3)
-            && chambers["chambers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|c| c["lag"] == 0 && c["cursor"] == 3);
-        if caught_up {
-            let mnemo = &chambers["chambers"][0];
-            assert_eq!(
-                mnemo["summary"]["hottest"]["model_region"],
-                "RTX 4090@us-east-1"
-            );
-            let outerim = &chambers["chambers"][2];
-            assert_eq!(
-                outerim["summary"]["underserved_regions"][0]["region"],
-                "eu-west-1"
-            );
-            break;
+        .await
+        .unwrap();
+    assert_eq!(accepted.status, JobStatus::Pending);
+    assert_eq!(accepted.cost_estimate, 12.4);
+    assert_eq!(
+        accepted.gpu,
+        Some(GpuBrief {
+            name: "RTX 4090".into(),
+            region: "us-east-1".into()
+        })
+    );
+    let job_id = accepted.id.as_str();
+    // Atlas places it on the only GPU at once.
+    let placed = eventually_async(Duration::from_secs(10), || async {
+        let job = customer.job(job_id).await.unwrap();
+        if job.status == JobStatus::Pending {
+            return false;
         }
+        assert_eq!(job.status, JobStatus::Assigned);
+        assert_eq!(job.gpu_id.as_deref(), Some(gpu_id.as_str()));
         assert!(
-            Instant::now() < deadline,
-            "chambers did not catch up: {chambers}"
+            job.placement
+                .as_ref()
+                .is_some_and(|placement| placement["score"].as_f64().is_some()),
+            "{job:?}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        true
+    })
+    .await;
+    assert!(placed, "the job was not placed");
+    // The same key again: the same job, not a second one.
+    let again = customer
+        .submit(&json!({"name": "BERT fine-tune — medical NLP", "gpuId": gpu_id, "workload_type": "TRAINING",
+                    "expectedDurationHours": 4.0, "docker_image": "registry.example/org/bert",
+                    "docker_image_sha256": format!("sha256:{}", "ab".repeat(32)), "command": ["python", "train.py"],
+                    "env": {"EPOCHS": "3"}, "costEstimate": 0.01}), Some("e2e-stage-0-to-1"))
+        .await
+        .unwrap();
+    assert_eq!(again.id, accepted.id);
+
+    // The relay and the chambers run in the server: the events reach all three
+    // (node.registered, job.created, job.assigned).
+    let caught_up = eventually_async(Duration::from_secs(10), || async {
+        let chambers = admin.chambers().await.unwrap();
+        if !(chambers.head == 3
+            && chambers
+                .chambers
+                .iter()
+                .all(|chamber| chamber.lag == 0 && chamber.cursor == 3))
+        {
+            return false;
+        }
+        assert_eq!(
+            chambers.chambers[0].summary["hottest"]["model_region"],
+            "RTX 4090@us-east-1"
+        );
+        assert_eq!(
+            chambers.chambers[2].summary["underserved_regions"][0]["region"],
+            "eu-west-1"
+        );
+        true
+    })
+    .await;
+    assert!(
+        caught_up,
+        "chambers did not catch up: {:?}",
+        admin.chambers().await
+    );
 
     // Graceful shutdown on SIGTERM: exit status 0.
     let mut server = server;

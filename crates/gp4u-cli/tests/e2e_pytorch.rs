@@ -54,7 +54,7 @@ async fn a_pytorch_training_job_runs_unchanged() {
     let server = start_server_with(data_dir.path(), &db.url, &["--telemetry-interval-s", "1"]);
     let base = server.base.clone();
     let client = reqwest::Client::new();
-    let people = common::people(&client, &base, data_dir.path(), 1000.0).await;
+    let people = common::people(&base, data_dir.path(), 1000.0).await;
     let customer_token = people.customer.clone();
     let agent_dir = tempfile::tempdir().unwrap();
     let _agent = start_agent(&base, &people.token_file, agent_dir.path());

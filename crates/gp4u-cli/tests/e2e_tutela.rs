@@ -58,7 +58,7 @@ async fn platform(test: &str, flags: &[&str], config: Option<&str>) -> Option<Pl
     let server = start_server_with(data_dir.path(), &db.url, &flags);
     let base = server.base.clone();
     let client = reqwest::Client::new();
-    let people = common::people(&client, &base, data_dir.path(), 100_000.0).await;
+    let people = common::people(&base, data_dir.path(), 100_000.0).await;
     Some(Platform {
         _server: server,
         customer: people.customer,

@@ -132,7 +132,7 @@ async fn prometheus_scrapes_the_server_and_the_agent_and_sees_submissions() {
     );
     let base = server.base.clone();
     let client = reqwest::Client::new();
-    let operators = people(&client, &base, data_dir.path(), 100_000.0).await;
+    let operators = people(&base, data_dir.path(), 100_000.0).await;
     let agent_metrics = format!("127.0.0.1:{}", common::free_port());
     let agent_dir = tempfile::tempdir().unwrap();
     let _agent = start_agent_with(

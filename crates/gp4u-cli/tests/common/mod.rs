@@ -230,36 +230,31 @@ pub struct People {
     pub token_file: std::path::PathBuf,
 }
 
-/// Creates [`People`] through the admin API (tokens minted with the server's secret in
-/// `data_dir`).
-pub async fn people(client: &reqwest::Client, base: &str, data_dir: &Path, credit: f64) -> People {
+/// Creates [`People`] through the admin API with `gp4u-client` (the admin's token minted with
+/// the server's secret in `data_dir`, the others issued by the platform).
+pub async fn people(base: &str, data_dir: &Path, credit: f64) -> People {
     let admin = mint(data_dir, "usr_admin", 3);
-    let (status, provider) = call(
-        client,
-        reqwest::Method::POST,
-        format!("{base}/api/admin/users"),
-        &admin,
-        Some(serde_json::json!({"name": "Ada's GPUs", "role": "provider"})),
-    )
-    .await;
-    assert_eq!(status, 201, "{provider}");
-    let (status, customer) = call(
-        client,
-        reqwest::Method::POST,
-        format!("{base}/api/admin/users"),
-        &admin,
-        Some(serde_json::json!({"name": "Grace", "role": "customer", "credit": credit})),
-    )
-    .await;
-    assert_eq!(status, 201, "{customer}");
+    let client = gp4u_client::Client::new(base, Some(&admin)).unwrap();
+    let user = |name: &str, role: &str, credit: Option<f64>| gp4u_proto::NewUserBody {
+        name: name.into(),
+        role: role.into(),
+        university: None,
+        region: None,
+        credit,
+    };
+    let provider = client
+        .create_user(&user("Ada's GPUs", "provider", None))
+        .await
+        .unwrap();
+    let customer = client
+        .create_user(&user("Grace", "customer", Some(credit)))
+        .await
+        .unwrap();
     let token_file = data_dir.join("provider.token");
-    std::fs::write(
-        &token_file,
-        mint(data_dir, provider["id"].as_str().unwrap(), 2),
-    )
-    .unwrap();
+    let provider_token = client.issue_token(&provider.id, None).await.unwrap().token;
+    std::fs::write(&token_file, provider_token).unwrap();
     People {
-        customer: mint(data_dir, customer["id"].as_str().unwrap(), 1),
+        customer: client.issue_token(&customer.id, None).await.unwrap().token,
         admin,
         token_file,
     }
