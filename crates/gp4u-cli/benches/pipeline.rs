@@ -19,13 +19,17 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use gp4u_client::Client;
+use gp4u_proto::{
+    AgentStatusReport, JobStatus, JobView, NewUserBody, RegisterBody, RegisterGpuBody,
+};
+use serde_json::json;
 
-// The black-box helpers of the tests (start, mint, call), shared rather than copied.
+// The black-box helpers of the tests (start, mint), shared rather than copied.
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{BIN, call, mint};
+use common::{BIN, mint};
 
 struct Killed(Child);
 
@@ -54,39 +58,38 @@ fn arg(name: &str, default: usize) -> usize {
 }
 
 /// The job's view once it ended (COMPLETE or FAILED), polled every 50 ms.
-async fn ended(client: &reqwest::Client, base: &str, admin: &str, job: &str) -> Value {
+async fn ended(admin: &Client, job: &str) -> JobView {
     loop {
-        let (_, view) = call(
-            client,
-            reqwest::Method::GET,
-            format!("{base}/api/jobs/{job}"),
-            admin,
-            None,
-        )
-        .await;
-        if matches!(view["status"].as_str(), Some("COMPLETE" | "FAILED")) {
+        let view = admin.job(job).await.unwrap();
+        if view.status.is_terminal() {
             return view;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-/// A fresh customer's token: 30 submissions per customer per minute, so long runs rotate.
-async fn new_customer(
-    client: &reqwest::Client,
-    base: &str,
-    admin: &str,
-    dir: &std::path::Path,
-) -> String {
-    let (_, user) = call(
-        client,
-        reqwest::Method::POST,
-        format!("{base}/api/admin/users"),
-        admin,
-        Some(json!({"name": "c", "role": "customer", "credit": 100000})),
-    )
-    .await;
-    mint(dir, user["id"].as_str().unwrap(), 1)
+fn new_user(name: &str, role: &str, credit: Option<f64>) -> NewUserBody {
+    NewUserBody {
+        name: name.into(),
+        role: role.into(),
+        university: None,
+        region: None,
+        credit,
+    }
+}
+
+/// A fresh customer: 30 submissions per customer per minute, so long runs rotate.
+async fn new_customer(admin: &Client, dir: &std::path::Path) -> Client {
+    let user = admin
+        .create_user(&new_user("c", "customer", Some(100000.0)))
+        .await
+        .unwrap();
+    speaker(admin.base(), &mint(dir, &user.id, 1))
+}
+
+/// A client of the bench's server as `token`, one attempt per call (a refusal is a finding).
+fn speaker(base: &str, token: &str) -> Client {
+    Client::new(base, Some(token)).unwrap().with_attempts(1)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -171,97 +174,94 @@ async fn main() {
         .trim()
         .trim_start_matches("gp4u server listening on ")
         .to_string();
-    let client = reqwest::Client::new();
-    use reqwest::Method;
-    let admin = mint(dir.path(), "usr_admin", 3);
-    let (_, provider) = call(
-        &client,
-        Method::POST,
-        format!("{base}/api/admin/users"),
-        &admin,
-        Some(json!({"name": "p", "role": "provider"})),
-    )
-    .await;
-    let (_, customer) = call(
-        &client,
-        Method::POST,
-        format!("{base}/api/admin/users"),
-        &admin,
-        Some(json!({"name": "c", "role": "customer", "credit": 100000})),
-    )
-    .await;
-    let provider_token = mint(dir.path(), provider["id"].as_str().unwrap(), 2);
-    let customer_token = mint(dir.path(), customer["id"].as_str().unwrap(), 1);
+    let admin = speaker(&base, &mint(dir.path(), "usr_admin", 3));
+    let provider = admin
+        .create_user(&new_user("p", "provider", None))
+        .await
+        .unwrap();
+    let provider = speaker(&base, &mint(dir.path(), &provider.id, 2));
+    let customer = new_customer(&admin, dir.path()).await;
     println!(
-        "machine: {} cores; gp4u release build; SQLite in a temp dir",
+        "machine: {} cores; gp4u {} build; SQLite in a temp dir",
         std::thread::available_parallelism()
             .map(|n| n.get())
-            .unwrap_or(0)
+            .unwrap_or(0),
+        if cfg!(debug_assertions) {
+            "debug (not a figure to report)"
+        } else {
+            "release"
+        }
     );
 
     // 1. submit → assignment received by a waiting long-poll.
-    let (_, node) = call(&client, Method::POST, format!("{base}/api/providers/register"), &provider_token,
-        Some(json!({"region": "us-east-1", "public_key": "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=",
-                    "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 1.0, "power_limit_watts": 450, "uuid": "GPU-bench"}]}))).await;
-    let node_id = node["node_id"].as_str().unwrap().to_string();
-    let gpu_id = node["gpus"][0]["id"].as_str().unwrap().to_string();
+    let node = provider
+        .register(&RegisterBody {
+            region: "us-east-1".into(),
+            public_key: "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=".into(),
+            gpus: vec![RegisterGpuBody {
+                name: "RTX 4090".into(),
+                vram_gb: 24.0,
+                price_per_hour: 1.0,
+                uuid: Some("GPU-bench".into()),
+                power_limit_watts: 450.0,
+                driver_version: None,
+                emulated: None,
+            }],
+            endpoint: None,
+            renewable_pct: None,
+            posture: None,
+        })
+        .await
+        .unwrap();
+    let node_id = node.node_id.clone();
+    let gpu_id = node.gpus[0].id.clone();
     let body = |gpu: &str, image: &str, digest: &str, command: &str| {
         json!({"name": "bench", "gpuId": gpu, "workload_type": "BATCH",
         "expectedDurationHours": 0.1, "docker_image": image, "docker_image_sha256": digest, "command": ["sh", "-c", command]})
     };
     let mut dispatch = Vec::with_capacity(polls);
-    let mut customers = vec![customer_token.clone()];
+    let mut customers = vec![customer.clone()];
     for n in 0..polls {
         // 30 submissions per customer per minute: spread the load over fresh customers.
         if n > 0 && n % 25 == 0 {
-            customers.push(new_customer(&client, &base, &admin, dir.path()).await);
+            customers.push(new_customer(&admin, dir.path()).await);
         }
         let poll = {
-            let client = client.clone();
-            let url = format!("{base}/api/agent/assignments?node_id={node_id}&wait=25");
-            let token = provider_token.clone();
+            let provider = provider.clone();
+            let node_id = node_id.clone();
             tokio::spawn(async move {
-                let response = client.get(url).bearer_auth(token).send().await.unwrap();
-                let received = Instant::now();
-                (
-                    response.status().as_u16(),
-                    response.json::<Value>().await.unwrap_or(Value::Null),
-                    received,
-                )
+                let manifest = provider.next_assignment(&node_id, 25).await;
+                (manifest, Instant::now())
             })
         };
         tokio::time::sleep(Duration::from_millis(30)).await;
         let submitted = Instant::now();
-        let (status, accepted) = call(
-            &client,
-            Method::POST,
-            format!("{base}/api/jobs"),
-            customers.last().unwrap(),
-            Some(body(
-                &gpu_id,
-                "registry.example/bench",
-                &"ab".repeat(32),
-                "true",
-            )),
-        )
-        .await;
-        assert_eq!(status, 201, "{accepted}");
-        let (status, manifest, received) = poll.await.unwrap();
-        assert_eq!(status, 200, "the poll did not get the job");
-        dispatch.push(received.duration_since(submitted).as_secs_f64() * 1000.0);
-        let job = manifest["job_id"].as_str().unwrap();
-        for report in [
-            json!({"node_id": node_id, "status": "running"}),
-            json!({"node_id": node_id, "status": "exited", "exit_code": 0}),
-        ] {
-            call(
-                &client,
-                Method::POST,
-                format!("{base}/api/agent/jobs/{job}/status"),
-                &provider_token,
-                Some(report),
+        customers
+            .last()
+            .unwrap()
+            .submit(
+                &body(&gpu_id, "registry.example/bench", &"ab".repeat(32), "true"),
+                None,
             )
-            .await;
+            .await
+            .unwrap();
+        let (manifest, received) = poll.await.unwrap();
+        let manifest = manifest.unwrap().expect("the poll did not get the job");
+        dispatch.push(received.duration_since(submitted).as_secs_f64() * 1000.0);
+        for (status, exit_code) in [("running", None), ("exited", Some(0))] {
+            provider
+                .report(
+                    &manifest.job_id,
+                    &AgentStatusReport {
+                        node_id: node_id.clone(),
+                        status: status.into(),
+                        exit_code,
+                        reason: None,
+                        message: None,
+                    },
+                )
+                .await
+                .unwrap();
         }
     }
     let (_, dispatch_p99) = summary("submit_to_assignment_received", dispatch);
@@ -285,15 +285,11 @@ async fn main() {
         return;
     };
     let agent_provider = {
-        let (_, user) = call(
-            &client,
-            Method::POST,
-            format!("{base}/api/admin/users"),
-            &admin,
-            Some(json!({"name": "a", "role": "provider"})),
-        )
-        .await;
-        mint(dir.path(), user["id"].as_str().unwrap(), 2)
+        let user = admin
+            .create_user(&new_user("a", "provider", None))
+            .await
+            .unwrap();
+        mint(dir.path(), &user.id, 2)
     };
     let token_file = dir.path().join("agent.token");
     std::fs::write(&token_file, agent_provider).unwrap();
@@ -324,21 +320,9 @@ async fn main() {
     let _unmount = Unmount(agent_dir.clone());
     let _agent = Killed(agent);
     let agent_gpu = loop {
-        let (_, listing) = call(
-            &client,
-            Method::GET,
-            format!("{base}/api/gpus"),
-            &customer_token,
-            None,
-        )
-        .await;
-        if let Some(gpu) = listing["gpus"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|gpu| gpu["region"] == "eu-west-1")
-        {
-            break gpu["id"].as_str().unwrap().to_string();
+        let listing = customer.gpus().await.unwrap();
+        if let Some(gpu) = listing.gpus.iter().find(|gpu| gpu.region == "eu-west-1") {
+            break gpu.id.clone();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -353,23 +337,19 @@ async fn main() {
     let mut starts_ms = Vec::new();
     for n in 0..=starts {
         if n % 25 == 0 {
-            customers.push(new_customer(&client, &base, &admin, dir.path()).await);
+            customers.push(new_customer(&admin, dir.path()).await);
         }
-        let (status, accepted) = call(
-            &client,
-            Method::POST,
-            format!("{base}/api/jobs"),
-            customers.last().unwrap(),
-            Some(body(&agent_gpu, &image, &digest, "sleep 0.2")),
-        )
-        .await;
-        assert_eq!(status, 201, "{accepted}");
-        let job = accepted["id"].as_str().unwrap().to_string();
-        let finished = ended(&client, &base, &admin, &job).await;
-        assert_eq!(finished["status"], "COMPLETE", "{finished}");
+        let accepted = customers
+            .last()
+            .unwrap()
+            .submit(&body(&agent_gpu, &image, &digest, "sleep 0.2"), None)
+            .await
+            .unwrap();
+        let finished = ended(&admin, &accepted.id).await;
+        assert_eq!(finished.status, JobStatus::Complete, "{finished:?}");
         // Server-side timestamps: accepted at created_at, RUNNING at the agent's start report.
-        let started = rfc3339_ms(finished["started_at"].as_str().unwrap())
-            - rfc3339_ms(finished["created_at"].as_str().unwrap());
+        let started =
+            rfc3339_ms(finished.started_at.as_deref().unwrap()) - rfc3339_ms(&finished.created_at);
         if n == 0 {
             println!(
                 "first job (pulls the image unless Docker already has it): submit → running {started:.0} ms"
@@ -400,35 +380,29 @@ async fn main() {
     let mut kill_ms = Vec::with_capacity(kills);
     for n in 0..kills {
         if n % 25 == 0 {
-            customers.push(new_customer(&client, &base, &admin, dir.path()).await);
+            customers.push(new_customer(&admin, dir.path()).await);
         }
-        let (status, accepted) = call(
-            &client,
-            Method::POST,
-            format!("{base}/api/jobs"),
-            customers.last().unwrap(),
-            Some(body(&agent_gpu, &image, &digest, scanner)),
-        )
-        .await;
-        assert_eq!(status, 201, "{accepted}");
-        let job = accepted["id"].as_str().unwrap().to_string();
+        let accepted = customers
+            .last()
+            .unwrap()
+            .submit(&body(&agent_gpu, &image, &digest, scanner), None)
+            .await
+            .unwrap();
+        let job = accepted.id;
         let deadline = Instant::now() + Duration::from_secs(60);
         let failed_at = loop {
-            let (_, view) = call(
-                &client,
-                Method::GET,
-                format!("{base}/api/jobs/{job}"),
-                &admin,
-                None,
-            )
-            .await;
-            if view["status"] == "FAILED" {
-                assert_eq!(view["failure_reason"], "KILLED_ANOMALY", "{view}");
+            let view = admin.job(&job).await.unwrap();
+            if view.status == JobStatus::Failed {
+                assert_eq!(
+                    view.failure_reason,
+                    Some(gp4u_proto::FailureReason::KilledAnomaly),
+                    "{view:?}"
+                );
                 break Instant::now();
             }
             assert!(
                 Instant::now() < deadline,
-                "the scanner was not killed: {view}"
+                "the scanner was not killed: {view:?}"
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
@@ -522,28 +496,25 @@ async fn main() {
         assert!(status.success(), "the PyTorch job failed when run by hand");
         // Through GP4U: submit → COMPLETE, seen by the customer polling every 50 ms.
         if n % 25 == 0 {
-            customers.push(new_customer(&client, &base, &admin, dir.path()).await);
+            customers.push(new_customer(&admin, dir.path()).await);
         }
         let submitted = Instant::now();
-        let (status, accepted) = call(
-            &client,
-            Method::POST,
-            format!("{base}/api/jobs"),
-            customers.last().unwrap(),
-            Some(
-                json!({"name": "pytorch", "gpuId": agent_gpu, "workload_type": "TRAINING",
+        let accepted = customers
+            .last()
+            .unwrap()
+            .submit(
+                &json!({"name": "pytorch", "gpuId": agent_gpu, "workload_type": "TRAINING",
                 "expectedDurationHours": 0.1, "docker_image": torch_image,
                 "docker_image_sha256": torch_digest, "ram_limit_gb": 4}),
-            ),
-        )
-        .await;
-        assert_eq!(status, 201, "{accepted}");
-        let job = accepted["id"].as_str().unwrap().to_string();
-        let finished = ended(&client, &base, &admin, &job).await;
+                None,
+            )
+            .await
+            .unwrap();
+        let finished = ended(&admin, &accepted.id).await;
         let gp4u_ms = submitted.elapsed().as_secs_f64() * 1000.0;
-        assert_eq!(finished["status"], "COMPLETE", "{finished}");
-        let ran = rfc3339_ms(finished["ended_at"].as_str().unwrap())
-            - rfc3339_ms(finished["started_at"].as_str().unwrap());
+        assert_eq!(finished.status, JobStatus::Complete, "{finished:?}");
+        let ran = rfc3339_ms(finished.ended_at.as_deref().unwrap())
+            - rfc3339_ms(finished.started_at.as_deref().unwrap());
         if n == 0 {
             println!(
                 "first PyTorch run (warms caches): by hand {hand_ms:.0} ms, through GP4U {gp4u_ms:.0} ms"
