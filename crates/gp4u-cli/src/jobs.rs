@@ -224,22 +224,18 @@ pub fn describe(job: &JobView) -> String {
                 _ => "-".into(),
             },
         ),
-        (
-            "anomalies",
-            job.anomalies
-                .as_array()
-                .map(|list| {
-                    if list.is_empty() {
-                        "none".to_string()
-                    } else {
-                        list.iter()
-                            .map(|anomaly| render::value(&anomaly["rule"]))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    }
-                })
-                .unwrap_or_default(),
-        ),
+        ("anomalies", {
+            let rules: Vec<String> = job
+                .anomaly_summary()
+                .into_iter()
+                .map(|anomaly| format!("{} ×{}", anomaly.rule, anomaly.count))
+                .collect();
+            if rules.is_empty() {
+                "none".to_string()
+            } else {
+                rules.join(", ")
+            }
+        }),
         (
             "outputs",
             match (&job.output_sha256, job.output_bytes) {

@@ -261,11 +261,10 @@ pub fn status_line(job: &JobView) -> String {
     let elapsed = elapsed_s(job);
     let declared = job.expected_duration_hours * 3600.0;
     let mut line = format!("{} {} / {}", job.status, clock(elapsed), clock(declared));
-    if let Some(metrics) = &job.latest_metrics {
+    if let Some(metrics) = job.metrics() {
         line.push_str(&format!(
-            " · GPU {}% · {} W",
-            render::value(&metrics["gpu_utilization_pct"]),
-            render::value(&metrics["power_draw_watts"])
+            " · GPU {:.0}% · {:.0} W",
+            metrics.gpu_utilization_pct, metrics.power_draw_watts
         ));
     }
     let cost = job.price_per_hour * elapsed / 3600.0;
@@ -570,7 +569,11 @@ mod tests {
             "docker_image_sha256": "ab", "max_retries": 1, "ram_limit_gb": 16.0, "shm_gb": 8.0,
             "scratch_gb": 20.0, "network": "public", "created_at": "2026-12-03T10:00:00Z",
             "started_at": "2026-12-03T10:00:00Z", "ended_at": "2026-12-03T10:01:40Z",
-            "exit_code": null, "latest_metrics": {"gpu_utilization_pct": 87.0, "power_draw_watts": 250.0},
+            "exit_code": null, "latest_metrics": {"gpu_utilization_pct": 87.0, "power_draw_watts": 250.0,
+                "vram_used_gb": 10.0, "vram_allocated_gb": 12.0, "temperature_c": 60.0,
+                "outbound_bytes_per_sec": 0.0, "inferred_pattern": "TRAINING", "unique_dest_ips": 0,
+                "foreign_gpu_processes": 0, "throttling": false, "emulated": false, "clamped": [],
+                "at": "2026-12-03T10:01:40Z"},
             "anomalies": [], "energy_kwh": null, "carbon_kg": null, "renewable_pct": null,
             "inputs": [], "output_sha256": null, "output_bytes": null, "log_bytes": 0,
             "log_truncated": false
@@ -578,7 +581,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             status_line(&job),
-            "RUNNING 0:01:40 / 0:30:00 · GPU 87.0% · 250.0 W · cost so far 0.10"
+            "RUNNING 0:01:40 / 0:30:00 · GPU 87% · 250 W · cost so far 0.10"
         );
         job.latest_metrics = None;
         assert!(!status_line(&job).contains("GPU"));

@@ -517,18 +517,14 @@ async fn follow(
         if view.started_at.is_some() {
             once("running", view.status.to_string(), &mut seen);
         }
-        if let Some(metrics) = &view.latest_metrics {
+        if let Some(metrics) = view.metrics() {
             once(
                 "telemetry",
                 format!(
-                    "GPU {}%, {} W{}",
-                    render::number(&metrics["gpu_utilization_pct"], 0),
-                    render::number(&metrics["power_draw_watts"], 0),
-                    if metrics["emulated"] == true {
-                        " (emulated)"
-                    } else {
-                        ""
-                    }
+                    "GPU {:.0}%, {:.0} W{}",
+                    metrics.gpu_utilization_pct,
+                    metrics.power_draw_watts,
+                    if metrics.emulated { " (emulated)" } else { "" }
                 ),
                 &mut seen,
             );
@@ -549,14 +545,10 @@ async fn follow(
         ),
         (JobStatus::Failed, Some(FailureReason::KilledAnomaly)) => {
             let rules: Vec<String> = view
-                .anomalies
-                .as_array()
-                .map(|list| {
-                    list.iter()
-                        .map(|anomaly| render::value(&anomaly["rule"]))
-                        .collect()
-                })
-                .unwrap_or_default();
+                .anomaly_summary()
+                .into_iter()
+                .map(|anomaly| anomaly.rule)
+                .collect();
             once(
                 "killed",
                 format!(
