@@ -19,6 +19,7 @@ use tokio::io::AsyncWriteExt as _;
 
 use crate::error::{io_error, refusal};
 use crate::{Client, ClientError, ClientResult, DEFAULT_TIMEOUT, Resend, SHA256_HEADER};
+use gp4u_proto::paths;
 
 /// The longest an output upload may take.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -26,13 +27,13 @@ const UPLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
 impl Client {
     /// `POST /api/providers/register`: the node, its GPUs and the platform's public key.
     pub async fn register(&self, body: &RegisterBody) -> ClientResult<Registered> {
-        self.post("node registration", "/api/providers/register", body)
+        self.post("node registration", paths::PROVIDERS_REGISTER, body)
             .await
     }
 
     /// `PUT /api/providers/{node_id}/posture`: the host's posture, at every start.
     pub async fn set_posture(&self, node_id: &str, posture: &HostPosture) -> ClientResult<()> {
-        let url = self.url(&format!("/api/providers/{node_id}/posture"));
+        let url = self.url(&paths::provider_posture(node_id));
         self.send("the host posture", Resend::Safe, || {
             self.http.put(&url).json(posture).timeout(DEFAULT_TIMEOUT)
         })
@@ -42,7 +43,7 @@ impl Client {
 
     /// `PUT /api/providers/{node_id}/energy`: the node's declared renewable share.
     pub async fn set_renewable(&self, node_id: &str, renewable_pct: f64) -> ClientResult<()> {
-        let url = self.url(&format!("/api/providers/{node_id}/energy"));
+        let url = self.url(&paths::provider_energy(node_id));
         let body = gp4u_proto::RenewableBody { renewable_pct };
         self.send("the renewable share", Resend::Safe, || {
             self.http.put(&url).json(&body).timeout(DEFAULT_TIMEOUT)
@@ -58,7 +59,7 @@ impl Client {
         node_id: &str,
         body: &PowerLimitsBody,
     ) -> ClientResult<()> {
-        let url = self.url(&format!("/api/providers/{node_id}/power-limits"));
+        let url = self.url(&paths::provider_power_limits(node_id));
         self.send("the GPUs' power limits", Resend::Safe, || {
             self.http.put(&url).json(body).timeout(DEFAULT_TIMEOUT)
         })
@@ -74,7 +75,7 @@ impl Client {
         wait_s: u64,
     ) -> ClientResult<Option<AssignmentManifest>> {
         let what = "the assignment poll";
-        let url = self.url("/api/agent/assignments");
+        let url = self.url(paths::AGENT_ASSIGNMENTS);
         let wait = wait_s.to_string();
         let response = self
             .send(what, Resend::Safe, || {
@@ -98,7 +99,7 @@ impl Client {
     ) -> ClientResult<AgentStatusReply> {
         self.post(
             &format!("the status report on {job_id}"),
-            &format!("/api/agent/jobs/{job_id}/status"),
+            &paths::agent_job_status(job_id),
             report,
         )
         .await
@@ -111,7 +112,7 @@ impl Client {
         packet: &TelemetryPacket,
         timeout: Duration,
     ) -> ClientResult<TelemetryReply> {
-        let url = self.url("/api/telemetry/russian-doll");
+        let url = self.url(paths::TELEMETRY);
         self.json(
             &format!("the telemetry of {}", packet.job_id),
             Resend::Never,
@@ -129,7 +130,7 @@ impl Client {
         packets: &[&TelemetryPacket],
         timeout: Duration,
     ) -> ClientResult<Vec<TelemetryBatchItem>> {
-        let url = self.url("/api/telemetry/russian-doll");
+        let url = self.url(paths::TELEMETRY);
         self.json(
             &format!("a telemetry batch of {} packets", packets.len()),
             Resend::Never,
@@ -145,7 +146,7 @@ impl Client {
     ) -> ClientResult<VisibilityVerdict> {
         self.post(
             &format!("the answer to challenge {}", answer.nonce),
-            "/api/agent/visibility",
+            paths::AGENT_VISIBILITY,
             answer,
         )
         .await
@@ -158,7 +159,7 @@ impl Client {
         job_id: &str,
         node_id: &str,
     ) -> ClientResult<JobCommitments> {
-        let url = self.url(&format!("/api/agent/jobs/{job_id}/commitments"));
+        let url = self.url(&paths::agent_job_commitments(job_id));
         self.json(
             &format!("the stored commitments of {job_id}"),
             Resend::Safe,
@@ -176,7 +177,7 @@ impl Client {
     /// agent keeps it on disk until it is accepted): the HTTP status on success. A refusal
     /// carries the server's `Retry-After` ([`ClientError::retry_after`]).
     pub async fn submit_proof(&self, node_id: &str, body: &str) -> ClientResult<u16> {
-        let url = self.url(&format!("/api/providers/{node_id}/zk-proofs"));
+        let url = self.url(&paths::provider_proofs(node_id));
         let response = self
             .send("a proof submission", Resend::Never, || {
                 self.http
@@ -200,7 +201,7 @@ impl Client {
         dest: &Path,
     ) -> ClientResult<String> {
         let what = format!("the download of input {artifact_id} of {job_id}");
-        let url = self.url(&format!("/api/agent/jobs/{job_id}/inputs/{artifact_id}"));
+        let url = self.url(&paths::agent_job_input(job_id, artifact_id));
         let mut response = self
             .send(&what, Resend::Safe, || {
                 self.http.get(&url).query(&[("node_id", node_id)])
@@ -239,7 +240,7 @@ impl Client {
         let what = format!("the output upload of {job_id}");
         let file = tokio::fs::File::open(path).await.map_err(io_error(path))?;
         let length = file.metadata().await.map_err(io_error(path))?.len();
-        let url = self.url(&format!("/api/agent/jobs/{job_id}/outputs"));
+        let url = self.url(&paths::agent_job_outputs(job_id));
         // A file body streams once: this request is not sent again.
         let request = self
             .http
@@ -272,7 +273,7 @@ impl Client {
         node_id: &str,
         chunk: Vec<u8>,
     ) -> ClientResult<LogAppended> {
-        let url = self.url(&format!("/api/agent/jobs/{job_id}/logs"));
+        let url = self.url(&paths::agent_job_logs(job_id));
         let chunk = bytes::Bytes::from(chunk);
         self.json(&format!("a log chunk of {job_id}"), Resend::Never, || {
             self.http

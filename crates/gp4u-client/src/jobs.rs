@@ -13,6 +13,7 @@ use sha2::{Digest as _, Sha256};
 use crate::error::io_error;
 use crate::sse::sse_data;
 use crate::{Client, ClientError, ClientResult, DEFAULT_TIMEOUT, Resend};
+use gp4u_proto::paths;
 
 impl Client {
     /// `POST /api/jobs`: submits a job (the body as SPEC §3 writes it). With an
@@ -22,7 +23,7 @@ impl Client {
         body: &Value,
         idempotency_key: Option<&str>,
     ) -> ClientResult<JobAccepted> {
-        let url = self.url("/api/jobs");
+        let url = self.url(paths::JOBS);
         let resend = if idempotency_key.is_some() {
             Resend::Safe
         } else {
@@ -39,14 +40,13 @@ impl Client {
     }
 
     pub async fn job(&self, id: &str) -> ClientResult<JobView> {
-        self.get(&format!("job {id}"), &format!("/api/jobs/{id}"))
-            .await
+        self.get(&format!("job {id}"), &paths::job(id)).await
     }
 
     pub async fn jobs(&self, limit: Option<u32>) -> ClientResult<JobList> {
         let path = match limit {
-            Some(limit) => format!("/api/jobs?limit={limit}"),
-            None => "/api/jobs".to_string(),
+            Some(limit) => format!("{}?limit={limit}", paths::JOBS),
+            None => paths::JOBS.to_string(),
         };
         self.get("the job list", &path).await
     }
@@ -54,7 +54,7 @@ impl Client {
     pub async fn cancel(&self, id: &str) -> ClientResult<JobView> {
         self.post(
             &format!("the cancellation of {id}"),
-            &format!("/api/jobs/{id}/cancel"),
+            &paths::job_cancel(id),
             &(),
         )
         .await
@@ -62,7 +62,7 @@ impl Client {
 
     /// The job's stdout and stderr so far.
     pub async fn logs(&self, id: &str) -> ClientResult<String> {
-        let url = self.url(&format!("/api/jobs/{id}/logs"));
+        let url = self.url(&paths::job_logs(id));
         let response = self
             .send(&format!("the logs of {id}"), Resend::Safe, || {
                 self.http.get(&url).timeout(DEFAULT_TIMEOUT)
@@ -80,7 +80,7 @@ impl Client {
     /// Follows the job's logs (server-sent events, `?follow=1`) until the job ends, handing
     /// each chunk of text to `sink` as it arrives.
     pub async fn follow_logs(&self, id: &str, mut sink: impl FnMut(&str)) -> ClientResult<()> {
-        let url = self.url(&format!("/api/jobs/{id}/logs?follow=1"));
+        let url = self.url(&format!("{}?follow=1", paths::job_logs(id)));
         let response = self
             .send(&format!("the logs of {id}"), Resend::Safe, || {
                 self.http.get(&url).header("accept", "text/event-stream")
@@ -109,8 +109,8 @@ impl Client {
     /// `GET /api/jobs/{id}/telemetry`: the stored telemetry, oldest first.
     pub async fn telemetry(&self, id: &str, limit: Option<u32>) -> ClientResult<TelemetrySeries> {
         let path = match limit {
-            Some(limit) => format!("/api/jobs/{id}/telemetry?limit={limit}"),
-            None => format!("/api/jobs/{id}/telemetry"),
+            Some(limit) => format!("{}?limit={limit}", paths::job_telemetry(id)),
+            None => paths::job_telemetry(id),
         };
         self.get(&format!("the telemetry of {id}"), &path).await
     }
@@ -119,17 +119,14 @@ impl Client {
     pub async fn settlement(&self, id: &str) -> ClientResult<SettlementView> {
         self.get(
             &format!("the settlement of {id}"),
-            &format!("/api/jobs/{id}/settlement"),
+            &paths::job_settlement(id),
         )
         .await
     }
 
     pub async fn proofs(&self, id: &str) -> ClientResult<JobProofs> {
-        self.get(
-            &format!("the proofs of {id}"),
-            &format!("/api/jobs/{id}/proofs"),
-        )
-        .await
+        self.get(&format!("the proofs of {id}"), &paths::job_proofs(id))
+            .await
     }
 
     /// Downloads the job's `/output` archive to `path`, checking it against the SHA-256 the
@@ -142,7 +139,7 @@ impl Client {
         mut progress: impl FnMut(u64, Option<u64>),
     ) -> ClientResult<(String, u64)> {
         use tokio::io::AsyncWriteExt as _;
-        let url = self.url(&format!("/api/jobs/{id}/outputs"));
+        let url = self.url(&paths::job_outputs(id));
         let response = self
             .send(&format!("the outputs of {id}"), Resend::Safe, || {
                 self.http.get(&url)
@@ -199,7 +196,7 @@ impl Client {
     pub async fn job_ledger(&self, id: &str) -> ClientResult<JobLedger> {
         self.get(
             &format!("the ledger entries of {id}"),
-            &format!("/api/jobs/{id}/ledger"),
+            &paths::job_ledger(id),
         )
         .await
     }

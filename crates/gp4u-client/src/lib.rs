@@ -262,7 +262,7 @@ mod tests {
         let counter = calls.clone();
         let app = axum::Router::new()
             .route(
-                "/api/jobs/{id}",
+                gp4u_proto::paths::JOB,
                 axum::routing::get(move || {
                     let counter = counter.clone();
                     async move {

@@ -7,10 +7,11 @@ use gp4u_proto::{ArtifactCreated, GpuList};
 
 use crate::error::{describe, io_error, refusal};
 use crate::{Client, ClientError, ClientResult};
+use gp4u_proto::paths;
 
 impl Client {
     pub async fn gpus(&self) -> ClientResult<GpuList> {
-        self.get("the GPU listing", "/api/gpus").await
+        self.get("the GPU listing", paths::GPUS).await
     }
 
     /// Uploads a job input (`POST /api/artifacts`), streaming the file; `progress` hears the
@@ -34,7 +35,7 @@ impl Client {
         });
         let request = self
             .http
-            .post(self.url("/api/artifacts"))
+            .post(self.url(paths::ARTIFACTS))
             .header("content-length", total)
             .body(reqwest::Body::wrap_stream(stream));
         let response =

@@ -9,6 +9,7 @@ mod energy;
 mod errors;
 mod ledger;
 mod logs;
+pub mod paths;
 mod proofs;
 mod telemetry;
 mod veritas;

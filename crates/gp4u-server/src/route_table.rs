@@ -15,6 +15,7 @@ use crate::routes::{
 };
 use crate::state::AppState;
 use crate::{console, openapi};
+use gp4u_proto::paths;
 
 /// A group of routes under one set of layers, and the (method, full path) of each.
 pub struct Routes {
@@ -75,32 +76,20 @@ impl Routes {
 /// Operators' routes: behind a valid token whose clearance is an admin's.
 pub fn admin_routes() -> Routes {
     Routes::new()
-        .add(Method::POST, "/api/admin/users", admin::create_user)
-        .add(Method::GET, "/api/admin/users", admin::list_users)
+        .add(Method::POST, paths::ADMIN_USERS, admin::create_user)
+        .add(Method::GET, paths::ADMIN_USERS, admin::list_users)
+        .add(Method::POST, paths::ADMIN_USER_SUSPEND, admin::suspend_user)
         .add(
             Method::POST,
-            "/api/admin/users/{id}/suspend",
-            admin::suspend_user,
-        )
-        .add(
-            Method::POST,
-            "/api/admin/users/{id}/activate",
+            paths::ADMIN_USER_ACTIVATE,
             admin::activate_user,
         )
-        .add(
-            Method::POST,
-            "/api/admin/users/{id}/credits",
-            admin::add_credits,
-        )
-        .add(
-            Method::POST,
-            "/api/admin/users/{id}/tokens",
-            admin::issue_token,
-        )
-        .add(Method::GET, "/api/admin/chambers", admin::chambers)
+        .add(Method::POST, paths::ADMIN_USER_CREDITS, admin::add_credits)
+        .add(Method::POST, paths::ADMIN_USER_TOKENS, admin::issue_token)
+        .add(Method::GET, paths::ADMIN_CHAMBERS, admin::chambers)
         .add(
             Method::PUT,
-            "/api/admin/grid-factors/{region}",
+            paths::ADMIN_GRID_FACTOR,
             billing::set_grid_factor,
         )
 }
@@ -109,124 +98,84 @@ pub fn admin_routes() -> Routes {
 /// everywhere and lets its owner (or an admin) read entry bodies.
 pub fn public_log_routes() -> Routes {
     Routes::new()
-        .add(Method::GET, "/api/ledger/checkpoint", ledger::checkpoint)
-        .add(Method::GET, "/api/ledger/public-key", ledger::public_key)
-        .add(Method::GET, "/api/ledger/entries", ledger::entries)
-        .add(
-            Method::GET,
-            "/api/ledger/proof/inclusion",
-            ledger::inclusion,
-        )
-        .add(
-            Method::GET,
-            "/api/ledger/proof/consistency",
-            ledger::consistency,
-        )
+        .add(Method::GET, paths::LEDGER_CHECKPOINT, ledger::checkpoint)
+        .add(Method::GET, paths::LEDGER_PUBLIC_KEY, ledger::public_key)
+        .add(Method::GET, paths::LEDGER_ENTRIES, ledger::entries)
+        .add(Method::GET, paths::LEDGER_INCLUSION, ledger::inclusion)
+        .add(Method::GET, paths::LEDGER_CONSISTENCY, ledger::consistency)
 }
 
 /// Everything a customer, provider or agent calls with a valid token.
 pub fn authenticated_routes() -> Routes {
     Routes::new()
-        .add(Method::POST, "/api/jobs", jobs::submit_job)
-        .add(Method::GET, "/api/jobs", jobs::list_jobs)
-        .add(Method::GET, "/api/jobs/{id}", jobs::get_job)
-        .add(Method::POST, "/api/jobs/{id}/cancel", jobs::cancel_job)
-        .add(
-            Method::GET,
-            "/api/jobs/{id}/outputs",
-            outputs::download_output,
-        )
-        .add(Method::GET, "/api/jobs/{id}/logs", logs::get_logs)
-        .add(
-            Method::GET,
-            "/api/jobs/{id}/telemetry",
-            telemetry::job_telemetry,
-        )
-        .add(
-            Method::GET,
-            "/api/jobs/{id}/settlement",
-            billing::job_settlement,
-        )
-        .add(Method::GET, "/api/jobs/{id}/veritas", billing::job_veritas)
-        .add(Method::GET, "/api/jobs/{id}/ledger", ledger::job_ledger)
-        .add(Method::GET, "/api/jobs/{id}/proofs", proofs::job_proofs)
+        .add(Method::POST, paths::JOBS, jobs::submit_job)
+        .add(Method::GET, paths::JOBS, jobs::list_jobs)
+        .add(Method::GET, paths::JOB, jobs::get_job)
+        .add(Method::POST, paths::JOB_CANCEL, jobs::cancel_job)
+        .add(Method::GET, paths::JOB_OUTPUTS, outputs::download_output)
+        .add(Method::GET, paths::JOB_LOGS, logs::get_logs)
+        .add(Method::GET, paths::JOB_TELEMETRY, telemetry::job_telemetry)
+        .add(Method::GET, paths::JOB_SETTLEMENT, billing::job_settlement)
+        .add(Method::GET, paths::JOB_VERITAS, billing::job_veritas)
+        .add(Method::GET, paths::JOB_LEDGER, ledger::job_ledger)
+        .add(Method::GET, paths::JOB_PROOFS, proofs::job_proofs)
         // An energy proof grows with the job (about 320 KB for a week of readings).
         .add_limited(
             Method::POST,
-            "/api/providers/{node_id}/zk-proofs",
+            paths::PROVIDER_PROOFS,
             proofs::submit,
             Some(DefaultBodyLimit::max(
                 gp4u_attest::proofs::MAX_SUBMISSION_BYTES,
             )),
         )
+        .add(Method::PUT, paths::PROVIDER_ENERGY, providers::set_energy)
         .add(
             Method::PUT,
-            "/api/providers/{node_id}/energy",
-            providers::set_energy,
-        )
-        .add(
-            Method::PUT,
-            "/api/providers/{node_id}/power-limits",
+            paths::PROVIDER_POWER_LIMITS,
             providers::set_power_limits,
         )
-        .add(Method::GET, "/api/billing/balance", billing::balance)
-        .add(Method::GET, "/api/billing/statement", billing::statement)
-        .add(Method::GET, "/api/grid-factors", billing::grid_factors)
-        .add(Method::GET, "/api/energy", energy::summary)
+        .add(Method::GET, paths::BALANCE, billing::balance)
+        .add(Method::GET, paths::STATEMENT, billing::statement)
+        .add(Method::GET, paths::GRID_FACTORS, billing::grid_factors)
+        .add(Method::GET, paths::ENERGY, energy::summary)
         // Uploads stream with caps of their own, not the JSON body limit.
         .add_limited(
             Method::POST,
-            "/api/artifacts",
+            paths::ARTIFACTS,
             artifacts::upload_artifact,
             Some(DefaultBodyLimit::disable()),
         )
-        .add(Method::POST, "/api/providers/register", providers::register)
-        .add(Method::GET, "/api/gpus", providers::list_gpus)
-        .add(Method::GET, "/api/providers", providers::list_nodes)
-        .add(Method::GET, "/api/providers/{node_id}", providers::get_node)
-        .add(
-            Method::POST,
-            "/api/providers/{node_id}/stake",
-            providers::add_stake,
-        )
-        .add(
-            Method::PUT,
-            "/api/providers/{node_id}/posture",
-            providers::set_posture,
-        )
+        .add(Method::POST, paths::PROVIDERS_REGISTER, providers::register)
+        .add(Method::GET, paths::GPUS, providers::list_gpus)
+        .add(Method::GET, paths::PROVIDERS, providers::list_nodes)
+        .add(Method::GET, paths::PROVIDER, providers::get_node)
+        .add(Method::POST, paths::PROVIDER_STAKE, providers::add_stake)
+        .add(Method::PUT, paths::PROVIDER_POSTURE, providers::set_posture)
         // A node's packets together: up to 256 of about 0.5 KiB each (with a commitment).
         .add_limited(
             Method::POST,
-            "/api/telemetry/russian-doll",
+            paths::TELEMETRY,
             telemetry::ingest,
             Some(DefaultBodyLimit::max(telemetry::MAX_TELEMETRY_BODY_BYTES)),
         )
         .add(
             Method::GET,
-            "/api/agent/assignments",
+            paths::AGENT_ASSIGNMENTS,
             agent::next_assignment,
         )
-        .add(
-            Method::POST,
-            "/api/agent/jobs/{id}/status",
-            agent::report_status,
-        )
-        .add(Method::POST, "/api/agent/visibility", visibility::answer)
-        .add(
-            Method::GET,
-            "/api/agent/jobs/{id}/inputs/{art_id}",
-            artifacts::agent_input,
-        )
+        .add(Method::POST, paths::AGENT_JOB_STATUS, agent::report_status)
+        .add(Method::POST, paths::AGENT_VISIBILITY, visibility::answer)
+        .add(Method::GET, paths::AGENT_JOB_INPUT, artifacts::agent_input)
         .add_limited(
             Method::PUT,
-            "/api/agent/jobs/{id}/outputs",
+            paths::AGENT_JOB_OUTPUTS,
             outputs::upload_output,
             Some(DefaultBodyLimit::disable()),
         )
-        .add(Method::POST, "/api/agent/jobs/{id}/logs", logs::append_log)
+        .add(Method::POST, paths::AGENT_JOB_LOGS, logs::append_log)
         .add(
             Method::GET,
-            "/api/agent/jobs/{id}/commitments",
+            paths::AGENT_JOB_COMMITMENTS,
             proofs::agent_commitments,
         )
 }
@@ -234,9 +183,9 @@ pub fn authenticated_routes() -> Routes {
 /// Routes anyone may call: the probes and the document.
 pub fn public_routes() -> Routes {
     Routes::new()
-        .add(Method::GET, "/healthz", health::healthz)
-        .add(Method::GET, "/readyz", health::readyz)
-        .add(Method::GET, "/api/openapi.json", openapi::openapi_json)
+        .add(Method::GET, paths::HEALTHZ, health::healthz)
+        .add(Method::GET, paths::READYZ, health::readyz)
+        .add(Method::GET, paths::OPENAPI, openapi::openapi_json)
 }
 
 /// The web console: HTML pages for browsers, their event stream and assets. Not the API (not in

@@ -1316,3 +1316,30 @@ fn openapi_request_bodies_are_named_types() {
     assert!(schemas["HostPosture"]["properties"]["egress_filter"].is_object());
     assert!(schemas["RenewableBody"]["properties"]["renewable_pct"].is_object());
 }
+
+/// The paths callers build (`gp4u_proto::paths`) are exactly the paths the server routes: a
+/// route added, renamed or dropped on one side only fails here.
+#[test]
+fn callers_build_exactly_the_routed_paths() {
+    use std::collections::BTreeSet;
+    let routed: BTreeSet<&str> = gp4u_server::route_table::api_routes()
+        .into_iter()
+        .map(|(_, path)| path)
+        .collect();
+    let spelled: BTreeSet<&str> = gp4u_proto::paths::ALL.iter().copied().collect();
+    assert_eq!(
+        gp4u_proto::paths::ALL.len(),
+        spelled.len(),
+        "a path is spelled twice"
+    );
+    assert_eq!(
+        routed.difference(&spelled).collect::<Vec<_>>(),
+        Vec::<&&str>::new(),
+        "routed but not in gp4u_proto::paths"
+    );
+    assert_eq!(
+        spelled.difference(&routed).collect::<Vec<_>>(),
+        Vec::<&&str>::new(),
+        "in gp4u_proto::paths but not routed"
+    );
+}

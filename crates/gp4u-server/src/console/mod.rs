@@ -37,6 +37,7 @@ use tower::ServiceExt as _;
 
 use crate::auth::Caller;
 use crate::state::AppState;
+use gp4u_proto::paths;
 
 pub use html::escape;
 
@@ -375,7 +376,9 @@ pub async fn jobs_page(
         SessionState::Valid(session) => session,
         other => return to_sign_in(other, &headers, "/"),
     };
-    match api_get::<gp4u_proto::JobList>(&api, &session, "/api/jobs?limit=200").await {
+    match api_get::<gp4u_proto::JobList>(&api, &session, &format!("{}?limit=200", paths::JOBS))
+        .await
+    {
         ApiAnswer::Ok(list) => html_response(
             StatusCode::OK,
             html::page("Jobs", Some(&session.nav()), &pages::jobs(&list.jobs)),
@@ -531,8 +534,7 @@ pub async fn job_page(
     let Some(id) = job_path(&id) else {
         return job_not_found(&session);
     };
-    let job = match api_get::<gp4u_proto::JobView>(&api, &session, &format!("/api/jobs/{id}")).await
-    {
+    let job = match api_get::<gp4u_proto::JobView>(&api, &session, &paths::job(&id)).await {
         ApiAnswer::Ok(job) => job,
         ApiAnswer::Refused(StatusCode::NOT_FOUND | StatusCode::FORBIDDEN, _) => {
             return job_not_found(&session);
@@ -542,10 +544,10 @@ pub async fn job_page(
         }
     };
     let paths = [
-        format!("/api/jobs/{id}/telemetry?limit=10000"),
-        format!("/api/jobs/{id}/settlement"),
-        format!("/api/jobs/{id}/proofs"),
-        format!("/api/jobs/{id}/ledger"),
+        format!("{}?limit=10000", paths::job_telemetry(&id)),
+        paths::job_settlement(&id),
+        paths::job_proofs(&id),
+        paths::job_ledger(&id),
     ];
     let (telemetry, settlement, proofs, ledger) = tokio::join!(
         api_get::<serde_json::Value>(&api, &session, &paths[0]),
@@ -596,7 +598,7 @@ pub async fn cancel_job(
         &api,
         &session.token,
         Method::POST,
-        &format!("/api/jobs/{id}/cancel"),
+        &paths::job_cancel(&id),
     )
     .await
     {
@@ -630,7 +632,7 @@ pub async fn job_telemetry_stream(
     let Some(id) = job_path(&id) else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let mut path = format!("/api/jobs/{id}/telemetry?follow=1");
+    let mut path = format!("{}?follow=1", paths::job_telemetry(&id));
     if let Some(after_ms) = query.after_ms {
         path.push_str(&format!("&after_ms={after_ms}"));
     }
@@ -673,13 +675,13 @@ pub async fn provider_page(
         );
     }
     let nodes =
-        match api_get::<gp4u_proto::ProviderNodeList>(&api, &session, "/api/providers").await {
+        match api_get::<gp4u_proto::ProviderNodeList>(&api, &session, paths::PROVIDERS).await {
             ApiAnswer::Ok(list) => list.nodes,
             ApiAnswer::Refused(status, message) => {
                 return error_page(&session, status, "Nodes unavailable", &message);
             }
         };
-    let balance = answer_value(api_get(&api, &session, "/api/billing/balance").await);
+    let balance = answer_value(api_get(&api, &session, paths::BALANCE).await);
     html_response(
         StatusCode::OK,
         html::page(
@@ -708,8 +710,8 @@ pub async fn admin_page(
         );
     }
     let (users, chambers) = tokio::join!(
-        api_get::<gp4u_proto::UserList>(&api, &session, "/api/admin/users"),
-        api_get::<gp4u_proto::ChambersView>(&api, &session, "/api/admin/chambers"),
+        api_get::<gp4u_proto::UserList>(&api, &session, paths::ADMIN_USERS),
+        api_get::<gp4u_proto::ChambersView>(&api, &session, paths::ADMIN_CHAMBERS),
     );
     let users = match users {
         ApiAnswer::Ok(list) => Ok(list.users),
