@@ -17,6 +17,9 @@ pub enum JobsCommand {
         /// At most this many (1–500).
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// The next page: jobs older than this one (the `next_before` a page ends with).
+        #[arg(long)]
+        before: Option<String>,
     },
     /// One job: state, placement and its reasons, cost, energy, outputs.
     Show { job: String },
@@ -45,8 +48,10 @@ pub enum JobsCommand {
 
 pub async fn run(client: &Client, command: JobsCommand, json: bool) -> anyhow::Result<i32> {
     match command {
-        JobsCommand::List { limit } => {
-            let list = client.jobs(Some(limit.clamp(1, 500))).await?;
+        JobsCommand::List { limit, before } => {
+            let list = client
+                .jobs_page(Some(limit.clamp(1, 500)), before.as_deref())
+                .await?;
             if json {
                 render::json(&list)?;
             } else if list.jobs.is_empty() {
@@ -60,6 +65,9 @@ pub async fn run(client: &Client, command: JobsCommand, json: bool) -> anyhow::R
                         rows
                     )
                 );
+                if let Some(next) = &list.next_before {
+                    println!("older jobs: gp4u jobs list --before {next}");
+                }
             }
         }
         JobsCommand::Show { job } => {

@@ -43,10 +43,29 @@ impl Client {
         self.get(&format!("job {id}"), &paths::job(id)).await
     }
 
+    /// The caller's newest jobs (`limit`: 1–500, default 100).
     pub async fn jobs(&self, limit: Option<u32>) -> ClientResult<JobList> {
-        let path = match limit {
-            Some(limit) => format!("{}?limit={limit}", paths::JOBS),
-            None => paths::JOBS.to_string(),
+        self.jobs_page(limit, None).await
+    }
+
+    /// A page of the caller's jobs, newest first: those older than `before` (the previous
+    /// page's `next_before`), or the newest.
+    pub async fn jobs_page(
+        &self,
+        limit: Option<u32>,
+        before: Option<&str>,
+    ) -> ClientResult<JobList> {
+        let mut query = Vec::new();
+        if let Some(limit) = limit {
+            query.push(format!("limit={limit}"));
+        }
+        if let Some(before) = before {
+            query.push(format!("before={}", paths::segment(before)));
+        }
+        let path = if query.is_empty() {
+            paths::JOBS.to_string()
+        } else {
+            format!("{}?{}", paths::JOBS, query.join("&"))
         };
         self.get("the job list", &path).await
     }

@@ -182,6 +182,9 @@ pub struct JobView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobList {
     pub jobs: Vec<JobView>,
+    /// More, older jobs exist: pass this as `?before=` for the next page. Absent on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_before: Option<String>,
 }
 
 /// A GPU on the marketplace.

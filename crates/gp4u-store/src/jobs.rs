@@ -207,16 +207,47 @@ impl Store {
         owner: &UserId,
         limit: i64,
     ) -> StoreResult<Vec<JobRecord>> {
+        self.list_jobs_for_owner_before(owner, limit, None).await
+    }
+
+    /// The owner's jobs newest first, starting after `before` (one of the owner's jobs: the
+    /// last of the previous page) when given — keyset pagination on `(created_at, id)`, which
+    /// the `jobs_owner_created` index serves. A `before` that is not the owner's job yields
+    /// nothing (the caller checks it first, to say so).
+    pub async fn list_jobs_for_owner_before(
+        &self,
+        owner: &UserId,
+        limit: i64,
+        before: Option<&JobId>,
+    ) -> StoreResult<Vec<JobRecord>> {
         self.count_op();
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM jobs WHERE owner_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
-        ))
-        .bind(owner.as_str())
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
+        let rows = match before {
+            None => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    job_columns!(),
+                    " FROM jobs WHERE owner_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
+                ))
+                .bind(owner.as_str())
+                .bind(limit)
+                .fetch_all(self.pool())
+                .await?
+            }
+            Some(before) => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    job_columns!(),
+                    " FROM jobs WHERE owner_id = $1 AND (created_at, id) < ",
+                    "(SELECT created_at, id FROM jobs WHERE id = $3 AND owner_id = $1) ",
+                    "ORDER BY created_at DESC, id DESC LIMIT $2"
+                ))
+                .bind(owner.as_str())
+                .bind(limit)
+                .bind(before.as_str())
+                .fetch_all(self.pool())
+                .await?
+            }
+        };
         rows.iter().map(job_from_row).collect()
     }
 

@@ -281,6 +281,77 @@ async fn jobs_create_read_and_update(store: Store) {
     assert_eq!(store.outbox_unsequenced().await.unwrap(), 3);
 }
 
+/// Pages of an owner's jobs, newest first, follow on from the last job of the page before,
+/// including jobs created in the same millisecond (ordered by id), and never show another
+/// owner's jobs; a `before` that is not the owner's yields nothing.
+async fn jobs_are_listed_in_pages(store: Store) {
+    let (customer, gpu) = seed(&store).await;
+    let other = UserId::from_random(id_bytes(999));
+    store
+        .create_user(&new_user(999, Role::Customer), NOW)
+        .await
+        .unwrap();
+    let mut created = Vec::new();
+    for n in 0..7u64 {
+        let mut record = job(100 + n, &customer, &gpu);
+        // Two jobs share each millisecond but the last.
+        record.created_at_ms = NOW + i64::try_from(n / 2).unwrap();
+        created.push(record.clone());
+        store
+            .create_job(
+                &NewJob {
+                    record,
+                    idempotency: None,
+                    events: vec![],
+                    transfers: vec![],
+                },
+                86_400_000,
+                NOW,
+            )
+            .await
+            .unwrap();
+    }
+    let foreign = job(200, &other, &gpu);
+    store
+        .create_job(
+            &NewJob {
+                record: foreign.clone(),
+                idempotency: None,
+                events: vec![],
+                transfers: vec![],
+            },
+            86_400_000,
+            NOW,
+        )
+        .await
+        .unwrap();
+    created.sort_by(|a, b| (b.created_at_ms, b.id.as_str()).cmp(&(a.created_at_ms, a.id.as_str())));
+    let expected: Vec<&str> = created.iter().map(|job| job.id.as_str()).collect();
+    let mut seen = Vec::new();
+    let mut before: Option<JobId> = None;
+    loop {
+        let page = store
+            .list_jobs_for_owner_before(&customer, 3, before.as_ref())
+            .await
+            .unwrap();
+        assert!(page.len() <= 3);
+        if page.is_empty() {
+            break;
+        }
+        seen.extend(page.iter().map(|job| job.id.as_str().to_string()));
+        before = page.last().map(|job| job.id.clone());
+    }
+    assert_eq!(seen, expected, "every job once, newest first");
+    assert!(
+        store
+            .list_jobs_for_owner_before(&customer, 3, Some(&foreign.id))
+            .await
+            .unwrap()
+            .is_empty(),
+        "another owner's job is no cursor"
+    );
+}
+
 async fn artifacts_outputs_and_the_log_cap(store: Store) {
     let (customer, gpu) = seed(&store).await;
     let artifact = ArtifactRecord {
@@ -736,6 +807,7 @@ contract!(
     outbox_sequences_in_order_without_gaps,
     subscriber_cursor_is_compare_and_set,
     artifacts_outputs_and_the_log_cap,
+    jobs_are_listed_in_pages,
 );
 
 #[tokio::test]

@@ -367,21 +367,38 @@ fn job_not_found(session: &Session) -> Response {
     )
 }
 
+/// `/?before=`: the page of jobs older than this one (the API's `next_before`).
+#[derive(Debug, Deserialize)]
+pub struct PageQuery {
+    pub before: Option<String>,
+}
+
+/// Jobs per page of the console's list.
+const JOBS_PER_PAGE: u32 = 50;
+
 pub async fn jobs_page(
     State(state): State<AppState>,
     Extension(api): Extension<ConsoleApi>,
     headers: HeaderMap,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let session = match session_of(&state, &headers).await {
         SessionState::Valid(session) => session,
         other => return to_sign_in(other, &headers, "/"),
     };
-    match api_get::<gp4u_proto::JobList>(&api, &session, &format!("{}?limit=200", paths::JOBS))
-        .await
-    {
+    let before = query.ok().and_then(|Query(query)| query.before);
+    let mut path = format!("{}?limit={JOBS_PER_PAGE}", paths::JOBS);
+    if let Some(before) = &before {
+        path.push_str(&format!("&before={}", paths::segment(before)));
+    }
+    match api_get::<gp4u_proto::JobList>(&api, &session, &path).await {
         ApiAnswer::Ok(list) => html_response(
             StatusCode::OK,
-            html::page("Jobs", Some(&session.nav()), &pages::jobs(&list.jobs)),
+            html::page(
+                "Jobs",
+                Some(&session.nav()),
+                &pages::jobs(&list, before.is_some()),
+            ),
         ),
         ApiAnswer::Refused(status, message) => {
             error_page(&session, status, "Jobs unavailable", &message)

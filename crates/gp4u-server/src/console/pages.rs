@@ -35,10 +35,32 @@ fn opt(value: Option<&str>) -> String {
     value.map_or_else(|| "<span class=\"muted\">—</span>".into(), escape)
 }
 
-pub fn jobs(jobs: &[JobView]) -> String {
+/// A page of the caller's jobs; `paged` when it is not the first (a link back to the newest).
+pub fn jobs(list: &gp4u_proto::JobList, paged: bool) -> String {
+    let jobs = &list.jobs;
+    let mut pager = Vec::new();
+    if paged {
+        pager.push("<a href=\"/\">Newest jobs</a>".to_string());
+    }
+    if let Some(next) = &list.next_before {
+        pager.push(format!(
+            "<a href=\"/?before={}\" rel=\"next\">Older jobs</a>",
+            escape(&gp4u_proto::paths::segment(next))
+        ));
+    }
+    let pager = if pager.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "<nav aria-label=\"Pages of jobs\" class=\"pager\">{}</nav>",
+            pager.join(" · ")
+        )
+    };
     if jobs.is_empty() {
-        return "<h1>Your jobs</h1><p>No jobs yet. Submit one with <code>gp4u run</code>.</p>"
-            .into();
+        return format!(
+            "<h1>Your jobs</h1><p>No jobs {}. Submit one with <code>gp4u run</code>.</p>{pager}",
+            if paged { "older than these" } else { "yet" }
+        );
     }
     let mut rows = String::new();
     for job in jobs {
@@ -65,7 +87,7 @@ pub fn jobs(jobs: &[JobView]) -> String {
          <caption>Newest first; cost is the estimate until the job settles</caption>\
          <thead><tr><th scope=\"col\">Job</th><th scope=\"col\">Name</th>\
          <th scope=\"col\">State</th><th scope=\"col\">GPU</th><th scope=\"col\">Created</th>\
-         <th scope=\"col\">Cost</th></tr></thead><tbody>{rows}</tbody></table></div>"
+         <th scope=\"col\">Cost</th></tr></thead><tbody>{rows}</tbody></table></div>{pager}"
     )
 }
 

@@ -336,6 +336,8 @@ pub fn estimate_price(requirement: &GpuRequirement, listed: &[GpuRecord]) -> Opt
 pub struct ListQuery {
     /// At most this many jobs, newest first (1–500, default 100).
     pub limit: Option<i64>,
+    /// The next page: the jobs older than this one of yours (a page's `next_before`).
+    pub before: Option<String>,
 }
 
 /// The caller's jobs, newest first.
@@ -358,8 +360,40 @@ pub async fn list_jobs(
             format!("limit must be 1–500, got {limit}"),
         ));
     }
-    let jobs = state.store.list_jobs_for_owner(caller.id(), limit).await?;
+    let before = match query.before.as_deref() {
+        None => None,
+        Some(before) => {
+            let job = JobId::parse(before).ok();
+            let owned = match &job {
+                Some(job) => state
+                    .store
+                    .get_job(job)
+                    .await?
+                    .is_some_and(|record| &record.owner_id == caller.id()),
+                None => false,
+            };
+            if !owned {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidQuery,
+                    format!(
+                        "before must be one of your jobs (a page's next_before), got {before:?}"
+                    ),
+                ));
+            }
+            job
+        }
+    };
+    // One more than asked: whether an older page exists.
+    let mut jobs = state
+        .store
+        .list_jobs_for_owner_before(caller.id(), limit + 1, before.as_ref())
+        .await?;
+    let more = jobs.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+    jobs.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     Ok(Json(JobList {
+        next_before: more
+            .then(|| jobs.last().map(|job| job.id.as_str().to_string()))
+            .flatten(),
         jobs: jobs.iter().map(job_view).collect(),
     }))
 }
