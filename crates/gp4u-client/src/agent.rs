@@ -17,7 +17,7 @@ use gp4u_proto::{
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt as _;
 
-use crate::error::{io_error, refusal};
+use crate::error::io_error;
 use crate::{Client, ClientError, ClientResult, DEFAULT_TIMEOUT, Resend, SHA256_HEADER};
 use gp4u_proto::paths;
 
@@ -251,18 +251,7 @@ impl Client {
             .header(reqwest::header::CONTENT_TYPE, "application/gzip")
             .body(reqwest::Body::from(file))
             .timeout(UPLOAD_TIMEOUT);
-        let response =
-            self.authorized(request)
-                .send()
-                .await
-                .map_err(|error| ClientError::Unreachable {
-                    url: self.base.clone(),
-                    detail: format!("{what}: {}", crate::error::describe(&error)),
-                })?;
-        if !response.status().is_success() {
-            return Err(refusal(response).await);
-        }
-        self.decode(&what, response).await
+        self.send_once(&what, request).await
     }
 
     /// `POST /api/agent/jobs/{job_id}/logs?node_id=`: appends a chunk of the job's stdout and

@@ -81,19 +81,8 @@ impl Client {
 
     /// The job's stdout and stderr so far.
     pub async fn logs(&self, id: &str) -> ClientResult<String> {
-        let url = self.url(&paths::job_logs(id));
-        let response = self
-            .send(&format!("the logs of {id}"), Resend::Safe, || {
-                self.http.get(&url).timeout(DEFAULT_TIMEOUT)
-            })
-            .await?;
-        response
-            .text()
+        self.text(&format!("the logs of {id}"), &paths::job_logs(id))
             .await
-            .map_err(|error| ClientError::Unreachable {
-                url: self.base.clone(),
-                detail: error.to_string(),
-            })
     }
 
     /// Follows the job's logs (server-sent events, `?follow=1`) until the job ends, handing

@@ -167,6 +167,27 @@ impl Client {
         self.decode(what, response).await
     }
 
+    /// Sends a request whose body streams once (an upload): no retry; a refusal is the
+    /// server's error, a success its JSON answer.
+    pub(crate) async fn send_once<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        request: reqwest::RequestBuilder,
+    ) -> ClientResult<T> {
+        let response =
+            self.authorized(request)
+                .send()
+                .await
+                .map_err(|error| ClientError::Unreachable {
+                    url: self.base.clone(),
+                    detail: format!("{what}: {}", describe(&error)),
+                })?;
+        if !response.status().is_success() {
+            return Err(refusal(response).await);
+        }
+        self.decode(what, response).await
+    }
+
     /// A successful response's JSON body as `T`.
     pub(crate) async fn decode<T: DeserializeOwned>(
         &self,

@@ -5,8 +5,8 @@ use std::path::Path;
 use futures::StreamExt as _;
 use gp4u_proto::{ArtifactCreated, GpuList};
 
-use crate::error::{describe, io_error, refusal};
-use crate::{Client, ClientError, ClientResult};
+use crate::error::io_error;
+use crate::{Client, ClientResult};
 use gp4u_proto::paths;
 
 impl Client {
@@ -38,24 +38,8 @@ impl Client {
             .post(self.url(paths::ARTIFACTS))
             .header("content-length", total)
             .body(reqwest::Body::wrap_stream(stream));
-        let response =
-            self.authorized(request)
-                .send()
-                .await
-                .map_err(|error| ClientError::Unreachable {
-                    url: self.base.clone(),
-                    detail: format!("uploading {}: {}", path.display(), describe(&error)),
-                })?;
-        if !response.status().is_success() {
-            return Err(refusal(response).await);
-        }
-        response
-            .json()
+        self.send_once(&format!("uploading {}", path.display()), request)
             .await
-            .map_err(|error| ClientError::Unexpected {
-                what: "the upload".into(),
-                detail: error.to_string(),
-            })
     }
 }
 

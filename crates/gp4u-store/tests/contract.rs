@@ -281,6 +281,23 @@ async fn jobs_create_read_and_update(store: Store) {
     assert_eq!(store.outbox_unsequenced().await.unwrap(), 3);
 }
 
+/// Creates a job with no key, events or transfers.
+async fn create_plain(store: &Store, record: JobRecord) {
+    store
+        .create_job(
+            &NewJob {
+                record,
+                idempotency: None,
+                events: vec![],
+                transfers: vec![],
+            },
+            86_400_000,
+            NOW,
+        )
+        .await
+        .unwrap();
+}
+
 /// Pages of an owner's jobs, newest first, follow on from the last job of the page before,
 /// including jobs created in the same millisecond (ordered by id), and never show another
 /// owner's jobs; a `before` that is not the owner's yields nothing.
@@ -297,34 +314,10 @@ async fn jobs_are_listed_in_pages(store: Store) {
         // Two jobs share each millisecond but the last.
         record.created_at_ms = NOW + i64::try_from(n / 2).unwrap();
         created.push(record.clone());
-        store
-            .create_job(
-                &NewJob {
-                    record,
-                    idempotency: None,
-                    events: vec![],
-                    transfers: vec![],
-                },
-                86_400_000,
-                NOW,
-            )
-            .await
-            .unwrap();
+        create_plain(&store, record).await;
     }
     let foreign = job(200, &other, &gpu);
-    store
-        .create_job(
-            &NewJob {
-                record: foreign.clone(),
-                idempotency: None,
-                events: vec![],
-                transfers: vec![],
-            },
-            86_400_000,
-            NOW,
-        )
-        .await
-        .unwrap();
+    create_plain(&store, foreign.clone()).await;
     created.sort_by(|a, b| (b.created_at_ms, b.id.as_str()).cmp(&(a.created_at_ms, a.id.as_str())));
     let expected: Vec<&str> = created.iter().map(|job| job.id.as_str()).collect();
     let mut seen = Vec::new();
