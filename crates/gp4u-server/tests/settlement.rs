@@ -10,6 +10,7 @@ use axum::http::{Method, StatusCode};
 use gp4u_ledger::checkpoint::open_checkpoint;
 use gp4u_ledger::hash::{hash_from_hex, leaf_hash};
 use gp4u_ledger::verify::{verify_consistency, verify_inclusion};
+use gp4u_proto::paths;
 use gp4u_server::obsidian::seal_once;
 use gp4u_server::settlement::settle_once;
 use gp4u_store::Engine;
@@ -18,7 +19,7 @@ use support::*;
 
 async fn balance(app: &TestApp, token: &str) -> Value {
     let reply = app
-        .call(Method::GET, "/api/billing/balance", Some(token), None)
+        .call(Method::GET, paths::BALANCE, Some(token), None)
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     reply.body
@@ -37,7 +38,7 @@ async fn settlement(app: &TestApp, run: &Running) -> Value {
     let reply = app
         .call(
             Method::GET,
-            &format!("/api/jobs/{}/settlement", run.job),
+            &paths::job_settlement(&run.job),
             Some(&run.customer),
             None,
         )
@@ -51,7 +52,7 @@ async fn job_ledger(app: &TestApp, run: &Running) -> Value {
     let reply = app
         .call(
             Method::GET,
-            &format!("/api/jobs/{}/ledger", run.job),
+            &paths::job_ledger(&run.job),
             Some(&run.customer),
             None,
         )
@@ -86,7 +87,7 @@ async fn a_short_credit_is_refused_with_402_and_nothing_is_held(app: TestApp) {
     let reply = app
         .call(
             Method::POST,
-            "/api/admin/users",
+            paths::ADMIN_USERS,
             Some(&app.admin),
             Some(json!({"name": "poor", "role": "customer", "credit": 5})),
         )
@@ -97,7 +98,7 @@ async fn a_short_credit_is_refused_with_402_and_nothing_is_held(app: TestApp) {
     let reply = app
         .call(
             Method::POST,
-            "/api/jobs",
+            paths::JOBS,
             Some(&poor),
             Some(job_body(&node.gpus[0])),
         )
@@ -140,7 +141,7 @@ async fn a_completed_job_is_metered_settled_once_and_sealed(app: TestApp) {
     let early = app
         .call(
             Method::GET,
-            &format!("/api/jobs/{}/settlement", run.job),
+            &paths::job_settlement(&run.job),
             Some(&run.customer),
             None,
         )
@@ -170,12 +171,7 @@ async fn a_completed_job_is_metered_settled_once_and_sealed(app: TestApp) {
     assert_eq!(provider["balance"], json!(100001.395));
     assert!(app.store().audit_balances().await.unwrap().is_empty());
     let statement = app
-        .call(
-            Method::GET,
-            "/api/billing/statement",
-            Some(&run.node.token),
-            None,
-        )
+        .call(Method::GET, paths::STATEMENT, Some(&run.node.token), None)
         .await;
     assert_eq!(
         statement.body["earnings"],
@@ -192,7 +188,7 @@ async fn a_completed_job_is_metered_settled_once_and_sealed(app: TestApp) {
     // The node declared no renewable share: not eligible for carbon credits.
     assert_eq!(job["carbon_credit_eligible"], json!(false), "{job:?}");
     let factors = app
-        .call(Method::GET, "/api/grid-factors", Some(&run.customer), None)
+        .call(Method::GET, paths::GRID_FACTORS, Some(&run.customer), None)
         .await;
     let us_east = factors.body["factors"]
         .as_array()
@@ -208,7 +204,7 @@ async fn a_completed_job_is_metered_settled_once_and_sealed(app: TestApp) {
     let public_key = app
         .call(
             Method::GET,
-            "/api/ledger/public-key",
+            paths::LEDGER_PUBLIC_KEY,
             Some(&run.customer),
             None,
         )
@@ -288,7 +284,7 @@ async fn a_completed_job_is_metered_settled_once_and_sealed(app: TestApp) {
     let reply = app
         .call(
             Method::GET,
-            &format!("/api/jobs/{}/settlement", run.job),
+            &paths::job_settlement(&run.job),
             Some(&stranger),
             None,
         )
@@ -297,7 +293,7 @@ async fn a_completed_job_is_metered_settled_once_and_sealed(app: TestApp) {
     let entries = app
         .call(
             Method::GET,
-            "/api/ledger/entries?start=0&end=1000",
+            &format!("{}?start=0&end=1000", paths::LEDGER_ENTRIES),
             Some(&stranger),
             None,
         )
@@ -318,7 +314,7 @@ async fn a_completed_job_is_metered_settled_once_and_sealed(app: TestApp) {
     let (status, headers, note) = app
         .raw(
             Method::GET,
-            "/api/ledger/checkpoint",
+            paths::LEDGER_CHECKPOINT,
             Some(&run.customer),
             Vec::new(),
             &[],
@@ -337,8 +333,10 @@ async fn a_completed_job_is_metered_settled_once_and_sealed(app: TestApp) {
         .call(
             Method::GET,
             &format!(
-                "/api/ledger/proof/consistency?from={}&to={}",
-                checkpoint.size, later.size
+                "{}?from={}&to={}",
+                paths::LEDGER_CONSISTENCY,
+                checkpoint.size,
+                later.size
             ),
             Some(&run.customer),
             None,
@@ -362,7 +360,8 @@ async fn a_completed_job_is_metered_settled_once_and_sealed(app: TestApp) {
         .call(
             Method::GET,
             &format!(
-                "/api/ledger/proof/inclusion?index=0&size={}",
+                "{}?index=0&size={}",
+                paths::LEDGER_INCLUSION,
                 later.size + 1
             ),
             Some(&run.customer),
@@ -401,7 +400,7 @@ async fn a_provider_fault_costs_the_customer_nothing(app: TestApp) {
     let reply = app
         .call(
             Method::GET,
-            &format!("/api/jobs/{}/settlement", run.job),
+            &paths::job_settlement(&run.job),
             Some(&run.customer),
             None,
         )
@@ -421,7 +420,7 @@ async fn admins_update_grid_factors_with_a_source(app: TestApp) {
     let reply = app
         .call(
             Method::PUT,
-            "/api/admin/grid-factors/eu-north-1",
+            &paths::admin_grid_factor("eu-north-1"),
             Some(&app.admin),
             Some(json!({"g_co2e_per_kwh": 35.5, "source": "Ember 2025 review", "as_of": "2025-06-30"})),
         )
@@ -444,7 +443,7 @@ async fn admins_update_grid_factors_with_a_source(app: TestApp) {
         let reply = app
             .call(
                 Method::PUT,
-                "/api/admin/grid-factors/eu-north-1",
+                &paths::admin_grid_factor("eu-north-1"),
                 Some(&app.admin),
                 Some(body),
             )
@@ -456,14 +455,14 @@ async fn admins_update_grid_factors_with_a_source(app: TestApp) {
     let reply = app
         .call(
             Method::PUT,
-            "/api/admin/grid-factors/eu-north-1",
+            &paths::admin_grid_factor("eu-north-1"),
             Some(&customer),
             Some(json!({"g_co2e_per_kwh": 1, "source": "x", "as_of": "2025-06-30"})),
         )
         .await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
     let factors = app
-        .call(Method::GET, "/api/grid-factors", Some(&customer), None)
+        .call(Method::GET, paths::GRID_FACTORS, Some(&customer), None)
         .await;
     let north = factors.body["factors"]
         .as_array()
@@ -481,7 +480,7 @@ async fn admins_update_grid_factors_with_a_source(app: TestApp) {
     let reply = app
         .call(
             Method::PUT,
-            "/api/admin/grid-factors/us-east-1",
+            &paths::admin_grid_factor("us-east-1"),
             Some(&app.admin),
             Some(json!({"g_co2e_per_kwh": 40, "source": "our own meter", "as_of": "2026-10-31"})),
         )
@@ -589,7 +588,10 @@ async fn proofs_are_verified_against_the_sealed_run(app: TestApp) {
         openings.push(opening);
     }
     // The node's provider reads back what was stored (for replies its agent never got).
-    let path = format!("/api/agent/jobs/{}/commitments?node_id={node_id}", run.job);
+    let path = format!(
+        "{}?node_id={node_id}",
+        paths::agent_job_commitments(&run.job)
+    );
     let stored = app.call(Method::GET, &path, Some(&token), None).await;
     assert_eq!(stored.status, StatusCode::OK, "{:?}", stored.body);
     let listed: Vec<(i64, String)> = stored.body["commitments"]
@@ -631,7 +633,7 @@ async fn proofs_are_verified_against_the_sealed_run(app: TestApp) {
     };
     let submit = |body: String| {
         let app = &app;
-        let path = format!("/api/providers/{node_id}/zk-proofs");
+        let path = paths::provider_proofs(&node_id);
         let token = token.clone();
         async move {
             app.raw(
@@ -719,7 +721,7 @@ async fn proofs_are_verified_against_the_sealed_run(app: TestApp) {
     let (status, _, _) = app
         .raw(
             Method::POST,
-            &format!("/api/providers/{node_id}/zk-proofs"),
+            &paths::provider_proofs(&node_id),
             Some(&run.customer),
             energy_body(claim, &openings).into_bytes(),
             &[],
@@ -730,7 +732,7 @@ async fn proofs_are_verified_against_the_sealed_run(app: TestApp) {
     let (status, _, _) = app
         .raw(
             Method::POST,
-            &format!("/api/providers/{node_id}/zk-proofs"),
+            &paths::provider_proofs(&node_id),
             Some(&stranger),
             energy_body(claim, &openings).into_bytes(),
             &[],
@@ -755,7 +757,7 @@ async fn proofs_are_verified_against_the_sealed_run(app: TestApp) {
     let redeclared = app
         .call(
             Method::PUT,
-            &format!("/api/providers/{node_id}/energy"),
+            &paths::provider_energy(&node_id),
             Some(&token),
             Some(json!({"renewable_pct": 30})),
         )
@@ -825,7 +827,7 @@ async fn proofs_are_verified_against_the_sealed_run(app: TestApp) {
     let proofs = app
         .call(
             Method::GET,
-            &format!("/api/jobs/{}/proofs", run.job),
+            &paths::job_proofs(&run.job),
             Some(&run.customer),
             None,
         )
@@ -973,7 +975,7 @@ impl CommittedRun {
         let (status, _, body) = app
             .raw(
                 Method::POST,
-                &format!("/api/providers/{}/zk-proofs", self.node_id),
+                &paths::provider_proofs(&self.node_id),
                 Some(&self.token),
                 body.into_bytes(),
                 &[("content-type", "application/json")],
@@ -1031,7 +1033,7 @@ async fn proofs_are_held_to_the_assigned_gpu_as_registered(app: TestApp) {
     let redeclared = app
         .call(
             Method::PUT,
-            &format!("/api/providers/{}/power-limits", committed.node_id),
+            &paths::provider_power_limits(&committed.node_id),
             Some(&committed.token),
             Some(json!({"gpus": [{"id": gpu_id, "power_limit_watts": 600}]})),
         )
@@ -1045,7 +1047,7 @@ async fn proofs_are_held_to_the_assigned_gpu_as_registered(app: TestApp) {
     let node_view = app
         .call(
             Method::GET,
-            &format!("/api/providers/{}", committed.node_id),
+            &paths::provider(&committed.node_id),
             Some(&committed.token),
             None,
         )
@@ -1055,8 +1057,9 @@ async fn proofs_are_held_to_the_assigned_gpu_as_registered(app: TestApp) {
         .call(
             Method::GET,
             &format!(
-                "/api/agent/jobs/{}/commitments?node_id={}",
-                committed.run.job, committed.node_id
+                "{}?node_id={}",
+                paths::agent_job_commitments(&committed.run.job),
+                committed.node_id
             ),
             Some(&committed.token),
             None,
@@ -1163,7 +1166,7 @@ async fn a_gpu_without_a_registered_limit_gets_one_from_its_agent(app: TestApp) 
         let refused = app
             .call(
                 Method::POST,
-                "/api/providers/register",
+                paths::PROVIDERS_REGISTER,
                 Some(&provider),
                 Some(json!({"region": "us-east-1",
                             "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
@@ -1193,7 +1196,7 @@ async fn a_gpu_without_a_registered_limit_gets_one_from_its_agent(app: TestApp) 
         )
         .await;
     assert_eq!(changed, 1);
-    let listing = app.call(Method::GET, "/api/gpus", Some(&token), None).await;
+    let listing = app.call(Method::GET, paths::GPUS, Some(&token), None).await;
     let listed = listing.body["gpus"]
         .as_array()
         .unwrap()
@@ -1227,7 +1230,7 @@ async fn a_gpu_without_a_registered_limit_gets_one_from_its_agent(app: TestApp) 
         async move {
             app.call(
                 Method::PUT,
-                &format!("/api/providers/{node_id}/power-limits"),
+                &paths::provider_power_limits(&node_id),
                 Some(&token),
                 Some(body),
             )
@@ -1262,12 +1265,7 @@ async fn a_gpu_without_a_registered_limit_gets_one_from_its_agent(app: TestApp) 
     .await;
     assert_eq!(reply.status, StatusCode::NO_CONTENT, "{:?}", reply.body);
     let node_view = app
-        .call(
-            Method::GET,
-            &format!("/api/providers/{node_id}"),
-            Some(&token),
-            None,
-        )
+        .call(Method::GET, &paths::provider(&node_id), Some(&token), None)
         .await;
     assert_eq!(node_view.body["gpus"][0]["power_limit_watts"], json!(450.0));
     // The job assigned before the declaration stays unprovable; the next one is proven.
@@ -1299,7 +1297,7 @@ async fn a_gpu_without_a_registered_limit_gets_one_from_its_agent(app: TestApp) 
 async fn a_mostly_renewable_node_makes_its_jobs_credit_eligible(app: TestApp) {
     // Registered with nothing declared, then declared (as a restarted agent does).
     let (node, _) = keyed_node(&app, 0.0).await;
-    let path = format!("/api/providers/{}/energy", node.node_id);
+    let path = paths::provider_energy(&node.node_id);
     let (_, stranger) = app.user("provider", None).await;
     let (_, customer) = app.user("customer", None).await;
     for (token, body, status) in [
@@ -1372,7 +1370,7 @@ async fn the_first_sample_counts_when_the_clock_moves_within_a_request(app: Test
     let proofs = app
         .call(
             Method::GET,
-            &format!("/api/jobs/{}/proofs", run.job),
+            &paths::job_proofs(&run.job),
             Some(&run.customer),
             None,
         )
@@ -1413,7 +1411,7 @@ async fn a_full_array_of_committed_packets_is_not_too_large(app: TestApp) {
     let reply = app
         .call(
             Method::POST,
-            "/api/telemetry/russian-doll",
+            paths::TELEMETRY,
             Some(&run.node.token),
             Some(body),
         )
@@ -1445,7 +1443,7 @@ async fn one_unsettleable_job_does_not_stop_the_others(app: TestApp) {
         async move {
             app.call(
                 Method::GET,
-                &format!("/api/jobs/{job}/settlement"),
+                &paths::job_settlement(&job),
                 Some(&token),
                 None,
             )
@@ -1468,7 +1466,7 @@ async fn a_university_provider_pays_the_student_programme_its_share(app: TestApp
     let reply = app
         .call(
             Method::POST,
-            "/api/admin/users",
+            paths::ADMIN_USERS,
             Some(&app.admin),
             Some(json!({"name": "Campus GPUs", "role": "provider", "university": true})),
         )
@@ -1517,7 +1515,7 @@ async fn a_university_provider_pays_the_student_programme_its_share(app: TestApp
         69_750
     );
     let statement = app
-        .call(Method::GET, "/api/billing/statement", Some(&provider), None)
+        .call(Method::GET, paths::STATEMENT, Some(&provider), None)
         .await;
     assert_eq!(
         statement.body["earnings"],
@@ -1549,7 +1547,7 @@ async fn catch_up<C: gp4u_core::chambers::Chamber>(app: &TestApp, done: impl Fn(
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let chambers = app
-            .call(Method::GET, "/api/admin/chambers", Some(&app.admin), None)
+            .call(Method::GET, paths::ADMIN_CHAMBERS, Some(&app.admin), None)
             .await;
         let summary = chambers.body["chambers"]
             .as_array()
@@ -1576,7 +1574,7 @@ async fn energy(app: &TestApp, token: &str, query: &str, status: StatusCode) -> 
     let reply = app
         .call(
             Method::GET,
-            &format!("/api/energy{query}"),
+            &format!("{}{query}", paths::ENERGY),
             Some(token),
             None,
         )
@@ -1755,7 +1753,7 @@ async fn the_energy_chamber_sums_carbon_for_customers_providers_and_the_platform
     let (status, headers, body) = app
         .raw(
             Method::GET,
-            "/api/energy?scope=platform&format=svg",
+            &format!("{}?scope=platform&format=svg", paths::ENERGY),
             Some(&app.admin),
             vec![],
             &[],
@@ -1772,7 +1770,7 @@ async fn the_energy_chamber_sums_carbon_for_customers_providers_and_the_platform
     let (status, _, body) = app
         .raw(
             Method::GET,
-            "/api/energy?format=svg",
+            &format!("{}?format=svg", paths::ENERGY),
             Some(&green_token),
             vec![],
             &[],
@@ -1833,7 +1831,7 @@ async fn the_veritas_record_names_the_gpu_and_its_driver(app: TestApp) {
         let reply = app
             .call(
                 Method::POST,
-                "/api/providers/register",
+                paths::PROVIDERS_REGISTER,
                 Some(&token),
                 Some(register(bad.clone())),
             )
@@ -1852,7 +1850,7 @@ async fn the_veritas_record_names_the_gpu_and_its_driver(app: TestApp) {
     }
     let (node, registered) = app.register(&token, register(json!("550.54.15"))).await;
     assert_eq!(registered["gpus"][0]["driver_version"], "550.54.15");
-    let listed = app.call(Method::GET, "/api/gpus", Some(&token), None).await;
+    let listed = app.call(Method::GET, paths::GPUS, Some(&token), None).await;
     let gpu = listed.body["gpus"]
         .as_array()
         .unwrap()
@@ -1863,7 +1861,7 @@ async fn the_veritas_record_names_the_gpu_and_its_driver(app: TestApp) {
     assert_eq!(gpu["driver_version"], "550.54.15", "{gpu:?}");
     let run = running_on(&app, node, pinned()).await;
     send(&app, &run, json!({})).await;
-    let veritas = format!("/api/jobs/{}/veritas", run.job);
+    let veritas = paths::job_veritas(&run.job);
     let early = app
         .call(Method::GET, &veritas, Some(&run.customer), None)
         .await;
@@ -1928,7 +1926,11 @@ async fn the_veritas_record_names_the_gpu_and_its_driver(app: TestApp) {
 
 async fn agent_polls_measure_the_nodes_uptime_for_atlas(app: TestApp) {
     let node = app.node(1, 3.1, "us-east-1").await;
-    let poll = format!("/api/agent/assignments?node_id={}&wait=0", node.node_id);
+    let poll = format!(
+        "{}?node_id={}&wait=0",
+        paths::AGENT_ASSIGNMENTS,
+        node.node_id
+    );
     // Twenty minutes of polls 20 s apart, then ten minutes of silence, then back.
     for _ in 0..=60 {
         let reply = app.call(Method::GET, &poll, Some(&node.token), None).await;
@@ -1940,7 +1942,7 @@ async fn agent_polls_measure_the_nodes_uptime_for_atlas(app: TestApp) {
     let view = app
         .call(
             Method::GET,
-            &format!("/api/providers/{}", node.node_id),
+            &paths::provider(&node.node_id),
             Some(&node.token),
             None,
         )
@@ -1958,7 +1960,7 @@ async fn agent_polls_measure_the_nodes_uptime_for_atlas(app: TestApp) {
     let hidden = app
         .call(
             Method::GET,
-            &format!("/api/providers/{}", node.node_id),
+            &paths::provider(&node.node_id),
             Some(&stranger),
             None,
         )
@@ -1999,7 +2001,7 @@ async fn an_operators_carbon_table_seeds_the_grid_factors(app: TestApp) {
     let reply = app
         .call(
             Method::PUT,
-            "/api/admin/grid-factors/eu-north-1",
+            &paths::admin_grid_factor("eu-north-1"),
             Some(&app.admin),
             Some(json!({"g_co2e_per_kwh": 35.5, "source": "Ember 2025 review", "as_of": "2025-06-30"})),
         )
@@ -2028,7 +2030,7 @@ async fn an_operators_carbon_table_seeds_the_grid_factors(app: TestApp) {
         .await
         .unwrap();
     let factors = app
-        .call(Method::GET, "/api/grid-factors", Some(&app.admin), None)
+        .call(Method::GET, paths::GRID_FACTORS, Some(&app.admin), None)
         .await;
     let factor = |region: &str| {
         factors.body["factors"]
