@@ -127,8 +127,12 @@ async fn a_short_credit_is_refused_with_402_and_nothing_is_held(app: TestApp) {
 
 async fn a_completed_job_is_metered_settled_once_and_sealed(app: TestApp) {
     let run = picked_up(&app, pinned()).await;
-    let held = balance(&app, &run.customer).await;
-    assert_eq!(held["held"], json!(13.64));
+    // The reads go through the client, as a customer's and a provider's would.
+    let served = app.serve().await;
+    let customer = served.client(&run.customer);
+    let provider = served.client(&run.node.token);
+    let held = customer.balance().await.unwrap();
+    assert_eq!(held.held, 13.64);
     // 30 minutes of RUNNING time at 380 W, in packets every 10 s (the first starts the job).
     for _ in 0..180 {
         let reply = send(&app, &run, json!({})).await;
@@ -153,72 +157,55 @@ async fn a_completed_job_is_metered_settled_once_and_sealed(app: TestApp) {
     settle_and_seal(&app).await;
     // Settling again (a retry, another replica) changes nothing.
     settle_and_seal(&app).await;
-    let settlement = settlement(&app, &run).await;
+    let settlement = customer.settlement(&run.job).await.unwrap();
+    assert_eq!(settlement.job_id, run.job);
     // Started at the first packet, ended at the final one: 180 × 10 s = 0.5 h × 3.10 = 1.55.
-    assert_eq!(settlement["gpu_hours"], json!(0.5));
-    assert_eq!(settlement["customer_charged"], json!(1.55));
-    assert_eq!(settlement["platform_fee"], json!(0.155));
-    assert_eq!(settlement["provider_earnings"], json!(1.395));
-    assert_eq!(settlement["student_program"], json!(0.0));
-    assert_eq!(settlement["refunded"], json!(12.09));
-    assert_eq!(settlement["transfers"].as_array().unwrap().len(), 3);
-    let customer = balance(&app, &run.customer).await;
+    assert_eq!(settlement.gpu_hours, 0.5);
+    assert_eq!(settlement.customer_charged, 1.55);
+    assert_eq!(settlement.platform_fee, 0.155);
+    assert_eq!(settlement.provider_earnings, 1.395);
+    assert_eq!(settlement.student_program, 0.0);
+    assert_eq!(settlement.refunded, 12.09);
+    assert_eq!(settlement.transfers.len(), 3);
+    let customer_balance = customer.balance().await.unwrap();
     assert_eq!(
-        (customer["balance"].clone(), customer["held"].clone()),
-        (json!(99998.45), json!(0.0))
+        (customer_balance.balance, customer_balance.held),
+        (99998.45, 0.0)
     );
-    let provider = balance(&app, &run.node.token).await;
-    assert_eq!(provider["balance"], json!(100001.395));
+    let provider_balance = provider.balance().await.unwrap();
+    assert_eq!(provider_balance.balance, 100001.395);
     assert!(app.store().audit_balances().await.unwrap().is_empty());
-    let statement = app
-        .call(Method::GET, paths::STATEMENT, Some(&run.node.token), None)
-        .await;
-    assert_eq!(
-        statement.body["earnings"],
-        json!(1.395),
-        "{:?}",
-        statement.body
-    );
+    let statement = provider.statement().await.unwrap();
+    assert_eq!(statement.earnings, 1.395, "{statement:?}");
 
     // Energy: 180 intervals of 10 s at 380 W (the first packet accounts for no time) = 0.19 kWh;
     // us-east-1's factor is in the table with its source.
-    let job = app.job(&run.job).await;
-    let kwh = job["energy_kwh"].as_f64().unwrap();
+    let job = customer.job(&run.job).await.unwrap();
+    let kwh = job.energy_kwh.unwrap();
     assert!((kwh - 0.19).abs() < 1e-12, "{job:?}");
     // The node declared no renewable share: not eligible for carbon credits.
-    assert_eq!(job["carbon_credit_eligible"], json!(false), "{job:?}");
-    let factors = app
-        .call(Method::GET, paths::GRID_FACTORS, Some(&run.customer), None)
-        .await;
-    let us_east = factors.body["factors"]
-        .as_array()
-        .unwrap()
+    assert_eq!(job.carbon_credit_eligible, Some(false), "{job:?}");
+    let factors = customer.grid_factors().await.unwrap();
+    let us_east = factors
+        .factors
         .iter()
-        .find(|factor| factor["region"] == "us-east-1")
-        .unwrap()
-        .clone();
-    let grams = us_east["g_co2e_per_kwh"].as_f64().unwrap();
-    assert!((job["carbon_kg"].as_f64().unwrap() - 0.19 * grams / 1000.0).abs() < 1e-9);
+        .find(|factor| factor.region == "us-east-1")
+        .unwrap();
+    let grams = us_east.g_co2e_per_kwh;
+    assert!((job.carbon_kg.unwrap() - 0.19 * grams / 1000.0).abs() < 1e-9);
 
     // The ledger: the job's entries, each included in the signed checkpoint.
-    let public_key = app
-        .call(
-            Method::GET,
-            paths::LEDGER_PUBLIC_KEY,
-            Some(&run.customer),
-            None,
-        )
-        .await;
-    assert_eq!(public_key.status, StatusCode::OK);
-    let ledger = job_ledger(&app, &run).await;
-    let key = ledger["public_key"].as_str().unwrap();
-    let checkpoint = open_checkpoint(
-        ledger["checkpoint"].as_str().unwrap(),
-        key,
-        "gp4u.local/obsidian",
-    )
-    .unwrap();
-    let kinds = kinds(&ledger);
+    let public_key = customer.ledger_public_key().await.unwrap();
+    let ledger = customer.job_ledger(&run.job).await.unwrap();
+    assert_eq!(ledger.job_id, run.job);
+    assert_eq!(ledger.public_key, public_key.trim());
+    let key = ledger.public_key.as_str();
+    let checkpoint = open_checkpoint(&ledger.checkpoint, key, "gp4u.local/obsidian").unwrap();
+    let kinds: Vec<&str> = ledger
+        .entries
+        .iter()
+        .map(|proven| proven.entry.kind.as_str())
+        .collect();
     for kind in [
         "job.created",
         "job.assigned",
@@ -228,37 +215,39 @@ async fn a_completed_job_is_metered_settled_once_and_sealed(app: TestApp) {
         "veritas.recorded",
         "billing.settled",
     ] {
-        assert!(
-            kinds.iter().any(|seen| seen == kind),
-            "{kind} missing from {kinds:?}"
-        );
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
     }
-    for entry in ledger["entries"].as_array().unwrap() {
-        let leaf = leaf_hash(entry["body"].as_str().unwrap().as_bytes());
-        assert_eq!(
-            hash_from_hex(entry["leaf_hash"].as_str().unwrap()).unwrap(),
-            leaf
-        );
-        let proof: Vec<_> = entry["inclusion_proof"]
-            .as_array()
-            .unwrap()
+    for proven in &ledger.entries {
+        let leaf = leaf_hash(proven.entry.body.as_bytes());
+        assert_eq!(hash_from_hex(&proven.entry.leaf_hash).unwrap(), leaf);
+        let proof: Vec<_> = proven
+            .inclusion_proof
             .iter()
-            .map(|hash| hash_from_hex(hash.as_str().unwrap()).unwrap())
+            .map(|hash| hash_from_hex(hash).unwrap())
             .collect();
         verify_inclusion(
             &leaf,
-            entry["index"].as_u64().unwrap(),
+            proven.entry.index,
             checkpoint.size,
             &proof,
             &checkpoint.root,
         )
         .unwrap();
     }
+    // The parsed body of the first entry of `kind`.
+    let sealed = |kind: &str| -> Value {
+        let proven = ledger
+            .entries
+            .iter()
+            .find(|proven| proven.entry.kind == kind)
+            .unwrap_or_else(|| panic!("no {kind} entry in {ledger:?}"));
+        serde_json::from_str(&proven.entry.body).unwrap()
+    };
     // The settlement is sealed exactly as served.
-    let body = sealed_body(&ledger, "billing.settled");
-    assert_eq!(body["payload"]["settlement"], settlement["exact"]);
+    let body = sealed("billing.settled");
+    assert_eq!(body["payload"]["settlement"], settlement.exact);
     // The Veritas record: what reproduces the run.
-    let record = sealed_body(&ledger, "veritas.recorded")["payload"]["record"].clone();
+    let record = sealed("veritas.recorded")["payload"]["record"].clone();
     assert_eq!(
         record["image_digest"],
         json!(format!("sha256:{}", "a".repeat(64)))
@@ -329,24 +318,18 @@ async fn a_completed_job_is_metered_settled_once_and_sealed(app: TestApp) {
     );
     let later = open_checkpoint(note, key, "gp4u.local/obsidian").unwrap();
     assert!(later.size > checkpoint.size);
-    let reply = app
-        .call(
-            Method::GET,
-            &format!(
-                "{}?from={}&to={}",
-                paths::LEDGER_CONSISTENCY,
-                checkpoint.size,
-                later.size
-            ),
-            Some(&run.customer),
-            None,
-        )
-        .await;
-    let proof: Vec<_> = reply.body["proof"]
-        .as_array()
-        .unwrap()
+    let consistency = customer
+        .consistency_proof(checkpoint.size, later.size)
+        .await
+        .unwrap();
+    assert_eq!(
+        (consistency.from, consistency.to),
+        (checkpoint.size, later.size)
+    );
+    let proof: Vec<_> = consistency
+        .proof
         .iter()
-        .map(|hash| hash_from_hex(hash.as_str().unwrap()).unwrap())
+        .map(|hash| hash_from_hex(hash).unwrap())
         .collect();
     verify_consistency(
         checkpoint.size,
