@@ -9,6 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use gp4u_core::ids::GpuId;
 use gp4u_core::token::{Claims, TokenSecret, mint};
+use gp4u_proto::paths;
 use gp4u_store::{Engine, GpuStatus};
 use serde_json::json;
 use support::*;
@@ -52,7 +53,7 @@ async fn bad_tokens_get_401_before_any_database_access() {
         ("other key", Some(other_key), "TOKEN_BAD_SIGNATURE"),
         ("8 KiB", Some(huge), "TOKEN_TOO_LONG"),
     ];
-    for path in ["/api/jobs", "/api/admin/chambers", "/api/gpus"] {
+    for path in [paths::JOBS, paths::ADMIN_CHAMBERS, paths::GPUS] {
         for (name, token, code) in &cases {
             let before = app.store().operations();
             let reply = app.call(Method::GET, path, token.as_deref(), None).await;
@@ -78,7 +79,7 @@ async fn bad_tokens_get_401_before_any_database_access() {
     // The same request with the valid token does reach the store.
     let before = app.store().operations();
     assert_eq!(
-        app.call(Method::GET, "/api/jobs", Some(&valid), None)
+        app.call(Method::GET, paths::JOBS, Some(&valid), None)
             .await
             .status,
         StatusCode::OK
@@ -92,7 +93,7 @@ async fn a_bearer_prefix_is_required() {
     let reply = app
         .call_with(
             Method::GET,
-            "/api/jobs",
+            paths::JOBS,
             None,
             None,
             &[("authorization", &format!("Token {}", app.admin))],
@@ -111,7 +112,7 @@ async fn authorization_rules_of_stage_0() {
     // Customer on an admin route: 403 without touching the database.
     let before = app.store().operations();
     let reply = app
-        .call(Method::GET, "/api/admin/chambers", Some(&customer), None)
+        .call(Method::GET, paths::ADMIN_CHAMBERS, Some(&customer), None)
         .await;
     assert_eq!(
         (reply.status, reply.code()),
@@ -121,7 +122,7 @@ async fn authorization_rules_of_stage_0() {
     // A token claiming more clearance than stored.
     let inflated = app.token(&customer_id, 3);
     let reply = app
-        .call(Method::GET, "/api/admin/chambers", Some(&inflated), None)
+        .call(Method::GET, paths::ADMIN_CHAMBERS, Some(&inflated), None)
         .await;
     assert_eq!(
         (reply.status, reply.code()),
@@ -130,7 +131,7 @@ async fn authorization_rules_of_stage_0() {
     let reply = app
         .call(
             Method::GET,
-            "/api/jobs",
+            paths::JOBS,
             Some(&app.token(&customer_id, 2)),
             None,
         )
@@ -143,7 +144,7 @@ async fn authorization_rules_of_stage_0() {
     let reply = app
         .call(
             Method::GET,
-            "/api/jobs",
+            paths::JOBS,
             Some(&app.token("usr_ghost", 1)),
             None,
         )
@@ -154,7 +155,7 @@ async fn authorization_rules_of_stage_0() {
     );
     // Suspension locks the user out at once, whatever the token says.
     assert_eq!(
-        app.call(Method::GET, "/api/jobs", Some(&customer), None)
+        app.call(Method::GET, paths::JOBS, Some(&customer), None)
             .await
             .status,
         StatusCode::OK
@@ -162,7 +163,7 @@ async fn authorization_rules_of_stage_0() {
     let reply = app
         .call(
             Method::POST,
-            &format!("/api/admin/users/{customer_id}/suspend"),
+            &paths::admin_user_suspend(&customer_id),
             Some(&app.admin),
             None,
         )
@@ -172,7 +173,7 @@ async fn authorization_rules_of_stage_0() {
         (StatusCode::OK, Some(false))
     );
     let reply = app
-        .call(Method::GET, "/api/jobs", Some(&customer), None)
+        .call(Method::GET, paths::JOBS, Some(&customer), None)
         .await;
     assert_eq!(
         (reply.status, reply.code()),
@@ -180,13 +181,13 @@ async fn authorization_rules_of_stage_0() {
     );
     app.call(
         Method::POST,
-        &format!("/api/admin/users/{customer_id}/activate"),
+        &paths::admin_user_activate(&customer_id),
         Some(&app.admin),
         None,
     )
     .await;
     assert_eq!(
-        app.call(Method::GET, "/api/jobs", Some(&customer), None)
+        app.call(Method::GET, paths::JOBS, Some(&customer), None)
             .await
             .status,
         StatusCode::OK
@@ -195,7 +196,7 @@ async fn authorization_rules_of_stage_0() {
     let reply = app
         .call(
             Method::POST,
-            "/api/providers/register",
+            paths::PROVIDERS_REGISTER,
             Some(&customer),
             Some(json!({})),
         )
@@ -213,14 +214,14 @@ async fn x_subject_id_from_the_client_is_replaced() {
     let (_, alice) = app.user("customer", None).await;
     let (bob_id, bob) = app.user("customer", None).await;
     let reply = app
-        .call(Method::POST, "/api/jobs", Some(&bob), Some(job_body(&gpu)))
+        .call(Method::POST, paths::JOBS, Some(&bob), Some(job_body(&gpu)))
         .await;
     assert_eq!(reply.status, StatusCode::CREATED);
     // Alice claims to be Bob through the header: she still sees only her own (no) jobs.
     let reply = app
         .call_with(
             Method::GET,
-            "/api/jobs",
+            paths::JOBS,
             Some(&alice),
             None,
             &[("x-subject-id", &bob_id)],
@@ -239,7 +240,7 @@ async fn submission_end_to_end_with_server_side_cost() {
     body["cost"] = json!(0);
     body["unknown_field"] = json!({"ignored": true});
     let reply = app
-        .call(Method::POST, "/api/jobs", Some(&customer), Some(body))
+        .call(Method::POST, paths::JOBS, Some(&customer), Some(body))
         .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
     assert_eq!(reply.body["status"], "PENDING");
@@ -251,12 +252,7 @@ async fn submission_end_to_end_with_server_side_cost() {
     let id = reply.body["id"].as_str().unwrap().to_string();
     assert!(id.starts_with("job_"));
     let job = app
-        .call(
-            Method::GET,
-            &format!("/api/jobs/{id}"),
-            Some(&customer),
-            None,
-        )
+        .call(Method::GET, &paths::job(&id), Some(&customer), None)
         .await;
     assert_eq!(job.status, StatusCode::OK);
     for field in [
@@ -294,19 +290,14 @@ async fn submission_end_to_end_with_server_side_cost() {
     );
     // Admins see any job; other customers get 404, as for a job that does not exist.
     assert_eq!(
-        app.call(
-            Method::GET,
-            &format!("/api/jobs/{id}"),
-            Some(&app.admin),
-            None
-        )
-        .await
-        .status,
+        app.call(Method::GET, &paths::job(&id), Some(&app.admin), None)
+            .await
+            .status,
         StatusCode::OK
     );
     let (_, other) = app.user("customer", None).await;
     let reply = app
-        .call(Method::GET, &format!("/api/jobs/{id}"), Some(&other), None)
+        .call(Method::GET, &paths::job(&id), Some(&other), None)
         .await;
     assert_eq!(
         (reply.status, reply.code()),
@@ -315,7 +306,7 @@ async fn submission_end_to_end_with_server_side_cost() {
     let reply = app
         .call(
             Method::GET,
-            "/api/jobs/job_doesnotexist",
+            &paths::job("job_doesnotexist"),
             Some(&other),
             None,
         )
@@ -325,12 +316,7 @@ async fn submission_end_to_end_with_server_side_cost() {
         (StatusCode::NOT_FOUND, "JOB_NOT_FOUND")
     );
     let reply = app
-        .call(
-            Method::POST,
-            &format!("/api/jobs/{id}/cancel"),
-            Some(&other),
-            None,
-        )
+        .call(Method::POST, &paths::job_cancel(&id), Some(&other), None)
         .await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
 }
@@ -343,7 +329,7 @@ async fn gpu_lookup_and_requirements() {
     let reply = app
         .call(
             Method::POST,
-            "/api/jobs",
+            paths::JOBS,
             Some(&customer),
             Some(job_body("gpu_unknown")),
         )
@@ -359,7 +345,7 @@ async fn gpu_lookup_and_requirements() {
     let reply = app
         .call(
             Method::POST,
-            "/api/jobs",
+            paths::JOBS,
             Some(&customer),
             Some(job_body(&gpu)),
         )
@@ -380,7 +366,7 @@ async fn gpu_lookup_and_requirements() {
     let reply = app
         .call(
             Method::POST,
-            "/api/jobs",
+            paths::JOBS,
             Some(&customer),
             Some(body.clone()),
         )
@@ -397,7 +383,7 @@ async fn gpu_lookup_and_requirements() {
     let reply = app
         .call(
             Method::POST,
-            "/api/jobs",
+            paths::JOBS,
             Some(&customer),
             Some(body.clone()),
         )
@@ -408,7 +394,7 @@ async fn gpu_lookup_and_requirements() {
     );
     body["gpu"] = json!({"model": "H100", "max_price_per_hour": 9.99});
     let reply = app
-        .call(Method::POST, "/api/jobs", Some(&customer), Some(body))
+        .call(Method::POST, paths::JOBS, Some(&customer), Some(body))
         .await;
     assert_eq!(
         (reply.status, reply.body["costEstimate"].clone()),
@@ -439,7 +425,7 @@ async fn validation_errors_name_their_field_and_change_nothing() {
         let mut body = job_body(&gpu);
         body[field] = value;
         let reply = app
-            .call(Method::POST, "/api/jobs", Some(&customer), Some(body))
+            .call(Method::POST, paths::JOBS, Some(&customer), Some(body))
             .await;
         assert_eq!(
             (reply.status, reply.code()),
@@ -459,7 +445,7 @@ async fn validation_errors_name_their_field_and_change_nothing() {
     let reply = app
         .call_with(
             Method::POST,
-            "/api/jobs",
+            paths::JOBS,
             Some(&customer),
             Some("{not json".into()),
             &[],
@@ -472,7 +458,7 @@ async fn validation_errors_name_their_field_and_change_nothing() {
     let reply = app
         .call(
             Method::POST,
-            "/api/jobs",
+            paths::JOBS,
             Some(&customer),
             Some(json!([1, 2])),
         )
@@ -492,7 +478,7 @@ async fn bodies_over_64_kib_get_413() {
     let mut body = job_body(&gpu);
     body["padding"] = json!("x".repeat(64 * 1024));
     let reply = app
-        .call(Method::POST, "/api/jobs", Some(&customer), Some(body))
+        .call(Method::POST, paths::JOBS, Some(&customer), Some(body))
         .await;
     assert_eq!(
         (reply.status, reply.code()),
@@ -501,7 +487,7 @@ async fn bodies_over_64_kib_get_413() {
     let mut body = job_body(&gpu);
     body["padding"] = json!("x".repeat(60 * 1024));
     assert_eq!(
-        app.call(Method::POST, "/api/jobs", Some(&customer), Some(body))
+        app.call(Method::POST, paths::JOBS, Some(&customer), Some(body))
             .await
             .status,
         StatusCode::CREATED
@@ -521,7 +507,7 @@ async fn rate_limit_30_per_rolling_minute_with_an_injected_clock() {
             json!({"name": ""})
         };
         let reply = app
-            .call(Method::POST, "/api/jobs", Some(&customer), Some(body))
+            .call(Method::POST, paths::JOBS, Some(&customer), Some(body))
             .await;
         assert_ne!(
             reply.status,
@@ -533,7 +519,7 @@ async fn rate_limit_30_per_rolling_minute_with_an_injected_clock() {
     let reply = app
         .call(
             Method::POST,
-            "/api/jobs",
+            paths::JOBS,
             Some(&customer),
             Some(job_body(&gpu)),
         )
@@ -548,7 +534,7 @@ async fn rate_limit_30_per_rolling_minute_with_an_injected_clock() {
     assert_eq!(
         app.call(
             Method::POST,
-            "/api/jobs",
+            paths::JOBS,
             Some(&other),
             Some(job_body(&gpu))
         )
@@ -561,7 +547,7 @@ async fn rate_limit_30_per_rolling_minute_with_an_injected_clock() {
     assert_eq!(
         app.call(
             Method::POST,
-            "/api/jobs",
+            paths::JOBS,
             Some(&customer),
             Some(job_body(&gpu))
         )
@@ -572,7 +558,7 @@ async fn rate_limit_30_per_rolling_minute_with_an_injected_clock() {
     assert_eq!(
         app.call(
             Method::POST,
-            "/api/jobs",
+            paths::JOBS,
             Some(&customer),
             Some(job_body(&gpu))
         )
@@ -592,7 +578,7 @@ async fn two_instances_share_the_rate_limit(app: TestApp) {
             instance
                 .call(
                     Method::POST,
-                    "/api/jobs",
+                    paths::JOBS,
                     Some(&customer),
                     Some(job_body(&gpu))
                 )
@@ -605,7 +591,7 @@ async fn two_instances_share_the_rate_limit(app: TestApp) {
         let reply = instance
             .call(
                 Method::POST,
-                "/api/jobs",
+                paths::JOBS,
                 Some(&customer),
                 Some(job_body(&gpu)),
             )
@@ -622,7 +608,7 @@ async fn idempotency_key_replays_once_even_when_racing(app: TestApp) {
     let first = app
         .call_with(
             Method::POST,
-            "/api/jobs",
+            paths::JOBS,
             Some(&customer),
             Some(body.clone()),
             &key,
@@ -631,7 +617,7 @@ async fn idempotency_key_replays_once_even_when_racing(app: TestApp) {
     let second = app
         .call_with(
             Method::POST,
-            "/api/jobs",
+            paths::JOBS,
             Some(&customer),
             Some(body.clone()),
             &key,
@@ -649,7 +635,7 @@ async fn idempotency_key_replays_once_even_when_racing(app: TestApp) {
     let reply = app
         .call_with(
             Method::POST,
-            "/api/jobs",
+            paths::JOBS,
             Some(&customer),
             Some(other.to_string()),
             &key,
@@ -666,7 +652,7 @@ async fn idempotency_key_replays_once_even_when_racing(app: TestApp) {
         let instance = if n % 2 == 0 { &app } else { &replica };
         instance.call_with(
             Method::POST,
-            "/api/jobs",
+            paths::JOBS,
             Some(&customer),
             Some(body.clone()),
             &race_key,
@@ -685,7 +671,7 @@ async fn idempotency_key_replays_once_even_when_racing(app: TestApp) {
     // 24 hours later the key is forgotten.
     app.clock.advance_ms(24 * 3_600_000 + 1);
     let later = app
-        .call_with(Method::POST, "/api/jobs", Some(&customer), Some(body), &key)
+        .call_with(Method::POST, paths::JOBS, Some(&customer), Some(body), &key)
         .await;
     assert_eq!(later.status, StatusCode::CREATED);
     assert_ne!(later.body["id"], first.body["id"]);
@@ -699,7 +685,7 @@ async fn idempotency_key_must_be_sane() {
     let reply = app
         .call_with(
             Method::POST,
-            "/api/jobs",
+            paths::JOBS,
             Some(&customer),
             Some("{}".into()),
             &[("idempotency-key", &long)],
@@ -717,7 +703,7 @@ async fn cancel_moves_to_cancelled_once(app: TestApp) {
     let id = app
         .call(
             Method::POST,
-            "/api/jobs",
+            paths::JOBS,
             Some(&customer),
             Some(job_body(&gpu)),
         )
@@ -727,12 +713,7 @@ async fn cancel_moves_to_cancelled_once(app: TestApp) {
         .unwrap()
         .to_string();
     let reply = app
-        .call(
-            Method::POST,
-            &format!("/api/jobs/{id}/cancel"),
-            Some(&customer),
-            None,
-        )
+        .call(Method::POST, &paths::job_cancel(&id), Some(&customer), None)
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     assert_eq!(
@@ -749,12 +730,7 @@ async fn cancel_moves_to_cancelled_once(app: TestApp) {
     );
     assert!(reply.body["ended_at"].is_string());
     let again = app
-        .call(
-            Method::POST,
-            &format!("/api/jobs/{id}/cancel"),
-            Some(&customer),
-            None,
-        )
+        .call(Method::POST, &paths::job_cancel(&id), Some(&customer), None)
         .await;
     assert_eq!(
         (again.status, again.code()),
@@ -771,7 +747,7 @@ async fn cancel_moves_to_cancelled_once(app: TestApp) {
 /// user's stored clearance and works at once; bounds and refusals say what to do.
 async fn admins_issue_tokens_at_the_users_clearance(app: TestApp) {
     let (customer_id, _) = app.user("customer", None).await;
-    let path = format!("/api/admin/users/{customer_id}/tokens");
+    let path = paths::admin_user_tokens(&customer_id);
     let reply = app
         .call(
             Method::POST,
@@ -791,7 +767,7 @@ async fn admins_issue_tokens_at_the_users_clearance(app: TestApp) {
     assert_eq!(expires, app.clock_seconds() + 3600);
     let claims = gp4u_core::token::verify(&token, &keys(), app.clock_seconds()).unwrap();
     assert_eq!((claims.sub.as_str(), claims.clr), (customer_id.as_str(), 1));
-    let mine = app.call(Method::GET, "/api/jobs", Some(&token), None).await;
+    let mine = app.call(Method::GET, paths::JOBS, Some(&token), None).await;
     assert_eq!(mine.status, StatusCode::OK, "{:?}", mine.body);
     // No body: 30 days.
     let reply = app.call(Method::POST, &path, Some(&app.admin), None).await;
@@ -826,7 +802,7 @@ async fn admins_issue_tokens_at_the_users_clearance(app: TestApp) {
     let reply = app
         .call(
             Method::POST,
-            "/api/admin/users/usr_nobody/tokens",
+            &paths::admin_user_tokens("usr_nobody"),
             Some(&app.admin),
             None,
         )
@@ -838,7 +814,7 @@ async fn admins_issue_tokens_at_the_users_clearance(app: TestApp) {
     let suspended = app
         .call(
             Method::POST,
-            &format!("/api/admin/users/{customer_id}/suspend"),
+            &paths::admin_user_suspend(&customer_id),
             Some(&app.admin),
             None,
         )
@@ -865,7 +841,7 @@ async fn credits_and_user_admin() {
     let reply = app
         .call(
             Method::POST,
-            &format!("/api/admin/users/{id}/credits"),
+            &paths::admin_user_credits(&id),
             Some(&app.admin),
             Some(json!({"amount": 100.0})),
         )
@@ -878,7 +854,7 @@ async fn credits_and_user_admin() {
     let reply = app
         .call(
             Method::POST,
-            &format!("/api/admin/users/{id}/credits"),
+            &paths::admin_user_credits(&id),
             Some(&app.admin),
             Some(json!({"amount": -100100.01})),
         )
@@ -890,7 +866,7 @@ async fn credits_and_user_admin() {
     let reply = app
         .call(
             Method::POST,
-            "/api/admin/users/usr_nobody/credits",
+            &paths::admin_user_credits("usr_nobody"),
             Some(&app.admin),
             Some(json!({"amount": 1})),
         )
@@ -902,7 +878,7 @@ async fn credits_and_user_admin() {
     let reply = app
         .call(
             Method::POST,
-            "/api/admin/users",
+            paths::ADMIN_USERS,
             Some(&app.admin),
             Some(json!({"name": "x", "role": "root"})),
         )
@@ -1063,22 +1039,22 @@ fn openapi_names_the_typed_answers() {
         document["paths"][path][method]["responses"]["200"]["content"][content]["schema"].clone()
     };
     assert_eq!(
-        answer("/api/energy", "get", "application/json")["$ref"],
+        answer(paths::ENERGY, "get", "application/json")["$ref"],
         reference("EnergyReport")
     );
     assert_eq!(
-        answer("/api/jobs/{id}/telemetry", "get", "application/json")["$ref"],
+        answer(paths::JOB_TELEMETRY, "get", "application/json")["$ref"],
         reference("TelemetrySeries")
     );
     assert_eq!(
-        answer("/api/jobs/{id}/veritas", "get", "application/json")["$ref"],
+        answer(paths::JOB_VERITAS, "get", "application/json")["$ref"],
         reference("VeritasRecord")
     );
     for (path, other) in [
-        ("/api/energy", "image/svg+xml"),
-        ("/api/jobs/{id}/telemetry", "image/svg+xml"),
-        ("/api/jobs/{id}/telemetry", "text/event-stream"),
-        ("/api/jobs/{id}/logs", "text/event-stream"),
+        (paths::ENERGY, "image/svg+xml"),
+        (paths::JOB_TELEMETRY, "image/svg+xml"),
+        (paths::JOB_TELEMETRY, "text/event-stream"),
+        (paths::JOB_LOGS, "text/event-stream"),
     ] {
         assert!(
             document["paths"][path]["get"]["responses"]["200"]["content"]
@@ -1090,7 +1066,7 @@ fn openapi_names_the_typed_answers() {
     }
     // One packet gets a reply; an array of packets an array of items, each a reply or a refusal.
     assert_eq!(
-        answer("/api/telemetry/russian-doll", "post", "application/json")["$ref"],
+        answer(paths::TELEMETRY, "post", "application/json")["$ref"],
         reference("TelemetryAnswer")
     );
     let one_of = |name: &str| schemas[name]["oneOf"].as_array().unwrap().clone();
@@ -1187,7 +1163,7 @@ fn openapi_names_the_typed_answers() {
 #[tokio::test]
 async fn openapi_health_and_unknown_routes() {
     let app = sqlite("openapi").await;
-    let reply = app.call(Method::GET, "/api/openapi.json", None, None).await;
+    let reply = app.call(Method::GET, paths::OPENAPI, None, None).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert!(
         reply.body["openapi"].as_str().unwrap().starts_with("3.1"),
@@ -1195,36 +1171,39 @@ async fn openapi_health_and_unknown_routes() {
         reply.body["openapi"]
     );
     for path in [
-        "/api/jobs",
-        "/api/jobs/{id}",
-        "/api/jobs/{id}/cancel",
-        "/api/providers/register",
-        "/api/gpus",
-        "/api/admin/users",
-        "/api/admin/users/{id}/suspend",
-        "/api/admin/users/{id}/credits",
-        "/api/admin/chambers",
-        "/api/artifacts",
-        "/api/jobs/{id}/outputs",
-        "/api/jobs/{id}/logs",
-        "/api/agent/jobs/{id}/inputs/{art_id}",
-        "/api/agent/jobs/{id}/outputs",
-        "/api/agent/jobs/{id}/logs",
-        "/api/jobs/{id}/settlement",
-        "/api/billing/balance",
-        "/api/providers/{nodeId}/zk-proofs",
-        "/api/jobs/{id}/proofs",
-        "/api/ledger/checkpoint",
-        "/api/ledger/public-key",
-        "/api/ledger/entries",
-        "/api/ledger/proof/inclusion",
-        "/api/ledger/proof/consistency",
-        "/api/jobs/{id}/ledger",
-        "/api/providers/{nodeId}/power-limits",
+        paths::JOBS,
+        paths::JOB,
+        paths::JOB_CANCEL,
+        paths::PROVIDERS_REGISTER,
+        paths::GPUS,
+        paths::ADMIN_USERS,
+        paths::ADMIN_USER_SUSPEND,
+        paths::ADMIN_USER_CREDITS,
+        paths::ADMIN_CHAMBERS,
+        paths::ARTIFACTS,
+        paths::JOB_OUTPUTS,
+        paths::JOB_LOGS,
+        paths::AGENT_JOB_INPUT,
+        paths::AGENT_JOB_OUTPUTS,
+        paths::AGENT_JOB_LOGS,
+        paths::JOB_SETTLEMENT,
+        paths::BALANCE,
+        paths::PROVIDER_PROOFS,
+        paths::JOB_PROOFS,
+        paths::LEDGER_CHECKPOINT,
+        paths::LEDGER_PUBLIC_KEY,
+        paths::LEDGER_ENTRIES,
+        paths::LEDGER_INCLUSION,
+        paths::LEDGER_CONSISTENCY,
+        paths::JOB_LEDGER,
+        paths::PROVIDER_POWER_LIMITS,
     ] {
+        // The document names a node's id `{nodeId}` where the router's template says
+        // `{node_id}`; otherwise its keys are the templates themselves.
+        let documented = path.replace("{node_id}", "{nodeId}");
         assert!(
-            reply.body["paths"].get(path).is_some(),
-            "OpenAPI lacks {path}"
+            reply.body["paths"].get(&documented).is_some(),
+            "OpenAPI lacks {documented}"
         );
     }
     for schema in [
@@ -1270,6 +1249,7 @@ async fn openapi_health_and_unknown_routes() {
         (reply.status, reply.code()),
         (StatusCode::NOT_FOUND, "NOT_FOUND")
     );
+    // Not a route: health lives at `/healthz`, outside `/api`.
     let reply = app
         .call(Method::GET, "/api/healthz", Some(&app.admin), None)
         .await;

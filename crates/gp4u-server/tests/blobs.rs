@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use gp4u_core::atlas::AtlasConfig;
+use gp4u_proto::paths;
 use gp4u_server::placement::place_pending;
 use gp4u_server::state::Limits;
 use gp4u_store::Engine;
@@ -34,7 +35,7 @@ async fn upload(app: &TestApp, token: &str, bytes: &[u8]) -> String {
     let (status, _, body) = app
         .raw(
             Method::POST,
-            "/api/artifacts",
+            paths::ARTIFACTS,
             Some(token),
             bytes.to_vec(),
             &[],
@@ -81,7 +82,11 @@ async fn running_job(
     place_pending(&app.state, &AtlasConfig::default())
         .await
         .unwrap();
-    let poll = format!("/api/agent/assignments?node_id={}&wait=1", node.node_id);
+    let poll = format!(
+        "{}?node_id={}&wait=1",
+        paths::AGENT_ASSIGNMENTS,
+        node.node_id
+    );
     let reply = app.call(Method::GET, &poll, Some(&node.token), None).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     assert_eq!(reply.body["job_id"], job.as_str());
@@ -94,7 +99,7 @@ async fn report(app: &TestApp, node: &Node, job: &str, mut body: Value) -> Value
     let reply = app
         .call(
             Method::POST,
-            &format!("/api/agent/jobs/{job}/status"),
+            &paths::agent_job_status(job),
             Some(&node.token),
             Some(body),
         )
@@ -123,7 +128,7 @@ async fn artifacts_are_stored_with_their_hash_and_only_their_owner_uses_them() {
     upload(&app, &alice, b"").await;
 
     let (status, _, _) = app
-        .raw(Method::POST, "/api/artifacts", None, b"x".to_vec(), &[])
+        .raw(Method::POST, paths::ARTIFACTS, None, b"x".to_vec(), &[])
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
@@ -136,7 +141,7 @@ async fn artifacts_are_stored_with_their_hash_and_only_their_owner_uses_them() {
     ] {
         body["inputs"] = inputs.clone();
         let reply = app
-            .call(Method::POST, "/api/jobs", Some(token), Some(body.clone()))
+            .call(Method::POST, paths::JOBS, Some(token), Some(body.clone()))
             .await;
         assert_eq!(
             (reply.status, reply.code()),
@@ -167,7 +172,7 @@ async fn artifacts_are_stored_with_their_hash_and_only_their_owner_uses_them() {
     let (status, _, body) = small
         .raw(
             Method::POST,
-            "/api/artifacts",
+            paths::ARTIFACTS,
             Some(&alice),
             vec![7; 1001],
             &[],
@@ -182,7 +187,7 @@ async fn artifacts_are_stored_with_their_hash_and_only_their_owner_uses_them() {
     let (status, _, _) = small
         .raw(
             Method::POST,
-            "/api/artifacts",
+            paths::ARTIFACTS,
             Some(&alice),
             vec![7; 1001],
             &[("content-length", "1001")],
@@ -210,8 +215,9 @@ async fn only_the_jobs_node_downloads_its_inputs_and_the_manifest_has_their_hash
     assert_eq!(manifest["inputs"], json!([art]));
     assert_eq!(manifest["input_sha256"][&art], sha256_hex(&data));
 
-    let path =
-        |art: &str, node_id: &str| format!("/api/agent/jobs/{job}/inputs/{art}?node_id={node_id}");
+    let path = |art: &str, node_id: &str| {
+        format!("{}?node_id={node_id}", paths::agent_job_input(&job, art))
+    };
     let (status, headers, body) = app
         .raw(
             Method::GET,
@@ -311,7 +317,7 @@ async fn outputs_round_trip_with_their_hash() {
     let (_, customer) = app.user("customer", None).await;
     let (_, stranger) = app.user("customer", None).await;
     let (job, _) = running_job(&app, &node, &customer, &[]).await;
-    let outputs = format!("/api/jobs/{job}/outputs");
+    let outputs = paths::job_outputs(&job);
     let reply = app.call(Method::GET, &outputs, Some(&customer), None).await;
     assert_eq!(
         (reply.status, reply.code()),
@@ -320,7 +326,7 @@ async fn outputs_round_trip_with_their_hash() {
 
     let archive = tar_gz(&[("result.txt", b"accuracy 0.97\n")]);
     let sha = sha256_hex(&archive);
-    let put = |node_id: &str| format!("/api/agent/jobs/{job}/outputs?node_id={node_id}");
+    let put = |node_id: &str| format!("{}?node_id={node_id}", paths::agent_job_outputs(&job));
     let wrong = "0".repeat(64);
     let cases = [
         (
@@ -488,8 +494,8 @@ async fn logs_append_under_a_cap_with_a_truncation_marker() {
     let (_, customer) = app.user("customer", None).await;
     let (_, stranger) = app.user("customer", None).await;
     let (job, _) = running_job(&app, &node, &customer, &[]).await;
-    let post = format!("/api/agent/jobs/{job}/logs?node_id={}", node.node_id);
-    let logs = format!("/api/jobs/{job}/logs");
+    let post = format!("{}?node_id={}", paths::agent_job_logs(&job), node.node_id);
+    let logs = paths::job_logs(&job);
     let (status, _, body) = app
         .raw(Method::GET, &logs, Some(&customer), vec![], &[])
         .await;
@@ -609,7 +615,7 @@ async fn follow_streams_logs_as_events_and_ends_with_the_job() {
     let node = app.node(1, 3.1, "us-east-1").await;
     let (_, customer) = app.user("customer", None).await;
     let (job, _) = running_job(&app, &node, &customer, &[]).await;
-    let post = format!("/api/agent/jobs/{job}/logs?node_id={}", node.node_id);
+    let post = format!("{}?node_id={}", paths::agent_job_logs(&job), node.node_id);
     let append = |chunk: &'static [u8]| {
         let app = &app;
         let post = post.clone();
@@ -625,7 +631,7 @@ async fn follow_streams_logs_as_events_and_ends_with_the_job() {
     // "é" split across two chunks arrives whole.
     append(b"caf\xc3").await;
 
-    let follow = format!("/api/jobs/{job}/logs?follow=1");
+    let follow = format!("{}?follow=1", paths::job_logs(&job));
     let response = app
         .response(Method::GET, &follow, Some(&customer), &[])
         .await;
@@ -712,7 +718,7 @@ async fn follow_streams_logs_as_events_and_ends_with_the_job() {
     let (_, _, body) = app
         .raw(
             Method::GET,
-            &format!("/api/jobs/{job}/logs"),
+            &paths::job_logs(&job),
             Some(&customer),
             vec![],
             &[],

@@ -8,6 +8,7 @@
 mod support;
 
 use axum::http::{HeaderMap, Method, StatusCode};
+use gp4u_proto::paths;
 use gp4u_store::Engine;
 use serde_json::json;
 use support::*;
@@ -421,7 +422,7 @@ async fn hostile_strings_are_escaped_everywhere_they_appear() {
     let created = app
         .call(
             Method::POST,
-            "/api/admin/users",
+            paths::ADMIN_USERS,
             Some(&app.admin),
             Some(json!({"name": "</td><script>alert(2)</script>", "role": "customer"})),
         )
@@ -504,7 +505,7 @@ async fn provider_and_admin_pages_read_the_api_for_their_roles() {
     }
     // GET /api/providers: the caller's own nodes, providers only.
     let reply = app
-        .call(Method::GET, "/api/providers", Some(&node.token), None)
+        .call(Method::GET, paths::PROVIDERS, Some(&node.token), None)
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     let nodes = reply.body["nodes"].as_array().unwrap();
@@ -513,17 +514,17 @@ async fn provider_and_admin_pages_read_the_api_for_their_roles() {
     assert_eq!(nodes[0]["gpus"].as_array().unwrap().len(), 2);
     let (_, customer) = app.user("customer", None).await;
     let reply = app
-        .call(Method::GET, "/api/providers", Some(&customer), None)
+        .call(Method::GET, paths::PROVIDERS, Some(&customer), None)
         .await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
     // GET /api/admin/users: the operator's list, admins only.
     let reply = app
-        .call(Method::GET, "/api/admin/users", Some(&app.admin), None)
+        .call(Method::GET, paths::ADMIN_USERS, Some(&app.admin), None)
         .await;
     assert_eq!(reply.status, StatusCode::OK);
     assert!(reply.body["users"].as_array().unwrap().len() >= 3);
     let reply = app
-        .call(Method::GET, "/api/admin/users", Some(&node.token), None)
+        .call(Method::GET, paths::ADMIN_USERS, Some(&node.token), None)
         .await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
     // The assets are served by the binary.
@@ -624,7 +625,7 @@ async fn the_routes_the_console_reads(app: TestApp) {
     let node = app.node(1, 2.0, "us-east-1").await;
     let other = app.node(2, 2.0, "us-east-1").await;
     let reply = app
-        .call(Method::GET, "/api/admin/users", Some(&app.admin), None)
+        .call(Method::GET, paths::ADMIN_USERS, Some(&app.admin), None)
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     let ids: Vec<&str> = reply.body["users"]
@@ -639,12 +640,12 @@ async fn the_routes_the_console_reads(app: TestApp) {
         "{ids:?}"
     );
     let refused = app
-        .call(Method::GET, "/api/admin/users", Some(&node.token), None)
+        .call(Method::GET, paths::ADMIN_USERS, Some(&node.token), None)
         .await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     for (provider, count) in [(&node, 1), (&other, 2)] {
         let reply = app
-            .call(Method::GET, "/api/providers", Some(&provider.token), None)
+            .call(Method::GET, paths::PROVIDERS, Some(&provider.token), None)
             .await;
         assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
         let nodes = reply.body["nodes"].as_array().unwrap();
@@ -680,6 +681,7 @@ async fn an_unknown_page_is_a_page_for_browsers_and_json_for_clients() {
 
     for (path, accept) in [
         ("/console/jobs", "application/json"),
+        // Not a route: an unknown path under `/api` asked for by a browser.
         ("/api/nothing-here", "text/html"),
     ] {
         let (status, headers, body) =

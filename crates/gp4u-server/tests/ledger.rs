@@ -14,6 +14,7 @@ use gp4u_ledger::checkpoint::{Checkpoint, open_checkpoint};
 use gp4u_ledger::hash::{Hash, hash_from_hex, leaf_hash};
 use gp4u_ledger::reference::mth;
 use gp4u_ledger::verify::{verify_consistency, verify_inclusion};
+use gp4u_proto::paths;
 use gp4u_server::obsidian::seal_once;
 use gp4u_server::settlement::settle_once;
 use gp4u_store::Engine;
@@ -45,7 +46,7 @@ async fn job_indexes(app: &TestApp, run: &Running) -> BTreeSet<u64> {
     let reply = app
         .call(
             Method::GET,
-            &format!("/api/jobs/{}/ledger", run.job),
+            &paths::job_ledger(&run.job),
             Some(&run.customer),
             None,
         )
@@ -68,7 +69,7 @@ async fn all_entries(app: &TestApp, token: Option<&str>) -> (Vec<Value>, u64) {
     let reply = app
         .call(
             Method::GET,
-            "/api/ledger/entries?start=0&end=1000",
+            &format!("{}?start=0&end=1000", paths::LEDGER_ENTRIES),
             token,
             None,
         )
@@ -138,7 +139,7 @@ async fn entry_bodies_go_to_the_jobs_owner_and_admins(app: TestApp) {
     let reply = app
         .call_with(
             Method::GET,
-            "/api/ledger/entries?start=0&end=1000",
+            &format!("{}?start=0&end=1000", paths::LEDGER_ENTRIES),
             None,
             None,
             &[("x-subject-id", "usr_admin")],
@@ -184,7 +185,7 @@ async fn entry_bodies_go_to_the_jobs_owner_and_admins(app: TestApp) {
 /// The checkpoint, opened with the key: both fetched without a token.
 async fn anonymous_checkpoint(app: &TestApp) -> Checkpoint {
     let (status, headers, key) = app
-        .raw(Method::GET, "/api/ledger/public-key", None, Vec::new(), &[])
+        .raw(Method::GET, paths::LEDGER_PUBLIC_KEY, None, Vec::new(), &[])
         .await;
     assert_eq!(status, StatusCode::OK);
     assert!(
@@ -195,7 +196,7 @@ async fn anonymous_checkpoint(app: &TestApp) -> Checkpoint {
     );
     let key = String::from_utf8(key).unwrap();
     let (status, headers, note) = app
-        .raw(Method::GET, "/api/ledger/checkpoint", None, Vec::new(), &[])
+        .raw(Method::GET, paths::LEDGER_CHECKPOINT, None, Vec::new(), &[])
         .await;
     assert_eq!(status, StatusCode::OK);
     assert!(
@@ -282,7 +283,7 @@ async fn anyone_may_witness_the_log(app: TestApp) {
     let reply = app
         .call(
             Method::GET,
-            &format!("/api/ledger/proof/consistency?from={}", before.size),
+            &format!("{}?from={}", paths::LEDGER_CONSISTENCY, before.size),
             None,
             None,
         )
@@ -296,13 +297,16 @@ async fn anyone_may_witness_the_log(app: TestApp) {
     );
 }
 
-const PUBLIC_ROUTES: [&str; 5] = [
-    "/api/ledger/checkpoint",
-    "/api/ledger/public-key",
-    "/api/ledger/entries",
-    "/api/ledger/proof/inclusion?index=0",
-    "/api/ledger/proof/consistency?from=1",
-];
+/// The log's public routes, each with a query it answers 200.
+fn public_routes() -> [String; 5] {
+    [
+        paths::LEDGER_CHECKPOINT.to_owned(),
+        paths::LEDGER_PUBLIC_KEY.to_owned(),
+        paths::LEDGER_ENTRIES.to_owned(),
+        format!("{}?index=0", paths::LEDGER_INCLUSION),
+        format!("{}?from=1", paths::LEDGER_CONSISTENCY),
+    ]
+}
 
 /// A token sent to a public route is judged as everywhere: a bad one is 401 before any
 /// database access, a suspended user's 403 — never quietly served as anonymous.
@@ -324,7 +328,7 @@ async fn a_token_on_the_public_log_is_still_judged(app: TestApp) {
         ("no scheme", run.customer.clone(), "TOKEN_MALFORMED"),
         ("empty", String::new(), "TOKEN_MALFORMED"),
     ];
-    for path in PUBLIC_ROUTES {
+    for path in &public_routes() {
         for (name, header, code) in &cases {
             let before = app.store().operations();
             let reply = app
@@ -351,13 +355,13 @@ async fn a_token_on_the_public_log_is_still_judged(app: TestApp) {
     let reply = app
         .call(
             Method::POST,
-            &format!("/api/admin/users/{}/suspend", run.customer_id),
+            &paths::admin_user_suspend(&run.customer_id),
             Some(&app.admin),
             None,
         )
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-    for path in PUBLIC_ROUTES {
+    for path in &public_routes() {
         let reply = app.call(Method::GET, path, Some(&run.customer), None).await;
         assert_eq!(
             (reply.status, reply.code()),
@@ -374,46 +378,73 @@ async fn out_of_range_query_values_are_400(app: TestApp) {
     let run = sealed_job(&app).await;
     let cases: &[(&str, &str)] = &[
         // Beyond any log index: the database holds indexes as signed 64-bit integers.
-        ("/api/ledger/entries?start=9223372036854775808", "start"),
         (
-            "/api/ledger/entries?start=9223372036854775000&end=9223372036854775808",
+            &format!("{}?start=9223372036854775808", paths::LEDGER_ENTRIES),
+            "start",
+        ),
+        (
+            &format!(
+                "{}?start=9223372036854775000&end=9223372036854775808",
+                paths::LEDGER_ENTRIES
+            ),
             "end",
         ),
-        ("/api/ledger/entries?start=18446744073709551615", "start"),
-        // Not a u64 at all.
-        ("/api/ledger/entries?start=18446744073709551616", "start"),
-        ("/api/ledger/entries?start=-1", "start"),
-        ("/api/ledger/entries?start=ten", "start"),
-        ("/api/ledger/entries?end=1e3", "end"),
-        ("/api/ledger/entries?start=", "start"),
-        // A range that is backwards or too long.
-        ("/api/ledger/entries?start=5&end=2", "end"),
-        ("/api/ledger/entries?start=0&end=1001", "end"),
-        ("/api/ledger/proof/inclusion", "index"),
-        ("/api/ledger/proof/inclusion?index=x", "index"),
         (
-            "/api/ledger/proof/inclusion?index=18446744073709551615",
+            &format!("{}?start=18446744073709551615", paths::LEDGER_ENTRIES),
+            "start",
+        ),
+        // Not a u64 at all.
+        (
+            &format!("{}?start=18446744073709551616", paths::LEDGER_ENTRIES),
+            "start",
+        ),
+        (&format!("{}?start=-1", paths::LEDGER_ENTRIES), "start"),
+        (&format!("{}?start=ten", paths::LEDGER_ENTRIES), "start"),
+        (&format!("{}?end=1e3", paths::LEDGER_ENTRIES), "end"),
+        (&format!("{}?start=", paths::LEDGER_ENTRIES), "start"),
+        // A range that is backwards or too long.
+        (&format!("{}?start=5&end=2", paths::LEDGER_ENTRIES), "end"),
+        (
+            &format!("{}?start=0&end=1001", paths::LEDGER_ENTRIES),
+            "end",
+        ),
+        (paths::LEDGER_INCLUSION, "index"),
+        (&format!("{}?index=x", paths::LEDGER_INCLUSION), "index"),
+        (
+            &format!("{}?index=18446744073709551615", paths::LEDGER_INCLUSION),
             "index",
         ),
         (
-            "/api/ledger/proof/inclusion?index=0&size=18446744073709551615",
+            &format!(
+                "{}?index=0&size=18446744073709551615",
+                paths::LEDGER_INCLUSION
+            ),
             "size",
         ),
         (
-            "/api/ledger/proof/inclusion?index=0&size=99999999999999999999",
+            &format!(
+                "{}?index=0&size=99999999999999999999",
+                paths::LEDGER_INCLUSION
+            ),
             "size",
         ),
-        ("/api/ledger/proof/inclusion?index=3&size=3", "index"),
-        ("/api/ledger/proof/consistency", "from"),
         (
-            "/api/ledger/proof/consistency?from=18446744073709551615",
+            &format!("{}?index=3&size=3", paths::LEDGER_INCLUSION),
+            "index",
+        ),
+        (paths::LEDGER_CONSISTENCY, "from"),
+        (
+            &format!("{}?from=18446744073709551615", paths::LEDGER_CONSISTENCY),
             "from",
         ),
         (
-            "/api/ledger/proof/consistency?from=1&to=18446744073709551615",
+            &format!(
+                "{}?from=1&to=18446744073709551615",
+                paths::LEDGER_CONSISTENCY
+            ),
             "to",
         ),
-        ("/api/ledger/proof/consistency?from=1&to=-2", "to"),
+        (&format!("{}?from=1&to=-2", paths::LEDGER_CONSISTENCY), "to"),
     ];
     // Anonymous (the routes are public) and with a token alike.
     for (path, parameter) in cases {
@@ -436,7 +467,7 @@ async fn out_of_range_query_values_are_400(app: TestApp) {
     let reply = app
         .call(
             Method::GET,
-            "/api/ledger/entries?start=9223372036854775000",
+            &format!("{}?start=9223372036854775000", paths::LEDGER_ENTRIES),
             None,
             None,
         )
@@ -459,20 +490,20 @@ async fn the_openapi_document_shows_the_log_public() {
     let app = TestApp::new(Engine::Sqlite, "openapi_public_log")
         .await
         .unwrap();
-    let reply = app.call(Method::GET, "/api/openapi.json", None, None).await;
+    let reply = app.call(Method::GET, paths::OPENAPI, None, None).await;
     assert_eq!(reply.status, StatusCode::OK);
     for path in [
-        "/api/ledger/checkpoint",
-        "/api/ledger/public-key",
-        "/api/ledger/entries",
-        "/api/ledger/proof/inclusion",
-        "/api/ledger/proof/consistency",
+        paths::LEDGER_CHECKPOINT,
+        paths::LEDGER_PUBLIC_KEY,
+        paths::LEDGER_ENTRIES,
+        paths::LEDGER_INCLUSION,
+        paths::LEDGER_CONSISTENCY,
     ] {
         let security = &reply.body["paths"][path]["get"]["security"];
         assert_eq!(security, &json!([{}, {"bearer": []}]), "{path}");
     }
     assert_eq!(
-        reply.body["paths"]["/api/jobs/{id}/ledger"]["get"]["security"],
+        reply.body["paths"][paths::JOB_LEDGER]["get"]["security"],
         json!([{"bearer": []}])
     );
     assert!(

@@ -9,6 +9,7 @@ mod support;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
+use gp4u_proto::paths;
 use gp4u_server::build_router;
 use gp4u_server::metrics::Metrics;
 use gp4u_store::Engine;
@@ -66,7 +67,7 @@ async fn the_pipeline_is_counted_where_it_happens(app: TestApp) {
     assert_eq!(reply.body["reason"], "CRYPTO_MINING_DURING_ML_JOB");
     assert_eq!(reply.body["status"], "PENDING", "retried elsewhere");
     // A request without a token, timed under its route as 4xx.
-    let refused = app.call(Method::GET, "/api/jobs", None, None).await;
+    let refused = app.call(Method::GET, paths::JOBS, None, None).await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
     // And one that matches no route: not timed, its path not a label.
     let unknown = app
@@ -75,6 +76,11 @@ async fn the_pipeline_is_counted_where_it_happens(app: TestApp) {
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
 
     let text = scrape(&app).await;
+    let timed = |route: &str, method: &str, status: &str| {
+        format!(
+            "gp4u_http_request_duration_seconds_count{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}}"
+        )
+    };
     for (series, expected) in [
         ("gp4u_job_submissions_total", 1.0),
         ("gp4u_placements_total", 1.0),
@@ -96,18 +102,9 @@ async fn the_pipeline_is_counted_where_it_happens(app: TestApp) {
         ("gp4u_jobs{status=\"PENDING\"}", 1.0),
         ("gp4u_jobs{status=\"RUNNING\"}", 0.0),
         ("gp4u_jobs{status=\"COMPLETE\"}", 0.0),
-        (
-            "gp4u_http_request_duration_seconds_count{route=\"/api/jobs\",method=\"POST\",status=\"2xx\"}",
-            1.0,
-        ),
-        (
-            "gp4u_http_request_duration_seconds_count{route=\"/api/jobs\",method=\"GET\",status=\"4xx\"}",
-            1.0,
-        ),
-        (
-            "gp4u_http_request_duration_seconds_count{route=\"/api/telemetry/russian-doll\",method=\"POST\",status=\"2xx\"}",
-            2.0,
-        ),
+        (timed(paths::JOBS, "POST", "2xx").as_str(), 1.0),
+        (timed(paths::JOBS, "GET", "4xx").as_str(), 1.0),
+        (timed(paths::TELEMETRY, "POST", "2xx").as_str(), 2.0),
     ] {
         assert_eq!(sample(&text, series), Some(expected), "{series} in\n{text}");
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use gp4u_core::atlas::AtlasConfig;
+use gp4u_proto::paths;
 use gp4u_server::placement::{place_pending, reap_unclaimed};
 use gp4u_store::Engine;
 use serde_json::{Value, json};
@@ -30,7 +31,7 @@ async fn report(app: &TestApp, node: &Node, job: &str, body: Value) -> (StatusCo
     let reply = app
         .call(
             Method::POST,
-            &format!("/api/agent/jobs/{job}/status"),
+            &paths::agent_job_status(job),
             Some(&node.token),
             Some(body),
         )
@@ -54,11 +55,15 @@ async fn assign_dispatch_run_and_complete() {
     assert!(!view["placement"]["reasons"].as_array().unwrap().is_empty());
     // The GPU holds the job: it left the marketplace.
     let listing = app
-        .call(Method::GET, "/api/gpus", Some(&customer), None)
+        .call(Method::GET, paths::GPUS, Some(&customer), None)
         .await;
     assert_eq!(listing.body["gpus"], json!([]));
 
-    let poll = format!("/api/agent/assignments?node_id={}&wait=1", node.node_id);
+    let poll = format!(
+        "{}?node_id={}&wait=1",
+        paths::AGENT_ASSIGNMENTS,
+        node.node_id
+    );
     let reply = app.call(Method::GET, &poll, Some(&node.token), None).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     let manifest = reply.body;
@@ -113,7 +118,7 @@ async fn assign_dispatch_run_and_complete() {
     );
     // The GPU is free again.
     let listing = app
-        .call(Method::GET, "/api/gpus", Some(&customer), None)
+        .call(Method::GET, paths::GPUS, Some(&customer), None)
         .await;
     assert_eq!(listing.body["gpus"].as_array().unwrap().len(), 1);
     // A report on a finished job: nothing changes, and the agent is told to stop.
@@ -179,7 +184,11 @@ async fn only_the_owner_of_a_node_polls_or_reports_for_it() {
     let (_, customer) = app.user("customer", None).await;
     let job = app.submit(&customer, job_body(&node.gpus[0])).await;
     place(&app).await;
-    let poll = format!("/api/agent/assignments?node_id={}&wait=0", node.node_id);
+    let poll = format!(
+        "{}?node_id={}&wait=0",
+        paths::AGENT_ASSIGNMENTS,
+        node.node_id
+    );
     let reply = app.call(Method::GET, &poll, Some(&other.token), None).await;
     assert_eq!(
         (reply.status, reply.code()),
@@ -193,7 +202,7 @@ async fn only_the_owner_of_a_node_polls_or_reports_for_it() {
     let reply = app
         .call(
             Method::GET,
-            "/api/agent/assignments?node_id=node_nope&wait=0",
+            &format!("{}?node_id=node_nope&wait=0", paths::AGENT_ASSIGNMENTS),
             Some(&node.token),
             None,
         )
@@ -225,7 +234,11 @@ async fn a_waiting_poll_wakes_when_its_job_is_assigned() {
     let app = sqlite("dispatch_wakes").await;
     let node = app.node(1, 3.1, "us-east-1").await;
     let (_, customer) = app.user("customer", None).await;
-    let poll = format!("/api/agent/assignments?node_id={}&wait=30", node.node_id);
+    let poll = format!(
+        "{}?node_id={}&wait=30",
+        paths::AGENT_ASSIGNMENTS,
+        node.node_id
+    );
     let waiting = {
         let router = app.router.clone();
         let token = node.token.clone();
@@ -267,7 +280,7 @@ async fn cancelling_frees_the_gpu_and_fences_the_agent() {
     let reply = app
         .call(
             Method::POST,
-            &format!("/api/jobs/{first}/cancel"),
+            &paths::job_cancel(&first),
             Some(&customer),
             None,
         )
@@ -335,7 +348,12 @@ async fn two_instances_never_double_book(app: TestApp) {
         let _ = (a, b);
     }
     let jobs = app
-        .call(Method::GET, "/api/jobs?limit=100", Some(&customer), None)
+        .call(
+            Method::GET,
+            &format!("{}?limit=100", paths::JOBS),
+            Some(&customer),
+            None,
+        )
         .await
         .body["jobs"]
         .clone();
@@ -362,7 +380,7 @@ async fn reproducibility_sensitive_jobs_weigh_provenance_and_emulated_gpus_say_s
     let app = sqlite("provenance").await;
     let (_, provider) = app.user("provider", None).await;
     let reply = app
-        .call(Method::POST, "/api/providers/register", Some(&provider), Some(json!({
+        .call(Method::POST, paths::PROVIDERS_REGISTER, Some(&provider), Some(json!({
             "region": "us-east-1", "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
             "gpus": [{"name": "RTX 4090 (emulated)", "vram_gb": 24, "price_per_hour": 1.0, "power_limit_watts": 450, "emulated": true}]})))
         .await;
@@ -372,7 +390,7 @@ async fn reproducibility_sensitive_jobs_weigh_provenance_and_emulated_gpus_say_s
     );
     let (_, customer) = app.user("customer", None).await;
     let listing = app
-        .call(Method::GET, "/api/gpus", Some(&customer), None)
+        .call(Method::GET, paths::GPUS, Some(&customer), None)
         .await;
     assert_eq!(listing.body["gpus"][0]["emulated"], true);
     let mut body = any_gpu_body();
@@ -380,7 +398,7 @@ async fn reproducibility_sensitive_jobs_weigh_provenance_and_emulated_gpus_say_s
     let reply = app
         .call(
             Method::POST,
-            "/api/jobs",
+            paths::JOBS,
             Some(&customer),
             Some(body.clone()),
         )
@@ -450,7 +468,11 @@ async fn the_job_runtime_reaches_the_job_and_its_agent(app: TestApp) {
         "the defaults: half the memory cap, 20 GB, public"
     );
     assert_eq!(place(&app).await, 2);
-    let poll = format!("/api/agent/assignments?node_id={}&wait=0", node.node_id);
+    let poll = format!(
+        "{}?node_id={}&wait=0",
+        paths::AGENT_ASSIGNMENTS,
+        node.node_id
+    );
     let mut manifests = std::collections::BTreeMap::new();
     for _ in 0..2 {
         let reply = app.call(Method::GET, &poll, Some(&node.token), None).await;

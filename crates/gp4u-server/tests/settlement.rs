@@ -10,6 +10,7 @@ use axum::http::{Method, StatusCode};
 use gp4u_ledger::checkpoint::open_checkpoint;
 use gp4u_ledger::hash::{hash_from_hex, leaf_hash};
 use gp4u_ledger::verify::{verify_consistency, verify_inclusion};
+use gp4u_proto::paths;
 use gp4u_server::obsidian::seal_once;
 use gp4u_server::settlement::settle_once;
 use gp4u_store::Engine;
@@ -18,7 +19,7 @@ use support::*;
 
 async fn balance(app: &TestApp, token: &str) -> Value {
     let reply = app
-        .call(Method::GET, "/api/billing/balance", Some(token), None)
+        .call(Method::GET, paths::BALANCE, Some(token), None)
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     reply.body
@@ -37,7 +38,7 @@ async fn settlement(app: &TestApp, run: &Running) -> Value {
     let reply = app
         .call(
             Method::GET,
-            &format!("/api/jobs/{}/settlement", run.job),
+            &paths::job_settlement(&run.job),
             Some(&run.customer),
             None,
         )
@@ -51,7 +52,7 @@ async fn job_ledger(app: &TestApp, run: &Running) -> Value {
     let reply = app
         .call(
             Method::GET,
-            &format!("/api/jobs/{}/ledger", run.job),
+            &paths::job_ledger(&run.job),
             Some(&run.customer),
             None,
         )
@@ -86,7 +87,7 @@ async fn a_short_credit_is_refused_with_402_and_nothing_is_held(app: TestApp) {
     let reply = app
         .call(
             Method::POST,
-            "/api/admin/users",
+            paths::ADMIN_USERS,
             Some(&app.admin),
             Some(json!({"name": "poor", "role": "customer", "credit": 5})),
         )
@@ -97,7 +98,7 @@ async fn a_short_credit_is_refused_with_402_and_nothing_is_held(app: TestApp) {
     let reply = app
         .call(
             Method::POST,
-            "/api/jobs",
+            paths::JOBS,
             Some(&poor),
             Some(job_body(&node.gpus[0])),
         )
@@ -126,8 +127,12 @@ async fn a_short_credit_is_refused_with_402_and_nothing_is_held(app: TestApp) {
 
 async fn a_completed_job_is_metered_settled_once_and_sealed(app: TestApp) {
     let run = picked_up(&app, pinned()).await;
-    let held = balance(&app, &run.customer).await;
-    assert_eq!(held["held"], json!(13.64));
+    // The reads go through the client, as a customer's and a provider's would.
+    let served = app.serve().await;
+    let customer = served.client(&run.customer);
+    let provider = served.client(&run.node.token);
+    let held = customer.balance().await.unwrap();
+    assert_eq!(held.held, 13.64);
     // 30 minutes of RUNNING time at 380 W, in packets every 10 s (the first starts the job).
     for _ in 0..180 {
         let reply = send(&app, &run, json!({})).await;
@@ -140,7 +145,7 @@ async fn a_completed_job_is_metered_settled_once_and_sealed(app: TestApp) {
     let early = app
         .call(
             Method::GET,
-            &format!("/api/jobs/{}/settlement", run.job),
+            &paths::job_settlement(&run.job),
             Some(&run.customer),
             None,
         )
@@ -152,77 +157,55 @@ async fn a_completed_job_is_metered_settled_once_and_sealed(app: TestApp) {
     settle_and_seal(&app).await;
     // Settling again (a retry, another replica) changes nothing.
     settle_and_seal(&app).await;
-    let settlement = settlement(&app, &run).await;
+    let settlement = customer.settlement(&run.job).await.unwrap();
+    assert_eq!(settlement.job_id, run.job);
     // Started at the first packet, ended at the final one: 180 × 10 s = 0.5 h × 3.10 = 1.55.
-    assert_eq!(settlement["gpu_hours"], json!(0.5));
-    assert_eq!(settlement["customer_charged"], json!(1.55));
-    assert_eq!(settlement["platform_fee"], json!(0.155));
-    assert_eq!(settlement["provider_earnings"], json!(1.395));
-    assert_eq!(settlement["student_program"], json!(0.0));
-    assert_eq!(settlement["refunded"], json!(12.09));
-    assert_eq!(settlement["transfers"].as_array().unwrap().len(), 3);
-    let customer = balance(&app, &run.customer).await;
+    assert_eq!(settlement.gpu_hours, 0.5);
+    assert_eq!(settlement.customer_charged, 1.55);
+    assert_eq!(settlement.platform_fee, 0.155);
+    assert_eq!(settlement.provider_earnings, 1.395);
+    assert_eq!(settlement.student_program, 0.0);
+    assert_eq!(settlement.refunded, 12.09);
+    assert_eq!(settlement.transfers.len(), 3);
+    let customer_balance = customer.balance().await.unwrap();
     assert_eq!(
-        (customer["balance"].clone(), customer["held"].clone()),
-        (json!(99998.45), json!(0.0))
+        (customer_balance.balance, customer_balance.held),
+        (99998.45, 0.0)
     );
-    let provider = balance(&app, &run.node.token).await;
-    assert_eq!(provider["balance"], json!(100001.395));
+    let provider_balance = provider.balance().await.unwrap();
+    assert_eq!(provider_balance.balance, 100001.395);
     assert!(app.store().audit_balances().await.unwrap().is_empty());
-    let statement = app
-        .call(
-            Method::GET,
-            "/api/billing/statement",
-            Some(&run.node.token),
-            None,
-        )
-        .await;
-    assert_eq!(
-        statement.body["earnings"],
-        json!(1.395),
-        "{:?}",
-        statement.body
-    );
+    let statement = provider.statement().await.unwrap();
+    assert_eq!(statement.earnings, 1.395, "{statement:?}");
 
     // Energy: 180 intervals of 10 s at 380 W (the first packet accounts for no time) = 0.19 kWh;
     // us-east-1's factor is in the table with its source.
-    let job = app.job(&run.job).await;
-    let kwh = job["energy_kwh"].as_f64().unwrap();
+    let job = customer.job(&run.job).await.unwrap();
+    let kwh = job.energy_kwh.unwrap();
     assert!((kwh - 0.19).abs() < 1e-12, "{job:?}");
     // The node declared no renewable share: not eligible for carbon credits.
-    assert_eq!(job["carbon_credit_eligible"], json!(false), "{job:?}");
-    let factors = app
-        .call(Method::GET, "/api/grid-factors", Some(&run.customer), None)
-        .await;
-    let us_east = factors.body["factors"]
-        .as_array()
-        .unwrap()
+    assert_eq!(job.carbon_credit_eligible, Some(false), "{job:?}");
+    let factors = customer.grid_factors().await.unwrap();
+    let us_east = factors
+        .factors
         .iter()
-        .find(|factor| factor["region"] == "us-east-1")
-        .unwrap()
-        .clone();
-    let grams = us_east["g_co2e_per_kwh"].as_f64().unwrap();
-    assert!((job["carbon_kg"].as_f64().unwrap() - 0.19 * grams / 1000.0).abs() < 1e-9);
+        .find(|factor| factor.region == "us-east-1")
+        .unwrap();
+    let grams = us_east.g_co2e_per_kwh;
+    assert!((job.carbon_kg.unwrap() - 0.19 * grams / 1000.0).abs() < 1e-9);
 
     // The ledger: the job's entries, each included in the signed checkpoint.
-    let public_key = app
-        .call(
-            Method::GET,
-            "/api/ledger/public-key",
-            Some(&run.customer),
-            None,
-        )
-        .await;
-    assert_eq!(public_key.status, StatusCode::OK);
-    let ledger = job_ledger(&app, &run).await;
-    let key = ledger["public_key"].as_str().unwrap();
-    let checkpoint = open_checkpoint(
-        ledger["checkpoint"].as_str().unwrap(),
-        key,
-        "gp4u.local/obsidian",
-    )
-    .unwrap();
-    let kinds = kinds(&ledger);
+    let public_key = customer.ledger_public_key().await.unwrap();
+    let ledger = customer.job_ledger(&run.job).await.unwrap();
+    assert_eq!(ledger.job_id, run.job);
+    assert_eq!(ledger.public_key, public_key.trim());
+    let key = ledger.public_key.as_str();
+    let checkpoint = open_checkpoint(&ledger.checkpoint, key, "gp4u.local/obsidian").unwrap();
+    let kinds: Vec<&str> = ledger
+        .entries
+        .iter()
+        .map(|proven| proven.entry.kind.as_str())
+        .collect();
     for kind in [
         "job.created",
         "job.assigned",
@@ -232,37 +215,39 @@ async fn a_completed_job_is_metered_settled_once_and_sealed(app: TestApp) {
         "veritas.recorded",
         "billing.settled",
     ] {
-        assert!(
-            kinds.iter().any(|seen| seen == kind),
-            "{kind} missing from {kinds:?}"
-        );
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
     }
-    for entry in ledger["entries"].as_array().unwrap() {
-        let leaf = leaf_hash(entry["body"].as_str().unwrap().as_bytes());
-        assert_eq!(
-            hash_from_hex(entry["leaf_hash"].as_str().unwrap()).unwrap(),
-            leaf
-        );
-        let proof: Vec<_> = entry["inclusion_proof"]
-            .as_array()
-            .unwrap()
+    for proven in &ledger.entries {
+        let leaf = leaf_hash(proven.entry.body.as_bytes());
+        assert_eq!(hash_from_hex(&proven.entry.leaf_hash).unwrap(), leaf);
+        let proof: Vec<_> = proven
+            .inclusion_proof
             .iter()
-            .map(|hash| hash_from_hex(hash.as_str().unwrap()).unwrap())
+            .map(|hash| hash_from_hex(hash).unwrap())
             .collect();
         verify_inclusion(
             &leaf,
-            entry["index"].as_u64().unwrap(),
+            proven.entry.index,
             checkpoint.size,
             &proof,
             &checkpoint.root,
         )
         .unwrap();
     }
+    // The parsed body of the first entry of `kind`.
+    let sealed = |kind: &str| -> Value {
+        let proven = ledger
+            .entries
+            .iter()
+            .find(|proven| proven.entry.kind == kind)
+            .unwrap_or_else(|| panic!("no {kind} entry in {ledger:?}"));
+        serde_json::from_str(&proven.entry.body).unwrap()
+    };
     // The settlement is sealed exactly as served.
-    let body = sealed_body(&ledger, "billing.settled");
-    assert_eq!(body["payload"]["settlement"], settlement["exact"]);
+    let body = sealed("billing.settled");
+    assert_eq!(body["payload"]["settlement"], settlement.exact);
     // The Veritas record: what reproduces the run.
-    let record = sealed_body(&ledger, "veritas.recorded")["payload"]["record"].clone();
+    let record = sealed("veritas.recorded")["payload"]["record"].clone();
     assert_eq!(
         record["image_digest"],
         json!(format!("sha256:{}", "a".repeat(64)))
@@ -288,7 +273,7 @@ async fn a_completed_job_is_metered_settled_once_and_sealed(app: TestApp) {
     let reply = app
         .call(
             Method::GET,
-            &format!("/api/jobs/{}/settlement", run.job),
+            &paths::job_settlement(&run.job),
             Some(&stranger),
             None,
         )
@@ -297,7 +282,7 @@ async fn a_completed_job_is_metered_settled_once_and_sealed(app: TestApp) {
     let entries = app
         .call(
             Method::GET,
-            "/api/ledger/entries?start=0&end=1000",
+            &format!("{}?start=0&end=1000", paths::LEDGER_ENTRIES),
             Some(&stranger),
             None,
         )
@@ -318,7 +303,7 @@ async fn a_completed_job_is_metered_settled_once_and_sealed(app: TestApp) {
     let (status, headers, note) = app
         .raw(
             Method::GET,
-            "/api/ledger/checkpoint",
+            paths::LEDGER_CHECKPOINT,
             Some(&run.customer),
             Vec::new(),
             &[],
@@ -333,22 +318,18 @@ async fn a_completed_job_is_metered_settled_once_and_sealed(app: TestApp) {
     );
     let later = open_checkpoint(note, key, "gp4u.local/obsidian").unwrap();
     assert!(later.size > checkpoint.size);
-    let reply = app
-        .call(
-            Method::GET,
-            &format!(
-                "/api/ledger/proof/consistency?from={}&to={}",
-                checkpoint.size, later.size
-            ),
-            Some(&run.customer),
-            None,
-        )
-        .await;
-    let proof: Vec<_> = reply.body["proof"]
-        .as_array()
-        .unwrap()
+    let consistency = customer
+        .consistency_proof(checkpoint.size, later.size)
+        .await
+        .unwrap();
+    assert_eq!(
+        (consistency.from, consistency.to),
+        (checkpoint.size, later.size)
+    );
+    let proof: Vec<_> = consistency
+        .proof
         .iter()
-        .map(|hash| hash_from_hex(hash.as_str().unwrap()).unwrap())
+        .map(|hash| hash_from_hex(hash).unwrap())
         .collect();
     verify_consistency(
         checkpoint.size,
@@ -362,7 +343,8 @@ async fn a_completed_job_is_metered_settled_once_and_sealed(app: TestApp) {
         .call(
             Method::GET,
             &format!(
-                "/api/ledger/proof/inclusion?index=0&size={}",
+                "{}?index=0&size={}",
+                paths::LEDGER_INCLUSION,
                 later.size + 1
             ),
             Some(&run.customer),
@@ -401,7 +383,7 @@ async fn a_provider_fault_costs_the_customer_nothing(app: TestApp) {
     let reply = app
         .call(
             Method::GET,
-            &format!("/api/jobs/{}/settlement", run.job),
+            &paths::job_settlement(&run.job),
             Some(&run.customer),
             None,
         )
@@ -421,7 +403,7 @@ async fn admins_update_grid_factors_with_a_source(app: TestApp) {
     let reply = app
         .call(
             Method::PUT,
-            "/api/admin/grid-factors/eu-north-1",
+            &paths::admin_grid_factor("eu-north-1"),
             Some(&app.admin),
             Some(json!({"g_co2e_per_kwh": 35.5, "source": "Ember 2025 review", "as_of": "2025-06-30"})),
         )
@@ -444,7 +426,7 @@ async fn admins_update_grid_factors_with_a_source(app: TestApp) {
         let reply = app
             .call(
                 Method::PUT,
-                "/api/admin/grid-factors/eu-north-1",
+                &paths::admin_grid_factor("eu-north-1"),
                 Some(&app.admin),
                 Some(body),
             )
@@ -456,14 +438,14 @@ async fn admins_update_grid_factors_with_a_source(app: TestApp) {
     let reply = app
         .call(
             Method::PUT,
-            "/api/admin/grid-factors/eu-north-1",
+            &paths::admin_grid_factor("eu-north-1"),
             Some(&customer),
             Some(json!({"g_co2e_per_kwh": 1, "source": "x", "as_of": "2025-06-30"})),
         )
         .await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
     let factors = app
-        .call(Method::GET, "/api/grid-factors", Some(&customer), None)
+        .call(Method::GET, paths::GRID_FACTORS, Some(&customer), None)
         .await;
     let north = factors.body["factors"]
         .as_array()
@@ -481,7 +463,7 @@ async fn admins_update_grid_factors_with_a_source(app: TestApp) {
     let reply = app
         .call(
             Method::PUT,
-            "/api/admin/grid-factors/us-east-1",
+            &paths::admin_grid_factor("us-east-1"),
             Some(&app.admin),
             Some(json!({"g_co2e_per_kwh": 40, "source": "our own meter", "as_of": "2026-10-31"})),
         )
@@ -589,7 +571,10 @@ async fn proofs_are_verified_against_the_sealed_run(app: TestApp) {
         openings.push(opening);
     }
     // The node's provider reads back what was stored (for replies its agent never got).
-    let path = format!("/api/agent/jobs/{}/commitments?node_id={node_id}", run.job);
+    let path = format!(
+        "{}?node_id={node_id}",
+        paths::agent_job_commitments(&run.job)
+    );
     let stored = app.call(Method::GET, &path, Some(&token), None).await;
     assert_eq!(stored.status, StatusCode::OK, "{:?}", stored.body);
     let listed: Vec<(i64, String)> = stored.body["commitments"]
@@ -631,7 +616,7 @@ async fn proofs_are_verified_against_the_sealed_run(app: TestApp) {
     };
     let submit = |body: String| {
         let app = &app;
-        let path = format!("/api/providers/{node_id}/zk-proofs");
+        let path = paths::provider_proofs(&node_id);
         let token = token.clone();
         async move {
             app.raw(
@@ -719,7 +704,7 @@ async fn proofs_are_verified_against_the_sealed_run(app: TestApp) {
     let (status, _, _) = app
         .raw(
             Method::POST,
-            &format!("/api/providers/{node_id}/zk-proofs"),
+            &paths::provider_proofs(&node_id),
             Some(&run.customer),
             energy_body(claim, &openings).into_bytes(),
             &[],
@@ -730,7 +715,7 @@ async fn proofs_are_verified_against_the_sealed_run(app: TestApp) {
     let (status, _, _) = app
         .raw(
             Method::POST,
-            &format!("/api/providers/{node_id}/zk-proofs"),
+            &paths::provider_proofs(&node_id),
             Some(&stranger),
             energy_body(claim, &openings).into_bytes(),
             &[],
@@ -755,7 +740,7 @@ async fn proofs_are_verified_against_the_sealed_run(app: TestApp) {
     let redeclared = app
         .call(
             Method::PUT,
-            &format!("/api/providers/{node_id}/energy"),
+            &paths::provider_energy(&node_id),
             Some(&token),
             Some(json!({"renewable_pct": 30})),
         )
@@ -825,7 +810,7 @@ async fn proofs_are_verified_against_the_sealed_run(app: TestApp) {
     let proofs = app
         .call(
             Method::GET,
-            &format!("/api/jobs/{}/proofs", run.job),
+            &paths::job_proofs(&run.job),
             Some(&run.customer),
             None,
         )
@@ -973,7 +958,7 @@ impl CommittedRun {
         let (status, _, body) = app
             .raw(
                 Method::POST,
-                &format!("/api/providers/{}/zk-proofs", self.node_id),
+                &paths::provider_proofs(&self.node_id),
                 Some(&self.token),
                 body.into_bytes(),
                 &[("content-type", "application/json")],
@@ -1031,7 +1016,7 @@ async fn proofs_are_held_to_the_assigned_gpu_as_registered(app: TestApp) {
     let redeclared = app
         .call(
             Method::PUT,
-            &format!("/api/providers/{}/power-limits", committed.node_id),
+            &paths::provider_power_limits(&committed.node_id),
             Some(&committed.token),
             Some(json!({"gpus": [{"id": gpu_id, "power_limit_watts": 600}]})),
         )
@@ -1045,7 +1030,7 @@ async fn proofs_are_held_to_the_assigned_gpu_as_registered(app: TestApp) {
     let node_view = app
         .call(
             Method::GET,
-            &format!("/api/providers/{}", committed.node_id),
+            &paths::provider(&committed.node_id),
             Some(&committed.token),
             None,
         )
@@ -1055,8 +1040,9 @@ async fn proofs_are_held_to_the_assigned_gpu_as_registered(app: TestApp) {
         .call(
             Method::GET,
             &format!(
-                "/api/agent/jobs/{}/commitments?node_id={}",
-                committed.run.job, committed.node_id
+                "{}?node_id={}",
+                paths::agent_job_commitments(&committed.run.job),
+                committed.node_id
             ),
             Some(&committed.token),
             None,
@@ -1163,7 +1149,7 @@ async fn a_gpu_without_a_registered_limit_gets_one_from_its_agent(app: TestApp) 
         let refused = app
             .call(
                 Method::POST,
-                "/api/providers/register",
+                paths::PROVIDERS_REGISTER,
                 Some(&provider),
                 Some(json!({"region": "us-east-1",
                             "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
@@ -1193,7 +1179,7 @@ async fn a_gpu_without_a_registered_limit_gets_one_from_its_agent(app: TestApp) 
         )
         .await;
     assert_eq!(changed, 1);
-    let listing = app.call(Method::GET, "/api/gpus", Some(&token), None).await;
+    let listing = app.call(Method::GET, paths::GPUS, Some(&token), None).await;
     let listed = listing.body["gpus"]
         .as_array()
         .unwrap()
@@ -1227,7 +1213,7 @@ async fn a_gpu_without_a_registered_limit_gets_one_from_its_agent(app: TestApp) 
         async move {
             app.call(
                 Method::PUT,
-                &format!("/api/providers/{node_id}/power-limits"),
+                &paths::provider_power_limits(&node_id),
                 Some(&token),
                 Some(body),
             )
@@ -1262,12 +1248,7 @@ async fn a_gpu_without_a_registered_limit_gets_one_from_its_agent(app: TestApp) 
     .await;
     assert_eq!(reply.status, StatusCode::NO_CONTENT, "{:?}", reply.body);
     let node_view = app
-        .call(
-            Method::GET,
-            &format!("/api/providers/{node_id}"),
-            Some(&token),
-            None,
-        )
+        .call(Method::GET, &paths::provider(&node_id), Some(&token), None)
         .await;
     assert_eq!(node_view.body["gpus"][0]["power_limit_watts"], json!(450.0));
     // The job assigned before the declaration stays unprovable; the next one is proven.
@@ -1299,7 +1280,7 @@ async fn a_gpu_without_a_registered_limit_gets_one_from_its_agent(app: TestApp) 
 async fn a_mostly_renewable_node_makes_its_jobs_credit_eligible(app: TestApp) {
     // Registered with nothing declared, then declared (as a restarted agent does).
     let (node, _) = keyed_node(&app, 0.0).await;
-    let path = format!("/api/providers/{}/energy", node.node_id);
+    let path = paths::provider_energy(&node.node_id);
     let (_, stranger) = app.user("provider", None).await;
     let (_, customer) = app.user("customer", None).await;
     for (token, body, status) in [
@@ -1372,7 +1353,7 @@ async fn the_first_sample_counts_when_the_clock_moves_within_a_request(app: Test
     let proofs = app
         .call(
             Method::GET,
-            &format!("/api/jobs/{}/proofs", run.job),
+            &paths::job_proofs(&run.job),
             Some(&run.customer),
             None,
         )
@@ -1413,7 +1394,7 @@ async fn a_full_array_of_committed_packets_is_not_too_large(app: TestApp) {
     let reply = app
         .call(
             Method::POST,
-            "/api/telemetry/russian-doll",
+            paths::TELEMETRY,
             Some(&run.node.token),
             Some(body),
         )
@@ -1445,7 +1426,7 @@ async fn one_unsettleable_job_does_not_stop_the_others(app: TestApp) {
         async move {
             app.call(
                 Method::GET,
-                &format!("/api/jobs/{job}/settlement"),
+                &paths::job_settlement(&job),
                 Some(&token),
                 None,
             )
@@ -1468,7 +1449,7 @@ async fn a_university_provider_pays_the_student_programme_its_share(app: TestApp
     let reply = app
         .call(
             Method::POST,
-            "/api/admin/users",
+            paths::ADMIN_USERS,
             Some(&app.admin),
             Some(json!({"name": "Campus GPUs", "role": "provider", "university": true})),
         )
@@ -1517,7 +1498,7 @@ async fn a_university_provider_pays_the_student_programme_its_share(app: TestApp
         69_750
     );
     let statement = app
-        .call(Method::GET, "/api/billing/statement", Some(&provider), None)
+        .call(Method::GET, paths::STATEMENT, Some(&provider), None)
         .await;
     assert_eq!(
         statement.body["earnings"],
@@ -1549,7 +1530,7 @@ async fn catch_up<C: gp4u_core::chambers::Chamber>(app: &TestApp, done: impl Fn(
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let chambers = app
-            .call(Method::GET, "/api/admin/chambers", Some(&app.admin), None)
+            .call(Method::GET, paths::ADMIN_CHAMBERS, Some(&app.admin), None)
             .await;
         let summary = chambers.body["chambers"]
             .as_array()
@@ -1576,7 +1557,7 @@ async fn energy(app: &TestApp, token: &str, query: &str, status: StatusCode) -> 
     let reply = app
         .call(
             Method::GET,
-            &format!("/api/energy{query}"),
+            &format!("{}{query}", paths::ENERGY),
             Some(token),
             None,
         )
@@ -1755,7 +1736,7 @@ async fn the_energy_chamber_sums_carbon_for_customers_providers_and_the_platform
     let (status, headers, body) = app
         .raw(
             Method::GET,
-            "/api/energy?scope=platform&format=svg",
+            &format!("{}?scope=platform&format=svg", paths::ENERGY),
             Some(&app.admin),
             vec![],
             &[],
@@ -1772,7 +1753,7 @@ async fn the_energy_chamber_sums_carbon_for_customers_providers_and_the_platform
     let (status, _, body) = app
         .raw(
             Method::GET,
-            "/api/energy?format=svg",
+            &format!("{}?format=svg", paths::ENERGY),
             Some(&green_token),
             vec![],
             &[],
@@ -1833,7 +1814,7 @@ async fn the_veritas_record_names_the_gpu_and_its_driver(app: TestApp) {
         let reply = app
             .call(
                 Method::POST,
-                "/api/providers/register",
+                paths::PROVIDERS_REGISTER,
                 Some(&token),
                 Some(register(bad.clone())),
             )
@@ -1852,7 +1833,7 @@ async fn the_veritas_record_names_the_gpu_and_its_driver(app: TestApp) {
     }
     let (node, registered) = app.register(&token, register(json!("550.54.15"))).await;
     assert_eq!(registered["gpus"][0]["driver_version"], "550.54.15");
-    let listed = app.call(Method::GET, "/api/gpus", Some(&token), None).await;
+    let listed = app.call(Method::GET, paths::GPUS, Some(&token), None).await;
     let gpu = listed.body["gpus"]
         .as_array()
         .unwrap()
@@ -1863,7 +1844,7 @@ async fn the_veritas_record_names_the_gpu_and_its_driver(app: TestApp) {
     assert_eq!(gpu["driver_version"], "550.54.15", "{gpu:?}");
     let run = running_on(&app, node, pinned()).await;
     send(&app, &run, json!({})).await;
-    let veritas = format!("/api/jobs/{}/veritas", run.job);
+    let veritas = paths::job_veritas(&run.job);
     let early = app
         .call(Method::GET, &veritas, Some(&run.customer), None)
         .await;
@@ -1928,7 +1909,11 @@ async fn the_veritas_record_names_the_gpu_and_its_driver(app: TestApp) {
 
 async fn agent_polls_measure_the_nodes_uptime_for_atlas(app: TestApp) {
     let node = app.node(1, 3.1, "us-east-1").await;
-    let poll = format!("/api/agent/assignments?node_id={}&wait=0", node.node_id);
+    let poll = format!(
+        "{}?node_id={}&wait=0",
+        paths::AGENT_ASSIGNMENTS,
+        node.node_id
+    );
     // Twenty minutes of polls 20 s apart, then ten minutes of silence, then back.
     for _ in 0..=60 {
         let reply = app.call(Method::GET, &poll, Some(&node.token), None).await;
@@ -1940,7 +1925,7 @@ async fn agent_polls_measure_the_nodes_uptime_for_atlas(app: TestApp) {
     let view = app
         .call(
             Method::GET,
-            &format!("/api/providers/{}", node.node_id),
+            &paths::provider(&node.node_id),
             Some(&node.token),
             None,
         )
@@ -1958,7 +1943,7 @@ async fn agent_polls_measure_the_nodes_uptime_for_atlas(app: TestApp) {
     let hidden = app
         .call(
             Method::GET,
-            &format!("/api/providers/{}", node.node_id),
+            &paths::provider(&node.node_id),
             Some(&stranger),
             None,
         )
@@ -1999,7 +1984,7 @@ async fn an_operators_carbon_table_seeds_the_grid_factors(app: TestApp) {
     let reply = app
         .call(
             Method::PUT,
-            "/api/admin/grid-factors/eu-north-1",
+            &paths::admin_grid_factor("eu-north-1"),
             Some(&app.admin),
             Some(json!({"g_co2e_per_kwh": 35.5, "source": "Ember 2025 review", "as_of": "2025-06-30"})),
         )
@@ -2028,7 +2013,7 @@ async fn an_operators_carbon_table_seeds_the_grid_factors(app: TestApp) {
         .await
         .unwrap();
     let factors = app
-        .call(Method::GET, "/api/grid-factors", Some(&app.admin), None)
+        .call(Method::GET, paths::GRID_FACTORS, Some(&app.admin), None)
         .await;
     let factor = |region: &str| {
         factors.body["factors"]

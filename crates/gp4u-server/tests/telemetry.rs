@@ -8,6 +8,7 @@ mod support;
 
 use axum::http::{Method, StatusCode};
 use gp4u_core::atlas::AtlasConfig;
+use gp4u_proto::paths;
 use gp4u_server::placement::place_pending;
 use gp4u_server::tutela::reap_once;
 use gp4u_store::Engine;
@@ -151,7 +152,7 @@ async fn a_node_may_post_its_jobs_packets_together(app: TestApp) {
     let reply = app
         .call(
             Method::POST,
-            "/api/telemetry/russian-doll",
+            paths::TELEMETRY,
             Some(&node.token),
             Some(batch),
         )
@@ -245,12 +246,7 @@ async fn a_node_may_post_its_jobs_packets_together(app: TestApp) {
     assert_eq!(serde_json::to_value(&typed).unwrap(), killed["anomalies"]);
     for bad in [json!([]), Value::Array(vec![json!({}); 257])] {
         let reply = app
-            .call(
-                Method::POST,
-                "/api/telemetry/russian-doll",
-                Some(&node.token),
-                Some(bad),
-            )
+            .call(Method::POST, paths::TELEMETRY, Some(&node.token), Some(bad))
             .await;
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.body);
     }
@@ -269,7 +265,7 @@ async fn a_flood_from_one_node_is_rate_limited_and_others_are_not(app: TestApp) 
         let reply = app
             .call(
                 Method::POST,
-                "/api/telemetry/russian-doll",
+                paths::TELEMETRY,
                 Some(&run.node.token),
                 Some(body.clone()),
             )
@@ -291,7 +287,7 @@ async fn a_flood_from_one_node_is_rate_limited_and_others_are_not(app: TestApp) 
     let reply = app
         .call(
             Method::POST,
-            "/api/telemetry/russian-doll",
+            paths::TELEMETRY,
             Some(&calm.node.token),
             Some(body),
         )
@@ -464,7 +460,7 @@ async fn the_series_is_the_owners_as_json_and_as_a_chart(app: TestApp) {
     for util in [10.0, 50.0, 90.0] {
         send(&app, &run, json!({"gpu_utilization_pct": util})).await;
     }
-    let path = format!("/api/jobs/{}/telemetry", run.job);
+    let path = paths::job_telemetry(&run.job);
     let series = app
         .call(Method::GET, &path, Some(&run.customer), None)
         .await;
@@ -541,7 +537,7 @@ async fn the_series_can_be_followed_live(app: TestApp) {
     use http_body_util::BodyExt as _;
     let run = picked_up(&app, pinned()).await;
     send(&app, &run, json!({"gpu_utilization_pct": 10.0})).await;
-    let path = format!("/api/jobs/{}/telemetry?follow=1", run.job);
+    let path = format!("{}?follow=1", paths::job_telemetry(&run.job));
     let (_, stranger) = app.user("customer", None).await;
     let refused = app.call(Method::GET, &path, Some(&stranger), None).await;
     assert_eq!(refused.status, StatusCode::NOT_FOUND);
@@ -691,7 +687,11 @@ async fn a_dropped_job_with_retries_left_moves_to_another_node(app: TestApp) {
     assert_eq!(record.attempts[0].node_id.as_str(), run.node.node_id);
     assert_eq!(record.attempts[0].reason.as_str(), "JOB_DROPPED");
     // The retry on the second node is dropped too: no retries left → FAILED.
-    let poll = format!("/api/agent/assignments?node_id={}&wait=0", spare.node_id);
+    let poll = format!(
+        "{}?node_id={}&wait=0",
+        paths::AGENT_ASSIGNMENTS,
+        spare.node_id
+    );
     app.call(Method::GET, &poll, Some(&spare.token), None).await;
     packet(&app, &spare.token, &spare.node_id, &run.job, json!({})).await;
     app.clock.advance_ms(61_000);
@@ -794,7 +794,7 @@ async fn a_job_taken_but_never_started_moves_without_a_slash(app: TestApp) {
 async fn a_nodes_standing_is_for_its_owner_and_admins(app: TestApp) {
     let node = app.node(1, 3.1, "us-east-1").await;
     let other = app.node(1, 3.1, "us-east-1").await;
-    let path = format!("/api/providers/{}", node.node_id);
+    let path = paths::provider(&node.node_id);
     let mine = app.call(Method::GET, &path, Some(&node.token), None).await;
     assert_eq!(mine.status, StatusCode::OK);
     assert_eq!(
@@ -812,7 +812,7 @@ async fn a_nodes_standing_is_for_its_owner_and_admins(app: TestApp) {
     let reply = app
         .call(
             Method::POST,
-            &format!("/api/providers/{}/stake", node.node_id),
+            &paths::provider_stake(&node.node_id),
             Some(&node.token),
             Some(json!({"amount": 100000.01})),
         )
@@ -822,7 +822,7 @@ async fn a_nodes_standing_is_for_its_owner_and_admins(app: TestApp) {
         (StatusCode::CONFLICT, "CREDIT_BELOW_ZERO")
     );
     // The host posture is the node's agent's to report, validated field by field.
-    let posture_path = format!("/api/providers/{}/posture", node.node_id);
+    let posture_path = paths::provider_posture(&node.node_id);
     let posture = json!({"runtime": "docker", "engine_version": "20.10.24", "seccomp": true,
         "cgroup_version": 1, "egress_filter": "iptables", "egress_ipv6_filtered": false,
         "unfiltered_egress_allowed": false, "scratch_quota": "loop", "max_scratch_gb": 50,

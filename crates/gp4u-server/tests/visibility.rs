@@ -11,7 +11,7 @@ mod support;
 use axum::http::{Method, StatusCode};
 use ed25519_dalek::SigningKey;
 use gp4u_attest::visibility::{answer_message, challenge_message, sign_base64, verify_base64};
-use gp4u_proto::{VisibilityAnswer, VisibilityChallenge, VisibilityEvidence};
+use gp4u_proto::{VisibilityAnswer, VisibilityChallenge, VisibilityEvidence, paths};
 use gp4u_server::visibility::{Verdict, answer_window_ms, round};
 use gp4u_store::Engine;
 use serde_json::{Value, json};
@@ -78,7 +78,7 @@ fn signed(
 async fn answer(app: &TestApp, token: &str, body: Value) -> Reply {
     app.call(
         Method::POST,
-        "/api/agent/visibility",
+        paths::AGENT_VISIBILITY,
         Some(token),
         Some(body),
     )

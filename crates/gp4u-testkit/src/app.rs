@@ -13,6 +13,7 @@ use gp4u_core::atlas::AtlasConfig;
 use gp4u_core::ids::{NodeId, UserId};
 use gp4u_core::manifest::Role;
 use gp4u_core::token::{Claims, TokenKeys, TokenSecret, mint};
+use gp4u_proto::{CreditsBody, NewUserBody, StakeBody, paths};
 use gp4u_server::placement::place_pending;
 use gp4u_server::state::{Limits, RandomIds};
 use gp4u_server::{AppState, build_router};
@@ -315,9 +316,15 @@ impl TestApp {
         let reply = self
             .call(
                 Method::POST,
-                "/api/admin/users",
+                paths::ADMIN_USERS,
                 Some(&self.admin),
-                Some(json!({"name": format!("a {role}"), "role": role, "region": region})),
+                Some(to_json(&NewUserBody {
+                    name: format!("a {role}"),
+                    role: role.to_owned(),
+                    university: None,
+                    region: region.map(str::to_owned),
+                    credit: None,
+                })),
             )
             .await;
         assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
@@ -328,9 +335,9 @@ impl TestApp {
         let credited = self
             .call(
                 Method::POST,
-                &format!("/api/admin/users/{id}/credits"),
+                &paths::admin_user_credits(&id),
                 Some(&self.admin),
-                Some(json!({"amount": 100000})),
+                Some(to_json(&CreditsBody { amount: 100000.0 })),
             )
             .await;
         assert_eq!(credited.status, StatusCode::OK, "{:?}", credited.body);
@@ -343,7 +350,7 @@ impl TestApp {
         let reply = self
             .call(
                 Method::POST,
-                "/api/providers/register",
+                paths::PROVIDERS_REGISTER,
                 Some(&provider),
                 Some(json!({"region": "us-east-1", "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
                             "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": price, "power_limit_watts": 450, "uuid": "GPU-1"}]})),
@@ -378,7 +385,7 @@ impl TestApp {
         let reply = self
             .call(
                 Method::POST,
-                "/api/providers/register",
+                paths::PROVIDERS_REGISTER,
                 Some(token),
                 Some(body),
             )
@@ -419,21 +426,16 @@ impl TestApp {
     /// Submits a job and returns its id.
     pub async fn submit(&self, token: &str, body: Value) -> String {
         let reply = self
-            .call(Method::POST, "/api/jobs", Some(token), Some(body))
+            .call(Method::POST, paths::JOBS, Some(token), Some(body))
             .await;
         assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
         reply.body["id"].as_str().unwrap().to_string()
     }
 
     pub async fn job(&self, id: &str) -> Value {
-        self.call(
-            Method::GET,
-            &format!("/api/jobs/{id}"),
-            Some(&self.admin),
-            None,
-        )
-        .await
-        .body
+        self.call(Method::GET, &paths::job(id), Some(&self.admin), None)
+            .await
+            .body
     }
 }
 
@@ -523,7 +525,11 @@ pub async fn running_on(app: &TestApp, node: Node, mut body: Value) -> Running {
     place_pending(&app.state, &AtlasConfig::default())
         .await
         .unwrap();
-    let poll = format!("/api/agent/assignments?node_id={}&wait=0", node.node_id);
+    let poll = format!(
+        "{}?node_id={}&wait=0",
+        paths::AGENT_ASSIGNMENTS,
+        node.node_id
+    );
     let reply = app.call(Method::GET, &poll, Some(&node.token), None).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     assert_eq!(reply.body["job_id"], job.as_str());
@@ -562,13 +568,8 @@ pub async fn packet(app: &TestApp, token: &str, node: &str, job: &str, extra: Va
         merge(healthy(), json!({"job_id": job, "node_id": node})),
         extra,
     );
-    app.call(
-        Method::POST,
-        "/api/telemetry/russian-doll",
-        Some(token),
-        Some(body),
-    )
-    .await
+    app.call(Method::POST, paths::TELEMETRY, Some(token), Some(body))
+        .await
 }
 
 pub async fn send(app: &TestApp, run: &Running, extra: Value) -> Reply {
@@ -582,12 +583,7 @@ pub async fn send(app: &TestApp, run: &Running, extra: Value) -> Reply {
 /// `GET /api/providers/{node}` as an admin.
 pub async fn standing(app: &TestApp, node: &str) -> Value {
     let reply = app
-        .call(
-            Method::GET,
-            &format!("/api/providers/{node}"),
-            Some(&app.admin),
-            None,
-        )
+        .call(Method::GET, &paths::provider(node), Some(&app.admin), None)
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     reply.body
@@ -605,18 +601,18 @@ pub async fn stake(app: &TestApp, node: &Node, amount: f64) {
     let reply = app
         .call(
             Method::POST,
-            &format!("/api/admin/users/{owner}/credits"),
+            &paths::admin_user_credits(owner.as_str()),
             Some(&app.admin),
-            Some(json!({"amount": amount})),
+            Some(to_json(&CreditsBody { amount })),
         )
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     let reply = app
         .call(
             Method::POST,
-            &format!("/api/providers/{}/stake", node.node_id),
+            &paths::provider_stake(&node.node_id),
             Some(&node.token),
-            Some(json!({"amount": amount})),
+            Some(to_json(&StakeBody { amount })),
         )
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
@@ -630,7 +626,7 @@ pub async fn keyed_node(app: &TestApp, key: &ed25519_dalek::SigningKey) -> Node 
     let reply = app
         .call(
             Method::POST,
-            "/api/providers/register",
+            paths::PROVIDERS_REGISTER,
             Some(&token),
             Some(json!({"region": "us-east-1", "public_key": gp4u_attest::key::public_key_base64(key),
                 "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "power_limit_watts": 450, "uuid": "GPU-0"}]})),
@@ -643,6 +639,11 @@ pub async fn keyed_node(app: &TestApp, key: &ed25519_dalek::SigningKey) -> Node 
         node_id: reply.body["node_id"].as_str().unwrap().to_string(),
         gpus: vec![reply.body["gpus"][0]["id"].as_str().unwrap().to_string()],
     }
+}
+
+/// A typed request body (a `gp4u_proto` type) as the JSON that [`TestApp::call`] sends.
+pub fn to_json(body: &impl serde::Serialize) -> Value {
+    serde_json::to_value(body).unwrap()
 }
 
 /// The field names of a JSON object, sorted (empty for anything else): what the wire-shape
