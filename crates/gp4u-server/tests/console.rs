@@ -78,7 +78,7 @@ fn form_encode(value: &str) -> String {
 #[tokio::test]
 async fn sign_in_sets_a_strict_http_only_cookie_and_a_refused_token_sets_none() {
     let app = sqlite("console_sign_in").await;
-    let (_, customer) = app.user("customer", None).await;
+    let (customer_id, customer) = app.user("customer", None).await;
 
     // Not signed in: the console sends the browser to the sign-in page, which is HTML under a
     // strict policy.
@@ -102,8 +102,9 @@ async fn sign_in_sets_a_strict_http_only_cookie_and_a_refused_token_sets_none() 
     );
     assert!(page.contains("<label for=\"token\">"), "{page}");
 
-    // A good token: a session cookie carrying it, HttpOnly, SameSite=Strict, for the token's
-    // lifetime; Secure when a TLS proxy says the request came over HTTPS.
+    // A good token: a session cookie carrying a session token of its own (not the pasted API
+    // token), HttpOnly, SameSite=Strict, for 12 h (the pasted token lives 7 days); Secure
+    // when a TLS proxy says the request came over HTTPS.
     let form = format!("token={}", form_encode(&customer));
     let origin = [("origin", ORIGIN)];
     let (status, headers, _) = browse(
@@ -118,10 +119,19 @@ async fn sign_in_sets_a_strict_http_only_cookie_and_a_refused_token_sets_none() 
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(headers["location"], "/");
     let cookie = set_cookie(&headers).expect("a session cookie");
-    assert!(
-        cookie.starts_with(&format!("gp4u_session={customer};")),
-        "{cookie}"
-    );
+    let session = cookie
+        .strip_prefix("gp4u_session=")
+        .and_then(|rest| rest.split(';').next())
+        .unwrap()
+        .to_string();
+    assert_ne!(session, customer, "the browser never holds the API token");
+    // The session is the same user at the same clearance, for 12 hours.
+    let claims = gp4u_core::token::verify(&session, &keys(), app.clock_seconds()).unwrap();
+    let pasted = gp4u_core::token::verify(&customer, &keys(), app.clock_seconds()).unwrap();
+    assert_eq!((&claims.sub, claims.clr), (&pasted.sub, pasted.clr));
+    assert_eq!(claims.exp, app.clock_seconds() + 12 * 3600);
+    let (status, _, page) = browse(&app, Method::GET, "/", Some(&session), None, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
     for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
         assert!(cookie.contains(attribute), "{attribute} missing: {cookie}");
     }
@@ -134,7 +144,23 @@ async fn sign_in_sets_a_strict_http_only_cookie_and_a_refused_token_sets_none() 
         .unwrap()
         .parse()
         .unwrap();
-    assert_eq!(max_age, 7 * 86_400, "expires with the token");
+    assert_eq!(max_age, 12 * 3600, "expires with the session");
+    // A pasted token that expires sooner bounds the session.
+    let short = token_for(&customer_id, 1, app.clock_seconds() + 600);
+    let (_, headers, _) = browse(
+        &app,
+        Method::POST,
+        "/console/sign-in",
+        None,
+        Some(&format!("token={}", form_encode(&short))),
+        &origin,
+    )
+    .await;
+    assert!(
+        set_cookie(&headers).unwrap().contains("Max-Age=600"),
+        "{:?}",
+        set_cookie(&headers)
+    );
     assert!(!cookie.contains("Secure"), "{cookie}");
     let (_, headers, _) = browse(
         &app,

@@ -7,13 +7,17 @@
 //! into the wire types, so the console applies exactly the API's checks: a job of another
 //! customer is the API's 404, and the console's 404 page then shows nothing of it.
 //!
-//! **The session is the token.** Signing in checks the pasted token as the API would (signature,
-//! expiry, user active, clearance) and sets it as the `gp4u_session` cookie: `HttpOnly` (no
-//! script reads it), `SameSite=Strict`, `Path=/`, `Secure` when the request came over HTTPS
-//! (`X-Forwarded-Proto: https` from a TLS proxy), expiring with the token. Nothing is kept on
-//! the server, so every replica serves every session and a suspension applies at the next
-//! page. Signing out clears the cookie; the token itself stays valid until it expires (it is
-//! the user's own token — an admin suspends a user to cut it off).
+//! **The session is a token of its own.** Signing in checks the pasted token as the API would
+//! (signature, expiry, user active, clearance) and sets a *session* token in the
+//! `gp4u_session` cookie: the same user and clearance, signed with the platform's current
+//! secret, living at most [`SESSION_TTL_S`] (12 h) and never past the pasted token — so the
+//! browser never holds the user's long-lived API token, and a cookie that leaks is good for
+//! hours, not for the API token's lifetime. The cookie is `HttpOnly` (no script reads it),
+//! `SameSite=Strict`, `Path=/`, `Secure` when the request came over HTTPS (`X-Forwarded-Proto:
+//! https` from a TLS proxy), expiring with the session. Nothing is kept on the server, so every
+//! replica serves every session and a suspension applies at the next page. Signing out clears
+//! the cookie; the session token itself stays valid until it expires (there is no revocation
+//! list: an admin suspends a user to cut every token of theirs off at once).
 //!
 //! **CSRF.** State-changing requests (sign in, sign out, cancel a job) are POSTs that must come
 //! from this origin (`Origin` and `Sec-Fetch-Site` checked when the browser sends them), and
@@ -40,6 +44,9 @@ use crate::state::AppState;
 use gp4u_proto::paths;
 
 pub use html::escape;
+
+/// The longest a console session lives (the pasted token's own expiry when sooner).
+pub const SESSION_TTL_S: i64 = 12 * 3600;
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "gp4u_session";
@@ -472,11 +479,20 @@ pub async fn sign_in(
     }
     match Caller::from_token(&state, token).await {
         Ok(caller) => {
-            let max_age = caller.claims.exp - state.clock.now_unix_seconds();
+            let now = state.clock.now_unix_seconds();
+            let claims = gp4u_core::token::Claims {
+                exp: caller.claims.exp.min(now + SESSION_TTL_S),
+                ..caller.claims.clone()
+            };
+            let session = gp4u_core::token::mint(&claims, &state.keys.current);
             tracing::info!(user_id = %caller.id(), "console sign-in");
             see_other(
                 next,
-                Some(session_cookie(token, max_age, over_https(&headers))),
+                Some(session_cookie(
+                    &session,
+                    claims.exp - now,
+                    over_https(&headers),
+                )),
             )
         }
         Err(error) => refused(format!("The token was refused: {}", error.message)),
