@@ -13,14 +13,15 @@ mod support;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gp4u_attest::energy::{ReadingCommitment, verify_energy};
 use gp4u_attest::hardware::{Assurance, verify_hardware};
 use gp4u_attest::proofs::ProofSubmission;
+use gp4u_client::Client;
 use gp4u_core::energy::interval_weights;
-use reqwest::Method;
-use serde_json::{Value, json};
+use gp4u_testkit::journey::{self, new_user};
+use serde_json::json;
 
 fn gp4u_bin(test: &str) -> Option<PathBuf> {
     let candidate = std::env::var_os("GP4U_BIN")
@@ -103,22 +104,6 @@ fn mint(bin: &Path, data_dir: &Path, sub: &str, clr: u8) -> String {
     String::from_utf8(output.stdout).unwrap().trim().to_string()
 }
 
-async fn call(
-    client: &reqwest::Client,
-    method: Method,
-    url: String,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = client.request(method, url).bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_agent_proves_energy_and_hardware_after_a_job() {
     let test = "the_agent_proves_energy_and_hardware_after_a_job";
@@ -129,38 +114,19 @@ async fn the_agent_proves_energy_and_hardware_after_a_job() {
     let _unmount = support::Unmount(data_dir.path().to_path_buf());
     let server = start_server(&bin, data_dir.path());
     let base = server.base.clone();
-    let client = reqwest::Client::new();
-    let admin = mint(&bin, data_dir.path(), "usr_admin", 3);
-    let (status, provider) = call(
-        &client,
-        Method::POST,
-        format!("{base}/api/admin/users"),
-        &admin,
-        Some(json!({"name": "Ada's GPUs", "role": "provider"})),
-    )
-    .await;
-    assert_eq!(status, 201, "{provider}");
-    let (status, customer) = call(
-        &client,
-        Method::POST,
-        format!("{base}/api/admin/users"),
-        &admin,
-        Some(json!({"name": "Grace", "role": "customer"})),
-    )
-    .await;
-    assert_eq!(status, 201, "{customer}");
-    let customer_id = customer["id"].as_str().unwrap();
-    let (status, credited) = call(
-        &client,
-        Method::POST,
-        format!("{base}/api/admin/users/{customer_id}/credits"),
-        &admin,
-        Some(json!({"amount": 100})),
-    )
-    .await;
-    assert!(status < 300, "{status} {credited}");
-    let provider_token = mint(&bin, data_dir.path(), provider["id"].as_str().unwrap(), 2);
-    let customer_token = mint(&bin, data_dir.path(), customer_id, 1);
+    let admin = Client::new(&base, Some(&mint(&bin, data_dir.path(), "usr_admin", 3))).unwrap();
+    let provider = admin
+        .create_user(&new_user("Ada's GPUs", "provider", None))
+        .await
+        .unwrap();
+    let customer_id = admin
+        .create_user(&new_user("Grace", "customer", None))
+        .await
+        .unwrap()
+        .id;
+    admin.add_credit(&customer_id, 100.0).await.unwrap();
+    let provider_token = mint(&bin, data_dir.path(), &provider.id, 2);
+    let customer = Client::new(&base, Some(&mint(&bin, data_dir.path(), &customer_id, 1))).unwrap();
 
     // The agent, in-process.
     let agent_dir = tempfile::tempdir().unwrap();
@@ -170,95 +136,51 @@ async fn the_agent_proves_energy_and_hardware_after_a_job() {
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let agent = tokio::spawn(gp4u_agent::agent::run(config, stopping));
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (gpu_id, node_id) = loop {
-        let (_, listing) = call(
-            &client,
-            Method::GET,
-            format!("{base}/api/gpus"),
-            &customer_token,
-            None,
-        )
-        .await;
-        if let Some(gpu) = listing["gpus"].as_array().and_then(|gpus| gpus.first()) {
-            break (
-                gpu["id"].as_str().unwrap().to_string(),
-                gpu["node_id"].as_str().unwrap_or_default().to_string(),
-            );
-        }
-        assert!(Instant::now() < deadline, "the agent did not register");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let gpu = journey::first_gpu(&customer, Duration::from_secs(30)).await;
+    let (gpu_id, node_id) = (gpu.id, gpu.node_id);
 
     // A short job: about five readings at the 1 s interval, then the final packet.
-    let (status, accepted) = call(&client, Method::POST, format!("{base}/api/jobs"), &customer_token,
-        Some(json!({"name": "proofs", "gpuId": gpu_id, "workload_type": "TRAINING",
+    let accepted = customer.submit(&json!({"name": "proofs", "gpuId": gpu_id, "workload_type": "TRAINING",
                     "expectedDurationHours": 0.1, "docker_image": "registry.example/org/proofs",
                     "docker_image_sha256": format!("sha256:{}", "ab".repeat(32)),
                     "command": ["sh", "-c", "i=0; while [ $i -lt 3000000 ]; do i=$((i+1)); done; sleep 2"],
-                    "costEstimate": 1.0}))).await;
-    assert_eq!(status, 201, "{accepted}");
-    let job_id = accepted["id"].as_str().unwrap().to_string();
+                    "costEstimate": 1.0}), None).await.unwrap();
+    let job_id = accepted.id;
 
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let proofs = loop {
-        let (status, proofs) = call(
-            &client,
-            Method::GET,
-            format!("{base}/api/jobs/{job_id}/proofs"),
-            &customer_token,
-            None,
-        )
-        .await;
-        assert_eq!(status, 200, "{proofs}");
-        let kinds: Vec<&str> = proofs["proofs"]
-            .as_array()
-            .map(|list| list.iter().filter_map(|p| p["kind"].as_str()).collect())
-            .unwrap_or_default();
-        if kinds.contains(&"energy") && kinds.contains(&"hardware") {
-            break proofs;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the proofs did not arrive: {proofs}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let proofs = journey::proven(&customer, &job_id, Duration::from_secs(120)).await;
     let _ = stop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), agent).await;
 
     // Every stored sample carries a commitment, and both proofs check again from what is served.
-    assert_eq!(proofs["samples_without_commitment"], 0, "{proofs}");
-    assert_eq!(proofs["node_id"].as_str(), Some(node_id.as_str()));
-    let commitments: Vec<(i64, ReadingCommitment)> = proofs["commitments"]
-        .as_array()
-        .unwrap()
+    assert_eq!(proofs.samples_without_commitment, 0, "{proofs:?}");
+    assert_eq!(proofs.node_id.as_deref(), Some(node_id.as_str()));
+    let commitments: Vec<(i64, ReadingCommitment)> = proofs
+        .commitments
         .iter()
         .map(|c| {
             (
-                c["at_ms"].as_i64().unwrap(),
-                ReadingCommitment::from_base64(c["commitment"].as_str().unwrap()).unwrap(),
+                c.at_ms,
+                ReadingCommitment::from_base64(&c.commitment).unwrap(),
             )
         })
         .collect();
-    assert!(commitments.len() >= 2, "{proofs}");
+    assert!(commitments.len() >= 2, "{proofs:?}");
     let key =
-        gp4u_attest::key::parse_public_key(proofs["node_public_key"].as_str().unwrap()).unwrap();
-    for proof in proofs["proofs"].as_array().unwrap() {
-        let submission = ProofSubmission::from_json(&proof["submission"].to_string()).unwrap();
+        gp4u_attest::key::parse_public_key(proofs.node_public_key.as_deref().unwrap()).unwrap();
+    for proof in &proofs.proofs {
+        let submission = ProofSubmission::from_json(&proof.submission.to_string()).unwrap();
         match submission {
             ProofSubmission::Energy(energy) => {
                 assert_eq!(energy.claim.renewable_share_bp, 5000);
                 // Bounded by the emulated GPU's declared (default) limit, as registered.
                 assert_eq!(energy.claim.power_limit_mw, 300_000);
-                let measured = match &proofs["energy_mwms"] {
-                    Value::String(text) => text.clone(),
-                    other => other.to_string(),
-                };
-                assert_eq!(measured, energy.claim.energy_mwms.to_string(), "{proofs}");
+                assert_eq!(
+                    proofs.energy_mwms,
+                    Some(energy.claim.energy_mwms.to_string()),
+                    "{proofs:?}"
+                );
                 let stamps: Vec<i64> = commitments.iter().map(|(at, _)| *at).collect();
-                let weights =
-                    interval_weights(&stamps, 0, proofs["max_gap_ms"].as_i64().unwrap()).unwrap();
+                let weights = interval_weights(&stamps, 0, proofs.max_gap_ms).unwrap();
                 let points: Vec<ReadingCommitment> = commitments.iter().map(|(_, c)| *c).collect();
                 verify_energy(
                     &job_id,

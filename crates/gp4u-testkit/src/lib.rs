@@ -8,6 +8,8 @@
 //! - [`skip`]: a missing service said loudly on a marker line, and a failure in CI.
 //! - [`image`]: the digest-pinned test images of `scripts/test-images.sh`.
 //! - [`wait`]: polling until a condition holds, with a limit.
+//! - [`journey`]: a user's way through a running GP4U with `gp4u-client` (people, a
+//!   registration, waiting for an agent's GPU, a job's end, its proofs).
 //! - [`bench`]: the benches' runtimes and percentiles.
 //! - [`sha256_hex`], [`free_port`].
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -15,6 +17,7 @@
 pub mod app;
 pub mod bench;
 pub mod image;
+pub mod journey;
 pub mod skip;
 pub mod wait;
 

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use gp4u_agent::agent::{AgentConfig, RuntimeKind};
 use gp4u_agent::gpu::EmulatedGpu;
+use gp4u_proto::paths;
 use gp4u_proto::{
     AgentStatusReply, AgentStatusReport, AssignmentManifest, LogAppended, OutputStored,
     TelemetryPacket, TelemetryReply,
@@ -260,7 +261,11 @@ async fn telemetry(State(platform): State<Shared>, Json(body): Json<Value>) -> R
         return error(
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
-            "no route POST /api/telemetry/russian-doll; GET /api/openapi.json lists them",
+            &format!(
+                "no route POST {}; GET {} lists them",
+                paths::TELEMETRY,
+                paths::OPENAPI
+            ),
         );
     }
     if array && platform.refuse_arrays {
@@ -391,7 +396,10 @@ async fn outputs(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let declared = headers["x-gp4u-sha256"].to_str().unwrap().to_string();
+    let declared = headers[gp4u_proto::SHA256_HEADER]
+        .to_str()
+        .unwrap()
+        .to_string();
     if declared != sha256_hex(&body) {
         return StatusCode::BAD_REQUEST.into_response();
     }
@@ -411,15 +419,15 @@ async fn outputs(
 pub async fn fake_platform() -> (String, Shared) {
     let platform: Shared = Arc::default();
     let app = axum::Router::new()
-        .route("/api/providers/register", post(register))
-        .route("/api/agent/assignments", get(assignments))
-        .route("/api/agent/jobs/{id}/status", post(status))
-        .route("/api/agent/jobs/{id}/inputs/{artifact}", get(input))
-        .route("/api/agent/jobs/{id}/logs", post(logs))
-        .route("/api/agent/jobs/{id}/outputs", put(outputs))
-        .route("/api/telemetry/russian-doll", post(telemetry))
-        .route("/api/providers/{id}/posture", put(posture))
-        .route("/api/agent/visibility", post(visibility_answer))
+        .route(paths::PROVIDERS_REGISTER, post(register))
+        .route(paths::AGENT_ASSIGNMENTS, get(assignments))
+        .route(paths::AGENT_JOB_STATUS, post(status))
+        .route(paths::AGENT_JOB_INPUT, get(input))
+        .route(paths::AGENT_JOB_LOGS, post(logs))
+        .route(paths::AGENT_JOB_OUTPUTS, put(outputs))
+        .route(paths::TELEMETRY, post(telemetry))
+        .route(paths::PROVIDER_POSTURE, put(posture))
+        .route(paths::AGENT_VISIBILITY, post(visibility_answer))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(platform.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
