@@ -20,9 +20,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gp4u_client::Client;
-use gp4u_proto::{
-    AgentStatusReport, JobStatus, JobView, NewUserBody, RegisterBody, RegisterGpuBody,
-};
+use gp4u_proto::{AgentStatusReport, JobStatus, JobView};
+use gp4u_testkit::journey::{self, new_user};
 use serde_json::json;
 
 // The black-box helpers of the tests (start, mint), shared rather than copied.
@@ -65,16 +64,6 @@ async fn ended(admin: &Client, job: &str) -> JobView {
             return view;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn new_user(name: &str, role: &str, credit: Option<f64>) -> NewUserBody {
-    NewUserBody {
-        name: name.into(),
-        role: role.into(),
-        university: None,
-        region: None,
-        credit,
     }
 }
 
@@ -195,22 +184,12 @@ async fn main() {
 
     // 1. submit → assignment received by a waiting long-poll.
     let node = provider
-        .register(&RegisterBody {
-            region: "us-east-1".into(),
-            public_key: "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=".into(),
-            gpus: vec![RegisterGpuBody {
-                name: "RTX 4090".into(),
-                vram_gb: 24.0,
-                price_per_hour: 1.0,
-                uuid: Some("GPU-bench".into()),
-                power_limit_watts: 450.0,
-                driver_version: None,
-                emulated: None,
-            }],
-            endpoint: None,
-            renewable_pct: None,
-            posture: None,
-        })
+        .register(&journey::register_one_gpu(
+            "us-east-1",
+            "RTX 4090",
+            24.0,
+            1.0,
+        ))
         .await
         .unwrap();
     let node_id = node.node_id.clone();

@@ -22,10 +22,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    Running, assert_verifies_within, call, docker_image, people, start_agent, start_server_with,
+    Running, assert_verifies_within, docker_image, people, start_agent, start_server_with,
 };
+use gp4u_client::Client;
+use gp4u_proto::JobStatus;
 use gp4u_store::Engine;
 use gp4u_store::testing::TestDatabase;
+use gp4u_testkit::journey;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -240,64 +243,31 @@ async fn the_console_in_headless_chromium() {
     let data_dir = tempfile::tempdir().unwrap();
     let server = start_server_with(data_dir.path(), &db.url, &["--telemetry-interval-s", "1"]);
     let base = server.base.clone();
-    let client = reqwest::Client::new();
     let folks = people(&base, data_dir.path(), 100.0).await;
     let agent_dir = tempfile::tempdir().unwrap();
     let _agent = start_agent(&base, &folks.token_file, agent_dir.path());
+    let admin = Client::new(&base, Some(&folks.admin)).unwrap();
+    let customer = Client::new(&base, Some(&folks.customer)).unwrap();
 
     // Another customer, with a job of their own.
-    let (status, other) = call(
-        &client,
-        Method::POST,
-        format!("{base}/api/admin/users"),
-        &folks.admin,
-        Some(json!({"name": "Mallory", "role": "customer", "credit": 100.0})),
-    )
-    .await;
-    assert_eq!(status, 201, "{other}");
-    let (status, other_token) = call(
-        &client,
-        Method::POST,
-        format!(
-            "{base}/api/admin/users/{}/tokens",
-            other["id"].as_str().unwrap()
-        ),
-        &folks.admin,
-        Some(json!({})),
-    )
-    .await;
-    assert_eq!(status, 201, "{other_token}");
-    let other_token = other_token["token"].as_str().unwrap().to_string();
-
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let gpu_id = loop {
-        let (_, listing) = call(
-            &client,
-            Method::GET,
-            format!("{base}/api/gpus"),
-            &folks.customer,
-            None,
-        )
-        .await;
-        if let Some(id) = listing["gpus"][0]["id"].as_str() {
-            break id.to_string();
-        }
-        assert!(Instant::now() < deadline, "the agent did not register");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    // The typed client over the routes the console added: the operator's user list, the
-    // provider's own nodes.
-    let users = gp4u_client::Client::new(&base, Some(&folks.admin))
-        .unwrap()
-        .users()
+    let other = admin
+        .create_user(&journey::new_user("Mallory", "customer", Some(100.0)))
         .await
         .unwrap();
+    let other_token = admin.issue_token(&other.id, None).await.unwrap().token;
+    let mallory = Client::new(&base, Some(&other_token)).unwrap();
+    let gpu_id = journey::first_gpu(&customer, Duration::from_secs(60))
+        .await
+        .id;
+    // The typed client over the routes the console added: the operator's user list, the
+    // provider's own nodes.
+    let users = admin.users().await.unwrap();
     assert!(
         users.users.iter().any(|user| user.name == "Mallory"),
         "{users:?}"
     );
     let provider_token = std::fs::read_to_string(&folks.token_file).unwrap();
-    let nodes = gp4u_client::Client::new(&base, Some(provider_token.trim()))
+    let nodes = Client::new(&base, Some(provider_token.trim()))
         .unwrap()
         .nodes()
         .await
@@ -310,36 +280,18 @@ async fn the_console_in_headless_chromium() {
                "docker_image": image, "docker_image_sha256": digest,
                "command": ["sh", "-c", "end=$(($(date +%s)+25)); while [ $(date +%s) -lt $end ]; do :; done; echo done"]})
     };
-    let (status, other_job) = call(
-        &client,
-        Method::POST,
-        format!("{base}/api/jobs"),
-        &other_token,
-        Some(submit("mallory-private-genome-run")),
-    )
-    .await;
-    assert_eq!(status, 201, "{other_job}");
-    let other_job = other_job["id"].as_str().unwrap().to_string();
+    let other_job = mallory
+        .submit(&submit("mallory-private-genome-run"), None)
+        .await
+        .unwrap()
+        .id;
     // Mallory's job only needs to exist: cancelled, so that it leaves the GPU to ours.
-    let (status, _) = call(
-        &client,
-        Method::POST,
-        format!("{base}/api/jobs/{other_job}/cancel"),
-        &other_token,
-        None,
-    )
-    .await;
-    assert_eq!(status, 200);
-    let (status, job) = call(
-        &client,
-        Method::POST,
-        format!("{base}/api/jobs"),
-        &folks.customer,
-        Some(submit("grace-console-run")),
-    )
-    .await;
-    assert_eq!(status, 201, "{job}");
-    let job_id = job["id"].as_str().unwrap().to_string();
+    mallory.cancel(&other_job).await.unwrap();
+    let job_id = customer
+        .submit(&submit("grace-console-run"), None)
+        .await
+        .unwrap()
+        .id;
 
     // chromedriver and a headless chromium that talks to nothing but loopback.
     let driver_port = common::free_port();
@@ -413,7 +365,7 @@ async fn the_console_in_headless_chromium() {
     };
     let outcome = drive(
         &driver,
-        &client,
+        &customer,
         &base,
         &folks.customer,
         &job_id,
@@ -430,7 +382,7 @@ async fn the_console_in_headless_chromium() {
 /// The browser's part; an error message (after which the session is closed) or success.
 async fn drive(
     driver: &Driver,
-    client: &reqwest::Client,
+    client: &Client,
     base: &str,
     customer: &str,
     job_id: &str,
@@ -477,19 +429,15 @@ async fn drive(
     // Wait for the job to run, then open its page.
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let (_, job) = call(
-            client,
-            Method::GET,
-            format!("{base}/api/jobs/{job_id}"),
-            customer,
-            None,
-        )
-        .await;
-        if job["status"] == "RUNNING" {
+        let job = client
+            .job(job_id)
+            .await
+            .map_err(|error| error.to_string())?;
+        if job.status == JobStatus::Running {
             break;
         }
         if Instant::now() > deadline {
-            return Err(format!("the job never ran: {job}"));
+            return Err(format!("the job never ran: {job:?}"));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

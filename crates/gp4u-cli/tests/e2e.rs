@@ -8,12 +8,15 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Running, assert_verifies_within, call, mint, sha256_hex, start_server};
+use common::{BIN, Running, assert_verifies_within, mint, sha256_hex, start_server};
 use gp4u_client::Client;
-use gp4u_proto::{GpuBrief, JobStatus, NewUserBody, RegisterBody, RegisterGpuBody};
+use gp4u_proto::{
+    FailureReason, GpuBrief, HostPosture, JobNetwork, JobStatus, NewUserBody, ProofKind,
+    VeritasRecord,
+};
 use gp4u_store::Engine;
 use gp4u_store::testing::TestDatabase;
-use gp4u_testkit::eventually_async;
+use gp4u_testkit::{eventually_async, journey};
 use serde_json::{Value, json};
 
 async fn stage_0_to_1(engine: Engine) {
@@ -28,13 +31,7 @@ async fn stage_0_to_1(engine: Engine) {
     // else goes through gp4u-client, as the CLI and the agent speak to the server.
     let admin = Client::new(&base, Some(&mint(data_dir.path(), "usr_admin", 3))).unwrap();
     let provider = admin
-        .create_user(&NewUserBody {
-            name: "Ada's GPUs".into(),
-            role: "provider".into(),
-            university: None,
-            region: None,
-            credit: None,
-        })
+        .create_user(&journey::new_user("Ada's GPUs", "provider", None))
         .await
         .unwrap();
     let customer = admin
@@ -54,22 +51,12 @@ async fn stage_0_to_1(engine: Engine) {
     let customer = Client::new(&base, Some(&issued.token)).unwrap();
 
     let registered = provider
-        .register(&RegisterBody {
-            region: "us-east-1".into(),
-            public_key: "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=".into(),
-            gpus: vec![RegisterGpuBody {
-                name: "RTX 4090".into(),
-                vram_gb: 24.0,
-                price_per_hour: 3.1,
-                uuid: Some("GPU-5e1c".into()),
-                power_limit_watts: 450.0,
-                driver_version: None,
-                emulated: None,
-            }],
-            endpoint: None,
-            renewable_pct: None,
-            posture: None,
-        })
+        .register(&journey::register_one_gpu(
+            "us-east-1",
+            "RTX 4090",
+            24.0,
+            3.1,
+        ))
         .await
         .unwrap();
     let gpu_id = registered.gpus[0].id.clone();
@@ -233,32 +220,21 @@ async fn an_agent_runs_a_digest_pinned_job_end_to_end() {
     let data_dir = tempfile::tempdir().unwrap();
     let server = start_server(data_dir.path(), &db.url);
     let base = server.base.clone();
-    let client = reqwest::Client::new();
-    use reqwest::Method;
-    let admin = mint(data_dir.path(), "usr_admin", 3);
-    let (_, provider) = call(
-        &client,
-        Method::POST,
-        format!("{base}/api/admin/users"),
-        &admin,
-        Some(json!({"name": "Ada's GPUs", "role": "provider"})),
-    )
-    .await;
-    let (_, customer) = call(
-        &client,
-        Method::POST,
-        format!("{base}/api/admin/users"),
-        &admin,
-        Some(json!({"name": "Grace", "role": "customer", "credit": 100000})),
-    )
-    .await;
+    let admin_token = mint(data_dir.path(), "usr_admin", 3);
+    let admin = Client::new(&base, Some(&admin_token)).unwrap();
+    let user = journey::new_user;
+    let provider = admin
+        .create_user(&user("Ada's GPUs", "provider", None))
+        .await
+        .unwrap();
+    let customer_user = admin
+        .create_user(&user("Grace", "customer", Some(100_000.0)))
+        .await
+        .unwrap();
     let token_file = data_dir.path().join("provider.token");
-    std::fs::write(
-        &token_file,
-        mint(data_dir.path(), provider["id"].as_str().unwrap(), 2),
-    )
-    .unwrap();
-    let customer_token = mint(data_dir.path(), customer["id"].as_str().unwrap(), 1);
+    std::fs::write(&token_file, mint(data_dir.path(), &provider.id, 2)).unwrap();
+    let customer_token = mint(data_dir.path(), &customer_user.id, 1);
+    let customer = Client::new(&base, Some(&customer_token)).unwrap();
 
     let agent_dir = tempfile::tempdir().unwrap();
     let agent = Command::new(BIN)
@@ -294,44 +270,28 @@ async fn an_agent_runs_a_digest_pinned_job_end_to_end() {
     };
 
     // The agent registers its emulated GPU, marked as such.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let gpu_id = loop {
-        let (_, listing) = call(
-            &client,
-            Method::GET,
-            format!("{base}/api/gpus"),
-            &customer_token,
-            None,
-        )
-        .await;
-        if let Some(gpu) = listing["gpus"].as_array().and_then(|gpus| gpus.first()) {
-            assert_eq!(gpu["name"], "RTX 4090 (emulated)");
-            assert_eq!(gpu["emulated"], true);
-            // The agent declares the driver from its GPU source (NVML, or `emulated`).
-            assert_eq!(gpu["driver_version"], "emulated", "{gpu}");
-            // And the power limit it was given: the bound of the job's energy proof.
-            assert_eq!(gpu["power_limit_watts"], 450.0, "{gpu}");
-            break gpu["id"].as_str().unwrap().to_string();
-        }
-        assert!(Instant::now() < deadline, "the agent did not register");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let gpu = journey::first_gpu(&customer, Duration::from_secs(30)).await;
+    assert_eq!(gpu.name, "RTX 4090 (emulated)");
+    assert!(gpu.emulated, "{gpu:?}");
+    // The agent declares the driver from its GPU source (NVML, or `emulated`).
+    assert_eq!(gpu.driver_version.as_deref(), Some("emulated"), "{gpu:?}");
+    // And the power limit it was given: the bound of the job's energy proof.
+    assert_eq!(gpu.power_limit_watts, Some(450.0), "{gpu:?}");
+    let gpu_id = gpu.id;
 
     // The customer uploads an input; the job checks it arrived intact and read-only, writes an
     // output and prints a line.
     let input = b"the training data\n".to_vec();
     let input_sha = sha256_hex(&input);
-    let uploaded = client
-        .post(format!("{base}/api/artifacts"))
-        .bearer_auth(&customer_token)
-        .body(input.clone())
-        .send()
+    let input_file = data_dir.path().join("training-data.txt");
+    std::fs::write(&input_file, &input).unwrap();
+    let artifact = customer
+        .upload_artifact(&input_file, |_, _| {})
         .await
         .unwrap();
-    assert_eq!(uploaded.status().as_u16(), 201);
-    let artifact: Value = uploaded.json().await.unwrap();
-    assert_eq!(artifact["sha256"], input_sha.as_str());
-    let art = artifact["id"].as_str().unwrap().to_string();
+    assert_eq!(artifact.sha256, input_sha);
+    assert_eq!(artifact.size_bytes, input.len() as u64);
+    let art = artifact.id;
 
     let submit = |command: &str, inputs: &[&str]| {
         json!({"name": "e2e", "gpuId": gpu_id, "workload_type": "BATCH", "expectedDurationHours": 0.1,
@@ -350,77 +310,49 @@ async fn an_agent_runs_a_digest_pinned_job_end_to_end() {
         (
             checks.as_str(),
             vec![art.as_str()],
-            (Some("COMPLETE"), None, Some(0)),
+            (JobStatus::Complete, None, Some(0)),
         ),
         (
             "exit 4",
             vec![],
-            (Some("FAILED"), Some("NONZERO_EXIT"), Some(4)),
+            (JobStatus::Failed, Some(FailureReason::NonzeroExit), Some(4)),
         ),
     ] {
-        let (status, accepted) = call(
-            &client,
-            Method::POST,
-            format!("{base}/api/jobs"),
-            &customer_token,
-            Some(submit(command, &inputs)),
-        )
-        .await;
-        assert_eq!(status, 201, "{accepted}");
-        let job_id = accepted["id"].as_str().unwrap().to_string();
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let job = loop {
-            let (_, job) = call(
-                &client,
-                Method::GET,
-                format!("{base}/api/jobs/{job_id}"),
-                &customer_token,
-                None,
-            )
-            .await;
-            if matches!(
-                job["status"].as_str(),
-                Some("COMPLETE" | "FAILED" | "CANCELLED")
-            ) {
-                break job;
-            }
-            assert!(Instant::now() < deadline, "the job did not finish: {job}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        let accepted = customer
+            .submit(&submit(command, &inputs), None)
+            .await
+            .unwrap();
+        let job = journey::finished(&customer, &accepted.id, Duration::from_secs(90), |_| {}).await;
         assert!(
-            job["started_at"].is_string() && job["ended_at"].is_string(),
-            "{job}"
+            job.started_at.is_some() && job.ended_at.is_some(),
+            "{job:?}"
         );
         assert_eq!(
-            (
-                job["status"].as_str(),
-                job["failure_reason"].as_str(),
-                job["exit_code"].as_i64()
-            ),
+            (job.status, job.failure_reason, job.exit_code),
             expected,
-            "{job}"
+            "{job:?}"
         );
         finished.push(job);
     }
 
     // Outputs and logs were in before the job ended: the customer downloads /output as a
-    // tar.gz whose SHA-256 is the header's, and the log has the job's lines.
-    let job_id = finished[0]["id"].as_str().unwrap();
-    let response = client
-        .get(format!("{base}/api/jobs/{job_id}/outputs"))
-        .bearer_auth(&customer_token)
-        .send()
+    // tar.gz whose SHA-256 is the one the job names (the client checks it against the header
+    // as it writes), and the log has the job's lines.
+    let job_id = finished[0].id.as_str();
+    let archive_path = data_dir.path().join("outputs.tar.gz");
+    let (archive_sha, archive_size) = customer
+        .download_output(job_id, &archive_path, |_, _| {})
         .await
         .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    assert_eq!(response.headers()["content-type"], "application/gzip");
-    let declared = response.headers()["x-gp4u-sha256"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    let archive = response.bytes().await.unwrap();
-    assert_eq!(sha256_hex(&archive), declared);
-    assert_eq!(finished[0]["output_sha256"], declared.as_str());
+    let archive = std::fs::read(&archive_path).unwrap();
+    assert_eq!(
+        (sha256_hex(&archive), archive.len() as u64),
+        (archive_sha.clone(), archive_size)
+    );
+    assert_eq!(
+        finished[0].output_sha256.as_deref(),
+        Some(archive_sha.as_str())
+    );
     let mut reader = tar::Archive::new(flate2::read::GzDecoder::new(&archive[..]));
     let mut files = Vec::new();
     for entry in reader.entries().unwrap() {
@@ -433,191 +365,112 @@ async fn an_agent_runs_a_digest_pinned_job_end_to_end() {
         files,
         vec![("result.txt".to_string(), "accuracy 0.97\n".to_string())]
     );
-    let logs = client
-        .get(format!("{base}/api/jobs/{job_id}/logs"))
-        .bearer_auth(&customer_token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let logs = customer.logs(job_id).await.unwrap();
     assert!(
         logs.contains("hello from gp4u\n") && logs.contains("to stderr\n"),
         "{logs:?}"
     );
     // Stages 5–7: the agent proved the job's energy and hardware, the platform settled it and
     // sealed every stage; `gp4u verify` checks all of it and passes.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (_, proofs) = call(
-            &client,
-            Method::GET,
-            format!("{base}/api/jobs/{job_id}/proofs"),
-            &customer_token,
-            None,
-        )
-        .await;
-        let kinds: Vec<&str> = proofs["proofs"]
-            .as_array()
-            .map(|list| {
-                list.iter()
-                    .filter_map(|proof| proof["kind"].as_str())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if kinds.contains(&"energy") && kinds.contains(&"hardware") {
-            assert_eq!(proofs["samples_without_commitment"], 0, "{proofs}");
-            // Both proofs name the declared limit; the attestation the GPU as registered.
-            for proof in proofs["proofs"].as_array().unwrap() {
-                let submission = &proof["submission"];
-                match proof["kind"].as_str() {
-                    Some("energy") => {
-                        assert_eq!(submission["claim"]["power_limit_mw"], 450_000, "{proof}");
-                    }
-                    _ => {
-                        assert_eq!(submission["gpu"]["power_limit_mw"], 450_000, "{proof}");
-                        assert_eq!(submission["gpu"]["name"], "RTX 4090 (emulated)", "{proof}");
-                        assert_eq!(submission["gpu"]["vram_mb"], 24_576, "{proof}");
-                    }
-                }
+    let proofs = journey::proven(&customer, job_id, Duration::from_secs(120)).await;
+    assert_eq!(proofs.samples_without_commitment, 0, "{proofs:?}");
+    // Both proofs name the declared limit; the attestation the GPU as registered.
+    for proof in &proofs.proofs {
+        let submission = &proof.submission;
+        match proof.kind {
+            ProofKind::Energy => {
+                assert_eq!(submission["claim"]["power_limit_mw"], 450_000, "{proof:?}");
             }
-            break;
+            ProofKind::Hardware => {
+                assert_eq!(submission["gpu"]["power_limit_mw"], 450_000, "{proof:?}");
+                assert_eq!(
+                    submission["gpu"]["name"], "RTX 4090 (emulated)",
+                    "{proof:?}"
+                );
+                assert_eq!(submission["gpu"]["vram_mb"], 24_576, "{proof:?}");
+            }
         }
-        assert!(
-            Instant::now() < deadline,
-            "the agent's proofs did not arrive: {proofs}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let (status, settlement) = call(
-        &client,
-        Method::GET,
-        format!("{base}/api/jobs/{job_id}/settlement"),
-        &customer_token,
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{settlement}");
-    let charged = settlement["customer_charged"].as_f64().unwrap();
-    let held = settlement["held"].as_f64().unwrap();
+    let settlement = customer.settlement(job_id).await.unwrap();
+    assert_eq!(settlement.job_id, job_id);
     assert!(
-        (charged + settlement["refunded"].as_f64().unwrap() - held).abs() < 1e-9,
-        "{settlement}"
+        (settlement.customer_charged + settlement.refunded - settlement.held).abs() < 1e-9,
+        "{settlement:?}"
     );
     // The proofs' ledger entries are sealed within moments of being stored.
     assert_verifies_within(job_id, &base, &customer_token, 30).await;
     // The sealed Veritas record names the GPU and the driver the agent declared, and the
     // customer's carbon accounting has the job.
-    let (status, ledger) = call(
-        &client,
-        Method::GET,
-        format!("{base}/api/jobs/{job_id}/ledger"),
-        &customer_token,
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{ledger}");
-    let veritas = ledger["entries"]
-        .as_array()
-        .unwrap()
+    let ledger = customer.job_ledger(job_id).await.unwrap();
+    let veritas = ledger
+        .entries
         .iter()
-        .find(|entry| entry["kind"] == "veritas.recorded")
-        .unwrap_or_else(|| panic!("no Veritas record sealed: {ledger}"));
-    let record: Value = serde_json::from_str(veritas["body"].as_str().unwrap()).unwrap();
-    let record = &record["payload"]["record"];
+        .find(|proven| proven.entry.kind == "veritas.recorded")
+        .unwrap_or_else(|| panic!("no Veritas record sealed: {ledger:?}"));
+    let event: Value = serde_json::from_str(&veritas.entry.body).unwrap();
+    let record: VeritasRecord = serde_json::from_value(event["payload"]["record"].clone()).unwrap();
     assert_eq!(
-        (record["gpu_model"].as_str(), record["gpu_driver"].as_str()),
+        (record.gpu_model.as_deref(), record.gpu_driver.as_deref()),
         (Some("RTX 4090 (emulated)"), Some("emulated")),
-        "{record}"
+        "{record:?}"
     );
     // The host the job ran on, as the agent read it from its engine (SPEC §10), is sealed too,
     // and is what the node shows.
-    let posture = &record["host_posture"];
+    let sealed_posture: HostPosture =
+        serde_json::from_value(record.host_posture.clone().unwrap()).unwrap();
     assert_eq!(
         (
-            posture["runtime"].as_str(),
-            posture["egress_filter"].as_str(),
-            posture["seccomp"].as_bool()
+            sealed_posture.runtime.as_str(),
+            sealed_posture.egress_filter.as_str(),
+            sealed_posture.seccomp
         ),
-        (Some("docker"), Some("iptables"), Some(true)),
-        "{record}"
+        ("docker", "iptables", true),
+        "{record:?}"
     );
-    assert_eq!(record["runtime"]["network"], "public", "{record}");
-    let node = finished[0]["node_id"].as_str().unwrap();
-    let (status, provider_view) = call(
-        &client,
-        Method::GET,
-        format!("{base}/api/providers/{node}"),
-        &admin,
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{provider_view}");
-    assert_eq!(&provider_view["posture"], posture, "{provider_view}");
-    let (status, energy) = call(
-        &client,
-        Method::GET,
-        format!("{base}/api/energy"),
-        &customer_token,
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{energy}");
+    assert_eq!(
+        record.runtime.as_ref().map(|runtime| runtime.network),
+        Some(JobNetwork::Public),
+        "{record:?}"
+    );
+    let node = finished[0].node_id.as_deref().unwrap();
+    let provider_view = admin.node(node).await.unwrap();
+    assert_eq!(
+        provider_view.posture.as_ref(),
+        Some(&sealed_posture),
+        "{provider_view:?}"
+    );
+    let energy = customer.energy(None).await.unwrap();
     // (This customer's earlier jobs in this test ended too: each accounted job counts.)
-    let (_, job) = call(
-        &client,
-        Method::GET,
-        format!("{base}/api/jobs/{job_id}"),
-        &customer_token,
-        None,
-    )
-    .await;
-    assert!(energy["total"]["jobs"].as_u64() >= Some(1), "{energy}");
-    let job_kwh = job["energy_kwh"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("the job has no energy_kwh: {job}"));
-    assert!(
-        energy["total"]["energy_kwh"].as_f64() >= Some(job_kwh),
-        "{energy} {job}"
-    );
+    let job = customer.job(job_id).await.unwrap();
+    assert!(energy.total.jobs >= 1, "{energy:?}");
+    let job_kwh = job
+        .energy_kwh
+        .unwrap_or_else(|| panic!("the job has no energy_kwh: {job:?}"));
+    assert!(energy.total.energy_kwh >= job_kwh, "{energy:?} {job:?}");
 
-    // Followed after the end: the whole log as events, then `end`.
-    let followed = client
-        .get(format!("{base}/api/jobs/{job_id}/logs?follow=1"))
-        .bearer_auth(&customer_token)
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .unwrap()
-        .text()
+    // Followed after the end: the whole log as events, then the end.
+    let mut followed = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        customer.follow_logs(job_id, |text| followed.push_str(text)),
+    )
+    .await
+    .expect("following an ended job's log returns at its end")
+    .unwrap();
+    assert!(followed.contains("hello from gp4u"), "{followed}");
+    // Someone else's artifact cannot be a job's input.
+    let stranger = admin
+        .create_user(&user("Mallory", "customer", Some(100_000.0)))
         .await
         .unwrap();
-    assert!(
-        followed.contains("hello from gp4u") && followed.contains("event: end"),
-        "{followed}"
-    );
-    // Someone else's artifact cannot be a job's input.
-    let (_, stranger) = call(
-        &client,
-        Method::POST,
-        format!("{base}/api/admin/users"),
-        &admin,
-        Some(json!({"name": "Mallory", "role": "customer", "credit": 100000})),
-    )
-    .await;
-    let stranger_token = mint(data_dir.path(), stranger["id"].as_str().unwrap(), 1);
-    let (status, refused) = call(
-        &client,
-        Method::POST,
-        format!("{base}/api/jobs"),
-        &stranger_token,
-        Some(submit("true", &[art.as_str()])),
-    )
-    .await;
+    let stranger = Client::new(&base, Some(&mint(data_dir.path(), &stranger.id, 1))).unwrap();
+    let refused = stranger
+        .submit(&submit("true", &[art.as_str()]), None)
+        .await
+        .unwrap_err();
     assert_eq!(
-        (status, refused["error"]["code"].as_str()),
-        (400, Some("INVALID_INPUTS")),
+        (refused.status(), refused.code()),
+        (Some(400), Some("INVALID_INPUTS")),
         "{refused}"
     );
 }

@@ -18,22 +18,25 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_verifies_within, call, docker, docker_image, job_containers, start_agent_with,
+    assert_verifies_within, docker, docker_image, job_containers, start_agent_with,
     start_server_with,
 };
+use gp4u_client::Client;
+use gp4u_proto::{EndedBy, FailureReason, JobStatus, JobView, NodeStatus, ProviderNodeView};
 use gp4u_store::Engine;
 use gp4u_store::testing::TestDatabase;
-use reqwest::Method;
-use serde_json::{Value, json};
+use gp4u_testkit::journey;
+use serde_json::json;
 
 /// A running `gp4u server` with a provider and a customer, and where an agent of theirs keeps
 /// its data. Fields drop in order: the server first, then its data.
 struct Platform {
     _server: common::Running,
     base: String,
-    client: reqwest::Client,
-    customer: String,
-    admin: String,
+    /// The customer's token, and the customer and the admin as clients.
+    customer_token: String,
+    customer: Client,
+    admin: Client,
     token_file: std::path::PathBuf,
     image: String,
     digest: String,
@@ -57,14 +60,13 @@ async fn platform(test: &str, flags: &[&str], config: Option<&str>) -> Option<Pl
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let server = start_server_with(data_dir.path(), &db.url, &flags);
     let base = server.base.clone();
-    let client = reqwest::Client::new();
     let people = common::people(&base, data_dir.path(), 100_000.0).await;
     Some(Platform {
         _server: server,
-        customer: people.customer,
-        admin: people.admin,
+        customer: Client::new(&base, Some(&people.customer)).unwrap(),
+        admin: Client::new(&base, Some(&people.admin)).unwrap(),
+        customer_token: people.customer,
         base,
-        client,
         token_file: people.token_file,
         image,
         digest,
@@ -81,62 +83,40 @@ impl Platform {
     }
 
     /// The node's standing, as an admin sees it.
-    async fn standing(&self, node: &str) -> Value {
-        self.get(&format!("/api/providers/{node}"), &self.admin)
-            .await
+    async fn standing(&self, node: &str) -> ProviderNodeView {
+        self.admin.node(node).await.unwrap()
     }
 
-    async fn get(&self, path: &str, token: &str) -> Value {
-        call(
-            &self.client,
-            Method::GET,
-            format!("{}{path}", self.base),
-            token,
-            None,
-        )
-        .await
-        .1
-    }
-
-    /// The agent's GPU, once it registered.
+    /// The agent's GPU, once it registered: (GPU, node).
     async fn gpu(&self) -> (String, String) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let listing = self.get("/api/gpus", &self.customer).await;
-            if let Some(gpu) = listing["gpus"].as_array().and_then(|gpus| gpus.first()) {
-                return (
-                    gpu["id"].as_str().unwrap().to_string(),
-                    gpu["node_id"].as_str().unwrap_or_default().to_string(),
-                );
-            }
-            assert!(Instant::now() < deadline, "the agent did not register");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let gpu = journey::first_gpu(&self.customer, Duration::from_secs(30)).await;
+        (gpu.id, gpu.node_id)
     }
 
     async fn submit(&self, gpu: &str, script: &str) -> String {
         let (image, digest) = (&self.image, &self.digest);
-        let (status, accepted) = call(
-            &self.client,
-            Method::POST,
-            format!("{}/api/jobs", self.base),
-            &self.customer,
-            Some(
-                json!({"name": "tutela e2e", "gpuId": gpu, "workload_type": "TRAINING",
+        self.customer
+            .submit(
+                &json!({"name": "tutela e2e", "gpuId": gpu, "workload_type": "TRAINING",
                 "expectedDurationHours": 0.1, "docker_image": image, "docker_image_sha256": digest,
                 "command": ["sh", "-c", script], "max_retries": 0}),
-            ),
-        )
-        .await;
-        assert_eq!(status, 201, "{accepted}");
-        accepted["id"].as_str().unwrap().to_string()
+                None,
+            )
+            .await
+            .unwrap()
+            .id
     }
 
-    async fn job(&self, id: &str) -> Value {
-        self.get(&format!("/api/jobs/{id}"), &self.customer).await
+    async fn job(&self, id: &str) -> JobView {
+        self.customer.job(id).await.unwrap()
     }
 
-    async fn wait_for(&self, id: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    async fn wait_for(
+        &self,
+        id: &str,
+        within: Duration,
+        done: impl Fn(&JobView) -> bool,
+    ) -> JobView {
         let deadline = Instant::now() + within;
         loop {
             let job = self.job(id).await;
@@ -145,18 +125,20 @@ impl Platform {
             }
             assert!(
                 Instant::now() < deadline,
-                "waited {within:?} for job {id}: {job}"
+                "waited {within:?} for job {id}: {job:?}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
 
-fn ended(job: &Value) -> bool {
-    matches!(
-        job["status"].as_str(),
-        Some("COMPLETE" | "FAILED" | "CANCELLED")
-    )
+fn ended(job: &JobView) -> bool {
+    job.status.is_terminal()
+}
+
+/// Running, with its first telemetry in.
+fn reporting(job: &JobView) -> bool {
+    job.status == JobStatus::Running && job.metrics().is_some()
 }
 
 /// Waits until no container of the job is left; returns how long that took.
@@ -204,18 +186,23 @@ async fn a_miner_and_a_port_scanner_are_killed_for_what_they_do() {
         .await;
     let failed_at = Instant::now();
     assert_eq!(
-        (view["status"].as_str(), view["failure_reason"].as_str()),
-        (Some("FAILED"), Some("KILLED_ANOMALY")),
-        "{view}"
+        (view.status, view.failure_reason),
+        (JobStatus::Failed, Some(FailureReason::KilledAnomaly)),
+        "{view:?}"
     );
-    let rules: Vec<&str> = view["anomalies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|entry| entry["rule"].as_str())
+    let rules: Vec<String> = view
+        .anomaly_summary()
+        .into_iter()
+        .map(|entry| entry.rule)
         .collect();
-    assert!(rules.contains(&"CRYPTO_MINING_PATTERN"), "{view}");
-    assert_eq!(view["latest_metrics"]["emulated"], true);
+    assert!(
+        rules.iter().any(|rule| rule == "CRYPTO_MINING_PATTERN"),
+        "{view:?}"
+    );
+    assert!(
+        view.metrics().is_some_and(|metrics| metrics.emulated),
+        "{view:?}"
+    );
     let gone = containers_gone(&job, Duration::from_secs(20)).await;
     eprintln!(
         "miner: container gone {gone:?} after the job was seen FAILED ({:?} polling)",
@@ -230,11 +217,17 @@ async fn a_miner_and_a_port_scanner_are_killed_for_what_they_do() {
         .wait_for(&job, Duration::from_secs(120), ended)
         .await;
     assert_eq!(
-        (view["status"].as_str(), view["failure_reason"].as_str()),
-        (Some("FAILED"), Some("KILLED_ANOMALY")),
-        "{view}"
+        (view.status, view.failure_reason),
+        (JobStatus::Failed, Some(FailureReason::KilledAnomaly)),
+        "{view:?}"
     );
-    assert_eq!(view["anomalies"][0]["rule"], "OUTBOUND_PORT_SCAN", "{view}");
+    assert_eq!(
+        view.anomaly_summary()
+            .first()
+            .map(|entry| entry.rule.as_str()),
+        Some("OUTBOUND_PORT_SCAN"),
+        "{view:?}"
+    );
     containers_gone(&job, Duration::from_secs(20)).await;
 }
 
@@ -260,19 +253,17 @@ async fn a_dropped_agent_is_slashed_once_and_fenced_when_it_returns() {
     let (gpu, _) = platform.gpu().await;
     let job = platform.submit(&gpu, "sleep 300").await;
     let view = platform
-        .wait_for(&job, Duration::from_secs(60), |job| {
-            job["status"] == "RUNNING" && job["latest_metrics"].is_object()
-        })
+        .wait_for(&job, Duration::from_secs(60), reporting)
         .await;
-    let node = view["node_id"].as_str().unwrap().to_string();
+    let node = view.node_id.clone().unwrap();
     // The platform reaches the agent: its visibility challenges are answered.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let standing = platform.standing(&node).await;
-        if standing["visibility"] == "ANSWERED" {
+        if standing.visibility == "ANSWERED" {
             break;
         }
-        assert!(Instant::now() < deadline, "never ANSWERED: {standing}");
+        assert!(Instant::now() < deadline, "never ANSWERED: {standing:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -284,25 +275,25 @@ async fn a_dropped_agent_is_slashed_once_and_fenced_when_it_returns() {
         .wait_for(&job, Duration::from_secs(30), ended)
         .await;
     assert_eq!(
+        (view.status, view.failure_reason, view.ended_by),
         (
-            view["status"].as_str(),
-            view["failure_reason"].as_str(),
-            view["ended_by"].as_str()
+            JobStatus::Failed,
+            Some(FailureReason::JobDropped),
+            Some(EndedBy::Provider)
         ),
-        (Some("FAILED"), Some("JOB_DROPPED"), Some("provider")),
-        "{view}"
+        "{view:?}"
     );
     assert!(
         killed_at.elapsed() >= Duration::from_secs(4),
         "dropped before the 4 s timeout"
     );
     let standing = platform.standing(&node).await;
-    let slashes = standing["slashes"].as_array().unwrap();
-    assert_eq!(slashes.len(), 1, "exactly one slash: {standing}");
-    assert_eq!(slashes[0]["kind"], "JOB_DROPPED_UNEXPECTEDLY");
+    assert_eq!(standing.slashes.len(), 1, "exactly one slash: {standing:?}");
+    assert_eq!(standing.slashes[0].kind, "JOB_DROPPED_UNEXPECTEDLY");
     assert_eq!(
-        standing["status"], "ACTIVE",
-        "a dead agent is not hiding: {standing}"
+        standing.status,
+        NodeStatus::Active,
+        "a dead agent is not hiding: {standing:?}"
     );
     assert_eq!(job_containers(&job).len(), 1, "the orphan is still running");
 
@@ -311,12 +302,11 @@ async fn a_dropped_agent_is_slashed_once_and_fenced_when_it_returns() {
     let gone = containers_gone(&job, Duration::from_secs(30)).await;
     eprintln!("fenced: the returning agent removed its container {gone:?} after restarting");
     let standing = platform.standing(&node).await;
+    assert_eq!(standing.slashes.len(), 1, "{standing:?}");
     assert_eq!(
-        standing["slashes"].as_array().unwrap().len(),
-        1,
-        "{standing}"
+        platform.job(&job).await.failure_reason,
+        Some(FailureReason::JobDropped)
     );
-    assert_eq!(platform.job(&job).await["failure_reason"], "JOB_DROPPED");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,27 +334,24 @@ async fn an_agent_hiding_from_visibility_checks_is_ejected() {
         .wait_for(&job, Duration::from_secs(60), ended)
         .await;
     assert_eq!(
-        (view["status"].as_str(), view["failure_reason"].as_str()),
-        (Some("FAILED"), Some("VISIBILITY_BLOCKED")),
-        "{view}"
+        (view.status, view.failure_reason),
+        (JobStatus::Failed, Some(FailureReason::VisibilityBlocked)),
+        "{view:?}"
     );
-    let node = view["node_id"].as_str().unwrap();
+    let node = view.node_id.as_deref().unwrap();
     let standing = platform.standing(node).await;
-    assert_eq!(standing["status"], "EJECTED", "{standing}");
-    assert_eq!(
-        standing["slashes"][0]["kind"], "VISIBILITY_BLOCKED",
-        "{standing}"
-    );
-    assert_eq!(
-        standing["slashes"].as_array().unwrap().len(),
-        1,
-        "{standing}"
-    );
+    assert_eq!(standing.status, NodeStatus::Ejected, "{standing:?}");
+    let kinds: Vec<&str> = standing
+        .slashes
+        .iter()
+        .map(|slash| slash.kind.as_str())
+        .collect();
+    assert_eq!(kinds, ["VISIBILITY_BLOCKED"], "{standing:?}");
     // Fenced: the agent's next packet is refused and it stops the container.
     containers_gone(&job, Duration::from_secs(20)).await;
     // An ejected node's GPU is no longer offered.
-    let listing = platform.get("/api/gpus", &platform.customer).await;
-    assert_eq!(listing["gpus"], json!([]), "{listing}");
+    let listing = platform.customer.gpus().await.unwrap();
+    assert!(listing.gpus.is_empty(), "{listing:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -382,9 +369,7 @@ async fn a_partitioned_agent_is_fenced_when_it_comes_back() {
     let (gpu, _) = platform.gpu().await;
     let job = platform.submit(&gpu, "sleep 300").await;
     platform
-        .wait_for(&job, Duration::from_secs(60), |job| {
-            job["status"] == "RUNNING" && job["latest_metrics"].is_object()
-        })
+        .wait_for(&job, Duration::from_secs(60), reporting)
         .await;
     // The agent is cut off (frozen: it sends nothing, its container runs on) ...
     let pid = agent.child.id().to_string();
@@ -399,13 +384,20 @@ async fn a_partitioned_agent_is_fenced_when_it_comes_back() {
     let view = platform
         .wait_for(&job, Duration::from_secs(30), ended)
         .await;
-    assert_eq!(view["failure_reason"], "JOB_DROPPED", "{view}");
+    assert_eq!(
+        view.failure_reason,
+        Some(FailureReason::JobDropped),
+        "{view:?}"
+    );
     assert_eq!(job_containers(&job).len(), 1, "the container ran on");
     // ... and comes back: its next packet is refused (409) and it kills the container.
     signal("-CONT");
     let gone = containers_gone(&job, Duration::from_secs(30)).await;
     eprintln!("partition: the returning agent removed its container {gone:?} after resuming");
-    assert_eq!(platform.job(&job).await["failure_reason"], "JOB_DROPPED");
+    assert_eq!(
+        platform.job(&job).await.failure_reason,
+        Some(FailureReason::JobDropped)
+    );
     drop(agent);
 }
 
@@ -424,21 +416,16 @@ async fn a_restarted_agent_still_proves_the_whole_job() {
     let (gpu, _) = platform.gpu().await;
     let job = platform.submit(&gpu, "sleep 20").await;
     platform
-        .wait_for(&job, Duration::from_secs(60), |job| {
-            job["status"] == "RUNNING" && job["latest_metrics"].is_object()
-        })
+        .wait_for(&job, Duration::from_secs(60), reporting)
         .await;
     // A few committed readings stored, then the agent dies (SIGKILL) and comes back.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let telemetry = platform
-            .get(&format!("/api/jobs/{job}/telemetry"), &platform.customer)
-            .await;
-        let samples = telemetry["samples"].as_array().map_or(0, Vec::len);
-        if samples >= 3 {
+        let telemetry = platform.customer.telemetry(&job, None).await.unwrap();
+        if telemetry.samples.len() >= 3 {
             break;
         }
-        assert!(Instant::now() < deadline, "no telemetry: {telemetry}");
+        assert!(Instant::now() < deadline, "no telemetry: {telemetry:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     agent.child.kill().unwrap();
@@ -448,45 +435,23 @@ async fn a_restarted_agent_still_proves_the_whole_job() {
         .unwrap()
         .as_millis() as i64;
     assert_eq!(
-        platform.job(&job).await["status"],
-        "RUNNING",
+        platform.job(&job).await.status,
+        JobStatus::Running,
         "the job must outlive the agent for this test to mean anything"
     );
     let _agent = platform.agent(&[]);
     let view = platform
         .wait_for(&job, Duration::from_secs(60), ended)
         .await;
-    assert_eq!(view["status"], "COMPLETE", "{view}");
+    assert_eq!(view.status, JobStatus::Complete, "{view:?}");
     // Both proofs arrive, covering every stored reading, before and after the restart.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let proofs = loop {
-        let proofs = platform
-            .get(&format!("/api/jobs/{job}/proofs"), &platform.customer)
-            .await;
-        let kinds: Vec<&str> = proofs["proofs"]
-            .as_array()
-            .map(|list| list.iter().filter_map(|p| p["kind"].as_str()).collect())
-            .unwrap_or_default();
-        if kinds.contains(&"energy") && kinds.contains(&"hardware") {
-            break proofs;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the restarted agent's proofs did not arrive: {proofs}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    assert_eq!(proofs["samples_without_commitment"], 0, "{proofs}");
+    let proofs = journey::proven(&platform.customer, &job, Duration::from_secs(60)).await;
+    assert_eq!(proofs.samples_without_commitment, 0, "{proofs:?}");
     // The proof covers readings committed by both runs of the agent (same machine clock).
-    let times: Vec<i64> = proofs["commitments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["at_ms"].as_i64().unwrap())
-        .collect();
+    let times: Vec<i64> = proofs.commitments.iter().map(|c| c.at_ms).collect();
     assert!(
         times.iter().any(|at| *at < killed_at_ms) && times.iter().any(|at| *at > killed_at_ms),
         "commitments from before and after the restart: {times:?} (killed at {killed_at_ms})"
     );
-    assert_verifies_within(&job, &platform.base, &platform.customer, 30).await;
+    assert_verifies_within(&job, &platform.base, &platform.customer_token, 30).await;
 }

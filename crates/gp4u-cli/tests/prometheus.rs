@@ -13,10 +13,12 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Running, call, docker_image, people, start_agent_with, start_server_with};
+use common::{Running, docker_image, people, start_agent_with, start_server_with};
+use gp4u_client::Client;
+use gp4u_proto::{JobStatus, paths};
 use gp4u_store::Engine;
 use gp4u_store::testing::TestDatabase;
-use reqwest::Method;
+use gp4u_testkit::journey;
 use serde_json::{Value, json};
 
 const METRICS_TOKEN: &str = "prometheus-test-metrics-token-0123456789";
@@ -141,22 +143,8 @@ async fn prometheus_scrapes_the_server_and_the_agent_and_sees_submissions() {
         agent_dir.path(),
         &["--metrics-listen", &agent_metrics],
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, listing) = call(
-            &client,
-            Method::GET,
-            format!("{base}/api/gpus"),
-            &operators.customer,
-            None,
-        )
-        .await;
-        if listing["gpus"][0]["id"].is_string() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the agent did not register");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let customer = Client::new(&base, Some(&operators.customer)).unwrap();
+    journey::first_gpu(&customer, Duration::from_secs(60)).await;
 
     // Both expositions, as curl or promtool would fetch them (the text format 0.0.4), pass
     // promtool's lint with nothing to say.
@@ -291,47 +279,22 @@ async fn prometheus_scrapes_the_server_and_the_agent_and_sees_submissions() {
     // Jobs run to the end on the real agent.
     let mut jobs = Vec::new();
     for n in 0..JOBS {
-        let (status, accepted) = call(
-            &client,
-            Method::POST,
-            format!("{base}/api/jobs"),
-            &operators.customer,
-            Some(
-                // Any RTX 4090 under 10/h: the one GPU takes them in turn.
-                json!({"name": format!("metrics {n}"), "workload_type": "BATCH",
+        // Any RTX 4090 under 10/h: the one GPU takes them in turn.
+        let accepted = customer
+            .submit(
+                &json!({"name": format!("metrics {n}"), "workload_type": "BATCH",
                 "gpu": {"model": "RTX 4090", "max_price_per_hour": 10.0},
                 "expectedDurationHours": 0.1, "docker_image": image, "docker_image_sha256": digest,
                 "command": ["sh", "-c", "echo counted"], "max_retries": 0}),
-            ),
-        )
-        .await;
-        assert_eq!(status, 201, "{accepted}");
-        jobs.push(accepted["id"].as_str().unwrap().to_string());
-    }
-    for job in &jobs {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let (_, view) = call(
-                &client,
-                Method::GET,
-                format!("{base}/api/jobs/{job}"),
-                &operators.customer,
                 None,
             )
-            .await;
-            if view["status"] == "COMPLETE" {
-                break;
-            }
-            assert!(
-                !matches!(view["status"].as_str(), Some("FAILED" | "CANCELLED")),
-                "job {job} ended {view}"
-            );
-            assert!(
-                Instant::now() < deadline,
-                "job {job} did not complete: {view}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            .await
+            .unwrap();
+        jobs.push(accepted.id);
+    }
+    for job in &jobs {
+        let view = journey::finished(&customer, job, Duration::from_secs(120), |_| {}).await;
+        assert_eq!(view.status, JobStatus::Complete, "job {job} ended {view:?}");
     }
 
     // What Prometheus scraped: the submissions counter moved by exactly the jobs sent, and the
@@ -356,14 +319,15 @@ async fn prometheus_scrapes_the_server_and_the_agent_and_sees_submissions() {
     )
     .await;
     assert_eq!(increase, jobs_sent);
+    let submissions_served = format!(
+        "sum(gp4u_http_request_duration_seconds_count{{route=\"{}\",method=\"POST\",status=\"2xx\"}})",
+        paths::JOBS
+    );
     for (promql, at_least) in [
         ("gp4u_placements_total", jobs_sent),
         ("gp4u_jobs{status=\"COMPLETE\"}", jobs_sent),
         ("gp4u_telemetry_packets_ingested_total", jobs_sent),
-        (
-            "sum(gp4u_http_request_duration_seconds_count{route=\"/api/jobs\",method=\"POST\",status=\"2xx\"})",
-            jobs_sent,
-        ),
+        (submissions_served.as_str(), jobs_sent),
         ("gp4u_ledger_entries", 1.0),
         ("gp4u_db_pool_max_connections", 1.0),
         ("gp4u_agent_containers_started_total", jobs_sent),
