@@ -593,7 +593,7 @@ mod tests {
     async fn an_unsettled_job_is_not_reported_verified() {
         use axum::http::StatusCode;
         let router = axum::Router::new().route(
-            "/api/jobs/{id}/settlement",
+            gp4u_proto::paths::JOB_SETTLEMENT,
             axum::routing::get(|| async {
                 (
                     StatusCode::CONFLICT,

@@ -44,6 +44,7 @@ use gp4u_ledger::checkpoint::{Checkpoint, open_checkpoint_with};
 use gp4u_ledger::hash::{Hash, hash_from_hex, leaf_hash, to_hex};
 use gp4u_ledger::note::NoteVerifier;
 use gp4u_ledger::verify::{verify_consistency, verify_inclusion};
+use gp4u_proto::paths;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -1348,13 +1349,14 @@ impl Sources {
     }
 
     /// A public read, refused with 401 only by a server that breaks SPEC §8.
-    fn public_refusal(what: &str, error: gp4u_client::ClientError) -> anyhow::Error {
+    /// A refusal of the public log's `GET route`.
+    fn public_refusal(route: &str, error: gp4u_client::ClientError) -> anyhow::Error {
         match error.status() {
             Some(401) => anyhow::anyhow!(
-                "{what}: {error}: this server does not let its log be read without a token \
+                "GET {route}: {error}: this server does not let its log be read without a token \
                  (SPEC §8 says it must)"
             ),
-            _ => anyhow::anyhow!("{what}: {error}"),
+            _ => anyhow::anyhow!("GET {route}: {error}"),
         }
     }
 
@@ -1362,14 +1364,14 @@ impl Sources {
         self.public
             .ledger_public_key()
             .await
-            .map_err(|error| Self::public_refusal("GET /api/ledger/public-key", error))
+            .map_err(|error| Self::public_refusal(paths::LEDGER_PUBLIC_KEY, error))
     }
 
     async fn checkpoint(&self) -> anyhow::Result<String> {
         self.public
             .checkpoint()
             .await
-            .map_err(|error| Self::public_refusal("GET /api/ledger/checkpoint", error))
+            .map_err(|error| Self::public_refusal(paths::LEDGER_CHECKPOINT, error))
     }
 
     /// `GET /api/ledger/proof/consistency?from=&to=`, when a proof is needed between them.
@@ -1384,9 +1386,7 @@ impl Sources {
                     .public
                     .consistency_proof(from, to)
                     .await
-                    .map_err(|error| {
-                        Self::public_refusal("GET /api/ledger/proof/consistency", error)
-                    })?;
+                    .map_err(|error| Self::public_refusal(paths::LEDGER_CONSISTENCY, error))?;
                 Ok(Some(serde_json::to_value(proof)?))
             }
             _ => Ok(None),

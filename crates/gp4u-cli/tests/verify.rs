@@ -16,7 +16,7 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{BIN, call, mint, start_server};
+use common::{BIN, mint, start_server};
 use ed25519_dalek::SigningKey;
 use gp4u_attest::energy::{
     EnergyClaim, PowerReading, ReadingCommitment, ReadingOpening, commit_reading, prove_energy,
@@ -24,13 +24,15 @@ use gp4u_attest::energy::{
 };
 use gp4u_attest::hardware::{Assurance, GpuIdentity, HardwareClaim, sign_hardware};
 use gp4u_attest::proofs::{EnergySubmission, ProofSubmission};
+use gp4u_client::Client;
 use gp4u_core::energy::{interval_weights, watts_to_mw};
 use gp4u_ledger::checkpoint::{Checkpoint, sign_checkpoint};
 use gp4u_ledger::hash::{leaf_hash, to_hex};
 use gp4u_ledger::note::verifier_key;
 use gp4u_ledger::reference::{consistency_proof, mth};
+use gp4u_proto::{JobLedger, TelemetryPacket, paths};
+use gp4u_testkit::journey;
 use rand_core::OsRng;
-use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::Row;
 
@@ -117,9 +119,17 @@ impl RecordingProxy {
 /// Every request to the log went without the token, every other one with it; and the log's
 /// `paths` were all asked for.
 #[track_caller]
-fn assert_log_read_without_token(seen: &[(String, bool)], paths: &[&str]) {
+fn assert_log_read_without_token(seen: &[(String, bool)], wanted: &[String]) {
+    // The public log: the key, the checkpoint, entries and proofs.
+    let log = [
+        paths::LEDGER_PUBLIC_KEY,
+        paths::LEDGER_CHECKPOINT,
+        paths::LEDGER_ENTRIES,
+        paths::LEDGER_INCLUSION,
+        paths::LEDGER_CONSISTENCY,
+    ];
     for (path, with_token) in seen {
-        let public = path.starts_with("/api/ledger/");
+        let public = log.iter().any(|route| path.starts_with(route));
         assert_eq!(
             *with_token,
             !public,
@@ -127,7 +137,7 @@ fn assert_log_read_without_token(seen: &[(String, bool)], paths: &[&str]) {
             if *with_token { "with" } else { "without" }
         );
     }
-    for wanted in paths {
+    for wanted in wanted {
         assert!(
             seen.iter().any(|(path, _)| path.starts_with(wanted)),
             "no request for {wanted}: {seen:?}"
@@ -169,10 +179,10 @@ fn assert_fails_naming(output: &Output, names: &[&str]) {
     }
 }
 
-async fn wait_for<F, Fut>(what: &str, seconds: u64, mut probe: F) -> Value
+async fn wait_for<T, F, Fut>(what: &str, seconds: u64, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<Value>>,
+    Fut: std::future::Future<Output = Option<T>>,
 {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     loop {
@@ -193,61 +203,36 @@ struct Finished {
     provider: String,
 }
 
-async fn user(client: &reqwest::Client, base: &str, admin: &str, body: Value) -> String {
-    let (status, user) = call(
-        client,
-        Method::POST,
-        format!("{base}/api/admin/users"),
-        admin,
-        Some(body),
-    )
-    .await;
-    assert_eq!(status, 201, "{user}");
-    user["id"].as_str().unwrap().to_owned()
+/// A client of the server at `base` as `token`, that sends each request once (a refusal is
+/// the test's to see, not to be retried).
+fn speaker(base: &str, token: &str) -> Client {
+    Client::new(base, Some(token)).unwrap().with_attempts(1)
 }
 
-async fn register(
-    client: &reqwest::Client,
-    base: &str,
-    token: &str,
-    key: &SigningKey,
-    uuid: &str,
-) -> (String, String) {
-    let (status, registered) = call(
-        client,
-        Method::POST,
-        format!("{base}/api/providers/register"),
-        token,
-        Some(json!({
-            "region": "us-east-1",
-            "public_key": gp4u_attest::key::public_key_base64(key),
-            "renewable_pct": 50,
-            "gpus": [{"name": "RTX 4090", "vram_gb": 24, "price_per_hour": 3.1, "uuid": uuid,
-                      "driver_version": "550.54.15", "power_limit_watts": 700}],
-        })),
-    )
-    .await;
-    assert_eq!(status, 201, "{registered}");
-    (
-        registered["node_id"].as_str().unwrap().to_owned(),
-        registered["gpus"][0]["id"].as_str().unwrap().to_owned(),
-    )
+/// Registers a node with one RTX 4090 (`uuid`, 700 W) as its provider: (node, GPU).
+async fn register(provider: &Client, key: &SigningKey, uuid: &str) -> (String, String) {
+    let mut body = journey::register_one_gpu("us-east-1", "RTX 4090", 24.0, 3.1);
+    body.public_key = gp4u_attest::key::public_key_base64(key);
+    body.renewable_pct = Some(50.0);
+    body.gpus[0].uuid = Some(uuid.into());
+    body.gpus[0].driver_version = Some("550.54.15".into());
+    body.gpus[0].power_limit_watts = 700.0;
+    let registered = provider.register(&body).await.unwrap();
+    (registered.node_id, registered.gpus[0].id.clone())
 }
 
-async fn submit_job(client: &reqwest::Client, base: &str, customer: &str, gpu: &str) -> String {
-    let (status, accepted) = call(
-        client,
-        Method::POST,
-        format!("{base}/api/jobs"),
-        customer,
-        Some(json!({"name": "verify e2e", "gpuId": gpu, "workload_type": "TRAINING",
+async fn submit_job(customer: &Client, gpu: &str) -> String {
+    customer
+        .submit(
+            &json!({"name": "verify e2e", "gpuId": gpu, "workload_type": "TRAINING",
                     "expectedDurationHours": 4.0, "docker_image": "registry.example/org/bert",
                     "docker_image_sha256": format!("sha256:{}", "ab".repeat(32)),
-                    "command": ["python", "train.py"], "env": {"EPOCHS": "3"}, "costEstimate": 0.01})),
-    )
-    .await;
-    assert_eq!(status, 201, "{accepted}");
-    accepted["id"].as_str().unwrap().to_owned()
+                    "command": ["python", "train.py"], "env": {"EPOCHS": "3"}, "costEstimate": 0.01}),
+            None,
+        )
+        .await
+        .unwrap()
+        .id
 }
 
 /// A job its provider ran to the end over HTTP: the readings it committed to.
@@ -259,19 +244,14 @@ struct Ran {
 
 /// Takes the assignment of `job_id` on `node_id`, sends telemetry with power commitments (the
 /// server stamps each sample) and the final packet, and waits for the settlement.
-async fn run_to_end(
-    client: &reqwest::Client,
-    base: &str,
-    provider: &str,
-    customer: &str,
-    node_id: &str,
-    job_id: &str,
-) -> Ran {
+async fn run_to_end(provider: &Client, customer: &Client, node_id: &str, job_id: &str) -> Ran {
     // The agent's long poll hands the job out.
     wait_for("the assignment", 30, || async move {
-        let url = format!("{base}/api/agent/assignments?node_id={node_id}&wait=1");
-        let (status, body) = call(client, Method::GET, url, provider, None).await;
-        (status == 200 && body["job_id"] == job_id).then_some(body)
+        provider
+            .next_assignment(node_id, 1)
+            .await
+            .unwrap()
+            .filter(|assignment| assignment.job_id == job_id)
     })
     .await;
 
@@ -288,37 +268,38 @@ async fn run_to_end(
             },
             &mut OsRng,
         );
-        let mut packet = json!({
-            "job_id": job_id, "node_id": node_id,
-            "gpu_utilization_pct": 94.2, "vram_used_gb": 22.1, "vram_allocated_gb": 24.0,
-            "power_draw_watts": WATTS, "temperature_c": 72, "outbound_bytes_per_sec": 1_200_000,
-            "inferred_pattern": "TRAINING", "unique_dest_ips": 2, "foreign_gpu_processes": 0,
-            "power_commitment": commitment.to_base64(),
-        });
-        if n == packets - 1 {
-            packet["final"] = json!(true);
-            packet["exit_code"] = json!(0);
-        }
-        let (status, reply) = call(
-            client,
-            Method::POST,
-            format!("{base}/api/telemetry/russian-doll"),
-            provider,
-            Some(packet),
-        )
-        .await;
-        assert_eq!(status, 200, "packet {n}: {reply}");
-        assert_eq!(reply["kill_job"], false, "{reply}");
-        sealed.push((reply["at_ms"].as_i64().unwrap(), commitment));
-        max_gap_ms = reply["max_gap_ms"].as_i64().unwrap();
+        let last = n == packets - 1;
+        let packet = TelemetryPacket {
+            job_id: job_id.into(),
+            node_id: node_id.into(),
+            gpu_utilization_pct: 94.2,
+            vram_used_gb: 22.1,
+            vram_allocated_gb: 24.0,
+            power_draw_watts: WATTS,
+            temperature_c: 72.0,
+            outbound_bytes_per_sec: 1_200_000.0,
+            inferred_pattern: Some("TRAINING".into()),
+            unique_dest_ips: Some(2),
+            foreign_gpu_processes: Some(0),
+            throttling: None,
+            dest_ports: None,
+            exit_code: last.then_some(0),
+            is_final: last.then_some(true),
+            power_commitment: Some(commitment.to_base64()),
+        };
+        let reply = provider
+            .post_telemetry(&packet, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|error| panic!("packet {n}: {error}"));
+        assert!(!reply.kill_job, "{reply:?}");
+        sealed.push((reply.at_ms.unwrap(), commitment));
+        max_gap_ms = reply.max_gap_ms.unwrap();
         openings.push(opening);
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
     wait_for("the settlement", 30, || async move {
-        let url = format!("{base}/api/jobs/{job_id}/settlement");
-        let (status, body) = call(client, Method::GET, url, customer, None).await;
-        (status == 200).then_some(body)
+        customer.settlement(job_id).await.ok()
     })
     .await;
     Ran {
@@ -392,111 +373,89 @@ fn hardware_proof(
     .to_json()
 }
 
-/// Posts a proof for `node_id` as `token`: the status and the answer's text.
-async fn post_proof(
-    client: &reqwest::Client,
-    base: &str,
-    node_id: &str,
-    token: &str,
-    body: String,
-) -> (u16, String) {
-    let response = client
-        .post(format!("{base}/api/providers/{node_id}/zk-proofs"))
-        .bearer_auth(token)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.text().await.unwrap())
+/// Posts a proof for `node_id` as `who`: the status, and the refusal's text.
+async fn post_proof(who: &Client, node_id: &str, body: String) -> (u16, String) {
+    match who.submit_proof(node_id, &body).await {
+        Ok(status) => (status, String::new()),
+        Err(error) => (error.status().unwrap_or_default(), error.to_string()),
+    }
 }
 
 /// Posts the energy proof once the platform has accounted the job's energy (503 before).
-async fn post_energy_proof(
-    client: &reqwest::Client,
-    base: &str,
-    node_id: &str,
-    token: &str,
-    body: String,
-) {
+async fn post_energy_proof(provider: &Client, node_id: &str, body: String) {
     wait_for("the energy proof to be accepted", 30, || {
         let body = body.clone();
         async move {
-            let (status, answer) = post_proof(client, base, node_id, token, body).await;
+            let (status, answer) = post_proof(provider, node_id, body).await;
             assert!(
                 matches!(status, 200 | 201 | 503),
                 "energy proof: {status} {answer}"
             );
-            (status != 503).then(|| json!(answer))
+            (status != 503).then_some(())
         }
     })
     .await;
 }
 
+/// The kinds of a job ledger's entries.
+fn kinds(ledger: &JobLedger) -> Vec<&str> {
+    ledger
+        .entries
+        .iter()
+        .map(|proven| proven.entry.kind.as_str())
+        .collect()
+}
+
 /// Waits until the job's ledger has both proofs and its settlement sealed, nothing pending.
-async fn wait_sealed(client: &reqwest::Client, base: &str, customer: &str, job_id: &str) {
+async fn wait_sealed(customer: &Client, job_id: &str) {
     wait_for("the proofs to be sealed", 30, || async move {
-        let url = format!("{base}/api/jobs/{job_id}/ledger");
-        let (status, ledger) = call(client, Method::GET, url, customer, None).await;
-        assert_eq!(status, 200, "{ledger}");
-        let kinds: Vec<&str> = ledger["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|entry| entry["kind"].as_str())
-            .collect();
+        let ledger = customer.job_ledger(job_id).await.unwrap();
+        let kinds = kinds(&ledger);
         let proofs = kinds
             .iter()
             .filter(|kind| **kind == "proof.verified")
             .count();
-        (proofs == 2 && kinds.contains(&"billing.settled") && ledger["pending"] == 0)
-            .then_some(ledger)
+        (proofs == 2 && kinds.contains(&"billing.settled") && ledger.pending == 0).then_some(())
     })
     .await;
 }
 
 /// Runs a job to the end as its provider's agent would, over HTTP, then proves it.
 async fn finished_job(base: &str, data_dir: &Path) -> Finished {
-    let client = reqwest::Client::new();
-    let admin = mint(data_dir, "usr_admin", 3);
-    let provider_id = user(
-        &client,
-        base,
-        &admin,
-        json!({"name": "Ada's GPUs", "role": "provider"}),
-    )
-    .await;
-    let customer_id = user(
-        &client,
-        base,
-        &admin,
-        json!({"name": "Grace", "role": "customer", "credit": 100000}),
-    )
-    .await;
-    let other_id = user(
-        &client,
-        base,
-        &admin,
-        json!({"name": "Other GPUs", "role": "provider"}),
-    )
-    .await;
-    let provider = mint(data_dir, &provider_id, 2);
-    let customer = mint(data_dir, &customer_id, 1);
-    let other = mint(data_dir, &other_id, 2);
+    let admin = speaker(base, &mint(data_dir, "usr_admin", 3));
+    let user = |name: &'static str, role: &'static str, credit: Option<f64>| {
+        let admin = &admin;
+        async move {
+            admin
+                .create_user(&journey::new_user(name, role, credit))
+                .await
+                .unwrap()
+                .id
+        }
+    };
+    let provider_id = user("Ada's GPUs", "provider", None).await;
+    let customer_id = user("Grace", "customer", Some(100_000.0)).await;
+    let other_id = user("Other GPUs", "provider", None).await;
+    let provider_token = mint(data_dir, &provider_id, 2);
+    let customer_token = mint(data_dir, &customer_id, 1);
+    let (provider, customer, other) = (
+        speaker(base, &provider_token),
+        speaker(base, &customer_token),
+        speaker(base, &mint(data_dir, &other_id, 2)),
+    );
 
     let node_key = SigningKey::generate(&mut OsRng);
-    let (node_id, gpu_id) = register(&client, base, &provider, &node_key, "GPU-5e1c").await;
+    let (node_id, gpu_id) = register(&provider, &node_key, "GPU-5e1c").await;
     let other_key = SigningKey::generate(&mut OsRng);
-    let (_other_node, _) = register(&client, base, &other, &other_key, "GPU-0th3").await;
+    let (_other_node, _) = register(&other, &other_key, "GPU-0th3").await;
 
-    let job_id = submit_job(&client, base, &customer, &gpu_id).await;
-    let ran = run_to_end(&client, base, &provider, &customer, &node_id, &job_id).await;
+    let job_id = submit_job(&customer, &gpu_id).await;
+    let ran = run_to_end(&provider, &customer, &node_id, &job_id).await;
 
     // Proofs: the energy proof over the committed readings, bounded by the GPU's registered
     // limit, and the hardware attestation of the GPU as registered.
     let energy = energy_proof(&job_id, &ran, POWER_LIMIT_MW);
-    post_energy_proof(&client, base, &node_id, &provider, energy).await;
+    post_energy_proof(&provider, &node_id, energy).await;
     let hardware = |assurance| {
         hardware_proof(
             &job_id,
@@ -507,37 +466,39 @@ async fn finished_job(base: &str, data_dir: &Path) -> Finished {
             &node_key,
         )
     };
-    let post = |token: &String, body: String| {
-        let (client, node_id, token) = (client.clone(), node_id.clone(), token.clone());
-        async move { post_proof(&client, base, &node_id, &token, body).await }
-    };
     // The packets above do not say `emulated`, so the GPU counts as real: a provider-signed
     // attestation is the honest label, and `hardware_attested` is refused (its evidence cannot
     // be checked here).
-    let (status, body) = post(&provider, hardware(Assurance::HardwareAttested)).await;
+    let (status, body) =
+        post_proof(&provider, &node_id, hardware(Assurance::HardwareAttested)).await;
     assert_eq!(status, 400, "hardware_attested: {body}");
     assert!(
         body.contains("evidence cannot be verified here"),
         "hardware_attested: {body}"
     );
-    let (status, body) = post(&provider, hardware(Assurance::ProviderSigned)).await;
+    let (status, body) = post_proof(&provider, &node_id, hardware(Assurance::ProviderSigned)).await;
     assert_eq!(status, 201, "{body}");
 
     // Refusals: garbage 400, another provider 404, a customer 403.
-    let (status, body) = post(&provider, "{\"kind\":\"energy\",\"junk\":1}".into()).await;
+    let (status, body) = post_proof(
+        &provider,
+        &node_id,
+        "{\"kind\":\"energy\",\"junk\":1}".into(),
+    )
+    .await;
     assert_eq!(status, 400, "garbage: {body}");
-    let (status, body) = post(&other, hardware(Assurance::ProviderSigned)).await;
+    let (status, body) = post_proof(&other, &node_id, hardware(Assurance::ProviderSigned)).await;
     assert_eq!(status, 404, "another provider: {body}");
-    let (status, body) = post(&customer, hardware(Assurance::ProviderSigned)).await;
+    let (status, body) = post_proof(&customer, &node_id, hardware(Assurance::ProviderSigned)).await;
     assert_eq!(status, 403, "a customer: {body}");
 
     // Everything sealed: both proofs and the settlement, nothing pending.
-    wait_sealed(&client, base, &customer, &job_id).await;
+    wait_sealed(&customer, &job_id).await;
     Finished {
         job_id,
         node_id,
-        customer,
-        provider,
+        customer: customer_token,
+        provider: provider_token,
     }
 }
 
@@ -573,50 +534,34 @@ async fn store(pool: &sqlx::SqlitePool, column: &str, row: &str, value: &str) {
 }
 
 /// The served job ledger, for picking entries to tamper with.
-async fn job_ledger(base: &str, finished: &Finished) -> Value {
-    let client = reqwest::Client::new();
-    let url = format!("{base}/api/jobs/{}/ledger", finished.job_id);
-    let (status, ledger) = call(&client, Method::GET, url, &finished.customer, None).await;
-    assert_eq!(status, 200);
-    ledger
+async fn job_ledger(base: &str, finished: &Finished) -> JobLedger {
+    speaker(base, &finished.customer)
+        .job_ledger(&finished.job_id)
+        .await
+        .unwrap()
 }
 
-fn entry_of<'a>(ledger: &'a Value, kind: &str) -> &'a Value {
-    ledger["entries"]
-        .as_array()
-        .unwrap()
+/// The log index of the ledger's first entry of `kind`.
+fn index_of(ledger: &JobLedger, kind: &str) -> u64 {
+    ledger
+        .entries
         .iter()
-        .find(|entry| entry["kind"] == kind)
-        .unwrap_or_else(|| panic!("no {kind} entry: {ledger}"))
+        .find(|proven| proven.entry.kind == kind)
+        .unwrap_or_else(|| panic!("no {kind} entry: {ledger:?}"))
+        .entry
+        .index
 }
 
 /// Submits another job for the customer and waits until the log is larger than `size`.
 async fn job_growing_the_log(base: &str, token: &str, size: u64) -> String {
-    let client = reqwest::Client::new();
-    let (status, gpus) = call(
-        &client,
-        Method::GET,
-        format!("{base}/api/gpus"),
-        token,
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{gpus}");
-    let gpu = gpus["gpus"][0]["id"].as_str().unwrap().to_owned();
-    let job = submit_job(&client, base, token, &gpu).await;
+    let customer = speaker(base, token);
+    let gpus = customer.gpus().await.unwrap();
+    let job = submit_job(&customer, &gpus.gpus[0].id).await;
     wait_for("the log to grow", 30, || {
-        let client = &client;
+        let customer = &customer;
         async move {
-            let note = client
-                .get(format!("{base}/api/ledger/checkpoint"))
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            (verify::claimed_size(&note).unwrap() > size).then_some(Value::Null)
+            let note = customer.checkpoint().await.unwrap();
+            (verify::claimed_size(&note).unwrap() > size).then_some(())
         }
     })
     .await;
@@ -667,11 +612,11 @@ async fn verify_passes_catches_tampering_and_works_offline() {
     assert_log_read_without_token(
         &proxy.take(),
         &[
-            "/api/ledger/public-key",
-            "/api/ledger/checkpoint",
-            &format!("/api/jobs/{job}/ledger"),
-            &format!("/api/jobs/{job}/proofs"),
-            &format!("/api/jobs/{job}/settlement"),
+            paths::ledger_public_key(),
+            paths::ledger_checkpoint(),
+            paths::job_ledger(job),
+            paths::job_proofs(job),
+            paths::job_settlement(job),
         ],
     );
     // Without a token, the job's documents cannot be fetched: said so, naming the flag.
@@ -708,7 +653,7 @@ async fn verify_passes_catches_tampering_and_works_offline() {
     std::fs::copy(&witness, &witness_first).unwrap();
     assert_log_read_without_token(
         &proxy.take(),
-        &["/api/ledger/public-key", "/api/ledger/checkpoint"],
+        &[paths::ledger_public_key(), paths::ledger_checkpoint()],
     );
 
     // 2. A checkpoint kept between runs: the second run checks consistency, after the log grew.
@@ -741,8 +686,9 @@ async fn verify_passes_catches_tampering_and_works_offline() {
         "{stdout}"
     );
     // The consistency proofs, from the kept checkpoint and to the latest one, came from the
+    let consistency_from = format!("{}?from=", paths::ledger_consistency());
     // public route without the token.
-    assert_log_read_without_token(&proxy.take(), &["/api/ledger/proof/consistency?from="]);
+    assert_log_read_without_token(&proxy.take(), std::slice::from_ref(&consistency_from));
     // The witness, too, sees that the log only grew (and keeps what it saw for offline use).
     let stdout = assert_passes(&witness_cmd(
         &proxy.base,
@@ -759,7 +705,7 @@ async fn verify_passes_catches_tampering_and_works_offline() {
         stdout.contains("key saved with the earlier checkpoint"),
         "{stdout}"
     );
-    assert_log_read_without_token(&proxy.take(), &["/api/ledger/proof/consistency?from="]);
+    assert_log_read_without_token(&proxy.take(), std::slice::from_ref(&consistency_from));
 
     // A job without proofs (queued, never ran): a warning naming them, an error when required.
     let stdout = assert_passes(&verify_cmd(&second_job, &base, token, &[]));
@@ -773,28 +719,13 @@ async fn verify_passes_catches_tampering_and_works_offline() {
         &["proofs: no sealed hardware or energy proof"],
     );
     // Cancelled, it is settled (nothing charged, the hold refunded) and verifies as well.
-    let client = reqwest::Client::new();
-    let (status, body) = call(
-        &client,
-        Method::POST,
-        format!("{base}/api/jobs/{second_job}/cancel"),
-        token,
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    let customer = speaker(&base, token);
+    customer.cancel(&second_job).await.unwrap();
     wait_for("the cancelled job's settlement to be sealed", 30, || {
-        let (client, second_job, base) = (&client, &second_job, &base);
+        let (customer, second_job) = (&customer, &second_job);
         async move {
-            let url = format!("{base}/api/jobs/{second_job}/ledger");
-            let (status, ledger) = call(client, Method::GET, url, token, None).await;
-            assert_eq!(status, 200, "{ledger}");
-            let settled = ledger["entries"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|entry| entry["kind"] == "billing.settled");
-            (settled && ledger["pending"] == 0).then_some(ledger)
+            let ledger = customer.job_ledger(second_job).await.unwrap();
+            (kinds(&ledger).contains(&"billing.settled") && ledger.pending == 0).then_some(())
         }
     })
     .await;
@@ -831,9 +762,7 @@ async fn verify_passes_catches_tampering_and_works_offline() {
         |names: &[&str]| assert_fails_naming(&verify_cmd(job, &base, token, &[]), names);
 
     // 4a. A ledger entry's body.
-    let index = entry_of(&ledger, "billing.settled")["index"]
-        .as_i64()
-        .unwrap();
+    let index = index_of(&ledger, "billing.settled");
     let entry = format!("ledger_entries WHERE log_index = {index}");
     let body = stored(&pool, "body", &entry).await;
     let altered = body.replacen("\"refunded\":", "\"refunded\":1", 1);
@@ -876,9 +805,7 @@ async fn verify_passes_catches_tampering_and_works_offline() {
 
     // 4e. A power commitment sealed during the run, swapped for another valid commitment —
     // first the entry alone, then the entry and its stored leaf hash together.
-    let index = entry_of(&ledger, "telemetry.committed")["index"]
-        .as_i64()
-        .unwrap();
+    let index = index_of(&ledger, "telemetry.committed");
     let entry = format!("ledger_entries WHERE log_index = {index}");
     let leaf_node = format!("ledger_nodes WHERE level = 0 AND node_index = {index}");
     let body = stored(&pool, "body", &entry).await;
@@ -909,7 +836,7 @@ async fn verify_passes_catches_tampering_and_works_offline() {
     passes();
 
     // 4f. A node hash of the tree: the sibling leaf of the job's first entry.
-    let index = entry_of(&ledger, "job.created")["index"].as_i64().unwrap();
+    let index = index_of(&ledger, "job.created");
     let sibling = format!(
         "ledger_nodes WHERE level = 0 AND node_index = {}",
         index ^ 1
@@ -926,11 +853,11 @@ async fn verify_passes_catches_tampering_and_works_offline() {
     // the job another power limit. The server, reading its database, accepts an attestation
     // of that other GPU and an energy proof bounded by that other limit — but the GPU sealed
     // with the job's assignment is the registered one, and verify holds the proofs to it.
-    let client = reqwest::Client::new();
+    let provider = speaker(&base, &finished.provider);
     let key = SigningKey::generate(&mut OsRng);
-    let (node, gpu) = register(&client, &base, &finished.provider, &key, "GPU-7a3e").await;
-    let tampered = submit_job(&client, &base, token, &gpu).await;
-    let ran = run_to_end(&client, &base, &finished.provider, token, &node, &tampered).await;
+    let (node, gpu) = register(&provider, &key, "GPU-7a3e").await;
+    let tampered = submit_job(&customer, &gpu).await;
+    let ran = run_to_end(&provider, &customer, &node, &tampered).await;
     store(
         &pool,
         "uuid",
@@ -945,14 +872,7 @@ async fn verify_passes_catches_tampering_and_works_offline() {
         .unwrap()
         .rows_affected();
     assert_eq!(changed, 1);
-    post_energy_proof(
-        &client,
-        &base,
-        &node,
-        &finished.provider,
-        energy_proof(&tampered, &ran, 450_000),
-    )
-    .await;
+    post_energy_proof(&provider, &node, energy_proof(&tampered, &ran, 450_000)).await;
     let other_gpu = GpuIdentity {
         uuid: "GPU-0th3".into(),
         power_limit_mw: 450_000,
@@ -966,9 +886,9 @@ async fn verify_passes_catches_tampering_and_works_offline() {
         Assurance::ProviderSigned,
         &key,
     );
-    let (status, body) = post_proof(&client, &base, &node, &finished.provider, attestation).await;
+    let (status, body) = post_proof(&provider, &node, attestation).await;
     assert_eq!(status, 201, "the altered database accepts it: {body}");
-    wait_sealed(&client, &base, token, &tampered).await;
+    wait_sealed(&customer, &tampered).await;
     assert_fails_naming(
         &verify_cmd(&tampered, &base, token, &[]),
         &[

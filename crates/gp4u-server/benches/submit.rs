@@ -561,7 +561,7 @@ async fn run_load(
         .timeout(REQUEST_TIMEOUT)
         .build()
         .context("building the HTTP client")?;
-    let url: Arc<str> = format!("http://{}/api/jobs", fixture.addr).into();
+    let url: Arc<str> = format!("http://{}{}", fixture.addr, gp4u_proto::paths::JOBS).into();
     let begin = Instant::now();
     let window = Arc::new(Window {
         start: begin + Duration::from_secs(config.warmup_seconds),
@@ -970,7 +970,7 @@ fn compare(config: &Config) -> anyhow::Result<bool> {
         metrics
             .requests
             .get_or_create(&RequestLabels {
-                route: "/api/jobs".to_string(),
+                route: gp4u_proto::paths::JOBS.to_string(),
                 method: "POST".to_string(),
                 status: "2xx",
             })

@@ -515,7 +515,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
             .tcp_nodelay(true)
             .timeout(REQUEST_TIMEOUT)
             .build()?;
-        let url: Arc<str> = format!("http://{addr}/api/telemetry/russian-doll").into();
+        let url: Arc<str> = format!("http://{addr}{}", gp4u_proto::paths::TELEMETRY).into();
         // A first pass over every job, not measured: in steady state the server holds each
         // live job's window (a fresh replica loads it from the database on the first packet).
         let warm_started = Instant::now();

@@ -376,7 +376,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
             }
         );
         println!();
-        println!("the server: {base}   (its API: {base}/api/openapi.json)");
+        println!(
+            "the server: {base}   (its API: {base}{})",
+            gp4u_proto::paths::OPENAPI
+        );
         println!("the console: {base}/   (open it in a browser)");
         println!("sign in as the demo customer with this token:\n{customer_token}");
         println!("or the CLI: `gp4u login --server {base}` (paste the token), then `gp4u jobs list`");
