@@ -1,5 +1,6 @@
 //! Helpers shared by the black-box tests: the real `gp4u` binary started on a real port,
-//! tokens minted with its own `token mint`, HTTP calls.
+//! tokens minted with its own `token mint`, the people of a marketplace (spoken to through
+//! `gp4u-client`), the agent, Docker and `gp4u verify`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
@@ -8,7 +9,6 @@ use std::process::{Child, Command, Stdio};
 
 #[allow(unused_imports)]
 pub use gp4u_testkit::{free_port, sha256_hex, skip_unless_ci};
-use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_gp4u");
 
@@ -106,22 +106,6 @@ pub fn mint(data_dir: &Path, sub: &str, clr: u8) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).unwrap().trim().to_string()
-}
-
-pub async fn call(
-    client: &reqwest::Client,
-    method: reqwest::Method,
-    url: String,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = client.request(method, url).bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 /// The test image (`GP4U_TEST_IMAGE`, `GP4U_TEST_IMAGE_DIGEST`) from `scripts/test-images.sh`,
